@@ -1,1 +1,20 @@
-pub fn x(){}
+//! Code shared by the `proxy` and `cached` daemons: configuration, IPC names, the wire
+//! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
+//! message queue, fd passing, the stats regions, process helpers and HTTP helpers.
+//!
+//! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool` and `process`.
+
+pub mod config;
+pub mod fdpass;
+pub mod http;
+pub mod logger;
+pub mod mq;
+pub mod names;
+pub mod pool;
+pub mod process;
+pub mod protocol;
+pub mod sem;
+pub mod shm;
+pub mod stats;
+
+pub use names::Names;

@@ -1,0 +1,358 @@
+//! Configuration of both daemons: one TOML file (top-level `instance`, sections `[proxy]` and
+//! `[cached]`), overridden by command-line flags. Flags are applied to the same table before
+//! it is deserialised, so a flag and a key share one parser and one set of checks.
+//!
+//! Errors name their source and key (`shmproxy.toml: proxy.segments: must be ≥ 1 (got 0)`);
+//! binaries exit with status 2 on them.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    instance: Option<String>,
+    #[serde(default)]
+    proxy: ProxyFile,
+    #[serde(default)]
+    cached: CachedFile,
+}
+
+/// `[proxy]` keys.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    listen: Option<String>,
+    workers: Option<u64>,
+    threads: Option<u64>,
+    segments: Option<u64>,
+    segment_size: Option<u64>,
+    chunk_slots: Option<u64>,
+    pool_wait_ms: Option<u64>,
+    header_timeout_ms: Option<u64>,
+    idle_timeout_ms: Option<u64>,
+    send_timeout_ms: Option<u64>,
+    cached_timeout_ms: Option<u64>,
+    max_header_bytes: Option<u64>,
+    max_headers: Option<u64>,
+    max_body_bytes: Option<u64>,
+    max_connections: Option<u64>,
+}
+
+/// `[cached]` keys.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CachedFile {
+    root: Option<String>,
+    origin: Option<String>,
+    threads: Option<u64>,
+    capacity: Option<u64>,
+    max_object_size: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    read_timeout_ms: Option<u64>,
+    upstream_pool: Option<u64>,
+    queue_capacity: Option<u64>,
+}
+
+/// The proxy's settings (master and workers).
+#[derive(Clone, Debug)]
+pub struct ProxyConfig {
+    pub instance: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Worker processes.
+    pub workers: u32,
+    /// Request-executing threads per worker.
+    pub threads: u32,
+    /// Segments in the shared pool.
+    pub segments: u32,
+    /// Bytes per segment.
+    pub segment_size: usize,
+    /// Chunk slots per segment (the handoff's bounded buffer).
+    pub chunk_slots: u32,
+    /// Longest wait for a free segment before answering 503.
+    pub pool_wait: Duration,
+    /// Time a client has to send a complete request head (slowloris: 408).
+    pub header_timeout: Duration,
+    /// Idle keep-alive connections are closed after this.
+    pub idle_timeout: Duration,
+    /// Longest wait for a client to accept more response bytes, or to send body bytes.
+    pub send_timeout: Duration,
+    /// Longest wait for `cached`'s next chunk.
+    pub cached_timeout: Duration,
+    /// Largest request head (431 above).
+    pub max_header_bytes: usize,
+    /// Most request header fields (431 above).
+    pub max_headers: usize,
+    /// Largest request body (413 above).
+    pub max_body_bytes: u64,
+    /// Most open client connections per worker.
+    pub max_connections: usize,
+}
+
+/// `cached`'s settings.
+#[derive(Clone, Debug)]
+pub struct CachedConfig {
+    pub instance: String,
+    /// Document root served when no origin is set.
+    pub root: PathBuf,
+    /// Origin URL (`http://host:port[/prefix]`); when set, every request goes there.
+    pub origin: Option<Origin>,
+    /// Receiver threads (each serves one transfer at a time).
+    pub threads: u32,
+    /// Bytes of the L2 cache.
+    pub capacity: u64,
+    /// Larger objects stream through without being stored.
+    pub max_object_size: u64,
+    pub connect_timeout: Duration,
+    /// Longest silence from the origin while reading its answer (504 or abort after).
+    pub read_timeout: Duration,
+    /// Idle upstream connections kept.
+    pub upstream_pool: usize,
+    /// Messages the doorbell queue holds (≤ fs.mqueue.msg_max).
+    pub queue_capacity: usize,
+}
+
+/// A parsed origin URL (plain HTTP).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    /// `host:port` as given (for the Host header and connecting).
+    pub authority: String,
+    /// Path prefix without trailing slash ("" for none).
+    pub prefix: String,
+}
+
+impl Origin {
+    pub fn parse(url: &str) -> Result<Origin, String> {
+        let rest = url.strip_prefix("http://").ok_or("must start with http:// (https is not supported)")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if authority.is_empty() || authority.contains('@') || authority.contains(['?', '#', ' ']) {
+            return Err(format!("bad host in {url:?}"));
+        }
+        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        Ok(Origin { authority, prefix: path.trim_end_matches('/').to_string() })
+    }
+
+    /// Absolute URL for a request target (origin-form, starting with '/').
+    pub fn url_for(&self, target: &str) -> String {
+        format!("http://{}{}{}", self.authority, self.prefix, target)
+    }
+}
+
+/// Where a value came from, for error messages.
+struct Source<'a> {
+    file: &'a str,
+    flags: &'a [(String, String)],
+}
+
+impl Source<'_> {
+    fn err(&self, key: &str, msg: impl std::fmt::Display) -> ConfigError {
+        let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
+        if self.flags.iter().any(|(k, _)| k.rsplit('.').next() == key.rsplit('.').next()) {
+            ConfigError(format!("command line: --{flag}: {msg}"))
+        } else {
+            ConfigError(format!("{}: {key}: {msg}", self.file))
+        }
+    }
+}
+
+/// Reads `file` (if any) and applies `flags` (`(section.key, value)` pairs, or `instance`).
+fn load_table(file: Option<&Path>, flags: &[(String, String)]) -> Result<(FileConfig, String), ConfigError> {
+    let (name, mut table) = match file {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+            let t: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError(format!("{}: {}", p.display(), e.message())))?;
+            (p.display().to_string(), t)
+        }
+        None => ("defaults".to_string(), toml::Table::new()),
+    };
+    for (key, value) in flags {
+        let v = match value.parse::<i64>() {
+            Ok(n) => toml::Value::Integer(n),
+            Err(_) => toml::Value::String(value.clone()),
+        };
+        match key.split_once('.') {
+            Some((section, k)) => {
+                let sec = table
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let toml::Value::Table(t) = sec {
+                    t.insert(k.to_string(), v);
+                }
+            }
+            None => {
+                table.insert(key.clone(), v);
+            }
+        }
+    }
+    let cfg: FileConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+        let msg = e.message().to_string();
+        let src = Source { file: &name, flags };
+        match msg.split('`').nth(1) {
+            Some(key) if msg.starts_with("unknown field") => src.err(key, "unknown key"),
+            _ => ConfigError(format!("{name}: {msg}")),
+        }
+    })?;
+    Ok((cfg, name))
+}
+
+fn instance(cfg: &FileConfig, src: &Source) -> Result<String, ConfigError> {
+    let instance = cfg.instance.clone().unwrap_or_else(|| "shmproxy".into());
+    if !crate::names::valid_instance(&instance) {
+        return Err(src.err("instance", format!("must be 1..=32 of [A-Za-z0-9_-] (got {instance:?})")));
+    }
+    Ok(instance)
+}
+
+fn ranged(src: &Source, key: &str, v: Option<u64>, default: u64, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+    let v = v.unwrap_or(default);
+    if v < lo || v > hi {
+        return Err(src.err(key, format!("must be in {lo}..={hi} (got {v})")));
+    }
+    Ok(v)
+}
+
+fn ms(src: &Source, key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_millis(ranged(src, key, v, default, 1, 86_400_000)?))
+}
+
+impl ProxyConfig {
+    pub fn load(file: Option<&Path>, flags: &[(String, String)]) -> Result<ProxyConfig, ConfigError> {
+        let (cfg, name) = load_table(file, flags)?;
+        let src = Source { file: &name, flags };
+        let p = &cfg.proxy;
+        let listen = p.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen = listen
+            .parse()
+            .map_err(|_| src.err("proxy.listen", format!("not an ADDR:PORT (got {listen:?})")))?;
+        let pool = crate::pool::MIN_SEGMENT_SIZE as u64..=crate::pool::MAX_SEGMENT_SIZE as u64;
+        Ok(ProxyConfig {
+            instance: instance(&cfg, &src)?,
+            listen,
+            workers: ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32,
+            threads: ranged(&src, "proxy.threads", p.threads, 16, 1, 1024)? as u32,
+            segments: ranged(&src, "proxy.segments", p.segments, 64, 1, 4096)? as u32,
+            segment_size: ranged(&src, "proxy.segment_size", p.segment_size, 256 << 10, *pool.start(), *pool.end())? as usize,
+            chunk_slots: ranged(&src, "proxy.chunk_slots", p.chunk_slots, 4, 2, crate::pool::MAX_SLOTS as u64)? as u32,
+            pool_wait: ms(&src, "proxy.pool_wait_ms", p.pool_wait_ms, 1000)?,
+            header_timeout: ms(&src, "proxy.header_timeout_ms", p.header_timeout_ms, 10_000)?,
+            idle_timeout: ms(&src, "proxy.idle_timeout_ms", p.idle_timeout_ms, 60_000)?,
+            send_timeout: ms(&src, "proxy.send_timeout_ms", p.send_timeout_ms, 30_000)?,
+            cached_timeout: ms(&src, "proxy.cached_timeout_ms", p.cached_timeout_ms, 30_000)?,
+            max_header_bytes: ranged(&src, "proxy.max_header_bytes", p.max_header_bytes, 16 << 10, 1024, 1 << 20)? as usize,
+            max_headers: ranged(&src, "proxy.max_headers", p.max_headers, 100, 8, 1000)? as usize,
+            max_body_bytes: ranged(&src, "proxy.max_body_bytes", p.max_body_bytes, 1 << 30, 0, u64::MAX)?,
+            max_connections: ranged(&src, "proxy.max_connections", p.max_connections, 10_000, 1, 1 << 20)? as usize,
+        })
+    }
+}
+
+impl CachedConfig {
+    pub fn load(file: Option<&Path>, flags: &[(String, String)]) -> Result<CachedConfig, ConfigError> {
+        let (cfg, name) = load_table(file, flags)?;
+        let src = Source { file: &name, flags };
+        let c = &cfg.cached;
+        let origin = match c.origin.as_deref() {
+            None | Some("") => None,
+            Some(url) => Some(Origin::parse(url).map_err(|e| src.err("cached.origin", e))?),
+        };
+        let msg_max = crate::mq::kernel_msg_max().unwrap_or(10) as u64;
+        let queue_capacity = c.queue_capacity.unwrap_or(crate::mq::DEFAULT_CAPACITY as u64);
+        if queue_capacity > msg_max {
+            return Err(src.err(
+                "cached.queue_capacity",
+                format!("{queue_capacity} exceeds the kernel's fs.mqueue.msg_max ({msg_max}); lower it or raise the sysctl"),
+            ));
+        }
+        let capacity = ranged(&src, "cached.capacity", c.capacity, 256 << 20, 0, u64::MAX)?;
+        Ok(CachedConfig {
+            instance: instance(&cfg, &src)?,
+            root: PathBuf::from(c.root.clone().unwrap_or_else(|| "www".into())),
+            origin,
+            threads: ranged(&src, "cached.threads", c.threads, 64, 1, 4096)? as u32,
+            capacity,
+            max_object_size: ranged(&src, "cached.max_object_size", c.max_object_size, 8 << 20, 0, u64::MAX)?,
+            connect_timeout: ms(&src, "cached.connect_timeout_ms", c.connect_timeout_ms, 3000)?,
+            read_timeout: ms(&src, "cached.read_timeout_ms", c.read_timeout_ms, 30_000)?,
+            upstream_pool: ranged(&src, "cached.upstream_pool", c.upstream_pool, 64, 1, 4096)? as usize,
+            queue_capacity: ranged(&src, "cached.queue_capacity", Some(queue_capacity), 10, 1, msg_max)? as usize,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_serve_www_on_8080() {
+        let p = ProxyConfig::load(None, &[]).unwrap();
+        assert_eq!(p.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(p.instance, "shmproxy");
+        let c = CachedConfig::load(None, &[]).unwrap();
+        assert_eq!(c.root, PathBuf::from("www"));
+        assert!(c.origin.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_errors_name_the_key() {
+        let dir = std::env::temp_dir().join(format!("cfgtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("shmproxy.toml");
+        std::fs::write(&f, "instance = \"a\"\n[proxy]\nsegments = 8\nworkers = 3\n").unwrap();
+        let p = ProxyConfig::load(Some(&f), &flags(&[("proxy.segments", "9")])).unwrap();
+        assert_eq!((p.instance.as_str(), p.segments, p.workers), ("a", 9, 3));
+
+        std::fs::write(&f, "[proxy]\nsegmnts = 8\n").unwrap();
+        let e = ProxyConfig::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("shmproxy.toml") && e.contains("segmnts"), "{e}");
+
+        std::fs::write(&f, "[proxy]\nsegments = 0\n").unwrap();
+        let e = ProxyConfig::load(Some(&f), &[]).unwrap_err().to_string();
+        assert!(e.contains("proxy.segments") && e.contains("got 0"), "{e}");
+
+        let e = ProxyConfig::load(None, &flags(&[("proxy.segment_size", "12")])).unwrap_err().to_string();
+        assert!(e.starts_with("command line: --segment-size"), "{e}");
+
+        let e = CachedConfig::load(None, &flags(&[("cached.origin", "ftp://x")])).unwrap_err().to_string();
+        assert!(e.contains("--origin"), "{e}");
+        let e = ProxyConfig::load(None, &flags(&[("instance", "a/b")])).unwrap_err().to_string();
+        assert!(e.contains("instance"), "{e}");
+    }
+
+    #[test]
+    fn origin_urls() {
+        let o = Origin::parse("http://127.0.0.1:19000").unwrap();
+        assert_eq!(o.authority, "127.0.0.1:19000");
+        assert_eq!(o.url_for("/a?b"), "http://127.0.0.1:19000/a?b");
+        let o = Origin::parse("http://example.test/base/").unwrap();
+        assert_eq!(o.authority, "example.test:80");
+        assert_eq!(o.url_for("/x"), "http://example.test:80/base/x");
+        assert!(Origin::parse("https://x").is_err());
+        assert!(Origin::parse("http://").is_err());
+    }
+}

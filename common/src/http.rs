@@ -1,0 +1,281 @@
+//! HTTP helpers both daemons need: hop-by-hop headers, reason phrases, dates (IMF-fixdate),
+//! content types, the cache outcome shown in `X-Cache`, and safe path decoding.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Headers that describe one connection, never forwarded nor stored (RFC 9110 §7.6.1).
+pub const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// True if `name` is hop-by-hop, or listed in the message's `Connection` header values.
+pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// Comma-separated tokens of a header value, trimmed and lower-cased.
+pub fn tokens(value: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(value)
+        .split(',')
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
+/// How a response was produced; the value of `X-Cache` and of the access log's cache field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CacheOutcome {
+    /// Answered from a stored object.
+    Hit = 1,
+    /// Fetched from the source, and stored if it could be.
+    Miss = 2,
+    /// Not cacheable by method or request: passed through.
+    Pass = 3,
+    /// Served stale (origin unreachable and staleness allowed).
+    Stale = 4,
+    /// Stored object revalidated with the origin (304).
+    Revalidated = 5,
+    /// Error produced by shmproxy itself (no source answer).
+    Error = 6,
+    /// Internal endpoint of the proxy.
+    Internal = 7,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "HIT",
+            CacheOutcome::Miss => "MISS",
+            CacheOutcome::Pass => "PASS",
+            CacheOutcome::Stale => "STALE",
+            CacheOutcome::Revalidated => "REVALIDATED",
+            CacheOutcome::Error => "ERROR",
+            CacheOutcome::Internal => "INTERNAL",
+        }
+    }
+
+    pub fn from_u8(v: u8) -> Option<CacheOutcome> {
+        Some(match v {
+            1 => CacheOutcome::Hit,
+            2 => CacheOutcome::Miss,
+            3 => CacheOutcome::Pass,
+            4 => CacheOutcome::Stale,
+            5 => CacheOutcome::Revalidated,
+            6 => CacheOutcome::Error,
+            7 => CacheOutcome::Internal,
+            _ => return None,
+        })
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+/// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+pub fn http_date(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let days = secs / 86_400;
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    let (y, mo, d) = civil_from_days(days as i64);
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][mo as usize - 1];
+    format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
+}
+
+/// Parses an IMF-fixdate; other (obsolete) formats give `None`.
+pub fn parse_http_date(v: &str) -> Option<SystemTime> {
+    let v = v.trim();
+    let rest = v.get(5..)?; // "Sun, "
+    let mut it = rest.split(' ');
+    let d: u32 = it.next()?.parse().ok()?;
+    let mon = it.next()?;
+    let y: i64 = it.next()?.parse().ok()?;
+    let hms = it.next()?;
+    if it.next()? != "GMT" || hms.len() != 8 {
+        return None;
+    }
+    let mo = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| *m == mon)? as u32
+        + 1;
+    let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, m, s) = (t.next()??, t.next()??, t.next()??);
+    if d == 0 || d > 31 || h > 23 || m > 59 || s > 60 || y < 1970 {
+        return None;
+    }
+    let days = days_from_civil(y, mo, d);
+    Some(UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400 + h * 3600 + m * 60 + s))
+}
+
+// Howard Hinnant's civil-date algorithms.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Content type by file extension.
+pub fn content_type(path: &str) -> &'static str {
+    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    match ext.as_str() {
+        "html" | "htm" => "text/html; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "json" => "application/json",
+        "txt" | "md" => "text/plain; charset=utf-8",
+        "xml" => "application/xml",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "gif" => "image/gif",
+        "webp" => "image/webp",
+        "ico" => "image/x-icon",
+        "wasm" => "application/wasm",
+        "pdf" => "application/pdf",
+        "woff2" => "font/woff2",
+        "mp4" => "video/mp4",
+        _ => "application/octet-stream",
+    }
+}
+
+/// Why a request path cannot name a file under the document root.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PathError {
+    BadEncoding,
+    /// `..`, an encoded slash or NUL, or a backslash.
+    Forbidden,
+}
+
+/// Decodes the path part of an origin-form target into relative path segments, refusing
+/// anything that could leave the root: `..` (also encoded), encoded `/` (`%2f`), NUL and `\`.
+pub fn safe_path_segments(target: &str) -> Result<Vec<String>, PathError> {
+    let path = target.split(['?', '#']).next().unwrap_or("");
+    if !path.starts_with('/') {
+        return Err(PathError::Forbidden);
+    }
+    let mut out = Vec::new();
+    for raw in path.split('/') {
+        let seg = percent_decode(raw)?;
+        if seg.contains(['/', '\\', '\0']) {
+            return Err(PathError::Forbidden);
+        }
+        match seg.as_str() {
+            "" | "." => continue,
+            ".." => return Err(PathError::Forbidden),
+            _ => out.push(seg),
+        }
+    }
+    Ok(out)
+}
+
+fn percent_decode(s: &str) -> Result<String, PathError> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
+            let hex = std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| PathError::BadEncoding)?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| PathError::BadEncoding)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_round_trip() {
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(t));
+        assert_eq!(parse_http_date("garbage"), None);
+        let now = SystemTime::now();
+        let back = parse_http_date(&http_date(now)).unwrap();
+        assert!(now.duration_since(back).unwrap() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn paths_never_escape() {
+        assert_eq!(safe_path_segments("/a/b.txt?x=1").unwrap(), vec!["a", "b.txt"]);
+        assert_eq!(safe_path_segments("/a%20b").unwrap(), vec!["a b"]);
+        for bad in ["/../etc/passwd", "/a/%2e%2e/x", "/a%2fb", "/a%00b", "/a/..", "/%2E%2E/x", "a/b", "/a\\..\\b"] {
+            assert!(safe_path_segments(bad).is_err() || !safe_path_segments(bad).unwrap().iter().any(|s| s == ".."), "{bad}");
+        }
+        assert_eq!(safe_path_segments("/a/%2e%2e/x"), Err(PathError::Forbidden));
+        assert_eq!(safe_path_segments("/a%2fb"), Err(PathError::Forbidden));
+        assert_eq!(safe_path_segments("/a%00b"), Err(PathError::Forbidden));
+        assert_eq!(safe_path_segments("/a%zz"), Err(PathError::BadEncoding));
+    }
+
+    #[test]
+    fn hop_by_hop_includes_connection_tokens() {
+        let t = tokens(b"close, X-Foo");
+        assert!(is_hop_by_hop("x-foo", &t));
+        assert!(is_hop_by_hop("Keep-Alive", &[]));
+        assert!(!is_hop_by_hop("Accept", &t));
+    }
+}

@@ -1,0 +1,787 @@
+//! The segment pool: `segments` × `segment_size` bytes of shared memory created by the proxy
+//! master, shared by its workers (which lease segments) and by `cached` (which joins a leased
+//! segment when the doorbell names it). Also the chunked semaphore handoff over a segment.
+//!
+//! Must never: hand out a segment that either side may still touch, trust a slot length or a
+//! doorbell without validating it, or wait without a bound.
+//!
+//! ## Segment state word
+//! `state = generation << 32 | owner_pid << 8 | flags`, flags `PROXY` (a worker holds it),
+//! `CACHED` (cached holds it), `ABORTED` (the transfer failed; contents untrusted).
+//! A segment is free when neither `PROXY` nor `CACHED` is set. Whoever clears the last holder
+//! bit posts the pool's `free` semaphore, so a segment returns to the pool only when both
+//! sides are provably done; an aborted segment still held by one side is *quarantined* until
+//! that side lets go (or the master reclaims it from a dead process).
+//!
+//! ## Handoff protocol (K = `slots` chunk slots per segment, each `slot_size` bytes)
+//! | step | proxy worker                                   | cached                                   |
+//! |------|------------------------------------------------|------------------------------------------|
+//! | 1    | `acquire`: CAS free→(gen+1, pid, PROXY); init sems free=K, to_cached=0, to_proxy=0 | |
+//! | 2    | write request stream: per chunk wait `free`, copy, set slot len/flags, post `to_cached` | |
+//! | 3    | send doorbell (index, generation) after the first chunk | |
+//! | 4    |                                                | `join`: CAS (gen, PROXY)→(gen, PROXY+CACHED) |
+//! | 5    |                                                | read request stream: wait `to_cached`, copy out, post `free`, until LAST |
+//! | 6    | wait `to_proxy` for the response               | write response stream: wait `free`, copy, post `to_proxy`, LAST on the final chunk |
+//! | 7    | read until LAST, post `free` per chunk; clear PROXY | clear CACHED after posting LAST |
+//! | 8    | the side clearing the last holder bit posts the pool's `free` semaphore | |
+//!
+//! Each phase restarts at slot 0: cached drains the whole request stream before it writes
+//! (step 5 before 6), so every slot is free when the response starts. Waits are sliced
+//! (100 ms) and between slices each side checks the state word (aborted? generation still
+//! ours?) and whether its peer process lives. Aborting sets `ABORTED`, posts every semaphore
+//! once to wake the peer, then clears the holder bit.
+
+use crate::names::Names;
+use crate::process::ProcId;
+use crate::sem::SharedSem;
+use crate::shm::{RegionHeader, ShmError, ShmRegion, ShmSafe};
+use std::io;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"SHPL");
+pub const POOL_VERSION: u32 = 1;
+pub const MAX_SLOTS: usize = 8;
+pub const MIN_SEGMENT_SIZE: usize = 1024;
+pub const MAX_SEGMENT_SIZE: usize = 64 << 20;
+
+const PROXY: u64 = 1;
+const CACHED: u64 = 2;
+const ABORTED: u64 = 4;
+const HOLDERS: u64 = PROXY | CACHED;
+const SLOT_LAST: u32 = 1;
+const WAIT_SLICE: Duration = Duration::from_millis(100);
+
+fn gen_of(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+
+fn pid_of(state: u64) -> u32 {
+    ((state >> 8) & 0xff_ffff) as u32
+}
+
+#[repr(C)]
+struct PoolHeader {
+    region: RegionHeader,
+    pool_id: AtomicU64,
+    segments: AtomicU32,
+    slots: AtomicU32,
+    segment_size: AtomicU64,
+    data_offset: AtomicU64,
+    next_hint: AtomicU32,
+    _pad: AtomicU32,
+    /// Counts free segments.
+    free: SharedSem,
+}
+
+// SAFETY: atomics and a SharedSem only; repr(C); alignment 8.
+unsafe impl ShmSafe for PoolHeader {}
+
+#[repr(C)]
+struct SegmentHeader {
+    state: AtomicU64,
+    request_id: AtomicU64,
+    cached_pid: AtomicU32,
+    _pad: AtomicU32,
+    cached_start: AtomicU64,
+    acquired_ms: AtomicU64,
+    free: SharedSem,
+    to_cached: SharedSem,
+    to_proxy: SharedSem,
+    slot_len: [AtomicU32; MAX_SLOTS],
+    slot_flags: [AtomicU32; MAX_SLOTS],
+}
+
+// SAFETY: atomics and SharedSems only; repr(C); alignment 8.
+unsafe impl ShmSafe for SegmentHeader {}
+
+const POOL_HEADER_SIZE: usize = 256;
+const SEGMENT_HEADER_SIZE: usize = 256;
+const _: () = assert!(size_of::<PoolHeader>() <= POOL_HEADER_SIZE);
+const _: () = assert!(size_of::<SegmentHeader>() <= SEGMENT_HEADER_SIZE);
+
+/// Which side of a transfer a lease belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Proxy,
+    Cached,
+}
+
+#[derive(Debug)]
+pub enum AcquireError {
+    TimedOut(Duration),
+    Sem(crate::sem::SemError),
+}
+
+impl std::fmt::Display for AcquireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AcquireError::TimedOut(d) => write!(f, "no free segment within {d:?}"),
+            AcquireError::Sem(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AcquireError {}
+
+/// Why `cached` refused a doorbell.
+#[derive(Debug, PartialEq, Eq)]
+pub enum JoinError {
+    BadIndex(u32),
+    /// The segment was released or re-leased since the doorbell was sent.
+    Stale { expected: u32, found: u32 },
+    NotLeased,
+    AlreadyJoined,
+    Aborted,
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            JoinError::BadIndex(i) => write!(f, "segment index {i} out of range"),
+            JoinError::Stale { expected, found } => {
+                write!(f, "stale doorbell: generation {expected}, segment is at {found}")
+            }
+            JoinError::NotLeased => write!(f, "segment is not leased by a worker"),
+            JoinError::AlreadyJoined => write!(f, "segment already joined"),
+            JoinError::Aborted => write!(f, "segment transfer was aborted"),
+        }
+    }
+}
+
+/// State of one segment, as shown by stats and the dashboard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentState {
+    Free,
+    InUse,
+    Quarantined,
+}
+
+impl SegmentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SegmentState::Free => "free",
+            SegmentState::InUse => "in_use",
+            SegmentState::Quarantined => "quarantined",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    pub segments: u32,
+    pub free: u32,
+    pub in_use: u32,
+    pub quarantined: u32,
+}
+
+/// The mapped pool. The master creates it (and unlinks it on drop); workers inherit the
+/// mapping across `fork`; `cached` opens it by name.
+pub struct Pool {
+    region: ShmRegion,
+    pool_id: u64,
+    segments: u32,
+    slots: u32,
+    segment_size: usize,
+    slot_size: usize,
+    data_offset: usize,
+}
+
+impl Pool {
+    /// Creates the pool of `names` (replacing a stale one from a dead master).
+    pub fn create(names: &Names, segments: u32, segment_size: usize, slots: u32) -> Result<Pool, ShmError> {
+        assert!(segments >= 1 && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size));
+        assert!((2..=MAX_SLOTS as u32).contains(&slots));
+        let segment_size = segment_size & !63;
+        let headers_end = POOL_HEADER_SIZE + segments as usize * SEGMENT_HEADER_SIZE;
+        let data_offset = headers_end.next_multiple_of(4096);
+        let len = data_offset + segments as usize * segment_size;
+        let region = ShmRegion::create(&names.pool, len, POOL_MAGIC, POOL_VERSION)?;
+        let me = ProcId::current();
+        let pool_id = (me.start << 24) ^ u64::from(me.pid) ^ crate::process::monotonic_ms().rotate_left(40);
+        let h: &PoolHeader = region.get(0);
+        h.pool_id.store(pool_id, Ordering::Relaxed);
+        h.segments.store(segments, Ordering::Relaxed);
+        h.slots.store(slots, Ordering::Relaxed);
+        h.segment_size.store(segment_size as u64, Ordering::Relaxed);
+        h.data_offset.store(data_offset as u64, Ordering::Relaxed);
+        h.free.init(segments);
+        let pool = Pool::from_region(region)?;
+        pool.region.publish(POOL_MAGIC);
+        Ok(pool)
+    }
+
+    /// Opens the live pool of `names`.
+    pub fn open(names: &Names) -> Result<Pool, ShmError> {
+        let region = ShmRegion::open(&names.pool, POOL_MAGIC, POOL_VERSION)?;
+        Pool::from_region(region)
+    }
+
+    fn from_region(region: ShmRegion) -> Result<Pool, ShmError> {
+        let invalid = |why: &str| ShmError::Invalid { name: region.name().to_string(), why: why.to_string() };
+        let h: &PoolHeader = region.get(0);
+        let segments = h.segments.load(Ordering::Relaxed);
+        let slots = h.slots.load(Ordering::Relaxed);
+        let segment_size = h.segment_size.load(Ordering::Relaxed) as usize;
+        let data_offset = h.data_offset.load(Ordering::Relaxed) as usize;
+        if !(2..=MAX_SLOTS as u32).contains(&slots) || !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
+            return Err(invalid("bad slot count or segment size"));
+        }
+        let needed = (segments as usize)
+            .checked_mul(segment_size)
+            .and_then(|d| d.checked_add(data_offset));
+        if segments == 0 || data_offset < POOL_HEADER_SIZE + segments as usize * SEGMENT_HEADER_SIZE || needed != Some(region.len()) {
+            return Err(invalid("layout does not match the region length"));
+        }
+        Ok(Pool {
+            pool_id: h.pool_id.load(Ordering::Relaxed),
+            segments,
+            slots,
+            segment_size,
+            slot_size: (segment_size / slots as usize) & !63,
+            data_offset,
+            region,
+        })
+    }
+
+    fn header(&self) -> &PoolHeader {
+        self.region.get(0)
+    }
+
+    fn seg(&self, index: u32) -> &SegmentHeader {
+        self.region.get(POOL_HEADER_SIZE + index as usize * SEGMENT_HEADER_SIZE)
+    }
+
+    /// Identifies this pool instance: doorbells carry it, so `cached` remaps after a proxy restart.
+    pub fn id(&self) -> u64 {
+        self.pool_id
+    }
+
+    pub fn segments(&self) -> u32 {
+        self.segments
+    }
+
+    pub fn segment_size(&self) -> usize {
+        self.segment_size
+    }
+
+    pub fn slot_size(&self) -> usize {
+        self.slot_size
+    }
+
+    /// The master that created the pool.
+    pub fn owner(&self) -> ProcId {
+        self.region.header().owner()
+    }
+
+    /// A forked worker must not unlink the master's pool.
+    pub fn disown(&mut self) {
+        self.region.disown();
+    }
+
+    /// Leases a free segment for the calling worker, waiting at most `timeout`.
+    pub fn acquire(&self, timeout: Duration, request_id: u64) -> Result<Lease<'_>, AcquireError> {
+        let h = self.header();
+        if !h.free.wait_for(timeout).map_err(AcquireError::Sem)? {
+            return Err(AcquireError::TimedOut(timeout));
+        }
+        let pid = u64::from(std::process::id()) & 0xff_ffff;
+        // Holding one unit of `free` entitles us to one free segment; scan for it. Another
+        // acquirer may take the one we look at first, but never more segments than units.
+        loop {
+            let start = h.next_hint.fetch_add(1, Ordering::Relaxed);
+            for k in 0..self.segments {
+                let index = (start.wrapping_add(k)) % self.segments;
+                let seg = self.seg(index);
+                let s = seg.state.load(Ordering::Acquire);
+                if s & HOLDERS != 0 {
+                    continue;
+                }
+                let generation = gen_of(s).wrapping_add(1);
+                let new = u64::from(generation) << 32 | pid << 8 | PROXY;
+                // ORDERING: AcqRel: Acquire pairs with the Release of the last holder's clear,
+                // so its writes to the segment happen before ours; Release publishes our claim.
+                if seg.state.compare_exchange(s, new, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                    // We hold the segment alone: nobody waits on or posts its semaphores.
+                    seg.free.init(self.slots);
+                    seg.to_cached.init(0);
+                    seg.to_proxy.init(0);
+                    seg.request_id.store(request_id, Ordering::Relaxed);
+                    seg.acquired_ms.store(crate::process::monotonic_ms(), Ordering::Relaxed);
+                    return Ok(Lease::new(self, Side::Proxy, index, generation));
+                }
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// `cached` takes its part of the segment a doorbell names.
+    pub fn join(&self, index: u32, generation: u32, request_id: u64) -> Result<Lease<'_>, JoinError> {
+        if index >= self.segments {
+            return Err(JoinError::BadIndex(index));
+        }
+        let seg = self.seg(index);
+        let me = ProcId::current();
+        // Identity first: when CACHED is visible, these fields name the holder.
+        seg.cached_pid.store(me.pid, Ordering::Relaxed);
+        seg.cached_start.store(me.start, Ordering::Relaxed);
+        let s = seg.state.load(Ordering::Acquire);
+        if gen_of(s) != generation || seg.request_id.load(Ordering::Relaxed) != request_id {
+            return Err(JoinError::Stale { expected: generation, found: gen_of(s) });
+        }
+        if s & ABORTED != 0 {
+            return Err(JoinError::Aborted);
+        }
+        if s & PROXY == 0 {
+            return Err(JoinError::NotLeased);
+        }
+        if s & CACHED != 0 {
+            return Err(JoinError::AlreadyJoined);
+        }
+        // ORDERING: AcqRel: Acquire makes the worker's request chunks (written before its
+        // doorbell) visible; Release publishes cached_pid/start written above.
+        match seg.state.compare_exchange(s, s | CACHED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(Lease::new(self, Side::Cached, index, generation)),
+            Err(now) if now & ABORTED != 0 => Err(JoinError::Aborted),
+            Err(now) => Err(JoinError::Stale { expected: generation, found: gen_of(now) }),
+        }
+    }
+
+    /// Clears `bit` (and marks the transfer aborted if `abort`), waking the peer; posts the
+    /// pool's free count when no holder remains. Only if the state still matches `expect`.
+    fn let_go(&self, index: u32, expect: impl Fn(u64) -> bool, bit: u64, abort: bool) -> bool {
+        let seg = self.seg(index);
+        let mut s = seg.state.load(Ordering::Acquire);
+        loop {
+            if !expect(s) || s & bit == 0 {
+                return false;
+            }
+            if abort {
+                // Wake whoever waits, before we let go (nobody may touch the semaphores
+                // of a segment they do not hold).
+                seg.free.post();
+                seg.to_cached.post();
+                seg.to_proxy.post();
+            }
+            let new = (s & !bit) | if abort { ABORTED } else { 0 };
+            // ORDERING: AcqRel: Release orders our last access to the data before the next
+            // holder's Acquire; Acquire sees the peer's clear if it came first.
+            match seg.state.compare_exchange(s, new, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => {
+                    if new & HOLDERS == 0 {
+                        self.header().free.post();
+                    }
+                    return true;
+                }
+                Err(now) => s = now,
+            }
+        }
+    }
+
+    /// Master: releases every segment leased by the dead worker `pid`. Returns how many.
+    pub fn reclaim_worker(&self, pid: u32) -> u32 {
+        let pid = pid & 0xff_ffff;
+        (0..self.segments)
+            .filter(|&i| self.let_go(i, |s| pid_of(s) == pid, PROXY, true))
+            .count() as u32
+    }
+
+    /// Master: releases the part of every segment joined by a `cached` that is no longer alive.
+    pub fn reclaim_dead_cached(&self) -> u32 {
+        let mut n = 0;
+        for i in 0..self.segments {
+            let seg = self.seg(i);
+            if seg.state.load(Ordering::Acquire) & CACHED == 0 {
+                continue;
+            }
+            let holder = ProcId {
+                pid: seg.cached_pid.load(Ordering::Relaxed),
+                start: seg.cached_start.load(Ordering::Relaxed),
+            };
+            if !holder.alive() && self.let_go(i, |_| true, CACHED, true) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    pub fn state_of(&self, index: u32) -> SegmentState {
+        let s = self.seg(index).state.load(Ordering::Relaxed);
+        match (s & HOLDERS, s & ABORTED) {
+            (0, _) => SegmentState::Free,
+            (_, 0) => SegmentState::InUse,
+            _ => SegmentState::Quarantined,
+        }
+    }
+
+    pub fn occupancy(&self) -> Occupancy {
+        let mut o = Occupancy { segments: self.segments, ..Occupancy::default() };
+        for i in 0..self.segments {
+            match self.state_of(i) {
+                SegmentState::Free => o.free += 1,
+                SegmentState::InUse => o.in_use += 1,
+                SegmentState::Quarantined => o.quarantined += 1,
+            }
+        }
+        o
+    }
+
+    /// Value of the free-segment semaphore (equals `occupancy().free` when idle).
+    pub fn free_count(&self) -> i32 {
+        self.header().free.value()
+    }
+
+    fn slot_ptr(&self, index: u32, slot: u32) -> *mut u8 {
+        let off = self.data_offset + index as usize * self.segment_size + (slot % self.slots) as usize * self.slot_size;
+        self.region.bytes_ptr(off, self.slot_size)
+    }
+}
+
+/// One side's hold on a segment: writes a chunk stream (`io::Write` + [`Lease::finish`]) and
+/// reads the peer's (`io::Read`). Dropping it without [`Lease::complete`] aborts the transfer.
+pub struct Lease<'p> {
+    pool: &'p Pool,
+    side: Side,
+    index: u32,
+    generation: u32,
+    timeout: Duration,
+    peer: Option<ProcId>,
+    tx_slot: u32,
+    tx_off: usize,
+    tx_open: bool,
+    rx_slot: u32,
+    rx_off: usize,
+    rx_len: usize,
+    rx_done: bool,
+    done: bool,
+}
+
+impl<'p> Lease<'p> {
+    fn new(pool: &'p Pool, side: Side, index: u32, generation: u32) -> Lease<'p> {
+        Lease {
+            pool,
+            side,
+            index,
+            generation,
+            timeout: Duration::from_secs(30),
+            peer: None,
+            tx_slot: 0,
+            tx_off: 0,
+            tx_open: false,
+            rx_slot: 0,
+            rx_off: 0,
+            rx_len: 0,
+            rx_done: false,
+            done: false,
+        }
+    }
+
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// Longest wait for the peer's next chunk or free slot.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
+    }
+
+    /// Process whose death aborts our waits (the worker side names `cached`).
+    pub fn set_peer(&mut self, peer: Option<ProcId>) {
+        self.peer = peer;
+    }
+
+    fn seg(&self) -> &SegmentHeader {
+        self.pool.seg(self.index)
+    }
+
+    fn my_bit(&self) -> u64 {
+        match self.side {
+            Side::Proxy => PROXY,
+            Side::Cached => CACHED,
+        }
+    }
+
+    /// Semaphores of our direction: (we post for the peer, we wait for the peer).
+    fn sems(&self) -> (&SharedSem, &SharedSem) {
+        let seg = self.seg();
+        match self.side {
+            Side::Proxy => (&seg.to_cached, &seg.to_proxy),
+            Side::Cached => (&seg.to_proxy, &seg.to_cached),
+        }
+    }
+
+    /// Is the transfer still ours and alive? Checked after every wait slice.
+    fn check(&self) -> io::Result<()> {
+        let s = self.seg().state.load(Ordering::Acquire);
+        if gen_of(s) != self.generation || s & self.my_bit() == 0 || s & ABORTED != 0 {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "segment transfer aborted"));
+        }
+        let peer_dead = match self.side {
+            Side::Proxy => self.peer.is_some_and(|p| !p.alive()),
+            // The master clears PROXY when it reaps a worker; this catches a worker whose
+            // master died too.
+            Side::Cached => !std::path::Path::new(&format!("/proc/{}", pid_of(s))).exists(),
+        };
+        if peer_dead {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "peer process died"));
+        }
+        Ok(())
+    }
+
+    fn wait(&self, sem: &SharedSem) -> io::Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if sem.wait_for(left.min(WAIT_SLICE)).map_err(io::Error::other)? {
+                return self.check();
+            }
+            self.check()?;
+            if left.is_zero() {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "peer did not answer in time"));
+            }
+        }
+    }
+
+    fn post_tx(&mut self, last: bool) {
+        let slot = (self.tx_slot % self.pool.slots) as usize;
+        let seg = self.seg();
+        seg.slot_len[slot].store(self.tx_off as u32, Ordering::Relaxed);
+        seg.slot_flags[slot].store(if last { SLOT_LAST } else { 0 }, Ordering::Relaxed);
+        // sem_post is a full memory barrier: the peer's sem_wait sees the chunk and its length.
+        self.sems().0.post();
+        self.tx_slot += 1;
+        self.tx_off = 0;
+        self.tx_open = false;
+    }
+
+    /// Marks the end of our stream (posts the final, possibly empty, chunk with LAST).
+    pub fn finish(&mut self) -> io::Result<()> {
+        if !self.tx_open {
+            self.wait(&self.seg().free)?;
+            self.tx_open = true;
+        }
+        self.post_tx(true);
+        // The next phase (the peer's stream) starts at slot 0 for both sides.
+        self.tx_slot = 0;
+        Ok(())
+    }
+
+    /// Declares the transfer successful: dropping the lease now releases instead of aborting.
+    pub fn complete(&mut self) {
+        self.done = true;
+    }
+
+    /// True once the peer's stream has ended with LAST.
+    pub fn peer_finished(&self) -> bool {
+        self.rx_done
+    }
+
+    /// Aborts explicitly (also what `Drop` does when the lease was not completed).
+    pub fn abort(mut self) {
+        self.done = false;
+    }
+}
+
+impl io::Write for Lease<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        if !self.tx_open {
+            self.wait(&self.seg().free)?;
+            self.tx_open = true;
+        }
+        let n = data.len().min(self.pool.slot_size - self.tx_off);
+        let dst = self.pool.slot_ptr(self.index, self.tx_slot).wrapping_add(self.tx_off);
+        // SAFETY: `dst..dst+n` lies inside our slot (tx_off + n ≤ slot_size, `slot_ptr` checks
+        // the slot's bounds); the `free` semaphore handed this slot to us, so the peer neither
+        // reads nor writes it until we post; `data` is our own memory, so they do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, n) };
+        self.tx_off += n;
+        if self.tx_off == self.pool.slot_size {
+            self.post_tx(false);
+        }
+        Ok(n)
+    }
+
+    /// Posts the partly filled chunk now (so the peer may stream it on).
+    fn flush(&mut self) -> io::Result<()> {
+        if self.tx_open && self.tx_off > 0 {
+            self.post_tx(false);
+        }
+        Ok(())
+    }
+}
+
+impl io::Read for Lease<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.rx_off == self.rx_len {
+            if self.rx_done {
+                return Ok(0);
+            }
+            self.wait(self.sems().1)?;
+            let slot = (self.rx_slot % self.pool.slots) as usize;
+            let len = self.seg().slot_len[slot].load(Ordering::Relaxed) as usize;
+            let last = self.seg().slot_flags[slot].load(Ordering::Relaxed) & SLOT_LAST != 0;
+            if len > self.pool.slot_size {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk length exceeds its slot"));
+            }
+            self.rx_len = len;
+            self.rx_off = 0;
+            self.rx_done = last;
+            if len == 0 {
+                self.release_rx_slot();
+            }
+        }
+        let n = buf.len().min(self.rx_len - self.rx_off);
+        let src = self.pool.slot_ptr(self.index, self.rx_slot).wrapping_add(self.rx_off);
+        // SAFETY: `src..src+n` lies inside the current slot (rx_off + n ≤ rx_len ≤ slot_size,
+        // validated above); the peer posted this slot to us and will not touch it until we
+        // post `free`; `buf` is our own memory.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n) };
+        self.rx_off += n;
+        if self.rx_off == self.rx_len {
+            self.release_rx_slot();
+        }
+        Ok(n)
+    }
+}
+
+impl Lease<'_> {
+    fn release_rx_slot(&mut self) {
+        self.seg().free.post();
+        self.rx_slot += 1;
+        self.rx_off = 0;
+        self.rx_len = 0;
+        if self.rx_done {
+            self.rx_slot = 0;
+        }
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let generation = self.generation;
+        let abort = !self.done;
+        self.pool.let_go(self.index, |s| gen_of(s) == generation, self.my_bit(), abort);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn names(tag: &str) -> Names {
+        Names::for_instance(&format!("pt{}-{tag}", std::process::id()))
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// One round trip: request `req` from the proxy side, response `resp` from the cached
+    /// side, through two mappings of one pool (as two processes would see it).
+    fn round_trip(pool: &Pool, cached_view: &Pool, req: &[u8], resp: &[u8]) {
+        let mut lease = pool.acquire(Duration::from_secs(1), 7).unwrap();
+        let (index, generation) = (lease.index(), lease.generation());
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let mut c = cached_view.join(index, generation, 7).unwrap();
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).unwrap();
+                assert_eq!(got, req);
+                c.write_all(resp).unwrap();
+                c.finish().unwrap();
+                c.complete();
+            });
+            lease.write_all(req).unwrap();
+            lease.finish().unwrap();
+            let mut got = Vec::new();
+            lease.read_to_end(&mut got).unwrap();
+            assert_eq!(got.len(), resp.len());
+            assert!(got == resp);
+            lease.complete();
+        });
+        drop(lease);
+    }
+
+    #[test]
+    fn streams_of_every_size_cross_one_segment() {
+        let n = names("sizes");
+        let pool = Pool::create(&n, 1, 4096, 4).unwrap();
+        let view = Pool::open(&n).unwrap();
+        let slot = pool.slot_size();
+        for size in [0, 1, slot - 1, slot, slot + 1, 4095, 4096, 4097, 10 * 4096 + 7, 1 << 20] {
+            round_trip(&pool, &view, &pattern(size / 3), &pattern(size));
+        }
+        assert_eq!(pool.occupancy().free, 1);
+        assert_eq!(pool.free_count(), 1);
+    }
+
+    #[test]
+    fn a_stale_generation_is_refused() {
+        let n = names("stale");
+        let pool = Pool::create(&n, 2, 4096, 2).unwrap();
+        let lease = pool.acquire(Duration::from_secs(1), 1).unwrap();
+        let (i, g) = (lease.index(), lease.generation());
+        assert_eq!(pool.join(i, g.wrapping_add(1), 1).err(), Some(JoinError::Stale { expected: g.wrapping_add(1), found: g }));
+        assert_eq!(pool.join(i, g, 2).err(), Some(JoinError::Stale { expected: g, found: g }));
+        assert_eq!(pool.join(99, g, 1).err(), Some(JoinError::BadIndex(99)));
+        drop(lease); // aborted: never completed
+        assert_eq!(pool.join(i, g, 1).err(), Some(JoinError::Aborted));
+        assert_eq!(pool.occupancy().free, 2);
+    }
+
+    #[test]
+    fn exhaustion_times_out_and_release_refills() {
+        let n = names("exhaust");
+        let pool = Pool::create(&n, 2, 4096, 2).unwrap();
+        let a = pool.acquire(Duration::from_secs(1), 1).unwrap();
+        let b = pool.acquire(Duration::from_secs(1), 2).unwrap();
+        assert_ne!(a.index(), b.index());
+        assert!(matches!(pool.acquire(Duration::from_millis(30), 3), Err(AcquireError::TimedOut(_))));
+        assert_eq!(pool.occupancy().in_use, 2);
+        drop(a);
+        let c = pool.acquire(Duration::from_secs(1), 4).unwrap();
+        drop((b, c));
+        assert_eq!(pool.occupancy().free, 2);
+    }
+
+    #[test]
+    fn an_aborted_segment_stays_quarantined_until_the_peer_lets_go() {
+        let n = names("quar");
+        let pool = Pool::create(&n, 1, 4096, 2).unwrap();
+        let mut p = pool.acquire(Duration::from_secs(1), 1).unwrap();
+        p.write_all(b"GET").unwrap();
+        p.finish().unwrap();
+        let mut c = pool.join(p.index(), p.generation(), 1).unwrap();
+        drop(p); // worker gives up (client went away)
+        assert_eq!(pool.state_of(0), SegmentState::Quarantined);
+        assert!(matches!(pool.acquire(Duration::from_millis(20), 2), Err(AcquireError::TimedOut(_))));
+        // cached notices at its next wait and lets go.
+        let big = vec![0u8; 64 << 10];
+        assert!(c.write_all(&big).is_err());
+        drop(c);
+        assert_eq!(pool.state_of(0), SegmentState::Free);
+        assert!(pool.acquire(Duration::from_millis(20), 3).is_ok());
+    }
+
+    #[test]
+    fn a_dead_workers_segments_are_reclaimed() {
+        let n = names("reclaim");
+        let pool = Pool::create(&n, 3, 4096, 2).unwrap();
+        let a = pool.acquire(Duration::from_secs(1), 1).unwrap();
+        let b = pool.acquire(Duration::from_secs(1), 2).unwrap();
+        std::mem::forget(a); // as if the worker died holding them
+        std::mem::forget(b);
+        assert_eq!(pool.occupancy().in_use, 2);
+        assert_eq!(pool.reclaim_worker(std::process::id()), 2);
+        assert_eq!(pool.occupancy().free, 3);
+        assert_eq!(pool.free_count(), 3);
+    }
+}

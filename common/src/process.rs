@@ -1,0 +1,104 @@
+//! Process helpers: `fork`, parent-death signal, process identity (pid plus start time, so a
+//! reused pid is never mistaken for a live peer) and monotonic time in milliseconds.
+
+use nix::unistd::{ForkResult, Pid};
+use std::time::Duration;
+
+/// Identity of a process: a pid alone is reused by the kernel, pid plus start time is not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcId {
+    pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
+    pub start: u64,
+}
+
+impl ProcId {
+    pub fn current() -> ProcId {
+        let pid = std::process::id();
+        ProcId {
+            pid,
+            start: start_time(pid).unwrap_or(0),
+        }
+    }
+
+    /// True while this very process (same pid and same start time) exists and is not a zombie.
+    pub fn alive(&self) -> bool {
+        self.pid != 0 && proc_state(self.pid).is_some_and(|(state, start)| state != 'Z' && start == self.start)
+    }
+}
+
+fn proc_state(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: parse after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    // `rest` starts at field 3; field 22 is the 20th from here (index 19).
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// Start time of `pid` in clock ticks since boot, or `None` if there is no such process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    proc_state(pid).map(|(_, s)| s)
+}
+
+/// Forks the calling process.
+///
+/// Callers must be single-threaded when they call it: the proxy master is (signals arrive
+/// through `signal_hook::flag`, it starts no helper thread, pool or HTTP agent), so the child
+/// may run ordinary code, allocate and take locks.
+pub fn fork_single_threaded() -> nix::Result<ForkResult> {
+    debug_assert!(thread_count().is_none_or(|n| n == 1), "fork with threads alive");
+    // SAFETY: the only documented hazard of `fork` is a multi-threaded parent whose other
+    // threads may hold locks (malloc, stdio) that the child then inherits locked. Our callers
+    // are single-threaded (checked above in debug builds), so no lock can be held elsewhere.
+    unsafe { nix::unistd::fork() }
+}
+
+fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+}
+
+/// Asks the kernel to send `SIGTERM` to this process when its parent dies, then checks
+/// the parent is still the expected one (it may have died before the call).
+pub fn die_with_parent(expected_parent: Pid) -> bool {
+    // SAFETY: PR_SET_PDEATHSIG takes a signal number by value and touches no memory of ours.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    rc == 0 && nix::unistd::getppid() == expected_parent
+}
+
+/// Milliseconds of `CLOCK_MONOTONIC`, comparable across processes of one boot.
+pub fn monotonic_ms() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
+}
+
+/// Sleeps in small steps until `cond` holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() >= limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_identity_is_alive_and_a_wrong_start_time_is_not() {
+        let me = ProcId::current();
+        assert!(me.start > 0);
+        assert!(me.alive());
+        assert!(!ProcId { pid: me.pid, start: me.start + 1 }.alive());
+        assert!(!ProcId { pid: 0, start: 0 }.alive());
+    }
+}
