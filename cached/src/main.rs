@@ -1,1 +1,30 @@
-fn main(){}
+//! `cached`: owns the L2 LRU and the request queue; answers the proxy's doorbells from a
+//! document root (disk) or an origin URL, streaming each answer through the segment.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod lru;
+mod receiver;
+mod respond;
+mod source;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    common::logger::init("cached");
+    let cfg = match cli::parse() {
+        Ok(Some(cfg)) => cfg,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cached: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match receiver::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cached: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

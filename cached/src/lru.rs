@@ -1,0 +1,147 @@
+//! The L2 cache: a byte-bounded LRU of complete objects. Entries are `Arc`s, so an object
+//! evicted while a receiver still streams it stays alive until that receiver is done.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+/// How a stored object is checked before it is served again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Validity {
+    /// A file: served while its size, mtime and inode are unchanged.
+    File { len: u64, mtime_ns: i128, ino: u64 },
+    /// An origin answer: fresh until the instant.
+    Until(Instant),
+}
+
+/// A complete stored answer.
+#[derive(Debug)]
+pub struct Stored {
+    pub status: u16,
+    /// End-to-end headers, without framing (`Content-Length`/`Transfer-Encoding`).
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub validity: Validity,
+    /// When the answer was produced (for `Age`).
+    pub stored_at: SystemTime,
+    /// `Age` the origin reported when we stored it, in seconds.
+    pub initial_age: u64,
+}
+
+impl Stored {
+    fn cost(&self, key: &str) -> u64 {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+        (self.body.len() + headers + key.len() + 128) as u64
+    }
+}
+
+pub struct Lru {
+    capacity: u64,
+    used: u64,
+    tick: u64,
+    map: HashMap<String, (Arc<Stored>, u64)>,
+    order: BTreeMap<u64, String>,
+}
+
+impl Lru {
+    pub fn new(capacity: u64) -> Lru {
+        Lru { capacity, used: 0, tick: 0, map: HashMap::new(), order: BTreeMap::new() }
+    }
+
+    /// Looks `key` up and marks it most recently used.
+    pub fn get(&mut self, key: &str) -> Option<Arc<Stored>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let (obj, t) = self.map.get_mut(key)?;
+        let old = std::mem::replace(t, tick);
+        let obj = obj.clone();
+        if let Some(k) = self.order.remove(&old) {
+            self.order.insert(tick, k);
+        }
+        Some(obj)
+    }
+
+    /// Stores `obj` under `key`, evicting the least recently used entries to make room.
+    /// Returns how many were evicted, or `None` if the object can never fit.
+    pub fn insert(&mut self, key: String, obj: Arc<Stored>) -> Option<u64> {
+        let cost = obj.cost(&key);
+        if cost > self.capacity {
+            return None;
+        }
+        self.remove(&key);
+        let mut evicted = 0;
+        while self.used + cost > self.capacity {
+            let Some((_, victim)) = self.order.pop_first() else { break };
+            if let Some((o, _)) = self.map.remove(&victim) {
+                self.used -= o.cost(&victim);
+                evicted += 1;
+            }
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, key.clone());
+        self.map.insert(key, (obj, self.tick));
+        self.used += cost;
+        Some(evicted)
+    }
+
+    pub fn remove(&mut self, key: &str) -> bool {
+        match self.map.remove(key) {
+            Some((o, t)) => {
+                self.order.remove(&t);
+                self.used -= o.cost(key);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(n: usize) -> Arc<Stored> {
+        Arc::new(Stored {
+            status: 200,
+            headers: vec![],
+            body: vec![0; n],
+            validity: Validity::Until(Instant::now()),
+            stored_at: SystemTime::now(),
+            initial_age: 0,
+        })
+    }
+
+    #[test]
+    fn evicts_least_recently_used_within_capacity() {
+        let mut l = Lru::new(3 * 1200);
+        for k in ["a", "b", "c"] {
+            assert_eq!(l.insert(k.into(), obj(1000)), Some(0));
+        }
+        assert!(l.get("a").is_some()); // a is now the most recent
+        assert_eq!(l.insert("d".into(), obj(1000)), Some(1));
+        assert!(l.get("b").is_none(), "b was the least recently used");
+        assert!(l.get("a").is_some() && l.get("c").is_some() && l.get("d").is_some());
+        assert!(l.used() <= 3 * 1200);
+        assert_eq!(l.insert("huge".into(), obj(10_000)), None);
+        assert!(l.remove("a"));
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn an_evicted_object_survives_under_its_reader() {
+        let mut l = Lru::new(1500);
+        l.insert("a".into(), obj(1000));
+        let held = l.get("a").unwrap();
+        l.insert("b".into(), obj(1000));
+        assert!(l.get("a").is_none());
+        assert_eq!(held.body.len(), 1000);
+    }
+}

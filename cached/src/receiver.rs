@@ -1,0 +1,161 @@
+//! The daemon's frame: announces itself (stats region), creates the doorbell queue, runs
+//! the receiver threads (`cd-recvN`), and stops cleanly on SIGTERM/SIGINT, unlinking what
+//! it created. A receiver takes a doorbell, validates it, joins the named segment and serves
+//! the request in it from start to end.
+
+use crate::lru::Lru;
+use crate::source;
+use anyhow::Context as _;
+use common::config::CachedConfig;
+use common::mq::Doorbells;
+use common::pool::Pool;
+use common::protocol::{Doorbell, Kind, MSG_SIZE};
+use common::stats::{Counters, StatsRegion};
+use common::Names;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Everything the receiver threads share.
+pub struct Ctx {
+    pub cfg: CachedConfig,
+    pub names: Names,
+    pub stats: StatsRegion,
+    pub lru: Mutex<Lru>,
+    /// Canonical document root (disk mode).
+    pub root: PathBuf,
+    /// Upstream client (origin mode).
+    pub agent: Option<ureq::Agent>,
+    pool: Mutex<Option<Arc<Pool>>>,
+}
+
+impl Ctx {
+    pub fn counters(&self) -> &Counters {
+        self.stats.slot(0)
+    }
+
+    /// The pool the doorbell refers to, (re)mapped after a proxy restart.
+    fn pool_for(&self, bell: &Doorbell) -> Option<Arc<Pool>> {
+        let mut slot = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = slot.as_ref().filter(|p| p.id() == bell.pool_id) {
+            return Some(p.clone());
+        }
+        match Pool::open(&self.names) {
+            Ok(p) if p.id() == bell.pool_id => {
+                log::info!("mapped segment pool {} ({} × {} bytes)", self.names.pool, p.segments(), p.segment_size());
+                let p = Arc::new(p);
+                *slot = Some(p.clone());
+                Some(p)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                log::warn!("cannot map the segment pool: {e}");
+                None
+            }
+        }
+    }
+}
+
+pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
+    let names = Names::for_instance(&cfg.instance);
+    let root = if cfg.origin.is_none() {
+        std::fs::canonicalize(&cfg.root).with_context(|| format!("document root {}", cfg.root.display()))?
+    } else {
+        PathBuf::new()
+    };
+    let stats = StatsRegion::create(&names.stats_cached, 1).with_context(|| "cannot announce cached")?;
+    let queue = Doorbells::create(&names.queue, cfg.queue_capacity)
+        .with_context(|| format!("cannot create the request queue {}", names.queue))?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, shutdown.clone())?;
+    }
+    let agent = cfg.origin.as_ref().map(|_| source::origin::agent(&cfg));
+    match &cfg.origin {
+        Some(o) => log::info!("instance {}: serving origin http://{}{}", cfg.instance, o.authority, o.prefix),
+        None => log::info!("instance {}: serving {}", cfg.instance, root.display()),
+    }
+    let ctx = Arc::new(Ctx {
+        lru: Mutex::new(Lru::new(cfg.capacity)),
+        names,
+        stats,
+        root,
+        agent,
+        pool: Mutex::new(None),
+        cfg,
+    });
+    let queue = Arc::new(queue);
+    let threads: Vec<_> = (0..ctx.cfg.threads)
+        .map(|i| {
+            let (ctx, queue, shutdown) = (ctx.clone(), queue.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name(format!("cd-recv{i}"))
+                .spawn(move || receive_loop(&ctx, &queue, &shutdown))
+        })
+        .collect::<Result<_, _>>()?;
+    for t in threads {
+        let _ = t.join();
+    }
+    log::info!("stopped");
+    Ok(())
+}
+
+fn receive_loop(ctx: &Ctx, queue: &Doorbells, shutdown: &AtomicBool) {
+    let mut buf = [0u8; MSG_SIZE];
+    let mut stop_at: Option<Instant> = None;
+    loop {
+        if stop_at.is_none() && shutdown.load(Ordering::Relaxed) {
+            stop_at = Some(Instant::now() + Duration::from_secs(2));
+        }
+        // After the stop signal, drain what is queued (bounded), then leave.
+        let wait = if stop_at.is_some() { Duration::ZERO } else { Duration::from_millis(200) };
+        match queue.recv(&mut buf, wait) {
+            Ok(Some(n)) => handle(ctx, &buf[..n]),
+            Ok(None) if stop_at.is_some() => return,
+            Ok(None) => {}
+            Err(e) => {
+                log::error!("request queue: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if stop_at.is_some_and(|t| Instant::now() >= t) {
+            return;
+        }
+    }
+}
+
+fn handle(ctx: &Ctx, msg: &[u8]) {
+    let bell = match Doorbell::decode(msg) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("dropped a doorbell: {e}");
+            Counters::inc(&ctx.counters().messages_rejected);
+            return;
+        }
+    };
+    let Some(pool) = ctx.pool_for(&bell) else {
+        Counters::inc(&ctx.counters().messages_rejected);
+        return;
+    };
+    let mut lease = match pool.join(bell.index, bell.generation, bell.request_id) {
+        Ok(l) => l,
+        Err(e) => {
+            log::debug!("dropped a doorbell for segment {}: {e}", bell.index);
+            Counters::inc(&ctx.counters().messages_rejected);
+            return;
+        }
+    };
+    lease.set_timeout(ctx.cfg.read_timeout.max(Duration::from_secs(5)));
+    let result = match bell.kind {
+        Kind::Request => source::serve(ctx, &mut lease),
+        Kind::Purge => source::purge(ctx, &mut lease),
+    };
+    match result {
+        Ok(()) => lease.complete(),
+        Err(e) => {
+            Counters::inc(&ctx.counters().transfers_aborted);
+            log::debug!("transfer in segment {} aborted: {e}", bell.index);
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Writing answers into a segment: the response head, then the body, then LAST.
+
+use common::http::CacheOutcome;
+use common::pool::Lease;
+use common::protocol::{BodyLen, ResponseHead};
+use std::io::{self, Read, Write};
+
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+pub fn head(lease: &mut Lease, status: u16, body: BodyLen, outcome: CacheOutcome, headers: Headers) -> io::Result<()> {
+    let h = ResponseHead { status, body, outcome: outcome as u8, headers };
+    lease.write_all(&h.encode())
+}
+
+/// A complete answer with an in-memory body (`head_only`: HEAD, the length is announced
+/// in a `Content-Length` header instead).
+pub fn full(lease: &mut Lease, status: u16, outcome: CacheOutcome, mut headers: Headers, body: &[u8], head_only: bool) -> io::Result<()> {
+    let framing = if head_only {
+        headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
+        BodyLen::None
+    } else {
+        BodyLen::Exact(body.len() as u64)
+    };
+    head(lease, status, framing, outcome, headers)?;
+    if !head_only {
+        lease.write_all(body)?;
+    }
+    lease.finish()
+}
+
+/// An error produced by cached itself, with a short plain-text body.
+pub fn error(lease: &mut Lease, status: u16, msg: &str, head_only: bool) -> io::Result<()> {
+    let body = format!("{status} {}: {msg}\n", common::http::reason(status));
+    let headers = vec![("Content-Type".to_string(), b"text/plain; charset=utf-8".to_vec())];
+    full(lease, status, CacheOutcome::Error, headers, body.as_bytes(), head_only)
+}
+
+/// Reads and discards the rest of the request stream (the protocol requires draining it
+/// before answering). Bounded by the lease's timeouts.
+pub fn drain(lease: &mut Lease) -> io::Result<u64> {
+    let mut buf = [0u8; 8192];
+    let mut n = 0u64;
+    loop {
+        match lease.read(&mut buf)? {
+            0 => return Ok(n),
+            k => n += k as u64,
+        }
+    }
+}
+
+/// A HEAD answer for a body we do not hold in memory.
+pub fn full_head_len(lease: &mut Lease, outcome: CacheOutcome, mut headers: Headers, len: u64) -> io::Result<()> {
+    headers.push(("Content-Length".into(), len.to_string().into_bytes()));
+    head(lease, 200, BodyLen::None, outcome, headers)?;
+    lease.finish()
+}
