@@ -30,7 +30,11 @@ pub struct Stored {
 
 impl Stored {
     fn cost(&self, key: &str) -> u64 {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum();
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum();
         (self.body.len() + headers + key.len() + 128) as u64
     }
 }
@@ -45,7 +49,13 @@ pub struct Lru {
 
 impl Lru {
     pub fn new(capacity: u64) -> Lru {
-        Lru { capacity, used: 0, tick: 0, map: HashMap::new(), order: BTreeMap::new() }
+        Lru {
+            capacity,
+            used: 0,
+            tick: 0,
+            map: HashMap::new(),
+            order: BTreeMap::new(),
+        }
     }
 
     /// Looks `key` up and marks it most recently used.
@@ -71,7 +81,9 @@ impl Lru {
         self.remove(&key);
         let mut evicted = 0;
         while self.used + cost > self.capacity {
-            let Some((_, victim)) = self.order.pop_first() else { break };
+            let Some((_, victim)) = self.order.pop_first() else {
+                break;
+            };
             if let Some((o, _)) = self.map.remove(&victim) {
                 self.used -= o.cost(&victim);
                 evicted += 1;

@@ -43,7 +43,12 @@ impl Ctx {
         }
         match Pool::open(&self.names) {
             Ok(p) if p.id() == bell.pool_id => {
-                log::info!("mapped segment pool {} ({} × {} bytes)", self.names.pool, p.segments(), p.segment_size());
+                log::info!(
+                    "mapped segment pool {} ({} × {} bytes)",
+                    self.names.pool,
+                    p.segments(),
+                    p.segment_size()
+                );
                 let p = Arc::new(p);
                 *slot = Some(p.clone());
                 Some(p)
@@ -60,11 +65,13 @@ impl Ctx {
 pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     let names = Names::for_instance(&cfg.instance);
     let root = if cfg.origin.is_none() {
-        std::fs::canonicalize(&cfg.root).with_context(|| format!("document root {}", cfg.root.display()))?
+        std::fs::canonicalize(&cfg.root)
+            .with_context(|| format!("document root {}", cfg.root.display()))?
     } else {
         PathBuf::new()
     };
-    let stats = StatsRegion::create(&names.stats_cached, 1).with_context(|| "cannot announce cached")?;
+    let stats =
+        StatsRegion::create(&names.stats_cached, 1).with_context(|| "cannot announce cached")?;
     let queue = Doorbells::create(&names.queue, cfg.queue_capacity)
         .with_context(|| format!("cannot create the request queue {}", names.queue))?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -73,7 +80,12 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     }
     let agent = cfg.origin.as_ref().map(|_| source::origin::agent(&cfg));
     match &cfg.origin {
-        Some(o) => log::info!("instance {}: serving origin http://{}{}", cfg.instance, o.authority, o.prefix),
+        Some(o) => log::info!(
+            "instance {}: serving origin http://{}{}",
+            cfg.instance,
+            o.authority,
+            o.prefix
+        ),
         None => log::info!("instance {}: serving {}", cfg.instance, root.display()),
     }
     let ctx = Arc::new(Ctx {
@@ -109,7 +121,11 @@ fn receive_loop(ctx: &Ctx, queue: &Doorbells, shutdown: &AtomicBool) {
             stop_at = Some(Instant::now() + Duration::from_secs(2));
         }
         // After the stop signal, drain what is queued (bounded), then leave.
-        let wait = if stop_at.is_some() { Duration::ZERO } else { Duration::from_millis(200) };
+        let wait = if stop_at.is_some() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(200)
+        };
         match queue.recv(&mut buf, wait) {
             Ok(Some(n)) => handle(ctx, &buf[..n]),
             Ok(None) if stop_at.is_some() => return,

@@ -7,14 +7,32 @@ use std::io::{self, Read, Write};
 
 pub type Headers = Vec<(String, Vec<u8>)>;
 
-pub fn head(lease: &mut Lease, status: u16, body: BodyLen, outcome: CacheOutcome, headers: Headers) -> io::Result<()> {
-    let h = ResponseHead { status, body, outcome: outcome as u8, headers };
+pub fn head(
+    lease: &mut Lease,
+    status: u16,
+    body: BodyLen,
+    outcome: CacheOutcome,
+    headers: Headers,
+) -> io::Result<()> {
+    let h = ResponseHead {
+        status,
+        body,
+        outcome: outcome as u8,
+        headers,
+    };
     lease.write_all(&h.encode())
 }
 
 /// A complete answer with an in-memory body (`head_only`: HEAD, the length is announced
 /// in a `Content-Length` header instead).
-pub fn full(lease: &mut Lease, status: u16, outcome: CacheOutcome, mut headers: Headers, body: &[u8], head_only: bool) -> io::Result<()> {
+pub fn full(
+    lease: &mut Lease,
+    status: u16,
+    outcome: CacheOutcome,
+    mut headers: Headers,
+    body: &[u8],
+    head_only: bool,
+) -> io::Result<()> {
     let framing = if head_only {
         headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
         BodyLen::None
@@ -31,8 +49,18 @@ pub fn full(lease: &mut Lease, status: u16, outcome: CacheOutcome, mut headers: 
 /// An error produced by cached itself, with a short plain-text body.
 pub fn error(lease: &mut Lease, status: u16, msg: &str, head_only: bool) -> io::Result<()> {
     let body = format!("{status} {}: {msg}\n", common::http::reason(status));
-    let headers = vec![("Content-Type".to_string(), b"text/plain; charset=utf-8".to_vec())];
-    full(lease, status, CacheOutcome::Error, headers, body.as_bytes(), head_only)
+    let headers = vec![(
+        "Content-Type".to_string(),
+        b"text/plain; charset=utf-8".to_vec(),
+    )];
+    full(
+        lease,
+        status,
+        CacheOutcome::Error,
+        headers,
+        body.as_bytes(),
+        head_only,
+    )
 }
 
 /// Reads and discards the rest of the request stream (the protocol requires draining it
@@ -49,7 +77,12 @@ pub fn drain(lease: &mut Lease) -> io::Result<u64> {
 }
 
 /// A HEAD answer for a body we do not hold in memory.
-pub fn full_head_len(lease: &mut Lease, outcome: CacheOutcome, mut headers: Headers, len: u64) -> io::Result<()> {
+pub fn full_head_len(
+    lease: &mut Lease,
+    outcome: CacheOutcome,
+    mut headers: Headers,
+    len: u64,
+) -> io::Result<()> {
     headers.push(("Content-Length".into(), len.to_string().into_bytes()));
     head(lease, 200, BodyLen::None, outcome, headers)?;
     lease.finish()

@@ -137,7 +137,9 @@ pub struct Origin {
 
 impl Origin {
     pub fn parse(url: &str) -> Result<Origin, String> {
-        let rest = url.strip_prefix("http://").ok_or("must start with http:// (https is not supported)")?;
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or("must start with http:// (https is not supported)")?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
@@ -145,12 +147,19 @@ impl Origin {
         if authority.is_empty() || authority.contains('@') || authority.contains(['?', '#', ' ']) {
             return Err(format!("bad host in {url:?}"));
         }
-        let authority = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) && !authority.ends_with(']') {
+        let authority = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+            && !authority.ends_with(']')
+        {
             authority.to_string()
         } else {
             format!("{authority}:80")
         };
-        Ok(Origin { authority, prefix: path.trim_end_matches('/').to_string() })
+        Ok(Origin {
+            authority,
+            prefix: path.trim_end_matches('/').to_string(),
+        })
     }
 
     /// Absolute URL for a request target (origin-form, starting with '/').
@@ -168,7 +177,11 @@ struct Source<'a> {
 impl Source<'_> {
     fn err(&self, key: &str, msg: impl std::fmt::Display) -> ConfigError {
         let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
-        if self.flags.iter().any(|(k, _)| k.rsplit('.').next() == key.rsplit('.').next()) {
+        if self
+            .flags
+            .iter()
+            .any(|(k, _)| k.rsplit('.').next() == key.rsplit('.').next())
+        {
             ConfigError(format!("command line: --{flag}: {msg}"))
         } else {
             ConfigError(format!("{}: {key}: {msg}", self.file))
@@ -177,11 +190,17 @@ impl Source<'_> {
 }
 
 /// Reads `file` (if any) and applies `flags` (`(section.key, value)` pairs, or `instance`).
-fn load_table(file: Option<&Path>, flags: &[(String, String)]) -> Result<(FileConfig, String), ConfigError> {
+fn load_table(
+    file: Option<&Path>,
+    flags: &[(String, String)],
+) -> Result<(FileConfig, String), ConfigError> {
     let (name, mut table) = match file {
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
-            let t: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError(format!("{}: {}", p.display(), e.message())))?;
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
+            let t: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                ConfigError(format!("{}: {}", p.display(), e.message()))
+            })?;
             (p.display().to_string(), t)
         }
         None => ("defaults".to_string(), toml::Table::new()),
@@ -205,26 +224,38 @@ fn load_table(file: Option<&Path>, flags: &[(String, String)]) -> Result<(FileCo
             }
         }
     }
-    let cfg: FileConfig = toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-        let msg = e.message().to_string();
-        let src = Source { file: &name, flags };
-        match msg.split('`').nth(1) {
-            Some(key) if msg.starts_with("unknown field") => src.err(key, "unknown key"),
-            _ => ConfigError(format!("{name}: {msg}")),
-        }
-    })?;
+    let cfg: FileConfig = toml::Value::Table(table)
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            let msg = e.message().to_string();
+            let src = Source { file: &name, flags };
+            match msg.split('`').nth(1) {
+                Some(key) if msg.starts_with("unknown field") => src.err(key, "unknown key"),
+                _ => ConfigError(format!("{name}: {msg}")),
+            }
+        })?;
     Ok((cfg, name))
 }
 
 fn instance(cfg: &FileConfig, src: &Source) -> Result<String, ConfigError> {
     let instance = cfg.instance.clone().unwrap_or_else(|| "shmproxy".into());
     if !crate::names::valid_instance(&instance) {
-        return Err(src.err("instance", format!("must be 1..=32 of [A-Za-z0-9_-] (got {instance:?})")));
+        return Err(src.err(
+            "instance",
+            format!("must be 1..=32 of [A-Za-z0-9_-] (got {instance:?})"),
+        ));
     }
     Ok(instance)
 }
 
-fn ranged(src: &Source, key: &str, v: Option<u64>, default: u64, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+fn ranged(
+    src: &Source,
+    key: &str,
+    v: Option<u64>,
+    default: u64,
+    lo: u64,
+    hi: u64,
+) -> Result<u64, ConfigError> {
     let v = v.unwrap_or(default);
     if v < lo || v > hi {
         return Err(src.err(key, format!("must be in {lo}..={hi} (got {v})")));
@@ -233,11 +264,16 @@ fn ranged(src: &Source, key: &str, v: Option<u64>, default: u64, lo: u64, hi: u6
 }
 
 fn ms(src: &Source, key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_millis(ranged(src, key, v, default, 1, 86_400_000)?))
+    Ok(Duration::from_millis(ranged(
+        src, key, v, default, 1, 86_400_000,
+    )?))
 }
 
 impl ProxyConfig {
-    pub fn load(file: Option<&Path>, flags: &[(String, String)]) -> Result<ProxyConfig, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        flags: &[(String, String)],
+    ) -> Result<ProxyConfig, ConfigError> {
         let (cfg, name) = load_table(file, flags)?;
         let src = Source { file: &name, flags };
         let p = &cfg.proxy;
@@ -252,23 +288,61 @@ impl ProxyConfig {
             workers: ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32,
             threads: ranged(&src, "proxy.threads", p.threads, 16, 1, 1024)? as u32,
             segments: ranged(&src, "proxy.segments", p.segments, 64, 1, 4096)? as u32,
-            segment_size: ranged(&src, "proxy.segment_size", p.segment_size, 256 << 10, *pool.start(), *pool.end())? as usize,
-            chunk_slots: ranged(&src, "proxy.chunk_slots", p.chunk_slots, 4, 2, crate::pool::MAX_SLOTS as u64)? as u32,
+            segment_size: ranged(
+                &src,
+                "proxy.segment_size",
+                p.segment_size,
+                256 << 10,
+                *pool.start(),
+                *pool.end(),
+            )? as usize,
+            chunk_slots: ranged(
+                &src,
+                "proxy.chunk_slots",
+                p.chunk_slots,
+                4,
+                2,
+                crate::pool::MAX_SLOTS as u64,
+            )? as u32,
             pool_wait: ms(&src, "proxy.pool_wait_ms", p.pool_wait_ms, 1000)?,
             header_timeout: ms(&src, "proxy.header_timeout_ms", p.header_timeout_ms, 10_000)?,
             idle_timeout: ms(&src, "proxy.idle_timeout_ms", p.idle_timeout_ms, 60_000)?,
             send_timeout: ms(&src, "proxy.send_timeout_ms", p.send_timeout_ms, 30_000)?,
             cached_timeout: ms(&src, "proxy.cached_timeout_ms", p.cached_timeout_ms, 30_000)?,
-            max_header_bytes: ranged(&src, "proxy.max_header_bytes", p.max_header_bytes, 16 << 10, 1024, 1 << 20)? as usize,
+            max_header_bytes: ranged(
+                &src,
+                "proxy.max_header_bytes",
+                p.max_header_bytes,
+                16 << 10,
+                1024,
+                1 << 20,
+            )? as usize,
             max_headers: ranged(&src, "proxy.max_headers", p.max_headers, 100, 8, 1000)? as usize,
-            max_body_bytes: ranged(&src, "proxy.max_body_bytes", p.max_body_bytes, 1 << 30, 0, u64::MAX)?,
-            max_connections: ranged(&src, "proxy.max_connections", p.max_connections, 10_000, 1, 1 << 20)? as usize,
+            max_body_bytes: ranged(
+                &src,
+                "proxy.max_body_bytes",
+                p.max_body_bytes,
+                1 << 30,
+                0,
+                u64::MAX,
+            )?,
+            max_connections: ranged(
+                &src,
+                "proxy.max_connections",
+                p.max_connections,
+                10_000,
+                1,
+                1 << 20,
+            )? as usize,
         })
     }
 }
 
 impl CachedConfig {
-    pub fn load(file: Option<&Path>, flags: &[(String, String)]) -> Result<CachedConfig, ConfigError> {
+    pub fn load(
+        file: Option<&Path>,
+        flags: &[(String, String)],
+    ) -> Result<CachedConfig, ConfigError> {
         let (cfg, name) = load_table(file, flags)?;
         let src = Source { file: &name, flags };
         let c = &cfg.cached;
@@ -277,7 +351,9 @@ impl CachedConfig {
             Some(url) => Some(Origin::parse(url).map_err(|e| src.err("cached.origin", e))?),
         };
         let msg_max = crate::mq::kernel_msg_max().unwrap_or(10) as u64;
-        let queue_capacity = c.queue_capacity.unwrap_or(crate::mq::DEFAULT_CAPACITY as u64);
+        let queue_capacity = c
+            .queue_capacity
+            .unwrap_or(crate::mq::DEFAULT_CAPACITY as u64);
         if queue_capacity > msg_max {
             return Err(src.err(
                 "cached.queue_capacity",
@@ -291,11 +367,31 @@ impl CachedConfig {
             origin,
             threads: ranged(&src, "cached.threads", c.threads, 64, 1, 4096)? as u32,
             capacity,
-            max_object_size: ranged(&src, "cached.max_object_size", c.max_object_size, 8 << 20, 0, u64::MAX)?,
-            connect_timeout: ms(&src, "cached.connect_timeout_ms", c.connect_timeout_ms, 3000)?,
+            max_object_size: ranged(
+                &src,
+                "cached.max_object_size",
+                c.max_object_size,
+                8 << 20,
+                0,
+                u64::MAX,
+            )?,
+            connect_timeout: ms(
+                &src,
+                "cached.connect_timeout_ms",
+                c.connect_timeout_ms,
+                3000,
+            )?,
             read_timeout: ms(&src, "cached.read_timeout_ms", c.read_timeout_ms, 30_000)?,
-            upstream_pool: ranged(&src, "cached.upstream_pool", c.upstream_pool, 64, 1, 4096)? as usize,
-            queue_capacity: ranged(&src, "cached.queue_capacity", Some(queue_capacity), 10, 1, msg_max)? as usize,
+            upstream_pool: ranged(&src, "cached.upstream_pool", c.upstream_pool, 64, 1, 4096)?
+                as usize,
+            queue_capacity: ranged(
+                &src,
+                "cached.queue_capacity",
+                Some(queue_capacity),
+                10,
+                1,
+                msg_max,
+            )? as usize,
         })
     }
 }
@@ -305,7 +401,9 @@ mod tests {
     use super::*;
 
     fn flags(v: &[(&str, &str)]) -> Vec<(String, String)> {
-        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        v.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -335,12 +433,18 @@ mod tests {
         let e = ProxyConfig::load(Some(&f), &[]).unwrap_err().to_string();
         assert!(e.contains("proxy.segments") && e.contains("got 0"), "{e}");
 
-        let e = ProxyConfig::load(None, &flags(&[("proxy.segment_size", "12")])).unwrap_err().to_string();
+        let e = ProxyConfig::load(None, &flags(&[("proxy.segment_size", "12")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("command line: --segment-size"), "{e}");
 
-        let e = CachedConfig::load(None, &flags(&[("cached.origin", "ftp://x")])).unwrap_err().to_string();
+        let e = CachedConfig::load(None, &flags(&[("cached.origin", "ftp://x")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--origin"), "{e}");
-        let e = ProxyConfig::load(None, &flags(&[("instance", "a/b")])).unwrap_err().to_string();
+        let e = ProxyConfig::load(None, &flags(&[("instance", "a/b")]))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("instance"), "{e}");
     }
 

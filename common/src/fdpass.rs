@@ -2,14 +2,20 @@
 //! `SOCK_SEQPACKET` socketpair (one message = one fd, never merged or split).
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
 };
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 /// A connected pair: the master keeps one end, the worker the other.
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    Ok(socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?)
+    Ok(socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
 }
 
 /// Sends `fd` with a one-byte payload. The caller closes its copy afterwards.
@@ -18,7 +24,13 @@ pub fn send_fd(chan: &OwnedFd, fd: &impl AsRawFd) -> io::Result<()> {
     let cmsg = [ControlMessage::ScmRights(&fds)];
     let iov = [IoSlice::new(b"F")];
     loop {
-        match sendmsg::<()>(chan.as_raw_fd(), &iov, &cmsg, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT, None) {
+        match sendmsg::<()>(
+            chan.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+            None,
+        ) {
             Ok(_) => return Ok(()),
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -33,7 +45,12 @@ pub fn recv_fd(chan: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     let mut iov = [IoSliceMut::new(&mut byte)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
     let msg = loop {
-        match recvmsg::<()>(chan.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT) {
+        match recvmsg::<()>(
+            chan.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+        ) {
             Ok(m) => break m,
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -45,17 +62,26 @@ pub fn recv_fd(chan: &OwnedFd) -> io::Result<Option<OwnedFd>> {
         if let ControlMessageOwned::ScmRights(fds) = c {
             // SAFETY: the kernel just installed these descriptors in our table for us; nobody
             // else owns them, so wrapping each in exactly one OwnedFd is sound.
-            got.extend(fds.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            got.extend(
+                fds.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
         }
     }
     if msg.bytes == 0 && got.is_empty() {
         return Ok(None);
     }
     if truncated {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "fd message truncated (MSG_CTRUNC)"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "fd message truncated (MSG_CTRUNC)",
+        ));
     }
     if got.len() != 1 {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("expected 1 fd, got {}", got.len())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected 1 fd, got {}", got.len()),
+        ));
     }
     Ok(got.pop())
 }

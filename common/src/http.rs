@@ -18,7 +18,10 @@ pub const HOP_BY_HOP: &[&str] = &[
 
 /// True if `name` is hop-by-hop, or listed in the message's `Connection` header values.
 pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
-    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || connection_tokens.iter().any(|t| t.eq_ignore_ascii_case(name))
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || connection_tokens
+            .iter()
+            .any(|t| t.eq_ignore_ascii_case(name))
 }
 
 /// Comma-separated tokens of a header value, trimmed and lower-cased.
@@ -114,12 +117,17 @@ pub fn reason(status: u16) -> &'static str {
 
 /// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
 pub fn http_date(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_secs();
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs();
     let days = secs / 86_400;
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
     let (y, mo, d) = civil_from_days(days as i64);
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][mo as usize - 1];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][mo as usize - 1];
     format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
 }
 
@@ -135,9 +143,11 @@ pub fn parse_http_date(v: &str) -> Option<SystemTime> {
     if it.next()? != "GMT" || hms.len() != 8 {
         return None;
     }
-    let mo = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| *m == mon)? as u32
+    let mo = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == mon)? as u32
         + 1;
     let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
     let (h, m, s) = (t.next()??, t.next()??, t.next()??);
@@ -173,7 +183,10 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 /// Content type by file extension.
 pub fn content_type(path: &str) -> &'static str {
-    let ext = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+    let ext = path
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
     match ext.as_str() {
         "html" | "htm" => "text/html; charset=utf-8",
         "css" => "text/css; charset=utf-8",
@@ -260,10 +273,26 @@ mod tests {
 
     #[test]
     fn paths_never_escape() {
-        assert_eq!(safe_path_segments("/a/b.txt?x=1").unwrap(), vec!["a", "b.txt"]);
+        assert_eq!(
+            safe_path_segments("/a/b.txt?x=1").unwrap(),
+            vec!["a", "b.txt"]
+        );
         assert_eq!(safe_path_segments("/a%20b").unwrap(), vec!["a b"]);
-        for bad in ["/../etc/passwd", "/a/%2e%2e/x", "/a%2fb", "/a%00b", "/a/..", "/%2E%2E/x", "a/b", "/a\\..\\b"] {
-            assert!(safe_path_segments(bad).is_err() || !safe_path_segments(bad).unwrap().iter().any(|s| s == ".."), "{bad}");
+        for bad in [
+            "/../etc/passwd",
+            "/a/%2e%2e/x",
+            "/a%2fb",
+            "/a%00b",
+            "/a/..",
+            "/%2E%2E/x",
+            "a/b",
+            "/a\\..\\b",
+        ] {
+            assert!(
+                safe_path_segments(bad).is_err()
+                    || !safe_path_segments(bad).unwrap().iter().any(|s| s == ".."),
+                "{bad}"
+            );
         }
         assert_eq!(safe_path_segments("/a/%2e%2e/x"), Err(PathError::Forbidden));
         assert_eq!(safe_path_segments("/a%2fb"), Err(PathError::Forbidden));

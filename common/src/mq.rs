@@ -24,7 +24,11 @@ pub struct Doorbells {
 
 /// The kernel's limits, read at start-up so a config asking for more is reported clearly.
 pub fn kernel_msg_max() -> Option<usize> {
-    std::fs::read_to_string("/proc/sys/fs/mqueue/msg_max").ok()?.trim().parse().ok()
+    std::fs::read_to_string("/proc/sys/fs/mqueue/msg_max")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Doorbells {
@@ -39,13 +43,24 @@ impl Doorbells {
             .nonblocking()
             .create_new()
             .open(name)?;
-        Ok(Doorbells { mq, name: name.to_string(), owner: true })
+        Ok(Doorbells {
+            mq,
+            name: name.to_string(),
+            owner: true,
+        })
     }
 
     /// Worker: opens the existing queue for sending.
     pub fn open(name: &str) -> io::Result<Doorbells> {
-        let mq = posixmq::OpenOptions::writeonly().nonblocking().existing().open(name)?;
-        Ok(Doorbells { mq, name: name.to_string(), owner: false })
+        let mq = posixmq::OpenOptions::writeonly()
+            .nonblocking()
+            .existing()
+            .open(name)?;
+        Ok(Doorbells {
+            mq,
+            name: name.to_string(),
+            owner: false,
+        })
     }
 
     fn wait(&self, flags: PollFlags, deadline: Instant) -> io::Result<bool> {
@@ -55,7 +70,10 @@ impl Doorbells {
         let fd = unsafe { BorrowedFd::borrow_raw(self.mq.as_raw_fd()) };
         let ms = left.as_millis().min(i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(fd, flags)];
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(n) => Ok(n > 0),
             Err(nix::Error::EINTR) => Ok(false),
             Err(e) => Err(e.into()),
@@ -70,7 +88,10 @@ impl Doorbells {
                 Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if Instant::now() >= deadline {
-                        return Err(io::Error::new(io::ErrorKind::TimedOut, "request queue full"));
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request queue full",
+                        ));
                     }
                     self.wait(PollFlags::POLLOUT, deadline)?;
                 }
@@ -118,7 +139,11 @@ pub fn remove(name: &str) -> bool {
 
 /// True if a queue of that name exists.
 pub fn exists(name: &str) -> bool {
-    posixmq::OpenOptions::readonly().existing().nonblocking().open(name).is_ok()
+    posixmq::OpenOptions::readonly()
+        .existing()
+        .nonblocking()
+        .open(name)
+        .is_ok()
 }
 
 #[cfg(test)]
@@ -138,7 +163,10 @@ mod tests {
         let full = w.send(b"three", Duration::from_millis(50)).unwrap_err();
         assert_eq!(full.kind(), io::ErrorKind::TimedOut);
         assert!(t.elapsed() >= Duration::from_millis(50));
-        assert_eq!(q.recv(&mut buf, Duration::from_millis(10)).unwrap(), Some(3));
+        assert_eq!(
+            q.recv(&mut buf, Duration::from_millis(10)).unwrap(),
+            Some(3)
+        );
         assert_eq!(&buf[..3], b"one");
         drop(q);
         assert!(!exists(&name));

@@ -129,7 +129,10 @@ impl std::error::Error for AcquireError {}
 pub enum JoinError {
     BadIndex(u32),
     /// The segment was released or re-leased since the doorbell was sent.
-    Stale { expected: u32, found: u32 },
+    Stale {
+        expected: u32,
+        found: u32,
+    },
     NotLeased,
     AlreadyJoined,
     Aborted,
@@ -140,7 +143,10 @@ impl std::fmt::Display for JoinError {
         match self {
             JoinError::BadIndex(i) => write!(f, "segment index {i} out of range"),
             JoinError::Stale { expected, found } => {
-                write!(f, "stale doorbell: generation {expected}, segment is at {found}")
+                write!(
+                    f,
+                    "stale doorbell: generation {expected}, segment is at {found}"
+                )
             }
             JoinError::NotLeased => write!(f, "segment is not leased by a worker"),
             JoinError::AlreadyJoined => write!(f, "segment already joined"),
@@ -189,7 +195,12 @@ pub struct Pool {
 
 impl Pool {
     /// Creates the pool of `names` (replacing a stale one from a dead master).
-    pub fn create(names: &Names, segments: u32, segment_size: usize, slots: u32) -> Result<Pool, ShmError> {
+    pub fn create(
+        names: &Names,
+        segments: u32,
+        segment_size: usize,
+        slots: u32,
+    ) -> Result<Pool, ShmError> {
         assert!(segments >= 1 && (MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size));
         assert!((2..=MAX_SLOTS as u32).contains(&slots));
         let segment_size = segment_size & !63;
@@ -198,7 +209,8 @@ impl Pool {
         let len = data_offset + segments as usize * segment_size;
         let region = ShmRegion::create(&names.pool, len, POOL_MAGIC, POOL_VERSION)?;
         let me = ProcId::current();
-        let pool_id = (me.start << 24) ^ u64::from(me.pid) ^ crate::process::monotonic_ms().rotate_left(40);
+        let pool_id =
+            (me.start << 24) ^ u64::from(me.pid) ^ crate::process::monotonic_ms().rotate_left(40);
         let h: &PoolHeader = region.get(0);
         h.pool_id.store(pool_id, Ordering::Relaxed);
         h.segments.store(segments, Ordering::Relaxed);
@@ -218,19 +230,27 @@ impl Pool {
     }
 
     fn from_region(region: ShmRegion) -> Result<Pool, ShmError> {
-        let invalid = |why: &str| ShmError::Invalid { name: region.name().to_string(), why: why.to_string() };
+        let invalid = |why: &str| ShmError::Invalid {
+            name: region.name().to_string(),
+            why: why.to_string(),
+        };
         let h: &PoolHeader = region.get(0);
         let segments = h.segments.load(Ordering::Relaxed);
         let slots = h.slots.load(Ordering::Relaxed);
         let segment_size = h.segment_size.load(Ordering::Relaxed) as usize;
         let data_offset = h.data_offset.load(Ordering::Relaxed) as usize;
-        if !(2..=MAX_SLOTS as u32).contains(&slots) || !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
+        if !(2..=MAX_SLOTS as u32).contains(&slots)
+            || !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size)
+        {
             return Err(invalid("bad slot count or segment size"));
         }
         let needed = (segments as usize)
             .checked_mul(segment_size)
             .and_then(|d| d.checked_add(data_offset));
-        if segments == 0 || data_offset < POOL_HEADER_SIZE + segments as usize * SEGMENT_HEADER_SIZE || needed != Some(region.len()) {
+        if segments == 0
+            || data_offset < POOL_HEADER_SIZE + segments as usize * SEGMENT_HEADER_SIZE
+            || needed != Some(region.len())
+        {
             return Err(invalid("layout does not match the region length"));
         }
         Ok(Pool {
@@ -249,7 +269,8 @@ impl Pool {
     }
 
     fn seg(&self, index: u32) -> &SegmentHeader {
-        self.region.get(POOL_HEADER_SIZE + index as usize * SEGMENT_HEADER_SIZE)
+        self.region
+            .get(POOL_HEADER_SIZE + index as usize * SEGMENT_HEADER_SIZE)
     }
 
     /// Identifies this pool instance: doorbells carry it, so `cached` remaps after a proxy restart.
@@ -301,13 +322,18 @@ impl Pool {
                 let new = u64::from(generation) << 32 | pid << 8 | PROXY;
                 // ORDERING: AcqRel: Acquire pairs with the Release of the last holder's clear,
                 // so its writes to the segment happen before ours; Release publishes our claim.
-                if seg.state.compare_exchange(s, new, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                if seg
+                    .state
+                    .compare_exchange(s, new, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+                {
                     // We hold the segment alone: nobody waits on or posts its semaphores.
                     seg.free.init(self.slots);
                     seg.to_cached.init(0);
                     seg.to_proxy.init(0);
                     seg.request_id.store(request_id, Ordering::Relaxed);
-                    seg.acquired_ms.store(crate::process::monotonic_ms(), Ordering::Relaxed);
+                    seg.acquired_ms
+                        .store(crate::process::monotonic_ms(), Ordering::Relaxed);
                     return Ok(Lease::new(self, Side::Proxy, index, generation));
                 }
             }
@@ -316,7 +342,12 @@ impl Pool {
     }
 
     /// `cached` takes its part of the segment a doorbell names.
-    pub fn join(&self, index: u32, generation: u32, request_id: u64) -> Result<Lease<'_>, JoinError> {
+    pub fn join(
+        &self,
+        index: u32,
+        generation: u32,
+        request_id: u64,
+    ) -> Result<Lease<'_>, JoinError> {
         if index >= self.segments {
             return Err(JoinError::BadIndex(index));
         }
@@ -327,7 +358,10 @@ impl Pool {
         seg.cached_start.store(me.start, Ordering::Relaxed);
         let s = seg.state.load(Ordering::Acquire);
         if gen_of(s) != generation || seg.request_id.load(Ordering::Relaxed) != request_id {
-            return Err(JoinError::Stale { expected: generation, found: gen_of(s) });
+            return Err(JoinError::Stale {
+                expected: generation,
+                found: gen_of(s),
+            });
         }
         if s & ABORTED != 0 {
             return Err(JoinError::Aborted);
@@ -340,10 +374,16 @@ impl Pool {
         }
         // ORDERING: AcqRel: Acquire makes the worker's request chunks (written before its
         // doorbell) visible; Release publishes cached_pid/start written above.
-        match seg.state.compare_exchange(s, s | CACHED, Ordering::AcqRel, Ordering::Acquire) {
+        match seg
+            .state
+            .compare_exchange(s, s | CACHED, Ordering::AcqRel, Ordering::Acquire)
+        {
             Ok(_) => Ok(Lease::new(self, Side::Cached, index, generation)),
             Err(now) if now & ABORTED != 0 => Err(JoinError::Aborted),
-            Err(now) => Err(JoinError::Stale { expected: generation, found: gen_of(now) }),
+            Err(now) => Err(JoinError::Stale {
+                expected: generation,
+                found: gen_of(now),
+            }),
         }
     }
 
@@ -366,7 +406,10 @@ impl Pool {
             let new = (s & !bit) | if abort { ABORTED } else { 0 };
             // ORDERING: AcqRel: Release orders our last access to the data before the next
             // holder's Acquire; Acquire sees the peer's clear if it came first.
-            match seg.state.compare_exchange(s, new, Ordering::AcqRel, Ordering::Acquire) {
+            match seg
+                .state
+                .compare_exchange(s, new, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => {
                     if new & HOLDERS == 0 {
                         self.header().free.post();
@@ -415,7 +458,10 @@ impl Pool {
     }
 
     pub fn occupancy(&self) -> Occupancy {
-        let mut o = Occupancy { segments: self.segments, ..Occupancy::default() };
+        let mut o = Occupancy {
+            segments: self.segments,
+            ..Occupancy::default()
+        };
         for i in 0..self.segments {
             match self.state_of(i) {
                 SegmentState::Free => o.free += 1,
@@ -432,7 +478,9 @@ impl Pool {
     }
 
     fn slot_ptr(&self, index: u32, slot: u32) -> *mut u8 {
-        let off = self.data_offset + index as usize * self.segment_size + (slot % self.slots) as usize * self.slot_size;
+        let off = self.data_offset
+            + index as usize * self.segment_size
+            + (slot % self.slots) as usize * self.slot_size;
         self.region.bytes_ptr(off, self.slot_size)
     }
 }
@@ -518,7 +566,10 @@ impl<'p> Lease<'p> {
     fn check(&self) -> io::Result<()> {
         let s = self.seg().state.load(Ordering::Acquire);
         if gen_of(s) != self.generation || s & self.my_bit() == 0 || s & ABORTED != 0 {
-            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "segment transfer aborted"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "segment transfer aborted",
+            ));
         }
         let peer_dead = match self.side {
             Side::Proxy => self.peer.is_some_and(|p| !p.alive()),
@@ -527,7 +578,10 @@ impl<'p> Lease<'p> {
             Side::Cached => !std::path::Path::new(&format!("/proc/{}", pid_of(s))).exists(),
         };
         if peer_dead {
-            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "peer process died"));
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "peer process died",
+            ));
         }
         Ok(())
     }
@@ -536,12 +590,18 @@ impl<'p> Lease<'p> {
         let deadline = Instant::now() + self.timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            if sem.wait_for(left.min(WAIT_SLICE)).map_err(io::Error::other)? {
+            if sem
+                .wait_for(left.min(WAIT_SLICE))
+                .map_err(io::Error::other)?
+            {
                 return self.check();
             }
             self.check()?;
             if left.is_zero() {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "peer did not answer in time"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer did not answer in time",
+                ));
             }
         }
     }
@@ -596,7 +656,10 @@ impl io::Write for Lease<'_> {
             self.tx_open = true;
         }
         let n = data.len().min(self.pool.slot_size - self.tx_off);
-        let dst = self.pool.slot_ptr(self.index, self.tx_slot).wrapping_add(self.tx_off);
+        let dst = self
+            .pool
+            .slot_ptr(self.index, self.tx_slot)
+            .wrapping_add(self.tx_off);
         // SAFETY: `dst..dst+n` lies inside our slot (tx_off + n ≤ slot_size, `slot_ptr` checks
         // the slot's bounds); the `free` semaphore handed this slot to us, so the peer neither
         // reads nor writes it until we post; `data` is our own memory, so they do not overlap.
@@ -628,7 +691,10 @@ impl io::Read for Lease<'_> {
             let len = self.seg().slot_len[slot].load(Ordering::Relaxed) as usize;
             let last = self.seg().slot_flags[slot].load(Ordering::Relaxed) & SLOT_LAST != 0;
             if len > self.pool.slot_size {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "chunk length exceeds its slot"));
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "chunk length exceeds its slot",
+                ));
             }
             self.rx_len = len;
             self.rx_off = 0;
@@ -638,7 +704,10 @@ impl io::Read for Lease<'_> {
             }
         }
         let n = buf.len().min(self.rx_len - self.rx_off);
-        let src = self.pool.slot_ptr(self.index, self.rx_slot).wrapping_add(self.rx_off);
+        let src = self
+            .pool
+            .slot_ptr(self.index, self.rx_slot)
+            .wrapping_add(self.rx_off);
         // SAFETY: `src..src+n` lies inside the current slot (rx_off + n ≤ rx_len ≤ slot_size,
         // validated above); the peer posted this slot to us and will not touch it until we
         // post `free`; `buf` is our own memory.
@@ -667,7 +736,12 @@ impl Drop for Lease<'_> {
     fn drop(&mut self) {
         let generation = self.generation;
         let abort = !self.done;
-        self.pool.let_go(self.index, |s| gen_of(s) == generation, self.my_bit(), abort);
+        self.pool.let_go(
+            self.index,
+            |s| gen_of(s) == generation,
+            self.my_bit(),
+            abort,
+        );
     }
 }
 
@@ -716,7 +790,18 @@ mod tests {
         let pool = Pool::create(&n, 1, 4096, 4).unwrap();
         let view = Pool::open(&n).unwrap();
         let slot = pool.slot_size();
-        for size in [0, 1, slot - 1, slot, slot + 1, 4095, 4096, 4097, 10 * 4096 + 7, 1 << 20] {
+        for size in [
+            0,
+            1,
+            slot - 1,
+            slot,
+            slot + 1,
+            4095,
+            4096,
+            4097,
+            10 * 4096 + 7,
+            1 << 20,
+        ] {
             round_trip(&pool, &view, &pattern(size / 3), &pattern(size));
         }
         assert_eq!(pool.occupancy().free, 1);
@@ -729,8 +814,20 @@ mod tests {
         let pool = Pool::create(&n, 2, 4096, 2).unwrap();
         let lease = pool.acquire(Duration::from_secs(1), 1).unwrap();
         let (i, g) = (lease.index(), lease.generation());
-        assert_eq!(pool.join(i, g.wrapping_add(1), 1).err(), Some(JoinError::Stale { expected: g.wrapping_add(1), found: g }));
-        assert_eq!(pool.join(i, g, 2).err(), Some(JoinError::Stale { expected: g, found: g }));
+        assert_eq!(
+            pool.join(i, g.wrapping_add(1), 1).err(),
+            Some(JoinError::Stale {
+                expected: g.wrapping_add(1),
+                found: g
+            })
+        );
+        assert_eq!(
+            pool.join(i, g, 2).err(),
+            Some(JoinError::Stale {
+                expected: g,
+                found: g
+            })
+        );
         assert_eq!(pool.join(99, g, 1).err(), Some(JoinError::BadIndex(99)));
         drop(lease); // aborted: never completed
         assert_eq!(pool.join(i, g, 1).err(), Some(JoinError::Aborted));
@@ -744,7 +841,10 @@ mod tests {
         let a = pool.acquire(Duration::from_secs(1), 1).unwrap();
         let b = pool.acquire(Duration::from_secs(1), 2).unwrap();
         assert_ne!(a.index(), b.index());
-        assert!(matches!(pool.acquire(Duration::from_millis(30), 3), Err(AcquireError::TimedOut(_))));
+        assert!(matches!(
+            pool.acquire(Duration::from_millis(30), 3),
+            Err(AcquireError::TimedOut(_))
+        ));
         assert_eq!(pool.occupancy().in_use, 2);
         drop(a);
         let c = pool.acquire(Duration::from_secs(1), 4).unwrap();
@@ -762,7 +862,10 @@ mod tests {
         let mut c = pool.join(p.index(), p.generation(), 1).unwrap();
         drop(p); // worker gives up (client went away)
         assert_eq!(pool.state_of(0), SegmentState::Quarantined);
-        assert!(matches!(pool.acquire(Duration::from_millis(20), 2), Err(AcquireError::TimedOut(_))));
+        assert!(matches!(
+            pool.acquire(Duration::from_millis(20), 2),
+            Err(AcquireError::TimedOut(_))
+        ));
         // cached notices at its next wait and lets go.
         let big = vec![0u8; 64 << 10];
         assert!(c.write_all(&big).is_err());

@@ -23,7 +23,9 @@ impl ProcId {
 
     /// True while this very process (same pid and same start time) exists and is not a zombie.
     pub fn alive(&self) -> bool {
-        self.pid != 0 && proc_state(self.pid).is_some_and(|(state, start)| state != 'Z' && start == self.start)
+        self.pid != 0
+            && proc_state(self.pid)
+                .is_some_and(|(state, start)| state != 'Z' && start == self.start)
     }
 }
 
@@ -49,7 +51,10 @@ pub fn start_time(pid: u32) -> Option<u64> {
 /// through `signal_hook::flag`, it starts no helper thread, pool or HTTP agent), so the child
 /// may run ordinary code, allocate and take locks.
 pub fn fork_single_threaded() -> nix::Result<ForkResult> {
-    debug_assert!(thread_count().is_none_or(|n| n == 1), "fork with threads alive");
+    debug_assert!(
+        thread_count().is_none_or(|n| n == 1),
+        "fork with threads alive"
+    );
     // SAFETY: the only documented hazard of `fork` is a multi-threaded parent whose other
     // threads may hold locks (malloc, stdio) that the child then inherits locked. Our callers
     // are single-threaded (checked above in debug builds), so no lock can be held elsewhere.
@@ -98,7 +103,11 @@ mod tests {
         let me = ProcId::current();
         assert!(me.start > 0);
         assert!(me.alive());
-        assert!(!ProcId { pid: me.pid, start: me.start + 1 }.alive());
+        assert!(!ProcId {
+            pid: me.pid,
+            start: me.start + 1
+        }
+        .alive());
         assert!(!ProcId { pid: 0, start: 0 }.alive());
     }
 }

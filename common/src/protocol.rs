@@ -31,7 +31,9 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecodeError::BadMagic(m) => write!(f, "bad magic {m:#x}"),
-            DecodeError::BadVersion { found, expected } => write!(f, "protocol version {found}, expected {expected}"),
+            DecodeError::BadVersion { found, expected } => {
+                write!(f, "protocol version {found}, expected {expected}")
+            }
             DecodeError::BadKind(k) => write!(f, "unknown message kind {k}"),
             DecodeError::Truncated => write!(f, "truncated message"),
             DecodeError::TooLong(n) => write!(f, "head of {n} bytes is too long"),
@@ -85,14 +87,23 @@ impl Doorbell {
             return Err(DecodeError::BadMagic(u32_at(0)));
         }
         if u16_at(4) != VERSION {
-            return Err(DecodeError::BadVersion { found: u16_at(4), expected: VERSION });
+            return Err(DecodeError::BadVersion {
+                found: u16_at(4),
+                expected: VERSION,
+            });
         }
         let kind = match u16_at(6) {
             1 => Kind::Request,
             2 => Kind::Purge,
             k => return Err(DecodeError::BadKind(k)),
         };
-        Ok(Doorbell { kind, index: u32_at(8), generation: u32_at(12), request_id: u64_at(16), pool_id: u64_at(24) })
+        Ok(Doorbell {
+            kind,
+            index: u32_at(8),
+            generation: u32_at(12),
+            request_id: u64_at(16),
+            pool_id: u64_at(24),
+        })
     }
 }
 
@@ -248,7 +259,10 @@ pub fn read_head(r: &mut impl Read) -> io::Result<Vec<u8>> {
     r.read_exact(&mut len)?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_HEAD {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, DecodeError::TooLong(len)));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            DecodeError::TooLong(len),
+        ));
     }
     let mut buf = vec![0u8; len + 4];
     buf[..4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -288,14 +302,24 @@ impl RequestHead {
         if version != 10 && version != 11 {
             return Err(DecodeError::BadField("version"));
         }
-        let head = RequestHead { method, target, version, client: d.string("client")?, body: d.body()?, headers: d.headers()? };
+        let head = RequestHead {
+            method,
+            target,
+            version,
+            client: d.string("client")?,
+            body: d.body()?,
+            headers: d.headers()?,
+        };
         d.end()?;
         Ok(head)
     }
 
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -315,13 +339,21 @@ impl ResponseHead {
         if !(100..=999).contains(&status) {
             return Err(DecodeError::BadField("status"));
         }
-        let head = ResponseHead { status, body: d.body()?, outcome: d.u8()?, headers: d.headers()? };
+        let head = ResponseHead {
+            status,
+            body: d.body()?,
+            outcome: d.u8()?,
+            headers: d.headers()?,
+        };
         d.end()?;
         Ok(head)
     }
 
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
     }
 }
 
@@ -336,13 +368,22 @@ mod tests {
             version: 11,
             client: "127.0.0.1".into(),
             body: BodyLen::Exact(12),
-            headers: vec![("Host".into(), b"x".to_vec()), ("X-A".into(), b"1".to_vec())],
+            headers: vec![
+                ("Host".into(), b"x".to_vec()),
+                ("X-A".into(), b"1".to_vec()),
+            ],
         }
     }
 
     #[test]
     fn doorbell_round_trips_and_is_pinned() {
-        let d = Doorbell { kind: Kind::Request, index: 3, generation: 9, request_id: 77, pool_id: 5 };
+        let d = Doorbell {
+            kind: Kind::Request,
+            index: 3,
+            generation: 9,
+            request_id: 77,
+            pool_id: 5,
+        };
         let b = d.encode();
         assert_eq!(&b[0..4], b"SHPX");
         assert_eq!(b[8], 3);
@@ -352,16 +393,29 @@ mod tests {
 
     #[test]
     fn every_truncated_or_corrupt_doorbell_is_rejected() {
-        let b = Doorbell { kind: Kind::Purge, index: 1, generation: 2, request_id: 3, pool_id: 4 }.encode();
+        let b = Doorbell {
+            kind: Kind::Purge,
+            index: 1,
+            generation: 2,
+            request_id: 3,
+            pool_id: 4,
+        }
+        .encode();
         for n in 0..b.len() {
             assert!(Doorbell::decode(&b[..n]).is_err());
         }
         let mut bad = b;
         bad[0] ^= 1;
-        assert!(matches!(Doorbell::decode(&bad), Err(DecodeError::BadMagic(_))));
+        assert!(matches!(
+            Doorbell::decode(&bad),
+            Err(DecodeError::BadMagic(_))
+        ));
         let mut bad = b;
         bad[4] = 9;
-        assert!(matches!(Doorbell::decode(&bad), Err(DecodeError::BadVersion { .. })));
+        assert!(matches!(
+            Doorbell::decode(&bad),
+            Err(DecodeError::BadVersion { .. })
+        ));
         let mut bad = b;
         bad[6] = 9;
         assert_eq!(Doorbell::decode(&bad), Err(DecodeError::BadKind(9)));
@@ -376,7 +430,12 @@ mod tests {
         for n in 0..b.len() {
             assert!(RequestHead::decode(&b[..n]).is_err(), "accepted {n} bytes");
         }
-        let resp = ResponseHead { status: 200, body: BodyLen::Unknown, outcome: 2, headers: vec![("ETag".into(), b"\"x\"".to_vec())] };
+        let resp = ResponseHead {
+            status: 200,
+            body: BodyLen::Unknown,
+            outcome: 2,
+            headers: vec![("ETag".into(), b"\"x\"".to_vec())],
+        };
         let b = resp.encode();
         assert_eq!(ResponseHead::decode(&b), Ok(resp));
         for n in 0..b.len() {

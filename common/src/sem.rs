@@ -72,10 +72,13 @@ impl SharedSem {
 
     /// `Ok(true)` = acquired, `Ok(false)` = timed out. Retries EINTR; never waits past `timeout`.
     pub fn wait_for(&self, timeout: Duration) -> Result<bool, SemError> {
-        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(SemError)?;
+        let now =
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(SemError)?;
         let total_ns = now.tv_nsec() as u64 + timeout.subsec_nanos() as u64;
         let deadline = libc::timespec {
-            tv_sec: now.tv_sec() + timeout.as_secs() as libc::time_t + (total_ns / 1_000_000_000) as libc::time_t,
+            tv_sec: now.tv_sec()
+                + timeout.as_secs() as libc::time_t
+                + (total_ns / 1_000_000_000) as libc::time_t,
             tv_nsec: (total_ns % 1_000_000_000) as libc::c_long,
         };
         loop {

@@ -54,12 +54,21 @@ impl RegionHeader {
 #[derive(Debug)]
 pub enum ShmError {
     /// A live process of this instance already owns the region.
-    InUse { name: String, pid: u32 },
+    InUse {
+        name: String,
+        pid: u32,
+    },
     /// No such region (yet).
     Missing(String),
     /// The region exists but is not (yet) a valid region of the expected kind and version.
-    Invalid { name: String, why: String },
-    Os { name: String, err: std::io::Error },
+    Invalid {
+        name: String,
+        why: String,
+    },
+    Os {
+        name: String,
+        err: std::io::Error,
+    },
 }
 
 impl std::fmt::Display for ShmError {
@@ -89,7 +98,10 @@ impl ShmRegion {
     /// line; a region whose owner lives is left alone and reported as [`ShmError::InUse`].
     pub fn create(name: &str, len: usize, magic: u32, version: u32) -> Result<ShmRegion, ShmError> {
         assert!(len >= size_of::<RegionHeader>());
-        let os = |err: nix::Error| ShmError::Os { name: name.to_string(), err: err.into() };
+        let os = |err: nix::Error| ShmError::Os {
+            name: name.to_string(),
+            err: err.into(),
+        };
         let fd = loop {
             match shm_open(
                 name,
@@ -115,12 +127,22 @@ impl ShmRegion {
             }
         };
         let file = File::from(fd);
-        file.set_len(len as u64).map_err(|err| ShmError::Os { name: name.to_string(), err })?;
+        file.set_len(len as u64).map_err(|err| ShmError::Os {
+            name: name.to_string(),
+            err,
+        })?;
         let map = MmapOptions::new()
             .len(len)
             .map_raw(&file)
-            .map_err(|err| ShmError::Os { name: name.to_string(), err })?;
-        let region = ShmRegion { map, name: name.to_string(), owner: true };
+            .map_err(|err| ShmError::Os {
+                name: name.to_string(),
+                err,
+            })?;
+        let region = ShmRegion {
+            map,
+            name: name.to_string(),
+            owner: true,
+        };
         let me = ProcId::current();
         let h = region.header();
         h.version.store(version, Ordering::Relaxed);
@@ -140,16 +162,27 @@ impl ShmRegion {
 
     /// Opens an existing, published region of the given kind and version.
     pub fn open(name: &str, magic: u32, version: u32) -> Result<ShmRegion, ShmError> {
-        let invalid = |why: String| ShmError::Invalid { name: name.to_string(), why };
+        let invalid = |why: String| ShmError::Invalid {
+            name: name.to_string(),
+            why,
+        };
         let fd = match shm_open(name, OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty()) {
             Ok(fd) => fd,
             Err(nix::Error::ENOENT) => return Err(ShmError::Missing(name.to_string())),
-            Err(e) => return Err(ShmError::Os { name: name.to_string(), err: e.into() }),
+            Err(e) => {
+                return Err(ShmError::Os {
+                    name: name.to_string(),
+                    err: e.into(),
+                })
+            }
         };
         let file = File::from(fd);
         let len = file
             .metadata()
-            .map_err(|err| ShmError::Os { name: name.to_string(), err })?
+            .map_err(|err| ShmError::Os {
+                name: name.to_string(),
+                err,
+            })?
             .len() as usize;
         if len < size_of::<RegionHeader>() {
             return Err(invalid(format!("too short ({len} bytes)")));
@@ -157,13 +190,22 @@ impl ShmRegion {
         let map = MmapOptions::new()
             .len(len)
             .map_raw(&file)
-            .map_err(|err| ShmError::Os { name: name.to_string(), err })?;
-        let region = ShmRegion { map, name: name.to_string(), owner: false };
+            .map_err(|err| ShmError::Os {
+                name: name.to_string(),
+                err,
+            })?;
+        let region = ShmRegion {
+            map,
+            name: name.to_string(),
+            owner: false,
+        };
         let h = region.header();
         // ORDERING: Acquire pairs with the Release store in `publish`.
         let found = h.magic.load(Ordering::Acquire);
         if found != magic {
-            return Err(invalid(format!("bad magic {found:#x}, expected {magic:#x}")));
+            return Err(invalid(format!(
+                "bad magic {found:#x}, expected {magic:#x}"
+            )));
         }
         let v = h.version.load(Ordering::Relaxed);
         if v != version {
@@ -177,7 +219,12 @@ impl ShmRegion {
 
     /// Like [`ShmRegion::open`], retrying a bounded time while the region is missing or not
     /// yet published.
-    pub fn open_wait(name: &str, magic: u32, version: u32, limit: Duration) -> Result<ShmRegion, ShmError> {
+    pub fn open_wait(
+        name: &str,
+        magic: u32,
+        version: u32,
+        limit: Duration,
+    ) -> Result<ShmRegion, ShmError> {
         let start = std::time::Instant::now();
         loop {
             match Self::open(name, magic, version) {
@@ -209,9 +256,15 @@ impl ShmRegion {
     ///
     /// Panics if `T` does not fit inside the mapping at that offset or is misaligned.
     pub fn get<T: ShmSafe>(&self, offset: usize) -> &T {
-        assert!(offset.checked_add(size_of::<T>()).is_some_and(|end| end <= self.map.len()));
+        assert!(offset
+            .checked_add(size_of::<T>())
+            .is_some_and(|end| end <= self.map.len()));
         let ptr = self.map.as_mut_ptr().wrapping_add(offset);
-        assert_eq!(ptr as usize % align_of::<T>(), 0, "misaligned shared-memory field");
+        assert_eq!(
+            ptr as usize % align_of::<T>(),
+            0,
+            "misaligned shared-memory field"
+        );
         // SAFETY: in bounds and aligned (checked above); the mapping lives as long as `self`;
         // `T: ShmSafe` is made only of atomics/UnsafeCells, valid for any bytes, and every
         // write through the reference is atomic or behind an UnsafeCell, so other processes
@@ -222,7 +275,9 @@ impl ShmRegion {
     /// Raw pointer to `len` bytes at `offset` (bounds checked). Only for `copy_nonoverlapping`
     /// while a semaphore handoff makes the caller the bytes' owner.
     pub fn bytes_ptr(&self, offset: usize, len: usize) -> *mut u8 {
-        assert!(offset.checked_add(len).is_some_and(|end| end <= self.map.len()));
+        assert!(offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.map.len()));
         self.map.as_mut_ptr().wrapping_add(offset)
     }
 
@@ -263,17 +318,32 @@ mod tests {
     fn create_publish_open_and_unlink_on_drop() {
         let name = unique("a");
         let r = ShmRegion::create(&name, 4096, 0xabcd, 1).unwrap();
-        assert!(matches!(ShmRegion::open(&name, 0xabcd, 1), Err(ShmError::Invalid { .. })));
+        assert!(matches!(
+            ShmRegion::open(&name, 0xabcd, 1),
+            Err(ShmError::Invalid { .. })
+        ));
         r.publish(0xabcd);
         let o = ShmRegion::open(&name, 0xabcd, 1).unwrap();
         assert_eq!(o.header().owner(), ProcId::current());
-        assert!(matches!(ShmRegion::open(&name, 0xabcd, 2), Err(ShmError::Invalid { .. })));
-        assert!(matches!(ShmRegion::open(&name, 0x1234, 1), Err(ShmError::Invalid { .. })));
+        assert!(matches!(
+            ShmRegion::open(&name, 0xabcd, 2),
+            Err(ShmError::Invalid { .. })
+        ));
+        assert!(matches!(
+            ShmRegion::open(&name, 0x1234, 1),
+            Err(ShmError::Invalid { .. })
+        ));
         // A live owner is never replaced.
-        assert!(matches!(ShmRegion::create(&name, 4096, 0xabcd, 1), Err(ShmError::InUse { .. })));
+        assert!(matches!(
+            ShmRegion::create(&name, 4096, 0xabcd, 1),
+            Err(ShmError::InUse { .. })
+        ));
         drop(o);
         drop(r);
-        assert!(matches!(ShmRegion::open(&name, 0xabcd, 1), Err(ShmError::Missing(_))));
+        assert!(matches!(
+            ShmRegion::open(&name, 0xabcd, 1),
+            Err(ShmError::Missing(_))
+        ));
     }
 
     #[test]

@@ -139,7 +139,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn get(&self, name: &str) -> u64 {
-        FIELDS.iter().position(|f| f.name == name).map_or(0, |i| self.values[i])
+        FIELDS
+            .iter()
+            .position(|f| f.name == name)
+            .map_or(0, |i| self.values[i])
     }
 
     /// Approximate latency percentile in µs (upper bound of the bucket), `q` in 0..=1.
@@ -162,7 +165,12 @@ impl Snapshot {
 
 impl StatsRegion {
     pub fn create(name: &str, slots: usize) -> Result<StatsRegion, ShmError> {
-        let region = ShmRegion::create(name, SLOTS_OFFSET + slots * SLOT_SIZE, STATS_MAGIC, STATS_VERSION)?;
+        let region = ShmRegion::create(
+            name,
+            SLOTS_OFFSET + slots * SLOT_SIZE,
+            STATS_MAGIC,
+            STATS_VERSION,
+        )?;
         region.publish(STATS_MAGIC);
         Ok(StatsRegion { region, slots })
     }
@@ -192,7 +200,10 @@ impl StatsRegion {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot { values: vec![0; FIELDS.len()], latency: vec![0; LATENCY_BUCKETS] };
+        let mut s = Snapshot {
+            values: vec![0; FIELDS.len()],
+            latency: vec![0; LATENCY_BUCKETS],
+        };
         for i in 0..self.slots {
             let c = self.slot(i);
             for (acc, v) in s.values.iter_mut().zip(c.values()) {

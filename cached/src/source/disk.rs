@@ -73,15 +73,32 @@ pub fn cache_key(ctx: &Ctx, target: &str) -> Option<String> {
 }
 
 fn validity(meta: &Metadata) -> Validity {
-    Validity::File { len: meta.len(), mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()), ino: meta.ino() }
+    Validity::File {
+        len: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        ino: meta.ino(),
+    }
 }
 
 fn entity_headers(path: &std::path::Path, meta: &Metadata) -> (Headers, String, SystemTime) {
     let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-    let etag = format!("\"{:x}-{:x}-{:x}\"", meta.len(), meta.mtime(), meta.mtime_nsec());
+    let etag = format!(
+        "\"{:x}-{:x}-{:x}\"",
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
     let headers = vec![
-        ("Content-Type".to_string(), http::content_type(&path.to_string_lossy()).as_bytes().to_vec()),
-        ("Last-Modified".to_string(), http::http_date(mtime).into_bytes()),
+        (
+            "Content-Type".to_string(),
+            http::content_type(&path.to_string_lossy())
+                .as_bytes()
+                .to_vec(),
+        ),
+        (
+            "Last-Modified".to_string(),
+            http::http_date(mtime).into_bytes(),
+        ),
         ("ETag".to_string(), etag.clone().into_bytes()),
     ];
     (headers, etag, mtime)
@@ -93,10 +110,19 @@ fn not_modified(req: &RequestHead, etag: &str, mtime: SystemTime) -> bool {
     if let Some(inm) = req.header("if-none-match") {
         let inm = String::from_utf8_lossy(inm);
         let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
-        return inm.split(',').any(|t| t.trim() == "*" || weak(t) == weak(etag));
+        return inm
+            .split(',')
+            .any(|t| t.trim() == "*" || weak(t) == weak(etag));
     }
-    if let Some(ims) = req.header("if-modified-since").and_then(|v| http::parse_http_date(&String::from_utf8_lossy(v))) {
-        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if let Some(ims) = req
+        .header("if-modified-since")
+        .and_then(|v| http::parse_http_date(&String::from_utf8_lossy(v)))
+    {
+        let secs = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
         return secs(mtime) <= secs(ims);
     }
     false
@@ -107,26 +133,53 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     let head_only = req.method == "HEAD";
     if req.method != "GET" && !head_only {
         let body = b"405 Method Not Allowed: the document root serves GET and HEAD\n";
-        let headers = vec![("Allow".to_string(), b"GET, HEAD".to_vec()), ("Content-Type".to_string(), b"text/plain; charset=utf-8".to_vec())];
+        let headers = vec![
+            ("Allow".to_string(), b"GET, HEAD".to_vec()),
+            (
+                "Content-Type".to_string(),
+                b"text/plain; charset=utf-8".to_vec(),
+            ),
+        ];
         return respond::full(lease, 405, CacheOutcome::Error, headers, body, false);
     }
     let (path, meta) = match resolve(ctx, &req.target) {
         Resolved::File(p, m) => (p, m),
         Resolved::Redirect(location) => {
-            let headers = vec![("Location".to_string(), location.into_bytes()), ("Content-Type".to_string(), b"text/plain; charset=utf-8".to_vec())];
-            return respond::full(lease, 301, CacheOutcome::Pass, headers, b"moved to the directory\n", head_only);
+            let headers = vec![
+                ("Location".to_string(), location.into_bytes()),
+                (
+                    "Content-Type".to_string(),
+                    b"text/plain; charset=utf-8".to_vec(),
+                ),
+            ];
+            return respond::full(
+                lease,
+                301,
+                CacheOutcome::Pass,
+                headers,
+                b"moved to the directory\n",
+                head_only,
+            );
         }
         Resolved::Error(status, msg) => return respond::error(lease, status, msg, head_only),
     };
     let (headers, etag, mtime) = entity_headers(&path, &meta);
     if not_modified(req, &etag, mtime) {
-        let keep = headers.into_iter().filter(|(k, _)| k != "Content-Type").collect();
+        let keep = headers
+            .into_iter()
+            .filter(|(k, _)| k != "Content-Type")
+            .collect();
         respond::head(lease, 304, BodyLen::None, CacheOutcome::Hit, keep)?;
         return lease.finish();
     }
     let key = path.to_string_lossy().into_owned();
     let valid = validity(&meta);
-    let hit = ctx.lru.lock().unwrap_or_else(|e| e.into_inner()).get(&key).filter(|o| o.validity == valid);
+    let hit = ctx
+        .lru
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .filter(|o| o.validity == valid);
     if let Some(obj) = hit {
         Counters::inc(&ctx.counters().l2_hits);
         return respond::full(lease, 200, CacheOutcome::Hit, headers, &obj.body, head_only);
@@ -141,10 +194,29 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         if body.len() as u64 != len {
             // The file changed under us: never serve or store a body that disagrees with
             // the length we announce.
-            return respond::error(lease, 503, "file changed while being read; retry", head_only);
+            return respond::error(
+                lease,
+                503,
+                "file changed while being read; retry",
+                head_only,
+            );
         }
-        let obj = Arc::new(Stored { status: 200, headers: headers.clone(), body, validity: valid, stored_at: SystemTime::now(), initial_age: 0 });
-        respond::full(lease, 200, CacheOutcome::Miss, headers, &obj.body, head_only)?;
+        let obj = Arc::new(Stored {
+            status: 200,
+            headers: headers.clone(),
+            body,
+            validity: valid,
+            stored_at: SystemTime::now(),
+            initial_age: 0,
+        });
+        respond::full(
+            lease,
+            200,
+            CacheOutcome::Miss,
+            headers,
+            &obj.body,
+            head_only,
+        )?;
         crate::source::store(ctx, key, obj);
         return Ok(());
     }
@@ -159,7 +231,10 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         let want = buf.len().min((len - sent) as usize);
         let n = file.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while being sent"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while being sent",
+            ));
         }
         lease.write_all(&buf[..n])?;
         sent += n as u64;

@@ -40,7 +40,14 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let removed = key.is_some_and(|k| ctx.lru.lock().unwrap_or_else(|e| e.into_inner()).remove(&k));
     publish_store_gauges(ctx);
     if removed {
-        respond::full(lease, 200, common::http::CacheOutcome::Internal, vec![], b"purged\n", false)
+        respond::full(
+            lease,
+            200,
+            common::http::CacheOutcome::Internal,
+            vec![],
+            b"purged\n",
+            false,
+        )
     } else {
         respond::error(lease, 404, "not in cache", false)
     }
@@ -48,7 +55,11 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
 
 /// Stores `obj`, counting evictions and updating the stored-size gauges.
 pub fn store(ctx: &Ctx, key: String, obj: std::sync::Arc<crate::lru::Stored>) {
-    let evicted = ctx.lru.lock().unwrap_or_else(|e| e.into_inner()).insert(key, obj);
+    let evicted = ctx
+        .lru
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, obj);
     if let Some(n) = evicted {
         Counters::add(&ctx.counters().evictions, n);
     }

@@ -10,13 +10,13 @@ use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
 use common::config::{CachedConfig, Origin};
 use common::http::{self as httpx, CacheOutcome};
-use ureq::http;
 use common::pool::Lease;
 use common::protocol::{BodyLen, RequestHead};
 use common::stats::Counters;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
+use ureq::http;
 
 pub fn agent(cfg: &CachedConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -64,17 +64,29 @@ fn is_unsafe(method: &str) -> bool {
 
 pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -> io::Result<()> {
     let head_only = req.method == "HEAD";
-    let storable_request = (req.method == "GET" || head_only) && req.header("authorization").is_none();
+    let storable_request =
+        (req.method == "GET" || head_only) && req.header("authorization").is_none();
     let key = cache_key(&req.target);
     if storable_request {
         if let Some(obj) = lookup(ctx, &key) {
             respond::drain(lease)?;
             Counters::inc(&ctx.counters().l2_hits);
             let mut headers = obj.headers.clone();
-            let age = obj.initial_age + SystemTime::now().duration_since(obj.stored_at).map(|d| d.as_secs()).unwrap_or(0);
+            let age = obj.initial_age
+                + SystemTime::now()
+                    .duration_since(obj.stored_at)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
             headers.push(("Age".into(), age.to_string().into_bytes()));
-            return respond::full(lease, obj.status, CacheOutcome::Hit, headers, &obj.body, head_only);
+            return respond::full(
+                lease,
+                obj.status,
+                CacheOutcome::Hit,
+                headers,
+                &obj.body,
+                head_only,
+            );
         }
         Counters::inc(&ctx.counters().l2_misses);
     } else {
@@ -93,7 +105,10 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -
             agent.run(request.body(send).map_err(io::Error::other)?)
         }
     };
-    Counters::add(&ctx.counters().upstream_latency_us, started.elapsed().as_micros() as u64);
+    Counters::add(
+        &ctx.counters().upstream_latency_us,
+        started.elapsed().as_micros() as u64,
+    );
     // Whatever the origin did with it, the request stream must be drained before we answer.
     respond::drain(lease)?;
     let response = match result {
@@ -120,7 +135,9 @@ fn lookup(ctx: &Ctx, key: &str) -> Option<Arc<Stored>> {
 }
 
 fn build_request(req: &RequestHead, origin: &Origin) -> io::Result<http::request::Builder> {
-    let mut b = http::Request::builder().method(req.method.as_bytes()).uri(origin.url_for(&req.target));
+    let mut b = http::Request::builder()
+        .method(req.method.as_bytes())
+        .uri(origin.url_for(&req.target));
     let mut xff: Option<Vec<u8>> = None;
     for (name, value) in &req.headers {
         match name.to_ascii_lowercase().as_str() {
@@ -131,13 +148,21 @@ fn build_request(req: &RequestHead, origin: &Origin) -> io::Result<http::request
             _ => b = b.header(name.as_str(), value.as_slice()),
         }
     }
-    let mut xff = xff.map(|mut v| {
-        v.extend_from_slice(b", ");
-        v
-    })
-    .unwrap_or_default();
+    let mut xff = xff
+        .map(|mut v| {
+            v.extend_from_slice(b", ");
+            v
+        })
+        .unwrap_or_default();
     xff.extend_from_slice(req.client.as_bytes());
-    b = b.header("X-Forwarded-For", xff).header("Via", if req.version == 10 { "1.0 shmproxy" } else { "1.1 shmproxy" });
+    b = b.header("X-Forwarded-For", xff).header(
+        "Via",
+        if req.version == 10 {
+            "1.0 shmproxy"
+        } else {
+            "1.1 shmproxy"
+        },
+    );
     if let BodyLen::Exact(n) = req.body {
         b = b.header("Content-Length", n);
     }
@@ -145,7 +170,8 @@ fn build_request(req: &RequestHead, origin: &Origin) -> io::Result<http::request
 }
 
 fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: ureq::Error, head_only: bool) -> io::Result<()> {
-    let timed_out = matches!(e, ureq::Error::Timeout(_)) || matches!(&e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut);
+    let timed_out = matches!(e, ureq::Error::Timeout(_))
+        || matches!(&e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut);
     if timed_out {
         Counters::inc(&ctx.counters().upstream_timeouts);
         log::warn!("origin timed out: {e}");
@@ -153,7 +179,12 @@ fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: ureq::Error, head_only: bool)
     } else {
         Counters::inc(&ctx.counters().upstream_errors);
         log::warn!("origin failed: {e}");
-        respond::error(lease, 502, "the origin could not be reached or answered badly", head_only)
+        respond::error(
+            lease,
+            502,
+            "the origin could not be reached or answered badly",
+            head_only,
+        )
     }
 }
 
@@ -191,30 +222,62 @@ fn storable_for(status: u16, headers: &http::HeaderMap) -> Option<Duration> {
             }
         }
     }
-    if headers.get_all("vary").iter().any(|v| httpx::tokens(v.as_bytes()).iter().any(|t| t == "*")) {
+    if headers
+        .get_all("vary")
+        .iter()
+        .any(|v| httpx::tokens(v.as_bytes()).iter().any(|t| t == "*"))
+    {
         return None;
     }
     let life = s_maxage.or(max_age).map(Duration::from_secs).or_else(|| {
-        let parse = |h: &str| headers.get(h).and_then(|v| v.to_str().ok()).and_then(common::http::parse_http_date);
+        let parse = |h: &str| {
+            headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .and_then(common::http::parse_http_date)
+        };
         let expires = parse("expires")?;
         let date = parse("date").unwrap_or_else(SystemTime::now);
         Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
     })?;
-    let age = headers.get("age").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
-    life.checked_sub(Duration::from_secs(age)).filter(|d| !d.is_zero())
+    let age = headers
+        .get("age")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    life.checked_sub(Duration::from_secs(age))
+        .filter(|d| !d.is_zero())
 }
 
-fn relay(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, response: http::Response<ureq::Body>, storable_request: bool, key: String) -> io::Result<()> {
+fn relay(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    response: http::Response<ureq::Body>,
+    storable_request: bool,
+    key: String,
+) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    let connection_tokens: Vec<String> = parts.headers.get_all("connection").iter().flat_map(|v| httpx::tokens(v.as_bytes())).collect();
-    let declared = parts.headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let connection_tokens: Vec<String> = parts
+        .headers
+        .get_all("connection")
+        .iter()
+        .flat_map(|v| httpx::tokens(v.as_bytes()))
+        .collect();
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let head_only = req.method == "HEAD";
     let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
     let mut headers: Headers = Vec::new();
     for (name, value) in &parts.headers {
         let name = name.as_str();
-        if httpx::is_hop_by_hop(name, &connection_tokens) || (name == "content-length" && !head_only) {
+        if httpx::is_hop_by_hop(name, &connection_tokens)
+            || (name == "content-length" && !head_only)
+        {
             continue;
         }
         headers.push((name.to_string(), value.as_bytes().to_vec()));
@@ -224,14 +287,22 @@ fn relay(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, response: http::Respon
         (false, Some(n)) => BodyLen::Exact(n),
         (false, None) => BodyLen::Unknown,
     };
-    let lifetime = if storable_request && req.method == "GET" { storable_for(status, &parts.headers) } else { None };
+    let lifetime = if storable_request && req.method == "GET" {
+        storable_for(status, &parts.headers)
+    } else {
+        None
+    };
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
     let mut keep: Option<Vec<u8>> = match (lifetime, declared) {
         (Some(_), Some(n)) if n <= limit => Some(Vec::with_capacity(n as usize)),
         (Some(_), None) => Some(Vec::new()),
         _ => None,
     };
-    let outcome = if storable_request { CacheOutcome::Miss } else { CacheOutcome::Pass };
+    let outcome = if storable_request {
+        CacheOutcome::Miss
+    } else {
+        CacheOutcome::Pass
+    };
     respond::head(lease, status, framing, outcome, headers.clone())?;
     if !no_body {
         let mut reader = body.into_reader();
@@ -243,7 +314,10 @@ fn relay(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, response: http::Respon
                 Ok(n) => n,
                 Err(e) => {
                     Counters::inc(&ctx.counters().upstream_errors);
-                    log::warn!("origin body for {} failed after {total} bytes: {e}", req.target);
+                    log::warn!(
+                        "origin body for {} failed after {total} bytes: {e}",
+                        req.target
+                    );
                     return Err(e);
                 }
             };
@@ -260,15 +334,30 @@ fn relay(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, response: http::Respon
             }
         }
         if declared.is_some_and(|d| d != total) {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "origin body shorter than its Content-Length"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "origin body shorter than its Content-Length",
+            ));
         }
     }
     lease.finish()?;
     if let (Some(life), Some(body)) = (lifetime, keep) {
         if !no_body {
-            let initial_age = parts.headers.get("age").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+            let initial_age = parts
+                .headers
+                .get("age")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
-            let obj = Stored { status, headers, body, validity: Validity::Until(Instant::now() + life), stored_at: SystemTime::now(), initial_age };
+            let obj = Stored {
+                status,
+                headers,
+                body,
+                validity: Validity::Until(Instant::now() + life),
+                stored_at: SystemTime::now(),
+                initial_age,
+            };
             crate::source::store(ctx, key, Arc::new(obj));
         }
     }

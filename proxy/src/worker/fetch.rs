@@ -1,0 +1,320 @@
+//! The segment client: one request through `cached`. Lease a segment, ring the doorbell,
+//! write the request head and body into the segment, then stream the answer to the client
+//! chunk by chunk. Every failure before the first response byte becomes a clear status
+//! (503 cached absent or pool exhausted, 504 cached too slow, 502 bad answer); a failure
+//! after it closes the connection, so a client never mistakes a short body for a whole one.
+
+use super::conn::{self, Conn, Request, Scratch};
+use super::Worker;
+use common::http::{self, CacheOutcome};
+use common::mq::Doorbells;
+use common::pool::AcquireError;
+use common::process::ProcId;
+use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
+use common::stats::{Counters, StatsRegion};
+use common::Names;
+use std::io::{self, Read, Write};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long a doorbell may wait for room in the queue.
+const RING_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often the liveness of `cached` is re-checked.
+const RECHECK: Duration = Duration::from_millis(100);
+
+/// The worker's view of `cached`: who it is (pid + start time, from its stats region) and
+/// its queue, rediscovered lazily after it restarts.
+pub struct CachedLink {
+    names: Names,
+    state: Mutex<Link>,
+}
+
+#[derive(Default)]
+struct Link {
+    peer: Option<(ProcId, Arc<Doorbells>)>,
+    checked: Option<Instant>,
+}
+
+impl CachedLink {
+    pub fn new(names: &Names) -> CachedLink {
+        CachedLink {
+            names: names.clone(),
+            state: Mutex::new(Link::default()),
+        }
+    }
+
+    /// The live cached and its queue, or `None` if it is not running.
+    pub fn current(&self) -> Option<(ProcId, Arc<Doorbells>)> {
+        let mut link = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if link.checked.is_some_and(|t| t.elapsed() < RECHECK) {
+            return link.peer.clone();
+        }
+        link.checked = Some(Instant::now());
+        if link.peer.as_ref().is_some_and(|(id, _)| id.alive()) {
+            return link.peer.clone();
+        }
+        link.peer = StatsRegion::open(&self.names.stats_cached)
+            .ok()
+            .map(|r| r.owner())
+            .filter(|id| id.alive())
+            .and_then(|id| {
+                Doorbells::open(&self.names.queue)
+                    .ok()
+                    .map(|q| (id, Arc::new(q)))
+            });
+        link.peer.clone()
+    }
+
+    /// Forgets the current peer (after a failed ring), so the next request looks again.
+    fn forget(&self) {
+        let mut link = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        link.peer = None;
+        link.checked = None;
+    }
+}
+
+/// Runs one request through cached; returns whether the connection may continue.
+pub fn exchange(
+    w: &Worker,
+    conn: &mut Conn,
+    req: &Request,
+    kind: Kind,
+    scratch: &mut Scratch,
+) -> bool {
+    let cfg = &w.shared.cfg;
+    // A request whose body we do not read must end the connection.
+    let can_continue = req.body == conn::ClientBody::None;
+    let head = RequestHead {
+        method: req.method.clone(),
+        target: req.target.clone(),
+        version: req.version,
+        client: conn.peer.clone(),
+        body: req.body.framing(),
+        headers: req.headers.clone(),
+    }
+    .encode();
+    if head.len() > w.shared.pool.segment_size() {
+        Counters::inc(&w.counters().bad_requests);
+        let (status, msg) = if req.target.len() * 2 > w.shared.pool.segment_size() {
+            (414, "request target too long for a segment")
+        } else {
+            (431, "request head too large for a segment")
+        };
+        conn::send_simple(w, conn, status, msg);
+        return false;
+    }
+    let Some((peer, queue)) = w.cached.current() else {
+        Counters::inc(&w.counters().cached_unavailable);
+        conn::send_simple(w, conn, 503, "cached is not running; retry shortly");
+        return can_continue && req.keep_alive;
+    };
+    let request_id = w.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let mut lease = match w.shared.pool.acquire(cfg.pool_wait, request_id) {
+        Ok(l) => l,
+        Err(AcquireError::TimedOut(_)) | Err(AcquireError::Sem(_)) => {
+            Counters::inc(&w.counters().pool_acquire_timeouts);
+            conn::send_simple(w, conn, 503, "no free shared-memory segment in time");
+            return can_continue && req.keep_alive;
+        }
+    };
+    Counters::inc(&w.counters().pool_acquires);
+    lease.set_peer(Some(peer));
+    lease.set_timeout(cfg.cached_timeout);
+    let bell = Doorbell {
+        kind,
+        index: lease.index(),
+        generation: lease.generation(),
+        request_id,
+        pool_id: w.shared.pool.id(),
+    };
+    if let Err(e) = queue.send(&bell.encode(), RING_TIMEOUT) {
+        log::warn!("ringing cached: {e}");
+        w.cached.forget();
+        Counters::inc(&w.counters().cached_unavailable);
+        conn::send_simple(w, conn, 503, "cached is not answering; retry shortly");
+        return false;
+    }
+
+    // Request: head, then body straight from the client.
+    let sent = lease.write_all(&head).and_then(|()| {
+        if req.expect_continue && req.body != conn::ClientBody::None {
+            conn.write_all_timeout(b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)?;
+        }
+        let lease = &mut lease;
+        conn::read_body(w, conn, req.body, &mut scratch.io, |chunk| {
+            lease.write_all(chunk)
+        })?;
+        lease.finish()
+    });
+    if let Err(e) = sent {
+        Counters::inc(&w.counters().transfers_aborted);
+        if e.kind() == io::ErrorKind::InvalidData {
+            conn::send_simple(w, conn, 400, "malformed request body");
+        } else if e.kind() == io::ErrorKind::TimedOut {
+            Counters::inc(&w.counters().timeouts_send);
+        }
+        return false;
+    }
+
+    // Answer: head, then the body chunk by chunk.
+    let answer = match read_head(&mut lease).and_then(|raw| {
+        ResponseHead::decode(&raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }) {
+        Ok(h) => h,
+        Err(e) => {
+            Counters::inc(&w.counters().transfers_aborted);
+            let (status, msg) = match e.kind() {
+                io::ErrorKind::TimedOut => {
+                    Counters::inc(&w.counters().cached_timeouts);
+                    (504, "cached did not answer in time")
+                }
+                io::ErrorKind::InvalidData => {
+                    Counters::inc(&w.counters().messages_rejected);
+                    (502, "invalid answer from cached")
+                }
+                _ => (503, "cached went away; retry shortly"),
+            };
+            conn::send_simple(w, conn, status, msg);
+            return false;
+        }
+    };
+    let head_request = req.method == "HEAD";
+    let mut keep = req.keep_alive;
+    let chunked = answer.body == BodyLen::Unknown && !head_request;
+    if chunked && req.version == 10 {
+        keep = false; // HTTP/1.0: the body ends when the connection closes
+    }
+    let mut out = Vec::with_capacity(512);
+    write_head(
+        &mut out,
+        &answer,
+        req.version,
+        keep,
+        chunked && req.version == 11,
+    );
+    w.counters().status(answer.status);
+    let result = stream_body(
+        w,
+        conn,
+        &mut lease,
+        &answer,
+        head_request,
+        chunked && req.version == 11,
+        out,
+        scratch,
+    );
+    match result {
+        Ok(()) if lease.peer_finished() => {
+            lease.complete();
+            keep
+        }
+        Ok(()) => false,
+        Err(e) => {
+            Counters::inc(&w.counters().transfers_aborted);
+            if e.kind() == io::ErrorKind::TimedOut {
+                Counters::inc(&w.counters().timeouts_send);
+            }
+            log::debug!("response aborted: {e}");
+            false
+        }
+    }
+}
+
+fn write_head(out: &mut Vec<u8>, answer: &ResponseHead, version: u8, keep: bool, chunked: bool) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        answer.status,
+        http::reason(answer.status)
+    );
+    let mut has_date = false;
+    for (k, v) in &answer.headers {
+        has_date |= k.eq_ignore_ascii_case("date");
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        let _ = write!(out, "Date: {}\r\n", http::http_date(SystemTime::now()));
+    }
+    match answer.body {
+        BodyLen::Exact(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n");
+        }
+        BodyLen::Unknown if chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        _ => {}
+    }
+    let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
+    let _ = write!(
+        out,
+        "Via: 1.1 shmproxy\r\nX-Cache: {}\r\n",
+        outcome.as_str()
+    );
+    match (version, keep) {
+        (10, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (11, false) | (10, false) => out.extend_from_slice(b"Connection: close\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Sends the head (already in `out`) and the body, checking the length cached announced.
+#[allow(clippy::too_many_arguments)]
+fn stream_body(
+    w: &Worker,
+    conn: &mut Conn,
+    lease: &mut common::pool::Lease,
+    answer: &ResponseHead,
+    head_request: bool,
+    chunked: bool,
+    mut out: Vec<u8>,
+    scratch: &mut Scratch,
+) -> io::Result<()> {
+    let timeout = w.shared.cfg.send_timeout;
+    let mut total = 0u64;
+    loop {
+        let n = lease.read(&mut scratch.io)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if head_request {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "body in an answer to HEAD",
+            ));
+        }
+        if chunked {
+            let _ = write!(out, "{n:x}\r\n");
+            out.extend_from_slice(&scratch.io[..n]);
+            out.extend_from_slice(b"\r\n");
+        } else if out.is_empty() {
+            conn.write_all_timeout(&scratch.io[..n], timeout)?;
+            Counters::add(&w.counters().bytes_out, n as u64);
+            continue;
+        } else {
+            out.extend_from_slice(&scratch.io[..n]);
+        }
+        conn.write_all_timeout(&out, timeout)?;
+        Counters::add(&w.counters().bytes_out, out.len() as u64);
+        out.clear();
+    }
+    if let BodyLen::Exact(n) = answer.body {
+        if n != total {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "body length differs from Content-Length",
+            ));
+        }
+    }
+    if chunked {
+        out.extend_from_slice(b"0\r\n\r\n");
+    }
+    if !out.is_empty() {
+        conn.write_all_timeout(&out, timeout)?;
+        Counters::add(&w.counters().bytes_out, out.len() as u64);
+    }
+    Ok(())
+}

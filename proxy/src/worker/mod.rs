@@ -1,0 +1,261 @@
+//! A worker process: receives connections from the master, watches idle ones with epoll
+//! (the `wN-poll` thread, which also enforces the header and idle timeouts), and runs ready
+//! ones on a fixed pool of `wN-execK` threads. An idle keep-alive connection costs a map
+//! entry, never a thread.
+
+mod conn;
+mod fetch;
+mod status;
+
+use crate::master::Shared;
+use common::stats::Counters;
+use common::{fdpass, process};
+use conn::{Conn, Next};
+use crossbeam_channel::{bounded, Receiver, Sender};
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::unistd::Pid;
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const CHAN_TOKEN: u64 = 0;
+
+/// What the poll thread and the exec threads share.
+pub struct Worker<'a> {
+    pub shared: &'a Shared,
+    pub index: usize,
+    epoll: Epoll,
+    parked: Mutex<HashMap<u64, Conn>>,
+    busy: AtomicUsize,
+    pub cached: fetch::CachedLink,
+    pub next_request_id: std::sync::atomic::AtomicU64,
+}
+
+impl Worker<'_> {
+    pub fn counters(&self) -> &Counters {
+        self.shared.stats.slot(self.index)
+    }
+
+    /// Parks a connection until it is readable again. The map stays locked while the fd is
+    /// armed, so the poll thread finds the connection when its event fires.
+    fn park(&self, conn: Conn) {
+        let mut ev = EpollEvent::new(
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
+            conn.token,
+        );
+        let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if self.epoll.modify(conn.stream.as_fd(), &mut ev).is_ok() {
+            parked.insert(conn.token, conn);
+        } else {
+            drop(parked);
+            self.close(conn);
+        }
+    }
+
+    fn close(&self, conn: Conn) {
+        let _ = self.epoll.delete(conn.stream.as_fd());
+        Counters::dec(&self.counters().connections_active);
+        drop(conn);
+    }
+}
+
+/// Runs the worker; returns the process exit code.
+pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
+    common::logger::rename(&format!("proxy-w{index}"));
+    if !process::die_with_parent(master) {
+        return 1;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        if signal_hook::flag::register(sig, stop.clone()).is_err() {
+            return 1;
+        }
+    }
+    let epoll = match Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC) {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("epoll: {e}");
+            return 1;
+        }
+    };
+    if epoll
+        .add(
+            chan.as_fd(),
+            EpollEvent::new(EpollFlags::EPOLLIN, CHAN_TOKEN),
+        )
+        .is_err()
+    {
+        return 1;
+    }
+    let w = Worker {
+        shared,
+        index,
+        epoll,
+        parked: Mutex::new(HashMap::new()),
+        busy: AtomicUsize::new(0),
+        cached: fetch::CachedLink::new(&shared.names),
+        next_request_id: std::sync::atomic::AtomicU64::new((index as u64) << 48),
+    };
+    let threads = shared.cfg.threads as usize;
+    let (tx, rx) = bounded::<Conn>(shared.cfg.max_connections);
+    std::thread::scope(|sc| {
+        for k in 0..threads {
+            let (w, rx) = (&w, rx.clone());
+            let _ = std::thread::Builder::new()
+                .name(format!("w{index}-exec{k}"))
+                .spawn_scoped(sc, move || exec_loop(w, rx));
+        }
+        drop(rx);
+        poll_loop(&w, &chan, &tx, &stop);
+        drop(tx); // exec threads finish what they hold, then see the channel close
+    });
+    0
+}
+
+fn exec_loop(w: &Worker, rx: Receiver<Conn>) {
+    let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
+    while let Ok(mut conn) = rx.recv() {
+        let next = conn::serve_ready(w, &mut conn, &mut scratch);
+        w.busy.fetch_sub(1, Ordering::Relaxed);
+        match next {
+            Next::Park => w.park(conn),
+            Next::Close => w.close(conn),
+        }
+    }
+}
+
+fn poll_loop(w: &Worker, chan: &OwnedFd, tx: &Sender<Conn>, stop: &AtomicBool) {
+    let mut events = vec![EpollEvent::empty(); 256];
+    let mut next_token = 1u64;
+    let mut last_sweep = Instant::now();
+    let mut chan_open = true;
+    let mut stop_deadline: Option<Instant> = None;
+    loop {
+        if stop_deadline.is_none() && (stop.load(Ordering::Relaxed) || !chan_open) {
+            stop_deadline = Some(Instant::now() + Duration::from_secs(4));
+            close_idle(w);
+        }
+        if let Some(deadline) = stop_deadline {
+            // Graceful stop: leave once no request is executing (or the deadline passed).
+            if w.busy.load(Ordering::Relaxed) == 0 || Instant::now() >= deadline {
+                close_idle(w);
+                return;
+            }
+        }
+        let n = w
+            .epoll
+            .wait(&mut events, EpollTimeout::from(50u16))
+            .unwrap_or(0);
+        for ev in &events[..n] {
+            if ev.data() == CHAN_TOKEN {
+                chan_open = receive_connections(w, chan, &mut next_token) && chan_open;
+                continue;
+            }
+            let conn = w
+                .parked
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ev.data());
+            if let Some(conn) = conn {
+                if stop_deadline.is_some() {
+                    w.close(conn);
+                    continue;
+                }
+                w.busy.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = tx.try_send(conn) {
+                    w.busy.fetch_sub(1, Ordering::Relaxed);
+                    w.close(e.into_inner());
+                }
+            }
+        }
+        if last_sweep.elapsed() >= Duration::from_millis(200) {
+            last_sweep = Instant::now();
+            sweep(w);
+        }
+    }
+}
+
+/// Takes every connection the master passed; `false` once the master closed the channel.
+fn receive_connections(w: &Worker, chan: &OwnedFd, next_token: &mut u64) -> bool {
+    loop {
+        match fdpass::recv_fd(chan) {
+            Ok(Some(fd)) => {
+                Counters::dec(&w.counters().fds_in_flight);
+                Counters::inc(&w.counters().connections_active);
+                let stream = std::net::TcpStream::from(fd);
+                let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
+                if parked >= w.shared.cfg.max_connections || stream.set_nonblocking(true).is_err() {
+                    Counters::dec(&w.counters().connections_active);
+                    continue;
+                }
+                let _ = stream.set_nodelay(true);
+                let token = *next_token;
+                *next_token += 1;
+                let conn = Conn::new(stream, token);
+                let ev = EpollEvent::new(
+                    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
+                    token,
+                );
+                let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+                if w.epoll.add(conn.stream.as_fd(), ev).is_ok() {
+                    parked.insert(token, conn);
+                } else {
+                    drop(parked);
+                    w.close(conn);
+                }
+            }
+            Ok(None) => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Err(e) => {
+                log::warn!("receiving a connection: {e}");
+                Counters::inc(&w.counters().messages_rejected);
+                return true;
+            }
+        }
+    }
+}
+
+/// Closes parked connections past their header or idle timeout (slowloris gets a 408).
+fn sweep(w: &Worker) {
+    let cfg = &w.shared.cfg;
+    let now = Instant::now();
+    let expired: Vec<Conn> = {
+        let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens: Vec<u64> = parked
+            .iter()
+            .filter(|(_, c)| match c.head_started {
+                Some(t) => now.duration_since(t) >= cfg.header_timeout,
+                None => now.duration_since(c.last_active) >= cfg.idle_timeout,
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        tokens
+            .into_iter()
+            .filter_map(|t| parked.remove(&t))
+            .collect()
+    };
+    for mut c in expired {
+        if c.head_started.is_some() {
+            Counters::inc(&w.counters().timeouts_header);
+            conn::send_simple(w, &mut c, 408, "request head not received in time");
+        } else {
+            Counters::inc(&w.counters().timeouts_idle);
+        }
+        w.close(c);
+    }
+}
+
+fn close_idle(w: &Worker) {
+    let all: Vec<Conn> = w
+        .parked
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .map(|(_, c)| c)
+        .collect();
+    for c in all {
+        w.close(c);
+    }
+}
