@@ -2,17 +2,15 @@
 //! pipelining), request bodies (Content-Length or chunked), and writing answers with
 //! bounded waits. The socket is non-blocking; every wait is a `poll` with a timeout.
 
-use super::{fetch, status, Worker};
-use common::protocol::BodyLen;
+use super::parse::{parse_head, ClientBody, Parsed, Request};
+use super::{accesslog, fetch, status, Worker};
+use common::http::CacheOutcome;
 use common::stats::Counters;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
-
-/// Longest request line (method, target, version) before 414.
-const MAX_REQUEST_LINE: usize = 8192;
 
 pub struct Conn {
     pub stream: TcpStream,
@@ -23,6 +21,26 @@ pub struct Conn {
     /// Set while a request head is incomplete (header timeout).
     pub head_started: Option<Instant>,
     pub peer: String,
+    /// What the current request got, for the access log.
+    pub reply: Reply,
+}
+
+/// Status, body bytes and cache outcome of the answer to the current request.
+#[derive(Clone, Copy, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub bytes: u64,
+    pub outcome: CacheOutcome,
+}
+
+impl Reply {
+    fn new() -> Reply {
+        Reply {
+            status: 0,
+            bytes: 0,
+            outcome: CacheOutcome::Error,
+        }
+    }
 }
 
 pub enum Next {
@@ -56,7 +74,23 @@ impl Conn {
             last_active: Instant::now(),
             head_started: None,
             peer,
+            reply: Reply::new(),
         }
+    }
+
+    /// Records the answer's status and outcome (counted once per request).
+    pub fn answered(&mut self, w: &Worker, status: u16, outcome: CacheOutcome) {
+        self.reply.status = status;
+        self.reply.outcome = outcome;
+        w.counters().status(status);
+    }
+
+    /// Writes `data` to the client, counting it.
+    pub fn send(&mut self, w: &Worker, data: &[u8]) -> io::Result<()> {
+        self.write_all_timeout(data, w.shared.cfg.send_timeout)?;
+        self.reply.bytes += data.len() as u64;
+        Counters::add(&w.counters().bytes_out, data.len() as u64);
+        Ok(())
     }
 
     pub fn peer_is_loopback(&self) -> bool {
@@ -116,165 +150,23 @@ impl Conn {
     }
 }
 
-/// A parsed, validated request head.
-pub struct Request {
-    pub method: String,
-    pub target: String,
-    /// 10 or 11.
-    pub version: u8,
-    /// End-to-end headers in order (hop-by-hop removed).
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub body: ClientBody,
-    pub keep_alive: bool,
-    pub expect_continue: bool,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientBody {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-impl ClientBody {
-    pub fn framing(self) -> BodyLen {
-        match self {
-            ClientBody::None => BodyLen::None,
-            ClientBody::Length(n) => BodyLen::Exact(n),
-            ClientBody::Chunked => BodyLen::Unknown,
-        }
-    }
-}
-
-enum Parsed {
-    Complete(Request, usize),
-    Partial,
-    Error(u16, &'static str),
-}
-
-fn parse_head(w: &Worker, buf: &[u8]) -> Parsed {
-    let cfg = &w.shared.cfg;
-    let line_end = buf.iter().position(|&b| b == b'\n');
-    if line_end.map_or(buf.len(), |i| i) > MAX_REQUEST_LINE {
-        return Parsed::Error(414, "request line too long");
-    }
-    let mut headers = vec![httparse::EMPTY_HEADER; cfg.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return if buf.len() > cfg.max_header_bytes {
-                Parsed::Error(431, "request head too large")
-            } else {
-                Parsed::Partial
-            };
-        }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Error(431, "too many header fields")
-        }
-        Err(_) => return Parsed::Error(400, "malformed request"),
-    };
-    if head_len > cfg.max_header_bytes {
-        return Parsed::Error(431, "request head too large");
-    }
-    let method = req.method.unwrap_or_default().to_string();
-    let target = req.path.unwrap_or_default().to_string();
-    let version = if req.version == Some(0) { 10 } else { 11 };
-    if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
-        return Parsed::Error(
-            400,
-            "only origin-form request targets are accepted (this is not an open proxy)",
-        );
-    }
-    let mut connection = Vec::new();
-    let mut lengths = Vec::new();
-    let mut te: Option<Vec<String>> = None;
-    let mut has_host = false;
-    let mut expect_continue = false;
-    for h in req.headers.iter() {
-        let name = h.name;
-        if name.eq_ignore_ascii_case("connection") {
-            connection.extend(common::http::tokens(h.value));
-        } else if name.eq_ignore_ascii_case("content-length") {
-            lengths.push(h.value);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            te.get_or_insert_with(Vec::new)
-                .extend(common::http::tokens(h.value));
-        } else if name.eq_ignore_ascii_case("host") {
-            has_host = true;
-        } else if name.eq_ignore_ascii_case("expect") {
-            expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
-        }
-        if h.value.iter().any(|&b| b == 0 || b == b'\r' || b == b'\n') {
-            return Parsed::Error(400, "control character in a header value");
-        }
-    }
-    if version == 11 && !has_host {
-        return Parsed::Error(400, "HTTP/1.1 request without Host");
-    }
-    let body = match (te, lengths.as_slice()) {
-        (Some(_), [_, ..]) => {
-            return Parsed::Error(400, "both Content-Length and Transfer-Encoding")
-        }
-        (Some(codings), []) if codings == ["chunked"] => ClientBody::Chunked,
-        (Some(_), []) => return Parsed::Error(400, "unsupported Transfer-Encoding (only chunked)"),
-        (None, []) => ClientBody::None,
-        (None, [first, rest @ ..]) => {
-            if rest.iter().any(|v| v != first) {
-                return Parsed::Error(400, "conflicting Content-Length values");
-            }
-            let s = std::str::from_utf8(first).unwrap_or("");
-            match s.parse::<u64>() {
-                Ok(0) => ClientBody::None,
-                Ok(n) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-                    ClientBody::Length(n)
-                }
-                _ => return Parsed::Error(400, "invalid Content-Length"),
-            }
-        }
-    };
-    let keep_alive = if version == 11 {
-        !connection.iter().any(|t| t == "close")
-    } else {
-        connection.iter().any(|t| t == "keep-alive")
-    };
-    let headers = req
-        .headers
-        .iter()
-        .filter(|h| {
-            !common::http::is_hop_by_hop(h.name, &connection)
-                && !h.name.eq_ignore_ascii_case("expect")
-        })
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
-        .collect();
-    Parsed::Complete(
-        Request {
-            method,
-            target,
-            version,
-            headers,
-            body,
-            keep_alive,
-            expect_continue,
-        },
-        head_len,
-    )
-}
-
 /// Serves every complete request buffered or readable now; parks when the socket has
 /// nothing more, closes on EOF, error or `Connection: close`.
 pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
     let mut tmp = [0u8; 16 << 10];
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(w, &conn.buf) {
+            match parse_head(&w.shared.cfg, &conn.buf) {
                 Parsed::Complete(req, head_len) => {
                     conn.buf.drain(..head_len);
                     conn.head_started = None;
                     let started = Instant::now();
                     Counters::inc(&w.counters().requests);
-                    let keep = handle(w, conn, req, scratch);
-                    w.counters().latency(started.elapsed().as_micros() as u64);
+                    conn.reply = Reply::new();
+                    let keep = handle(w, conn, &req, scratch);
+                    let took = started.elapsed();
+                    w.counters().latency(took.as_micros() as u64);
+                    accesslog::record(w, conn, &req, took);
                     conn.last_active = Instant::now();
                     if !keep {
                         return Next::Close;
@@ -311,7 +203,7 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
 }
 
 /// Answers one request; returns whether the connection may serve another.
-fn handle(w: &Worker, conn: &mut Conn, req: Request, scratch: &mut Scratch) -> bool {
+fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> bool {
     if let ClientBody::Length(n) = req.body {
         if n > w.shared.cfg.max_body_bytes {
             send_simple(w, conn, 413, "request body too large");
@@ -321,7 +213,7 @@ fn handle(w: &Worker, conn: &mut Conn, req: Request, scratch: &mut Scratch) -> b
     if req.target.starts_with("/__shmproxy/") && req.method == "GET"
         || req.method == "HEAD" && req.target.starts_with("/__shmproxy/")
     {
-        return status::serve(w, conn, &req);
+        return status::serve(w, conn, req);
     }
     let kind = if req.method == "PURGE" {
         if !conn.peer_is_loopback() {
@@ -332,7 +224,7 @@ fn handle(w: &Worker, conn: &mut Conn, req: Request, scratch: &mut Scratch) -> b
     } else {
         common::protocol::Kind::Request
     };
-    fetch::exchange(w, conn, &req, kind, scratch)
+    fetch::exchange(w, conn, req, kind, scratch)
 }
 
 /// Writes a complete small answer produced by the proxy itself (errors, 408, 503, ...).

@@ -4,7 +4,8 @@
 //! (503 cached absent or pool exhausted, 504 cached too slow, 502 bad answer); a failure
 //! after it closes the connection, so a client never mistakes a short body for a whole one.
 
-use super::conn::{self, Conn, Request, Scratch};
+use super::conn::{self, Conn, Scratch};
+use super::parse::{ClientBody, Request};
 use super::Worker;
 use common::http::{self, CacheOutcome};
 use common::mq::Doorbells;
@@ -84,7 +85,7 @@ pub fn exchange(
 ) -> bool {
     let cfg = &w.shared.cfg;
     // A request whose body we do not read must end the connection.
-    let can_continue = req.body == conn::ClientBody::None;
+    let can_continue = req.body == ClientBody::None;
     let head = RequestHead {
         method: req.method.clone(),
         target: req.target.clone(),
@@ -138,7 +139,7 @@ pub fn exchange(
 
     // Request: head, then body straight from the client.
     let sent = lease.write_all(&head).and_then(|()| {
-        if req.expect_continue && req.body != conn::ClientBody::None {
+        if req.expect_continue && req.body != ClientBody::None {
             conn.write_all_timeout(b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)?;
         }
         let lease = &mut lease;
@@ -193,7 +194,11 @@ pub fn exchange(
         keep,
         chunked && req.version == 11,
     );
-    w.counters().status(answer.status);
+    conn.answered(
+        w,
+        answer.status,
+        CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass),
+    );
     let result = stream_body(
         w,
         conn,
@@ -272,7 +277,6 @@ fn stream_body(
     mut out: Vec<u8>,
     scratch: &mut Scratch,
 ) -> io::Result<()> {
-    let timeout = w.shared.cfg.send_timeout;
     let mut total = 0u64;
     loop {
         let n = lease.read(&mut scratch.io)?;
@@ -291,14 +295,12 @@ fn stream_body(
             out.extend_from_slice(&scratch.io[..n]);
             out.extend_from_slice(b"\r\n");
         } else if out.is_empty() {
-            conn.write_all_timeout(&scratch.io[..n], timeout)?;
-            Counters::add(&w.counters().bytes_out, n as u64);
+            conn.send(w, &scratch.io[..n])?;
             continue;
         } else {
             out.extend_from_slice(&scratch.io[..n]);
         }
-        conn.write_all_timeout(&out, timeout)?;
-        Counters::add(&w.counters().bytes_out, out.len() as u64);
+        conn.send(w, &out)?;
         out.clear();
     }
     if let BodyLen::Exact(n) = answer.body {
@@ -313,8 +315,7 @@ fn stream_body(
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        conn.write_all_timeout(&out, timeout)?;
-        Counters::add(&w.counters().bytes_out, out.len() as u64);
+        conn.send(w, &out)?;
     }
     Ok(())
 }

@@ -3,8 +3,10 @@
 //! ones on a fixed pool of `wN-execK` threads. An idle keep-alive connection costs a map
 //! entry, never a thread.
 
+mod accesslog;
 mod conn;
 mod fetch;
+mod parse;
 mod status;
 
 use crate::master::Shared;

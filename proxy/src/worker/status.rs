@@ -1,7 +1,8 @@
 //! `/__shmproxy/stats`: the counters of both daemons and the segment pool, as JSON.
 //! Loopback clients only.
 
-use super::conn::{self, Conn, Request};
+use super::conn::{self, Conn};
+use super::parse::Request;
 use super::Worker;
 use common::stats::{Snapshot, StatsRegion, FIELDS};
 use std::fmt::Write as _;
