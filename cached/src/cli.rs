@@ -13,7 +13,7 @@ Options (each is also a key in the config file; flags win):
   --instance NAME         instance name shared with the proxy        [shmproxy]
   --root DIR              document root served when no origin is set [www]
   --origin URL            origin to forward to (http://host:port[/prefix])
-  --threads N             receiver threads                           [64]
+  --threads N             receiver threads                           [256]
   --capacity BYTES        LRU capacity                               [268435456]
   --max-object-size BYTES larger objects stream through unstored     [8388608]
   -h, --help              this text

@@ -3,15 +3,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 /// How a stored object is checked before it is served again.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Validity {
     /// A file: served while its size, mtime and inode are unchanged.
     File { len: u64, mtime_ns: i128, ino: u64 },
-    /// An origin answer: fresh until the instant.
-    Until(Instant),
+    /// An origin answer: fresh for `lifetime` from its (corrected) initial age.
+    Http {
+        lifetime: Duration,
+        must_revalidate: bool,
+        no_cache: bool,
+    },
 }
 
 /// A complete stored answer.
@@ -22,10 +26,20 @@ pub struct Stored {
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: Vec<u8>,
     pub validity: Validity,
-    /// When the answer was produced (for `Age`).
-    pub stored_at: SystemTime,
-    /// `Age` the origin reported when we stored it, in seconds.
-    pub initial_age: u64,
+    /// When the answer was received (RFC 9111 `response_time`).
+    pub response_time: SystemTime,
+    /// Its corrected initial age (RFC 9111 §4.2.3).
+    pub initial_age: Duration,
+}
+
+impl Stored {
+    /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age
+            + now
+                .duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO)
+    }
 }
 
 impl Stored {
@@ -107,6 +121,10 @@ impl Lru {
         }
     }
 
+    pub fn contains(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -125,9 +143,13 @@ mod tests {
             status: 200,
             headers: vec![],
             body: vec![0; n],
-            validity: Validity::Until(Instant::now()),
-            stored_at: SystemTime::now(),
-            initial_age: 0,
+            validity: Validity::Http {
+                lifetime: Duration::ZERO,
+                must_revalidate: false,
+                no_cache: false,
+            },
+            response_time: SystemTime::now(),
+            initial_age: Duration::ZERO,
         })
     }
 

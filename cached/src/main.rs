@@ -2,8 +2,10 @@
 //! document root (disk) or an origin URL, streaming each answer through the segment.
 #![forbid(unsafe_code)]
 
+mod cache;
 mod cli;
 mod lru;
+mod policy;
 mod receiver;
 mod respond;
 mod source;

@@ -3,7 +3,7 @@
 //! it created. A receiver takes a doorbell, validates it, joins the named segment and serves
 //! the request in it from start to end.
 
-use crate::lru::Lru;
+use crate::cache::Cache;
 use crate::source;
 use anyhow::Context as _;
 use common::config::CachedConfig;
@@ -22,7 +22,7 @@ pub struct Ctx {
     pub cfg: CachedConfig,
     pub names: Names,
     pub stats: StatsRegion,
-    pub lru: Mutex<Lru>,
+    pub cache: Cache,
     /// Canonical document root (disk mode).
     pub root: PathBuf,
     /// Upstream client (origin mode).
@@ -33,6 +33,13 @@ pub struct Ctx {
 impl Ctx {
     pub fn counters(&self) -> &Counters {
         self.stats.slot(0)
+    }
+
+    /// A stored object was purged or invalidated: every worker drops its L1.
+    pub fn invalidated(&self) {
+        if let Some(p) = self.pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            p.bump_invalidations();
+        }
     }
 
     /// The pool the doorbell refers to, (re)mapped after a proxy restart.
@@ -89,7 +96,7 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
         None => log::info!("instance {}: serving {}", cfg.instance, root.display()),
     }
     let ctx = Arc::new(Ctx {
-        lru: Mutex::new(Lru::new(cfg.capacity)),
+        cache: Cache::new(cfg.capacity, cfg.max_waiters),
         names,
         stats,
         root,

@@ -7,17 +7,20 @@ use std::io::{self, Read, Write};
 
 pub type Headers = Vec<(String, Vec<u8>)>;
 
+/// Writes the response head. `l1_ttl_ms` > 0 lets the worker keep the answer in its L1.
 pub fn head(
     lease: &mut Lease,
     status: u16,
     body: BodyLen,
     outcome: CacheOutcome,
     headers: Headers,
+    l1_ttl_ms: u32,
 ) -> io::Result<()> {
     let h = ResponseHead {
         status,
         body,
         outcome: outcome as u8,
+        l1_ttl_ms,
         headers,
     };
     lease.write_all(&h.encode())
@@ -29,18 +32,35 @@ pub fn full(
     lease: &mut Lease,
     status: u16,
     outcome: CacheOutcome,
-    mut headers: Headers,
+    headers: Headers,
     body: &[u8],
     head_only: bool,
 ) -> io::Result<()> {
+    full_l1(lease, status, outcome, headers, body, head_only, 0)
+}
+
+pub fn full_l1(
+    lease: &mut Lease,
+    status: u16,
+    outcome: CacheOutcome,
+    mut headers: Headers,
+    body: &[u8],
+    head_only: bool,
+    l1_ttl_ms: u32,
+) -> io::Result<()> {
+    let no_body = status == 304 || status == 204 || (100..200).contains(&status);
     let framing = if head_only {
-        headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
+        if !no_body {
+            headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
+        }
+        BodyLen::None
+    } else if no_body {
         BodyLen::None
     } else {
         BodyLen::Exact(body.len() as u64)
     };
-    head(lease, status, framing, outcome, headers)?;
-    if !head_only {
+    head(lease, status, framing, outcome, headers, l1_ttl_ms)?;
+    if framing != BodyLen::None {
         lease.write_all(body)?;
     }
     lease.finish()
@@ -84,6 +104,6 @@ pub fn full_head_len(
     len: u64,
 ) -> io::Result<()> {
     headers.push(("Content-Length".into(), len.to_string().into_bytes()));
-    head(lease, 200, BodyLen::None, outcome, headers)?;
+    head(lease, 200, BodyLen::None, outcome, headers, 0)?;
     lease.finish()
 }

@@ -50,6 +50,8 @@ struct ProxyFile {
     max_headers: Option<u64>,
     max_body_bytes: Option<u64>,
     max_connections: Option<u64>,
+    l1_capacity: Option<u64>,
+    l1_max_object_size: Option<u64>,
 }
 
 /// `[cached]` keys.
@@ -65,6 +67,8 @@ struct CachedFile {
     read_timeout_ms: Option<u64>,
     upstream_pool: Option<u64>,
     queue_capacity: Option<u64>,
+    revalidate_ms: Option<u64>,
+    max_waiters: Option<u64>,
 }
 
 /// The proxy's settings (master and workers).
@@ -101,6 +105,10 @@ pub struct ProxyConfig {
     pub max_body_bytes: u64,
     /// Most open client connections per worker.
     pub max_connections: usize,
+    /// Bytes of each worker's L1 cache of hot small objects (0 disables it).
+    pub l1_capacity: u64,
+    /// Largest object a worker keeps in its L1.
+    pub l1_max_object_size: u64,
 }
 
 /// `cached`'s settings.
@@ -124,6 +132,10 @@ pub struct CachedConfig {
     pub upstream_pool: usize,
     /// Messages the doorbell queue holds (≤ fs.mqueue.msg_max).
     pub queue_capacity: usize,
+    /// How long a worker's L1 may serve a file before `cached` checks it again.
+    pub revalidate: Duration,
+    /// Most requests waiting on one fill in progress (more fetch on their own).
+    pub max_waiters: usize,
 }
 
 /// A parsed origin URL (plain HTTP).
@@ -286,8 +298,8 @@ impl ProxyConfig {
             instance: instance(&cfg, &src)?,
             listen,
             workers: ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32,
-            threads: ranged(&src, "proxy.threads", p.threads, 16, 1, 1024)? as u32,
-            segments: ranged(&src, "proxy.segments", p.segments, 64, 1, 4096)? as u32,
+            threads: ranged(&src, "proxy.threads", p.threads, 64, 1, 1024)? as u32,
+            segments: ranged(&src, "proxy.segments", p.segments, 128, 1, 4096)? as u32,
             segment_size: ranged(
                 &src,
                 "proxy.segment_size",
@@ -334,6 +346,22 @@ impl ProxyConfig {
                 1,
                 1 << 20,
             )? as usize,
+            l1_capacity: ranged(
+                &src,
+                "proxy.l1_capacity",
+                p.l1_capacity,
+                16 << 20,
+                0,
+                u64::MAX,
+            )?,
+            l1_max_object_size: ranged(
+                &src,
+                "proxy.l1_max_object_size",
+                p.l1_max_object_size,
+                1 << 20,
+                0,
+                u64::MAX,
+            )?,
         })
     }
 }
@@ -365,7 +393,7 @@ impl CachedConfig {
             instance: instance(&cfg, &src)?,
             root: PathBuf::from(c.root.clone().unwrap_or_else(|| "www".into())),
             origin,
-            threads: ranged(&src, "cached.threads", c.threads, 64, 1, 4096)? as u32,
+            threads: ranged(&src, "cached.threads", c.threads, 256, 1, 4096)? as u32,
             capacity,
             max_object_size: ranged(
                 &src,
@@ -392,6 +420,9 @@ impl CachedConfig {
                 1,
                 msg_max,
             )? as usize,
+            revalidate: ms(&src, "cached.revalidate_ms", c.revalidate_ms, 1000)?,
+            max_waiters: ranged(&src, "cached.max_waiters", c.max_waiters, 1024, 0, 1 << 20)?
+                as usize,
         })
     }
 }

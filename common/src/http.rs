@@ -51,6 +51,8 @@ pub enum CacheOutcome {
     Error = 6,
     /// Internal endpoint of the proxy.
     Internal = 7,
+    /// Joined another request's fill in progress (request collapsing).
+    Collapsed = 8,
 }
 
 impl CacheOutcome {
@@ -63,6 +65,7 @@ impl CacheOutcome {
             CacheOutcome::Revalidated => "REVALIDATED",
             CacheOutcome::Error => "ERROR",
             CacheOutcome::Internal => "INTERNAL",
+            CacheOutcome::Collapsed => "COLLAPSED",
         }
     }
 
@@ -75,6 +78,7 @@ impl CacheOutcome {
             5 => CacheOutcome::Revalidated,
             6 => CacheOutcome::Error,
             7 => CacheOutcome::Internal,
+            8 => CacheOutcome::Collapsed,
             _ => return None,
         })
     }

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"SHPL");
-pub const POOL_VERSION: u32 = 1;
+pub const POOL_VERSION: u32 = 2;
 pub const MAX_SLOTS: usize = 8;
 pub const MIN_SEGMENT_SIZE: usize = 1024;
 pub const MAX_SEGMENT_SIZE: usize = 64 << 20;
@@ -70,6 +70,9 @@ struct PoolHeader {
     data_offset: AtomicU64,
     next_hint: AtomicU32,
     _pad: AtomicU32,
+    /// Bumped by `cached` whenever a stored object is purged or invalidated; workers drop
+    /// their L1 when it moves.
+    invalidations: AtomicU64,
     /// Counts free segments.
     free: SharedSem,
 }
@@ -293,6 +296,17 @@ impl Pool {
     /// The master that created the pool.
     pub fn owner(&self) -> ProcId {
         self.region.header().owner()
+    }
+
+    /// `cached`: a stored object was purged or invalidated.
+    pub fn bump_invalidations(&self) {
+        // ORDERING: Release: the removal from L2 happens before a worker sees the new value.
+        self.header().invalidations.fetch_add(1, Ordering::Release);
+    }
+
+    pub fn invalidations(&self) -> u64 {
+        // ORDERING: Acquire pairs with the Release in `bump_invalidations`.
+        self.header().invalidations.load(Ordering::Acquire)
     }
 
     /// A forked worker must not unlink the master's pool.

@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPX");
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Size of an encoded doorbell; the queue's message size is [`MSG_SIZE`].
 pub const DOORBELL_LEN: usize = 32;
 pub const MSG_SIZE: usize = 64;
@@ -137,6 +137,10 @@ pub struct ResponseHead {
     pub body: BodyLen,
     /// Cache outcome (see `http::CacheOutcome`), the value of `X-Cache`.
     pub outcome: u8,
+    /// How long a worker may answer this from its L1 (0: never). Set only for complete,
+    /// shareable, fresh answers without `Vary`; the worker also drops its L1 whenever the
+    /// pool's invalidation counter moves.
+    pub l1_ttl_ms: u32,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -329,6 +333,7 @@ impl ResponseHead {
         e.u16(self.status);
         e.body(self.body);
         e.u8(self.outcome);
+        e.u32(self.l1_ttl_ms);
         e.headers(&self.headers);
         e.framed()
     }
@@ -343,6 +348,7 @@ impl ResponseHead {
             status,
             body: d.body()?,
             outcome: d.u8()?,
+            l1_ttl_ms: d.u32()?,
             headers: d.headers()?,
         };
         d.end()?;
@@ -434,6 +440,7 @@ mod tests {
             status: 200,
             body: BodyLen::Unknown,
             outcome: 2,
+            l1_ttl_ms: 5,
             headers: vec![("ETag".into(), b"\"x\"".to_vec())],
         };
         let b = resp.encode();

@@ -13,8 +13,8 @@ Options (each is also a key in the config file; flags win):
   --instance NAME         instance name shared with cached           [shmproxy]
   --listen ADDR:PORT      address to listen on                       [127.0.0.1:8080]
   --workers N             worker processes                           [2]
-  --threads N             request threads per worker                 [16]
-  --segments N            shared-memory segments in the pool         [64]
+  --threads N             request threads per worker                 [64]
+  --segments N            shared-memory segments in the pool         [128]
   --segment-size BYTES    bytes per segment (1024 ..= 67108864)      [262144]
   -h, --help              this text
 ";

@@ -5,6 +5,7 @@
 //! hit; larger ones stream from disk.
 
 use crate::lru::{Stored, Validity};
+use crate::policy;
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
 use common::http::{self, CacheOutcome, PathError};
@@ -16,7 +17,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 enum Resolved {
     File(PathBuf, Metadata),
@@ -67,7 +68,7 @@ fn inside_root(ctx: &Ctx, path: PathBuf) -> Option<(PathBuf, Metadata)> {
 /// The LRU key of a target in disk mode (for PURGE).
 pub fn cache_key(ctx: &Ctx, target: &str) -> Option<String> {
     match resolve(ctx, target) {
-        Resolved::File(p, _) => Some(p.to_string_lossy().into_owned()),
+        Resolved::File(p, _) => Some(format!("file:{}", p.to_string_lossy())),
         _ => None,
     }
 }
@@ -80,7 +81,7 @@ fn validity(meta: &Metadata) -> Validity {
     }
 }
 
-fn entity_headers(path: &std::path::Path, meta: &Metadata) -> (Headers, String, SystemTime) {
+fn entity_headers(path: &std::path::Path, meta: &Metadata) -> Headers {
     let mtime = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
     let etag = format!(
         "\"{:x}-{:x}-{:x}\"",
@@ -99,33 +100,9 @@ fn entity_headers(path: &std::path::Path, meta: &Metadata) -> (Headers, String, 
             "Last-Modified".to_string(),
             http::http_date(mtime).into_bytes(),
         ),
-        ("ETag".to_string(), etag.clone().into_bytes()),
+        ("ETag".to_string(), etag.into_bytes()),
     ];
-    (headers, etag, mtime)
-}
-
-/// RFC 9110 §13.1.2/§13.1.3 for GET/HEAD: If-None-Match (weak comparison) takes precedence
-/// over If-Modified-Since.
-fn not_modified(req: &RequestHead, etag: &str, mtime: SystemTime) -> bool {
-    if let Some(inm) = req.header("if-none-match") {
-        let inm = String::from_utf8_lossy(inm);
-        let weak = |t: &str| t.trim().trim_start_matches("W/").to_string();
-        return inm
-            .split(',')
-            .any(|t| t.trim() == "*" || weak(t) == weak(etag));
-    }
-    if let Some(ims) = req
-        .header("if-modified-since")
-        .and_then(|v| http::parse_http_date(&String::from_utf8_lossy(v)))
-    {
-        let secs = |t: SystemTime| {
-            t.duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        };
-        return secs(mtime) <= secs(ims);
-    }
-    false
+    headers
 }
 
 pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> {
@@ -163,26 +140,13 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         }
         Resolved::Error(status, msg) => return respond::error(lease, status, msg, head_only),
     };
-    let (headers, etag, mtime) = entity_headers(&path, &meta);
-    if not_modified(req, &etag, mtime) {
-        let keep = headers
-            .into_iter()
-            .filter(|(k, _)| k != "Content-Type")
-            .collect();
-        respond::head(lease, 304, BodyLen::None, CacheOutcome::Hit, keep)?;
-        return lease.finish();
-    }
-    let key = path.to_string_lossy().into_owned();
+    let headers = entity_headers(&path, &meta);
+    let key = format!("file:{}", path.to_string_lossy());
     let valid = validity(&meta);
-    let hit = ctx
-        .lru
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&key)
-        .filter(|o| o.validity == valid);
+    let hit = ctx.cache.get(&key).filter(|o| o.validity == valid);
     if let Some(obj) = hit {
         Counters::inc(&ctx.counters().l2_hits);
-        return respond::full(lease, 200, CacheOutcome::Hit, headers, &obj.body, head_only);
+        return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit);
     }
     Counters::inc(&ctx.counters().l2_misses);
     Counters::inc(&ctx.counters().disk_reads);
@@ -203,28 +167,35 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         }
         let obj = Arc::new(Stored {
             status: 200,
-            headers: headers.clone(),
+            headers,
             body,
             validity: valid,
-            stored_at: SystemTime::now(),
-            initial_age: 0,
+            response_time: SystemTime::now(),
+            initial_age: Duration::ZERO,
         });
-        respond::full(
-            lease,
-            200,
-            CacheOutcome::Miss,
-            headers,
-            &obj.body,
-            head_only,
-        )?;
-        crate::source::store(ctx, key, obj);
+        super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Miss)?;
+        super::store(ctx, &key, req, obj);
         return Ok(());
+    }
+    if policy::not_modified(&req.headers, &headers) {
+        let keep = headers
+            .into_iter()
+            .filter(|(k, _)| k != "Content-Type")
+            .collect();
+        return respond::full(lease, 304, CacheOutcome::Pass, keep, b"", head_only);
     }
     // Too large to store: stream it through, checking we send exactly `len` bytes.
     if head_only {
         return respond::full_head_len(lease, CacheOutcome::Pass, headers, len);
     }
-    respond::head(lease, 200, BodyLen::Exact(len), CacheOutcome::Pass, headers)?;
+    respond::head(
+        lease,
+        200,
+        BodyLen::Exact(len),
+        CacheOutcome::Pass,
+        headers,
+        0,
+    )?;
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0u64;
     while sent < len {

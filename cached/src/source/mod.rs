@@ -1,16 +1,23 @@
 //! Serving one request from its segment: read and validate the request head, then answer
-//! from the LRU, the document root ([`disk`]) or the origin ([`origin`]).
+//! from the cache, the document root ([`disk`]) or the origin ([`origin`]).
 
 pub mod disk;
 pub mod origin;
 
+use crate::lru::{Stored, Validity};
+use crate::policy::{self, RangeAnswer};
 use crate::receiver::Ctx;
 use crate::respond;
+use common::http::CacheOutcome;
 use common::pool::Lease;
 use common::protocol::{read_head, RequestHead};
 use common::stats::Counters;
 use std::io;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+/// Longest L1 lifetime a worker is granted.
+const L1_MAX_TTL: Duration = Duration::from_secs(3600);
 
 fn request_head(ctx: &Ctx, lease: &mut Lease) -> io::Result<RequestHead> {
     let raw = read_head(lease)?;
@@ -29,7 +36,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     }
 }
 
-/// `PURGE`: drops the stored object named by the request target.
+/// `PURGE`: drops every stored variant of the request target, here and in every L1.
 pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
@@ -37,14 +44,15 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
         Some(_) => Some(origin::cache_key(&req.target)),
         None => disk::cache_key(ctx, &req.target),
     };
-    let removed = key.is_some_and(|k| ctx.lru.lock().unwrap_or_else(|e| e.into_inner()).remove(&k));
+    let removed = key.is_some_and(|k| ctx.cache.remove_all(&k));
+    ctx.invalidated();
     publish_store_gauges(ctx);
     if removed {
         respond::full(
             lease,
             200,
-            common::http::CacheOutcome::Internal,
-            vec![],
+            CacheOutcome::Internal,
+            vec![("Content-Type".into(), b"text/plain; charset=utf-8".to_vec())],
             b"purged\n",
             false,
         )
@@ -53,25 +61,100 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     }
 }
 
-/// Stores `obj`, counting evictions and updating the stored-size gauges.
-pub fn store(ctx: &Ctx, key: String, obj: std::sync::Arc<crate::lru::Stored>) {
-    let evicted = ctx
-        .lru
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, obj);
-    if let Some(n) = evicted {
-        Counters::add(&ctx.counters().evictions, n);
-    }
+/// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
+pub fn store(ctx: &Ctx, primary: &str, req: &RequestHead, obj: std::sync::Arc<Stored>) {
+    let evicted = ctx.cache.insert(primary, &req.headers, obj);
+    Counters::add(&ctx.counters().evictions, evicted);
     publish_store_gauges(ctx);
 }
 
 pub fn publish_store_gauges(ctx: &Ctx) {
-    let (n, bytes) = {
-        let lru = ctx.lru.lock().unwrap_or_else(|e| e.into_inner());
-        (lru.len() as u64, lru.used())
-    };
+    let (n, bytes) = ctx.cache.usage();
     // cached has a single stats slot, so its gauges are plain stores.
     ctx.counters().stored_objects.store(n, Ordering::Relaxed);
     ctx.counters().stored_bytes.store(bytes, Ordering::Relaxed);
+}
+
+/// Answers a request from a stored object: `Age`, client conditionals (304/412), `Range`
+/// (206/416), HEAD; grants the worker an L1 lifetime when the answer may be reused as is.
+pub fn serve_stored(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    obj: &Stored,
+    outcome: CacheOutcome,
+) -> io::Result<()> {
+    let head_only = req.method == "HEAD";
+    let now = SystemTime::now();
+    let mut headers = obj.headers.clone();
+    let l1_ttl = match &obj.validity {
+        Validity::Http {
+            lifetime, no_cache, ..
+        } => {
+            let age = obj.age(now);
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+            headers.push(("Age".into(), age.as_secs().to_string().into_bytes()));
+            let shareable =
+                !no_cache && obj.status == 200 && policy::header(&obj.headers, "vary").is_none();
+            if shareable {
+                lifetime.saturating_sub(age)
+            } else {
+                Duration::ZERO
+            }
+        }
+        Validity::File { .. } => ctx.cfg.revalidate,
+    };
+    if policy::precondition_failed(&req.headers, &obj.headers) {
+        return respond::error(lease, 412, "precondition failed", head_only);
+    }
+    if policy::not_modified(&req.headers, &obj.headers) {
+        headers.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
+        return respond::full(lease, 304, outcome, headers, b"", head_only);
+    }
+    let conditional = [
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+    ]
+    .iter()
+    .any(|h| req.header(h).is_some());
+    let l1_ms = if conditional || outcome == CacheOutcome::Stale {
+        0
+    } else {
+        l1_ttl.min(L1_MAX_TTL).as_millis() as u32
+    };
+    if obj.status == 200 {
+        headers.push(("Accept-Ranges".into(), b"bytes".to_vec()));
+        let len = obj.body.len() as u64;
+        match policy::range(&req.headers, &obj.headers, len) {
+            RangeAnswer::Full => {}
+            RangeAnswer::Partial(first, last) => {
+                headers.push((
+                    "Content-Range".into(),
+                    format!("bytes {first}-{last}/{len}").into_bytes(),
+                ));
+                return respond::full(
+                    lease,
+                    206,
+                    outcome,
+                    headers,
+                    &obj.body[first as usize..=last as usize],
+                    head_only,
+                );
+            }
+            RangeAnswer::Unsatisfiable => {
+                let headers = vec![(
+                    "Content-Range".to_string(),
+                    format!("bytes */{len}").into_bytes(),
+                )];
+                return respond::full(lease, 416, outcome, headers, b"", head_only);
+            }
+        }
+    }
+    respond::full_l1(
+        lease, obj.status, outcome, headers, &obj.body, head_only, l1_ms,
+    )
 }

@@ -1,11 +1,17 @@
 //! The origin: requests are relayed with `ureq` (no default features: nothing decompresses
 //! or rewrites bodies; HTTP error statuses are answers; no redirects are followed; every
 //! timeout and the pool size are set). Answers stream through the segment as they arrive.
-//! A GET answer that may be stored (status 200, explicit freshness, no `no-store`,
-//! `private`, `no-cache` or `Vary: *`, small enough) is kept in the LRU once it arrived
-//! complete; a truncated body is never stored and aborts the transfer.
+//!
+//! GET and HEAD go through the cache (RFC 9111, rules in `policy`): a fresh stored answer
+//! is served; a stale one is revalidated with its validators (a 304 refreshes it); a miss
+//! becomes a fill that concurrent requests for the same key follow (one upstream fetch,
+//! every client streaming as bytes arrive). Other methods pass through, and a successful
+//! unsafe one invalidates the target and its `Location`/`Content-Location`. A truncated
+//! body is never stored and aborts every transfer that carried it.
 
+use crate::cache::{FillLead, FillRole, Progress};
 use crate::lru::{Stored, Validity};
+use crate::policy::{self, RequestRules, Use};
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
 use common::config::{CachedConfig, Origin};
@@ -17,6 +23,9 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use ureq::http;
+
+/// Largest piece a collapsed waiter copies at once.
+const FOLLOW_CHUNK: usize = 256 << 10;
 
 pub fn agent(cfg: &CachedConfig) -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -42,20 +51,9 @@ pub fn agent(cfg: &CachedConfig) -> ureq::Agent {
         .new_agent()
 }
 
-/// The LRU key of a target in origin mode.
+/// The primary cache key of a target in origin mode.
 pub fn cache_key(target: &str) -> String {
     target.to_string()
-}
-
-/// Reads the request body from the segment, at most `limit` bytes.
-struct BodyFromSegment<'a, 'p> {
-    lease: &'a mut Lease<'p>,
-}
-
-impl Read for BodyFromSegment<'_, '_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.lease.read(buf)
-    }
 }
 
 fn is_unsafe(method: &str) -> bool {
@@ -63,90 +61,142 @@ fn is_unsafe(method: &str) -> bool {
 }
 
 pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -> io::Result<()> {
-    let head_only = req.method == "HEAD";
-    let storable_request =
-        (req.method == "GET" || head_only) && req.header("authorization").is_none();
-    let key = cache_key(&req.target);
-    if storable_request {
-        if let Some(obj) = lookup(ctx, &key) {
-            respond::drain(lease)?;
-            Counters::inc(&ctx.counters().l2_hits);
-            let mut headers = obj.headers.clone();
-            let age = obj.initial_age
-                + SystemTime::now()
-                    .duration_since(obj.stored_at)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
-            headers.push(("Age".into(), age.to_string().into_bytes()));
-            return respond::full(
-                lease,
-                obj.status,
-                CacheOutcome::Hit,
-                headers,
-                &obj.body,
-                head_only,
-            );
-        }
-        Counters::inc(&ctx.counters().l2_misses);
-    } else {
+    if req.method != "GET" && req.method != "HEAD" {
         Counters::inc(&ctx.counters().passes);
-    }
-
-    let request = build_request(req, origin)?;
-    let agent = ctx.agent.as_ref().expect("origin mode has an agent");
-    Counters::inc(&ctx.counters().upstream_requests);
-    let started = Instant::now();
-    let result = match req.body {
-        BodyLen::None => agent.run(request.body(()).map_err(io::Error::other)?),
-        _ => {
-            let mut body = BodyFromSegment { lease: &mut *lease };
-            let send = ureq::SendBody::from_reader(&mut body);
-            agent.run(request.body(send).map_err(io::Error::other)?)
+        let sent = upstream(ctx, lease, req, origin, &[]);
+        respond::drain(lease)?;
+        let (response, request_time) = match sent {
+            Ok(r) => r,
+            Err(e) => return upstream_error(ctx, lease, e, false),
+        };
+        if is_unsafe(&req.method) && (200..400).contains(&response.status().as_u16()) {
+            invalidate(ctx, &cache_key(&req.target), response.headers(), origin);
         }
-    };
-    Counters::add(
-        &ctx.counters().upstream_latency_us,
-        started.elapsed().as_micros() as u64,
-    );
-    // Whatever the origin did with it, the request stream must be drained before we answer.
+        return relay(
+            ctx,
+            lease,
+            req,
+            response,
+            request_time,
+            None,
+            CacheOutcome::Pass,
+        );
+    }
     respond::drain(lease)?;
-    let response = match result {
-        Ok(r) => r,
-        Err(e) => return upstream_error(ctx, lease, e, head_only),
-    };
-    let status = response.status().as_u16();
-    if is_unsafe(&req.method) && (200..400).contains(&status) {
-        invalidate(ctx, &key, response.headers(), origin);
+    let primary = cache_key(&req.target);
+    let rules = RequestRules::of(&req.headers);
+    let key = ctx.cache.full_key(&primary, &req.headers);
+    if let Some(obj) = ctx.cache.get(&key) {
+        if let Validity::Http {
+            lifetime,
+            must_revalidate,
+            no_cache,
+        } = obj.validity
+        {
+            match policy::usable(
+                obj.age(SystemTime::now()),
+                lifetime,
+                must_revalidate,
+                no_cache,
+                &rules,
+            ) {
+                Use::Fresh => {
+                    Counters::inc(&ctx.counters().l2_hits);
+                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit);
+                }
+                Use::StaleAllowed => {
+                    Counters::inc(&ctx.counters().l2_stale);
+                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Stale);
+                }
+                Use::Revalidate if rules.only_if_cached => {
+                    return respond::error(
+                        lease,
+                        504,
+                        "stored answer is stale (only-if-cached)",
+                        req.method == "HEAD",
+                    )
+                }
+                Use::Revalidate => return revalidate(ctx, lease, req, origin, &primary, &obj),
+            }
+        }
     }
-    relay(ctx, lease, req, response, storable_request, key)
-}
-
-fn lookup(ctx: &Ctx, key: &str) -> Option<Arc<Stored>> {
-    let mut lru = ctx.lru.lock().unwrap_or_else(|e| e.into_inner());
-    let obj = lru.get(key)?;
-    match obj.validity {
-        Validity::Until(t) if Instant::now() < t => Some(obj),
-        _ => {
-            lru.remove(key);
-            None
+    if rules.only_if_cached {
+        return respond::error(
+            lease,
+            504,
+            "not in cache (only-if-cached)",
+            req.method == "HEAD",
+        );
+    }
+    Counters::inc(&ctx.counters().l2_misses);
+    // HEAD and Range misses go upstream as they are and are not stored (a partial or empty
+    // answer must not poison the cache); only a plain GET may lead or join a fill.
+    if req.method == "HEAD" || req.header("range").is_some() {
+        return fetch(ctx, lease, req, origin, None);
+    }
+    match ctx.cache.join_fill(&key) {
+        FillRole::Leader(lead) => fetch(ctx, lease, req, origin, Some(lead)),
+        FillRole::Alone => fetch(ctx, lease, req, origin, None),
+        FillRole::Waiter(fill) => {
+            Counters::inc(&ctx.counters().collapsed);
+            match follow(ctx, lease, &fill)? {
+                Followed::Served => Ok(()),
+                Followed::Pass => fetch(ctx, lease, req, origin, None),
+            }
         }
     }
 }
 
-fn build_request(req: &RequestHead, origin: &Origin) -> io::Result<http::request::Builder> {
+fn fetch(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    origin: &Origin,
+    lead: Option<FillLead>,
+) -> io::Result<()> {
+    match upstream(ctx, lease, req, origin, &[]) {
+        Ok((response, request_time)) => relay(
+            ctx,
+            lease,
+            req,
+            response,
+            request_time,
+            lead,
+            CacheOutcome::Miss,
+        ),
+        Err(e) => upstream_error(ctx, lease, e, req.method == "HEAD"),
+    }
+}
+
+/// Sends the request upstream (with its body from the segment, if any). `extra` headers
+/// replace the client's of the same name (the validators of a revalidation).
+fn upstream(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    origin: &Origin,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<(http::Response<ureq::Body>, SystemTime), ureq::Error> {
     let mut b = http::Request::builder()
         .method(req.method.as_bytes())
         .uri(origin.url_for(&req.target));
     let mut xff: Option<Vec<u8>> = None;
+    let replaced = |name: &str| extra.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
     for (name, value) in &req.headers {
-        match name.to_ascii_lowercase().as_str() {
+        let lower = name.to_ascii_lowercase();
+        if replaced(&lower) {
+            continue;
+        }
+        match lower.as_str() {
             // ureq sets Host from the origin URL; the client's goes in X-Forwarded-Host.
             "host" => b = b.header("X-Forwarded-Host", value.as_slice()),
             "x-forwarded-for" => xff = Some(value.clone()),
-            "content-length" if req.body != BodyLen::None => {}
+            "content-length" => {}
             _ => b = b.header(name.as_str(), value.as_slice()),
         }
+    }
+    for (k, v) in extra {
+        b = b.header(*k, v.as_slice());
     }
     let mut xff = xff
         .map(|mut v| {
@@ -166,13 +216,38 @@ fn build_request(req: &RequestHead, origin: &Origin) -> io::Result<http::request
     if let BodyLen::Exact(n) = req.body {
         b = b.header("Content-Length", n);
     }
-    Ok(b)
+    let agent = ctx.agent.as_ref().expect("origin mode has an agent");
+    Counters::inc(&ctx.counters().upstream_requests);
+    let started = Instant::now();
+    let request_time = SystemTime::now();
+    let result = match req.body {
+        BodyLen::None => agent.run(b.body(()).map_err(ureq::Error::Http)?),
+        _ => {
+            let mut body = BodyFromSegment(lease);
+            agent.run(
+                b.body(ureq::SendBody::from_reader(&mut body))
+                    .map_err(ureq::Error::Http)?,
+            )
+        }
+    };
+    Counters::add(
+        &ctx.counters().upstream_latency_us,
+        started.elapsed().as_micros() as u64,
+    );
+    result.map(|r| (r, request_time))
+}
+
+/// The request body, read from the segment.
+struct BodyFromSegment<'a, 'p>(&'a mut Lease<'p>);
+
+impl Read for BodyFromSegment<'_, '_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
 }
 
 fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: ureq::Error, head_only: bool) -> io::Result<()> {
-    let timed_out = matches!(e, ureq::Error::Timeout(_))
-        || matches!(&e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut);
-    if timed_out {
+    if timed_out(&e) {
         Counters::inc(&ctx.counters().upstream_timeouts);
         log::warn!("origin timed out: {e}");
         respond::error(lease, 504, "the origin did not answer in time", head_only)
@@ -188,65 +263,48 @@ fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: ureq::Error, head_only: bool)
     }
 }
 
-/// After a successful unsafe method: drop the target and its Location/Content-Location.
-fn invalidate(ctx: &Ctx, key: &str, headers: &http::HeaderMap, origin: &Origin) {
-    let mut lru = ctx.lru.lock().unwrap_or_else(|e| e.into_inner());
-    lru.remove(key);
-    for h in ["location", "content-location"] {
-        if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
-            let prefix = format!("http://{}{}", origin.authority, origin.prefix);
-            let target = v.strip_prefix(&prefix).unwrap_or(v);
-            if target.starts_with('/') {
-                lru.remove(target);
-            }
-        }
-    }
+fn timed_out(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Timeout(_))
+        || matches!(e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut)
 }
 
-/// Freshness lifetime from `s-maxage`, `max-age` or `Expires` − `Date`; `None` when the
-/// answer must not be stored.
-fn storable_for(status: u16, headers: &http::HeaderMap) -> Option<Duration> {
-    if status != 200 {
-        return None;
-    }
-    let mut max_age = None;
-    let mut s_maxage = None;
-    for v in headers.get_all("cache-control") {
-        for d in httpx::tokens(v.as_bytes()) {
-            match d.split_once('=') {
-                Some(("max-age", n)) => max_age = n.trim_matches('"').parse::<u64>().ok(),
-                Some(("s-maxage", n)) => s_maxage = n.trim_matches('"').parse::<u64>().ok(),
-                Some(("no-cache" | "private", _)) => return None,
-                None if matches!(d.as_str(), "no-store" | "private" | "no-cache") => return None,
-                _ => {}
+/// After a successful unsafe method: drop the target and its Location/Content-Location
+/// (same origin only), in L2 and, through the pool's counter, in every L1.
+fn invalidate(ctx: &Ctx, primary: &str, headers: &http::HeaderMap, origin: &Origin) {
+    ctx.cache.remove_all(primary);
+    let base = format!("http://{}{}", origin.authority, origin.prefix);
+    let host_only = format!("http://{}", origin.authority.trim_end_matches(":80"));
+    for h in ["location", "content-location"] {
+        if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
+            let target = v
+                .strip_prefix(&base)
+                .or_else(|| v.strip_prefix(&host_only))
+                .unwrap_or(v);
+            if target.starts_with('/') {
+                ctx.cache.remove_all(&cache_key(target));
             }
         }
     }
-    if headers
-        .get_all("vary")
+    ctx.invalidated();
+    super::publish_store_gauges(ctx);
+}
+
+/// End-to-end headers of an upstream answer (hop-by-hop and framing removed; a HEAD
+/// answer keeps its Content-Length as metadata).
+fn end_to_end(headers: &http::HeaderMap, head_only: bool) -> Headers {
+    let connection: Vec<String> = headers
+        .get_all("connection")
         .iter()
-        .any(|v| httpx::tokens(v.as_bytes()).iter().any(|t| t == "*"))
-    {
-        return None;
-    }
-    let life = s_maxage.or(max_age).map(Duration::from_secs).or_else(|| {
-        let parse = |h: &str| {
-            headers
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .and_then(common::http::parse_http_date)
-        };
-        let expires = parse("expires")?;
-        let date = parse("date").unwrap_or_else(SystemTime::now);
-        Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
-    })?;
-    let age = headers
-        .get("age")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .unwrap_or(0);
-    life.checked_sub(Duration::from_secs(age))
-        .filter(|d| !d.is_zero())
+        .flat_map(|v| httpx::tokens(v.as_bytes()))
+        .collect();
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            !httpx::is_hop_by_hop(name.as_str(), &connection)
+                && (name.as_str() != "content-length" || head_only)
+        })
+        .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
+        .collect()
 }
 
 fn relay(
@@ -254,17 +312,13 @@ fn relay(
     lease: &mut Lease,
     req: &RequestHead,
     response: http::Response<ureq::Body>,
-    storable_request: bool,
-    key: String,
+    request_time: SystemTime,
+    mut lead: Option<FillLead>,
+    outcome: CacheOutcome,
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    let connection_tokens: Vec<String> = parts
-        .headers
-        .get_all("connection")
-        .iter()
-        .flat_map(|v| httpx::tokens(v.as_bytes()))
-        .collect();
+    let response_time = SystemTime::now();
     let declared = parts
         .headers
         .get("content-length")
@@ -272,38 +326,48 @@ fn relay(
         .and_then(|v| v.trim().parse::<u64>().ok());
     let head_only = req.method == "HEAD";
     let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
-    let mut headers: Headers = Vec::new();
-    for (name, value) in &parts.headers {
-        let name = name.as_str();
-        if httpx::is_hop_by_hop(name, &connection_tokens)
-            || (name == "content-length" && !head_only)
-        {
-            continue;
-        }
-        headers.push((name.to_string(), value.as_bytes().to_vec()));
-    }
+    let headers = end_to_end(&parts.headers, head_only);
     let framing = match (no_body, declared) {
         (true, _) => BodyLen::None,
         (false, Some(n)) => BodyLen::Exact(n),
         (false, None) => BodyLen::Unknown,
     };
-    let lifetime = if storable_request && req.method == "GET" {
-        storable_for(status, &parts.headers)
-    } else {
-        None
-    };
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
-    let mut keep: Option<Vec<u8>> = match (lifetime, declared) {
-        (Some(_), Some(n)) if n <= limit => Some(Vec::with_capacity(n as usize)),
-        (Some(_), None) => Some(Vec::new()),
-        _ => None,
+    let storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body {
+        None
+    } else {
+        policy::storable(&req.method, &req.headers, status, &headers, response_time)
+            .filter(|_| declared.is_none_or(|n| n <= limit))
     };
-    let outcome = if storable_request {
-        CacheOutcome::Miss
+    match (&mut lead, &storable) {
+        (Some(l), Some(_)) => l.head(status, headers.clone(), framing),
+        (Some(l), None) => l.pass(),
+        _ => {}
+    }
+    let initial_age = policy::initial_age(&headers, request_time, response_time);
+    let l1_ttl = match &storable {
+        Some(s) if !s.no_cache && status == 200 && policy::header(&headers, "vary").is_none() => {
+            s.lifetime.saturating_sub(initial_age)
+        }
+        _ => Duration::ZERO,
+    };
+    let outcome = if storable.is_some() || outcome != CacheOutcome::Miss {
+        outcome
     } else {
         CacheOutcome::Pass
     };
-    respond::head(lease, status, framing, outcome, headers.clone())?;
+    // Our own client may go away; as long as others follow the fill we keep fetching.
+    let mut own = respond::head(
+        lease,
+        status,
+        framing,
+        outcome,
+        headers.clone(),
+        l1_ttl.as_millis().min(3_600_000) as u32,
+    );
+    let mut keep: Option<Vec<u8>> = storable
+        .as_ref()
+        .map(|_| Vec::with_capacity(declared.unwrap_or(0) as usize));
     if !no_body {
         let mut reader = body.into_reader();
         let mut buf = vec![0u8; 64 << 10];
@@ -318,16 +382,23 @@ fn relay(
                         "origin body for {} failed after {total} bytes: {e}",
                         req.target
                     );
-                    return Err(e);
+                    return Err(e); // drops the lead: followers abort too
                 }
             };
-            lease.write_all(&buf[..n])?;
-            // Stream on: let the proxy send what we have while the origin trickles.
-            lease.flush()?;
+            let chunk = &buf[..n];
             total += n as u64;
+            if let Some(l) = &lead {
+                l.bytes(chunk);
+            }
+            if own.is_ok() {
+                own = lease.write_all(chunk).and_then(|()| lease.flush());
+            }
+            if own.is_err() && lead.as_ref().is_none_or(|l| l.waiters() == 0) {
+                return own;
+            }
             if let Some(k) = keep.as_mut() {
-                if k.len() + n <= limit as usize {
-                    k.extend_from_slice(&buf[..n]);
+                if (k.len() + n) as u64 <= limit {
+                    k.extend_from_slice(chunk);
                 } else {
                     keep = None;
                 }
@@ -340,26 +411,165 @@ fn relay(
             ));
         }
     }
-    lease.finish()?;
-    if let (Some(life), Some(body)) = (lifetime, keep) {
-        if !no_body {
-            let initial_age = parts
-                .headers
-                .get("age")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
-            let obj = Stored {
-                status,
-                headers,
-                body,
-                validity: Validity::Until(Instant::now() + life),
-                stored_at: SystemTime::now(),
-                initial_age,
-            };
-            crate::source::store(ctx, key, Arc::new(obj));
+    if let Some(l) = lead {
+        l.finish();
+    }
+    if let (Some(s), Some(body)) = (storable, keep) {
+        let mut headers = headers;
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+        let obj = Stored {
+            status,
+            headers,
+            body,
+            validity: Validity::Http {
+                lifetime: s.lifetime,
+                must_revalidate: s.must_revalidate,
+                no_cache: s.no_cache,
+            },
+            response_time,
+            initial_age,
+        };
+        super::store(ctx, &cache_key(&req.target), req, Arc::new(obj));
+    }
+    own?;
+    lease.finish()
+}
+
+enum Followed {
+    Served,
+    /// The leader's answer may not be shared: fetch alone.
+    Pass,
+}
+
+/// Streams another request's fill as it arrives.
+fn follow(ctx: &Ctx, lease: &mut Lease, fill: &crate::cache::Fill) -> io::Result<Followed> {
+    let wait = ctx.cfg.read_timeout;
+    let (status, headers, framing) = match fill.next(true, 0, 0, wait) {
+        Progress::Head(s, h, b) => (s, h, b),
+        Progress::Pass => return Ok(Followed::Pass),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the fill we followed failed",
+            ))
+        }
+    };
+    respond::head(lease, status, framing, CacheOutcome::Collapsed, headers, 0)?;
+    let mut offset = 0usize;
+    loop {
+        match fill.next(false, offset, FOLLOW_CHUNK, wait) {
+            Progress::Bytes(b) => {
+                lease.write_all(&b)?;
+                lease.flush()?;
+                offset += b.len();
+            }
+            Progress::Done => break,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the fill we followed failed",
+                ))
+            }
         }
     }
-    Ok(())
+    lease.finish()?;
+    Ok(Followed::Served)
+}
+
+/// A stale stored answer: ask the origin whether it changed (RFC 9111 §4.3).
+fn revalidate(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    origin: &Origin,
+    primary: &str,
+    obj: &Arc<Stored>,
+) -> io::Result<()> {
+    let mut validators: Vec<(&str, Vec<u8>)> = Vec::new();
+    if let Some(etag) = policy::header(&obj.headers, "etag") {
+        validators.push(("If-None-Match", etag.to_vec()));
+    }
+    if let Some(lm) = policy::header(&obj.headers, "last-modified") {
+        validators.push(("If-Modified-Since", lm.to_vec()));
+    }
+    // Without validators a conditional request is impossible: fetch anew.
+    if validators.is_empty() {
+        Counters::inc(&ctx.counters().l2_misses);
+        return fetch(ctx, lease, req, origin, None);
+    }
+    let extra = validators;
+    let (response, request_time) = match upstream(ctx, lease, req, origin, &extra) {
+        Ok(r) => r,
+        Err(e) => {
+            let Validity::Http {
+                must_revalidate,
+                no_cache,
+                ..
+            } = obj.validity
+            else {
+                unreachable!("origin objects are Http")
+            };
+            if !must_revalidate && !no_cache {
+                // RFC 9111 §4.2.4: a disconnected cache may serve stale unless forbidden.
+                log::warn!("revalidation failed ({e}); serving stale {}", req.target);
+                Counters::inc(&ctx.counters().l2_stale);
+                return super::serve_stored(ctx, lease, req, obj, CacheOutcome::Stale);
+            }
+            return upstream_error(ctx, lease, e, req.method == "HEAD");
+        }
+    };
+    if response.status().as_u16() != 304 {
+        Counters::inc(&ctx.counters().l2_misses);
+        return relay(
+            ctx,
+            lease,
+            req,
+            response,
+            request_time,
+            None,
+            CacheOutcome::Miss,
+        );
+    }
+    Counters::inc(&ctx.counters().l2_revalidated);
+    let response_time = SystemTime::now();
+    let fresh = end_to_end(response.headers(), true);
+    let mut headers = obj.headers.clone();
+    policy::update_from_304(&mut headers, &fresh);
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+    let Some(s) = policy::storable("GET", &req.headers, obj.status, &headers, response_time) else {
+        ctx.cache.remove_all(primary);
+        let once = Stored {
+            headers,
+            body: obj.body.clone(),
+            response_time,
+            initial_age: Duration::ZERO,
+            ..clone_meta(obj)
+        };
+        return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated);
+    };
+    let refreshed = Arc::new(Stored {
+        status: obj.status,
+        initial_age: policy::initial_age(&fresh, request_time, response_time),
+        headers,
+        body: obj.body.clone(),
+        validity: Validity::Http {
+            lifetime: s.lifetime,
+            must_revalidate: s.must_revalidate,
+            no_cache: s.no_cache,
+        },
+        response_time,
+    });
+    super::store(ctx, primary, req, refreshed.clone());
+    super::serve_stored(ctx, lease, req, &refreshed, CacheOutcome::Revalidated)
+}
+
+fn clone_meta(obj: &Stored) -> Stored {
+    Stored {
+        status: obj.status,
+        headers: Vec::new(),
+        body: Vec::new(),
+        validity: obj.validity.clone(),
+        response_time: obj.response_time,
+        initial_age: obj.initial_age,
+    }
 }

@@ -215,6 +215,13 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
     {
         return status::serve(w, conn, req);
     }
+    if w.shared.cfg.l1_capacity > 0 && super::l1::eligible(&req.method, &req.headers) {
+        if let Some(entry) = w.l1_lookup(&req.target) {
+            Counters::inc(&w.counters().l1_hits);
+            return serve_l1(w, conn, req, &entry);
+        }
+        Counters::inc(&w.counters().l1_misses);
+    }
     let kind = if req.method == "PURGE" {
         if !conn.peer_is_loopback() {
             send_simple(w, conn, 403, "PURGE is allowed from loopback only");
@@ -225,6 +232,44 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
         common::protocol::Kind::Request
     };
     fetch::exchange(w, conn, req, kind, scratch)
+}
+
+/// Answers from the worker's L1: no segment, no cached.
+fn serve_l1(w: &Worker, conn: &mut Conn, req: &Request, e: &super::l1::Entry) -> bool {
+    use std::io::Write as _;
+    let mut out = Vec::with_capacity(e.fixed_headers.len() + 256 + e.body.len().min(16 << 10));
+    let _ = write!(
+        out,
+        "HTTP/1.1 {} {}\r\n",
+        e.status,
+        common::http::reason(e.status)
+    );
+    out.extend_from_slice(&e.fixed_headers);
+    let _ = write!(
+        out,
+        "Age: {}\r\nContent-Length: {}\r\nVia: 1.1 shmproxy\r\nX-Cache: HIT\r\n",
+        e.age(),
+        e.body.len()
+    );
+    match (req.version, req.keep_alive) {
+        (10, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (_, false) => out.extend_from_slice(b"Connection: close\r\n"),
+        _ => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    conn.answered(w, e.status, CacheOutcome::Hit);
+    let body = if req.method == "HEAD" {
+        &[][..]
+    } else {
+        &e.body[..]
+    };
+    let sent = if body.len() <= 16 << 10 {
+        out.extend_from_slice(body);
+        conn.send(w, &out)
+    } else {
+        conn.send(w, &out).and_then(|()| conn.send(w, body))
+    };
+    sent.is_ok() && req.keep_alive
 }
 
 /// Writes a complete small answer produced by the proxy itself (errors, 408, 503, ...).

@@ -110,6 +110,7 @@ pub fn exchange(
         conn::send_simple(w, conn, 503, "cached is not running; retry shortly");
         return can_continue && req.keep_alive;
     };
+    let epoch = w.shared.pool.invalidations();
     let request_id = w.next_request_id.fetch_add(1, Ordering::Relaxed);
     let mut lease = match w.shared.pool.acquire(cfg.pool_wait, request_id) {
         Ok(l) => l,
@@ -199,6 +200,18 @@ pub fn exchange(
         answer.status,
         CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass),
     );
+    let mut l1_body = match answer.body {
+        BodyLen::Exact(n)
+            if answer.l1_ttl_ms > 0
+                && answer.status == 200
+                && req.method == "GET"
+                && w.l1.accepts(n as usize)
+                && super::l1::eligible(&req.method, &req.headers) =>
+        {
+            Some(Vec::with_capacity(n as usize))
+        }
+        _ => None,
+    };
     let result = stream_body(
         w,
         conn,
@@ -208,10 +221,14 @@ pub fn exchange(
         chunked && req.version == 11,
         out,
         scratch,
+        l1_body.as_mut(),
     );
     match result {
         Ok(()) if lease.peer_finished() => {
             lease.complete();
+            if let Some(body) = l1_body {
+                remember(w, epoch, req, &answer, body);
+            }
             keep
         }
         Ok(()) => false,
@@ -276,6 +293,7 @@ fn stream_body(
     chunked: bool,
     mut out: Vec<u8>,
     scratch: &mut Scratch,
+    mut collect: Option<&mut Vec<u8>>,
 ) -> io::Result<()> {
     let mut total = 0u64;
     loop {
@@ -284,6 +302,9 @@ fn stream_body(
             break;
         }
         total += n as u64;
+        if let Some(c) = collect.as_mut() {
+            c.extend_from_slice(&scratch.io[..n]);
+        }
         if head_request {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -318,4 +339,38 @@ fn stream_body(
         conn.send(w, &out)?;
     }
     Ok(())
+}
+
+/// Keeps a complete answer in the worker's L1 for the lifetime cached granted.
+fn remember(w: &Worker, epoch: u64, req: &Request, answer: &ResponseHead, body: Vec<u8>) {
+    let mut fixed = Vec::with_capacity(256);
+    let mut age = 0;
+    let mut has_date = false;
+    for (k, v) in &answer.headers {
+        if k.eq_ignore_ascii_case("age") {
+            age = std::str::from_utf8(v)
+                .ok()
+                .and_then(|a| a.trim().parse().ok())
+                .unwrap_or(0);
+            continue;
+        }
+        has_date |= k.eq_ignore_ascii_case("date");
+        fixed.extend_from_slice(k.as_bytes());
+        fixed.extend_from_slice(b": ");
+        fixed.extend_from_slice(v);
+        fixed.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        let _ = write!(fixed, "Date: {}\r\n", http::http_date(SystemTime::now()));
+    }
+    let ttl = Duration::from_millis(u64::from(answer.l1_ttl_ms));
+    w.l1.insert(
+        epoch,
+        req.target.clone(),
+        answer.status,
+        fixed,
+        body,
+        age,
+        ttl,
+    );
 }

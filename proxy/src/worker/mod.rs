@@ -6,6 +6,7 @@
 mod accesslog;
 mod conn;
 mod fetch;
+pub mod l1;
 mod parse;
 mod status;
 
@@ -32,12 +33,21 @@ pub struct Worker<'a> {
     parked: Mutex<HashMap<u64, Conn>>,
     busy: AtomicUsize,
     pub cached: fetch::CachedLink,
+    pub l1: l1::L1,
     pub next_request_id: std::sync::atomic::AtomicU64,
 }
 
 impl Worker<'_> {
     pub fn counters(&self) -> &Counters {
         self.shared.stats.slot(self.index)
+    }
+
+    /// The L1 entry for `target`, after dropping the L1 if anything was invalidated.
+    pub fn l1_lookup(&self, target: &str) -> Option<Arc<l1::Entry>> {
+        if self.l1.sync_epoch(self.shared.pool.invalidations()) {
+            Counters::inc(&self.counters().l1_flushes);
+        }
+        self.l1.get(target)
     }
 
     /// Parks a connection until it is readable again. The map stays locked while the fd is
@@ -98,6 +108,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
         cached: fetch::CachedLink::new(&shared.names),
+        l1: l1::L1::new(shared.cfg.l1_capacity, shared.cfg.l1_max_object_size),
         next_request_id: std::sync::atomic::AtomicU64::new((index as u64) << 48),
     };
     let threads = shared.cfg.threads as usize;
