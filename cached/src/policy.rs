@@ -248,7 +248,8 @@ pub fn usable(
         return Use::Revalidate;
     }
     let age_s = age.as_secs();
-    if rules.max_age.is_some_and(|m| age_s > m) {
+    // Sub-second precision: `max-age=0` asks for revalidation of anything not brand new.
+    if rules.max_age.is_some_and(|m| age > Duration::from_secs(m)) {
         return Use::Revalidate;
     }
     let fresh_left = lifetime.as_secs().saturating_sub(age_s);

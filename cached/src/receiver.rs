@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Pools kept mapped (the current one and those of masters still draining).
+const KEEP_POOLS: usize = 4;
+
 /// Everything the receiver threads share.
 pub struct Ctx {
     pub cfg: CachedConfig,
@@ -27,7 +30,8 @@ pub struct Ctx {
     pub root: PathBuf,
     /// Upstream client (origin mode).
     pub agent: Option<ureq::Agent>,
-    pool: Mutex<Option<Arc<Pool>>>,
+    /// Mapped pools, newest first.
+    pools: Mutex<Vec<Arc<Pool>>>,
 }
 
 impl Ctx {
@@ -37,15 +41,16 @@ impl Ctx {
 
     /// A stored object was purged or invalidated: every worker drops its L1.
     pub fn invalidated(&self) {
-        if let Some(p) = self.pool.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        for p in self.pools.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             p.bump_invalidations();
         }
     }
 
-    /// The pool the doorbell refers to, (re)mapped after a proxy restart.
+    /// The pool the doorbell refers to, mapped on first use. A few recent pools stay mapped,
+    /// so the draining workers of a master that handed over (upgrade) still get answers.
     fn pool_for(&self, bell: &Doorbell) -> Option<Arc<Pool>> {
-        let mut slot = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = slot.as_ref().filter(|p| p.id() == bell.pool_id) {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.iter().find(|p| p.id() == bell.pool_id) {
             return Some(p.clone());
         }
         match Pool::open(&self.names) {
@@ -57,7 +62,8 @@ impl Ctx {
                     p.segment_size()
                 );
                 let p = Arc::new(p);
-                *slot = Some(p.clone());
+                pools.insert(0, p.clone());
+                pools.truncate(KEEP_POOLS);
                 Some(p)
             }
             Ok(_) => None,
@@ -101,7 +107,7 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
         stats,
         root,
         agent,
-        pool: Mutex::new(None),
+        pools: Mutex::new(Vec::new()),
         cfg,
     });
     let queue = Arc::new(queue);

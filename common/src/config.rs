@@ -52,6 +52,77 @@ struct ProxyFile {
     max_connections: Option<u64>,
     l1_capacity: Option<u64>,
     l1_max_object_size: Option<u64>,
+    access_log: Option<String>,
+    access_log_max_bytes: Option<u64>,
+    access_log_keep: Option<u64>,
+    stats_allow: Option<OneOrMany>,
+}
+
+/// A key that takes a list, given as a TOML array or as one comma-separated string (flags).
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn items(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
+            OneOrMany::Many(v) => v.iter().map(|x| x.trim().to_string()).collect(),
+        }
+    }
+}
+
+/// An address range (`127.0.0.0/8`, `::1`, `10.1.2.3`), for access lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IpNet {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(s: &str) -> Result<IpNet, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a
+            .parse()
+            .map_err(|_| format!("not an address or CIDR range: {s:?}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("bad prefix length in {s:?}"))?,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
+                IpAddr::V6(v) => (u128::from(v), 128),
+            }
+        };
+        let ((net, w1), (x, w2)) = (bits(self.addr), bits(ip));
+        if w1 != w2 {
+            return false;
+        }
+        let shift = w1 - u32::from(self.prefix);
+        shift >= w1 || (net >> shift) == (x >> shift)
+    }
 }
 
 /// `[cached]` keys.
@@ -109,6 +180,15 @@ pub struct ProxyConfig {
     pub l1_capacity: u64,
     /// Largest object a worker keeps in its L1.
     pub l1_max_object_size: u64,
+    /// Access log file (Combined Log Format plus cache outcome, upstream status and duration);
+    /// `None` (key absent or "") writes none. Relative paths start at the working directory.
+    pub access_log: Option<PathBuf>,
+    /// The access log is rotated when it reaches this many bytes (0: never).
+    pub access_log_max_bytes: u64,
+    /// Rotated access logs kept: `FILE.1` (newest) … `FILE.N`.
+    pub access_log_keep: u32,
+    /// Clients allowed to read `/__shmproxy/` (stats, metrics, dashboard); loopback by default.
+    pub stats_allow: Vec<IpNet>,
 }
 
 /// `cached`'s settings.
@@ -362,6 +442,33 @@ impl ProxyConfig {
                 0,
                 u64::MAX,
             )?,
+            access_log: p
+                .access_log
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from),
+            access_log_max_bytes: ranged(
+                &src,
+                "proxy.access_log_max_bytes",
+                p.access_log_max_bytes,
+                64 << 20,
+                0,
+                u64::MAX,
+            )?,
+            access_log_keep: ranged(&src, "proxy.access_log_keep", p.access_log_keep, 5, 1, 1000)?
+                as u32,
+            stats_allow: p
+                .stats_allow
+                .as_ref()
+                .map_or_else(
+                    || vec!["127.0.0.0/8".to_string(), "::1".to_string()],
+                    OneOrMany::items,
+                )
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| IpNet::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| src.err("proxy.stats_allow", e))?,
         })
     }
 }
@@ -477,6 +584,40 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("instance"), "{e}");
+    }
+
+    #[test]
+    fn access_log_and_stats_allow_keys() {
+        let p = ProxyConfig::load(None, &[]).unwrap();
+        assert_eq!(p.access_log, None);
+        assert_eq!((p.access_log_max_bytes, p.access_log_keep), (64 << 20, 5));
+        let lo = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        assert!(p.stats_allow.iter().any(|n| n.contains(lo("127.0.0.1"))));
+        assert!(p.stats_allow.iter().any(|n| n.contains(lo("::1"))));
+        assert!(p
+            .stats_allow
+            .iter()
+            .any(|n| n.contains(lo("::ffff:127.0.0.2"))));
+        assert!(!p.stats_allow.iter().any(|n| n.contains(lo("10.0.0.1"))));
+        let p = ProxyConfig::load(
+            None,
+            &flags(&[
+                ("proxy.stats_allow", "10.0.0.0/8, 192.168.1.7"),
+                ("proxy.access_log", "a.log"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(p.access_log, Some(PathBuf::from("a.log")));
+        assert!(p.stats_allow.iter().any(|n| n.contains(lo("10.200.0.1"))));
+        assert!(p.stats_allow.iter().any(|n| n.contains(lo("192.168.1.7"))));
+        assert!(!p.stats_allow.iter().any(|n| n.contains(lo("192.168.1.8"))));
+        assert!(!p.stats_allow.iter().any(|n| n.contains(lo("127.0.0.1"))));
+        let all = IpNet::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains(lo("8.8.8.8")) && !all.contains(lo("2001:db8::1")));
+        let e = ProxyConfig::load(None, &flags(&[("proxy.stats_allow", "10.0.0.0/33")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stats-allow") && e.contains("prefix"), "{e}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use nix::sys::socket::{
     SockFlag, SockType,
 };
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 /// A connected pair: the master keeps one end, the worker the other.
 pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -86,10 +86,110 @@ pub fn recv_fd(chan: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     Ok(got.pop())
 }
 
+/// The abstract-namespace address of an instance's upgrade socket (no file to clean up;
+/// it disappears with the master that bound it).
+fn upgrade_addr(instance: &str) -> io::Result<nix::sys::socket::UnixAddr> {
+    Ok(nix::sys::socket::UnixAddr::new_abstract(
+        format!("shmproxy.{instance}.upgrade").as_bytes(),
+    )?)
+}
+
+/// Master: listens for a new master asking to take the listening socket over.
+/// `AddrInUse` while the previous master of the instance still drains.
+pub fn upgrade_listener(instance: &str) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{bind, listen, socket, Backlog};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    bind(fd.as_raw_fd(), &upgrade_addr(instance)?)?;
+    listen(&fd, Backlog::new(4).map_err(io::Error::from)?)?;
+    Ok(fd)
+}
+
+/// Master: accepts one pending upgrade request from a process of the same user.
+pub fn accept_upgrade(listener: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{accept4, getsockopt, sockopt::PeerCredentials};
+    let fd = match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(nix::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    // SAFETY: accept4 just returned this descriptor to us; nothing else owns it.
+    let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+    let cred = getsockopt(&conn, PeerCredentials)?;
+    if cred.uid() != nix::unistd::getuid().as_raw() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("upgrade request from uid {}", cred.uid()),
+        ));
+    }
+    Ok(Some(conn))
+}
+
+/// New master: asks the running master of `instance` for its listening socket.
+pub fn request_takeover(instance: &str, timeout: std::time::Duration) -> io::Result<OwnedFd> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::socket::{connect, socket};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &upgrade_addr(instance)?)?;
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    if poll(
+        &mut fds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    )? == 0
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the running master did not hand over its socket",
+        ));
+    }
+    recv_fd(&fd)?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "the running master refused the upgrade",
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    #[test]
+    fn a_listener_is_handed_over_through_the_upgrade_socket() {
+        let instance = format!("fdtest{}", std::process::id());
+        let up = upgrade_listener(&instance).unwrap();
+        assert!(
+            upgrade_listener(&instance).is_err(),
+            "one master per instance"
+        );
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let conn = loop {
+                    if let Some(c) = accept_upgrade(&up).unwrap() {
+                        break c;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                };
+                send_fd(&conn, &tcp).unwrap();
+            });
+            let got = request_takeover(&instance, std::time::Duration::from_secs(5)).unwrap();
+            let l = std::net::TcpListener::from(got);
+            assert_eq!(l.local_addr().unwrap(), addr);
+        });
+    }
 
     #[test]
     fn a_passed_fd_reaches_the_same_file() {

@@ -13,6 +13,7 @@ pub mod names;
 pub mod pool;
 pub mod process;
 pub mod protocol;
+pub mod request;
 pub mod sem;
 pub mod shm;
 pub mod stats;

@@ -184,6 +184,33 @@ pub struct Occupancy {
     pub quarantined: u32,
 }
 
+/// Validates a pool header's layout against the mapped length (never trust a header written
+/// by another process: a bad one must not make us index outside the mapping).
+pub fn check_layout(
+    segments: u32,
+    slots: u32,
+    segment_size: usize,
+    data_offset: usize,
+    len: usize,
+) -> Result<(), &'static str> {
+    if !(2..=MAX_SLOTS as u32).contains(&slots) {
+        return Err("bad chunk slot count");
+    }
+    if !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size) {
+        return Err("bad segment size");
+    }
+    let headers_end = (segments as usize)
+        .checked_mul(SEGMENT_HEADER_SIZE)
+        .and_then(|h| h.checked_add(POOL_HEADER_SIZE));
+    let needed = (segments as usize)
+        .checked_mul(segment_size)
+        .and_then(|d| d.checked_add(data_offset));
+    if segments == 0 || headers_end.is_none_or(|end| data_offset < end) || needed != Some(len) {
+        return Err("layout does not match the region length");
+    }
+    Ok(())
+}
+
 /// The mapped pool. The master creates it (and unlinks it on drop); workers inherit the
 /// mapping across `fork`; `cached` opens it by name.
 pub struct Pool {
@@ -242,20 +269,7 @@ impl Pool {
         let slots = h.slots.load(Ordering::Relaxed);
         let segment_size = h.segment_size.load(Ordering::Relaxed) as usize;
         let data_offset = h.data_offset.load(Ordering::Relaxed) as usize;
-        if !(2..=MAX_SLOTS as u32).contains(&slots)
-            || !(MIN_SEGMENT_SIZE..=MAX_SEGMENT_SIZE).contains(&segment_size)
-        {
-            return Err(invalid("bad slot count or segment size"));
-        }
-        let needed = (segments as usize)
-            .checked_mul(segment_size)
-            .and_then(|d| d.checked_add(data_offset));
-        if segments == 0
-            || data_offset < POOL_HEADER_SIZE + segments as usize * SEGMENT_HEADER_SIZE
-            || needed != Some(region.len())
-        {
-            return Err(invalid("layout does not match the region length"));
-        }
+        check_layout(segments, slots, segment_size, data_offset, region.len()).map_err(invalid)?;
         Ok(Pool {
             pool_id: h.pool_id.load(Ordering::Relaxed),
             segments,
@@ -307,6 +321,11 @@ impl Pool {
     pub fn invalidations(&self) -> u64 {
         // ORDERING: Acquire pairs with the Release in `bump_invalidations`.
         self.header().invalidations.load(Ordering::Acquire)
+    }
+
+    /// Hands the name to a successor master (our mapping stays valid for our workers).
+    pub fn unlink_name(&mut self) {
+        self.region.unlink_name();
     }
 
     /// A forked worker must not unlink the master's pool.
@@ -796,6 +815,21 @@ mod tests {
             lease.complete();
         });
         drop(lease);
+    }
+
+    #[test]
+    fn layouts_are_checked_against_the_mapping() {
+        let ok = (4u32, 4u32, 4096usize, 4096usize, 4096 + 4 * 4096);
+        assert!(check_layout(ok.0, ok.1, ok.2, ok.3, ok.4).is_ok());
+        assert!(check_layout(0, 4, 4096, 4096, 4096).is_err());
+        assert!(check_layout(4, 1, 4096, 4096, ok.4).is_err());
+        assert!(check_layout(4, 4, 100, 4096, 4096 + 400).is_err());
+        assert!(check_layout(4, 4, 4096, 4096, ok.4 + 1).is_err());
+        assert!(
+            check_layout(4, 4, 4096, 0, 4 * 4096).is_err(),
+            "data overlapping the headers"
+        );
+        assert!(check_layout(u32::MAX, 4, 64 << 20, usize::MAX, usize::MAX).is_err());
     }
 
     #[test]

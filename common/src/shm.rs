@@ -286,6 +286,15 @@ impl ShmRegion {
         self.owner
     }
 
+    /// Removes the name now (the mapping stays valid) and gives up ownership: a successor
+    /// may create a new object under the same name while we still use this one.
+    pub fn unlink_name(&mut self) {
+        if self.owner {
+            let _ = shm_unlink(self.name.as_str());
+            self.owner = false;
+        }
+    }
+
     /// Gives up ownership: the name is left in place when this handle drops (a forked child
     /// inherits its parent's handle but must not unlink the parent's objects).
     pub fn disown(&mut self) {

@@ -1,20 +1,32 @@
 //! Shared-memory statistics: one region per daemon (`/<instance>.stats.proxy`,
 //! `/<instance>.stats.cached`), a slot of atomic counters per process (the proxy: master in
 //! slot 0, worker N in slot N), summed on read. No locks on the request path: counters are
-//! `fetch_add(Relaxed)`; gauges go up and down the same way.
+//! `fetch_add(Relaxed)`; gauges go up and down the same way (wrapping; the sum is what counts).
 //!
-//! One list, [`stats_fields!`], generates the slot layout, the names and help texts used by
-//! the JSON and Prometheus renderers and the README table.
+//! One list, [`stats_fields!`], generates the slot layout, the names, kinds and help texts,
+//! and through them the JSON (`/__shmproxy/stats`, `proxy stats --json`), the Prometheus text
+//! (`/__shmproxy/metrics`), the `proxy stats` screen and the README's table of counters
+//! ([`markdown_table`]). A field may name the daemon that updates it (`@proxy`, `@cached`;
+//! default: both) and a labelled Prometheus family it belongs to (`[family label = "value"]`).
+//! The pool gauges are not counters: they are read from the pool's state words ([`View`]).
+//!
 //! The cached region's header also announces the live `cached` (owner pid + start time):
 //! workers read it to know whether anyone will answer their doorbells.
+//!
+//! Must never: take a lock, allocate or make a syscall on the update path.
 
+use crate::names::Names;
+use crate::pool::{Pool, SegmentState};
 use crate::shm::{ShmError, ShmRegion, ShmSafe};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
-pub const STATS_VERSION: u32 = 1;
+/// Bumped whenever the field list changes (the slot layout is generated from it).
+pub const STATS_VERSION: u32 = 2;
 const SLOTS_OFFSET: usize = 64;
-/// Latency histogram buckets: bucket i counts requests that took < 2^i µs (last: the rest).
+/// Latency histogram buckets: bucket i counts requests that took at most 2^i µs (and more than
+/// 2^(i-1) µs); the last one also takes everything slower (≈ 67 s and up).
 pub const LATENCY_BUCKETS: usize = 28;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,14 +35,77 @@ pub enum FieldKind {
     Gauge,
 }
 
+/// Which daemon updates a field (and so in which region it is shown).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Daemon {
+    Proxy,
+    Cached,
+    Both,
+}
+
+impl Daemon {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Daemon::Proxy => "proxy",
+            Daemon::Cached => "cached",
+            Daemon::Both => "both",
+        }
+    }
+}
+
+/// A labelled Prometheus family a field is one member of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Family {
+    pub name: &'static str,
+    pub label: &'static str,
+    pub value: &'static str,
+}
+
 pub struct Field {
     pub name: &'static str,
     pub help: &'static str,
     pub kind: FieldKind,
+    pub daemon: Daemon,
+    pub family: Option<Family>,
+}
+
+impl Field {
+    /// Whether `region` (Proxy or Cached) shows this field.
+    pub fn shown_in(&self, region: Daemon) -> bool {
+        self.daemon == Daemon::Both || self.daemon == region
+    }
+
+    /// Values in microseconds are exported to Prometheus in seconds (`_us` → `_seconds`).
+    pub fn is_micros(&self) -> bool {
+        self.family.map_or(self.name, |f| f.name).ends_with("_us")
+    }
+
+    /// Prometheus family name for `region`: `shmproxy_<region>_<name>`, `_us` turned into
+    /// `_seconds`, counters ending in `_total`.
+    pub fn metric_name(&self, region: Daemon) -> String {
+        let base = self.family.map_or(self.name, |f| f.name);
+        let base = match base.strip_suffix("_us") {
+            Some(b) => format!("{b}_seconds"),
+            None => base.to_string(),
+        };
+        let total = if self.kind == FieldKind::Counter {
+            "_total"
+        } else {
+            ""
+        };
+        format!("shmproxy_{}_{base}{total}", region.as_str())
+    }
 }
 
 macro_rules! stats_fields {
-    ($( $kind:ident $name:ident : $help:literal ),* $(,)?) => {
+    (@daemon) => { Daemon::Both };
+    (@daemon proxy) => { Daemon::Proxy };
+    (@daemon cached) => { Daemon::Cached };
+    (@family) => { None };
+    (@family $family:ident $label:ident $value:literal) => {
+        Some(Family { name: stringify!($family), label: stringify!($label), value: $value })
+    };
+    ($( $kind:ident $name:ident $(@ $daemon:ident)? $([$family:ident $label:ident = $value:literal])? : $help:literal ),* $(,)?) => {
         /// One slot of counters. Layout is generated: a change bumps `STATS_VERSION`.
         #[repr(C)]
         pub struct Counters {
@@ -40,7 +115,13 @@ macro_rules! stats_fields {
         }
 
         /// Every field of [`Counters`], in layout order.
-        pub const FIELDS: &[Field] = &[ $( Field { name: stringify!($name), help: $help, kind: FieldKind::$kind } ),* ];
+        pub const FIELDS: &[Field] = &[ $( Field {
+            name: stringify!($name),
+            help: $help,
+            kind: FieldKind::$kind,
+            daemon: stats_fields!(@daemon $($daemon)?),
+            family: stats_fields!(@family $($family $label $value)?),
+        } ),* ];
 
         impl Counters {
             /// Current values in `FIELDS` order.
@@ -52,52 +133,117 @@ macro_rules! stats_fields {
 }
 
 stats_fields! {
-    Counter requests: "Requests received from clients",
-    Counter responses_1xx: "Responses with a 1xx status",
-    Counter responses_2xx: "Responses with a 2xx status",
-    Counter responses_3xx: "Responses with a 3xx status",
-    Counter responses_4xx: "Responses with a 4xx status",
-    Counter responses_5xx: "Responses with a 5xx status",
-    Counter bytes_in: "Request bytes read from clients",
-    Counter bytes_out: "Response bytes written to clients",
-    Counter connections_accepted: "Client connections accepted by the master",
-    Gauge connections_active: "Client connections open in a worker",
-    Gauge fds_in_flight: "Connections passed by the master and not yet received by a worker",
-    Counter bad_requests: "Requests rejected as malformed (4xx before any forwarding)",
-    Counter timeouts_header: "Connections closed because the request head was not received in time (408)",
-    Counter timeouts_idle: "Idle keep-alive connections closed",
-    Counter timeouts_send: "Connections closed because the client did not read in time",
-    Counter cached_unavailable: "Requests answered 503 because cached was not running",
-    Counter cached_timeouts: "Transfers aborted because cached did not answer in time",
-    Counter pool_acquires: "Segments leased from the pool",
-    Counter pool_acquire_timeouts: "Segment leases that timed out (503)",
+    Counter requests @proxy: "Requests received from clients (complete request heads)",
+    Counter requests_get @proxy [requests_by_method method = "GET"]: "Requests answered, by method",
+    Counter requests_head @proxy [requests_by_method method = "HEAD"]: "Requests answered, by method",
+    Counter requests_post @proxy [requests_by_method method = "POST"]: "Requests answered, by method",
+    Counter requests_put @proxy [requests_by_method method = "PUT"]: "Requests answered, by method",
+    Counter requests_delete @proxy [requests_by_method method = "DELETE"]: "Requests answered, by method",
+    Counter requests_patch @proxy [requests_by_method method = "PATCH"]: "Requests answered, by method",
+    Counter requests_options @proxy [requests_by_method method = "OPTIONS"]: "Requests answered, by method",
+    Counter requests_purge @proxy [requests_by_method method = "PURGE"]: "Requests answered, by method",
+    Counter requests_other @proxy [requests_by_method method = "other"]: "Requests answered, by method",
+    Counter responses_1xx @proxy [responses_by_class class = "1xx"]: "Responses sent, by status class",
+    Counter responses_2xx @proxy [responses_by_class class = "2xx"]: "Responses sent, by status class",
+    Counter responses_3xx @proxy [responses_by_class class = "3xx"]: "Responses sent, by status class",
+    Counter responses_4xx @proxy [responses_by_class class = "4xx"]: "Responses sent, by status class",
+    Counter responses_5xx @proxy [responses_by_class class = "5xx"]: "Responses sent, by status class",
+    Counter outcome_hit @proxy [responses_by_outcome outcome = "HIT"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter outcome_miss @proxy [responses_by_outcome outcome = "MISS"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter outcome_pass @proxy [responses_by_outcome outcome = "PASS"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter outcome_stale @proxy [responses_by_outcome outcome = "STALE"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter outcome_revalidated @proxy [responses_by_outcome outcome = "REVALIDATED"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter outcome_collapsed @proxy [responses_by_outcome outcome = "COLLAPSED"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter outcome_error @proxy [responses_by_outcome outcome = "ERROR"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter outcome_internal @proxy [responses_by_outcome outcome = "INTERNAL"]: "Requests answered, by cache outcome (the X-Cache value)",
+    Counter latency_sum_us @proxy: "Sum of request durations (head received to answer sent), the latency histogram's sum",
+    Counter bytes_in @proxy: "Request bytes read from clients",
+    Counter bytes_out @proxy: "Response bytes written to clients",
+    Counter connections_accepted @proxy: "Client connections accepted by the master",
+    Gauge connections_active @proxy: "Client connections open in a worker",
+    Gauge connections_busy @proxy: "Client connections whose requests are executing (the rest of connections_active are idle)",
+    Gauge fds_in_flight @proxy: "Connections passed by the master and not yet received by a worker",
+    Counter bad_requests @proxy: "Requests rejected as malformed or too large (4xx before any forwarding)",
+    Counter rejected_line_too_long @proxy [rejected_requests reason = "line_too_long"]: "Rejected requests, by reason",
+    Counter rejected_head_too_large @proxy [rejected_requests reason = "head_too_large"]: "Rejected requests, by reason",
+    Counter rejected_framing @proxy [rejected_requests reason = "framing"]: "Rejected requests, by reason",
+    Counter rejected_body_too_large @proxy [rejected_requests reason = "body_too_large"]: "Rejected requests, by reason",
+    Counter rejected_malformed @proxy [rejected_requests reason = "malformed"]: "Rejected requests, by reason",
+    Counter timeouts_header @proxy: "Connections closed because the request head was not received in time (408)",
+    Counter timeouts_idle @proxy: "Idle keep-alive connections closed",
+    Counter timeouts_send @proxy: "Connections closed because the client did not read in time",
+    Counter cached_unavailable @proxy: "Requests answered 503 because cached was not running",
+    Counter cached_timeouts @proxy: "Transfers aborted because cached did not answer in time",
+    Counter pool_acquires @proxy: "Segments leased from the pool",
+    Counter pool_acquire_wait_us @proxy: "Time spent waiting for a free segment",
+    Counter pool_acquire_timeouts @proxy: "Segment leases that timed out (503)",
     Counter transfers_aborted: "Segment transfers aborted (client gone, peer died, timeout)",
-    Counter worker_restarts: "Workers forked to replace one that died",
-    Counter segments_reclaimed: "Segments reclaimed from dead processes",
+    Counter worker_restarts @proxy: "Workers forked to replace one that died",
+    Counter reloads @proxy: "SIGHUP reloads: configuration re-read and workers replaced",
+    Counter handovers @proxy: "Listening sockets handed to a new master (zero-downtime upgrade)",
+    Counter segments_reclaimed @proxy: "Segments reclaimed from dead processes",
     Counter messages_rejected: "Doorbells or segment heads that failed validation",
-    Counter l2_hits: "Requests answered from the cached LRU",
-    Counter l2_misses: "Cacheable requests not found in the LRU",
-    Counter l2_stale: "Stale stored answers served (max-stale, or origin unreachable)",
-    Counter l2_revalidated: "Stale stored answers revalidated with the origin (304)",
-    Counter collapsed: "Requests that followed another request's fill instead of fetching",
-    Counter l1_hits: "Requests answered from a worker's L1 without a segment round trip",
-    Counter l1_misses: "L1 lookups that went on to cached",
-    Counter l1_flushes: "Times a worker dropped its L1 after a purge or invalidation",
-    Counter passes: "Requests passed to the source without caching",
-    Counter evictions: "Objects evicted from the LRU",
-    Gauge stored_objects: "Objects stored in the LRU",
-    Gauge stored_bytes: "Bytes stored in the LRU",
-    Counter disk_reads: "Files read from the document root",
-    Counter upstream_requests: "Requests sent to the origin",
-    Counter upstream_errors: "Origin requests that failed (refused, reset, bad answer)",
-    Counter upstream_timeouts: "Origin requests that timed out",
-    Counter upstream_latency_us: "Sum of origin response-head latencies in microseconds",
+    Counter log_reopens @proxy: "SIGUSR1 received by the master: every worker reopens its access log",
+    Counter access_log_lines @proxy: "Access log lines written",
+    Counter access_log_dropped @proxy: "Access log lines lost (the log could not be opened or written)",
+    Counter access_log_rotations @proxy: "Access log rotations (size limit reached)",
+    Counter l1_hits @proxy: "Requests answered from a worker's L1 without a segment round trip",
+    Counter l1_misses @proxy: "L1 lookups that went on to cached",
+    Counter l1_flushes @proxy: "Times a worker dropped its L1 after a purge or invalidation",
+    Counter l2_hits @cached: "Requests answered from the cached LRU",
+    Counter l2_misses @cached: "Cacheable requests not found in the LRU",
+    Counter l2_stale @cached: "Stale stored answers served (max-stale, or origin unreachable)",
+    Counter l2_revalidated @cached: "Stale stored answers revalidated with the origin (304)",
+    Counter collapsed @cached: "Requests that followed another request's fill instead of fetching",
+    Counter passes @cached: "Requests passed to the source without caching",
+    Counter evictions @cached: "Objects evicted from the LRU",
+    Gauge stored_objects @cached: "Objects stored in the LRU",
+    Gauge stored_bytes @cached: "Bytes stored in the LRU",
+    Counter disk_reads @cached: "Files read from the document root",
+    Counter upstream_requests @cached: "Requests sent to the origin",
+    Counter upstream_errors @cached: "Origin requests that failed (refused, reset, bad answer)",
+    Counter upstream_timeouts @cached: "Origin requests that timed out",
+    Counter upstream_latency_us @cached: "Sum of origin response-head latencies",
 }
 
 // SAFETY: only atomics; repr(C); alignment 8.
 unsafe impl ShmSafe for Counters {}
 
 const SLOT_SIZE: usize = size_of::<Counters>().next_multiple_of(64);
+
+/// Why a request was rejected before forwarding (the `rejected_requests` family).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// 414: request line or target too long.
+    LineTooLong,
+    /// 431: head too large or too many header fields.
+    HeadTooLarge,
+    /// 400 on message framing: Content-Length/Transfer-Encoding conflicts (smuggling defences),
+    /// invalid Content-Length, unsupported Transfer-Encoding, malformed chunked body.
+    Framing,
+    /// 413: body larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// Any other 400 (syntax, missing Host, control characters, not origin-form).
+    Malformed,
+}
+
+impl RejectReason {
+    /// Classifies an answer the proxy produced itself for a bad request (`status`, message).
+    pub fn classify(status: u16, msg: &str) -> RejectReason {
+        match status {
+            414 => RejectReason::LineTooLong,
+            431 => RejectReason::HeadTooLarge,
+            413 => RejectReason::BodyTooLarge,
+            _ if ["Content-Length", "Transfer-Encoding", "chunked", "body"]
+                .iter()
+                .any(|k| msg.contains(k)) =>
+            {
+                RejectReason::Framing
+            }
+            _ => RejectReason::Malformed,
+        }
+    }
+}
 
 impl Counters {
     pub fn add(c: &AtomicU64, n: u64) {
@@ -124,10 +270,66 @@ impl Counters {
         Self::inc(c);
     }
 
+    /// Counts one finished request's duration (histogram bucket and sum).
     pub fn latency(&self, us: u64) {
-        let b = (64 - us.leading_zeros() as usize).min(LATENCY_BUCKETS - 1);
-        Self::inc(&self.latency_us[b]);
+        Self::inc(&self.latency_us[latency_bucket(us)]);
+        Self::add(&self.latency_sum_us, us);
     }
+
+    /// Counts one answered request by method.
+    pub fn method(&self, method: &str) {
+        let c = match method {
+            "GET" => &self.requests_get,
+            "HEAD" => &self.requests_head,
+            "POST" => &self.requests_post,
+            "PUT" => &self.requests_put,
+            "DELETE" => &self.requests_delete,
+            "PATCH" => &self.requests_patch,
+            "OPTIONS" => &self.requests_options,
+            "PURGE" => &self.requests_purge,
+            _ => &self.requests_other,
+        };
+        Self::inc(c);
+    }
+
+    /// Counts one answered request by cache outcome.
+    pub fn outcome(&self, outcome: crate::http::CacheOutcome) {
+        use crate::http::CacheOutcome as O;
+        let c = match outcome {
+            O::Hit => &self.outcome_hit,
+            O::Miss => &self.outcome_miss,
+            O::Pass => &self.outcome_pass,
+            O::Stale => &self.outcome_stale,
+            O::Revalidated => &self.outcome_revalidated,
+            O::Collapsed => &self.outcome_collapsed,
+            O::Error => &self.outcome_error,
+            O::Internal => &self.outcome_internal,
+        };
+        Self::inc(c);
+    }
+
+    /// Counts a request rejected before forwarding (`bad_requests` and its reason).
+    pub fn rejected(&self, status: u16, msg: &str) {
+        Self::inc(&self.bad_requests);
+        let c = match RejectReason::classify(status, msg) {
+            RejectReason::LineTooLong => &self.rejected_line_too_long,
+            RejectReason::HeadTooLarge => &self.rejected_head_too_large,
+            RejectReason::Framing => &self.rejected_framing,
+            RejectReason::BodyTooLarge => &self.rejected_body_too_large,
+            RejectReason::Malformed => &self.rejected_malformed,
+        };
+        Self::inc(c);
+    }
+}
+
+/// Histogram bucket of a duration in µs: the smallest i with `us ≤ 2^i` (capped).
+pub fn latency_bucket(us: u64) -> usize {
+    (64 - us.saturating_sub(1).leading_zeros() as usize).min(LATENCY_BUCKETS - 1)
+}
+
+/// Upper bound of histogram bucket `i` in µs.
+pub fn bucket_bound_us(i: usize) -> u64 {
+    1u64 << i
 }
 
 /// A stats region (owner: creates and unlinks; others: open to read).
@@ -151,22 +353,32 @@ impl Snapshot {
             .map_or(0, |i| self.values[i])
     }
 
+    /// Requests in the latency histogram.
+    pub fn latency_count(&self) -> u64 {
+        self.latency.iter().sum()
+    }
+
     /// Approximate latency percentile in µs (upper bound of the bucket), `q` in 0..=1.
     pub fn latency_percentile(&self, q: f64) -> u64 {
-        let total: u64 = self.latency.iter().sum();
-        if total == 0 {
-            return 0;
-        }
-        let want = (total as f64 * q).ceil() as u64;
-        let mut seen = 0;
-        for (i, n) in self.latency.iter().enumerate() {
-            seen += n;
-            if seen >= want {
-                return 1u64 << i;
-            }
-        }
-        1u64 << (LATENCY_BUCKETS - 1)
+        percentile(&self.latency, q)
     }
+}
+
+/// Upper bound (µs) of the bucket holding quantile `q` of `buckets` (0 when empty).
+pub fn percentile(buckets: &[u64], q: f64) -> u64 {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let want = ((total as f64 * q).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return bucket_bound_us(i);
+        }
+    }
+    bucket_bound_us(buckets.len().saturating_sub(1))
 }
 
 impl StatsRegion {
@@ -201,6 +413,11 @@ impl StatsRegion {
         self.region.header().owner()
     }
 
+    /// Hands the name to a successor (our mapping stays valid).
+    pub fn unlink_name(&mut self) {
+        self.region.unlink_name();
+    }
+
     pub fn disown(&mut self) {
         self.region.disown();
     }
@@ -223,6 +440,424 @@ impl StatsRegion {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Rendering: one view of both daemons and the pool, as JSON, Prometheus text or a table.
+// ---------------------------------------------------------------------------------------------
+
+/// The segment pool as seen from its state words.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolView {
+    pub segments: u32,
+    pub segment_size: usize,
+    pub free: u32,
+    pub in_use: u32,
+    pub quarantined: u32,
+    /// One character per segment: `.` free, `U` in use, `Q` quarantined.
+    pub states: String,
+}
+
+impl PoolView {
+    pub fn read(pool: &Pool) -> PoolView {
+        let mut v = PoolView {
+            segments: pool.segments(),
+            segment_size: pool.segment_size(),
+            ..PoolView::default()
+        };
+        for i in 0..pool.segments() {
+            let (c, n) = match pool.state_of(i) {
+                SegmentState::Free => ('.', &mut v.free),
+                SegmentState::InUse => ('U', &mut v.in_use),
+                SegmentState::Quarantined => ('Q', &mut v.quarantined),
+            };
+            v.states.push(c);
+            *n += 1;
+        }
+        v
+    }
+}
+
+/// One proxy worker's own slot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerView {
+    /// 1-based worker index (its stats slot).
+    pub worker: usize,
+    pub connections_active: i64,
+    pub connections_idle: i64,
+    pub requests: u64,
+    pub bytes_out: u64,
+}
+
+/// Everything the stats endpoints and `proxy stats` show, read at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub instance: String,
+    /// Wall-clock time of the reading, in ms since the Unix epoch (for rates).
+    pub time_ms: u64,
+    pub pool: Option<PoolView>,
+    pub proxy: Option<Snapshot>,
+    pub workers: Vec<WorkerView>,
+    /// The live cached's counters and pid (`None` when cached is not running).
+    pub cached: Option<(Snapshot, u32)>,
+}
+
+impl View {
+    /// Reads the proxy's region and pool (when given) and the live cached's region, if any.
+    pub fn collect(names: &Names, proxy: Option<&StatsRegion>, pool: Option<&Pool>) -> View {
+        let cached = StatsRegion::open(&names.stats_cached)
+            .ok()
+            .filter(|r| r.owner().alive())
+            .map(|r| (r.snapshot(), r.owner().pid));
+        let workers = proxy
+            .map(|r| {
+                (1..r.slots())
+                    .map(|i| {
+                        let s = r.slot(i);
+                        let active = s.connections_active.load(Ordering::Relaxed) as i64;
+                        let busy = s.connections_busy.load(Ordering::Relaxed) as i64;
+                        WorkerView {
+                            worker: i,
+                            connections_active: active,
+                            connections_idle: (active - busy).max(0),
+                            requests: s.requests.load(Ordering::Relaxed),
+                            bytes_out: s.bytes_out.load(Ordering::Relaxed),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        View {
+            instance: names.instance.clone(),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            pool: pool.map(PoolView::read),
+            proxy: proxy.map(StatsRegion::snapshot),
+            workers,
+            cached,
+        }
+    }
+
+    /// The JSON document of `/__shmproxy/stats`.
+    pub fn json(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        let _ = write!(
+            out,
+            "{{\"instance\":\"{}\",\"version\":\"{}\",\"time_ms\":{},\"pool\":",
+            json_escape(&self.instance),
+            env!("CARGO_PKG_VERSION"),
+            self.time_ms
+        );
+        match &self.pool {
+            Some(p) => {
+                let _ = write!(
+                    out,
+                    "{{\"segments\":{},\"segment_size\":{},\"free\":{},\"in_use\":{},\"quarantined\":{},\"states\":\"{}\"}}",
+                    p.segments, p.segment_size, p.free, p.in_use, p.quarantined, p.states
+                );
+            }
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"proxy\":");
+        match &self.proxy {
+            Some(s) => snapshot_json(&mut out, s, Daemon::Proxy, None),
+            None => out.push_str("null"),
+        }
+        out.push_str(",\"workers\":[");
+        for (k, w) in self.workers.iter().enumerate() {
+            let _ = write!(
+                out,
+                "{}{{\"worker\":{},\"connections_active\":{},\"connections_idle\":{},\"requests\":{},\"bytes_out\":{}}}",
+                if k > 0 { "," } else { "" },
+                w.worker,
+                w.connections_active,
+                w.connections_idle,
+                w.requests,
+                w.bytes_out
+            );
+        }
+        out.push_str("],\"cached\":");
+        match &self.cached {
+            Some((s, pid)) => snapshot_json(&mut out, s, Daemon::Cached, Some(*pid)),
+            None => out.push_str("null"),
+        }
+        out.push('}');
+        out
+    }
+
+    /// The Prometheus text exposition (format 0.0.4) of `/__shmproxy/metrics`.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::with_capacity(16384);
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {}", prom_help(help));
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+        family(
+            &mut out,
+            "shmproxy_info",
+            "gauge",
+            "Always 1; labels name the instance and the version",
+        );
+        let _ = writeln!(
+            out,
+            "shmproxy_info{{instance=\"{}\",version=\"{}\"}} 1",
+            prom_label(&self.instance),
+            env!("CARGO_PKG_VERSION")
+        );
+        family(
+            &mut out,
+            "shmproxy_cached_up",
+            "gauge",
+            "1 while a live cached announces itself in shared memory, else 0",
+        );
+        let _ = writeln!(
+            out,
+            "shmproxy_cached_up {}",
+            u8::from(self.cached.is_some())
+        );
+        if let Some(p) = &self.pool {
+            family(
+                &mut out,
+                "shmproxy_pool_segments",
+                "gauge",
+                "Segments in the shared-memory pool",
+            );
+            let _ = writeln!(out, "shmproxy_pool_segments {}", p.segments);
+            family(
+                &mut out,
+                "shmproxy_pool_segment_size_bytes",
+                "gauge",
+                "Bytes per segment",
+            );
+            let _ = writeln!(out, "shmproxy_pool_segment_size_bytes {}", p.segment_size);
+            family(
+                &mut out,
+                "shmproxy_pool_segments_by_state",
+                "gauge",
+                "Segments by state (free, in_use, quarantined)",
+            );
+            for (state, n) in [
+                ("free", p.free),
+                ("in_use", p.in_use),
+                ("quarantined", p.quarantined),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "shmproxy_pool_segments_by_state{{state=\"{state}\"}} {n}"
+                );
+            }
+        }
+        if let Some(s) = &self.proxy {
+            snapshot_prometheus(&mut out, s, Daemon::Proxy);
+            histogram_prometheus(&mut out, s);
+        }
+        if !self.workers.is_empty() {
+            family(
+                &mut out,
+                "shmproxy_worker_connections",
+                "gauge",
+                "Client connections open in each worker, by state (busy = executing a request)",
+            );
+            for w in &self.workers {
+                for (state, n) in [
+                    ("idle", w.connections_idle),
+                    ("busy", w.connections_active - w.connections_idle),
+                ] {
+                    let _ = writeln!(
+                        out,
+                        "shmproxy_worker_connections{{worker=\"{}\",state=\"{state}\"}} {n}",
+                        w.worker
+                    );
+                }
+            }
+            family(
+                &mut out,
+                "shmproxy_worker_requests_total",
+                "counter",
+                "Requests received by each worker (since it started)",
+            );
+            for w in &self.workers {
+                let _ = writeln!(
+                    out,
+                    "shmproxy_worker_requests_total{{worker=\"{}\"}} {}",
+                    w.worker, w.requests
+                );
+            }
+        }
+        if let Some((s, _)) = &self.cached {
+            snapshot_prometheus(&mut out, s, Daemon::Cached);
+        }
+        out
+    }
+}
+
+fn snapshot_json(out: &mut String, s: &Snapshot, region: Daemon, pid: Option<u32>) {
+    out.push('{');
+    let mut first = true;
+    for (i, f) in FIELDS.iter().enumerate() {
+        if !f.shown_in(region) {
+            continue;
+        }
+        let v = s.values[i];
+        let _ = match f.kind {
+            FieldKind::Counter => write!(out, "{}\"{}\":{v}", if first { "" } else { "," }, f.name),
+            FieldKind::Gauge => write!(
+                out,
+                "{}\"{}\":{}",
+                if first { "" } else { "," },
+                f.name,
+                v as i64
+            ),
+        };
+        first = false;
+    }
+    if region == Daemon::Proxy {
+        let _ = write!(
+            out,
+            ",\"latency_count\":{},\"latency_p50_us\":{},\"latency_p90_us\":{},\"latency_p99_us\":{},\"latency_buckets\":[",
+            s.latency_count(),
+            s.latency_percentile(0.5),
+            s.latency_percentile(0.9),
+            s.latency_percentile(0.99)
+        );
+        for (i, n) in s.latency.iter().enumerate() {
+            let _ = write!(out, "{}{n}", if i > 0 { "," } else { "" });
+        }
+        out.push(']');
+    }
+    if let Some(pid) = pid {
+        let _ = write!(out, ",\"cached_pid\":{pid}");
+    }
+    out.push('}');
+}
+
+fn snapshot_prometheus(out: &mut String, s: &Snapshot, region: Daemon) {
+    let mut done: Vec<String> = Vec::new();
+    for f in FIELDS {
+        // The histogram's sum is rendered with its buckets.
+        if !f.shown_in(region) || f.name == "latency_sum_us" {
+            continue;
+        }
+        let name = f.metric_name(region);
+        if done.contains(&name) {
+            continue;
+        }
+        done.push(name.clone());
+        let kind = match f.kind {
+            FieldKind::Counter => "counter",
+            FieldKind::Gauge => "gauge",
+        };
+        let _ = writeln!(out, "# HELP {name} {}", prom_help(f.help));
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        // Every member of the family (a lone field is its own family).
+        for (j, m) in FIELDS.iter().enumerate() {
+            if m.metric_name(region) != name || !m.shown_in(region) {
+                continue;
+            }
+            let labels = m
+                .family
+                .map(|fam| format!("{{{}=\"{}\"}}", fam.label, prom_label(fam.value)))
+                .unwrap_or_default();
+            let v = s.values[j];
+            let _ = if m.is_micros() {
+                writeln!(out, "{name}{labels} {}", v as f64 / 1e6)
+            } else if m.kind == FieldKind::Gauge {
+                writeln!(out, "{name}{labels} {}", v as i64)
+            } else {
+                writeln!(out, "{name}{labels} {v}")
+            };
+        }
+    }
+}
+
+fn histogram_prometheus(out: &mut String, s: &Snapshot) {
+    let name = "shmproxy_proxy_request_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Request durations, head received to answer sent (log2 buckets)"
+    );
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    let mut cumulative = 0u64;
+    for (i, n) in s.latency.iter().enumerate().take(LATENCY_BUCKETS - 1) {
+        cumulative += n;
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"{}\"}} {cumulative}",
+            bucket_bound_us(i) as f64 / 1e6
+        );
+    }
+    let count = s.latency_count();
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {}", s.get("latency_sum_us") as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
+fn json_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text: backslashes and line feeds escaped.
+fn prom_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+/// Label value: backslashes, double quotes and line feeds escaped.
+fn prom_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The README's table of counters (Markdown), generated from [`FIELDS`].
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| field (JSON) | daemon | kind | Prometheus | meaning |\n|---|---|---|---|---|\n",
+    );
+    for f in FIELDS {
+        let regions: &[Daemon] = match f.daemon {
+            Daemon::Both => &[Daemon::Proxy, Daemon::Cached],
+            Daemon::Proxy => &[Daemon::Proxy],
+            Daemon::Cached => &[Daemon::Cached],
+        };
+        let prom: Vec<String> = regions
+            .iter()
+            .map(|r| {
+                let labels = f
+                    .family
+                    .map(|fam| format!("{{{}=\"{}\"}}", fam.label, fam.value))
+                    .unwrap_or_default();
+                format!("`{}{labels}`", f.metric_name(*r))
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {} | {} | {} |",
+            f.name,
+            f.daemon.as_str(),
+            match f.kind {
+                FieldKind::Counter => "counter",
+                FieldKind::Gauge => "gauge",
+            },
+            prom.join(", "),
+            f.help
+        );
+    }
+    out.push_str("| `latency_buckets` | proxy | histogram | `shmproxy_proxy_request_duration_seconds` | Request durations, head received to answer sent (log2 buckets, 1 µs … 67 s); p50/p90/p99 are computed from it |\n");
+    out.push_str("| `pool.*` | proxy | gauge | `shmproxy_pool_segments`, `shmproxy_pool_segment_size_bytes`, `shmproxy_pool_segments_by_state{state}` | Segment pool size and the state of each segment, read from the pool itself |\n");
+    out.push_str("| `workers[]` | proxy | gauge, counter | `shmproxy_worker_connections{worker,state}`, `shmproxy_worker_requests_total{worker}` | Per-worker open connections (idle/busy) and requests |\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +874,8 @@ mod tests {
                         Counters::inc(&r.slot(t % 3).requests);
                         r.slot(t % 3).status(200);
                         r.slot(t % 3).latency(300);
+                        r.slot(t % 3)
+                            .method(if t % 2 == 0 { "GET" } else { "BREW" });
                     }
                 });
             }
@@ -247,6 +884,10 @@ mod tests {
         let s = reader.snapshot();
         assert_eq!(s.get("requests"), 40_000);
         assert_eq!(s.get("responses_2xx"), 40_000);
+        assert_eq!(s.get("requests_get"), 20_000);
+        assert_eq!(s.get("requests_other"), 20_000);
+        assert_eq!(s.get("latency_sum_us"), 40_000 * 300);
+        assert_eq!(s.latency_count(), 40_000);
         assert_eq!(s.latency_percentile(0.99), 512);
     }
 
@@ -258,5 +899,215 @@ mod tests {
         Counters::inc(&r.slot(0).connections_active);
         Counters::dec(&r.slot(1).connections_active);
         assert_eq!(r.snapshot().get("connections_active"), 1);
+    }
+
+    #[test]
+    fn latency_buckets_are_upper_bounds() {
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(1), 0);
+        assert_eq!(latency_bucket(2), 1);
+        assert_eq!(latency_bucket(3), 2);
+        assert_eq!(latency_bucket(4), 2);
+        assert_eq!(latency_bucket(5), 3);
+        assert_eq!(latency_bucket(1024), 10);
+        assert_eq!(latency_bucket(1025), 11);
+        assert_eq!(latency_bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        for us in [1u64, 7, 999, 65_536, 1_000_000] {
+            assert!(us <= bucket_bound_us(latency_bucket(us)));
+            assert!(latency_bucket(us) == 0 || us > bucket_bound_us(latency_bucket(us) - 1));
+        }
+        let mut b = vec![0u64; LATENCY_BUCKETS];
+        b[3] = 50; // ≤ 8 µs
+        b[10] = 40; // ≤ 1024 µs
+        b[20] = 10;
+        assert_eq!(percentile(&b, 0.5), 8);
+        assert_eq!(percentile(&b, 0.9), 1024);
+        assert_eq!(percentile(&b, 0.99), 1 << 20);
+        assert_eq!(percentile(&[0; 4], 0.5), 0);
+    }
+
+    #[test]
+    fn field_list_is_consistent() {
+        let mut names: Vec<&str> = FIELDS.iter().map(|f| f.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FIELDS.len(), "duplicate field names");
+        for f in FIELDS {
+            assert!(
+                f.name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{}",
+                f.name
+            );
+            assert!(!f.help.is_empty() && !f.help.contains('\n'), "{}", f.name);
+            // Members of one family agree on kind, help and daemon.
+            if let Some(fam) = f.family {
+                for g in FIELDS
+                    .iter()
+                    .filter(|g| g.family.map(|x| x.name) == Some(fam.name))
+                {
+                    assert_eq!((g.kind, g.help, g.daemon), (f.kind, f.help, f.daemon));
+                    assert_eq!(g.family.unwrap().label, fam.label);
+                }
+            }
+        }
+        assert_eq!(
+            FIELDS
+                .iter()
+                .find(|f| f.name == "upstream_latency_us")
+                .unwrap()
+                .metric_name(Daemon::Cached),
+            "shmproxy_cached_upstream_latency_seconds_total"
+        );
+    }
+
+    #[test]
+    fn reasons_are_classified() {
+        use RejectReason::*;
+        assert_eq!(
+            RejectReason::classify(414, "request line too long"),
+            LineTooLong
+        );
+        assert_eq!(
+            RejectReason::classify(431, "too many header fields"),
+            HeadTooLarge
+        );
+        assert_eq!(
+            RejectReason::classify(413, "request body too large"),
+            BodyTooLarge
+        );
+        for m in [
+            "both Content-Length and Transfer-Encoding",
+            "conflicting Content-Length values",
+            "invalid Content-Length",
+            "unsupported Transfer-Encoding (only chunked)",
+            "malformed request body",
+        ] {
+            assert_eq!(RejectReason::classify(400, m), Framing, "{m}");
+        }
+        for m in ["malformed request", "HTTP/1.1 request without Host"] {
+            assert_eq!(RejectReason::classify(400, m), Malformed, "{m}");
+        }
+    }
+
+    fn sample_view() -> View {
+        let mut proxy = Snapshot {
+            values: vec![0; FIELDS.len()],
+            latency: vec![0; LATENCY_BUCKETS],
+        };
+        let set = |s: &mut Snapshot, name: &str, v: u64| {
+            let i = FIELDS.iter().position(|f| f.name == name).unwrap();
+            s.values[i] = v;
+        };
+        set(&mut proxy, "requests", 7);
+        set(&mut proxy, "requests_get", 5);
+        set(&mut proxy, "requests_head", 2);
+        set(&mut proxy, "connections_active", 3);
+        set(&mut proxy, "latency_sum_us", 2_500_000);
+        proxy.latency[0] = 3;
+        proxy.latency[LATENCY_BUCKETS - 1] = 4;
+        let mut cached = proxy.clone();
+        set(&mut cached, "upstream_latency_us", 1_500_000);
+        View {
+            instance: "i\"x".into(),
+            time_ms: 1,
+            pool: Some(PoolView {
+                segments: 3,
+                segment_size: 4096,
+                free: 1,
+                in_use: 1,
+                quarantined: 1,
+                states: ".UQ".into(),
+            }),
+            proxy: Some(proxy),
+            workers: vec![WorkerView {
+                worker: 1,
+                connections_active: 3,
+                connections_idle: 1,
+                requests: 7,
+                bytes_out: 9,
+            }],
+            cached: Some((cached, 42)),
+        }
+    }
+
+    #[test]
+    fn prometheus_text_has_help_and_type_for_every_family() {
+        let text = sample_view().prometheus();
+        let mut helped = Vec::new();
+        let mut typed = Vec::new();
+        for line in text.lines() {
+            let parts: Vec<&str> = line.splitn(4, ' ').collect();
+            match parts.as_slice() {
+                ["#", "HELP", name, _] => helped.push(name.to_string()),
+                ["#", "TYPE", name, _] => typed.push(name.to_string()),
+                _ => {
+                    let name = line.split(['{', ' ']).next().unwrap();
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| {
+                            name.strip_suffix(s)
+                                .filter(|b| typed.iter().any(|t| t == b))
+                        })
+                        .unwrap_or(name);
+                    assert!(typed.iter().any(|t| t == base), "no TYPE before {line}");
+                    assert!(helped.iter().any(|t| t == base), "no HELP before {line}");
+                    let value = line.rsplit(' ').next().unwrap();
+                    assert!(value.parse::<f64>().is_ok(), "{line}");
+                }
+            }
+        }
+        assert_eq!(helped, typed);
+        let mut sorted = typed.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), typed.len(), "a family is declared twice");
+        assert!(text.contains("shmproxy_proxy_requests_by_method_total{method=\"GET\"} 5\n"));
+        assert!(text.contains("shmproxy_proxy_connections_active 3\n"));
+        assert!(text.contains("shmproxy_cached_upstream_latency_seconds_total 1.5\n"));
+        assert!(
+            text.contains("shmproxy_proxy_request_duration_seconds_bucket{le=\"0.000001\"} 3\n")
+        );
+        assert!(text.contains("shmproxy_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 7\n"));
+        assert!(text.contains("shmproxy_proxy_request_duration_seconds_sum 2.5\n"));
+        assert!(text.contains("shmproxy_pool_segments_by_state{state=\"quarantined\"} 1\n"));
+        assert!(text.contains("shmproxy_info{instance=\"i\\\"x\",version="));
+        assert!(
+            !text.contains("shmproxy_cached_requests_total"),
+            "proxy-only field in cached"
+        );
+    }
+
+    #[test]
+    fn json_is_shaped_as_documented() {
+        let j = sample_view().json();
+        assert!(j.starts_with("{\"instance\":\"i\\\"x\""), "{j}");
+        assert!(j.contains("\"states\":\".UQ\""));
+        assert!(j.contains("\"requests\":7,"));
+        assert!(j.contains("\"latency_count\":7,"));
+        assert!(j.contains(
+            "\"workers\":[{\"worker\":1,\"connections_active\":3,\"connections_idle\":1"
+        ));
+        assert!(j.contains("\"cached_pid\":42}"));
+        assert!(j.ends_with("}}"));
+    }
+
+    /// When the README carries the counters table between its markers, it must be the
+    /// generated one (`proxy stats --markdown` prints it).
+    #[test]
+    fn readme_table_matches_the_field_list() {
+        let readme = concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md");
+        let Ok(text) = std::fs::read_to_string(readme) else {
+            return;
+        };
+        let (begin, end) = ("<!-- counters:begin -->\n", "<!-- counters:end -->");
+        if let (Some(b), Some(e)) = (text.find(begin), text.find(end)) {
+            assert_eq!(
+                &text[b + begin.len()..e],
+                markdown_table(),
+                "README.md's counters table is stale: regenerate it with `proxy stats --markdown`"
+            );
+        }
     }
 }

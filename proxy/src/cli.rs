@@ -7,6 +7,7 @@ const HELP: &str = "\
 proxy — the front daemon of shmproxy: accepts HTTP/1.1 clients and fetches through cached.
 
 Usage: proxy [OPTIONS]
+       proxy stats [--instance NAME] [--json] [--watch]   (see `proxy stats --help`)
 
 Options (each is also a key in the config file; flags win):
   --config FILE           TOML file with `instance` and a [proxy] section
@@ -16,15 +17,39 @@ Options (each is also a key in the config file; flags win):
   --threads N             request threads per worker                 [64]
   --segments N            shared-memory segments in the pool         [128]
   --segment-size BYTES    bytes per segment (1024 ..= 67108864)      [262144]
+  --access-log FILE       access log file (Combined Log Format + more)  [none]
+  --stats-allow LIST      CIDRs that may read /__shmproxy/ (commas)  [127.0.0.0/8,::1]
+  --upgrade               take the listening socket over from the running master of
+                          this instance (zero-downtime binary upgrade), which then
+                          drains and exits
   -h, --help              this text
+
+Signals: SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration and replaces
+the workers without closing the listener; SIGUSR1 reopens the access log.
 ";
 
+/// Where the configuration came from, so SIGHUP can read it again.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub file: Option<PathBuf>,
+    pub flags: Vec<(String, String)>,
+    /// `--upgrade`: take the listening socket over from the running master.
+    pub upgrade: bool,
+}
+
+impl Source {
+    pub fn load(&self) -> Result<ProxyConfig, ConfigError> {
+        ProxyConfig::load(self.file.as_deref(), &self.flags)
+    }
+}
+
 /// `Ok(None)` when help was printed.
-pub fn parse() -> Result<Option<ProxyConfig>, ConfigError> {
+pub fn parse() -> Result<Option<(ProxyConfig, Source)>, ConfigError> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
     let mut file: Option<PathBuf> = None;
     let mut flags = Vec::new();
+    let mut upgrade = false;
     let bad = |e: lexopt::Error| ConfigError(format!("command line: {e}"));
     while let Some(arg) = parser.next().map_err(bad)? {
         let key = match arg {
@@ -36,16 +61,27 @@ pub fn parse() -> Result<Option<ProxyConfig>, ConfigError> {
                 file = Some(parser.value().map_err(bad)?.into());
                 continue;
             }
+            Long("upgrade") => {
+                upgrade = true;
+                continue;
+            }
             Long("instance") => "instance",
             Long("listen") => "proxy.listen",
             Long("workers") => "proxy.workers",
             Long("threads") => "proxy.threads",
             Long("segments") => "proxy.segments",
             Long("segment-size") => "proxy.segment_size",
+            Long("access-log") => "proxy.access_log",
+            Long("stats-allow") => "proxy.stats_allow",
             other => return Err(bad(other.unexpected())),
         };
         let value = parser.value().map_err(bad)?.string().map_err(bad)?;
         flags.push((key.to_string(), value));
     }
-    ProxyConfig::load(file.as_deref(), &flags).map(Some)
+    let source = Source {
+        file,
+        flags,
+        upgrade,
+    };
+    Ok(Some((source.load()?, source)))
 }

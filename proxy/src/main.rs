@@ -4,21 +4,25 @@
 
 mod cli;
 mod master;
+mod stats_cmd;
 mod worker;
 
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     common::logger::init("proxy-master");
-    let cfg = match cli::parse() {
-        Ok(Some(cfg)) => cfg,
+    if std::env::args_os().nth(1).is_some_and(|a| a == "stats") {
+        return stats_cmd::main();
+    }
+    let (cfg, source) = match cli::parse() {
+        Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proxy: {e}");
             return ExitCode::from(2);
         }
     };
-    match master::run(cfg) {
+    match master::run(cfg, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proxy: {e:#}");

@@ -1,10 +1,16 @@
-//! The master: binds the listener, creates the segment pool and the proxy stats region,
-//! forks the workers (while single-threaded: signals arrive as flags, no helper threads),
-//! passes each accepted connection to the least-loaded worker, reaps and replaces dead
-//! workers (reclaiming their segments, with backoff), reclaims segments held by a dead
-//! `cached`, and on SIGTERM/SIGINT stops accepting, lets workers finish, and unlinks its
-//! IPC objects.
+//! The master: binds the listener (or takes it over from the running master with
+//! `--upgrade`), creates the segment pool and the proxy stats region, forks the workers
+//! (while single-threaded: signals arrive as flags, no helper threads), passes each accepted
+//! connection to the least-loaded worker, reaps and replaces dead workers (reclaiming their
+//! segments, with backoff), and reclaims segments held by a dead `cached`.
+//!
+//! Signals: SIGTERM/SIGINT stop accepting, let the workers drain, unlink the IPC objects and
+//! exit; SIGHUP re-reads the configuration and replaces every worker (the old ones drain)
+//! without closing the listener; SIGUSR1 asks the workers to reopen their access logs.
+//! Upgrade: a new master connects to this one's upgrade socket, receives the listening socket
+//! over `SCM_RIGHTS`, and this one hands over its IPC names, drains and exits.
 
+use crate::cli::Source;
 use crate::worker;
 use anyhow::Context as _;
 use common::config::ProxyConfig;
@@ -21,8 +27,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a graceful stop waits for in-flight requests.
-const STOP_DEADLINE: Duration = Duration::from_secs(4);
+/// How long a stop waits for draining workers before killing them (they drain for 4 s).
+const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 
 struct WorkerSlot {
     /// 1-based; also the worker's stats slot.
@@ -35,6 +41,19 @@ struct WorkerSlot {
     respawn_at: Option<Instant>,
 }
 
+impl WorkerSlot {
+    fn new(index: usize) -> WorkerSlot {
+        WorkerSlot {
+            index,
+            pid: None,
+            chan: None,
+            started: Instant::now(),
+            quick_deaths: 0,
+            respawn_at: None,
+        }
+    }
+}
+
 pub struct Shared {
     pub cfg: ProxyConfig,
     pub names: Names,
@@ -42,212 +61,403 @@ pub struct Shared {
     pub stats: StatsRegion,
 }
 
-pub fn run(cfg: ProxyConfig) -> anyhow::Result<()> {
+/// Signal flags (set by handlers, read by the loop; no logic runs in a handler).
+struct Signals {
+    stop: Arc<AtomicBool>,
+    reload: Arc<AtomicBool>,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Signals> {
+        let s = Signals {
+            stop: Arc::default(),
+            reload: Arc::default(),
+            reopen: Arc::default(),
+        };
+        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+            signal_hook::flag::register(sig, s.stop.clone())?;
+        }
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, s.reload.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, s.reopen.clone())?;
+        Ok(s)
+    }
+}
+
+/// The master's own state.
+struct Master {
+    shared: Shared,
+    source: Source,
+    /// `Some` in the master; each forked child drops its copy.
+    listener: Option<TcpListener>,
+    upgrade: Option<OwnedFd>,
+    workers: Vec<WorkerSlot>,
+    /// Replaced workers still draining.
+    retiring: Vec<Pid>,
+    rr: usize,
+}
+
+pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
     let names = Names::for_instance(&cfg.instance);
-    let listener = TcpListener::bind(cfg.listen)
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let listener = if source.upgrade {
+        let fd = fdpass::request_takeover(&cfg.instance, Duration::from_secs(10)).with_context(
+            || {
+                format!(
+                    "--upgrade: no running master of instance {} handed over its socket",
+                    cfg.instance
+                )
+            },
+        )?;
+        log::info!("took the listening socket over from the running master");
+        TcpListener::from(fd)
+    } else {
+        TcpListener::bind(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?
+    };
     listener.set_nonblocking(true)?;
+    let listen_addr = listener.local_addr()?;
     let pool = Pool::create(&names, cfg.segments, cfg.segment_size, cfg.chunk_slots)
         .context("cannot create the segment pool")?;
     let stats = StatsRegion::create(&names.stats_proxy, 1 + cfg.workers as usize)
         .context("cannot create the stats region")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let signals = Signals::register()?;
     log::info!(
-        "instance {}: listening on {} with {} workers, pool {} × {} bytes",
+        "instance {}: listening on {listen_addr} with {} workers, pool {} × {} bytes",
         cfg.instance,
-        listener.local_addr()?,
         cfg.workers,
         cfg.segments,
         cfg.segment_size
     );
-    let shared = Arc::new(Shared {
-        names,
-        pool,
-        stats,
-        cfg,
-    });
-    let mut workers: Vec<WorkerSlot> = (1..=shared.cfg.workers as usize)
-        .map(|index| WorkerSlot {
-            index,
-            pid: None,
-            chan: None,
-            started: Instant::now(),
-            quick_deaths: 0,
-            respawn_at: None,
-        })
-        .collect();
-    for w in &mut workers {
-        spawn(&shared, w, &listener)?;
+    let mut m = Master {
+        workers: (1..=cfg.workers as usize).map(WorkerSlot::new).collect(),
+        shared: Shared {
+            names,
+            pool,
+            stats,
+            cfg,
+        },
+        source,
+        listener: Some(listener),
+        upgrade: None,
+        retiring: Vec::new(),
+        rr: 0,
+    };
+    m.bind_upgrade_socket();
+    for i in 0..m.workers.len() {
+        m.spawn(i, true)?;
     }
-    let mut rr = 0usize;
-    let mut last_housekeeping = Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        let ready = {
-            let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-            matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0)
-        };
-        if ready {
-            accept_batch(&shared, &listener, &workers, &mut rr);
-        }
-        reap(&shared, &mut workers);
-        for w in workers.iter_mut().filter(|w| w.pid.is_none()) {
-            if w.respawn_at.is_some_and(|t| Instant::now() >= t) {
-                spawn(&shared, w, &listener)?;
-                Counters::inc(&shared.stats.slot(0).worker_restarts);
-            }
-        }
-        if last_housekeeping.elapsed() >= Duration::from_millis(250) {
-            last_housekeeping = Instant::now();
-            let n = shared.pool.reclaim_dead_cached();
-            if n > 0 {
-                log::warn!("reclaimed {n} segments from a cached that died");
-                Counters::add(&shared.stats.slot(0).segments_reclaimed, u64::from(n));
-            }
-        }
-    }
+    let handed_over = m.serve(&signals)?;
     log::info!("stopping: no new connections, waiting for in-flight requests");
-    drop(listener);
-    shutdown(&shared, &mut workers);
-    log::info!("stopped");
+    m.listener = None;
+    m.upgrade = None;
+    m.shutdown();
+    if handed_over {
+        log::info!("stopped; the new master serves on");
+    } else {
+        log::info!("stopped");
+    }
     Ok(())
 }
 
-fn spawn(shared: &Shared, w: &mut WorkerSlot, listener: &TcpListener) -> anyhow::Result<()> {
-    let (master_end, worker_end) = fdpass::pair()?;
-    let slot = shared.stats.slot(w.index);
-    slot.connections_active.store(0, Ordering::Relaxed);
-    slot.fds_in_flight.store(0, Ordering::Relaxed);
-    let master = nix::unistd::getpid();
-    match process::fork_single_threaded()? {
-        ForkResult::Child => {
-            drop(master_end);
-            // The listener fd stays open in the child, unused: only the master accepts.
-            let _ = listener;
-            let code = worker::run(shared, w.index, worker_end, master);
-            std::process::exit(code);
+impl Master {
+    /// The main loop; returns `true` when the listener was handed to a new master.
+    fn serve(&mut self, signals: &Signals) -> anyhow::Result<bool> {
+        let mut last_housekeeping = Instant::now();
+        while !signals.stop.load(Ordering::Relaxed) {
+            let (accept, upgrade) = {
+                let l = self
+                    .listener
+                    .as_ref()
+                    .expect("the master keeps its listener");
+                let mut fds = vec![PollFd::new(l.as_fd(), PollFlags::POLLIN)];
+                if let Some(u) = &self.upgrade {
+                    fds.push(PollFd::new(u.as_fd(), PollFlags::POLLIN));
+                }
+                let ready = matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0);
+                let has = |f: &PollFd| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
+                (ready && has(&fds[0]), ready && fds.get(1).is_some_and(has))
+            };
+            if accept {
+                self.accept_batch();
+            }
+            if upgrade && self.hand_over() {
+                return Ok(true);
+            }
+            self.reap();
+            for i in 0..self.workers.len() {
+                let w = &self.workers[i];
+                if w.pid.is_none() && w.respawn_at.is_some_and(|t| Instant::now() >= t) {
+                    self.spawn(i, true)?;
+                    Counters::inc(&self.shared.stats.slot(0).worker_restarts);
+                }
+            }
+            if signals.reload.swap(false, Ordering::Relaxed) {
+                self.reload()?;
+            }
+            if signals.reopen.swap(false, Ordering::Relaxed) {
+                // Workers follow the `log_reopens` counter (no signal needs to reach them).
+                log::info!("SIGUSR1: workers reopen their access logs");
+                Counters::inc(&self.shared.stats.slot(0).log_reopens);
+            }
+            if last_housekeeping.elapsed() >= Duration::from_millis(250) {
+                last_housekeeping = Instant::now();
+                let n = self.shared.pool.reclaim_dead_cached();
+                if n > 0 {
+                    log::warn!("reclaimed {n} segments from a cached that died");
+                    Counters::add(&self.shared.stats.slot(0).segments_reclaimed, u64::from(n));
+                }
+                if self.upgrade.is_none() {
+                    self.bind_upgrade_socket();
+                }
+            }
         }
-        ForkResult::Parent { child } => {
-            drop(worker_end);
-            w.pid = Some(child);
-            w.chan = Some(master_end);
-            w.started = Instant::now();
-            w.respawn_at = None;
-            log::debug!("forked worker {} as pid {child}", w.index);
-            Ok(())
+        Ok(false)
+    }
+
+    /// Binds the upgrade socket; while a previous master of the instance still drains, the
+    /// name is taken and we try again later.
+    fn bind_upgrade_socket(&mut self) {
+        match fdpass::upgrade_listener(&self.shared.cfg.instance) {
+            Ok(fd) => self.upgrade = Some(fd),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {}
+            Err(e) => log::warn!("upgrade socket: {e}"),
         }
     }
-}
 
-fn load_of(shared: &Shared, w: &WorkerSlot) -> u64 {
-    let s = shared.stats.slot(w.index);
-    s.connections_active
-        .load(Ordering::Relaxed)
-        .wrapping_add(s.fds_in_flight.load(Ordering::Relaxed))
-}
-
-/// Accepts what is pending (bounded) and hands each connection to the least-loaded live
-/// worker, round-robin among equals.
-fn accept_batch(shared: &Shared, listener: &TcpListener, workers: &[WorkerSlot], rr: &mut usize) {
-    for _ in 0..256 {
-        let (stream, _) = match listener.accept() {
-            Ok(s) => s,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(e) => {
-                log::warn!("accept: {e}");
-                return;
+    /// Forks worker `i`. `reset_gauges` clears the slot's connection gauges (the previous
+    /// occupant died; a reload keeps them, since the old worker still counts down its own).
+    fn spawn(&mut self, i: usize, reset_gauges: bool) -> anyhow::Result<()> {
+        let (master_end, worker_end) = fdpass::pair()?;
+        let index = self.workers[i].index;
+        if reset_gauges {
+            let slot = self.shared.stats.slot(index);
+            slot.connections_active.store(0, Ordering::Relaxed);
+            slot.connections_busy.store(0, Ordering::Relaxed);
+            slot.fds_in_flight.store(0, Ordering::Relaxed);
+        }
+        let master = nix::unistd::getpid();
+        match process::fork_single_threaded()? {
+            ForkResult::Child => {
+                drop(master_end);
+                // Only the master accepts: a worker that outlives it must not keep the port.
+                drop(self.listener.take());
+                drop(self.upgrade.take());
+                let code = worker::run(&self.shared, index, worker_end, master);
+                std::process::exit(code);
             }
-        };
-        Counters::inc(&shared.stats.slot(0).connections_accepted);
-        let n = workers.len();
-        let mut order: Vec<usize> = (0..n)
-            .map(|k| (*rr + k) % n)
-            .filter(|&i| workers[i].chan.is_some())
-            .collect();
-        *rr = (*rr + 1) % n;
-        order.sort_by_key(|&i| load_of(shared, &workers[i]) as i64);
-        let sent = order.iter().any(|&i| {
-            let w = &workers[i];
-            let chan = w.chan.as_ref().expect("filtered on live channels");
-            Counters::inc(&shared.stats.slot(w.index).fds_in_flight);
-            match fdpass::send_fd(chan, &stream) {
-                Ok(()) => true,
+            ForkResult::Parent { child } => {
+                drop(worker_end);
+                let w = &mut self.workers[i];
+                w.pid = Some(child);
+                w.chan = Some(master_end);
+                w.started = Instant::now();
+                w.respawn_at = None;
+                log::debug!("forked worker {index} as pid {child}");
+                Ok(())
+            }
+        }
+    }
+
+    fn load_of(&self, w: &WorkerSlot) -> u64 {
+        let s = self.shared.stats.slot(w.index);
+        s.connections_active
+            .load(Ordering::Relaxed)
+            .wrapping_add(s.fds_in_flight.load(Ordering::Relaxed))
+    }
+
+    /// Accepts what is pending (bounded) and hands each connection to the least-loaded live
+    /// worker, round-robin among equals.
+    fn accept_batch(&mut self) {
+        let listener = self
+            .listener
+            .as_ref()
+            .expect("the master keeps its listener");
+        let stats = &self.shared.stats;
+        for _ in 0..256 {
+            let (stream, _) = match listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    Counters::dec(&shared.stats.slot(w.index).fds_in_flight);
-                    log::debug!("passing a connection to worker {}: {e}", w.index);
-                    false
+                    log::warn!("accept: {e}");
+                    return;
                 }
-            }
-        });
-        if !sent {
-            log::warn!("no worker could take a connection; closing it");
-        }
-    }
-}
-
-/// Reaps dead workers: reclaims their segments and schedules a replacement (backoff
-/// doubles while workers die within a second of starting, up to 5 s).
-fn reap(shared: &Shared, workers: &mut [WorkerSlot]) {
-    loop {
-        let pid = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => pid,
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => continue,
-        };
-        let Some(w) = workers.iter_mut().find(|w| w.pid == Some(pid)) else {
-            continue;
-        };
-        let reclaimed = shared.pool.reclaim_worker(pid.as_raw() as u32);
-        Counters::add(
-            &shared.stats.slot(0).segments_reclaimed,
-            u64::from(reclaimed),
-        );
-        w.pid = None;
-        w.chan = None;
-        w.quick_deaths = if w.started.elapsed() < Duration::from_secs(1) {
-            w.quick_deaths + 1
-        } else {
-            0
-        };
-        let backoff =
-            Duration::from_millis(50 * (1u64 << w.quick_deaths.min(7))).min(Duration::from_secs(5));
-        w.respawn_at = Some(Instant::now() + backoff);
-        log::warn!(
-            "worker {} (pid {pid}) died; reclaimed {reclaimed} segments; restarting in {backoff:?}",
-            w.index
-        );
-    }
-}
-
-fn shutdown(shared: &Shared, workers: &mut [WorkerSlot]) {
-    for w in workers.iter_mut() {
-        w.chan = None; // the worker sees its channel close
-        if let Some(pid) = w.pid {
-            let _ = kill(pid, Signal::SIGTERM);
-        }
-    }
-    let deadline = Instant::now() + STOP_DEADLINE;
-    while workers.iter().any(|w| w.pid.is_some()) && Instant::now() < deadline {
-        for w in workers.iter_mut() {
-            if let Some(pid) = w.pid {
-                if !matches!(
-                    waitpid(pid, Some(WaitPidFlag::WNOHANG)),
-                    Ok(WaitStatus::StillAlive)
-                ) {
-                    w.pid = None;
+            };
+            Counters::inc(&stats.slot(0).connections_accepted);
+            let n = self.workers.len();
+            let mut order: Vec<usize> = (0..n)
+                .map(|k| (self.rr + k) % n)
+                .filter(|&i| self.workers[i].chan.is_some())
+                .collect();
+            self.rr = (self.rr + 1) % n;
+            order.sort_by_key(|&i| self.load_of(&self.workers[i]) as i64);
+            let sent = order.iter().any(|&i| {
+                let w = &self.workers[i];
+                let chan = w.chan.as_ref().expect("filtered on live channels");
+                Counters::inc(&stats.slot(w.index).fds_in_flight);
+                match fdpass::send_fd(chan, &stream) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        Counters::dec(&stats.slot(w.index).fds_in_flight);
+                        log::debug!("passing a connection to worker {}: {e}", w.index);
+                        false
+                    }
                 }
+            });
+            if !sent {
+                log::warn!("no worker could take a connection; closing it");
             }
         }
-        std::thread::sleep(Duration::from_millis(10));
     }
-    for w in workers.iter_mut() {
-        if let Some(pid) = w.pid.take() {
-            log::warn!("worker {} did not stop in time; killing it", w.index);
+
+    /// Reaps dead workers: reclaims their segments and schedules a replacement (backoff
+    /// doubles while workers die within a second of starting, up to 5 s). Retired workers
+    /// that finished draining are reaped here too.
+    fn reap(&mut self) {
+        loop {
+            let pid = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => pid,
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(_) => continue,
+            };
+            let reclaimed = self.shared.pool.reclaim_worker(pid.as_raw() as u32);
+            Counters::add(
+                &self.shared.stats.slot(0).segments_reclaimed,
+                u64::from(reclaimed),
+            );
+            if let Some(k) = self.retiring.iter().position(|p| *p == pid) {
+                self.retiring.swap_remove(k);
+                log::debug!("retired worker pid {pid} finished draining");
+                continue;
+            }
+            let Some(w) = self.workers.iter_mut().find(|w| w.pid == Some(pid)) else {
+                continue;
+            };
+            w.pid = None;
+            w.chan = None;
+            w.quick_deaths = if w.started.elapsed() < Duration::from_secs(1) {
+                w.quick_deaths + 1
+            } else {
+                0
+            };
+            let backoff = Duration::from_millis(50 * (1u64 << w.quick_deaths.min(7)))
+                .min(Duration::from_secs(5));
+            w.respawn_at = Some(Instant::now() + backoff);
+            log::warn!("worker {} (pid {pid}) died; reclaimed {reclaimed} segments; restarting in {backoff:?}", w.index);
+        }
+    }
+
+    /// SIGHUP: re-reads the configuration and replaces every worker. The listener, the pool
+    /// and the stats region stay; settings that live in them need a restart.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        let mut cfg = match self.source.load() {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("SIGHUP: {e}; keeping the running configuration");
+                return Ok(());
+            }
+        };
+        let old = &self.shared.cfg;
+        let fixed = [
+            ("instance", cfg.instance != old.instance),
+            ("listen", cfg.listen != old.listen),
+            ("segments", cfg.segments != old.segments),
+            ("segment_size", cfg.segment_size != old.segment_size),
+            ("chunk_slots", cfg.chunk_slots != old.chunk_slots),
+            (
+                "workers (above the count at start)",
+                cfg.workers as usize >= self.shared.stats.slots(),
+            ),
+        ];
+        for (key, changed) in fixed {
+            if changed {
+                log::warn!(
+                    "SIGHUP: {key} cannot change while running; restart (or --upgrade) to apply it"
+                );
+            }
+        }
+        cfg.instance = old.instance.clone();
+        cfg.listen = old.listen;
+        cfg.segments = old.segments;
+        cfg.segment_size = old.segment_size;
+        cfg.chunk_slots = old.chunk_slots;
+        if cfg.workers as usize >= self.shared.stats.slots() {
+            cfg.workers = old.workers;
+        }
+        self.shared.cfg = cfg;
+        // Retire the running workers: closing the channel makes each one drain and exit.
+        for w in &mut self.workers {
+            w.chan = None;
+            if let Some(pid) = w.pid.take() {
+                self.retiring.push(pid);
+            }
+        }
+        self.workers = (1..=self.shared.cfg.workers as usize)
+            .map(WorkerSlot::new)
+            .collect();
+        for i in 0..self.workers.len() {
+            self.spawn(i, false)?;
+        }
+        Counters::inc(&self.shared.stats.slot(0).reloads);
+        log::info!(
+            "SIGHUP: configuration reloaded; {} new workers, {} draining",
+            self.workers.len(),
+            self.retiring.len()
+        );
+        Ok(())
+    }
+
+    /// A new master asks for the listener: give it our IPC names (we keep our mappings, so
+    /// our workers finish what they hold) and the socket. `true` once handed over.
+    fn hand_over(&mut self) -> bool {
+        let conn = match fdpass::accept_upgrade(self.upgrade.as_ref().expect("polled")) {
+            Ok(Some(c)) => c,
+            Ok(None) => return false,
+            Err(e) => {
+                log::warn!("upgrade request refused: {e}");
+                return false;
+            }
+        };
+        self.shared.pool.unlink_name();
+        self.shared.stats.unlink_name();
+        match fdpass::send_fd(
+            &conn,
+            self.listener
+                .as_ref()
+                .expect("the master keeps its listener"),
+        ) {
+            Ok(()) => {
+                Counters::inc(&self.shared.stats.slot(0).handovers);
+                log::info!("handed the listening socket to a new master");
+                true
+            }
+            Err(e) => {
+                // Our names are gone already; keep serving with what we have mapped.
+                log::error!("handing the listening socket over failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// Retires every worker (they drain for up to 4 s), then kills stragglers.
+    fn shutdown(&mut self) {
+        for w in &mut self.workers {
+            w.chan = None;
+            if let Some(pid) = w.pid.take() {
+                self.retiring.push(pid);
+            }
+        }
+        for pid in &self.retiring {
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_DEADLINE;
+        while !self.retiring.is_empty() && Instant::now() < deadline {
+            self.reap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for pid in std::mem::take(&mut self.retiring) {
+            log::warn!("worker pid {pid} did not stop in time; killing it");
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
-            shared.pool.reclaim_worker(pid.as_raw() as u32);
+            self.shared.pool.reclaim_worker(pid.as_raw() as u32);
         }
     }
 }

@@ -339,10 +339,13 @@ fn relay(
         policy::storable(&req.method, &req.headers, status, &headers, response_time)
             .filter(|_| declared.is_none_or(|n| n <= limit))
     };
-    match (&mut lead, &storable) {
-        (Some(l), Some(_)) => l.head(status, headers.clone(), framing),
-        (Some(l), None) => l.pass(),
-        _ => {}
+    if storable.is_none() {
+        // Not shareable: followers fetch on their own, and we buffer nothing for them.
+        if let Some(mut l) = lead.take() {
+            l.pass();
+        }
+    } else if let Some(l) = &lead {
+        l.head(status, headers.clone(), framing);
     }
     let initial_age = policy::initial_age(&headers, request_time, response_time);
     let l1_ttl = match &storable {
@@ -391,7 +394,13 @@ fn relay(
                 l.bytes(chunk);
             }
             if own.is_ok() {
-                own = lease.write_all(chunk).and_then(|()| lease.flush());
+                // Stream on, except the last bytes of a known length: they wait for the
+                // fill to finish and the object to be stored, so a client that has its
+                // whole body and asks again finds it stored.
+                let last = declared == Some(total);
+                own = lease
+                    .write_all(chunk)
+                    .and_then(|()| if last { Ok(()) } else { lease.flush() });
             }
             if own.is_err() && lead.as_ref().is_none_or(|l| l.waiters() == 0) {
                 return own;

@@ -2,9 +2,9 @@
 //! pipelining), request bodies (Content-Length or chunked), and writing answers with
 //! bounded waits. The socket is non-blocking; every wait is a `poll` with a timeout.
 
-use super::parse::{parse_head, ClientBody, Parsed, Request};
 use super::{accesslog, fetch, status, Worker};
 use common::http::CacheOutcome;
+use common::request::{parse_head, ClientBody, Parsed, Request};
 use common::stats::Counters;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io::{self, Read, Write};
@@ -156,8 +156,11 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
     let mut tmp = [0u8; 16 << 10];
     loop {
         if !conn.buf.is_empty() {
-            match parse_head(&w.shared.cfg, &conn.buf) {
-                Parsed::Complete(req, head_len) => {
+            match parse_head(&w.limits, &conn.buf) {
+                Parsed::Complete(mut req, head_len) => {
+                    if w.draining.load(std::sync::atomic::Ordering::Relaxed) {
+                        req.keep_alive = false;
+                    }
                     conn.buf.drain(..head_len);
                     conn.head_started = None;
                     let started = Instant::now();

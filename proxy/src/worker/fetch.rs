@@ -5,13 +5,13 @@
 //! after it closes the connection, so a client never mistakes a short body for a whole one.
 
 use super::conn::{self, Conn, Scratch};
-use super::parse::{ClientBody, Request};
 use super::Worker;
 use common::http::{self, CacheOutcome};
 use common::mq::Doorbells;
 use common::pool::AcquireError;
 use common::process::ProcId;
 use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
+use common::request::{ClientBody, Request};
 use common::stats::{Counters, StatsRegion};
 use common::Names;
 use std::io::{self, Read, Write};

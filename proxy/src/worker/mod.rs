@@ -7,7 +7,6 @@ mod accesslog;
 mod conn;
 mod fetch;
 pub mod l1;
-mod parse;
 mod status;
 
 use crate::master::Shared;
@@ -24,6 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const CHAN_TOKEN: u64 = 0;
+/// How long a draining worker keeps serving its open connections.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
+/// A draining worker closes connections idle this long (busy ones get `Connection: close`).
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
 
 /// What the poll thread and the exec threads share.
 pub struct Worker<'a> {
@@ -32,8 +35,11 @@ pub struct Worker<'a> {
     epoll: Epoll,
     parked: Mutex<HashMap<u64, Conn>>,
     busy: AtomicUsize,
+    /// Set once the worker drains: every answer closes its connection.
+    pub draining: AtomicBool,
     pub cached: fetch::CachedLink,
     pub l1: l1::L1,
+    pub limits: common::request::Limits,
     pub next_request_id: std::sync::atomic::AtomicU64,
 }
 
@@ -107,8 +113,13 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         epoll,
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
+        draining: AtomicBool::new(false),
         cached: fetch::CachedLink::new(&shared.names),
         l1: l1::L1::new(shared.cfg.l1_capacity, shared.cfg.l1_max_object_size),
+        limits: common::request::Limits {
+            max_header_bytes: shared.cfg.max_header_bytes,
+            max_headers: shared.cfg.max_headers,
+        },
         next_request_id: std::sync::atomic::AtomicU64::new((index as u64) << 48),
     };
     let threads = shared.cfg.threads as usize;
@@ -130,12 +141,13 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
 fn exec_loop(w: &Worker, rx: Receiver<Conn>) {
     let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
     while let Ok(mut conn) = rx.recv() {
-        let next = conn::serve_ready(w, &mut conn, &mut scratch);
-        w.busy.fetch_sub(1, Ordering::Relaxed);
-        match next {
+        match conn::serve_ready(w, &mut conn, &mut scratch) {
             Next::Park => w.park(conn),
             Next::Close => w.close(conn),
         }
+        // Only now: a draining worker must not see "nothing busy, nothing parked" while a
+        // connection is between the two.
+        w.busy.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -144,26 +156,32 @@ fn poll_loop(w: &Worker, chan: &OwnedFd, tx: &Sender<Conn>, stop: &AtomicBool) {
     let mut next_token = 1u64;
     let mut last_sweep = Instant::now();
     let mut chan_open = true;
-    let mut stop_deadline: Option<Instant> = None;
+    let mut drain_deadline: Option<Instant> = None;
     loop {
-        if stop_deadline.is_none() && (stop.load(Ordering::Relaxed) || !chan_open) {
-            stop_deadline = Some(Instant::now() + Duration::from_secs(4));
-            close_idle(w);
+        if drain_deadline.is_none() && (stop.load(Ordering::Relaxed) || !chan_open) {
+            // Retired (reload, upgrade) or stopping: answer what comes on open connections
+            // with `Connection: close`, close idle ones, leave when nothing is left.
+            drain_deadline = Some(Instant::now() + DRAIN_DEADLINE);
+            w.draining.store(true, Ordering::Relaxed);
         }
-        if let Some(deadline) = stop_deadline {
-            // Graceful stop: leave once no request is executing (or the deadline passed).
-            if w.busy.load(Ordering::Relaxed) == 0 || Instant::now() >= deadline {
-                close_idle(w);
+        if let Some(deadline) = drain_deadline {
+            close_idle(w, DRAIN_IDLE);
+            let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
+            if (parked == 0 && w.busy.load(Ordering::Relaxed) == 0) || Instant::now() >= deadline {
+                close_idle(w, Duration::ZERO);
                 return;
             }
         }
         let n = w
             .epoll
-            .wait(&mut events, EpollTimeout::from(50u16))
+            .wait(&mut events, EpollTimeout::from(20u16))
             .unwrap_or(0);
         for ev in &events[..n] {
             if ev.data() == CHAN_TOKEN {
-                chan_open = receive_connections(w, chan, &mut next_token) && chan_open;
+                if !receive_connections(w, chan, &mut next_token) {
+                    chan_open = false;
+                    let _ = w.epoll.delete(chan.as_fd());
+                }
                 continue;
             }
             let conn = w
@@ -172,10 +190,6 @@ fn poll_loop(w: &Worker, chan: &OwnedFd, tx: &Sender<Conn>, stop: &AtomicBool) {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&ev.data());
             if let Some(conn) = conn {
-                if stop_deadline.is_some() {
-                    w.close(conn);
-                    continue;
-                }
                 w.busy.fetch_add(1, Ordering::Relaxed);
                 if let Err(e) = tx.try_send(conn) {
                     w.busy.fetch_sub(1, Ordering::Relaxed);
@@ -260,15 +274,25 @@ fn sweep(w: &Worker) {
     }
 }
 
-fn close_idle(w: &Worker) {
-    let all: Vec<Conn> = w
-        .parked
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .drain()
-        .map(|(_, c)| c)
-        .collect();
-    for c in all {
+/// Closes parked connections idle for at least `idle` with no partial request.
+fn close_idle(w: &Worker, idle: Duration) {
+    let now = Instant::now();
+    let victims: Vec<Conn> = {
+        let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let tokens: Vec<u64> = parked
+            .iter()
+            .filter(|(_, c)| {
+                idle.is_zero()
+                    || (c.head_started.is_none() && now.duration_since(c.last_active) >= idle)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        tokens
+            .into_iter()
+            .filter_map(|t| parked.remove(&t))
+            .collect()
+    };
+    for c in victims {
         w.close(c);
     }
 }

@@ -1,110 +1,114 @@
-//! `/__shmproxy/stats`: the counters of both daemons and the segment pool, as JSON.
-//! Loopback clients only.
+//! The proxy's own endpoints under `/__shmproxy/`, for clients in `stats_allow` (loopback by
+//! default): `stats` (JSON of both daemons' counters and the segment pool), `metrics`
+//! (Prometheus text exposition 0.0.4) and the live dashboard (`/__shmproxy/` or
+//! `/__shmproxy/dashboard`, with its two assets), whose files live in `www/dashboard/` and are
+//! compiled into the binary. Every answer is counted like any other (status, bytes, outcome
+//! `INTERNAL`). Never touches the pool or cached beyond reading their state words and counters.
 
-use super::conn::{self, Conn};
-use super::parse::Request;
+use super::conn::Conn;
 use super::Worker;
-use common::stats::{Snapshot, StatsRegion, FIELDS};
-use std::fmt::Write as _;
+use common::http::CacheOutcome;
+use common::request::Request;
+use common::stats::View;
 
+const DASHBOARD_HTML: &str = include_str!("../../../www/dashboard/index.html");
+const DASHBOARD_CSS: &str = include_str!("../../../www/dashboard/dashboard.css");
+const DASHBOARD_JS: &str = include_str!("../../../www/dashboard/dashboard.js");
+
+/// Answers a GET or HEAD for `/__shmproxy/…`; returns whether the connection may continue.
 pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
-    if !conn.peer_is_loopback() {
-        conn::send_simple(
+    let allowed = conn
+        .stream
+        .peer_addr()
+        .is_ok_and(|a| w.shared.cfg.stats_allow.iter().any(|n| n.contains(a.ip())));
+    if !allowed {
+        return answer(
             w,
             conn,
+            req,
             403,
-            "statistics are served to loopback clients only",
+            "text/plain; charset=utf-8",
+            "403 Forbidden: /__shmproxy/ is served to the addresses in stats_allow only\n",
         );
-        return false;
     }
     let path = req.target.split('?').next().unwrap_or("");
-    if path != "/__shmproxy/stats" {
-        conn::send_simple(w, conn, 404, "no such endpoint");
-        return false;
+    match path {
+        "/__shmproxy/stats" => {
+            let body = view(w).json();
+            answer(w, conn, req, 200, "application/json", &body)
+        }
+        "/__shmproxy/metrics" => {
+            let body = view(w).prometheus();
+            answer(
+                w,
+                conn,
+                req,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+            )
+        }
+        "/__shmproxy/" | "/__shmproxy/dashboard" => answer(
+            w,
+            conn,
+            req,
+            200,
+            "text/html; charset=utf-8",
+            DASHBOARD_HTML,
+        ),
+        "/__shmproxy/dashboard.css" => {
+            answer(w, conn, req, 200, "text/css; charset=utf-8", DASHBOARD_CSS)
+        }
+        "/__shmproxy/dashboard.js" => answer(
+            w,
+            conn,
+            req,
+            200,
+            "text/javascript; charset=utf-8",
+            DASHBOARD_JS,
+        ),
+        _ => answer(
+            w,
+            conn,
+            req,
+            404,
+            "text/plain; charset=utf-8",
+            "404 Not Found: try /__shmproxy/stats, /__shmproxy/metrics or /__shmproxy/\n",
+        ),
     }
-    let body = stats_json(w);
-    let head = format!(
-        "HTTP/1.1 200 OK\r\nDate: {}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: {}\r\nX-Cache: INTERNAL\r\n{}\r\n",
+}
+
+/// Both daemons' counters and the pool, read now.
+pub fn view(w: &Worker) -> View {
+    let shared = w.shared;
+    View::collect(&shared.names, Some(&shared.stats), Some(&shared.pool))
+}
+
+fn answer(
+    w: &Worker,
+    conn: &mut Conn,
+    req: &Request,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> bool {
+    let keep = req.keep_alive && req.body == common::request::ClientBody::None;
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\nX-Cache: {}\r\n{}\r\n",
+        common::http::reason(status),
         common::http::http_date(std::time::SystemTime::now()),
         body.len(),
-        if req.keep_alive { "" } else { "Connection: close\r\n" }
-    );
-    let mut out = head.into_bytes();
+        CacheOutcome::Internal.as_str(),
+        match (req.version, keep) {
+            (10, true) => "Connection: keep-alive\r\n",
+            (_, false) => "Connection: close\r\n",
+            _ => "",
+        }
+    )
+    .into_bytes();
     if req.method != "HEAD" {
         out.extend_from_slice(body.as_bytes());
     }
-    w.counters().status(200);
-    conn.write_all_timeout(&out, w.shared.cfg.send_timeout)
-        .is_ok()
-        && req.keep_alive
-}
-
-fn counters_json(out: &mut String, s: &Snapshot) {
-    out.push('{');
-    for (i, f) in FIELDS.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}\"{}\":{}",
-            if i > 0 { "," } else { "" },
-            f.name,
-            s.values[i] as i64
-        );
-    }
-    let _ = write!(
-        out,
-        ",\"latency_p50_us\":{},\"latency_p90_us\":{},\"latency_p99_us\":{}}}",
-        s.latency_percentile(0.5),
-        s.latency_percentile(0.9),
-        s.latency_percentile(0.99)
-    );
-}
-
-pub fn stats_json(w: &Worker) -> String {
-    let shared = w.shared;
-    let o = shared.pool.occupancy();
-    let mut out = String::with_capacity(4096);
-    let _ = write!(
-        out,
-        "{{\"instance\":\"{}\",\"pool\":{{\"segments\":{},\"segment_size\":{},\"free\":{},\"in_use\":{},\"quarantined\":{},\"states\":\"",
-        shared.cfg.instance,
-        o.segments,
-        shared.pool.segment_size(),
-        o.free,
-        o.in_use,
-        o.quarantined
-    );
-    for i in 0..o.segments {
-        out.push(match shared.pool.state_of(i) {
-            common::pool::SegmentState::Free => '.',
-            common::pool::SegmentState::InUse => 'U',
-            common::pool::SegmentState::Quarantined => 'Q',
-        });
-    }
-    out.push_str("\"},\"proxy\":");
-    counters_json(&mut out, &shared.stats.snapshot());
-    out.push_str(",\"workers\":[");
-    for i in 1..shared.stats.slots() {
-        let s = shared.stats.slot(i);
-        let _ = write!(
-            out,
-            "{}{{\"worker\":{i},\"connections_active\":{},\"requests\":{}}}",
-            if i > 1 { "," } else { "" },
-            s.connections_active
-                .load(std::sync::atomic::Ordering::Relaxed) as i64,
-            s.requests.load(std::sync::atomic::Ordering::Relaxed)
-        );
-    }
-    out.push_str("],\"cached\":");
-    match StatsRegion::open(&shared.names.stats_cached)
-        .ok()
-        .filter(|r| r.owner().alive())
-    {
-        Some(r) => {
-            counters_json(&mut out, &r.snapshot());
-            let _ = write!(out, ",\"cached_pid\":{}", r.owner().pid);
-        }
-        None => out.push_str("null"),
-    }
-    out.push('}');
-    out
+    conn.answered(w, status, CacheOutcome::Internal);
+    conn.send(w, &out).is_ok() && keep
 }
