@@ -1,0 +1,175 @@
+//! Operations on a live pair (issue 4): SIGHUP reloads replace the workers without failing
+//! a request, and a new `proxy --upgrade` takes the listening socket over from the running
+//! master with no refused connection.
+
+use crate::client::{self, Conn, Expect};
+use crate::harness::{
+    bin_path, descendants, pid_alive, send_signal, with_deadline, write_file, Instance,
+};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// Load: `clients` threads, half on fresh connections, half on keep-alive ones (which
+/// reconnect when an answer says `Connection: close`), until `stop`. Returns (ok, failed).
+fn load(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<(u64, Vec<String>)> {
+    thread::spawn(move || {
+        let ok = Arc::new(AtomicU64::new(0));
+        let handles: Vec<_> = (0..clients)
+            .map(|i| {
+                let (stop, ok) = (stop.clone(), ok.clone());
+                thread::spawn(move || {
+                    let mut failures = Vec::new();
+                    let mut conn: Option<Conn> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let keep_alive = i % 2 == 0;
+                        let result = if keep_alive {
+                            let c = conn.get_or_insert_with(|| Conn::connect(addr));
+                            c.try_send(&client::request_bytes("GET", "/page.txt", &[], b""))
+                                .and_then(|()| c.read_response(Expect::Body))
+                        } else {
+                            Conn::try_connect(addr).and_then(|mut c| {
+                                c.try_send(&client::request_bytes(
+                                    "GET",
+                                    "/page.txt",
+                                    &[("Connection", "close")],
+                                    b"",
+                                ))?;
+                                c.read_response(Expect::Body)
+                            })
+                        };
+                        match result {
+                            Ok(r) if r.status == 200 && r.body == b"steady" => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                                if r.connection_has("close") {
+                                    conn = None;
+                                }
+                            }
+                            Ok(r) => failures.push(format!("status {}: {}", r.status, r.text())),
+                            Err(e) => {
+                                failures.push(format!("{e}"));
+                                conn = None;
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        let failures: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        (ok.load(Ordering::Relaxed), failures)
+    })
+}
+
+#[test]
+fn twenty_reloads_under_load_fail_no_request() {
+    with_deadline(LIMIT, || {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "page.txt", b"steady");
+        let inst = Instance::builder().root(dir.path()).workers(2).start();
+        let master = inst.proxy_pid().unwrap();
+        let before = descendants(master);
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = load(inst.addr(), 8, stop.clone());
+        for _ in 0..20 {
+            thread::sleep(Duration::from_millis(150));
+            assert!(send_signal(master, libc::SIGHUP));
+        }
+        thread::sleep(Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failures) = running.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed requests during reloads, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(ok > 100, "only {ok} requests completed");
+        assert!(pid_alive(master), "the master survives reloads");
+        let reloads = inst.stats()["proxy"]["reloads"].as_u64().unwrap();
+        assert!(reloads >= 10, "reload counter {reloads}");
+        // Every original worker was replaced (and the retired ones are gone).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while before.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            before.iter().all(|p| !pid_alive(*p)),
+            "retired workers still running"
+        );
+        assert_eq!(descendants(master).len(), 2);
+        inst.assert_pool_idle();
+    });
+}
+
+#[test]
+fn a_new_binary_takes_the_listener_over_without_refusing_a_connection() {
+    with_deadline(LIMIT, || {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "page.txt", b"steady");
+        let mut inst = Instance::builder().root(dir.path()).workers(2).start();
+        let old_master = inst.proxy_pid().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let running = load(inst.addr(), 8, stop.clone());
+        thread::sleep(Duration::from_millis(300));
+        let mut new = Command::new(bin_path("proxy"))
+            .args([
+                "--instance",
+                &inst.name,
+                "--listen",
+                &inst.addr().to_string(),
+                "--workers",
+                "2",
+                "--upgrade",
+            ])
+            .args([
+                "--segments",
+                &inst.segments().to_string(),
+                "--segment-size",
+                &inst.segment_size().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(inst.dir().join("upgraded-proxy.stderr")).unwrap())
+            .env("SHMPROXY_LOG", "debug")
+            .spawn()
+            .unwrap();
+        // The old master hands over, drains and exits 0.
+        let status = inst
+            .wait_proxy_exit(Duration::from_secs(10))
+            .expect("old master exits after the handover");
+        assert!(status.success(), "old master: {status:?}");
+        thread::sleep(Duration::from_millis(500));
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failures) = running.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed requests during the upgrade, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        assert!(ok > 100, "only {ok} requests completed");
+        assert!(!pid_alive(old_master));
+        let r = client::get(inst.addr(), "/page.txt");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"steady"[..]));
+        assert!(
+            descendants(new.id() as i32).len() == 2,
+            "the new master runs its workers"
+        );
+        inst.assert_pool_idle();
+        // Stop the new master ourselves: the harness only knows the old one.
+        assert!(send_signal(new.id() as i32, libc::SIGTERM));
+        let st = new.wait().unwrap();
+        assert!(st.success(), "new master: {st:?}");
+    });
+}
