@@ -1,0 +1,278 @@
+// shmproxy dashboard: polls /__shmproxy/stats once a second and renders it. Plain JS, no build.
+// Rates, the hit ratio and latency percentiles are computed from the difference between two
+// readings (the JSON carries the raw histogram buckets); the totals are the JSON's own values.
+// `window.shmproxyDashboard` exposes the last reading and refresh/stop/start (tests use them).
+(function () {
+  "use strict";
+  const INTERVAL_MS = 1000;
+  const HISTORY = 60;
+  const $ = (id) => document.getElementById(id);
+  let prev = null;
+  let last = null;
+  let timer = null;
+  let running = true;
+  const rates = [];
+
+  const fmtInt = (n) => Math.round(n).toLocaleString("en-US");
+  function fmtRate(n) {
+    if (!isFinite(n)) return "–";
+    if (n >= 100) return fmtInt(n);
+    return n.toFixed(n >= 10 ? 1 : 2);
+  }
+  function fmtBytes(n) {
+    if (!isFinite(n)) return "–";
+    const u = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let i = 0;
+    while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+    return (i === 0 ? Math.round(n) : n.toFixed(n >= 100 ? 0 : 1)) + " " + u[i];
+  }
+  function fmtUs(us) {
+    if (!us) return "–";
+    if (us < 1000) return us + " µs";
+    if (us < 1e6) return (us / 1000).toFixed(us < 10000 ? 1 : 0) + " ms";
+    return (us / 1e6).toFixed(1) + " s";
+  }
+  const pct = (a, b) => (b > 0 ? ((100 * a) / b).toFixed(1) + "%" : "–");
+
+  // Upper bound (µs) of the bucket that holds quantile q; bucket i holds durations ≤ 2^i µs.
+  function percentile(buckets, q) {
+    const total = buckets.reduce((a, b) => a + b, 0);
+    if (total === 0) return 0;
+    const want = Math.max(1, Math.ceil(total * q));
+    let seen = 0;
+    for (let i = 0; i < buckets.length; i++) {
+      seen += buckets[i];
+      if (seen >= want) return Math.pow(2, i);
+    }
+    return Math.pow(2, buckets.length - 1);
+  }
+
+  function hits(p) {
+    return p.outcome_hit + p.outcome_stale + p.outcome_revalidated + p.outcome_collapsed;
+  }
+  function lookups(p) { return hits(p) + p.outcome_miss; }
+
+  function row(label, value, cls) {
+    const tr = document.createElement("tr");
+    const a = document.createElement("td");
+    a.textContent = label;
+    const b = document.createElement("td");
+    b.textContent = value;
+    if (cls) b.className = cls;
+    tr.append(a, b);
+    return tr;
+  }
+
+  function renderPool(pool) {
+    const grid = $("pool-grid");
+    if (!pool) { grid.replaceChildren(); $("pool-summary").textContent = ""; return; }
+    const states = pool.states || "";
+    if (grid.children.length !== states.length) {
+      const cells = [];
+      for (let i = 0; i < states.length; i++) {
+        const c = document.createElement("span");
+        c.className = "cell";
+        cells.push(c);
+      }
+      grid.replaceChildren(...cells);
+    }
+    for (let i = 0; i < states.length; i++) {
+      const ch = states[i];
+      const cls = ch === "U" ? "cell inuse" : ch === "Q" ? "cell quar" : "cell free";
+      const cell = grid.children[i];
+      if (cell.className !== cls) cell.className = cls;
+      cell.title = "segment " + i + ": " + (ch === "U" ? "in use" : ch === "Q" ? "quarantined" : "free");
+    }
+    $("pool-summary").textContent = "· " + pool.segments + " × " + fmtBytes(pool.segment_size) +
+      " · " + pool.free + " free, " + pool.in_use + " in use, " + pool.quarantined + " quarantined";
+  }
+
+  function drawSpark() {
+    const c = $("spark");
+    const w = c.clientWidth || c.width, h = c.clientHeight || c.height;
+    const dpr = window.devicePixelRatio || 1;
+    if (c.width !== Math.round(w * dpr)) { c.width = Math.round(w * dpr); c.height = Math.round(h * dpr); }
+    const g = c.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    if (rates.length < 2) return;
+    const max = Math.max(1, ...rates);
+    g.strokeStyle = getComputedStyle(document.documentElement).getPropertyValue("--inuse").trim() || "#2f7de1";
+    g.lineWidth = 1.5;
+    const step = w / (HISTORY - 1);
+    const xy = rates.map((r, i) => [w - (rates.length - 1 - i) * step, h - 2 - (r / max) * (h - 4)]);
+    g.beginPath();
+    xy.forEach(([x, y], i) => (i === 0 ? g.moveTo(x, y) : g.lineTo(x, y)));
+    g.stroke();
+    g.lineTo(w, h);
+    g.lineTo(xy[0][0], h);
+    g.closePath();
+    g.globalAlpha = 0.15;
+    g.fillStyle = g.strokeStyle;
+    g.fill();
+    g.globalAlpha = 1;
+  }
+
+  function render(s) {
+    const p = s.proxy;
+    $("instance").textContent = s.instance + " · v" + s.version;
+    const req = $("requests");
+    req.textContent = fmtInt(p.requests);
+    req.dataset.value = String(p.requests);
+    const dt = prev ? (s.time_ms - prev.time_ms) / 1000 : 0;
+    const d = (k) => (prev && dt > 0 ? (p[k] - prev.proxy[k]) : NaN);
+    const rate = dt > 0 ? d("requests") / dt : NaN;
+    $("rate").textContent = fmtRate(rate);
+    if (isFinite(rate)) { rates.push(rate); if (rates.length > HISTORY) rates.shift(); }
+    drawSpark();
+
+    const allTime = pct(hits(p), lookups(p));
+    if (prev && dt > 0) {
+      const h = hits(p) - hits(prev.proxy), l = lookups(p) - lookups(prev.proxy);
+      $("hit-ratio").textContent = l > 0 ? pct(h, l) : allTime;
+    } else {
+      $("hit-ratio").textContent = allTime;
+    }
+    $("hit-sub").textContent = "all-time " + allTime + " · L1 " + fmtInt(p.l1_hits) + " hits";
+
+    let buckets = p.latency_buckets, window = true;
+    if (prev) {
+      const delta = buckets.map((b, i) => b - prev.proxy.latency_buckets[i]);
+      if (delta.some((x) => x > 0)) buckets = delta; else window = false;
+    } else {
+      window = false;
+    }
+    $("p50").textContent = fmtUs(percentile(buckets, 0.5));
+    $("p90").textContent = fmtUs(percentile(buckets, 0.9));
+    $("p99").textContent = fmtUs(percentile(buckets, 0.99));
+    $("lat-sub").textContent = window ? "over the last update" : "all-time (no requests lately)";
+
+    $("bytes-out").textContent = dt > 0 ? fmtBytes(d("bytes_out") / dt) : "–";
+    $("bytes-in").textContent = dt > 0 ? fmtBytes(d("bytes_in") / dt) : "–";
+
+    const cs = $("cached-state");
+    const c = s.cached;
+    if (c) {
+      cs.textContent = "up · pid " + c.cached_pid;
+      cs.className = "pill pill-ok";
+      let up = "origin " + fmtInt(c.upstream_requests) + " req";
+      if (prev && prev.cached && dt > 0) {
+        const ur = c.upstream_requests - prev.cached.upstream_requests;
+        const ue = (c.upstream_errors + c.upstream_timeouts) -
+          (prev.cached.upstream_errors + prev.cached.upstream_timeouts);
+        const ul = c.upstream_latency_us - prev.cached.upstream_latency_us;
+        up = fmtRate(ur / dt) + " req/s · " + fmtRate(ue / dt) + " err/s · " +
+          (ur > 0 ? fmtUs(Math.round(ul / ur)) + " avg" : "idle");
+      }
+      $("upstream-sub").textContent = up;
+    } else {
+      cs.textContent = "down";
+      cs.className = "pill pill-bad";
+      $("upstream-sub").textContent = "proxy answers 503 until cached is back";
+    }
+
+    renderPool(s.pool);
+
+    const wrows = s.workers.map((w) => {
+      const tr = document.createElement("tr");
+      const pw = prev && prev.workers.find((x) => x.worker === w.worker);
+      const wr = pw && dt > 0 ? (w.requests - pw.requests) / dt : NaN;
+      for (const v of ["#" + w.worker, fmtInt(w.connections_active), fmtInt(w.connections_idle), fmtRate(wr), fmtInt(w.requests)]) {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.append(td);
+      }
+      return tr;
+    });
+    $("workers").replaceChildren(...wrows);
+
+    $("responses").replaceChildren(
+      row("2xx", fmtInt(p.responses_2xx)),
+      row("3xx", fmtInt(p.responses_3xx)),
+      row("4xx", fmtInt(p.responses_4xx)),
+      row("5xx", fmtInt(p.responses_5xx), p.responses_5xx > 0 ? "warn" : ""),
+      row("HIT / MISS / PASS", fmtInt(p.outcome_hit) + " / " + fmtInt(p.outcome_miss) + " / " + fmtInt(p.outcome_pass)),
+      row("STALE / REVAL. / COLLAPSED", fmtInt(p.outcome_stale) + " / " + fmtInt(p.outcome_revalidated) + " / " + fmtInt(p.outcome_collapsed)),
+      row("bytes out / in", fmtBytes(p.bytes_out) + " / " + fmtBytes(p.bytes_in)),
+    );
+
+    const cacheRows = [];
+    if (c) {
+      cacheRows.push(
+        row("L2 hits / misses", fmtInt(c.l2_hits) + " / " + fmtInt(c.l2_misses)),
+        row("stored", fmtInt(c.stored_objects) + " objects, " + fmtBytes(c.stored_bytes)),
+        row("evictions", fmtInt(c.evictions)),
+        row("collapsed", fmtInt(c.collapsed)),
+        row("origin requests", fmtInt(c.upstream_requests)),
+        row("origin errors / timeouts", fmtInt(c.upstream_errors) + " / " + fmtInt(c.upstream_timeouts),
+          c.upstream_errors + c.upstream_timeouts > 0 ? "warn" : ""),
+      );
+    } else {
+      cacheRows.push(row("cached", "not running", "warn"));
+    }
+    cacheRows.push(row("L1 hits / misses", fmtInt(p.l1_hits) + " / " + fmtInt(p.l1_misses)));
+    $("cache").replaceChildren(...cacheRows);
+
+    const probs = [
+      ["rejected requests", p.bad_requests],
+      ["pool acquire timeouts", p.pool_acquire_timeouts],
+      ["transfers aborted", p.transfers_aborted + (c ? c.transfers_aborted : 0)],
+      ["cached unavailable (503)", p.cached_unavailable],
+      ["cached timeouts (504)", p.cached_timeouts],
+      ["header timeouts (408)", p.timeouts_header],
+      ["worker restarts", p.worker_restarts],
+      ["segments reclaimed", p.segments_reclaimed],
+      ["access log lines dropped", p.access_log_dropped],
+    ].map(([k, v]) => row(k, fmtInt(v), v > 0 ? "warn" : ""));
+    $("problems").replaceChildren(...probs);
+
+    const live = $("live");
+    live.textContent = "live";
+    live.className = "pill pill-ok";
+    $("updated").textContent = "updated " + new Date(s.time_ms).toLocaleTimeString();
+  }
+
+  let inflight = null;
+  function refresh() {
+    const p = fetchAndRender();
+    inflight = p;
+    return p.finally(() => { if (inflight === p) inflight = null; });
+  }
+
+  async function fetchAndRender() {
+    try {
+      const r = await fetch("/__shmproxy/stats", { cache: "no-store" });
+      if (!r.ok) throw new Error("HTTP " + r.status);
+      const s = await r.json();
+      render(s);
+      prev = s;
+      last = s;
+      return s;
+    } catch (e) {
+      const live = $("live");
+      live.textContent = "no data: " + e.message;
+      live.className = "pill pill-bad";
+      return null;
+    }
+  }
+
+  async function loop() {
+    timer = null;
+    const t0 = Date.now();
+    await refresh();
+    if (running) timer = setTimeout(loop, Math.max(100, INTERVAL_MS - (Date.now() - t0)));
+  }
+
+  window.shmproxyDashboard = {
+    get last() { return last; },
+    refresh,
+    // Stops polling; resolves once no refresh is in flight.
+    stop() {
+      running = false;
+      if (timer) { clearTimeout(timer); timer = null; }
+      return inflight ? inflight.then(() => undefined) : Promise.resolve();
+    },
+    start() { if (!running) { running = true; loop(); } },
+  };
+  loop();
+})();
