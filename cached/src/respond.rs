@@ -7,20 +7,39 @@ use std::io::{self, Read, Write};
 
 pub type Headers = Vec<(String, Vec<u8>)>;
 
-/// Writes the response head. `l1_ttl_ms` > 0 lets the worker keep the answer in its L1.
+/// What the worker is told besides status and headers.
+#[derive(Clone, Copy, Debug)]
+pub struct Meta {
+    pub outcome: CacheOutcome,
+    /// How long the worker may keep the answer in its L1 (0: not at all).
+    pub l1_ttl_ms: u32,
+    /// The origin's status when it took part in the answer (0: it did not).
+    pub upstream_status: u16,
+}
+
+impl Meta {
+    pub fn of(outcome: CacheOutcome) -> Meta {
+        Meta {
+            outcome,
+            l1_ttl_ms: 0,
+            upstream_status: 0,
+        }
+    }
+}
+
 pub fn head(
     lease: &mut Lease,
     status: u16,
     body: BodyLen,
-    outcome: CacheOutcome,
+    meta: Meta,
     headers: Headers,
-    l1_ttl_ms: u32,
 ) -> io::Result<()> {
     let h = ResponseHead {
         status,
         body,
-        outcome: outcome as u8,
-        l1_ttl_ms,
+        outcome: meta.outcome as u8,
+        l1_ttl_ms: meta.l1_ttl_ms,
+        upstream_status: meta.upstream_status,
         headers,
     };
     lease.write_all(&h.encode())
@@ -36,17 +55,16 @@ pub fn full(
     body: &[u8],
     head_only: bool,
 ) -> io::Result<()> {
-    full_l1(lease, status, outcome, headers, body, head_only, 0)
+    full_meta(lease, status, Meta::of(outcome), headers, body, head_only)
 }
 
-pub fn full_l1(
+pub fn full_meta(
     lease: &mut Lease,
     status: u16,
-    outcome: CacheOutcome,
+    meta: Meta,
     mut headers: Headers,
     body: &[u8],
     head_only: bool,
-    l1_ttl_ms: u32,
 ) -> io::Result<()> {
     let no_body = status == 304 || status == 204 || (100..200).contains(&status);
     let framing = if head_only {
@@ -59,7 +77,7 @@ pub fn full_l1(
     } else {
         BodyLen::Exact(body.len() as u64)
     };
-    head(lease, status, framing, outcome, headers, l1_ttl_ms)?;
+    head(lease, status, framing, meta, headers)?;
     if framing != BodyLen::None {
         lease.write_all(body)?;
     }
@@ -104,6 +122,6 @@ pub fn full_head_len(
     len: u64,
 ) -> io::Result<()> {
     headers.push(("Content-Length".into(), len.to_string().into_bytes()));
-    head(lease, 200, BodyLen::None, outcome, headers, 0)?;
+    head(lease, 200, BodyLen::None, Meta::of(outcome), headers)?;
     lease.finish()
 }

@@ -171,6 +171,7 @@ fn cached_side(names: &Names, object: usize, parent: Pid) -> i32 {
             body: BodyLen::Exact(payload.len() as u64),
             outcome: 1,
             l1_ttl_ms: 0,
+            upstream_status: 0,
             headers: vec![("Content-Type".into(), b"application/octet-stream".to_vec())],
         }
         .encode();

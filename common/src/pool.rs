@@ -595,8 +595,8 @@ impl<'p> Lease<'p> {
         }
     }
 
-    /// Is the transfer still ours and alive? Checked after every wait slice.
-    fn check(&self) -> io::Result<()> {
+    /// Is the transfer still ours (not aborted, not re-leased)? Checked after every wait.
+    fn check_state(&self) -> io::Result<u64> {
         let s = self.seg().state.load(Ordering::Acquire);
         if gen_of(s) != self.generation || s & self.my_bit() == 0 || s & ABORTED != 0 {
             return Err(io::Error::new(
@@ -604,6 +604,13 @@ impl<'p> Lease<'p> {
                 "segment transfer aborted",
             ));
         }
+        Ok(s)
+    }
+
+    /// [`Lease::check_state`], and is the peer process alive? Checked after a wait slice
+    /// that timed out (reading /proc costs syscalls: never on the fast path).
+    fn check(&self) -> io::Result<()> {
+        let s = self.check_state()?;
         let peer_dead = match self.side {
             Side::Proxy => self.peer.is_some_and(|p| !p.alive()),
             // The master clears PROXY when it reaps a worker; this catches a worker whose
@@ -627,7 +634,7 @@ impl<'p> Lease<'p> {
                 .wait_for(left.min(WAIT_SLICE))
                 .map_err(io::Error::other)?
             {
-                return self.check();
+                return self.check_state().map(|_| ());
             }
             self.check()?;
             if left.is_zero() {

@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPX");
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Size of an encoded doorbell; the queue's message size is [`MSG_SIZE`].
 pub const DOORBELL_LEN: usize = 32;
 pub const MSG_SIZE: usize = 64;
@@ -141,6 +141,8 @@ pub struct ResponseHead {
     /// shareable, fresh answers without `Vary`; the worker also drops its L1 whenever the
     /// pool's invalidation counter moves.
     pub l1_ttl_ms: u32,
+    /// The origin's status when the origin took part in this answer (0: it did not).
+    pub upstream_status: u16,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -334,6 +336,7 @@ impl ResponseHead {
         e.body(self.body);
         e.u8(self.outcome);
         e.u32(self.l1_ttl_ms);
+        e.u16(self.upstream_status);
         e.headers(&self.headers);
         e.framed()
     }
@@ -349,6 +352,7 @@ impl ResponseHead {
             body: d.body()?,
             outcome: d.u8()?,
             l1_ttl_ms: d.u32()?,
+            upstream_status: d.u16()?,
             headers: d.headers()?,
         };
         d.end()?;
@@ -441,6 +445,7 @@ mod tests {
             body: BodyLen::Unknown,
             outcome: 2,
             l1_ttl_ms: 5,
+            upstream_status: 304,
             headers: vec![("ETag".into(), b"\"x\"".to_vec())],
         };
         let b = resp.encode();

@@ -146,7 +146,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     let hit = ctx.cache.get(&key).filter(|o| o.validity == valid);
     if let Some(obj) = hit {
         Counters::inc(&ctx.counters().l2_hits);
-        return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit);
+        return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit, 0);
     }
     Counters::inc(&ctx.counters().l2_misses);
     Counters::inc(&ctx.counters().disk_reads);
@@ -173,7 +173,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,
         });
-        super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Miss)?;
+        super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Miss, 0)?;
         super::store(ctx, &key, req, obj);
         return Ok(());
     }
@@ -192,9 +192,8 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         lease,
         200,
         BodyLen::Exact(len),
-        CacheOutcome::Pass,
+        respond::Meta::of(CacheOutcome::Pass),
         headers,
-        0,
     )?;
     let mut buf = vec![0u8; 64 << 10];
     let mut sent = 0u64;

@@ -83,7 +83,13 @@ pub fn serve_stored(
     req: &RequestHead,
     obj: &Stored,
     outcome: CacheOutcome,
+    upstream_status: u16,
 ) -> io::Result<()> {
+    let meta = respond::Meta {
+        outcome,
+        l1_ttl_ms: 0,
+        upstream_status,
+    };
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();
     let mut headers = obj.headers.clone();
@@ -109,7 +115,7 @@ pub fn serve_stored(
     }
     if policy::not_modified(&req.headers, &obj.headers) {
         headers.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
-        return respond::full(lease, 304, outcome, headers, b"", head_only);
+        return respond::full_meta(lease, 304, meta, headers, b"", head_only);
     }
     let conditional = [
         "range",
@@ -150,11 +156,19 @@ pub fn serve_stored(
                     "Content-Range".to_string(),
                     format!("bytes */{len}").into_bytes(),
                 )];
-                return respond::full(lease, 416, outcome, headers, b"", head_only);
+                return respond::full_meta(lease, 416, meta, headers, b"", head_only);
             }
         }
     }
-    respond::full_l1(
-        lease, obj.status, outcome, headers, &obj.body, head_only, l1_ms,
+    respond::full_meta(
+        lease,
+        obj.status,
+        respond::Meta {
+            l1_ttl_ms: l1_ms,
+            ..meta
+        },
+        headers,
+        &obj.body,
+        head_only,
     )
 }

@@ -102,11 +102,11 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -
             ) {
                 Use::Fresh => {
                     Counters::inc(&ctx.counters().l2_hits);
-                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit);
+                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit, 0);
                 }
                 Use::StaleAllowed => {
                     Counters::inc(&ctx.counters().l2_stale);
-                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Stale);
+                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Stale, 0);
                 }
                 Use::Revalidate if rules.only_if_cached => {
                     return respond::error(
@@ -360,14 +360,12 @@ fn relay(
         CacheOutcome::Pass
     };
     // Our own client may go away; as long as others follow the fill we keep fetching.
-    let mut own = respond::head(
-        lease,
-        status,
-        framing,
+    let meta = respond::Meta {
         outcome,
-        headers.clone(),
-        l1_ttl.as_millis().min(3_600_000) as u32,
-    );
+        l1_ttl_ms: l1_ttl.as_millis().min(3_600_000) as u32,
+        upstream_status: status,
+    };
+    let mut own = respond::head(lease, status, framing, meta, headers.clone());
     let mut keep: Option<Vec<u8>> = storable
         .as_ref()
         .map(|_| Vec::with_capacity(declared.unwrap_or(0) as usize));
@@ -463,7 +461,12 @@ fn follow(ctx: &Ctx, lease: &mut Lease, fill: &crate::cache::Fill) -> io::Result
             ))
         }
     };
-    respond::head(lease, status, framing, CacheOutcome::Collapsed, headers, 0)?;
+    // The leader's origin answer, shared: its status is the upstream status here too.
+    let meta = respond::Meta {
+        upstream_status: status,
+        ..respond::Meta::of(CacheOutcome::Collapsed)
+    };
+    respond::head(lease, status, framing, meta, headers)?;
     let mut offset = 0usize;
     loop {
         match fill.next(false, offset, FOLLOW_CHUNK, wait) {
@@ -522,7 +525,7 @@ fn revalidate(
                 // RFC 9111 §4.2.4: a disconnected cache may serve stale unless forbidden.
                 log::warn!("revalidation failed ({e}); serving stale {}", req.target);
                 Counters::inc(&ctx.counters().l2_stale);
-                return super::serve_stored(ctx, lease, req, obj, CacheOutcome::Stale);
+                return super::serve_stored(ctx, lease, req, obj, CacheOutcome::Stale, 0);
             }
             return upstream_error(ctx, lease, e, req.method == "HEAD");
         }
@@ -554,7 +557,7 @@ fn revalidate(
             initial_age: Duration::ZERO,
             ..clone_meta(obj)
         };
-        return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated);
+        return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
     };
     let refreshed = Arc::new(Stored {
         status: obj.status,
@@ -569,7 +572,7 @@ fn revalidate(
         response_time,
     });
     super::store(ctx, primary, req, refreshed.clone());
-    super::serve_stored(ctx, lease, req, &refreshed, CacheOutcome::Revalidated)
+    super::serve_stored(ctx, lease, req, &refreshed, CacheOutcome::Revalidated, 304)
 }
 
 fn clone_meta(obj: &Stored) -> Stored {

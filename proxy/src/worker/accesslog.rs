@@ -106,8 +106,14 @@ pub fn format_line(conn: &Conn, req: &Request, took: Duration, now: SystemTime) 
     }
     line.push(' ');
     line.push_str(r.outcome.as_str());
-    // The origin's status: not reported by cached yet (see the issue-5 notes).
-    line.push_str(" - ");
+    // The origin's status, when the origin took part in the answer.
+    if r.upstream_status == 0 {
+        line.push_str(" - ");
+    } else {
+        line.push(' ');
+        line.push_str(&r.upstream_status.to_string());
+        line.push(' ');
+    }
     line.push_str(&took.as_micros().to_string());
     line.push('\n');
     line

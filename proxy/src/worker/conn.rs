@@ -31,6 +31,8 @@ pub struct Reply {
     pub status: u16,
     pub bytes: u64,
     pub outcome: CacheOutcome,
+    /// The origin's status when it took part (0: it did not).
+    pub upstream_status: u16,
 }
 
 impl Reply {
@@ -39,6 +41,7 @@ impl Reply {
             status: 0,
             bytes: 0,
             outcome: CacheOutcome::Error,
+            upstream_status: 0,
         }
     }
 }
@@ -130,7 +133,14 @@ impl Conn {
     }
 
     /// Reads some bytes (buffered ones first), waiting at most `timeout`. `Ok(0)` = EOF.
-    pub fn read_timeout(&mut self, out: &mut [u8], timeout: Duration) -> io::Result<usize> {
+    /// Bytes taken from the socket (not from `buf`, counted when they were read) count as
+    /// `bytes_in`.
+    pub fn read_timeout(
+        &mut self,
+        w: &Worker,
+        out: &mut [u8],
+        timeout: Duration,
+    ) -> io::Result<usize> {
         if !self.buf.is_empty() {
             let n = out.len().min(self.buf.len());
             out[..n].copy_from_slice(&self.buf[..n]);
@@ -139,7 +149,10 @@ impl Conn {
         }
         loop {
             match self.stream.read(out) {
-                Ok(n) => return Ok(n),
+                Ok(n) => {
+                    Counters::add(&w.counters().bytes_in, n as u64);
+                    return Ok(n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.wait(PollFlags::POLLIN, timeout)?
                 }
@@ -178,7 +191,7 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
                 }
                 Parsed::Partial => {}
                 Parsed::Error(status, msg) => {
-                    Counters::inc(&w.counters().bad_requests);
+                    w.counters().rejected(status, msg);
                     send_simple(w, conn, status, msg);
                     return Next::Close;
                 }
@@ -209,6 +222,7 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
 fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> bool {
     if let ClientBody::Length(n) = req.body {
         if n > w.shared.cfg.max_body_bytes {
+            w.counters().rejected(413, "request body too large");
             send_simple(w, conn, 413, "request body too large");
             return false;
         }
@@ -286,13 +300,8 @@ pub fn send_simple(w: &Worker, conn: &mut Conn, status: u16, msg: &str) {
     );
     let mut out = head.into_bytes();
     out.extend_from_slice(body.as_bytes());
-    w.counters().status(status);
-    if conn
-        .write_all_timeout(&out, w.shared.cfg.send_timeout)
-        .is_ok()
-    {
-        Counters::add(&w.counters().bytes_out, out.len() as u64);
-    }
+    conn.answered(w, status, CacheOutcome::Error);
+    let _ = conn.send(w, &out);
 }
 
 /// Reads a request body from the client and hands its bytes to `sink`, de-chunking a
@@ -310,7 +319,7 @@ pub fn read_body(
         ClientBody::Length(mut left) => {
             while left > 0 {
                 let want = buf.len().min(left as usize);
-                let n = conn.read_timeout(&mut buf[..want], timeout)?;
+                let n = conn.read_timeout(w, &mut buf[..want], timeout)?;
                 if n == 0 {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
@@ -322,7 +331,7 @@ pub fn read_body(
         ClientBody::Chunked => {
             let mut total = 0u64;
             loop {
-                let line = read_line(conn, timeout)?;
+                let line = read_line(w, conn, timeout)?;
                 let size_part = line.split(|&b| b == b';').next().unwrap_or(&[]);
                 let size_str = std::str::from_utf8(size_part)
                     .map_err(|_| bad("chunk size"))?
@@ -336,7 +345,7 @@ pub fn read_body(
                 let mut left = u64::from_str_radix(size_str, 16).map_err(|_| bad("chunk size"))?;
                 if left == 0 {
                     // Trailers (discarded) up to the empty line.
-                    while !read_line(conn, timeout)?.is_empty() {}
+                    while !read_line(w, conn, timeout)?.is_empty() {}
                     return Ok(());
                 }
                 total += left;
@@ -345,14 +354,14 @@ pub fn read_body(
                 }
                 while left > 0 {
                     let want = buf.len().min(left as usize);
-                    let n = conn.read_timeout(&mut buf[..want], timeout)?;
+                    let n = conn.read_timeout(w, &mut buf[..want], timeout)?;
                     if n == 0 {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     sink(&buf[..n])?;
                     left -= n as u64;
                 }
-                if !read_line(conn, timeout)?.is_empty() {
+                if !read_line(w, conn, timeout)?.is_empty() {
                     return Err(bad("chunk not followed by CRLF"));
                 }
             }
@@ -368,12 +377,12 @@ fn bad(what: &str) -> io::Error {
 }
 
 /// Reads one CRLF-terminated line (without the CRLF), at most 4 KiB.
-fn read_line(conn: &mut Conn, timeout: Duration) -> io::Result<Vec<u8>> {
+fn read_line(w: &Worker, conn: &mut Conn, timeout: Duration) -> io::Result<Vec<u8>> {
     let mut line = Vec::new();
     loop {
         if conn.buf.is_empty() {
             let mut tmp = [0u8; 16 << 10];
-            let n = conn.read_timeout(&mut tmp, timeout)?;
+            let n = conn.read_timeout(w, &mut tmp, timeout)?;
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }

@@ -96,12 +96,12 @@ pub fn exchange(
     }
     .encode();
     if head.len() > w.shared.pool.segment_size() {
-        Counters::inc(&w.counters().bad_requests);
         let (status, msg) = if req.target.len() * 2 > w.shared.pool.segment_size() {
             (414, "request target too long for a segment")
         } else {
             (431, "request head too large for a segment")
         };
+        w.counters().rejected(status, msg);
         conn::send_simple(w, conn, status, msg);
         return false;
     }
@@ -112,7 +112,13 @@ pub fn exchange(
     };
     let epoch = w.shared.pool.invalidations();
     let request_id = w.next_request_id.fetch_add(1, Ordering::Relaxed);
-    let mut lease = match w.shared.pool.acquire(cfg.pool_wait, request_id) {
+    let waited = Instant::now();
+    let acquired = w.shared.pool.acquire(cfg.pool_wait, request_id);
+    Counters::add(
+        &w.counters().pool_acquire_wait_us,
+        waited.elapsed().as_micros() as u64,
+    );
+    let mut lease = match acquired {
         Ok(l) => l,
         Err(AcquireError::TimedOut(_)) | Err(AcquireError::Sem(_)) => {
             Counters::inc(&w.counters().pool_acquire_timeouts);
@@ -138,20 +144,31 @@ pub fn exchange(
         return false;
     }
 
-    // Request: head, then body straight from the client.
-    let sent = lease.write_all(&head).and_then(|()| {
-        if req.expect_continue && req.body != ClientBody::None {
-            conn.write_all_timeout(b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)?;
-        }
-        let lease = &mut lease;
-        conn::read_body(w, conn, req.body, &mut scratch.io, |chunk| {
-            lease.write_all(chunk)
-        })?;
-        lease.finish()
-    });
-    if let Err(e) = sent {
+    // Request: head, then body straight from the client. A failure on the cached side is
+    // told apart from one on the client side: nothing has been answered yet, so the client
+    // gets a status for the former.
+    let mut cached_failed = false;
+    let sent = lease
+        .write_all(&head)
+        .map_err(|e| (true, e))
+        .and_then(|()| {
+            if req.expect_continue && req.body != ClientBody::None {
+                conn.write_all_timeout(b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)
+                    .map_err(|e| (false, e))?;
+            }
+            let lease = &mut lease;
+            conn::read_body(w, conn, req.body, &mut scratch.io, |chunk| {
+                lease.write_all(chunk).inspect_err(|_| cached_failed = true)
+            })
+            .map_err(|e| (cached_failed, e))?;
+            lease.finish().map_err(|e| (true, e))
+        });
+    if let Err((on_cached_side, e)) = sent {
         Counters::inc(&w.counters().transfers_aborted);
-        if e.kind() == io::ErrorKind::InvalidData {
+        if on_cached_side {
+            cached_failure(w, conn, &e);
+        } else if e.kind() == io::ErrorKind::InvalidData {
+            w.counters().rejected(400, "malformed request body");
             conn::send_simple(w, conn, 400, "malformed request body");
         } else if e.kind() == io::ErrorKind::TimedOut {
             Counters::inc(&w.counters().timeouts_send);
@@ -166,18 +183,7 @@ pub fn exchange(
         Ok(h) => h,
         Err(e) => {
             Counters::inc(&w.counters().transfers_aborted);
-            let (status, msg) = match e.kind() {
-                io::ErrorKind::TimedOut => {
-                    Counters::inc(&w.counters().cached_timeouts);
-                    (504, "cached did not answer in time")
-                }
-                io::ErrorKind::InvalidData => {
-                    Counters::inc(&w.counters().messages_rejected);
-                    (502, "invalid answer from cached")
-                }
-                _ => (503, "cached went away; retry shortly"),
-            };
-            conn::send_simple(w, conn, status, msg);
+            cached_failure(w, conn, &e);
             return false;
         }
     };
@@ -195,6 +201,7 @@ pub fn exchange(
         keep,
         chunked && req.version == 11,
     );
+    conn.reply.upstream_status = answer.upstream_status;
     conn.answered(
         w,
         answer.status,
@@ -373,4 +380,20 @@ fn remember(w: &Worker, epoch: u64, req: &Request, answer: &ResponseHead, body: 
         age,
         ttl,
     );
+}
+
+/// Answers a transfer that failed on the cached side before any response byte was sent.
+fn cached_failure(w: &Worker, conn: &mut Conn, e: &io::Error) {
+    let (status, msg) = match e.kind() {
+        io::ErrorKind::TimedOut => {
+            Counters::inc(&w.counters().cached_timeouts);
+            (504, "cached did not answer in time")
+        }
+        io::ErrorKind::InvalidData => {
+            Counters::inc(&w.counters().messages_rejected);
+            (502, "invalid answer from cached")
+        }
+        _ => (503, "cached went away; retry shortly"),
+    };
+    conn::send_simple(w, conn, status, msg);
 }

@@ -1,7 +1,9 @@
-//! A worker process: receives connections from the master, watches idle ones with epoll
-//! (the `wN-poll` thread, which also enforces the header and idle timeouts), and runs ready
-//! ones on a fixed pool of `wN-execK` threads. An idle keep-alive connection costs a map
-//! entry, never a thread.
+//! A worker process: a fixed pool of `wN-execK` threads waits on one epoll set of client
+//! connections (one-shot: each readiness event goes to exactly one thread, which serves the
+//! connection and re-arms it), so an idle keep-alive connection costs a map entry, never a
+//! thread, and a ready one is served by the thread that saw it, with no handoff. The
+//! `wN-ctl` thread receives connections from the master, enforces the header and idle
+//! timeouts, and leads the drain when the worker is retired or stopped.
 
 mod accesslog;
 mod conn;
@@ -13,7 +15,7 @@ use crate::master::Shared;
 use common::stats::Counters;
 use common::{fdpass, process};
 use conn::{Conn, Next};
-use crossbeam_channel::{bounded, Receiver, Sender};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::unistd::Pid;
 use std::collections::HashMap;
@@ -22,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const CHAN_TOKEN: u64 = 0;
 /// How long a draining worker keeps serving its open connections.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 /// A draining worker closes connections idle this long (busy ones get `Connection: close`).
@@ -32,9 +33,13 @@ const DRAIN_IDLE: Duration = Duration::from_secs(1);
 pub struct Worker<'a> {
     pub shared: &'a Shared,
     pub index: usize,
+    /// Readiness of parked client connections (one-shot).
     epoll: Epoll,
     parked: Mutex<HashMap<u64, Conn>>,
+    /// Connections taken out of `parked` and being served (changed under its lock).
     busy: AtomicUsize,
+    /// Set when the exec threads must leave.
+    exit: AtomicBool,
     /// Set once the worker drains: every answer closes its connection.
     pub draining: AtomicBool,
     pub cached: fetch::CachedLink,
@@ -98,21 +103,13 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
             return 1;
         }
     };
-    if epoll
-        .add(
-            chan.as_fd(),
-            EpollEvent::new(EpollFlags::EPOLLIN, CHAN_TOKEN),
-        )
-        .is_err()
-    {
-        return 1;
-    }
     let w = Worker {
         shared,
         index,
         epoll,
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
+        exit: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         cached: fetch::CachedLink::new(&shared.names),
         l1: l1::L1::new(shared.cfg.l1_capacity, shared.cfg.l1_max_object_size),
@@ -123,24 +120,44 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         next_request_id: std::sync::atomic::AtomicU64::new((index as u64) << 48),
     };
     let threads = shared.cfg.threads as usize;
-    let (tx, rx) = bounded::<Conn>(shared.cfg.max_connections);
     std::thread::scope(|sc| {
         for k in 0..threads {
-            let (w, rx) = (&w, rx.clone());
+            let w = &w;
             let _ = std::thread::Builder::new()
                 .name(format!("w{index}-exec{k}"))
-                .spawn_scoped(sc, move || exec_loop(w, rx));
+                .spawn_scoped(sc, move || exec_loop(w));
         }
-        drop(rx);
-        poll_loop(&w, &chan, &tx, &stop);
-        drop(tx); // exec threads finish what they hold, then see the channel close
+        control_loop(&w, &chan, &stop);
+        w.exit.store(true, Ordering::Relaxed);
     });
+    accesslog::flush();
     0
 }
 
-fn exec_loop(w: &Worker, rx: Receiver<Conn>) {
+/// Takes the parked connection `token` for serving (counted busy under the map's lock).
+fn take(w: &Worker, token: u64) -> Option<Conn> {
+    let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+    let conn = parked.remove(&token)?;
+    w.busy.fetch_add(1, Ordering::Relaxed);
+    Counters::inc(&w.counters().connections_busy);
+    Some(conn)
+}
+
+fn exec_loop(w: &Worker) {
     let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
-    while let Ok(mut conn) = rx.recv() {
+    let mut events = [EpollEvent::empty(); 1];
+    while !w.exit.load(Ordering::Relaxed) {
+        let n = match w.epoll.wait(&mut events, EpollTimeout::from(50u16)) {
+            Ok(n) => n,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => {
+                log::error!("epoll_wait: {e}");
+                return;
+            }
+        };
+        let Some(mut conn) = events[..n].first().and_then(|ev| take(w, ev.data())) else {
+            continue;
+        };
         match conn::serve_ready(w, &mut conn, &mut scratch) {
             Next::Park => w.park(conn),
             Next::Close => w.close(conn),
@@ -148,11 +165,13 @@ fn exec_loop(w: &Worker, rx: Receiver<Conn>) {
         // Only now: a draining worker must not see "nothing busy, nothing parked" while a
         // connection is between the two.
         w.busy.fetch_sub(1, Ordering::Relaxed);
+        Counters::dec(&w.counters().connections_busy);
     }
 }
 
-fn poll_loop(w: &Worker, chan: &OwnedFd, tx: &Sender<Conn>, stop: &AtomicBool) {
-    let mut events = vec![EpollEvent::empty(); 256];
+/// Receives connections, sweeps timeouts, and leads the drain; returns when the worker
+/// may exit.
+fn control_loop(w: &Worker, chan: &OwnedFd, stop: &AtomicBool) {
     let mut next_token = 1u64;
     let mut last_sweep = Instant::now();
     let mut chan_open = true;
@@ -166,36 +185,24 @@ fn poll_loop(w: &Worker, chan: &OwnedFd, tx: &Sender<Conn>, stop: &AtomicBool) {
         }
         if let Some(deadline) = drain_deadline {
             close_idle(w, DRAIN_IDLE);
-            let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
-            if (parked == 0 && w.busy.load(Ordering::Relaxed) == 0) || Instant::now() >= deadline {
+            let idle = {
+                let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+                parked.is_empty() && w.busy.load(Ordering::Relaxed) == 0
+            };
+            if idle || Instant::now() >= deadline {
                 close_idle(w, Duration::ZERO);
                 return;
             }
         }
-        let n = w
-            .epoll
-            .wait(&mut events, EpollTimeout::from(20u16))
-            .unwrap_or(0);
-        for ev in &events[..n] {
-            if ev.data() == CHAN_TOKEN {
-                if !receive_connections(w, chan, &mut next_token) {
-                    chan_open = false;
-                    let _ = w.epoll.delete(chan.as_fd());
-                }
-                continue;
+        if chan_open {
+            let mut fds = [PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
+            if matches!(poll(&mut fds, PollTimeout::from(20u16)), Ok(n) if n > 0)
+                && !receive_connections(w, chan, &mut next_token)
+            {
+                chan_open = false;
             }
-            let conn = w
-                .parked
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&ev.data());
-            if let Some(conn) = conn {
-                w.busy.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = tx.try_send(conn) {
-                    w.busy.fetch_sub(1, Ordering::Relaxed);
-                    w.close(e.into_inner());
-                }
-            }
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
         }
         if last_sweep.elapsed() >= Duration::from_millis(200) {
             last_sweep = Instant::now();

@@ -1,0 +1,1181 @@
+//! Issue 5, "see inside": the stats JSON, the Prometheus text (checked by `promtool`), the
+//! `proxy stats` command reading shared memory, the access log (intact lines under 64 clients,
+//! rotation, SIGUSR1 reopen, flushed within a second) and the dashboard, rendered by real
+//! headless Chromium while traffic flows. Counters must add up exactly after concurrent load.
+//!
+//! Needs `promtool` (Debian `prometheus`) and `chromium` on the PATH; `.ci/run` installs both.
+
+use crate::client;
+use crate::harness::{self, with_deadline, Instance};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const DEADLINE: Duration = Duration::from_secs(120);
+
+fn docroot() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    harness::write_file(d.path(), "small.txt", &harness::pattern(100, 1));
+    harness::write_file(d.path(), "mid.bin", &harness::pattern(20_000, 2));
+    d
+}
+
+// ---------------------------------------------------------------------------------------------
+// A byte-exact client: the counters test needs the exact number of bytes on the wire.
+// ---------------------------------------------------------------------------------------------
+
+struct Exchange {
+    status: u16,
+    x_cache: String,
+    /// Bytes received (head and body).
+    wire: u64,
+    close: bool,
+    body: Vec<u8>,
+}
+
+/// Sends `req` on `s` and reads one response framed by Content-Length (every answer of the
+/// proxy to these requests has one).
+fn exchange(s: &mut TcpStream, req: &[u8], head_only: bool) -> Exchange {
+    s.write_all(req).expect("write request");
+    let mut buf = Vec::with_capacity(4096);
+    let mut tmp = [0u8; 16 << 10];
+    let head_len = loop {
+        if let Some(i) = client::find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut tmp).expect("read response head");
+        assert!(n > 0, "connection closed before a response head");
+        buf.extend_from_slice(&tmp[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_len]).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let mut len = None;
+    let mut x_cache = String::new();
+    let mut close = false;
+    for l in lines {
+        let Some((k, v)) = l.split_once(':') else {
+            continue;
+        };
+        let v = v.trim();
+        match k.to_ascii_lowercase().as_str() {
+            "content-length" => len = Some(v.parse::<usize>().unwrap()),
+            "x-cache" => x_cache = v.to_string(),
+            "connection" => close |= v.eq_ignore_ascii_case("close"),
+            "transfer-encoding" => panic!("unexpected chunked answer: {head}"),
+            _ => {}
+        }
+    }
+    let body_len = if head_only || status == 304 || status == 204 {
+        0
+    } else {
+        len.unwrap_or_else(|| panic!("no Content-Length in {head}"))
+    };
+    while buf.len() < head_len + body_len {
+        let n = s.read(&mut tmp).expect("read response body");
+        assert!(n > 0, "connection closed inside a body");
+        buf.extend_from_slice(&tmp[..n]);
+    }
+    assert_eq!(buf.len(), head_len + body_len, "bytes after the response");
+    Exchange {
+        status,
+        x_cache,
+        wire: buf.len() as u64,
+        close,
+        body: buf[head_len..].to_vec(),
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_nodelay(true).unwrap();
+    s
+}
+
+const STATS_REQ: &[u8] =
+    b"GET /__shmproxy/stats HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n";
+
+/// One stats request on its own connection: (JSON, response bytes on the wire).
+fn stats_exact(addr: SocketAddr) -> (Value, u64) {
+    let e = exchange(&mut connect(addr), STATS_REQ, false);
+    assert_eq!(e.status, 200);
+    (serde_json::from_slice(&e.body).expect("stats JSON"), e.wire)
+}
+
+fn u(v: &Value, path: &[&str]) -> u64 {
+    let mut x = v;
+    for p in path {
+        x = &x[*p];
+    }
+    x.as_u64()
+        .unwrap_or_else(|| panic!("{} missing or not a number in {v}", path.join(".")))
+}
+
+fn sum_fields(proxy: &Value, prefix: &str) -> u64 {
+    proxy
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, v)| v.as_u64().unwrap())
+        .sum()
+}
+
+/// Acceptance 7: after N requests from M concurrent clients every counter adds up exactly.
+#[test]
+fn observability_counters_add_up_exactly_under_concurrency() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let inst = Instance::builder().root(root.path()).start();
+        let addr = inst.addr();
+        const CLIENTS: u64 = 8;
+        const PER_CLIENT: u64 = 36;
+        let (before, before_wire) = stats_exact(addr);
+
+        #[derive(Default)]
+        struct Seen {
+            methods: HashMap<&'static str, u64>,
+            classes: HashMap<u16, u64>,
+            outcomes: HashMap<String, u64>,
+            sent: u64,
+            received: u64,
+        }
+        let seen: Vec<Seen> = thread::scope(|sc| {
+            let handles: Vec<_> = (0..CLIENTS)
+                .map(|c| {
+                    sc.spawn(move || {
+                        let mut seen = Seen::default();
+                        let mut s = connect(addr);
+                        for i in 0..PER_CLIENT {
+                            let missing = format!("/missing-{c}-{i}.txt");
+                            let (method, target, body): (&'static str, &str, &[u8]) = match i % 6 {
+                                0 => ("GET", "/small.txt", b""),
+                                1 => ("GET", "/mid.bin", b""),
+                                2 => ("HEAD", "/small.txt", b""),
+                                3 => ("GET", &missing, b""),
+                                4 => ("POST", "/small.txt", b"x=1"),
+                                _ => ("BREW", "/small.txt", b""),
+                            };
+                            let req = client::request_bytes(method, target, &[], body);
+                            let e = exchange(&mut s, &req, method == "HEAD");
+                            assert!(!e.x_cache.is_empty(), "{method} {target}: no X-Cache");
+                            seen.sent += req.len() as u64;
+                            seen.received += e.wire;
+                            *seen.methods.entry(method).or_default() += 1;
+                            *seen.classes.entry(e.status / 100).or_default() += 1;
+                            *seen.outcomes.entry(e.x_cache.clone()).or_default() += 1;
+                            if e.close {
+                                s = connect(addr);
+                            }
+                        }
+                        seen
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let n = CLIENTS * PER_CLIENT;
+        let total = |f: &dyn Fn(&Seen) -> u64| seen.iter().map(f).sum::<u64>();
+        let method = |m: &str| total(&|s| s.methods.get(m).copied().unwrap_or(0));
+        let class = |c: u16| total(&|s| s.classes.get(&c).copied().unwrap_or(0));
+        let outcome = |o: &str| total(&|s| s.outcomes.get(o).copied().unwrap_or(0));
+
+        // A request is counted in `requests` when its head is read, and by method, outcome,
+        // status, bytes and latency once answered: poll until every earlier request is
+        // answered in the counters (`p` stats requests in all, the last one not yet answered).
+        let mut polls_wire = 0u64; // wire bytes of the polls before the last one
+        let mut p = 0u64;
+        let after = loop {
+            let (s, wire) = stats_exact(addr);
+            p += 1;
+            let px = &s["proxy"];
+            let answered = u(px, &["requests"]) - 1;
+            if sum_fields(px, "requests_") == answered
+                && sum_fields(px, "outcome_") == answered
+                && sum_fields(px, "responses_") == answered
+                && u(px, &["latency_count"]) == answered
+            {
+                break s;
+            }
+            assert!(p < 100, "counters never settled: {s}");
+            polls_wire += wire;
+            thread::sleep(Duration::from_millis(20));
+        };
+        let (b, a) = (&before["proxy"], &after["proxy"]);
+        let d = |k: &str| u(a, &[k]) - u(b, &[k]);
+        assert_eq!(d("requests"), n + p, "requests");
+        assert_eq!(
+            d("requests_get"),
+            method("GET") + p,
+            "GET (stats polls included)"
+        );
+        assert_eq!(d("requests_head"), method("HEAD"));
+        assert_eq!(d("requests_post"), method("POST"));
+        assert_eq!(d("requests_other"), method("BREW"));
+        for (c, k) in [
+            (1u16, "responses_1xx"),
+            (3, "responses_3xx"),
+            (4, "responses_4xx"),
+            (5, "responses_5xx"),
+        ] {
+            assert_eq!(d(k), class(c), "{k}");
+        }
+        assert_eq!(d("responses_2xx"), class(2) + p, "responses_2xx");
+        for (o, k) in [
+            ("HIT", "outcome_hit"),
+            ("MISS", "outcome_miss"),
+            ("PASS", "outcome_pass"),
+            ("STALE", "outcome_stale"),
+            ("REVALIDATED", "outcome_revalidated"),
+            ("COLLAPSED", "outcome_collapsed"),
+            ("ERROR", "outcome_error"),
+        ] {
+            assert_eq!(d(k), outcome(o), "{k}");
+        }
+        assert_eq!(d("outcome_internal"), outcome("INTERNAL") + p);
+        assert_eq!(d("latency_count"), n + p, "histogram count");
+        assert_eq!(
+            d("bytes_out"),
+            total(&|s| s.received) + before_wire + polls_wire,
+            "bytes_out must equal what the clients received"
+        );
+        assert_eq!(
+            d("bytes_in"),
+            total(&|s| s.sent) + p * STATS_REQ.len() as u64,
+            "bytes_in must equal what the clients sent"
+        );
+        assert_eq!(d("bad_requests"), 0);
+        // Per-worker slots add up to the total.
+        let per_worker: u64 = after["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| u(w, &["requests"]))
+            .sum();
+        assert_eq!(per_worker, u(a, &["requests"]));
+        assert!(after["cached"].is_object(), "cached is running: {after}");
+        inst.assert_pool_idle();
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Prometheus text and the JSON
+// ---------------------------------------------------------------------------------------------
+
+/// Samples of a Prometheus text body: `name{labels}` → value.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.rsplit_once(' ').unwrap();
+            (k.to_string(), v.parse::<f64>().unwrap())
+        })
+        .collect()
+}
+
+fn promtool() -> PathBuf {
+    for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+        let p = Path::new(dir).join("promtool");
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!("promtool not found: install Debian's `prometheus` package (.ci/run does)");
+}
+
+/// Acceptance 2: `/__shmproxy/metrics` passes `promtool check metrics` (the reference parser
+/// and its lint: HELP, TYPE, names, units) and agrees with the JSON.
+#[test]
+fn observability_metrics_pass_promtool_and_agree_with_json() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let inst = Instance::builder().root(root.path()).start();
+        let mut c = inst.conn();
+        for _ in 0..5 {
+            assert_eq!(c.get("/small.txt").status, 200);
+            assert_eq!(c.get("/nope.txt").status, 404);
+        }
+        let json = inst.stats();
+        let r = inst.get("/__shmproxy/metrics");
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("content-type"),
+            Some("text/plain; version=0.0.4; charset=utf-8")
+        );
+        let text = r.text();
+        let mut child = Command::new(promtool())
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run promtool");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed ({}):\n{}{}\n---- metrics ----\n{text}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every family has HELP and TYPE before its samples (promtool lints HELP; TYPE here).
+        let mut typed: Vec<&str> = Vec::new();
+        for l in text.lines() {
+            if let Some(rest) = l.strip_prefix("# TYPE ") {
+                typed.push(rest.split(' ').next().unwrap());
+            } else if !l.starts_with('#') {
+                let name = l.split(['{', ' ']).next().unwrap();
+                assert!(
+                    typed.iter().any(|t| name == *t
+                        || ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| name.strip_suffix(s) == Some(t))),
+                    "sample before its # TYPE: {l}"
+                );
+            }
+        }
+        assert!(text.contains("# HELP shmproxy_proxy_requests_total "));
+        let s = samples(&text);
+        let get = |k: &str| *s.get(k).unwrap_or_else(|| panic!("no sample {k}:\n{text}"));
+        // The metrics request itself was counted before rendering; the stats one was answered.
+        assert_eq!(
+            get("shmproxy_proxy_requests_total") as u64,
+            u(&json, &["proxy", "requests"]) + 1
+        );
+        assert_eq!(
+            get("shmproxy_pool_segments") as u64,
+            u(&json, &["pool", "segments"])
+        );
+        assert_eq!(get("shmproxy_cached_up"), 1.0);
+        assert!(get("shmproxy_proxy_requests_by_method_total{method=\"GET\"}") >= 10.0);
+        assert!(get("shmproxy_proxy_responses_by_class_total{class=\"4xx\"}") >= 5.0);
+        let count = get("shmproxy_proxy_request_duration_seconds_count");
+        assert_eq!(
+            get("shmproxy_proxy_request_duration_seconds_bucket{le=\"+Inf\"}"),
+            count
+        );
+        assert!(count >= 11.0);
+        let by_state: f64 = ["free", "in_use", "quarantined"]
+            .iter()
+            .map(|st| {
+                get(&format!(
+                    "shmproxy_pool_segments_by_state{{state=\"{st}\"}}"
+                ))
+            })
+            .sum();
+        assert_eq!(by_state, get("shmproxy_pool_segments"));
+    });
+}
+
+/// Connects to `addr` from source address `from` (another loopback address).
+fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let SocketAddr::V4(to) = addr else {
+        panic!("IPv4 only")
+    };
+    // SAFETY: plain socket(2); the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is the socket just created and owned here; it is moved into the TcpStream
+    // once, which closes it.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let local = sa(from, 0);
+    let remote = sa(*to.ip(), to.port());
+    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: `local` is a valid sockaddr_in that outlives the call, `len` its size.
+    let rc = unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+    // SAFETY: as above for `remote`.
+    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
+    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+/// `stats_allow` decides who reads `/__shmproxy/`; others get 403 and nothing else.
+#[test]
+fn observability_endpoints_answer_only_allowed_addresses() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let inst = Instance::builder()
+            .root(root.path())
+            .proxy_arg("--stats-allow")
+            .proxy_arg("127.0.0.1/32")
+            .start();
+        let other = std::net::Ipv4Addr::new(127, 0, 0, 2);
+        for path in ["/__shmproxy/stats", "/__shmproxy/metrics", "/__shmproxy/"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n");
+            let e = exchange(&mut connect_from(other, inst.addr()), req.as_bytes(), false);
+            assert_eq!(e.status, 403, "{path} from {other}");
+            assert!(!String::from_utf8_lossy(&e.body).contains("requests"));
+            let e = exchange(&mut connect(inst.addr()), req.as_bytes(), false);
+            assert_eq!(e.status, 200, "{path} from 127.0.0.1");
+            assert_eq!(e.x_cache, "INTERNAL");
+        }
+        // Ordinary traffic from that address is unaffected.
+        let e = exchange(
+            &mut connect_from(other, inst.addr()),
+            b"GET /small.txt HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n",
+            false,
+        );
+        assert_eq!(e.status, 200);
+        let r = inst.get("/__shmproxy/nothing-here");
+        assert_eq!(r.status, 404);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// `proxy stats`
+// ---------------------------------------------------------------------------------------------
+
+/// Acceptance 3: `proxy stats` reads shared memory (no HTTP): JSON equal to the endpoint's,
+/// a text table, `--watch` redrawing with rates; a missing instance is an error.
+#[test]
+fn observability_stats_command_reads_shared_memory() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let inst = Instance::builder().root(root.path()).start();
+        let mut c = inst.conn();
+        for _ in 0..7 {
+            assert_eq!(c.get("/small.txt").status, 200);
+        }
+        let proxy = harness::bin_path("proxy");
+        let http = inst.stats();
+        let out = Command::new(&proxy)
+            .args(["stats", "--instance", &inst.name, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let shm: Value = serde_json::from_slice(&out.stdout).expect("proxy stats --json is JSON");
+        // No request happened in between: the command itself sends none.
+        // The stats request counted itself in `requests` and `bytes_in` before answering, and
+        // by method once answered.
+        for (k, extra) in [
+            ("requests", 0),
+            ("bytes_in", 0),
+            ("connections_accepted", 0),
+            ("requests_get", 1),
+        ] {
+            assert_eq!(
+                u(&shm, &["proxy", k]),
+                u(&http, &["proxy", k]) + extra,
+                "{k}"
+            );
+        }
+        assert_eq!(shm["pool"]["segments"], http["pool"]["segments"]);
+        assert_eq!(shm["cached"]["cached_pid"], http["cached"]["cached_pid"]);
+
+        let out = Command::new(&proxy)
+            .args(["stats", "--instance", &inst.name])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("proxy.requests "))
+            .unwrap_or_else(|| panic!("no proxy.requests line:\n{text}"));
+        assert_eq!(
+            line.split_whitespace()
+                .nth(1)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap(),
+            u(&shm, &["proxy", "requests"])
+        );
+        assert!(text.contains("cached: running"), "{text}");
+        assert!(text.contains("cached.l2_hits"), "{text}");
+
+        // --watch: several frames, each redrawn in place, rates after the first.
+        let mut w = Command::new(&proxy)
+            .args([
+                "stats",
+                "--instance",
+                &inst.name,
+                "--watch",
+                "--interval",
+                "200",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdout = w.stdout.take().unwrap();
+        let reader = thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = stdout.read_to_end(&mut all);
+            all
+        });
+        for _ in 0..10 {
+            assert_eq!(c.get("/small.txt").status, 200);
+            thread::sleep(Duration::from_millis(100));
+        }
+        harness::send_signal(w.id() as i32, libc::SIGTERM);
+        let _ = w.wait();
+        let all = String::from_utf8_lossy(&reader.join().unwrap()).to_string();
+        let frames = all.matches("\x1b[H\x1b[2J").count();
+        assert!(frames >= 3, "{frames} frames:\n{all}");
+        assert!(all.contains("RATE/s"), "no rates in --watch:\n{all}");
+
+        let out = Command::new(&proxy)
+            .args(["stats", "--instance", "no-such-instance-e2e"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("no live proxy"));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Access log
+// ---------------------------------------------------------------------------------------------
+
+/// One parsed access log line.
+#[derive(Debug)]
+struct LogLine {
+    request: String,
+    status: String,
+    user_agent: String,
+    cache: String,
+}
+
+/// Parses `line` strictly: Combined Log Format + cache outcome, upstream status, µs.
+fn parse_line(line: &str) -> Result<LogLine, String> {
+    let bad = |why: &str| Err(format!("{why}: {line:?}"));
+    let parts: Vec<&str> = line.split('"').collect();
+    if parts.len() != 7 {
+        return bad("not 6 quotes");
+    }
+    let head: Vec<&str> = parts[0].splitn(4, ' ').collect();
+    if head.len() != 4
+        || head[0].parse::<std::net::IpAddr>().is_err()
+        || head[1] != "-"
+        || head[2] != "-"
+    {
+        return bad("host, ident, user");
+    }
+    let t = head[3];
+    let t_ok = t.len() == 29
+        && t.starts_with('[')
+        && t.ends_with("+0000] ")
+        && t.as_bytes()[3] == b'/'
+        && t.as_bytes()[12] == b':';
+    if !t_ok {
+        return bad("time");
+    }
+    let req: Vec<&str> = parts[1].split(' ').collect();
+    if req.len() != 3 || !req[2].starts_with("HTTP/1.") {
+        return bad("request line");
+    }
+    let mid: Vec<&str> = parts[2].split(' ').collect();
+    let num_or_dash =
+        |s: &str| s == "-" || (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()));
+    if mid.len() != 4
+        || !mid[0].is_empty()
+        || !mid[3].is_empty()
+        || !num_or_dash(mid[1])
+        || !num_or_dash(mid[2])
+    {
+        return bad("status and bytes");
+    }
+    if parts[4] != " " {
+        return bad("referer/user-agent separator");
+    }
+    let tail: Vec<&str> = parts[6].split(' ').collect();
+    if tail.len() != 4
+        || !tail[0].is_empty()
+        || tail[1].is_empty()
+        || !tail[1].bytes().all(|b| b.is_ascii_uppercase())
+        || !num_or_dash(tail[2])
+        || !tail[3].bytes().all(|b| b.is_ascii_digit())
+        || tail[3].is_empty()
+    {
+        return bad("cache, upstream status, duration");
+    }
+    Ok(LogLine {
+        request: parts[1].to_string(),
+        status: mid[1].to_string(),
+        user_agent: parts[5].to_string(),
+        cache: tail[1].to_string(),
+    })
+}
+
+fn read_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Acceptance 4: 64 concurrent clients, every line whole and parseable, each request once.
+#[test]
+fn observability_access_log_lines_are_whole_under_64_clients() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("access.log");
+        let inst = Instance::builder()
+            .root(root.path())
+            .threads(8)
+            .proxy_arg("--access-log")
+            .proxy_arg(log.to_str().unwrap())
+            .start();
+        const CLIENTS: usize = 64;
+        const PER_CLIENT: usize = 10;
+        let addr = inst.addr();
+        thread::scope(|sc| {
+            for c in 0..CLIENTS {
+                sc.spawn(move || {
+                    let mut conn = client::Conn::connect(addr);
+                    let ua = format!("e2e \"c{c}\" \u{e9}");
+                    for i in 0..PER_CLIENT {
+                        let target = if i % 2 == 0 {
+                            format!("/small.txt?c={c}&i={i}")
+                        } else {
+                            format!("/mid.bin?c={c}&i={i}")
+                        };
+                        let r = conn.request(
+                            "GET",
+                            &target,
+                            &[("User-Agent", &ua), ("Referer", "http://r.test/x")],
+                            b"",
+                        );
+                        assert!(r.status == 200 || r.status == 404, "{}", r.describe());
+                    }
+                });
+            }
+        });
+        let want = CLIENTS * PER_CLIENT;
+        // Flushed by the workers on their own (≤ 0.5 s), not by a stop.
+        let lines =
+            harness::poll_until(Duration::from_secs(10), "every request in the log", || {
+                let lines = read_lines(&log);
+                (lines.iter().filter(|l| l.contains("?c=")).count() >= want).then_some(lines)
+            });
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for l in &lines {
+            let p = parse_line(l).unwrap_or_else(|e| panic!("torn or malformed line: {e}"));
+            if !p.request.contains("?c=") {
+                continue;
+            }
+            *seen.entry(p.request.clone()).or_default() += 1;
+            let c: usize = p
+                .request
+                .split("?c=")
+                .nth(1)
+                .unwrap()
+                .split('&')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(
+                p.user_agent,
+                format!("e2e \\x22c{c}\\x22 \\xC3\\xA9"),
+                "{l}"
+            );
+            assert!(p.status == "200" || p.status == "404", "{l}");
+            assert!(
+                ["HIT", "MISS", "PASS", "COLLAPSED", "ERROR"].contains(&p.cache.as_str()),
+                "{l}"
+            );
+            assert!(l.contains("\"http://r.test/x\""), "{l}");
+        }
+        assert_eq!(seen.len(), want, "distinct requests logged");
+        assert!(seen.values().all(|&n| n == 1), "a request logged twice");
+        let s = inst.stats();
+        assert_eq!(u(&s, &["proxy", "access_log_dropped"]), 0);
+        assert!(u(&s, &["proxy", "access_log_lines"]) >= want as u64);
+    });
+}
+
+/// Acceptance 4: rotation by size keeping N generations; SIGUSR1 to the master reopens the
+/// log (logrotate's `create` mode); a line reaches the file within a second without a stop.
+#[test]
+fn observability_access_log_rotates_and_reopens_on_sigusr1() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let logdir = tempfile::tempdir().unwrap();
+        let log = logdir.path().join("access.log");
+        let cfg = logdir.path().join("proxy.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[proxy]\naccess_log = \"{}\"\naccess_log_max_bytes = 2048\naccess_log_keep = 2\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        let inst = Instance::builder()
+            .root(root.path())
+            .proxy_arg("--config")
+            .proxy_arg(cfg.to_str().unwrap())
+            .start();
+        let mut c = inst.conn();
+        for round in 0..6 {
+            for i in 0..24 {
+                assert_eq!(
+                    c.get(&format!("/small.txt?round={round}&i={i}")).status,
+                    200
+                );
+            }
+            thread::sleep(Duration::from_millis(700)); // one flush per round
+        }
+        let gen = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
+        harness::poll_until(Duration::from_secs(5), "three rotations", || {
+            (u(&inst.stats(), &["proxy", "access_log_rotations"]) >= 3).then_some(())
+        });
+        assert!(
+            gen(1).is_file() && gen(2).is_file(),
+            "FILE.1 and FILE.2 kept"
+        );
+        assert!(
+            !gen(3).exists(),
+            "only access_log_keep = 2 generations are kept"
+        );
+        for p in [gen(1), gen(2)] {
+            let size = std::fs::metadata(&p).unwrap().len();
+            assert!(
+                size >= 2048,
+                "{} rotated at {size} bytes, before the limit",
+                p.display()
+            );
+            for l in read_lines(&p) {
+                parse_line(&l).unwrap();
+            }
+        }
+        // logrotate: move the file away, then SIGUSR1 to the master.
+        let moved = logdir.path().join("moved.log");
+        std::fs::rename(&log, &moved).unwrap();
+        inst.signal_proxy(libc::SIGUSR1);
+        harness::poll_until(Duration::from_secs(5), "log_reopens = 1", || {
+            (u(&inst.stats(), &["proxy", "log_reopens"]) == 1).then_some(())
+        });
+        let t0 = Instant::now();
+        harness::poll_until(Duration::from_secs(5), "access.log recreated", || {
+            log.is_file().then_some(())
+        });
+        assert_eq!(c.get("/small.txt?after-reopen").status, 200);
+        harness::poll_until(
+            Duration::from_secs(3),
+            "the new line in the new file",
+            || {
+                read_lines(&log)
+                    .iter()
+                    .any(|l| l.contains("after-reopen"))
+                    .then_some(())
+            },
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        assert!(!read_lines(&moved)
+            .iter()
+            .any(|l| l.contains("after-reopen")));
+        // Flushed within a second, with nothing else happening.
+        let t0 = Instant::now();
+        assert_eq!(c.get("/small.txt?lonely").status, 200);
+        harness::poll_until(Duration::from_millis(1500), "a lone line flushed", || {
+            read_lines(&log)
+                .iter()
+                .any(|l| l.contains("lonely"))
+                .then_some(())
+        });
+        assert!(t0.elapsed() <= Duration::from_millis(1500));
+        for l in read_lines(&log) {
+            parse_line(&l).unwrap();
+        }
+        assert_eq!(u(&inst.stats(), &["proxy", "access_log_dropped"]), 0);
+    });
+}
+
+#[test]
+fn observability_access_log_parser_rejects_torn_lines() {
+    let good = "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"ua\" HIT - 42";
+    parse_line(good).unwrap();
+    for bad in [
+        &good[..good.len() - 3],
+        "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"ua\" HIT - 42127.0.0.1 - -",
+        "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"u\"a\" HIT - 42",
+        &good[10..],
+    ] {
+        assert!(parse_line(bad).is_err(), "{bad}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboard in headless Chromium (Chrome DevTools Protocol over --remote-debugging-pipe)
+// ---------------------------------------------------------------------------------------------
+
+fn chromium() -> PathBuf {
+    for name in ["chromium", "chromium-browser"] {
+        for dir in std::env::var("PATH").unwrap_or_default().split(':') {
+            let p = Path::new(dir).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    panic!("chromium not found: install Debian's `chromium` package (.ci/run does)");
+}
+
+/// A headless Chromium driven over the DevTools pipe (fd 3: commands in, fd 4: replies out,
+/// NUL-terminated JSON), one page attached in flat mode.
+struct Browser {
+    child: std::process::Child,
+    to: std::fs::File,
+    from: std::sync::mpsc::Receiver<Value>,
+    next: u64,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0i32; 2];
+    // SAFETY: `fds` is a writable array of two ints, as pipe2(2) requires.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
+    unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+impl Browser {
+    fn launch() -> Browser {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let profile = tempfile::tempdir().unwrap();
+        let (cmd_r, cmd_w) = pipe();
+        let (out_r, out_w) = pipe();
+        let (cr, ow) = (cmd_r.as_raw_fd(), out_w.as_raw_fd());
+        let mut cmd = Command::new(chromium());
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--remote-debugging-pipe",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-extensions",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--mute-audio",
+            "--password-store=basic",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("about:blank")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        // SAFETY: runs in the child before exec and only calls async-signal-safe functions
+        // (fcntl, dup2, prctl) on fds that exist in the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Move both ends out of the way first (they could already be 3 or 4).
+                let a = libc::fcntl(cr, libc::F_DUPFD_CLOEXEC, 10);
+                let b = libc::fcntl(ow, libc::F_DUPFD_CLOEXEC, 10);
+                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().expect("start chromium");
+        drop((cmd_r, out_w));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut out = std::fs::File::from(out_r);
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 64 << 10];
+            loop {
+                let n = match out.read(&mut tmp) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                buf.extend_from_slice(&tmp[..n]);
+                while let Some(i) = buf.iter().position(|&b| b == 0) {
+                    let msg: Vec<u8> = buf.drain(..=i).collect();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&msg[..msg.len() - 1]) {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        let mut b = Browser {
+            child,
+            to: std::fs::File::from(cmd_w),
+            from: rx,
+            next: 1,
+            session: String::new(),
+            _profile: profile,
+        };
+        let target = b.call(
+            "Target.createTarget",
+            serde_json::json!({"url": "about:blank"}),
+        );
+        let id = target["targetId"].as_str().unwrap().to_string();
+        let attached = b.call(
+            "Target.attachToTarget",
+            serde_json::json!({"targetId": id, "flatten": true}),
+        );
+        b.session = attached["sessionId"].as_str().unwrap().to_string();
+        b
+    }
+
+    /// Sends a command (to the page once attached) and waits for its result.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next;
+        self.next += 1;
+        let mut msg = serde_json::json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            msg["sessionId"] = Value::String(self.session.clone());
+        }
+        let mut bytes = serde_json::to_vec(&msg).unwrap();
+        bytes.push(0);
+        self.to.write_all(&bytes).expect("write to chromium");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = self
+                .from
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("chromium did not answer {method}"));
+            if v["id"].as_u64() == Some(id) {
+                if let Some(e) = v.get("error") {
+                    panic!("{method}: {e}");
+                }
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expr` in the page (awaiting a promise) and returns its JSON value.
+    fn eval(&mut self, expr: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            serde_json::json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+        );
+        if let Some(e) = r.get("exceptionDetails") {
+            panic!("{expr}: {e}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    fn viewport(&mut self, width: u32, height: u32, mobile: bool) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            serde_json::json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        );
+    }
+
+    fn screenshot(&mut self, path: &Path) {
+        let r = self.call(
+            "Page.captureScreenshot",
+            serde_json::json!({"format": "png"}),
+        );
+        let png = base64_decode(r["data"].as_str().unwrap());
+        assert!(png.starts_with(b"\x89PNG"), "not a PNG");
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let mut bytes =
+            serde_json::to_vec(&serde_json::json!({"id": 0, "method": "Browser.close"})).unwrap();
+        bytes.push(0);
+        let _ = self.to.write_all(&bytes);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => (c - b'A') as u32,
+            b'a'..=b'z' => (c - b'a' + 26) as u32,
+            b'0'..=b'9' => (c - b'0' + 52) as u32,
+            b'+' => 62,
+            b'/' => 63,
+            _ => panic!("bad base64 byte {c}"),
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && c != b'\n').collect();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            n |= val(c) << (18 - 6 * i);
+        }
+        out.push((n >> 16) as u8);
+        if chunk.len() > 2 {
+            out.push((n >> 8) as u8);
+        }
+        if chunk.len() > 3 {
+            out.push(n as u8);
+        }
+    }
+    out
+}
+
+/// `target/` of this build (the test binary lives in `target/<profile>/deps/`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .find(|p| p.file_name().is_some_and(|n| n == "target"))
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| exe.parent().unwrap().to_path_buf())
+}
+
+/// The rendered request counter, as a number (the text, digits only).
+fn rendered_requests(b: &mut Browser) -> u64 {
+    let text = b.eval("(document.getElementById('requests') || {}).textContent || ''");
+    let digits: String = text
+        .as_str()
+        .unwrap_or("")
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    digits.parse().unwrap_or(0)
+}
+
+/// Acceptance 5 and 6: the dashboard in real headless Chromium while traffic flows.
+#[test]
+fn observability_dashboard_renders_live_in_chromium() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let inst = Instance::builder().root(root.path()).segments(12).start();
+        let addr = inst.addr();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let traffic = {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            thread::spawn(move || {
+                let mut c = client::Conn::connect(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(c.get("/small.txt").status, 200);
+                    assert_eq!(c.get("/mid.bin").status, 200);
+                    sent.fetch_add(2, Ordering::Relaxed);
+                    thread::sleep(Duration::from_millis(15));
+                }
+            })
+        };
+        let mut b = Browser::launch();
+        b.viewport(1280, 800, false);
+        b.call(
+            "Page.navigate",
+            serde_json::json!({"url": format!("http://{addr}/__shmproxy/")}),
+        );
+        harness::poll_until(
+            Duration::from_secs(20),
+            "the dashboard's first rendering",
+            || (rendered_requests(&mut b) > 0).then_some(()),
+        );
+        let first = rendered_requests(&mut b);
+        let sent_then = sent.load(Ordering::Relaxed);
+        thread::sleep(Duration::from_millis(2500));
+        let second = rendered_requests(&mut b);
+        assert!(
+            second > first,
+            "the rendered counter did not increase ({first} → {second}) while {} requests were sent",
+            sent.load(Ordering::Relaxed) - sent_then
+        );
+        // One cell per segment, states drawn from the JSON's pool.states.
+        let cells = b.eval("document.querySelectorAll('#pool-grid .cell').length");
+        assert_eq!(cells.as_u64(), Some(12), "pool grid cells");
+        assert_eq!(u(&inst.stats(), &["pool", "segments"]), 12);
+        let overflow = b.eval("document.documentElement.scrollWidth - window.innerWidth");
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "horizontal overflow at 1280×800: {overflow}"
+        );
+        for id in ["rate", "hit-ratio", "p50", "p99", "bytes-out"] {
+            let t = b.eval(&format!("document.getElementById('{id}').textContent"));
+            assert_ne!(t.as_str(), Some("–"), "#{id} not rendered");
+        }
+        assert_eq!(
+            b.eval("document.getElementById('cached-state').textContent.startsWith('up')"),
+            Value::Bool(true)
+        );
+        let shots = target_dir();
+        b.screenshot(&shots.join("dashboard-1280x800.png"));
+
+        // Agreement with the JSON, exactly: stop the traffic and the page's timer, render once
+        // more, then ask the endpoint, whose own request is the only one in between.
+        stop.store(true, Ordering::Relaxed);
+        traffic.join().unwrap();
+        b.eval("window.shmproxyDashboard.stop()");
+        b.eval("window.shmproxyDashboard.refresh().then(() => true)");
+        let rendered = rendered_requests(&mut b);
+        let data_value = b.eval("document.getElementById('requests').dataset.value");
+        assert_eq!(data_value.as_str(), Some(rendered.to_string().as_str()));
+        let json = inst.stats();
+        assert_eq!(
+            u(&json, &["proxy", "requests"]),
+            rendered + 1,
+            "rendered {rendered}, JSON {} (its own request included)",
+            u(&json, &["proxy", "requests"])
+        );
+        assert!(rendered >= sent.load(Ordering::Relaxed));
+
+        // Phone width: one column, nothing wider than the screen.
+        b.eval("window.shmproxyDashboard.start()");
+        b.viewport(390, 844, true);
+        thread::sleep(Duration::from_millis(1200));
+        let overflow = b.eval("document.documentElement.scrollWidth - window.innerWidth");
+        assert!(
+            overflow.as_i64().unwrap() <= 0,
+            "horizontal overflow at phone width: {overflow}"
+        );
+        b.screenshot(&shots.join("dashboard-phone.png"));
+    });
+}
