@@ -6,6 +6,7 @@
 //! Pure: bytes in, a [`Request`] or a status out. The proxy's workers call it; so do the fuzzers.
 
 use crate::protocol::BodyLen;
+use std::mem::MaybeUninit;
 
 /// Longest request line (method, target, version) before 414.
 pub const MAX_REQUEST_LINE: usize = 8192;
@@ -77,9 +78,17 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
     if line_end.unwrap_or(buf.len()) > MAX_REQUEST_LINE {
         return Parsed::Error(414, "request line too long");
     }
-    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-    let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
+    // Uninitialised header slots: no per-request memset of the whole array.
+    let mut stack = [const { MaybeUninit::<httparse::Header>::uninit() }; 128];
+    let mut heap;
+    let slots: &mut [MaybeUninit<httparse::Header>] = if limits.max_headers <= stack.len() {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap = vec![MaybeUninit::uninit(); limits.max_headers];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, slots) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limits.max_header_bytes {

@@ -54,12 +54,18 @@ pub enum Next {
 /// Per-thread buffers, reused across requests.
 pub struct Scratch {
     pub io: Vec<u8>,
+    /// Socket reads of request heads.
+    pub read: Vec<u8>,
+    /// Ready connections this thread took and has not served yet (see `give_back`).
+    pub deferred: Vec<u64>,
 }
 
 impl Scratch {
     pub fn new(segment_size: usize) -> Scratch {
         Scratch {
             io: vec![0u8; segment_size.clamp(16 << 10, 256 << 10)],
+            read: vec![0u8; 16 << 10],
+            deferred: Vec::with_capacity(16),
         }
     }
 }
@@ -94,13 +100,6 @@ impl Conn {
         self.reply.bytes += data.len() as u64;
         Counters::add(&w.counters().bytes_out, data.len() as u64);
         Ok(())
-    }
-
-    pub fn peer_is_loopback(&self) -> bool {
-        self.stream
-            .peer_addr()
-            .map(|a| a.ip().is_loopback())
-            .unwrap_or(false)
     }
 
     fn wait(&self, flags: PollFlags, timeout: Duration) -> io::Result<()> {
@@ -166,7 +165,6 @@ impl Conn {
 /// Serves every complete request buffered or readable now; parks when the socket has
 /// nothing more, closes on EOF, error or `Connection: close`.
 pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
-    let mut tmp = [0u8; 16 << 10];
     loop {
         if !conn.buf.is_empty() {
             match parse_head(&w.limits, &conn.buf) {
@@ -197,14 +195,14 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
                 }
             }
         }
-        match conn.stream.read(&mut tmp) {
+        match conn.stream.read(&mut scratch.read) {
             Ok(0) => return Next::Close,
             Ok(n) => {
                 Counters::add(&w.counters().bytes_in, n as u64);
                 if conn.head_started.is_none() {
                     conn.head_started = Some(Instant::now());
                 }
-                conn.buf.extend_from_slice(&tmp[..n]);
+                conn.buf.extend_from_slice(&scratch.read[..n]);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if conn.buf.is_empty() {
@@ -235,13 +233,25 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
     if w.shared.cfg.l1_capacity > 0 && super::l1::eligible(&req.method, &req.headers) {
         if let Some(entry) = w.l1_lookup(&req.target) {
             Counters::inc(&w.counters().l1_hits);
+            if entry.body.len() > 64 << 10 {
+                // Sending it may block on a slow client.
+                super::give_back(w, &mut scratch.deferred);
+            }
             return serve_l1(w, conn, req, &entry);
         }
         Counters::inc(&w.counters().l1_misses);
     }
+    // Everything below may block (on cached or on the client): let other threads serve the
+    // connections this one took events for.
+    super::give_back(w, &mut scratch.deferred);
     let kind = if req.method == "PURGE" {
-        if !conn.peer_is_loopback() {
-            send_simple(w, conn, 403, "PURGE is allowed from loopback only");
+        if !status::allowed(w, conn) {
+            send_simple(
+                w,
+                conn,
+                403,
+                "PURGE is allowed from the stats_allow addresses only",
+            );
             return req.body == ClientBody::None && req.keep_alive;
         }
         common::protocol::Kind::Purge

@@ -143,9 +143,13 @@ fn take(w: &Worker, token: u64) -> Option<Conn> {
     Some(conn)
 }
 
+/// Readiness events one exec thread takes at once. It serves them one after the other and
+/// gives the rest back (re-arms them for other threads) before anything that may block.
+const BATCH: usize = 16;
+
 fn exec_loop(w: &Worker) {
     let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
-    let mut events = [EpollEvent::empty(); 1];
+    let mut events = [EpollEvent::empty(); BATCH];
     while !w.exit.load(Ordering::Relaxed) {
         let n = match w.epoll.wait(&mut events, EpollTimeout::from(50u16)) {
             Ok(n) => n,
@@ -155,17 +159,41 @@ fn exec_loop(w: &Worker) {
                 return;
             }
         };
-        let Some(mut conn) = events[..n].first().and_then(|ev| take(w, ev.data())) else {
-            continue;
-        };
-        match conn::serve_ready(w, &mut conn, &mut scratch) {
-            Next::Park => w.park(conn),
-            Next::Close => w.close(conn),
+        scratch.deferred.clear();
+        scratch
+            .deferred
+            .extend(events[..n].iter().rev().map(|ev| ev.data()));
+        while let Some(token) = scratch.deferred.pop() {
+            let Some(mut conn) = take(w, token) else {
+                continue;
+            };
+            match conn::serve_ready(w, &mut conn, &mut scratch) {
+                Next::Park => w.park(conn),
+                Next::Close => w.close(conn),
+            }
+            // Only now: a draining worker must not see "nothing busy, nothing parked" while
+            // a connection is between the two.
+            w.busy.fetch_sub(1, Ordering::Relaxed);
+            Counters::dec(&w.counters().connections_busy);
         }
-        // Only now: a draining worker must not see "nothing busy, nothing parked" while a
-        // connection is between the two.
-        w.busy.fetch_sub(1, Ordering::Relaxed);
-        Counters::dec(&w.counters().connections_busy);
+    }
+}
+
+/// Re-arms the connections this thread took events for but has not served yet, so other
+/// threads serve them while this one may block (on cached, or on a slow client).
+pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
+    if deferred.is_empty() {
+        return;
+    }
+    let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+    for token in deferred.drain(..) {
+        if let Some(conn) = parked.get(&token) {
+            let mut ev = EpollEvent::new(
+                EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
+                token,
+            );
+            let _ = w.epoll.modify(conn.stream.as_fd(), &mut ev);
+        }
     }
 }
 

@@ -16,12 +16,15 @@ const DASHBOARD_CSS: &str = include_str!("../../../www/dashboard/dashboard.css")
 const DASHBOARD_JS: &str = include_str!("../../../www/dashboard/dashboard.js");
 
 /// Answers a GET or HEAD for `/__shmproxy/…`; returns whether the connection may continue.
-pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
-    let allowed = conn
-        .stream
+/// Is the client in `stats_allow` (the endpoints here and PURGE)?
+pub fn allowed(w: &Worker, conn: &Conn) -> bool {
+    conn.stream
         .peer_addr()
-        .is_ok_and(|a| w.shared.cfg.stats_allow.iter().any(|n| n.contains(a.ip())));
-    if !allowed {
+        .is_ok_and(|a| w.shared.cfg.stats_allow.iter().any(|n| n.contains(a.ip())))
+}
+
+pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
+    if !allowed(w, conn) {
         return answer(
             w,
             conn,
