@@ -36,6 +36,7 @@ use crate::process::ProcId;
 use crate::sem::SharedSem;
 use crate::shm::{RegionHeader, ShmError, ShmRegion, ShmSafe};
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -720,11 +721,12 @@ impl io::Write for Lease<'_> {
     }
 }
 
-impl io::Read for Lease<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl Lease<'_> {
+    /// Makes sure a chunk with unread bytes is current; `false` at the end of the stream.
+    fn next_rx(&mut self) -> io::Result<bool> {
         while self.rx_off == self.rx_len {
             if self.rx_done {
-                return Ok(0);
+                return Ok(false);
             }
             self.wait(self.sems().1)?;
             let slot = (self.rx_slot % self.pool.slots) as usize;
@@ -743,19 +745,62 @@ impl io::Read for Lease<'_> {
                 self.release_rx_slot();
             }
         }
+        Ok(true)
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.rx_off += n;
+        if self.rx_off == self.rx_len {
+            self.release_rx_slot();
+        }
+    }
+
+    /// Sends the peer's bytes straight from the segment to a non-blocking socket (no copy
+    /// through our memory): what the socket took, `Ok(0)` at the end of the stream, or
+    /// `WouldBlock` when the socket is full (wait for POLLOUT and call again).
+    pub fn send_to(&mut self, sock: BorrowedFd<'_>) -> io::Result<usize> {
+        if !self.next_rx()? {
+            return Ok(0);
+        }
+        let len = self.rx_len - self.rx_off;
+        let src = self
+            .pool
+            .slot_ptr(self.index, self.rx_slot)
+            .wrapping_add(self.rx_off);
+        // SAFETY: `src..src+len` lies inside the current slot (rx_off ≤ rx_len ≤ slot_size,
+        // validated in `next_rx`), which the peer handed to us and will not touch until we
+        // post `free`; the kernel only reads it. `sock` is a live descriptor for the call.
+        let n = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                src.cast(),
+                len,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        self.consumed(n as usize);
+        Ok(n as usize)
+    }
+}
+
+impl io::Read for Lease<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.next_rx()? {
+            return Ok(0);
+        }
         let n = buf.len().min(self.rx_len - self.rx_off);
         let src = self
             .pool
             .slot_ptr(self.index, self.rx_slot)
             .wrapping_add(self.rx_off);
         // SAFETY: `src..src+n` lies inside the current slot (rx_off + n ≤ rx_len ≤ slot_size,
-        // validated above); the peer posted this slot to us and will not touch it until we
-        // post `free`; `buf` is our own memory.
+        // validated in `next_rx`); the peer posted this slot to us and will not touch it
+        // until we post `free`; `buf` is our own memory.
         unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n) };
-        self.rx_off += n;
-        if self.rx_off == self.rx_len {
-            self.release_rx_slot();
-        }
+        self.consumed(n);
         Ok(n)
     }
 }
@@ -861,6 +906,47 @@ mod tests {
         }
         assert_eq!(pool.occupancy().free, 1);
         assert_eq!(pool.free_count(), 1);
+    }
+
+    #[test]
+    fn send_to_moves_the_stream_from_the_segment_to_a_socket() {
+        let n = names("sendto");
+        let pool = Pool::create(&n, 1, 4096, 2).unwrap();
+        let view = Pool::open(&n).unwrap();
+        let body = pattern(100_000);
+        let mut lease = pool.acquire(Duration::from_secs(1), 1).unwrap();
+        lease.finish().unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let (index, generation) = (lease.index(), lease.generation());
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let mut c = view.join(index, generation, 1).unwrap();
+                c.read_to_end(&mut Vec::new()).unwrap();
+                c.write_all(&body).unwrap();
+                c.finish().unwrap();
+                c.complete();
+            });
+            let reader = sc.spawn(move || {
+                let mut got = Vec::new();
+                b.read_to_end(&mut got).unwrap();
+                got
+            });
+            use std::os::fd::AsFd;
+            loop {
+                match lease.send_to(a.as_fd()) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            lease.complete();
+            drop(a);
+            assert!(reader.join().unwrap() == body);
+        });
     }
 
     #[test]

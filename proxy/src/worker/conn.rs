@@ -94,6 +94,17 @@ impl Conn {
         w.counters().status(status);
     }
 
+    /// Counts `n` body bytes sent to the client by other means than [`Conn::send`].
+    pub fn account(&mut self, w: &Worker, n: usize) {
+        self.reply.bytes += n as u64;
+        Counters::add(&w.counters().bytes_out, n as u64);
+    }
+
+    /// Waits until the client's socket takes more bytes (bounded).
+    pub fn wait_writable(&self, timeout: Duration) -> io::Result<()> {
+        self.wait(PollFlags::POLLOUT, timeout)
+    }
+
     /// Writes `data` to the client, counting it.
     pub fn send(&mut self, w: &Worker, data: &[u8]) -> io::Result<()> {
         self.write_all_timeout(data, w.shared.cfg.send_timeout)?;

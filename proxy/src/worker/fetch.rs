@@ -15,6 +15,7 @@ use common::request::{ClientBody, Request};
 use common::stats::{Counters, StatsRegion};
 use common::Names;
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -303,7 +304,24 @@ fn stream_body(
     mut collect: Option<&mut Vec<u8>>,
 ) -> io::Result<()> {
     let mut total = 0u64;
+    // Once the head is out, a plain body goes from the segment to the socket directly.
+    let direct = !chunked && collect.is_none() && !head_request;
     loop {
+        if direct && out.is_empty() {
+            match lease.send_to(conn.stream.as_fd()) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n as u64;
+                    conn.account(w, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.wait_writable(w.shared.cfg.send_timeout)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
         let n = lease.read(&mut scratch.io)?;
         if n == 0 {
             break;
