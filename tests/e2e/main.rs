@@ -1,1 +1,21 @@
+//! End-to-end tests of shmproxy: they start the real `proxy` and `cached` binaries (build them
+//! first: `cargo build --workspace --bins`), each test with its own instance name, free port,
+//! temp document root or in-process origin, and a watchdog deadline.
+//!
+//! Layout: `harness` (instances, watchdog), `client` (blocking HTTP/1.1 client), `origin`
+//! (scriptable origin server); one file per acceptance area of the pipeline issue.
 
+mod client;
+mod harness;
+mod origin;
+
+mod badinput;
+mod bodies;
+mod caching;
+mod http;
+mod idle;
+mod lifecycle;
+mod mq_limits;
+mod observability;
+mod reload;
+mod stress_short;

@@ -1,0 +1,112 @@
+//! Idle keep-alive connections do not hold threads: 2,000 idle connections stay open to a proxy
+//! with only 2 × 4 request threads while another client's requests are answered promptly.
+
+use crate::client::{request_bytes, Conn};
+use crate::harness::{raise_nofile_limit, with_deadline, write_file, Instance};
+use std::net::TcpStream;
+use std::thread;
+use std::time::{Duration, Instant};
+
+const IDLE: usize = 2000;
+/// Of which this many were used for one request first, then left idle.
+const USED_THEN_IDLE: usize = 200;
+/// "Promptly": the bound this test holds every request of the second client to.
+const PROMPT: Duration = Duration::from_secs(1);
+
+fn connect_retry(addr: std::net::SocketAddr) -> TcpStream {
+    let mut last = None;
+    for _ in 0..50 {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Ok(s) => return s,
+            Err(e) => {
+                last = Some(e);
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    panic!("connect {addr}: {last:?}");
+}
+
+#[test]
+fn idle_connections_do_not_block_other_clients() {
+    with_deadline(Duration::from_secs(180), || {
+        let limit = raise_nofile_limit();
+        assert!(
+            limit > (IDLE + 200) as u64,
+            "RLIMIT_NOFILE {limit} too low for {IDLE} connections"
+        );
+        let root = tempfile::tempdir().unwrap();
+        write_file(root.path(), "hello.txt", b"hello, world\n");
+        let inst = Instance::builder()
+            .root(root.path())
+            .workers(2)
+            .threads(4)
+            .start();
+        let addr = inst.addr();
+
+        let mut used = Vec::with_capacity(USED_THEN_IDLE);
+        for i in 0..USED_THEN_IDLE {
+            let mut c = Conn::connect(addr);
+            let r = c.get("/hello.txt");
+            assert_eq!(r.status, 200, "warm-up request {i}");
+            used.push(c);
+        }
+        let mut silent = Vec::with_capacity(IDLE - USED_THEN_IDLE);
+        for _ in USED_THEN_IDLE..IDLE {
+            silent.push(connect_retry(addr));
+        }
+        // Let the master hand them all to workers.
+        thread::sleep(Duration::from_millis(500));
+
+        // Fresh connections.
+        for i in 0..25 {
+            let t0 = Instant::now();
+            let r = inst.get("/hello.txt");
+            let took = t0.elapsed();
+            assert_eq!(r.status, 200, "request {i} on a new connection");
+            assert_eq!(r.body, b"hello, world\n");
+            assert!(
+                took < PROMPT,
+                "request {i} on a new connection took {took:?} with {IDLE} idle connections open"
+            );
+        }
+        // One keep-alive connection.
+        let mut c = Conn::connect(addr);
+        for i in 0..25 {
+            let t0 = Instant::now();
+            let r = c.get("/hello.txt");
+            let took = t0.elapsed();
+            assert_eq!(r.status, 200, "keep-alive request {i}");
+            assert!(
+                took < PROMPT,
+                "keep-alive request {i} took {took:?} with {IDLE} idle connections open"
+            );
+        }
+
+        // The idle connections were really open and are still served.
+        for i in (0..USED_THEN_IDLE).step_by(20) {
+            let r = used[i].get("/hello.txt");
+            assert_eq!(r.status, 200, "second request on used connection {i}");
+        }
+        for i in (0..silent.len()).step_by(180) {
+            let mut conn = silent[i].try_clone().unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            std::io::Write::write_all(
+                &mut conn,
+                &request_bytes("GET", "/hello.txt", &[("Connection", "close")], b""),
+            )
+            .unwrap();
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut conn, &mut text)
+                .unwrap_or_else(|e| panic!("silent connection {i}: {e}"));
+            assert!(
+                text.starts_with(b"HTTP/1.1 200") && text.ends_with(b"hello, world\n"),
+                "silent connection {i} answered {:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        drop(silent);
+        drop(used);
+    });
+}
