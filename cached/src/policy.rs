@@ -111,13 +111,16 @@ pub struct Storable {
 }
 
 /// May a shared cache store this response to this request (RFC 9111 §3), and how fresh is
-/// it (§4.2.1, heuristics per §4.2.2)? `None` means: do not store.
+/// it (§4.2.1, heuristics per §4.2.2)? `None` means: do not store. `heuristic_floor` is the
+/// operator's least heuristic lifetime (0: only 10 % of the time since `Last-Modified`); it
+/// applies only where a heuristic is allowed, never to answers without freshness or validator.
 pub fn storable(
     method: &str,
     req: &[(String, Vec<u8>)],
     status: u16,
     resp: &[(String, Vec<u8>)],
     now: SystemTime,
+    heuristic_floor: Duration,
 ) -> Option<Storable> {
     if method != "GET" || !understood(status) {
         return None;
@@ -160,8 +163,10 @@ pub fn storable(
                 .and_then(|d| parse_http_date(&d))
                 .unwrap_or(now);
             match lm.and_then(|lm| date.duration_since(lm).ok()) {
-                Some(d) => (d / 10).min(Duration::from_secs(86_400)),
-                None if has_validator || cc.has("public") => Duration::ZERO,
+                Some(d) => (d / 10)
+                    .min(Duration::from_secs(86_400))
+                    .max(heuristic_floor),
+                None if has_validator || cc.has("public") => heuristic_floor,
                 None => return None,
             }
         }
@@ -444,6 +449,17 @@ mod tests {
             .collect()
     }
 
+    /// `storable` without a heuristic floor.
+    fn st(
+        method: &str,
+        req: &[(String, Vec<u8>)],
+        status: u16,
+        resp: &[(String, Vec<u8>)],
+        t: SystemTime,
+    ) -> Option<Storable> {
+        storable(method, req, status, resp, t, Duration::ZERO)
+    }
+
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
     }
@@ -451,9 +467,9 @@ mod tests {
     #[test]
     fn storage_rules() {
         let t = now();
-        assert!(storable("GET", &[], 200, &h(&[("cache-control", "max-age=60")]), t).is_some());
-        assert!(storable("POST", &[], 200, &h(&[("cache-control", "max-age=60")]), t).is_none());
-        assert!(storable(
+        assert!(st("GET", &[], 200, &h(&[("cache-control", "max-age=60")]), t).is_some());
+        assert!(st("POST", &[], 200, &h(&[("cache-control", "max-age=60")]), t).is_none());
+        assert!(st(
             "GET",
             &[],
             200,
@@ -461,7 +477,7 @@ mod tests {
             t
         )
         .is_none());
-        assert!(storable(
+        assert!(st(
             "GET",
             &[],
             200,
@@ -469,7 +485,7 @@ mod tests {
             t
         )
         .is_none());
-        assert!(storable(
+        assert!(st(
             "GET",
             &[],
             200,
@@ -477,7 +493,7 @@ mod tests {
             t
         )
         .is_none());
-        assert!(storable(
+        assert!(st(
             "GET",
             &h(&[("authorization", "x")]),
             200,
@@ -485,7 +501,7 @@ mod tests {
             t
         )
         .is_none());
-        assert!(storable(
+        assert!(st(
             "GET",
             &h(&[("authorization", "x")]),
             200,
@@ -493,7 +509,7 @@ mod tests {
             t
         )
         .is_some());
-        assert!(storable(
+        assert!(st(
             "GET",
             &h(&[("authorization", "x")]),
             200,
@@ -502,17 +518,17 @@ mod tests {
         )
         .is_some());
         // No freshness, no validator: not stored. A validator alone: stored, always stale.
-        assert!(storable("GET", &[], 200, &[], t).is_none());
+        assert!(st("GET", &[], 200, &[], t).is_none());
         assert_eq!(
-            storable("GET", &[], 200, &h(&[("etag", "\"a\"")]), t)
+            st("GET", &[], 200, &h(&[("etag", "\"a\"")]), t)
                 .unwrap()
                 .lifetime,
             Duration::ZERO
         );
         // 206 is not stored; an unknown status is not stored.
-        assert!(storable("GET", &[], 206, &h(&[("cache-control", "max-age=60")]), t).is_none());
-        assert!(storable("GET", &[], 299, &h(&[("cache-control", "max-age=60")]), t).is_none());
-        assert!(storable(
+        assert!(st("GET", &[], 206, &h(&[("cache-control", "max-age=60")]), t).is_none());
+        assert!(st("GET", &[], 299, &h(&[("cache-control", "max-age=60")]), t).is_none());
+        assert!(st(
             "GET",
             &h(&[("cache-control", "no-store")]),
             200,
@@ -525,8 +541,7 @@ mod tests {
     #[test]
     fn freshness_precedence_and_heuristics() {
         let t = now();
-        let life =
-            |r: &[(&str, &str)]| storable("GET", &[], 200, &h(r), t).map(|s| s.lifetime.as_secs());
+        let life = |r: &[(&str, &str)]| st("GET", &[], 200, &h(r), t).map(|s| s.lifetime.as_secs());
         assert_eq!(
             life(&[("cache-control", "max-age=10, s-maxage=20")]),
             Some(20)
@@ -546,13 +561,43 @@ mod tests {
         let lm = http_date(t - Duration::from_secs(1000));
         assert_eq!(life(&[("last-modified", &lm), ("date", &date)]), Some(100));
         // Heuristics only for heuristically cacheable statuses.
-        assert!(storable("GET", &[], 302, &h(&[("last-modified", &lm)]), t).is_none());
+        assert!(st("GET", &[], 302, &h(&[("last-modified", &lm)]), t).is_none());
         assert_eq!(
-            storable("GET", &[], 302, &h(&[("cache-control", "max-age=5")]), t)
+            st("GET", &[], 302, &h(&[("cache-control", "max-age=5")]), t)
                 .unwrap()
                 .lifetime
                 .as_secs(),
             5
+        );
+    }
+
+    #[test]
+    fn the_heuristic_floor_applies_only_where_heuristics_may() {
+        let t = now();
+        let floor = Duration::from_secs(600);
+        let lm = http_date(t - Duration::from_secs(10));
+        let life = |status, r: &[(&str, &str)]| {
+            storable("GET", &[], status, &h(r), t, floor).map(|s| s.lifetime.as_secs())
+        };
+        assert_eq!(
+            life(200, &[("last-modified", &lm), ("date", &http_date(t))]),
+            Some(600)
+        );
+        assert_eq!(life(200, &[("etag", "\"e\"")]), Some(600));
+        assert_eq!(
+            life(200, &[]),
+            None,
+            "no validator, no freshness: never stored"
+        );
+        assert_eq!(
+            life(302, &[("last-modified", &lm)]),
+            None,
+            "not heuristically cacheable"
+        );
+        assert_eq!(
+            life(200, &[("cache-control", "max-age=5")]),
+            Some(5),
+            "explicit freshness wins"
         );
     }
 

@@ -140,6 +140,7 @@ struct CachedFile {
     queue_capacity: Option<u64>,
     revalidate_ms: Option<u64>,
     max_waiters: Option<u64>,
+    heuristic_ttl_ms: Option<u64>,
 }
 
 /// The proxy's settings (master and workers).
@@ -216,6 +217,10 @@ pub struct CachedConfig {
     pub revalidate: Duration,
     /// Most requests waiting on one fill in progress (more fetch on their own).
     pub max_waiters: usize,
+    /// Least heuristic freshness lifetime, for answers that may get one (RFC 9111 §4.2.2:
+    /// heuristically cacheable status or `public`, with a validator) and carry no explicit
+    /// lifetime. 0: 10 % of the time since `Last-Modified` only.
+    pub heuristic_floor: Duration,
 }
 
 /// A parsed origin URL (plain HTTP).
@@ -530,6 +535,14 @@ impl CachedConfig {
             revalidate: ms(&src, "cached.revalidate_ms", c.revalidate_ms, 1000)?,
             max_waiters: ranged(&src, "cached.max_waiters", c.max_waiters, 1024, 0, 1 << 20)?
                 as usize,
+            heuristic_floor: Duration::from_millis(ranged(
+                &src,
+                "cached.heuristic_ttl_ms",
+                c.heuristic_ttl_ms,
+                0,
+                0,
+                31_536_000_000,
+            )?),
         })
     }
 }

@@ -336,8 +336,15 @@ fn relay(
     let storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body {
         None
     } else {
-        policy::storable(&req.method, &req.headers, status, &headers, response_time)
-            .filter(|_| declared.is_none_or(|n| n <= limit))
+        policy::storable(
+            &req.method,
+            &req.headers,
+            status,
+            &headers,
+            response_time,
+            ctx.cfg.heuristic_floor,
+        )
+        .filter(|_| declared.is_none_or(|n| n <= limit))
     };
     if storable.is_none() {
         // Not shareable: followers fetch on their own, and we buffer nothing for them.
@@ -548,7 +555,14 @@ fn revalidate(
     let mut headers = obj.headers.clone();
     policy::update_from_304(&mut headers, &fresh);
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
-    let Some(s) = policy::storable("GET", &req.headers, obj.status, &headers, response_time) else {
+    let Some(s) = policy::storable(
+        "GET",
+        &req.headers,
+        obj.status,
+        &headers,
+        response_time,
+        ctx.cfg.heuristic_floor,
+    ) else {
         ctx.cache.remove_all(primary);
         let once = Stored {
             headers,

@@ -151,7 +151,7 @@ fn exec_loop(w: &Worker) {
     let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
     let mut events = [EpollEvent::empty(); BATCH];
     while !w.exit.load(Ordering::Relaxed) {
-        let n = match w.epoll.wait(&mut events, EpollTimeout::from(50u16)) {
+        let n = match w.epoll.wait(&mut events, EpollTimeout::from(200u16)) {
             Ok(n) => n,
             Err(nix::Error::EINTR) => continue,
             Err(e) => {
