@@ -1,7 +1,6 @@
 //! Command line of `cached`: every flag is also a key of `[cached]` in the config file.
 
-use common::config::{CachedConfig, ConfigError};
-use std::path::PathBuf;
+use common::config::{parse_command_line, CachedConfig, ConfigError};
 
 const HELP: &str = "\
 cached — the cache daemon of shmproxy: owns the LRU, serves a document root or an origin.
@@ -19,33 +18,20 @@ Options (each is also a key in the config file; flags win):
   -h, --help              this text
 ";
 
+/// Flags and the config keys they set.
+const KEYS: &[(&str, &str)] = &[
+    ("instance", "instance"),
+    ("root", "cached.root"),
+    ("origin", "cached.origin"),
+    ("threads", "cached.threads"),
+    ("capacity", "cached.capacity"),
+    ("max-object-size", "cached.max_object_size"),
+];
+
 /// `Ok(None)` when help was printed.
 pub fn parse() -> Result<Option<CachedConfig>, ConfigError> {
-    use lexopt::prelude::*;
-    let mut parser = lexopt::Parser::from_env();
-    let mut file: Option<PathBuf> = None;
-    let mut flags = Vec::new();
-    let bad = |e: lexopt::Error| ConfigError(format!("command line: {e}"));
-    while let Some(arg) = parser.next().map_err(bad)? {
-        let key = match arg {
-            Short('h') | Long("help") => {
-                print!("{HELP}");
-                return Ok(None);
-            }
-            Long("config") => {
-                file = Some(parser.value().map_err(bad)?.into());
-                continue;
-            }
-            Long("instance") => "instance",
-            Long("root") => "cached.root",
-            Long("origin") => "cached.origin",
-            Long("threads") => "cached.threads",
-            Long("capacity") => "cached.capacity",
-            Long("max-object-size") => "cached.max_object_size",
-            other => return Err(bad(other.unexpected())),
-        };
-        let value = parser.value().map_err(bad)?.string().map_err(bad)?;
-        flags.push((key.to_string(), value));
-    }
-    CachedConfig::load(file.as_deref(), &flags).map(Some)
+    let Some(cl) = parse_command_line(HELP, KEYS, &[])? else {
+        return Ok(None);
+    };
+    CachedConfig::load(cl.file.as_deref(), &cl.flags).map(Some)
 }

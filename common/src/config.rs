@@ -547,6 +547,55 @@ impl CachedConfig {
     }
 }
 
+/// A daemon's command line: `--config FILE`, flags that set config keys, and switches.
+#[derive(Clone, Debug, Default)]
+pub struct CommandLine {
+    pub file: Option<PathBuf>,
+    /// `(config key, value)` in the order given.
+    pub flags: Vec<(String, String)>,
+    /// The switches (flags without a value) that were given.
+    pub switches: Vec<&'static str>,
+}
+
+/// Parses the process's arguments: `keys` maps each `--flag` to its config key, `switches`
+/// lists the value-less flags. `Ok(None)` when `--help` printed `help`.
+pub fn parse_command_line(
+    help: &str,
+    keys: &[(&str, &str)],
+    switches: &[&'static str],
+) -> Result<Option<CommandLine>, ConfigError> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut cl = CommandLine::default();
+    let bad = |e: lexopt::Error| ConfigError(format!("command line: {e}"));
+    while let Some(arg) = parser.next().map_err(bad)? {
+        let name = match arg {
+            Short('h') | Long("help") => {
+                print!("{help}");
+                return Ok(None);
+            }
+            Long("config") => {
+                cl.file = Some(parser.value().map_err(bad)?.into());
+                continue;
+            }
+            Long(name) => name.to_string(),
+            other => return Err(bad(other.unexpected())),
+        };
+        if let Some(s) = switches.iter().find(|s| **s == name) {
+            cl.switches.push(s);
+            continue;
+        }
+        let Some((_, key)) = keys.iter().find(|(flag, _)| *flag == name) else {
+            return Err(ConfigError(format!(
+                "command line: unknown option --{name} (see --help)"
+            )));
+        };
+        let value = parser.value().map_err(bad)?.string().map_err(bad)?;
+        cl.flags.push((key.to_string(), value));
+    }
+    Ok(Some(cl))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,26 +131,29 @@ impl ShmRegion {
             name: name.to_string(),
             err,
         })?;
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw(&file)
-            .map_err(|err| ShmError::Os {
-                name: name.to_string(),
-                err,
-            })?;
-        let region = ShmRegion {
-            map,
-            name: name.to_string(),
-            owner: true,
-        };
+        let region = Self::map(name, &file, len, true)?;
         let me = ProcId::current();
         let h = region.header();
         h.version.store(version, Ordering::Relaxed);
         h.owner_pid.store(me.pid, Ordering::Relaxed);
         h.owner_start.store(me.start, Ordering::Relaxed);
         h.len.store(len as u64, Ordering::Relaxed);
-        let _ = magic;
         Ok(region)
+    }
+
+    fn map(name: &str, file: &File, len: usize, owner: bool) -> Result<ShmRegion, ShmError> {
+        let map = MmapOptions::new()
+            .len(len)
+            .map_raw(file)
+            .map_err(|err| ShmError::Os {
+                name: name.to_string(),
+                err,
+            })?;
+        Ok(ShmRegion {
+            map,
+            name: name.to_string(),
+            owner,
+        })
     }
 
     /// Makes the region visible to openers: stores `magic` with Release.
@@ -187,18 +190,7 @@ impl ShmRegion {
         if len < size_of::<RegionHeader>() {
             return Err(invalid(format!("too short ({len} bytes)")));
         }
-        let map = MmapOptions::new()
-            .len(len)
-            .map_raw(&file)
-            .map_err(|err| ShmError::Os {
-                name: name.to_string(),
-                err,
-            })?;
-        let region = ShmRegion {
-            map,
-            name: name.to_string(),
-            owner: false,
-        };
+        let region = Self::map(name, &file, len, false)?;
         let h = region.header();
         // ORDERING: Acquire pairs with the Release store in `publish`.
         let found = h.magic.load(Ordering::Acquire);

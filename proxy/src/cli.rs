@@ -1,6 +1,6 @@
 //! Command line of `proxy`: every flag is also a key of `[proxy]` in the config file.
 
-use common::config::{ConfigError, ProxyConfig};
+use common::config::{parse_command_line, ConfigError, ProxyConfig};
 use std::path::PathBuf;
 
 const HELP: &str = "\
@@ -28,6 +28,18 @@ Signals: SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration and r
 the workers without closing the listener; SIGUSR1 reopens the access log.
 ";
 
+/// Flags and the config keys they set.
+const KEYS: &[(&str, &str)] = &[
+    ("instance", "instance"),
+    ("listen", "proxy.listen"),
+    ("workers", "proxy.workers"),
+    ("threads", "proxy.threads"),
+    ("segments", "proxy.segments"),
+    ("segment-size", "proxy.segment_size"),
+    ("access-log", "proxy.access_log"),
+    ("stats-allow", "proxy.stats_allow"),
+];
+
 /// Where the configuration came from, so SIGHUP can read it again.
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -45,43 +57,13 @@ impl Source {
 
 /// `Ok(None)` when help was printed.
 pub fn parse() -> Result<Option<(ProxyConfig, Source)>, ConfigError> {
-    use lexopt::prelude::*;
-    let mut parser = lexopt::Parser::from_env();
-    let mut file: Option<PathBuf> = None;
-    let mut flags = Vec::new();
-    let mut upgrade = false;
-    let bad = |e: lexopt::Error| ConfigError(format!("command line: {e}"));
-    while let Some(arg) = parser.next().map_err(bad)? {
-        let key = match arg {
-            Short('h') | Long("help") => {
-                print!("{HELP}");
-                return Ok(None);
-            }
-            Long("config") => {
-                file = Some(parser.value().map_err(bad)?.into());
-                continue;
-            }
-            Long("upgrade") => {
-                upgrade = true;
-                continue;
-            }
-            Long("instance") => "instance",
-            Long("listen") => "proxy.listen",
-            Long("workers") => "proxy.workers",
-            Long("threads") => "proxy.threads",
-            Long("segments") => "proxy.segments",
-            Long("segment-size") => "proxy.segment_size",
-            Long("access-log") => "proxy.access_log",
-            Long("stats-allow") => "proxy.stats_allow",
-            other => return Err(bad(other.unexpected())),
-        };
-        let value = parser.value().map_err(bad)?.string().map_err(bad)?;
-        flags.push((key.to_string(), value));
-    }
+    let Some(cl) = parse_command_line(HELP, KEYS, &["upgrade"])? else {
+        return Ok(None);
+    };
     let source = Source {
-        file,
-        flags,
-        upgrade,
+        upgrade: cl.switches.contains(&"upgrade"),
+        file: cl.file,
+        flags: cl.flags,
     };
     Ok(Some((source.load()?, source)))
 }
