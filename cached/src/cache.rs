@@ -277,7 +277,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect(),
-            body: body.to_vec(),
+            body: Arc::new(body.to_vec()),
             validity: Validity::Http {
                 lifetime: Duration::from_secs(60),
                 must_revalidate: false,
@@ -301,8 +301,14 @@ mod tests {
         let fr = req(&[("accept-language", "fr")]);
         c.insert("/a", &en, obj(&[("vary", "Accept-Language")], b"hello"));
         c.insert("/a", &fr, obj(&[("vary", "Accept-Language")], b"bonjour"));
-        assert_eq!(c.get(&c.full_key("/a", &en)).unwrap().body, b"hello");
-        assert_eq!(c.get(&c.full_key("/a", &fr)).unwrap().body, b"bonjour");
+        assert_eq!(
+            c.get(&c.full_key("/a", &en)).unwrap().body.as_slice(),
+            b"hello"
+        );
+        assert_eq!(
+            c.get(&c.full_key("/a", &fr)).unwrap().body.as_slice(),
+            b"bonjour"
+        );
         assert!(c
             .get(&c.full_key("/a", &req(&[("accept-language", "de")])))
             .is_none());

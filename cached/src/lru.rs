@@ -24,7 +24,8 @@ pub struct Stored {
     pub status: u16,
     /// End-to-end headers, without framing (`Content-Length`/`Transfer-Encoding`).
     pub headers: Vec<(String, Vec<u8>)>,
-    pub body: Vec<u8>,
+    /// Shared, so a refresh after a 304 keeps the bytes without copying them.
+    pub body: Arc<Vec<u8>>,
     pub validity: Validity,
     /// When the answer was received (RFC 9111 `response_time`).
     pub response_time: SystemTime,
@@ -142,7 +143,7 @@ mod tests {
         Arc::new(Stored {
             status: 200,
             headers: vec![],
-            body: vec![0; n],
+            body: Arc::new(vec![0; n]),
             validity: Validity::Http {
                 lifetime: Duration::ZERO,
                 must_revalidate: false,

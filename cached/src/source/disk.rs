@@ -168,7 +168,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         let obj = Arc::new(Stored {
             status: 200,
             headers,
-            body,
+            body: Arc::new(body),
             validity: valid,
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,

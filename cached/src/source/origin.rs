@@ -434,7 +434,7 @@ fn relay(
         let obj = Stored {
             status,
             headers,
-            body,
+            body: Arc::new(body),
             validity: Validity::Http {
                 lifetime: s.lifetime,
                 must_revalidate: s.must_revalidate,
@@ -566,7 +566,7 @@ fn revalidate(
         ctx.cache.remove_all(primary);
         let once = Stored {
             headers,
-            body: obj.body.clone(),
+            body: Arc::clone(&obj.body),
             response_time,
             initial_age: Duration::ZERO,
             ..clone_meta(obj)
@@ -577,7 +577,7 @@ fn revalidate(
         status: obj.status,
         initial_age: policy::initial_age(&fresh, request_time, response_time),
         headers,
-        body: obj.body.clone(),
+        body: Arc::clone(&obj.body),
         validity: Validity::Http {
             lifetime: s.lifetime,
             must_revalidate: s.must_revalidate,
@@ -593,7 +593,7 @@ fn clone_meta(obj: &Stored) -> Stored {
     Stored {
         status: obj.status,
         headers: Vec::new(),
-        body: Vec::new(),
+        body: Arc::default(),
         validity: obj.validity.clone(),
         response_time: obj.response_time,
         initial_age: obj.initial_age,

@@ -142,6 +142,33 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes `head` then `body` with as few system calls as the socket allows (`writev`),
+    /// counting them; bounded like [`Conn::write_all_timeout`].
+    pub fn send2(&mut self, w: &Worker, head: &[u8], body: &[u8]) -> io::Result<()> {
+        let timeout = w.shared.cfg.send_timeout;
+        let total = head.len() + body.len();
+        let mut done = 0;
+        while done < total {
+            let written = if done < head.len() {
+                let parts = [io::IoSlice::new(&head[done..]), io::IoSlice::new(body)];
+                self.stream.write_vectored(&parts)
+            } else {
+                self.stream.write(&body[done - head.len()..])
+            };
+            match written {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait(PollFlags::POLLOUT, timeout)?
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.account(w, total);
+        Ok(())
+    }
+
     /// Reads some bytes (buffered ones first), waiting at most `timeout`. `Ok(0)` = EOF.
     /// Bytes taken from the socket (not from `buf`, counted when they were read) count as
     /// `bytes_in`.
@@ -275,7 +302,7 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
 /// Answers from the worker's L1: no segment, no cached.
 fn serve_l1(w: &Worker, conn: &mut Conn, req: &Request, e: &super::l1::Entry) -> bool {
     use std::io::Write as _;
-    let mut out = Vec::with_capacity(e.fixed_headers.len() + 256 + e.body.len().min(16 << 10));
+    let mut out = Vec::with_capacity(e.fixed_headers.len() + 256);
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\n",
@@ -301,13 +328,7 @@ fn serve_l1(w: &Worker, conn: &mut Conn, req: &Request, e: &super::l1::Entry) ->
     } else {
         &e.body[..]
     };
-    let sent = if body.len() <= 16 << 10 {
-        out.extend_from_slice(body);
-        conn.send(w, &out)
-    } else {
-        conn.send(w, &out).and_then(|()| conn.send(w, body))
-    };
-    sent.is_ok() && req.keep_alive
+    conn.send2(w, &out, body).is_ok() && req.keep_alive
 }
 
 /// Writes a complete small answer produced by the proxy itself (errors, 408, 503, ...).
