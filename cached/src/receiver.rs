@@ -111,36 +111,77 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
         cfg,
     });
     let queue = Arc::new(queue);
-    let threads: Vec<_> = (0..ctx.cfg.threads)
+    // Two threads wait on the queue and hand each doorbell to an idle worker thread: a
+    // doorbell wakes one worker, not every thread of the pool polling the queue.
+    let (tx, rx) = crossbeam_channel::bounded::<Doorbell>(ctx.cfg.threads as usize);
+    let workers: Vec<_> = (0..ctx.cfg.threads)
         .map(|i| {
-            let (ctx, queue, shutdown) = (ctx.clone(), queue.clone(), shutdown.clone());
+            let (ctx, rx) = (ctx.clone(), rx.clone());
             std::thread::Builder::new()
-                .name(format!("cd-recv{i}"))
-                .spawn(move || receive_loop(&ctx, &queue, &shutdown))
+                .name(format!("cd-work{i}"))
+                .spawn(move || {
+                    while let Ok(bell) = rx.recv() {
+                        handle(&ctx, bell);
+                    }
+                })
         })
         .collect::<Result<_, _>>()?;
-    for t in threads {
+    drop(rx);
+    // A second receiver covers for the first while the scheduler keeps it off a CPU.
+    let second = {
+        let (ctx, queue, shutdown, tx) = (ctx.clone(), queue.clone(), shutdown.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name("cd-recv1".into())
+            .spawn(move || receive_loop(&ctx, &queue, &shutdown, &tx))?
+    };
+    receive_loop(&ctx, &queue, &shutdown, &tx);
+    let _ = second.join();
+    drop(tx); // workers finish their transfers, then see the channel close
+    for t in workers {
         let _ = t.join();
     }
     log::info!("stopped");
     Ok(())
 }
 
-fn receive_loop(ctx: &Ctx, queue: &Doorbells, shutdown: &AtomicBool) {
+/// Takes doorbells off the queue until SIGTERM/SIGINT, then drains what is queued (bounded).
+fn receive_loop(
+    ctx: &Ctx,
+    queue: &Doorbells,
+    shutdown: &AtomicBool,
+    tx: &crossbeam_channel::Sender<Doorbell>,
+) {
     let mut buf = [0u8; MSG_SIZE];
     let mut stop_at: Option<Instant> = None;
     loop {
         if stop_at.is_none() && shutdown.load(Ordering::Relaxed) {
             stop_at = Some(Instant::now() + Duration::from_secs(2));
         }
-        // After the stop signal, drain what is queued (bounded), then leave.
         let wait = if stop_at.is_some() {
             Duration::ZERO
         } else {
             Duration::from_millis(200)
         };
         match queue.recv(&mut buf, wait) {
-            Ok(Some(n)) => handle(ctx, &buf[..n]),
+            Ok(Some(n)) => match Doorbell::decode(&buf[..n]) {
+                Ok(bell) => {
+                    // Every worker busy: wait for one (the queue fills meanwhile, and the
+                    // proxy's timed sends turn that into 503s).
+                    while let Err(crossbeam_channel::SendTimeoutError::Timeout(_)) =
+                        tx.send_timeout(bell, Duration::from_millis(200))
+                    {
+                        if shutdown.load(Ordering::Relaxed)
+                            && stop_at.is_some_and(|t| Instant::now() >= t)
+                        {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::warn!("dropped a doorbell: {e}");
+                    Counters::inc(&ctx.counters().messages_rejected);
+                }
+            },
             Ok(None) if stop_at.is_some() => return,
             Ok(None) => {}
             Err(e) => {
@@ -154,15 +195,7 @@ fn receive_loop(ctx: &Ctx, queue: &Doorbells, shutdown: &AtomicBool) {
     }
 }
 
-fn handle(ctx: &Ctx, msg: &[u8]) {
-    let bell = match Doorbell::decode(msg) {
-        Ok(b) => b,
-        Err(e) => {
-            log::warn!("dropped a doorbell: {e}");
-            Counters::inc(&ctx.counters().messages_rejected);
-            return;
-        }
-    };
+fn handle(ctx: &Ctx, bell: Doorbell) {
     let Some(pool) = ctx.pool_for(&bell) else {
         Counters::inc(&ctx.counters().messages_rejected);
         return;

@@ -397,7 +397,7 @@ impl ProxyConfig {
                 &src,
                 "proxy.chunk_slots",
                 p.chunk_slots,
-                4,
+                2,
                 2,
                 crate::pool::MAX_SLOTS as u64,
             )? as u32,

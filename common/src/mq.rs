@@ -68,7 +68,8 @@ impl Doorbells {
         // SAFETY: on Linux a message queue descriptor is a file descriptor, and it stays open
         // while `self.mq` lives, which outlives this borrow.
         let fd = unsafe { BorrowedFd::borrow_raw(self.mq.as_raw_fd()) };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // Rounded up: rounding down would end the wait early and spin on poll(…, 0).
+        let ms = left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(fd, flags)];
         match poll(
             &mut fds,

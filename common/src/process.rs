@@ -2,6 +2,7 @@
 //! reused pid is never mistaken for a live peer) and monotonic time in milliseconds.
 
 use nix::unistd::{ForkResult, Pid};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Identity of a process: a pid alone is reused by the kernel, pid plus start time is not.
@@ -13,12 +14,26 @@ pub struct ProcId {
 }
 
 impl ProcId {
+    /// This process's identity, read from /proc once per process (a forked child reads
+    /// its own: the cached value is keyed by pid).
     pub fn current() -> ProcId {
+        static CURRENT: AtomicU64 = AtomicU64::new(0);
+        static START: AtomicU64 = AtomicU64::new(0);
         let pid = std::process::id();
-        ProcId {
+        if CURRENT.load(Ordering::Acquire) == u64::from(pid) {
+            return ProcId {
+                pid,
+                start: START.load(Ordering::Relaxed),
+            };
+        }
+        let me = ProcId {
             pid,
             start: start_time(pid).unwrap_or(0),
-        }
+        };
+        START.store(me.start, Ordering::Relaxed);
+        // ORDERING: Release publishes START before the pid that says it is valid.
+        CURRENT.store(u64::from(pid), Ordering::Release);
+        me
     }
 
     /// True while this very process (same pid and same start time) exists and is not a zombie.
