@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # test.sh — every test of the workspace: unit tests, the end-to-end tests and the short stress
-# run. The end-to-end tests start the real binaries, so they are built first.
+# run. The end-to-end tests start the real binaries, so they are built first. Ends with one
+# line summing every test binary's result.
 #
 # Usage: scripts/test.sh [cargo test arguments...]    e.g. scripts/test.sh -- --nocapture
 set -euo pipefail
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
 cargo build --workspace --bins
-cargo test --workspace "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets "$@" 2>&1 | tee "$log" || status=$?
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
