@@ -17,8 +17,9 @@
 # Knobs passed through to peers.sh: DURATION CONNS AB_N AB_C AB_TLIMIT HERD BIG_RUNS PEERS
 #   NGINX VARNISHD NGINX_SENDFILE NGINX_HTTP_EXTRA VARNISH_EXTRA.
 # shmproxy knobs (defaults sized for this 2-core box):
-#   SHM_WORKERS [2]  SHM_THREADS [128] per worker  SHM_SEGMENTS [256]  SHM_SEGMENT_SIZE [262144]
-#   SHM_CHUNK_SLOTS [4]  SHM_CACHED_THREADS [256]  SHM_CAPACITY [268435456]
+#   SHM_WORKERS [2]  SHM_THREADS [128] per worker  SHM_SEGMENTS [256]  SHM_SEGMENT_SIZE [1048576]
+#   SHM_CHUNK_SLOTS [2]  SHM_CACHED_THREADS [256]  SHM_CAPACITY [268435456]
+#   SHM_HEURISTIC_TTL_MS [600000] (the peers' 10-minute default for objects without Cache-Control)
 #   SHM_MAX_OBJECT [134217728] (64 MiB objects are stored, as Varnish stores them)
 #   SHM_PORT [a free one]  SHM_INSTANCE [bench-PID]  NO_BUILD=1 (use the existing binaries)
 #   PEERS_SH [<repo>/../shared/bench/peers.sh]  KEEP_LOGS=1 (leave the daemons' logs in /tmp)
@@ -54,8 +55,9 @@ PEERS_SH=${PEERS_SH:-$ROOT/../shared/bench/peers.sh}
 SHM_WORKERS=${SHM_WORKERS:-2}
 SHM_THREADS=${SHM_THREADS:-128}
 SHM_SEGMENTS=${SHM_SEGMENTS:-256}
-SHM_SEGMENT_SIZE=${SHM_SEGMENT_SIZE:-262144}
-SHM_CHUNK_SLOTS=${SHM_CHUNK_SLOTS:-4}
+SHM_SEGMENT_SIZE=${SHM_SEGMENT_SIZE:-1048576}
+SHM_CHUNK_SLOTS=${SHM_CHUNK_SLOTS:-2}
+SHM_HEURISTIC_TTL_MS=${SHM_HEURISTIC_TTL_MS:-600000}
 SHM_CACHED_THREADS=${SHM_CACHED_THREADS:-256}
 SHM_CAPACITY=${SHM_CAPACITY:-268435456}
 SHM_MAX_OBJECT=${SHM_MAX_OBJECT:-134217728}
@@ -158,11 +160,16 @@ PORT=${SHM_PORT:-$(free_port)}
 case $PORT in 19000 | 19001 | 19002 | 19003) PORT=$(free_port) ;; esac
 ADDR=127.0.0.1:$PORT
 
-# chunk_slots has no flag: it goes in a config file (flags win over the file).
+# Keys without a flag go in a config file (flags win over the file). The peers keep objects
+# without Cache-Control for 10 minutes (nginx proxy_cache_valid 10m, varnishd -t 600); the
+# origin's files carry ETag and Last-Modified, so RFC 9111 allows a heuristic lifetime and
+# SHM_HEURISTIC_TTL_MS gives the same 10 minutes.
 cat > "$T/shmproxy.toml" <<EOF
 instance = "$INSTANCE"
 [proxy]
 chunk_slots = $SHM_CHUNK_SLOTS
+[cached]
+heuristic_ttl_ms = $SHM_HEURISTIC_TTL_MS
 EOF
 
 log "starting cached (instance $INSTANCE, origin $ORIGIN, $SHM_CACHED_THREADS threads, capacity $SHM_CAPACITY)"

@@ -18,10 +18,19 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// Most descriptors one message carries.
+pub const MAX_FDS: usize = 32;
+
 /// Sends `fd` with a one-byte payload. The caller closes its copy afterwards.
 pub fn send_fd(chan: &OwnedFd, fd: &impl AsRawFd) -> io::Result<()> {
-    let fds = [fd.as_raw_fd()];
-    let cmsg = [ControlMessage::ScmRights(&fds)];
+    send_fds(chan, &[fd.as_raw_fd()])
+}
+
+/// Sends up to [`MAX_FDS`] descriptors in one message (one system call for a burst of
+/// accepted connections). The caller closes its copies afterwards.
+pub fn send_fds(chan: &OwnedFd, fds: &[std::os::fd::RawFd]) -> io::Result<()> {
+    assert!((1..=MAX_FDS).contains(&fds.len()));
+    let cmsg = [ControlMessage::ScmRights(fds)];
     let iov = [IoSlice::new(b"F")];
     loop {
         match sendmsg::<()>(
@@ -38,12 +47,26 @@ pub fn send_fd(chan: &OwnedFd, fd: &impl AsRawFd) -> io::Result<()> {
     }
 }
 
-/// Receives one passed fd. `Ok(None)` when the peer closed the channel; `WouldBlock` when
-/// nothing is pending on a non-blocking channel. A truncated control message is an error.
+/// Receives one passed fd (see [`recv_fds`]); more than one in the message is an error.
 pub fn recv_fd(chan: &OwnedFd) -> io::Result<Option<OwnedFd>> {
+    match recv_fds(chan)? {
+        None => Ok(None),
+        Some(mut fds) if fds.len() == 1 => Ok(fds.pop()),
+        Some(fds) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected 1 fd, got {}", fds.len()),
+        )),
+    }
+}
+
+/// Receives the descriptors of one message. `Ok(None)` when the peer closed the channel;
+/// `WouldBlock` when nothing is pending (the channel is read without blocking). A truncated
+/// control message (`MSG_CTRUNC`) or a message without descriptors is an error; descriptors
+/// that did arrive are closed then, never leaked.
+pub fn recv_fds(chan: &OwnedFd) -> io::Result<Option<Vec<OwnedFd>>> {
     let mut byte = [0u8; 1];
     let mut iov = [IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; MAX_FDS]);
     let msg = loop {
         match recvmsg::<()>(
             chan.as_raw_fd(),
@@ -77,13 +100,13 @@ pub fn recv_fd(chan: &OwnedFd) -> io::Result<Option<OwnedFd>> {
             "fd message truncated (MSG_CTRUNC)",
         ));
     }
-    if got.len() != 1 {
+    if got.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("expected 1 fd, got {}", got.len()),
+            "message without descriptors",
         ));
     }
-    Ok(got.pop())
+    Ok(Some(got))
 }
 
 /// The abstract-namespace address of an instance's upgrade socket (no file to clean up;
@@ -189,6 +212,25 @@ mod tests {
             let l = std::net::TcpListener::from(got);
             assert_eq!(l.local_addr().unwrap(), addr);
         });
+    }
+
+    #[test]
+    fn a_batch_of_fds_travels_in_one_message() {
+        let (a, b) = pair().unwrap();
+        let pairs: Vec<_> = (0..5)
+            .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+            .collect();
+        let raw: Vec<_> = pairs.iter().map(|(_, far)| far.as_raw_fd()).collect();
+        send_fds(&a, &raw).unwrap();
+        let got = recv_fds(&b).unwrap().unwrap();
+        assert_eq!(got.len(), 5);
+        for ((mut near, _), fd) in pairs.into_iter().zip(got) {
+            let mut far = std::os::unix::net::UnixStream::from(fd);
+            near.write_all(b"x").unwrap();
+            let mut buf = [0u8; 1];
+            far.read_exact(&mut buf).unwrap();
+        }
+        assert!(matches!(recv_fds(&b), Err(e) if e.kind() == io::ErrorKind::WouldBlock));
     }
 
     #[test]

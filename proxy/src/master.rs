@@ -22,7 +22,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use std::net::TcpListener;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -272,40 +272,62 @@ impl Master {
             .as_ref()
             .expect("the master keeps its listener");
         let stats = &self.shared.stats;
-        for _ in 0..256 {
-            let (stream, _) = match listener.accept() {
-                Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+        // Accept the burst first, then pass each worker its share in as few messages as
+        // possible (up to MAX_FDS descriptors each).
+        let mut accepted = Vec::new();
+        while accepted.len() < 256 {
+            match listener.accept() {
+                Ok((stream, _)) => accepted.push(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     log::warn!("accept: {e}");
-                    return;
+                    break;
                 }
-            };
-            Counters::inc(&stats.slot(0).connections_accepted);
-            let n = self.workers.len();
-            let mut order: Vec<usize> = (0..n)
-                .map(|k| (self.rr + k) % n)
-                .filter(|&i| self.workers[i].chan.is_some())
-                .collect();
-            self.rr = (self.rr + 1) % n;
-            order.sort_by_key(|&i| self.load_of(&self.workers[i]) as i64);
-            let sent = order.iter().any(|&i| {
-                let w = &self.workers[i];
-                let chan = w.chan.as_ref().expect("filtered on live channels");
-                Counters::inc(&stats.slot(w.index).fds_in_flight);
-                match fdpass::send_fd(chan, &stream) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        Counters::dec(&stats.slot(w.index).fds_in_flight);
-                        log::debug!("passing a connection to worker {}: {e}", w.index);
-                        false
-                    }
-                }
-            });
-            if !sent {
-                log::warn!("no worker could take a connection; closing it");
             }
         }
+        if accepted.is_empty() {
+            return;
+        }
+        Counters::add(&stats.slot(0).connections_accepted, accepted.len() as u64);
+        let live: Vec<usize> = (0..self.workers.len())
+            .filter(|&i| self.workers[i].chan.is_some())
+            .collect();
+        if live.is_empty() {
+            log::warn!(
+                "no worker to take {} connections; closing them",
+                accepted.len()
+            );
+            return;
+        }
+        // Least loaded first (fds in flight count, so a burst spreads), round-robin among equals.
+        let mut shares: Vec<Vec<&std::net::TcpStream>> = vec![Vec::new(); self.workers.len()];
+        for stream in &accepted {
+            let i = (0..live.len())
+                .map(|k| live[(self.rr + k) % live.len()])
+                .min_by_key(|&i| self.load_of(&self.workers[i]) as i64)
+                .expect("live is not empty");
+            self.rr = (self.rr + 1) % live.len();
+            Counters::inc(&stats.slot(self.workers[i].index).fds_in_flight);
+            shares[i].push(stream);
+        }
+        for (i, share) in shares.iter().enumerate() {
+            for batch in share.chunks(fdpass::MAX_FDS) {
+                let w = &self.workers[i];
+                let raw: Vec<_> = batch.iter().map(|s| s.as_raw_fd()).collect();
+                if let Err(e) = fdpass::send_fds(w.chan.as_ref().expect("live"), &raw) {
+                    Counters::add(
+                        &stats.slot(w.index).fds_in_flight,
+                        (raw.len() as u64).wrapping_neg(),
+                    );
+                    log::warn!(
+                        "passing {} connections to worker {}: {e}; closing them",
+                        raw.len(),
+                        w.index
+                    );
+                }
+            }
+        }
+        // Our copies close here; the workers hold theirs.
     }
 
     /// Reaps dead workers: reclaims their segments and schedules a replacement (backoff

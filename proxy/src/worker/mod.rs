@@ -242,40 +242,46 @@ fn control_loop(w: &Worker, chan: &OwnedFd, stop: &AtomicBool) {
 /// Takes every connection the master passed; `false` once the master closed the channel.
 fn receive_connections(w: &Worker, chan: &OwnedFd, next_token: &mut u64) -> bool {
     loop {
-        match fdpass::recv_fd(chan) {
-            Ok(Some(fd)) => {
-                Counters::dec(&w.counters().fds_in_flight);
-                Counters::inc(&w.counters().connections_active);
-                let stream = std::net::TcpStream::from(fd);
-                let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
-                if parked >= w.shared.cfg.max_connections || stream.set_nonblocking(true).is_err() {
-                    Counters::dec(&w.counters().connections_active);
-                    continue;
-                }
-                let _ = stream.set_nodelay(true);
-                let token = *next_token;
-                *next_token += 1;
-                let conn = Conn::new(stream, token);
-                let ev = EpollEvent::new(
-                    EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
-                    token,
-                );
-                let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-                if w.epoll.add(conn.stream.as_fd(), ev).is_ok() {
-                    parked.insert(token, conn);
-                } else {
-                    drop(parked);
-                    w.close(conn);
+        match fdpass::recv_fds(chan) {
+            Ok(Some(fds)) => {
+                for fd in fds {
+                    adopt(w, std::net::TcpStream::from(fd), next_token);
                 }
             }
             Ok(None) => return false,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
             Err(e) => {
-                log::warn!("receiving a connection: {e}");
+                log::warn!("receiving connections: {e}");
                 Counters::inc(&w.counters().messages_rejected);
                 return true;
             }
         }
+    }
+}
+
+/// Parks a connection passed by the master until its first request arrives.
+fn adopt(w: &Worker, stream: std::net::TcpStream, next_token: &mut u64) {
+    Counters::dec(&w.counters().fds_in_flight);
+    Counters::inc(&w.counters().connections_active);
+    let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
+    if parked >= w.shared.cfg.max_connections || stream.set_nonblocking(true).is_err() {
+        Counters::dec(&w.counters().connections_active);
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let token = *next_token;
+    *next_token += 1;
+    let conn = Conn::new(stream, token);
+    let ev = EpollEvent::new(
+        EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
+        token,
+    );
+    let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+    if w.epoll.add(conn.stream.as_fd(), ev).is_ok() {
+        parked.insert(token, conn);
+    } else {
+        drop(parked);
+        w.close(conn);
     }
 }
 
