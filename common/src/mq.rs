@@ -139,7 +139,8 @@ pub fn remove(name: &str) -> bool {
 }
 
 /// True if a queue of that name exists.
-pub fn exists(name: &str) -> bool {
+#[cfg(test)]
+fn exists(name: &str) -> bool {
     posixmq::OpenOptions::readonly()
         .existing()
         .nonblocking()

@@ -26,11 +26,6 @@ impl Names {
             stats_cached: format!("/{instance}.stats.cached"),
         }
     }
-
-    /// Every `/dev/shm` object of this instance (the queue lives elsewhere).
-    pub fn shm_objects(&self) -> [&str; 3] {
-        [&self.pool, &self.stats_proxy, &self.stats_cached]
-    }
 }
 
 /// An instance name is 1..=32 bytes of `[A-Za-z0-9_-]`, so it is safe in every IPC name.

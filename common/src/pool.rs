@@ -680,11 +680,6 @@ impl<'p> Lease<'p> {
     pub fn peer_finished(&self) -> bool {
         self.rx_done
     }
-
-    /// Aborts explicitly (also what `Drop` does when the lease was not completed).
-    pub fn abort(mut self) {
-        self.done = false;
-    }
 }
 
 impl io::Write for Lease<'_> {

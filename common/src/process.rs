@@ -3,7 +3,6 @@
 
 use nix::unistd::{ForkResult, Pid};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 /// Identity of a process: a pid alone is reused by the kernel, pid plus start time is not.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,20 +92,6 @@ pub fn monotonic_ms() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
-}
-
-/// Sleeps in small steps until `cond` holds or `limit` passes; returns whether it held.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = std::time::Instant::now();
-    loop {
-        if cond() {
-            return true;
-        }
-        if start.elapsed() >= limit {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 #[cfg(test)]

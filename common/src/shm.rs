@@ -273,11 +273,6 @@ impl ShmRegion {
         self.map.as_mut_ptr().wrapping_add(offset)
     }
 
-    /// True when this handle created the region (and will unlink it).
-    pub fn is_owner(&self) -> bool {
-        self.owner
-    }
-
     /// Removes the name now (the mapping stays valid) and gives up ownership: a successor
     /// may create a new object under the same name while we still use this one.
     pub fn unlink_name(&mut self) {
@@ -300,11 +295,6 @@ impl Drop for ShmRegion {
             let _ = shm_unlink(self.name.as_str());
         }
     }
-}
-
-/// Unlinks `name` if it exists (used by tests and by a daemon removing its own leftovers).
-pub fn unlink(name: &str) -> bool {
-    shm_unlink(name).is_ok()
 }
 
 #[cfg(test)]
