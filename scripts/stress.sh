@@ -6,8 +6,14 @@
 # 1 MiB segments) through the real proxy and cached, verifying every body by SHA-256 and the
 # pool's free segments. Exit status is stress's: non-zero on any error, mismatch or leak.
 #
+# --chaos instead kills (kill -9) a random proxy worker, cached or proxy master 120 times under
+# load from 16 clients, restoring each, with every completed response SHA-256 verified, then
+# checks that the pool is all free and /dev/shm held only the instance's objects (issue 4).
+#
 # Usage: scripts/stress.sh [--short | --long] [--shapes 1x1K,64x1M] [--clients N]
 #                          [--requests N] [--duration SECS] ...   (see scripts/stress.sh --help)
+#        scripts/stress.sh --chaos [--short] [--kills N] [--kill-interval SECS]
+#                          [--victims worker,cached,master] [--shapes 16x64K] ...
 set -euo pipefail
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."

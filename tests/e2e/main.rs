@@ -12,6 +12,8 @@ mod origin;
 mod badinput;
 mod bodies;
 mod caching;
+mod chaos_short;
+mod faults;
 mod http;
 mod idle;
 mod lifecycle;

@@ -2,11 +2,12 @@
 //!
 //! Processes are identified only by the pids spawned here (the proxy master; its workers are
 //! read from `/proc/<master>/task/<master>/children`). Each child gets `PR_SET_PDEATHSIG`, so a
-//! killed stress run does not leave daemons behind. Logs go to one file per daemon.
+//! killed stress run does not leave daemons behind. Logs go to one file per daemon; a daemon
+//! restarted by the chaos mode appends to its predecessor's file after a marker line.
 
 use crate::http::Client;
-use std::fs::{self, File};
-use std::io;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
@@ -22,6 +23,8 @@ const POLL: Duration = Duration::from_millis(20);
 const EXIT_BOUND: Duration = Duration::from_secs(5);
 /// Ports that turned out to be taken are retried this many times.
 const START_ATTEMPTS: usize = 3;
+/// A restarted proxy whose port is still taken is retried this many times (100 ms apart).
+const RESTART_ATTEMPTS: usize = 50;
 
 /// What to start.
 pub struct Setup<'a> {
@@ -109,9 +112,10 @@ impl Setup<'_> {
     }
 }
 
-/// Spawns `cmd` in `cwd` (so no stray `shmproxy.toml` is picked up) with output to `log`.
+/// Spawns `cmd` in `cwd` (so no stray `shmproxy.toml` is picked up) with output appended to
+/// `log`.
 fn spawn(mut cmd: Command, cwd: &Path, log: &Path) -> Result<Child, String> {
-    let out = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let out = open_log(log)?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
     cmd.current_dir(cwd)
         .stdin(Stdio::null())
@@ -131,9 +135,37 @@ fn spawn(mut cmd: Command, cwd: &Path, log: &Path) -> Result<Child, String> {
         .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))
 }
 
+fn open_log(log: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))
+}
+
 /// Whether the proxy's log says its port was taken (then another port is tried).
 fn port_taken(log: &Path) -> bool {
-    fs::read_to_string(log).is_ok_and(|t| t.contains("in use"))
+    port_taken_since(log, 0)
+}
+
+/// Whether the part of `log` after byte `offset` says the port was taken.
+fn port_taken_since(log: &Path, offset: u64) -> bool {
+    fs::read(log).is_ok_and(|t| {
+        let tail = t.get(offset as usize..).unwrap_or_default();
+        String::from_utf8_lossy(tail).contains("in use")
+    })
+}
+
+/// The current length of `log` (0 if it does not exist).
+fn log_len(log: &Path) -> u64 {
+    fs::metadata(log).map_or(0, |m| m.len())
+}
+
+/// Appends a marker line to `log` (before a restarted daemon writes to it).
+fn mark_log(log: &Path, what: &str) {
+    if let Ok(mut f) = open_log(log) {
+        let _ = writeln!(f, "----- stress: {what} -----");
+    }
 }
 
 /// A port that was free a moment ago.
@@ -143,7 +175,7 @@ fn free_port() -> io::Result<SocketAddr> {
 
 impl Daemons {
     /// Polls until the proxy answers its stats and a file comes through (not 503).
-    fn wait_ready(&mut self, probe: &str) -> Result<(), String> {
+    pub fn wait_ready(&mut self, probe: &str) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut client = Client::new(self.addr, Duration::from_secs(2));
         let mut last = String::from("no answer yet");
@@ -173,6 +205,79 @@ impl Daemons {
             }
         }
         Ok(())
+    }
+
+    /// Which daemons have exited (e.g. crashed on their own), with how.
+    pub fn exited(&mut self) -> Vec<(&'static str, String)> {
+        let mut gone = Vec::new();
+        for (name, child) in [("proxy", &mut self.proxy), ("cached", &mut self.cached)] {
+            if let Ok(Some(status)) = child.try_wait() {
+                gone.push((name, describe(status)));
+            }
+        }
+        gone
+    }
+
+    /// The pid of the running proxy master.
+    pub fn master_pid(&self) -> u32 {
+        self.proxy.id()
+    }
+
+    /// The proxy master's live worker processes.
+    pub fn workers(&self) -> Vec<u32> {
+        let mut w: Vec<u32> = children_of(self.proxy.id())
+            .into_iter()
+            .filter(|&p| is_running(p))
+            .collect();
+        w.sort_unstable();
+        w
+    }
+
+    /// `kill -9` of the proxy master, reaped; returns the workers it had just before.
+    pub fn kill_master(&mut self) -> Result<Vec<u32>, String> {
+        let workers = self.workers();
+        kill_and_reap("proxy", &mut self.proxy)?;
+        Ok(workers)
+    }
+
+    /// `kill -9` of `cached`, reaped.
+    pub fn kill_cached(&mut self) -> Result<(), String> {
+        kill_and_reap("cached", &mut self.cached)
+    }
+
+    /// Starts a new `cached` of the same instance (its log appended to the old one's). The
+    /// old one must have been reaped.
+    pub fn restart_cached(&mut self, setup: &Setup, why: &str) -> Result<(), String> {
+        let log = self.logs[0].clone();
+        mark_log(&log, why);
+        self.cached = setup.spawn_cached(&log)?;
+        Ok(())
+    }
+
+    /// Starts a new proxy master of the same instance on the same port and waits until it
+    /// serves `probe`; retries while its log says the port is still taken (a dying worker of
+    /// the old master may hold it for a moment). The old master must have been reaped.
+    pub fn restart_proxy(&mut self, setup: &Setup, why: &str, probe: &str) -> Result<(), String> {
+        let log = self.logs[1].clone();
+        let mut attempt = 1;
+        loop {
+            let offset = log_len(&log);
+            mark_log(&log, &format!("{why} (attempt {attempt})"));
+            self.proxy = setup.spawn_proxy(self.addr, &log)?;
+            match self.wait_ready(probe) {
+                Ok(()) => return Ok(()),
+                Err(_)
+                    if attempt < RESTART_ATTEMPTS
+                        && self.proxy_exited()
+                        && port_taken_since(&log, offset) =>
+                {
+                    let _ = self.proxy.wait();
+                    attempt += 1;
+                    thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(format!("restarted proxy: {e}")),
+            }
+        }
     }
 
     /// Reads the pool figures once.
@@ -255,6 +360,106 @@ fn parse_pool(body: &[u8]) -> Result<PoolStats, String> {
     })
 }
 
+/// `kill -9` of a child not reaped yet, then reaps it.
+fn kill_and_reap(name: &str, child: &mut Child) -> Result<(), String> {
+    match child.try_wait() {
+        Ok(None) => {
+            // A child not reaped yet: its pid cannot name another process.
+            child.kill().map_err(|e| format!("kill -9 {name}: {e}"))?;
+            child
+                .wait()
+                .map_err(|e| format!("reaping {name}: {e}"))
+                .map(drop)
+        }
+        Ok(Some(status)) => Err(format!("{name} had already exited: {}", describe(status))),
+        Err(e) => Err(format!("waiting for {name}: {e}")),
+    }
+}
+
+/// `kill -9` of `pid` if it is still a running child of `parent`: the process is pinned with a
+/// pidfd first and its parent checked through /proc, so a recycled pid is never signalled.
+/// `Ok(false)` if it is no longer a running child of `parent`.
+pub fn kill_child_of(parent: u32, pid: u32) -> Result<bool, String> {
+    let Ok(raw) = libc::pid_t::try_from(pid) else {
+        return Ok(false);
+    };
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, raw, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(false),
+            _ => Err(format!("pidfd_open({pid}): {e}")),
+        };
+    }
+    let fd = fd as libc::c_int;
+    // The pidfd names the process that had `pid` when it was opened; if that process is our
+    // child, /proc/<pid> describes it as long as it has not been reaped, and once it has been,
+    // the signal below fails with ESRCH instead of reaching a newcomer.
+    let result = if parent_of(pid) == Some(parent) && is_running(pid) {
+        // SAFETY: `fd` is the pidfd opened above; a null siginfo is allowed; no other memory.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd,
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if r == 0 {
+            Ok(true)
+        } else {
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::ESRCH) => Ok(false),
+                _ => Err(format!("pidfd_send_signal({pid}): {e}")),
+            }
+        }
+    } else {
+        Ok(false)
+    };
+    // SAFETY: `fd` is ours and closed exactly once.
+    unsafe {
+        libc::close(fd);
+    }
+    result
+}
+
+/// The parent pid of `pid` from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(") ")?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Waits up to `bound` for every pid of `pids` to be gone (or a zombie); returns those left.
+pub fn wait_gone(pids: &[u32], bound: Duration) -> Vec<u32> {
+    let deadline = Instant::now() + bound;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|&p| is_running(p)).collect();
+        if alive.is_empty() || Instant::now() >= deadline {
+            return alive;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The `/dev/shm` names that start with `<instance>.`.
+pub fn shm_names(instance: &str) -> Vec<String> {
+    let prefix = format!("{instance}.");
+    let mut names: Vec<String> = fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
 /// Sends `sig` to `pid` (one of ours).
 fn signal(pid: u32, sig: libc::c_int) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
@@ -335,15 +540,7 @@ fn is_running(pid: u32) -> bool {
 /// IPC objects of `instance` that still exist — `/dev/shm/<instance>.*` and the queue — each
 /// reported, then removed (they are this run's own).
 pub fn leaks(instance: &str) -> Vec<String> {
-    let prefix = format!("{instance}.");
-    let names: Vec<String> = fs::read_dir("/dev/shm")
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(&prefix))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names = shm_names(instance);
     let mut found = Vec::new();
     for name in names {
         found.push(format!("leaked /dev/shm/{name}"));

@@ -72,6 +72,29 @@ pub fn shape_docs(root: &Path, segment_size: u64) -> io::Result<Vec<Doc>> {
     Ok(docs)
 }
 
+/// Sizes of the chaos mix (0 B to 4 MiB) and their weight: small files are common, big ones
+/// rare; the segment-boundary files and the missing file come from [`shape_docs`].
+const CHAOS_FILES: &[(u64, u32)] = &[
+    (0, 2),
+    (1, 2),
+    (1000, 6),
+    (4 * KIB, 6),
+    (256 * KIB + 5, 3),
+    (MIB, 2),
+    (4 * MIB, 1),
+];
+
+/// The chaos run's files: 0 B to 4 MiB, the files straddling `segment_size` and a missing one.
+pub fn chaos_docs(root: &Path, segment_size: u64) -> io::Result<Vec<Doc>> {
+    fs::create_dir_all(root.join("chaos"))?;
+    let mut docs = CHAOS_FILES
+        .iter()
+        .map(|&(len, weight)| write_doc(root, &format!("chaos/c-{len}.bin"), len, weight))
+        .collect::<io::Result<Vec<Doc>>>()?;
+    docs.extend(shape_docs(root, segment_size)?);
+    Ok(docs)
+}
+
 /// A path that does not exist under the root.
 fn missing_doc(dir: &str) -> Doc {
     Doc {

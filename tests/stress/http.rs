@@ -23,6 +23,8 @@ pub struct Head {
 pub struct Client {
     addr: SocketAddr,
     timeout: Duration,
+    /// Ask for `Connection: close` (one request per connection).
+    close: bool,
     conn: Option<BufReader<TcpStream>>,
 }
 
@@ -31,15 +33,22 @@ impl Client {
         Client {
             addr,
             timeout,
+            close: false,
             conn: None,
         }
+    }
+
+    /// Makes every request ask for `Connection: close`, so each one opens a fresh connection.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
     }
 
     /// `GET path`, feeding the body to `sink`; returns the head and the body length.
     pub fn get(&mut self, path: &str, sink: &mut dyn FnMut(&[u8])) -> io::Result<(Head, u64)> {
         let result = self.exchange(path, sink);
         match &result {
-            Ok((head, _)) if !head.close => {}
+            Ok((head, _)) if !head.close && !self.close => {}
             _ => self.conn = None,
         }
         result
@@ -53,9 +62,15 @@ impl Client {
     }
 
     fn exchange(&mut self, path: &str, sink: &mut dyn FnMut(&[u8])) -> io::Result<(Head, u64)> {
+        let close = if self.close {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
         let conn = self.connection()?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: stress\r\nUser-Agent: shmproxy-stress\r\n\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: stress\r\nUser-Agent: shmproxy-stress\r\n{close}\r\n"
+        );
         conn.get_mut().write_all(request.as_bytes())?;
         let head = read_head(conn)?;
         let len = read_body(conn, &head, sink)?;

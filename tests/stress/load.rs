@@ -173,7 +173,7 @@ fn next_ticket(plan: &Plan, deadline: Option<Instant>, tally: &Tally) -> Option<
 }
 
 /// The first tickets take every file in turn; later ones draw by weight.
-fn pick<'a>(docs: &'a [Doc], ticket: u64, total_weight: u64, rng: &mut SplitMix64) -> &'a Doc {
+pub fn pick<'a>(docs: &'a [Doc], ticket: u64, total_weight: u64, rng: &mut SplitMix64) -> &'a Doc {
     if let Some(doc) = usize::try_from(ticket).ok().and_then(|t| docs.get(t)) {
         return doc;
     }

@@ -12,12 +12,18 @@
 //! shape and overall, and exits 1 on any error, mismatch or leak (2 on bad usage).
 //! `--short` is the quick variant the test suite runs; the default (`--long`) is for operators.
 //! The binaries are looked up next to this executable unless `--bin-dir` says otherwise.
+//!
+//! `--chaos` (see `chaos.rs`) instead runs one pool shape under load while it repeatedly
+//! `kill -9`s a random proxy worker, `cached` or the proxy master and restores it, verifying
+//! every completed response by SHA-256, then the pool and `/dev/shm`.
 
+mod chaos;
 mod daemons;
 mod files;
 mod http;
 mod load;
 
+use chaos::Victim;
 use daemons::{PoolStats, Setup};
 use files::Doc;
 use load::{Outcome, Plan};
@@ -43,6 +49,12 @@ Modes:
                           the 16 MiB file fetched once per shape
   --long                  full sweep for operators (the default): 12 shapes, 8 clients,
                           1000 requests each (about 7 minutes in release)
+  --chaos                 kill -9 under load: one shape (16x64K), 16 clients (half keep-alive,
+                          half a fresh connection per request), files 0 B..4 MiB + a missing
+                          one, while a random proxy worker, cached or proxy master is killed
+                          and restored, 120 times (with --short: 15 times, < 1 min in debug);
+                          every completed response SHA-256 verified, then the pool must be all
+                          free and /dev/shm must only ever hold the instance's objects
 
 Options (override the mode's values):
   --segments LIST         segment counts of the sweep, e.g. 1,2,7,64
@@ -58,6 +70,14 @@ Options (override the mode's values):
   --bin-dir DIR           where `proxy` and `cached` are               [this executable's dir]
   --keep                  keep the temporary document root and logs
   -h, --help              this text
+
+Chaos options (with --chaos; --shapes takes one shape, --clients and --timeout apply too):
+  --kills N               kills in all                                 [120; short: 15]
+  --kill-interval SECS    mean pause after a recovery before the next kill (jittered
+                          0.5x..1.5x); cached also stays down 0..this long  [0.4; short: 0.25]
+  --victims LIST          who may be killed, with optional weights,
+                          e.g. worker=2,cached,master                  [worker,cached,master]
+  --settle SECS           how long the pool may take to be all free after the load  [10]
 
 Exit status: 0 all good, 1 an error, checksum mismatch or leak, 2 bad usage or set-up failure.";
 
@@ -88,6 +108,8 @@ struct Opts {
     max_time: Option<Duration>,
     bin_dir: PathBuf,
     keep: bool,
+    /// `--chaos`: kill -9 under load instead of the sweep.
+    chaos: Option<chaos::ChaosOpts>,
 }
 
 fn main() -> ExitCode {
@@ -153,15 +175,22 @@ const LONG: Mode = Mode {
 fn parse_args() -> Result<Option<Opts>, String> {
     use lexopt::prelude::*;
     let mut mode = &LONG;
+    let (mut short, mut chaos) = (false, false);
+    let (mut kills, mut kill_interval, mut victims, mut settle) = (None, None, None, None);
     let (mut segments, mut sizes, mut shapes) = (None, None, None);
     let (mut clients, mut requests, mut duration) = (None, None, None);
-    let (mut workers, mut timeout, mut seed) = (2, Duration::from_secs(30), 1);
+    let (mut workers, mut timeout, mut seed) = (2, None, 1);
     let (mut bin_dir, mut keep, mut max_time) = (None, false, None);
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
-            Long("short") => mode = &SHORT,
-            Long("long") => mode = &LONG,
+            Long("short") => (mode, short) = (&SHORT, true),
+            Long("long") => (mode, short) = (&LONG, false),
+            Long("chaos") => chaos = true,
+            Long("kills") => kills = Some(parse_count(&value(&mut parser)?)?),
+            Long("kill-interval") => kill_interval = Some(parse_secs(&value(&mut parser)?)?),
+            Long("victims") => victims = Some(chaos::parse_victims(&value(&mut parser)?)?),
+            Long("settle") => settle = Some(parse_secs(&value(&mut parser)?)?),
             Long("segments") => segments = Some(parse_list(&value(&mut parser)?, parse_count)?),
             Long("segment-sizes") => sizes = Some(parse_list(&value(&mut parser)?, parse_size)?),
             Long("shapes") => shapes = Some(parse_list(&value(&mut parser)?, parse_shape)?),
@@ -169,7 +198,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
             Long("requests") => requests = Some(parse_count(&value(&mut parser)?)?),
             Long("duration") => duration = Some(parse_secs(&value(&mut parser)?)?),
             Long("workers") => workers = parse_count(&value(&mut parser)?)? as u32,
-            Long("timeout") => timeout = parse_secs(&value(&mut parser)?)?,
+            Long("timeout") => timeout = Some(parse_secs(&value(&mut parser)?)?),
             Long("max-time") => max_time = Some(parse_secs(&value(&mut parser)?)?),
             Long("seed") => seed = parse_number(&value(&mut parser)?)?,
             Long("bin-dir") => bin_dir = Some(PathBuf::from(value(&mut parser)?)),
@@ -177,6 +206,45 @@ fn parse_args() -> Result<Option<Opts>, String> {
             Short('h') | Long("help") => return Ok(None),
             _ => return Err(arg.unexpected().to_string()),
         }
+    }
+    let bin_dir = bin_dir.map_or_else(default_bin_dir, Ok)?;
+    if chaos {
+        let m = if short { &chaos::SHORT } else { &chaos::LONG };
+        if segments.is_some() || sizes.is_some() || requests.is_some() || duration.is_some() {
+            return Err(
+                "--chaos takes its shape from --shapes (one) and runs until its --kills are done"
+                    .into(),
+            );
+        }
+        let shape = match shapes.as_deref() {
+            None => m.shape,
+            Some([one]) => *one,
+            Some(_) => return Err("--chaos runs one shape: give --shapes one value".into()),
+        };
+        let default_victims = Victim::ALL.iter().map(|&v| (v, 1)).collect();
+        return Ok(Some(Opts {
+            shapes: vec![shape],
+            clients: clients.unwrap_or(m.clients),
+            requests: None,
+            duration: None,
+            workers,
+            timeout: timeout.unwrap_or(m.timeout),
+            seed,
+            huge_weight: 0,
+            max_time: max_time.or(m.max_time),
+            bin_dir,
+            keep,
+            chaos: Some(chaos::ChaosOpts {
+                shape,
+                kills: kills.unwrap_or(m.kills),
+                interval: kill_interval.unwrap_or(m.interval),
+                victims: victims.unwrap_or(default_victims),
+                settle: settle.unwrap_or(m.settle),
+            }),
+        }));
+    }
+    if kills.is_some() || kill_interval.is_some() || victims.is_some() || settle.is_some() {
+        return Err("--kills, --kill-interval, --victims and --settle need --chaos".into());
     }
     let shapes = shapes.unwrap_or_else(|| sweep(mode, segments, sizes));
     if shapes.is_empty() {
@@ -189,12 +257,13 @@ fn parse_args() -> Result<Option<Opts>, String> {
         requests: requests.or((duration.is_none()).then_some(mode.requests)),
         duration,
         workers,
-        timeout,
+        timeout: timeout.unwrap_or(Duration::from_secs(30)),
         seed,
         huge_weight: mode.huge_weight,
         max_time: max_time.or(mode.max_time.map(Duration::from_secs)),
-        bin_dir: bin_dir.map_or_else(default_bin_dir, Ok)?,
+        bin_dir,
         keep,
+        chaos: None,
     }))
 }
 
@@ -324,6 +393,9 @@ impl ShapeReport {
 
 /// Runs every shape and prints the reports; `Ok(false)` if anything failed.
 fn run(opts: &Opts) -> Result<bool, String> {
+    if let Some(c) = &opts.chaos {
+        return chaos::run(opts, c);
+    }
     check_bins(&opts.bin_dir)?;
     let work = WorkDir::create()?;
     eprintln!(

@@ -414,7 +414,10 @@ pub fn read_body(
                 }
                 total += left;
                 if total > w.shared.cfg.max_body_bytes {
-                    return Err(bad("body too large"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "request body too large",
+                    ));
                 }
                 while left > 0 {
                     let want = buf.len().min(left as usize);
