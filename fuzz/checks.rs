@@ -268,9 +268,10 @@ fn canonical_body(b: &mut [u8], at: usize) {
 }
 
 /// `stream_heads`: `RequestHead::decode` and `ResponseHead::decode` never panic and never
-/// allocate beyond the input; what they accept re-encodes to the same bytes, except the length
-/// field of a body framed `None`/`Unknown`, which the decoder ignores (normalised here; see the
-/// fuzz section of the report) — and decoding the re-encoding gives the same head.
+/// allocate beyond the input; what they accept re-encodes to the same bytes (the decoder once
+/// ignored the length beside a body framed `None`/`Unknown`, `regressions/stream_heads`; it now
+/// rejects it, so `canonical_body` must change nothing on accepted input) — and decoding the
+/// re-encoding gives the same head.
 pub fn stream_heads(data: &[u8]) {
     if let Ok(h) = RequestHead::decode(data) {
         let again = h.encode();

@@ -230,10 +230,11 @@ impl<'a> Dec<'a> {
     fn body(&mut self) -> Result<BodyLen, DecodeError> {
         let kind = self.u8()?;
         let n = self.u64()?;
-        match kind {
-            0 => Ok(BodyLen::None),
-            1 => Ok(BodyLen::Exact(n)),
-            2 => Ok(BodyLen::Unknown),
+        // Canonical encodings only: a length beside "none" or "unknown" is rejected.
+        match (kind, n) {
+            (0, 0) => Ok(BodyLen::None),
+            (1, n) => Ok(BodyLen::Exact(n)),
+            (2, 0) => Ok(BodyLen::Unknown),
             _ => Err(DecodeError::BadField("body framing")),
         }
     }
