@@ -448,6 +448,12 @@ fn observability_endpoints_answer_only_allowed_addresses() {
             false,
         );
         assert_eq!(e.status, 200);
+        // PURGE follows the same list (issue 3: 403 from elsewhere).
+        let purge = b"PURGE /small.txt HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n";
+        let e = exchange(&mut connect_from(other, inst.addr()), purge, false);
+        assert_eq!(e.status, 403, "PURGE from {other}");
+        let e = exchange(&mut connect(inst.addr()), purge, false);
+        assert_eq!(e.status, 200, "PURGE of a stored object from 127.0.0.1");
         let r = inst.get("/__shmproxy/nothing-here");
         assert_eq!(r.status, 404);
     });
