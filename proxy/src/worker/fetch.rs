@@ -49,7 +49,9 @@ impl CachedLink {
     /// The live cached and its queue, or `None` if it is not running.
     pub fn current(&self) -> Option<(ProcId, Arc<Doorbells>)> {
         let mut link = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if link.checked.is_some_and(|t| t.elapsed() < RECHECK) {
+        // A live peer is trusted for RECHECK; an absent one is looked for on every request,
+        // so a restarted cached is used at once.
+        if link.peer.is_some() && link.checked.is_some_and(|t| t.elapsed() < RECHECK) {
             return link.peer.clone();
         }
         link.checked = Some(Instant::now());
