@@ -16,6 +16,18 @@ pub const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
+/// Request fields that make a GET conditional or partial: answers to such requests depend
+/// on more than the stored object (a worker's L1 leaves them to cached, which never grants
+/// them an L1 lifetime).
+pub const CONDITIONAL: &[&str] = &[
+    "range",
+    "if-match",
+    "if-none-match",
+    "if-modified-since",
+    "if-unmodified-since",
+    "if-range",
+];
+
 /// True if `name` is hop-by-hop, or listed in the message's `Connection` header values.
 pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name))
@@ -129,9 +141,7 @@ pub fn http_date(t: SystemTime) -> String {
     let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
     let (y, mo, d) = civil_from_days(days as i64);
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][mo as usize - 1];
+    let month = MONTHS[mo as usize - 1];
     format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
 }
 
@@ -147,12 +157,7 @@ pub fn parse_http_date(v: &str) -> Option<SystemTime> {
     if it.next()? != "GMT" || hms.len() != 8 {
         return None;
     }
-    let mo = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == mon)? as u32
-        + 1;
+    let mo = MONTHS.iter().position(|m| *m == mon)? as u32 + 1;
     let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
     let (h, m, s) = (t.next()??, t.next()??, t.next()??);
     if d == 0 || d > 31 || h > 23 || m > 59 || s > 60 || y < 1970 {
@@ -162,8 +167,14 @@ pub fn parse_http_date(v: &str) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400 + h * 3600 + m * 60 + s))
 }
 
-// Howard Hinnant's civil-date algorithms.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+/// Month abbreviations of HTTP and log dates.
+pub const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// (year, month 1..=12, day 1..=31) of the day `z` days after 1970-01-01
+/// (Howard Hinnant's civil-date algorithm).
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

@@ -260,6 +260,13 @@ impl<'a> Dec<'a> {
     }
 }
 
+fn first<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
+
 /// Reads one length-prefixed head from a stream.
 pub fn read_head(r: &mut impl Read) -> io::Result<Vec<u8>> {
     let mut len = [0u8; 4];
@@ -323,10 +330,7 @@ impl RequestHead {
 
     /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        first(&self.headers, name)
     }
 }
 
@@ -360,11 +364,9 @@ impl ResponseHead {
         Ok(head)
     }
 
+    /// First value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        first(&self.headers, name)
     }
 }
 

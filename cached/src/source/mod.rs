@@ -117,16 +117,9 @@ pub fn serve_stored(
         headers.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
         return respond::full_meta(lease, 304, meta, headers, b"", head_only);
     }
-    let conditional = [
-        "range",
-        "if-match",
-        "if-none-match",
-        "if-modified-since",
-        "if-unmodified-since",
-        "if-range",
-    ]
-    .iter()
-    .any(|h| req.header(h).is_some());
+    let conditional = common::http::CONDITIONAL
+        .iter()
+        .any(|h| req.header(h).is_some());
     let l1_ms = if conditional || outcome == CacheOutcome::Stale {
         0
     } else {

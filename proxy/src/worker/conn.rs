@@ -380,18 +380,7 @@ pub fn read_body(
     let timeout = w.shared.cfg.send_timeout;
     match body {
         ClientBody::None => Ok(()),
-        ClientBody::Length(mut left) => {
-            while left > 0 {
-                let want = buf.len().min(left as usize);
-                let n = conn.read_timeout(w, &mut buf[..want], timeout)?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                sink(&buf[..n])?;
-                left -= n as u64;
-            }
-            Ok(())
-        }
+        ClientBody::Length(n) => copy_exact(w, conn, n, buf, &mut sink),
         ClientBody::Chunked => {
             let mut total = 0u64;
             loop {
@@ -406,34 +395,46 @@ pub fn read_body(
                 {
                     return Err(bad("chunk size"));
                 }
-                let mut left = u64::from_str_radix(size_str, 16).map_err(|_| bad("chunk size"))?;
-                if left == 0 {
+                let size = u64::from_str_radix(size_str, 16).map_err(|_| bad("chunk size"))?;
+                if size == 0 {
                     // Trailers (discarded) up to the empty line.
                     while !read_line(w, conn, timeout)?.is_empty() {}
                     return Ok(());
                 }
-                total += left;
+                total += size;
                 if total > w.shared.cfg.max_body_bytes {
                     return Err(io::Error::new(
                         io::ErrorKind::FileTooLarge,
                         "request body too large",
                     ));
                 }
-                while left > 0 {
-                    let want = buf.len().min(left as usize);
-                    let n = conn.read_timeout(w, &mut buf[..want], timeout)?;
-                    if n == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    sink(&buf[..n])?;
-                    left -= n as u64;
-                }
+                copy_exact(w, conn, size, buf, &mut sink)?;
                 if !read_line(w, conn, timeout)?.is_empty() {
                     return Err(bad("chunk not followed by CRLF"));
                 }
             }
         }
     }
+}
+
+/// Passes exactly `n` body bytes from the client to `sink` (EOF before that is an error).
+fn copy_exact(
+    w: &Worker,
+    conn: &mut Conn,
+    mut n: u64,
+    buf: &mut [u8],
+    sink: &mut impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    while n > 0 {
+        let want = buf.len().min(n as usize);
+        let got = conn.read_timeout(w, &mut buf[..want], w.shared.cfg.send_timeout)?;
+        if got == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        sink(&buf[..got])?;
+        n -= got as u64;
+    }
+    Ok(())
 }
 
 fn bad(what: &str) -> io::Error {

@@ -39,24 +39,18 @@ struct Inner {
     order: BTreeMap<u64, String>,
 }
 
-/// Is this request one the L1 may answer (no conditionals, ranges, credentials or
+/// Is this request one the L1 may answer (no conditionals or ranges, credentials or
 /// request cache directives, which need cached's full rules)?
 pub fn eligible(method: &str, headers: &[(String, Vec<u8>)]) -> bool {
-    const BYPASS: &[&str] = &[
-        "authorization",
-        "cache-control",
-        "pragma",
-        "range",
-        "if-match",
-        "if-none-match",
-        "if-modified-since",
-        "if-unmodified-since",
-        "if-range",
-    ];
+    // Also credentials and request cache directives: cached applies the full rules.
+    const BYPASS: &[&str] = &["authorization", "cache-control", "pragma"];
     (method == "GET" || method == "HEAD")
-        && !headers
-            .iter()
-            .any(|(k, _)| BYPASS.iter().any(|b| k.eq_ignore_ascii_case(b)))
+        && !headers.iter().any(|(k, _)| {
+            BYPASS
+                .iter()
+                .chain(common::http::CONDITIONAL)
+                .any(|b| k.eq_ignore_ascii_case(b))
+        })
 }
 
 fn cost(key: &str, e: &Entry) -> u64 {
