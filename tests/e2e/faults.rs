@@ -764,3 +764,44 @@ fn a_live_instance_is_never_touched_by_a_second_daemon_of_the_same_name() {
         assert_eq!(inst.get("/later.txt").body, b"later\n");
     });
 }
+
+/// `max_connections` per worker: a connection beyond it is closed at once and counted, and
+/// the connections already open keep being served.
+#[test]
+fn connections_beyond_max_connections_are_refused_and_counted() {
+    with_deadline(T, || {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("hello.txt"), b"hello\n").unwrap();
+        let cfg = config_file(dir.path(), "[proxy]\nmax_connections = 2\n");
+        let inst = Instance::builder()
+            .root(dir.path())
+            .workers(1)
+            .proxy_arg("--config")
+            .proxy_arg(cfg.to_str().unwrap())
+            .start();
+        // The harness's readiness probes are closed by now; two connections fill the worker.
+        let mut a = Conn::connect(inst.addr());
+        let mut b = Conn::connect(inst.addr());
+        assert_eq!(a.get("/hello.txt").status, 200);
+        assert_eq!(b.get("/hello.txt").status, 200);
+        let mut c = Conn::connect(inst.addr());
+        assert!(
+            c.wait_closed(Duration::from_secs(5)).is_ok(),
+            "the third connection stays open"
+        );
+        assert_eq!(
+            a.get("/hello.txt").status,
+            200,
+            "open connections keep working"
+        );
+        drop((a, b));
+        let refused =
+            crate::harness::poll_until(Duration::from_secs(5), "connections_refused", || {
+                let n = inst.stats()["proxy"]["connections_refused"]
+                    .as_u64()
+                    .unwrap_or(0);
+                (n >= 1).then_some(n)
+            });
+        assert!(refused >= 1);
+    });
+}

@@ -264,7 +264,12 @@ fn adopt(w: &Worker, stream: std::net::TcpStream, next_token: &mut u64) {
     Counters::dec(&w.counters().fds_in_flight);
     Counters::inc(&w.counters().connections_active);
     let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
-    if parked >= w.shared.cfg.max_connections || stream.set_nonblocking(true).is_err() {
+    if parked >= w.shared.cfg.max_connections {
+        Counters::dec(&w.counters().connections_active);
+        Counters::inc(&w.counters().connections_refused);
+        return;
+    }
+    if stream.set_nonblocking(true).is_err() {
         Counters::dec(&w.counters().connections_active);
         return;
     }
