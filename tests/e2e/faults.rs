@@ -518,8 +518,10 @@ fn origin_that_never_answers_is_504() {
 #[test]
 fn origin_refusing_connections_is_502() {
     with_deadline(T, || {
-        // A port nobody listens on.
-        let port = crate::harness::free_port();
+        // A port held by a bound socket that never listens: connecting is refused, and no
+        // other test's daemon can take the port meanwhile.
+        let closed = crate::harness::ClosedPort::new();
+        let port = closed.port();
         let inst = Instance::builder()
             .origin(&format!("http://127.0.0.1:{port}"))
             .start();
@@ -700,7 +702,8 @@ fn a_live_instance_is_never_touched_by_a_second_daemon_of_the_same_name() {
         let mut inst = Instance::builder().root(root.path()).start();
         assert_eq!(inst.get("/hello.txt").status, 200);
         let before = fingerprints(&inst.name);
-        let port = crate::harness::free_port();
+        // Port 0: the second proxy's bind always succeeds, so what stops it is the live pool.
+        let port = 0;
         let runs: [(&str, Vec<String>); 2] = [
             (
                 "proxy",

@@ -316,6 +316,57 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port on 127.0.0.1 held by a TCP socket that is bound but never listens, so connecting to
+/// it is refused. Unlike a port that was free a moment ago, nobody else can bind it while this
+/// lives: the socket lacks `SO_REUSEADDR`, which Linux requires of both sockets to share a port.
+pub struct ClosedPort {
+    /// Held only to keep the port bound; closed on drop.
+    _fd: std::os::fd::OwnedFd,
+    port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: `sa` is a valid sockaddr_in of `len` bytes for the duration of the call.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sa as *const libc::sockaddr_in).cast(),
+                len,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        // SAFETY: `sa` and `len` are valid and writable; the kernel fills in the bound address.
+        let rc = unsafe {
+            libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut sa as *mut libc::sockaddr_in).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        ClosedPort {
+            _fd: fd,
+            port: u16::from_be(sa.sin_port),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
 /// Raises the soft RLIMIT_NOFILE of the test process to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
     let mut rl = libc::rlimit {
@@ -687,6 +738,7 @@ impl Instance {
 
     fn try_wait_proxy_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
+        let own = format!("{{\"instance\":\"{}\"", self.name);
         let mut last;
         loop {
             let child = self.proxy.as_mut().expect("proxy not started");
@@ -703,7 +755,12 @@ impl Instance {
                     self.addr(),
                     b"GET /__shmproxy/stats HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n",
                 ) {
-                    Ok(r) if r.status == 200 => return Ok(()),
+                    // Another instance's proxy may have taken the port between `free_port`
+                    // and our bind: only our own instance's stats count as ready.
+                    Ok(r) if r.status == 200 && r.text().contains(&own) => return Ok(()),
+                    Ok(r) if r.status == 200 => {
+                        last = "the port answers for another instance".into()
+                    }
                     Ok(r) => last = format!("stats answered {}", r.status),
                     Err(e) => last = format!("stats: {e}"),
                 }

@@ -181,7 +181,7 @@ impl Daemons {
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
             self.check_alive()?;
-            match ready_step(&mut client, probe) {
+            match ready_step(&mut client, &self.instance, probe) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => last = e,
@@ -325,12 +325,21 @@ impl Daemons {
 }
 
 /// One readiness probe: `Ok(true)` when both daemons answer.
-fn ready_step(client: &mut Client, probe: &str) -> Result<bool, String> {
-    let (status, _) = client
+fn ready_step(client: &mut Client, instance: &str, probe: &str) -> Result<bool, String> {
+    let (status, body) = client
         .get_body("/__shmproxy/stats")
         .map_err(|e| format!("stats: {e}"))?;
     if status != 200 {
         return Err(format!("stats answered {status}"));
+    }
+    // Another instance's proxy may have taken the port between `free_port` and our bind.
+    let json: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| format!("stats is not JSON: {e}"))?;
+    if json["instance"].as_str() != Some(instance) {
+        return Err(format!(
+            "the port answers for instance {}",
+            json["instance"]
+        ));
     }
     let (status, _) = client
         .get_body(probe)
