@@ -1,9 +1,11 @@
 //! A worker process: a fixed pool of `wN-execK` threads waits on one epoll set of client
 //! connections (one-shot: each readiness event goes to exactly one thread, which serves the
 //! connection and re-arms it), so an idle keep-alive connection costs a map entry, never a
-//! thread, and a ready one is served by the thread that saw it, with no handoff. The
-//! `wN-ctl` thread receives connections from the master, enforces the header and idle
-//! timeouts, and leads the drain when the worker is retired or stopped.
+//! thread, and a ready one is served by the thread that saw it, with no handoff. The channel
+//! from the master is in the same set: the thread that sees connections arrive takes them
+//! and serves their first requests itself (a new connection's request is usually there
+//! already), with no wake-up of another thread. The control thread enforces the header and
+//! idle timeouts and leads the drain when the worker is retired or stopped.
 
 mod accesslog;
 mod conn;
@@ -15,7 +17,6 @@ use crate::master::Shared;
 use common::stats::Counters;
 use common::{fdpass, process};
 use conn::{Conn, Next};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::unistd::Pid;
 use std::collections::HashMap;
@@ -28,13 +29,23 @@ use std::time::{Duration, Instant};
 const DRAIN_DEADLINE: Duration = Duration::from_secs(4);
 /// A draining worker closes connections idle this long (busy ones get `Connection: close`).
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
+/// The epoll token of the channel from the master (connections count from 1).
+const CHAN_TOKEN: u64 = 0;
+/// Messages (of up to `fdpass::MAX_FDS` connections each) one thread takes from the channel
+/// before re-arming it for the others.
+const CHAN_BATCHES: usize = 4;
 
 /// What the poll thread and the exec threads share.
 pub struct Worker<'a> {
     pub shared: &'a Shared,
     pub index: usize,
-    /// Readiness of parked client connections (one-shot).
+    /// Readiness of parked client connections and of the channel (one-shot).
     epoll: Epoll,
+    /// The master's end passes connections on this.
+    chan: OwnedFd,
+    /// Set once the master closed the channel (the worker is retired or the master is gone).
+    chan_closed: AtomicBool,
+    next_token: std::sync::atomic::AtomicU64,
     parked: Mutex<HashMap<u64, Conn>>,
     /// Connections taken out of `parked` and being served (changed under its lock).
     busy: AtomicUsize,
@@ -107,6 +118,9 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         shared,
         index,
         epoll,
+        chan,
+        chan_closed: AtomicBool::new(false),
+        next_token: std::sync::atomic::AtomicU64::new(CHAN_TOKEN + 1),
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
         exit: AtomicBool::new(false),
@@ -119,6 +133,13 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         },
         next_request_id: std::sync::atomic::AtomicU64::new((index as u64) << 48),
     };
+    if let Err(e) = w
+        .epoll
+        .add(w.chan.as_fd(), EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN))
+    {
+        log::error!("epoll_ctl(channel): {e}");
+        return 1;
+    }
     let threads = shared.cfg.threads as usize;
     std::thread::scope(|sc| {
         for k in 0..threads {
@@ -127,7 +148,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
                 .name(format!("w{index}-exec{k}"))
                 .spawn_scoped(sc, move || exec_loop(w));
         }
-        control_loop(&w, &chan, &stop);
+        control_loop(&w, &stop);
         w.exit.store(true, Ordering::Relaxed);
     });
     accesslog::flush();
@@ -164,6 +185,10 @@ fn exec_loop(w: &Worker) {
             .deferred
             .extend(events[..n].iter().rev().map(|ev| ev.data()));
         while let Some(token) = scratch.deferred.pop() {
+            if token == CHAN_TOKEN {
+                receive_connections(w, &mut scratch.deferred);
+                continue;
+            }
             let Some(mut conn) = take(w, token) else {
                 continue;
             };
@@ -179,15 +204,20 @@ fn exec_loop(w: &Worker) {
     }
 }
 
-/// Re-arms the connections this thread took events for but has not served yet, so other
-/// threads serve them while this one may block (on cached, or on a slow client).
+/// Re-arms the connections (and the channel) this thread took events for but has not served
+/// yet, so other threads serve them while this one may block (on cached, or on a slow client).
 pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
     if deferred.is_empty() {
         return;
     }
     let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
     for token in deferred.drain(..) {
-        if let Some(conn) = parked.get(&token) {
+        if token == CHAN_TOKEN {
+            let mut ev = EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN);
+            if w.epoll.modify(w.chan.as_fd(), &mut ev).is_err() {
+                w.chan_closed.store(true, Ordering::Relaxed);
+            }
+        } else if let Some(conn) = parked.get(&token) {
             let mut ev = EpollEvent::new(
                 EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
                 token,
@@ -197,15 +227,14 @@ pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
     }
 }
 
-/// Receives connections, sweeps timeouts, and leads the drain; returns when the worker
-/// may exit.
-fn control_loop(w: &Worker, chan: &OwnedFd, stop: &AtomicBool) {
-    let mut next_token = 1u64;
+/// Sweeps timeouts and leads the drain; returns when the worker may exit.
+fn control_loop(w: &Worker, stop: &AtomicBool) {
     let mut last_sweep = Instant::now();
-    let mut chan_open = true;
     let mut drain_deadline: Option<Instant> = None;
     loop {
-        if drain_deadline.is_none() && (stop.load(Ordering::Relaxed) || !chan_open) {
+        if drain_deadline.is_none()
+            && (stop.load(Ordering::Relaxed) || w.chan_closed.load(Ordering::Relaxed))
+        {
             // Retired (reload, upgrade) or stopping: answer what comes on open connections
             // with `Connection: close`, close idle ones, leave when nothing is left.
             drain_deadline = Some(Instant::now() + DRAIN_DEADLINE);
@@ -222,16 +251,7 @@ fn control_loop(w: &Worker, chan: &OwnedFd, stop: &AtomicBool) {
                 return;
             }
         }
-        if chan_open {
-            let mut fds = [PollFd::new(chan.as_fd(), PollFlags::POLLIN)];
-            if matches!(poll(&mut fds, PollTimeout::from(20u16)), Ok(n) if n > 0)
-                && !receive_connections(w, chan, &mut next_token)
-            {
-                chan_open = false;
-            }
-        } else {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        std::thread::sleep(Duration::from_millis(20));
         if last_sweep.elapsed() >= Duration::from_millis(200) {
             last_sweep = Instant::now();
             sweep(w);
@@ -239,54 +259,74 @@ fn control_loop(w: &Worker, chan: &OwnedFd, stop: &AtomicBool) {
     }
 }
 
-/// Takes every connection the master passed; `false` once the master closed the channel.
-fn receive_connections(w: &Worker, chan: &OwnedFd, next_token: &mut u64) -> bool {
-    loop {
-        match fdpass::recv_fds(chan) {
+const CHAN_EVENTS: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLONESHOT);
+
+/// Takes the connections the master passed (a bounded number of messages, then the channel
+/// is re-armed for the other threads) and queues them in `deferred` to be served by this
+/// thread in arrival order; marks the channel closed once the master closed it.
+fn receive_connections(w: &Worker, deferred: &mut Vec<u64>) {
+    let mut fresh = Vec::new();
+    for _ in 0..CHAN_BATCHES {
+        match fdpass::recv_fds(&w.chan) {
             Ok(Some(fds)) => {
-                for fd in fds {
-                    adopt(w, std::net::TcpStream::from(fd), next_token);
-                }
+                fresh.extend(
+                    fds.into_iter()
+                        .filter_map(|fd| adopt(w, std::net::TcpStream::from(fd))),
+                );
             }
-            Ok(None) => return false,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+            Ok(None) => {
+                w.chan_closed.store(true, Ordering::Relaxed);
+                let _ = w.epoll.delete(w.chan.as_fd());
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 log::warn!("receiving connections: {e}");
                 Counters::inc(&w.counters().messages_rejected);
-                return true;
+                break;
             }
         }
     }
+    if !w.chan_closed.load(Ordering::Relaxed) {
+        let mut ev = EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN);
+        if let Err(e) = w.epoll.modify(w.chan.as_fd(), &mut ev) {
+            log::error!("re-arming the channel: {e}");
+            w.chan_closed.store(true, Ordering::Relaxed);
+        }
+    }
+    deferred.extend(fresh.into_iter().rev());
 }
 
-/// Parks a connection passed by the master until its first request arrives.
-fn adopt(w: &Worker, stream: std::net::TcpStream, next_token: &mut u64) {
+/// Registers a connection passed by the master, disarmed: the receiving thread serves its
+/// first request (or arms it when none is there yet, or gives it back before blocking).
+/// Returns its token, or `None` if it was refused or could not be registered.
+fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
     Counters::dec(&w.counters().fds_in_flight);
     Counters::inc(&w.counters().connections_active);
     let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
     if parked >= w.shared.cfg.max_connections {
         Counters::dec(&w.counters().connections_active);
         Counters::inc(&w.counters().connections_refused);
-        return;
+        return None;
     }
     if stream.set_nonblocking(true).is_err() {
         Counters::dec(&w.counters().connections_active);
-        return;
+        return None;
     }
     let _ = stream.set_nodelay(true);
-    let token = *next_token;
-    *next_token += 1;
+    let token = w.next_token.fetch_add(1, Ordering::Relaxed);
     let conn = Conn::new(stream, token);
-    let ev = EpollEvent::new(
-        EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
-        token,
-    );
+    // No readiness bits: nothing but an error or hang-up is reported until it is armed.
+    let ev = EpollEvent::new(EpollFlags::EPOLLONESHOT, token);
     let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
     if w.epoll.add(conn.stream.as_fd(), ev).is_ok() {
         parked.insert(token, conn);
+        Some(token)
     } else {
         drop(parked);
         w.close(conn);
+        None
     }
 }
 
