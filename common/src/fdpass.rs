@@ -18,6 +18,26 @@ pub fn pair() -> io::Result<(OwnedFd, OwnedFd)> {
     )?)
 }
 
+/// Accepts one connection as a non-blocking, close-on-exec socket (`accept4`), so the worker
+/// it is passed to needs no `fcntl` (the flag belongs to the open file, which the fd shares).
+/// Socket options set on the listener, such as `TCP_NODELAY`, are inherited by Linux.
+pub fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<std::net::TcpStream> {
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    loop {
+        match nix::sys::socket::accept4(listener.as_raw_fd(), flags) {
+            // SAFETY: accept4 just returned this descriptor; nothing else owns it, so exactly
+            // one owner takes it here.
+            Ok(fd) => {
+                return Ok(std::net::TcpStream::from(unsafe {
+                    OwnedFd::from_raw_fd(fd)
+                }))
+            }
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Most descriptors one message carries.
 pub const MAX_FDS: usize = 32;
 

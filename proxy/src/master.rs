@@ -114,6 +114,8 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
         TcpListener::bind(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?
     };
     listener.set_nonblocking(true)?;
+    // Accepted connections inherit it: the workers need no call of their own.
+    nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)?;
     let listen_addr = listener.local_addr()?;
     let pool = Pool::create(&names, cfg.segments, cfg.segment_size, cfg.chunk_slots)
         .context("cannot create the segment pool")?;
@@ -276,8 +278,8 @@ impl Master {
         // possible (up to MAX_FDS descriptors each).
         let mut accepted = Vec::new();
         while accepted.len() < 256 {
-            match listener.accept() {
-                Ok((stream, _)) => accepted.push(stream),
+            match fdpass::accept_nonblocking(listener) {
+                Ok(stream) => accepted.push(stream),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     log::warn!("accept: {e}");

@@ -310,11 +310,7 @@ fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
         Counters::inc(&w.counters().connections_refused);
         return None;
     }
-    if stream.set_nonblocking(true).is_err() {
-        Counters::dec(&w.counters().connections_active);
-        return None;
-    }
-    let _ = stream.set_nodelay(true);
+    // The master accepted it non-blocking, with TCP_NODELAY from the listener.
     let token = w.next_token.fetch_add(1, Ordering::Relaxed);
     let conn = Conn::new(stream, token);
     // No readiness bits: nothing but an error or hang-up is reported until it is armed.
