@@ -38,6 +38,7 @@ struct ProxyFile {
     listen: Option<String>,
     workers: Option<u64>,
     threads: Option<u64>,
+    pollers: Option<u64>,
     segments: Option<u64>,
     segment_size: Option<u64>,
     chunk_slots: Option<u64>,
@@ -153,6 +154,9 @@ pub struct ProxyConfig {
     pub workers: u32,
     /// Request-executing threads per worker.
     pub threads: u32,
+    /// Of those, how many take readiness events at once (the others wait their turn or
+    /// wait on cached or slow clients).
+    pub pollers: u32,
     /// Segments in the shared pool.
     pub segments: u32,
     /// Bytes per segment.
@@ -384,6 +388,7 @@ impl ProxyConfig {
             listen,
             workers: ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32,
             threads: ranged(&src, "proxy.threads", p.threads, 64, 1, 1024)? as u32,
+            pollers: ranged(&src, "proxy.pollers", p.pollers, 1, 1, 1024)? as u32,
             segments: ranged(&src, "proxy.segments", p.segments, 128, 1, 4096)? as u32,
             segment_size: ranged(
                 &src,

@@ -25,12 +25,11 @@ pub fn accept_nonblocking(listener: &std::net::TcpListener) -> io::Result<std::n
     let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
     loop {
         match nix::sys::socket::accept4(listener.as_raw_fd(), flags) {
-            // SAFETY: accept4 just returned this descriptor; nothing else owns it, so exactly
-            // one owner takes it here.
             Ok(fd) => {
-                return Ok(std::net::TcpStream::from(unsafe {
-                    OwnedFd::from_raw_fd(fd)
-                }))
+                // SAFETY: accept4 just returned this descriptor; nothing else owns it, so
+                // exactly one owner takes it here.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                return Ok(std::net::TcpStream::from(fd));
             }
             Err(nix::Error::EINTR) => continue,
             Err(e) => return Err(e.into()),

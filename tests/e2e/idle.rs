@@ -1,8 +1,12 @@
 //! Idle keep-alive connections do not hold threads: 2,000 idle connections stay open to a proxy
 //! with only 2 × 4 request threads while another client's requests are answered promptly.
+//! Nor do blocked requests hold up the rest: while requests wait on a slow origin and clients
+//! stop reading big answers, the worker's one poller hands its turn on and hits flow.
 
 use crate::client::{request_bytes, Conn};
-use crate::harness::{raise_nofile_limit, with_deadline, write_file, Instance};
+use crate::harness::{pattern, raise_nofile_limit, with_deadline, write_file, Instance};
+use crate::origin::{Origin, Route};
+use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -108,5 +112,78 @@ fn idle_connections_do_not_block_other_clients() {
         }
         drop(silent);
         drop(used);
+    });
+}
+
+#[test]
+fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
+    with_deadline(Duration::from_secs(120), || {
+        const SLOW: usize = 3;
+        const STALLED: usize = 2;
+        let origin = Origin::start();
+        origin.route(
+            "/slow",
+            Route::ok(b"slow\n".to_vec()).delay(Duration::from_secs(4)),
+        );
+        origin.route(
+            "/big",
+            Route::ok(pattern(16 << 20, 7)).header("Cache-Control", "max-age=60"),
+        );
+        origin.route(
+            "/hot",
+            Route::ok(b"hot\n".to_vec()).header("Cache-Control", "max-age=60"),
+        );
+        // One worker, one poller, and just enough threads for the blocked requests plus two.
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .workers(1)
+            .threads((SLOW + STALLED + 2) as u32)
+            .start();
+        assert_eq!(inst.get("/hot").status, 200);
+        assert_eq!(inst.get("/big").status, 200);
+
+        let addr = inst.addr();
+        let slow: Vec<_> = (0..SLOW)
+            .map(|_| thread::spawn(move || Conn::connect(addr).get("/slow").status))
+            .collect();
+        // Clients that ask for 16 MiB and never read: the threads answering them block on
+        // full socket buffers until the send timeout.
+        let stalled: Vec<TcpStream> = (0..STALLED)
+            .map(|_| {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&request_bytes("GET", "/big", &[], b""))
+                    .unwrap();
+                s
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(500));
+
+        let t_start = Instant::now();
+        let mut c = Conn::connect(addr);
+        for i in 0..40 {
+            let t0 = Instant::now();
+            let r = if i % 2 == 0 {
+                c.get("/hot")
+            } else {
+                inst.get("/hot")
+            };
+            let took = t0.elapsed();
+            assert_eq!(r.status, 200, "hit {i}: {}", r.describe());
+            assert_eq!(r.body, b"hot\n");
+            assert!(
+                took < PROMPT,
+                "hit {i} took {took:?} while others were blocked"
+            );
+        }
+        // The hits really overlapped the blocked requests.
+        assert!(
+            slow.iter().all(|h| !h.is_finished()),
+            "a slow request finished before the hits were done ({:?})",
+            t_start.elapsed()
+        );
+        for h in slow {
+            assert_eq!(h.join().unwrap(), 200, "slow request");
+        }
+        drop(stalled);
     });
 }

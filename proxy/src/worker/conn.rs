@@ -120,6 +120,7 @@ impl Conn {
     }
 
     fn wait(&self, flags: PollFlags, timeout: Duration) -> io::Result<()> {
+        super::before_blocking();
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(self.stream.as_fd(), flags)];
         match poll(

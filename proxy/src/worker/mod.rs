@@ -19,10 +19,11 @@ use common::{fdpass, process};
 use conn::{Conn, Next};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::unistd::Pid;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a draining worker keeps serving its open connections.
@@ -141,6 +142,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         return 1;
     }
     let threads = shared.cfg.threads as usize;
+    *PERMITS.lock() = (shared.cfg.pollers as usize).min(threads);
     std::thread::scope(|sc| {
         for k in 0..threads {
             let w = &w;
@@ -153,6 +155,65 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
     });
     accesslog::flush();
     0
+}
+
+/// Poll permits: at most this many exec threads of the worker take readiness events at once.
+/// The others wait for a permit, so a ready connection goes to a thread that is already
+/// running (which takes it in its next batch) instead of waking a sleeping one per event;
+/// a thread about to block on anything but epoll hands its permit on ([`before_blocking`]),
+/// so many requests can still wait on cached or on slow clients at the same time.
+struct Permits {
+    free: Mutex<usize>,
+    changed: Condvar,
+}
+
+static PERMITS: Permits = Permits {
+    free: Mutex::new(0),
+    changed: Condvar::new(),
+};
+
+thread_local! {
+    static HOLDS_PERMIT: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Permits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits (at most `limit`) until this thread holds a permit; returns whether it does.
+    fn acquire(&self, limit: Duration) -> bool {
+        if HOLDS_PERMIT.get() {
+            return true;
+        }
+        let mut free = self.lock();
+        if *free == 0 {
+            free = self
+                .changed
+                .wait_timeout_while(free, limit, |f| *f == 0)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if *free == 0 {
+            return false;
+        }
+        *free -= 1;
+        HOLDS_PERMIT.set(true);
+        true
+    }
+
+    fn release(&self) {
+        if HOLDS_PERMIT.replace(false) {
+            *self.lock() += 1;
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Called by an exec thread before it may block on anything but epoll (cached, a slow
+/// client): another thread takes over taking readiness events meanwhile.
+pub fn before_blocking() {
+    PERMITS.release();
 }
 
 /// Takes the parked connection `token` for serving (counted busy under the map's lock).
@@ -172,6 +233,9 @@ fn exec_loop(w: &Worker) {
     let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
     let mut events = [EpollEvent::empty(); BATCH];
     while !w.exit.load(Ordering::Relaxed) {
+        if !PERMITS.acquire(Duration::from_millis(200)) {
+            continue;
+        }
         let n = match w.epoll.wait(&mut events, EpollTimeout::from(200u16)) {
             Ok(n) => n,
             Err(nix::Error::EINTR) => continue,
@@ -207,6 +271,7 @@ fn exec_loop(w: &Worker) {
 /// Re-arms the connections (and the channel) this thread took events for but has not served
 /// yet, so other threads serve them while this one may block (on cached, or on a slow client).
 pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
+    before_blocking();
     if deferred.is_empty() {
         return;
     }
