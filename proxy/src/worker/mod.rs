@@ -142,7 +142,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         return 1;
     }
     let threads = shared.cfg.threads as usize;
-    *PERMITS.lock() = (shared.cfg.pollers as usize).min(threads);
+    PERMITS.lock().free = (shared.cfg.pollers as usize).min(threads);
     std::thread::scope(|sc| {
         for k in 0..threads {
             let w = &w;
@@ -162,13 +162,35 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
 /// running (which takes it in its next batch) instead of waking a sleeping one per event;
 /// a thread about to block on anything but epoll hands its permit on ([`before_blocking`]),
 /// so many requests can still wait on cached or on slow clients at the same time.
+///
+/// Connections a thread took but must leave unserved (it is about to block) are handed
+/// straight to waiting threads through `handoff`, each served at once by its own thread,
+/// instead of going back to epoll for the one poller to pass out one at a time.
 struct Permits {
-    free: Mutex<usize>,
+    state: Mutex<PermitState>,
     changed: Condvar,
 }
 
+struct PermitState {
+    free: usize,
+    handoff: std::collections::VecDeque<u64>,
+}
+
+/// What a waiting exec thread got.
+enum Turn {
+    /// A poll permit: take readiness events.
+    Poll,
+    /// A connection handed over by a thread about to block: serve it.
+    Serve(u64),
+    /// Neither within the limit.
+    Idle,
+}
+
 static PERMITS: Permits = Permits {
-    free: Mutex::new(0),
+    state: Mutex::new(PermitState {
+        free: 0,
+        handoff: std::collections::VecDeque::new(),
+    }),
     changed: Condvar::new(),
 };
 
@@ -177,34 +199,49 @@ thread_local! {
 }
 
 impl Permits {
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.free.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, PermitState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Waits (at most `limit`) until this thread holds a permit; returns whether it does.
-    fn acquire(&self, limit: Duration) -> bool {
+    /// Waits (at most `limit`) for a handed-over connection or a poll permit, in that order.
+    fn next_turn(&self, limit: Duration) -> Turn {
         if HOLDS_PERMIT.get() {
-            return true;
+            return Turn::Poll;
         }
-        let mut free = self.lock();
-        if *free == 0 {
-            free = self
+        let mut st = self.lock();
+        if st.free == 0 && st.handoff.is_empty() {
+            st = self
                 .changed
-                .wait_timeout_while(free, limit, |f| *f == 0)
+                .wait_timeout_while(st, limit, |s| s.free == 0 && s.handoff.is_empty())
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        if *free == 0 {
-            return false;
+        if let Some(token) = st.handoff.pop_front() {
+            return Turn::Serve(token);
         }
-        *free -= 1;
+        if st.free == 0 {
+            return Turn::Idle;
+        }
+        st.free -= 1;
         HOLDS_PERMIT.set(true);
-        true
+        Turn::Poll
     }
 
     fn release(&self) {
         if HOLDS_PERMIT.replace(false) {
-            *self.lock() += 1;
+            self.lock().free += 1;
+            self.changed.notify_one();
+        }
+    }
+
+    /// Queues connections for waiting threads, waking one per connection.
+    fn hand_off(&self, tokens: impl Iterator<Item = u64>) {
+        let mut st = self.lock();
+        let before = st.handoff.len();
+        st.handoff.extend(tokens);
+        let n = st.handoff.len() - before;
+        drop(st);
+        for _ in 0..n {
             self.changed.notify_one();
         }
     }
@@ -233,21 +270,26 @@ fn exec_loop(w: &Worker) {
     let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
     let mut events = [EpollEvent::empty(); BATCH];
     while !w.exit.load(Ordering::Relaxed) {
-        if !PERMITS.acquire(Duration::from_millis(200)) {
-            continue;
-        }
-        let n = match w.epoll.wait(&mut events, EpollTimeout::from(200u16)) {
-            Ok(n) => n,
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => {
-                log::error!("epoll_wait: {e}");
-                return;
-            }
-        };
         scratch.deferred.clear();
-        scratch
-            .deferred
-            .extend(events[..n].iter().rev().map(|ev| ev.data()));
+        match PERMITS.next_turn(Duration::from_millis(200)) {
+            Turn::Poll => {
+                let n = match w.epoll.wait(&mut events, EpollTimeout::from(200u16)) {
+                    Ok(n) => n,
+                    Err(nix::Error::EINTR) => continue,
+                    Err(e) => {
+                        log::error!("epoll_wait: {e}");
+                        PERMITS.release();
+                        return;
+                    }
+                };
+                // Served from the end: keep the kernel's order.
+                scratch
+                    .deferred
+                    .extend(events[..n].iter().rev().map(|ev| ev.data()));
+            }
+            Turn::Serve(token) => scratch.deferred.push(token),
+            Turn::Idle => continue,
+        }
         while let Some(token) = scratch.deferred.pop() {
             if token == CHAN_TOKEN {
                 receive_connections(w, &mut scratch.deferred);
@@ -268,28 +310,24 @@ fn exec_loop(w: &Worker) {
     }
 }
 
-/// Re-arms the connections (and the channel) this thread took events for but has not served
-/// yet, so other threads serve them while this one may block (on cached, or on a slow client).
+/// Passes on what this thread took but has not served yet, before it may block (on cached,
+/// or on a slow client): its poll permit, the connections (each to a waiting thread, in
+/// order) and the channel (re-armed in epoll).
 pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
     before_blocking();
     if deferred.is_empty() {
         return;
     }
-    let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-    for token in deferred.drain(..) {
-        if token == CHAN_TOKEN {
-            let mut ev = EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN);
-            if w.epoll.modify(w.chan.as_fd(), &mut ev).is_err() {
-                w.chan_closed.store(true, Ordering::Relaxed);
-            }
-        } else if let Some(conn) = parked.get(&token) {
-            let mut ev = EpollEvent::new(
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
-                token,
-            );
-            let _ = w.epoll.modify(conn.stream.as_fd(), &mut ev);
+    let before = deferred.len();
+    deferred.retain(|&t| t != CHAN_TOKEN);
+    if deferred.len() != before {
+        let mut ev = EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN);
+        if w.epoll.modify(w.chan.as_fd(), &mut ev).is_err() {
+            w.chan_closed.store(true, Ordering::Relaxed);
         }
     }
+    // `deferred` is served from its end: the next in line is the last.
+    PERMITS.hand_off(deferred.drain(..).rev());
 }
 
 /// Sweeps timeouts and leads the drain; returns when the worker may exit.
