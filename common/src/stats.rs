@@ -173,6 +173,7 @@ stats_fields! {
     Counter timeouts_idle @proxy: "Idle keep-alive connections closed",
     Counter timeouts_send @proxy: "Connections closed because the client did not read in time",
     Counter connections_refused @proxy: "Connections closed at once because a worker had max_connections open",
+    Counter connections_handed_off @proxy: "Ready connections an exec thread passed to a waiting thread because it was about to block (on cached or a slow client)",
     Counter cached_unavailable @proxy: "Requests answered 503 because cached was not running",
     Counter cached_timeouts @proxy: "Transfers aborted because cached did not answer in time",
     Counter pool_acquires @proxy: "Segments leased from the pool",

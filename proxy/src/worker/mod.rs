@@ -326,6 +326,7 @@ pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
             w.chan_closed.store(true, Ordering::Relaxed);
         }
     }
+    Counters::add(&w.counters().connections_handed_off, deferred.len() as u64);
     // `deferred` is served from its end: the next in line is the last.
     PERMITS.hand_off(deferred.drain(..).rev());
 }
