@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"SHPL");
-pub const POOL_VERSION: u32 = 2;
+pub const POOL_VERSION: u32 = 3;
 pub const MAX_SLOTS: usize = 8;
 pub const MIN_SEGMENT_SIZE: usize = 1024;
 pub const MAX_SEGMENT_SIZE: usize = 64 << 20;
@@ -59,6 +59,17 @@ fn gen_of(state: u64) -> u32 {
 
 fn pid_of(state: u64) -> u32 {
     ((state >> 8) & 0xff_ffff) as u32
+}
+
+/// The tag of chunk `n` of the stream written by `writer` in transfer `generation`: the
+/// generation's low 16 bits, the writing side, and the chunk number modulo 2^15 (a stale
+/// chunk is a lap of 2 to 8 slots behind, or from another transfer).
+fn chunk_tag(generation: u32, writer: Side, n: u32) -> u32 {
+    let side = match writer {
+        Side::Proxy => 0,
+        Side::Cached => 1 << 15,
+    };
+    (generation << 16) | side | (n & 0x7fff)
 }
 
 #[repr(C)]
@@ -94,6 +105,9 @@ struct SegmentHeader {
     to_proxy: SharedSem,
     slot_len: [AtomicU32; MAX_SLOTS],
     slot_flags: [AtomicU32; MAX_SLOTS],
+    /// Which chunk each slot holds ([`chunk_tag`]): the reader checks it is the one it
+    /// expects, so a stale or overwritten chunk is never taken for the next one.
+    slot_tag: [AtomicU32; MAX_SLOTS],
 }
 
 // SAFETY: atomics and SharedSems only; repr(C); alignment 8.
@@ -423,21 +437,44 @@ impl Pool {
 
     /// Clears `bit` (and marks the transfer aborted if `abort`), waking the peer; posts the
     /// pool's free count when no holder remains. Only if the state still matches `expect`.
+    ///
+    /// An abort is published before anyone is woken, and both happen while `bit` is still
+    /// held: a woken peer finds ABORTED when it checks the state (it never takes a stale
+    /// chunk for a new one), and the segment cannot be leased again while we still post its
+    /// semaphores.
     fn let_go(&self, index: u32, expect: impl Fn(u64) -> bool, bit: u64, abort: bool) -> bool {
         let seg = self.seg(index);
         let mut s = seg.state.load(Ordering::Acquire);
+        let mut woke = false;
         loop {
             if !expect(s) || s & bit == 0 {
                 return false;
             }
-            if abort {
-                // Wake whoever waits, before we let go (nobody may touch the semaphores
-                // of a segment they do not hold).
+            if abort && s & ABORTED == 0 {
+                // ORDERING: AcqRel: the peer's Acquire in `check_state` sees ABORTED once
+                // it is woken by the posts below, which come after this.
+                match seg.state.compare_exchange(
+                    s,
+                    s | ABORTED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => s |= ABORTED,
+                    Err(now) => {
+                        s = now;
+                        continue;
+                    }
+                }
+            }
+            if abort && !woke {
+                // Wake whoever waits (nobody may touch the semaphores of a segment they do
+                // not hold: we still hold `bit`).
                 seg.free.post();
                 seg.to_cached.post();
                 seg.to_proxy.post();
+                woke = true;
             }
-            let new = (s & !bit) | if abort { ABORTED } else { 0 };
+            let new = s & !bit;
             // ORDERING: AcqRel: Release orders our last access to the data before the next
             // holder's Acquire; Acquire sees the peer's clear if it came first.
             match seg
@@ -652,6 +689,10 @@ impl<'p> Lease<'p> {
         let seg = self.seg();
         seg.slot_len[slot].store(self.tx_off as u32, Ordering::Relaxed);
         seg.slot_flags[slot].store(if last { SLOT_LAST } else { 0 }, Ordering::Relaxed);
+        seg.slot_tag[slot].store(
+            chunk_tag(self.generation, self.side, self.tx_slot),
+            Ordering::Relaxed,
+        );
         // sem_post is a full memory barrier: the peer's sem_wait sees the chunk and its length.
         self.sems().0.post();
         self.tx_slot += 1;
@@ -727,6 +768,20 @@ impl Lease<'_> {
             let slot = (self.rx_slot % self.pool.slots) as usize;
             let len = self.seg().slot_len[slot].load(Ordering::Relaxed) as usize;
             let last = self.seg().slot_flags[slot].load(Ordering::Relaxed) & SLOT_LAST != 0;
+            let tag = self.seg().slot_tag[slot].load(Ordering::Relaxed);
+            let peer = match self.side {
+                Side::Proxy => Side::Cached,
+                Side::Cached => Side::Proxy,
+            };
+            if tag != chunk_tag(self.generation, peer, self.rx_slot) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "segment {} generation {}: chunk {} out of sequence (tag {tag:#x})",
+                        self.index, self.generation, self.rx_slot
+                    ),
+                ));
+            }
             if len > self.pool.slot_size {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
@@ -942,6 +997,31 @@ mod tests {
             drop(a);
             assert!(reader.join().unwrap() == body);
         });
+    }
+
+    #[test]
+    fn a_stale_chunk_is_refused_not_read() {
+        let n = names("tag");
+        let pool = Pool::create(&n, 1, 4096, 2).unwrap();
+        let mut proxy = pool.acquire(Duration::from_secs(1), 1).unwrap();
+        proxy.set_timeout(Duration::from_millis(200));
+        proxy.finish().unwrap(); // an empty request
+        let mut cached = pool.join(proxy.index(), proxy.generation(), 1).unwrap();
+        let mut req = Vec::new();
+        cached.read_to_end(&mut req).unwrap();
+        // Two full chunks of the answer, both read.
+        let slot = pool.slot_size();
+        cached.write_all(&vec![1u8; 2 * slot]).unwrap();
+        let mut buf = vec![0u8; 2 * slot];
+        proxy.read_exact(&mut buf).unwrap();
+        assert!(buf.iter().all(|&b| b == 1));
+        // A stray post (as a confused peer might make) offers slot 0 again, still holding
+        // chunk 0: it must be refused, not passed on as chunk 2.
+        pool.seg(proxy.index()).to_proxy.post();
+        let e = proxy.read(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        drop(cached);
+        drop(proxy);
     }
 
     #[test]

@@ -250,7 +250,13 @@ pub fn exchange(
             if e.kind() == io::ErrorKind::TimedOut {
                 Counters::inc(&w.counters().timeouts_send);
             }
-            log::debug!("response aborted: {e}");
+            if e.kind() == io::ErrorKind::InvalidData {
+                // A chunk that failed validation: never passed on, always worth a look.
+                Counters::inc(&w.counters().messages_rejected);
+                log::warn!("response aborted: {e}");
+            } else {
+                log::debug!("response aborted: {e}");
+            }
             false
         }
     }
