@@ -125,6 +125,16 @@ pub enum Side {
     Cached,
 }
 
+impl Side {
+    /// The other end of the transfer.
+    fn peer(self) -> Side {
+        match self {
+            Side::Proxy => Side::Cached,
+            Side::Cached => Side::Proxy,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum AcquireError {
     TimedOut(Duration),
@@ -769,11 +779,7 @@ impl Lease<'_> {
             let len = self.seg().slot_len[slot].load(Ordering::Relaxed) as usize;
             let last = self.seg().slot_flags[slot].load(Ordering::Relaxed) & SLOT_LAST != 0;
             let tag = self.seg().slot_tag[slot].load(Ordering::Relaxed);
-            let peer = match self.side {
-                Side::Proxy => Side::Cached,
-                Side::Cached => Side::Proxy,
-            };
-            if tag != chunk_tag(self.generation, peer, self.rx_slot) {
+            if tag != chunk_tag(self.generation, self.side.peer(), self.rx_slot) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!(

@@ -327,39 +327,22 @@ pub struct ClosedPort {
 
 impl ClosedPort {
     pub fn new() -> ClosedPort {
-        use std::os::fd::{AsRawFd, FromRawFd};
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-        assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
-        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
-        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        // SAFETY: `sa` is a valid sockaddr_in of `len` bytes for the duration of the call.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sa as *const libc::sockaddr_in).cast(),
-                len,
-            )
+        use nix::sys::socket::{
+            bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
         };
-        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-        // SAFETY: `sa` and `len` are valid and writable; the kernel fills in the bound address.
-        let rc = unsafe {
-            libc::getsockname(
-                fd.as_raw_fd(),
-                (&mut sa as *mut libc::sockaddr_in).cast(),
-                &mut len,
-            )
-        };
-        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
-        ClosedPort {
-            _fd: fd,
-            port: u16::from_be(sa.sin_port),
-        }
+        use std::os::fd::AsRawFd;
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+        let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
+            .expect("getsockname")
+            .port();
+        ClosedPort { _fd: fd, port }
     }
 
     pub fn port(&self) -> u16 {

@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,7 +46,7 @@ pub struct Worker<'a> {
     chan: OwnedFd,
     /// Set once the master closed the channel (the worker is retired or the master is gone).
     chan_closed: AtomicBool,
-    next_token: std::sync::atomic::AtomicU64,
+    next_token: AtomicU64,
     parked: Mutex<HashMap<u64, Conn>>,
     /// Connections taken out of `parked` and being served (changed under its lock).
     busy: AtomicUsize,
@@ -57,7 +57,7 @@ pub struct Worker<'a> {
     pub cached: fetch::CachedLink,
     pub l1: l1::L1,
     pub limits: common::request::Limits,
-    pub next_request_id: std::sync::atomic::AtomicU64,
+    pub next_request_id: AtomicU64,
 }
 
 impl Worker<'_> {
@@ -121,7 +121,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         epoll,
         chan,
         chan_closed: AtomicBool::new(false),
-        next_token: std::sync::atomic::AtomicU64::new(CHAN_TOKEN + 1),
+        next_token: AtomicU64::new(CHAN_TOKEN + 1),
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
         exit: AtomicBool::new(false),
@@ -132,7 +132,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
             max_header_bytes: shared.cfg.max_header_bytes,
             max_headers: shared.cfg.max_headers,
         },
-        next_request_id: std::sync::atomic::AtomicU64::new((index as u64) << 48),
+        next_request_id: AtomicU64::new((index as u64) << 48),
     };
     if let Err(e) = w
         .epoll
@@ -318,13 +318,9 @@ pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
     if deferred.is_empty() {
         return;
     }
-    let before = deferred.len();
-    deferred.retain(|&t| t != CHAN_TOKEN);
-    if deferred.len() != before {
-        let mut ev = EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN);
-        if w.epoll.modify(w.chan.as_fd(), &mut ev).is_err() {
-            w.chan_closed.store(true, Ordering::Relaxed);
-        }
+    if deferred.contains(&CHAN_TOKEN) {
+        deferred.retain(|&t| t != CHAN_TOKEN);
+        rearm_chan(w);
     }
     Counters::add(&w.counters().connections_handed_off, deferred.len() as u64);
     // `deferred` is served from its end: the next in line is the last.
@@ -365,6 +361,16 @@ fn control_loop(w: &Worker, stop: &AtomicBool) {
 
 const CHAN_EVENTS: EpollFlags = EpollFlags::EPOLLIN.union(EpollFlags::EPOLLONESHOT);
 
+/// Arms the channel for the next thread that waits on epoll; a channel that cannot be armed
+/// counts as closed (the worker drains).
+fn rearm_chan(w: &Worker) {
+    let mut ev = EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN);
+    if let Err(e) = w.epoll.modify(w.chan.as_fd(), &mut ev) {
+        log::error!("re-arming the channel: {e}");
+        w.chan_closed.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Takes the connections the master passed (a bounded number of messages, then the channel
 /// is re-armed for the other threads) and queues them in `deferred` to be served by this
 /// thread in arrival order; marks the channel closed once the master closed it.
@@ -393,11 +399,7 @@ fn receive_connections(w: &Worker, deferred: &mut Vec<u64>) {
         }
     }
     if !w.chan_closed.load(Ordering::Relaxed) {
-        let mut ev = EpollEvent::new(CHAN_EVENTS, CHAN_TOKEN);
-        if let Err(e) = w.epoll.modify(w.chan.as_fd(), &mut ev) {
-            log::error!("re-arming the channel: {e}");
-            w.chan_closed.store(true, Ordering::Relaxed);
-        }
+        rearm_chan(w);
     }
     deferred.extend(fresh.into_iter().rev());
 }
