@@ -323,7 +323,9 @@ fn ranges_are_served_from_stored_objects_and_a_range_miss_does_not_poison() {
         let body = pattern(10_000, 9);
         origin.route(
             "/big",
-            Route::ok(body.clone()).header("Cache-Control", "max-age=60"),
+            Route::ok(body.clone())
+                .header("Cache-Control", "max-age=60")
+                .header("Accept-Ranges", "none"),
         );
         // A range request on a miss goes upstream as is and stores nothing.
         let r = get_with(&inst, "/big", &[("Range", "bytes=0-9")]);
@@ -338,6 +340,13 @@ fn ranges_are_served_from_stored_objects_and_a_range_miss_does_not_poison() {
         let full = get_with(&inst, "/big", &[]);
         assert_eq!(full.body, body);
         assert_eq!(origin.count("/big"), 2, "the range miss was not stored");
+        let hit = get_with(&inst, "/big", &[]);
+        assert_eq!(
+            hit.header_all("accept-ranges"),
+            vec!["bytes"],
+            "a stored object is ranged by us: one Accept-Ranges, ours\n{}",
+            hit.describe()
+        );
         let r = get_with(&inst, "/big", &[("Range", "bytes=100-199")]);
         assert_eq!(r.status, 206, "{}", r.describe());
         assert_eq!(r.header("content-range"), Some("bytes 100-199/10000"));

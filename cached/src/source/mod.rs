@@ -126,6 +126,8 @@ pub fn serve_stored(
         l1_ttl.min(L1_MAX_TTL).as_millis() as u32
     };
     if obj.status == 200 {
+        // We answer ranges of stored objects ourselves, whatever the origin said.
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-ranges"));
         headers.push(("Accept-Ranges".into(), b"bytes".to_vec()));
         let len = obj.body.len() as u64;
         match policy::range(&req.headers, &obj.headers, len) {
