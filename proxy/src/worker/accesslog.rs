@@ -72,7 +72,7 @@ pub fn format_line(conn: &Conn, req: &Request, took: Duration, now: SystemTime) 
             .map(|(_, v)| v.as_slice())
     };
     let mut line = String::with_capacity(160 + req.target.len());
-    line.push_str(&conn.peer);
+    line.push_str(conn.peer());
     line.push_str(" - - [");
     line.push_str(&clf_time(now));
     line.push_str("] \"");

@@ -23,7 +23,10 @@ pub struct Conn {
     pub last_active: Instant,
     /// Set while a request head is incomplete (header timeout).
     pub head_started: Option<Instant>,
-    pub peer: String,
+    /// The client's address, looked up when first needed (access log, forwarded headers).
+    peer: std::cell::OnceCell<String>,
+    /// The descriptor is in the worker's epoll set (from its first park on).
+    pub in_epoll: bool,
     /// The socket's send buffer was raised for large answers.
     big_sndbuf: bool,
     /// What the current request got, for the access log.
@@ -77,20 +80,27 @@ impl Scratch {
 
 impl Conn {
     pub fn new(stream: TcpStream, token: u64) -> Conn {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_else(|_| "-".into());
         Conn {
             stream,
             token,
             buf: Vec::new(),
             last_active: Instant::now(),
             head_started: None,
-            peer,
+            peer: std::cell::OnceCell::new(),
+            in_epoll: false,
             big_sndbuf: false,
             reply: Reply::new(),
         }
+    }
+
+    /// The client's IP address ("-" if the socket cannot tell).
+    pub fn peer(&self) -> &str {
+        self.peer.get_or_init(|| {
+            self.stream
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|_| "-".into())
+        })
     }
 
     /// Records the answer's status and outcome (counted once per request).

@@ -93,7 +93,7 @@ pub fn exchange(
         method: req.method.clone(),
         target: req.target.clone(),
         version: req.version,
-        client: conn.peer.clone(),
+        client: conn.peer().to_string(),
         body: req.body.framing(),
         headers: req.headers.clone(),
     }

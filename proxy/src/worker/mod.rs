@@ -74,14 +74,22 @@ impl Worker<'_> {
     }
 
     /// Parks a connection until it is readable again. The map stays locked while the fd is
-    /// armed, so the poll thread finds the connection when its event fires.
-    fn park(&self, conn: Conn) {
+    /// armed, so the thread that gets its event finds the connection. A connection enters
+    /// the epoll set at its first park: one answered and closed at once (`Connection:
+    /// close`) costs no `epoll_ctl` at all.
+    fn park(&self, mut conn: Conn) {
         let mut ev = EpollEvent::new(
             EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP | EpollFlags::EPOLLONESHOT,
             conn.token,
         );
         let mut parked = self.parked.lock().unwrap_or_else(|e| e.into_inner());
-        if self.epoll.modify(conn.stream.as_fd(), &mut ev).is_ok() {
+        let armed = if conn.in_epoll {
+            self.epoll.modify(conn.stream.as_fd(), &mut ev)
+        } else {
+            self.epoll.add(conn.stream.as_fd(), ev)
+        };
+        if armed.is_ok() {
+            conn.in_epoll = true;
             parked.insert(conn.token, conn);
         } else {
             drop(parked);
@@ -89,8 +97,9 @@ impl Worker<'_> {
         }
     }
 
+    /// Closes a connection. Closing the descriptor takes it out of the epoll set (the worker
+    /// holds the only reference: the master closed its copy after passing it).
     fn close(&self, conn: Conn) {
-        let _ = self.epoll.delete(conn.stream.as_fd());
         Counters::dec(&self.counters().connections_active);
         drop(conn);
     }
@@ -404,9 +413,9 @@ fn receive_connections(w: &Worker, deferred: &mut Vec<u64>) {
     deferred.extend(fresh.into_iter().rev());
 }
 
-/// Registers a connection passed by the master, disarmed: the receiving thread serves its
-/// first request (or arms it when none is there yet, or gives it back before blocking).
-/// Returns its token, or `None` if it was refused or could not be registered.
+/// Takes in a connection passed by the master (not yet in the epoll set): the receiving
+/// thread serves its first request (or parks it when none is there yet, or gives it back
+/// before blocking). Returns its token, or `None` if it was refused.
 fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
     Counters::dec(&w.counters().fds_in_flight);
     Counters::inc(&w.counters().connections_active);
@@ -419,17 +428,9 @@ fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
     // The master accepted it non-blocking, with TCP_NODELAY from the listener.
     let token = w.next_token.fetch_add(1, Ordering::Relaxed);
     let conn = Conn::new(stream, token);
-    // No readiness bits: nothing but an error or hang-up is reported until it is armed.
-    let ev = EpollEvent::new(EpollFlags::EPOLLONESHOT, token);
     let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-    if w.epoll.add(conn.stream.as_fd(), ev).is_ok() {
-        parked.insert(token, conn);
-        Some(token)
-    } else {
-        drop(parked);
-        w.close(conn);
-        None
-    }
+    parked.insert(token, conn);
+    Some(token)
 }
 
 /// Closes parked connections past their header or idle timeout (slowloris gets a 408).
