@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
 /// Bumped whenever the field list changes (the slot layout is generated from it).
-pub const STATS_VERSION: u32 = 2;
+pub const STATS_VERSION: u32 = 3;
 const SLOTS_OFFSET: usize = 64;
 /// Latency histogram buckets: bucket i counts requests that took at most 2^i µs (and more than
 /// 2^(i-1) µs); the last one also takes everything slower (≈ 67 s and up).
@@ -163,6 +163,8 @@ stats_fields! {
     Gauge connections_active @proxy: "Client connections open in a worker",
     Gauge connections_busy @proxy: "Client connections whose requests are executing (the rest of connections_active are idle)",
     Gauge fds_in_flight @proxy: "Connections passed by the master and not yet received by a worker",
+    Gauge connections_waiting @proxy: "Connections accepted by the master and held back because every worker's channel was full",
+    Counter channel_full @proxy: "Times the master found a worker's channel full and held connections back until it had room (none is dropped)",
     Counter bad_requests @proxy: "Requests rejected as malformed or too large (4xx before any forwarding)",
     Counter rejected_line_too_long @proxy [rejected_requests reason = "line_too_long"]: "Rejected requests, by reason",
     Counter rejected_head_too_large @proxy [rejected_requests reason = "head_too_large"]: "Rejected requests, by reason",

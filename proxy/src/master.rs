@@ -29,12 +29,17 @@ use std::time::{Duration, Instant};
 
 /// How long a stop waits for draining workers before killing them (they drain for 4 s).
 const STOP_DEADLINE: Duration = Duration::from_millis(4500);
+/// Accepted connections the master holds while the workers' channels are full; beyond this
+/// it stops accepting and the kernel's listen backlog holds the rest.
+const WAITING_MAX: usize = 1024;
 
 struct WorkerSlot {
     /// 1-based; also the worker's stats slot.
     index: usize,
     pid: Option<Pid>,
     chan: Option<OwnedFd>,
+    /// The channel refused a message (its queue is full): no more until it is writable.
+    chan_full: bool,
     started: Instant,
     /// Consecutive quick deaths, for backoff.
     quick_deaths: u32,
@@ -47,6 +52,7 @@ impl WorkerSlot {
             index,
             pid: None,
             chan: None,
+            chan_full: false,
             started: Instant::now(),
             quick_deaths: 0,
             respawn_at: None,
@@ -94,6 +100,8 @@ struct Master {
     workers: Vec<WorkerSlot>,
     /// Replaced workers still draining.
     retiring: Vec<Pid>,
+    /// Accepted connections not yet passed to a worker (every channel was full), in order.
+    waiting: std::collections::VecDeque<std::net::TcpStream>,
     rr: usize,
 }
 
@@ -141,6 +149,7 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
         listener: Some(listener),
         upgrade: None,
         retiring: Vec::new(),
+        waiting: std::collections::VecDeque::new(),
         rr: 0,
     };
     m.bind_upgrade_socket();
@@ -165,21 +174,15 @@ impl Master {
     fn serve(&mut self, signals: &Signals) -> anyhow::Result<bool> {
         let mut last_housekeeping = Instant::now();
         while !signals.stop.load(Ordering::Relaxed) {
-            let (accept, upgrade) = {
-                let l = self
-                    .listener
-                    .as_ref()
-                    .expect("the master keeps its listener");
-                let mut fds = vec![PollFd::new(l.as_fd(), PollFlags::POLLIN)];
-                if let Some(u) = &self.upgrade {
-                    fds.push(PollFd::new(u.as_fd(), PollFlags::POLLIN));
-                }
-                let ready = matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0);
-                let has = |f: &PollFd| f.revents().is_some_and(|r| r.contains(PollFlags::POLLIN));
-                (ready && has(&fds[0]), ready && fds.get(1).is_some_and(has))
-            };
+            let (accept, upgrade, writable) = self.wait_ready();
+            for i in writable {
+                self.workers[i].chan_full = false;
+            }
             if accept {
                 self.accept_batch();
+            }
+            if !self.waiting.is_empty() {
+                self.dispatch();
             }
             if upgrade && self.hand_over() {
                 return Ok(true);
@@ -213,6 +216,49 @@ impl Master {
             }
         }
         Ok(false)
+    }
+
+    /// Waits (at most 100 ms) for the listener (unless `waiting` is full), the upgrade socket
+    /// and the full channels of workers while connections wait for them. Returns whether to
+    /// accept, whether an upgrade knocks, and the workers whose channels have room again.
+    fn wait_ready(&self) -> (bool, bool, Vec<usize>) {
+        let mut fds = Vec::with_capacity(2 + self.workers.len());
+        let mut full = Vec::new();
+        let listener = self
+            .listener
+            .as_ref()
+            .filter(|_| self.waiting.len() < WAITING_MAX);
+        let accepting = listener.is_some();
+        if let Some(l) = listener {
+            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(u) = &self.upgrade {
+            fds.push(PollFd::new(u.as_fd(), PollFlags::POLLIN));
+        }
+        let first_chan = fds.len();
+        if !self.waiting.is_empty() {
+            for (i, w) in self.workers.iter().enumerate() {
+                if let (true, Some(chan)) = (w.chan_full, &w.chan) {
+                    fds.push(PollFd::new(chan.as_fd(), PollFlags::POLLOUT));
+                    full.push(i);
+                }
+            }
+        }
+        if !matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0) {
+            return (false, false, Vec::new());
+        }
+        let has = |f: &PollFd, flag| f.revents().is_some_and(|r| r.intersects(flag));
+        let accept = accepting && has(&fds[0], PollFlags::POLLIN);
+        let upgrade = self.upgrade.is_some() && has(&fds[first_chan - 1], PollFlags::POLLIN);
+        // An error or hang-up counts too: the next send finds out, and the reaper follows.
+        let ready = PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP;
+        let writable = full
+            .into_iter()
+            .zip(&fds[first_chan..])
+            .filter(|(_, f)| has(f, ready))
+            .map(|(i, _)| i)
+            .collect();
+        (accept, upgrade, writable)
     }
 
     /// Binds the upgrade socket; while a previous master of the instance still drains, the
@@ -251,6 +297,7 @@ impl Master {
                 let w = &mut self.workers[i];
                 w.pid = Some(child);
                 w.chan = Some(master_end);
+                w.chan_full = false;
                 w.started = Instant::now();
                 w.respawn_at = None;
                 log::debug!("forked worker {index} as pid {child}");
@@ -266,20 +313,19 @@ impl Master {
             .wrapping_add(s.fds_in_flight.load(Ordering::Relaxed))
     }
 
-    /// Accepts what is pending (bounded) and hands each connection to the least-loaded live
-    /// worker, round-robin among equals.
+    /// Accepts what is pending, up to what `waiting` may still hold.
     fn accept_batch(&mut self) {
         let listener = self
             .listener
             .as_ref()
             .expect("the master keeps its listener");
-        let stats = &self.shared.stats;
-        // Accept the burst first, then pass each worker its share in as few messages as
-        // possible (up to MAX_FDS descriptors each).
-        let mut accepted = Vec::new();
-        while accepted.len() < 256 {
+        let mut n = 0u64;
+        while self.waiting.len() < WAITING_MAX {
             match fdpass::accept_nonblocking(listener) {
-                Ok(stream) => accepted.push(stream),
+                Ok(stream) => {
+                    self.waiting.push_back(stream);
+                    n += 1;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     log::warn!("accept: {e}");
@@ -287,49 +333,61 @@ impl Master {
                 }
             }
         }
-        if accepted.is_empty() {
-            return;
-        }
-        Counters::add(&stats.slot(0).connections_accepted, accepted.len() as u64);
-        let live: Vec<usize> = (0..self.workers.len())
-            .filter(|&i| self.workers[i].chan.is_some())
-            .collect();
-        if live.is_empty() {
-            log::warn!(
-                "no worker to take {} connections; closing them",
-                accepted.len()
-            );
-            return;
-        }
-        // Least loaded first (fds in flight count, so a burst spreads), round-robin among equals.
-        let mut shares: Vec<Vec<&std::net::TcpStream>> = vec![Vec::new(); self.workers.len()];
-        for stream in &accepted {
-            let i = (0..live.len())
+        let master = self.shared.stats.slot(0);
+        Counters::add(&master.connections_accepted, n);
+        master
+            .connections_waiting
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Passes the waiting connections on, in order, in as few messages as possible: each
+    /// message (up to `MAX_FDS` connections, an even share of what waits) goes to the
+    /// least-loaded worker whose channel has room, round-robin among equals. A full channel
+    /// holds the rest back until it is writable again: nothing is dropped.
+    fn dispatch(&mut self) {
+        let master = self.shared.stats.slot(0);
+        while !self.waiting.is_empty() {
+            let live: Vec<usize> = (0..self.workers.len())
+                .filter(|&i| self.workers[i].chan.is_some() && !self.workers[i].chan_full)
+                .collect();
+            let Some(i) = (0..live.len())
                 .map(|k| live[(self.rr + k) % live.len()])
-                .min_by_key(|&i| self.load_of(&self.workers[i]) as i64)
-                .expect("live is not empty");
+                .min_by_key(|&i| self.load_of(&self.workers[i]))
+            else {
+                break; // every channel is full (or no worker runs): wait
+            };
             self.rr = (self.rr + 1) % live.len();
-            Counters::inc(&stats.slot(self.workers[i].index).fds_in_flight);
-            shares[i].push(stream);
-        }
-        for (i, share) in shares.iter().enumerate() {
-            for batch in share.chunks(fdpass::MAX_FDS) {
-                let w = &self.workers[i];
-                let raw: Vec<_> = batch.iter().map(|s| s.as_raw_fd()).collect();
-                if let Err(e) = fdpass::send_fds(w.chan.as_ref().expect("live"), &raw) {
-                    Counters::add(
-                        &stats.slot(w.index).fds_in_flight,
-                        (raw.len() as u64).wrapping_neg(),
-                    );
-                    log::warn!(
-                        "passing {} connections to worker {}: {e}; closing them",
-                        raw.len(),
-                        w.index
-                    );
+            let share = self.waiting.len().div_ceil(live.len()).min(fdpass::MAX_FDS);
+            let w = &mut self.workers[i];
+            let raw: Vec<_> = self
+                .waiting
+                .iter()
+                .take(share)
+                .map(|s| s.as_raw_fd())
+                .collect();
+            match fdpass::send_fds(w.chan.as_ref().expect("live"), &raw) {
+                Ok(()) => {
+                    let slot = self.shared.stats.slot(w.index);
+                    Counters::add(&slot.fds_in_flight, share as u64);
+                    // Our copies close here; the worker holds its own.
+                    self.waiting.drain(..share);
+                }
+                Err(e) => {
+                    if e.kind() == std::io::ErrorKind::WouldBlock {
+                        Counters::inc(&master.channel_full);
+                        w.chan_full = true;
+                    } else {
+                        // A broken channel: the worker is gone or going (closing our end
+                        // retires it); the reaper replaces it, the others take these.
+                        log::warn!("passing connections to worker {}: {e}", w.index);
+                        w.chan = None;
+                    }
                 }
             }
         }
-        // Our copies close here; the workers hold theirs.
+        master
+            .connections_waiting
+            .store(self.waiting.len() as u64, Ordering::Relaxed);
     }
 
     /// Reaps dead workers: reclaims their segments and schedules a replacement (backoff
@@ -461,8 +519,23 @@ impl Master {
         }
     }
 
-    /// Retires every worker (they drain for up to 4 s), then kills stragglers.
+    /// Retires every worker (they drain for up to 4 s), then kills stragglers. Connections
+    /// still waiting for a channel get a second to be passed on first.
     fn shutdown(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while !self.waiting.is_empty() && Instant::now() < deadline {
+            for i in self.wait_ready().2 {
+                self.workers[i].chan_full = false;
+            }
+            self.dispatch();
+        }
+        if !self.waiting.is_empty() {
+            log::warn!(
+                "stopping: {} accepted connections could not be passed to a worker; closing them",
+                self.waiting.len()
+            );
+            self.waiting.clear();
+        }
         for w in &mut self.workers {
             w.chan = None;
             if let Some(pid) = w.pid.take() {

@@ -2,6 +2,8 @@
 //! with only 2 × 4 request threads while another client's requests are answered promptly.
 //! Nor do blocked requests hold up the rest: while requests wait on a slow origin and clients
 //! stop reading big answers, the worker's one poller hands its turn on and hits flow.
+//! And a burst of connections larger than a busy worker's channel holds waits in the master
+//! instead of being dropped.
 
 use crate::client::{request_bytes, Conn};
 use crate::harness::{pattern, raise_nofile_limit, with_deadline, write_file, Instance};
@@ -185,5 +187,67 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
             assert_eq!(h.join().unwrap(), 200, "slow request");
         }
         drop(stalled);
+    });
+}
+
+#[test]
+fn a_burst_beyond_a_busy_workers_channel_waits_in_the_master_and_is_answered() {
+    with_deadline(Duration::from_secs(120), || {
+        // A worker's channel holds what fits in its send buffer (about 200 KiB, of which each
+        // message of up to 32 connections takes about 1 KiB); with its only thread busy and
+        // connections arriving one by one, 2,000 overflow it.
+        const BURST: usize = 2000;
+        let limit = raise_nofile_limit();
+        assert!(limit > (2 * BURST + 100) as u64, "RLIMIT_NOFILE {limit}");
+        let origin = Origin::start();
+        origin.route(
+            "/slow",
+            Route::ok(b"slow\n".to_vec()).delay(Duration::from_secs(2)),
+        );
+        origin.route(
+            "/hot",
+            Route::ok(b"hot\n".to_vec()).header("Cache-Control", "max-age=60"),
+        );
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .workers(1)
+            .threads(1)
+            .start();
+        assert_eq!(inst.get("/hot").status, 200);
+        let addr = inst.addr();
+        // The worker's one thread waits on the origin: nobody reads the channel meanwhile.
+        let slow = thread::spawn(move || Conn::connect(addr).get("/slow").status);
+        thread::sleep(Duration::from_millis(300));
+        let burst: Vec<TcpStream> = (0..BURST)
+            .map(|_| {
+                let mut s = connect_retry(addr);
+                s.write_all(&request_bytes(
+                    "GET",
+                    "/hot",
+                    &[("Connection", "close")],
+                    b"",
+                ))
+                .unwrap();
+                s
+            })
+            .collect();
+        for (i, mut s) in burst.into_iter().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut text)
+                .unwrap_or_else(|e| panic!("burst connection {i}: {e}"));
+            assert!(
+                text.starts_with(b"HTTP/1.1 200") && text.ends_with(b"hot\n"),
+                "burst connection {i} answered {:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+        assert_eq!(slow.join().unwrap(), 200, "slow request");
+        let stats = inst.stats();
+        assert!(
+            stats["proxy"]["channel_full"].as_u64().unwrap() > 0,
+            "the burst never found the channel full: the test proves nothing\n{stats}"
+        );
+        assert_eq!(stats["proxy"]["connections_waiting"].as_u64(), Some(0));
     });
 }
