@@ -39,6 +39,7 @@ struct ProxyFile {
     workers: Option<u64>,
     threads: Option<u64>,
     pollers: Option<u64>,
+    accept_coalesce_us: Option<u64>,
     segments: Option<u64>,
     segment_size: Option<u64>,
     chunk_slots: Option<u64>,
@@ -157,6 +158,9 @@ pub struct ProxyConfig {
     /// Of those, how many take readiness events at once (the others wait their turn or
     /// wait on cached or slow clients).
     pub pollers: u32,
+    /// Under a burst of new connections, how long the master lets it gather before it
+    /// accepts (zero: never waits).
+    pub accept_coalesce: Duration,
     /// Segments in the shared pool.
     pub segments: u32,
     /// Bytes per segment.
@@ -389,6 +393,14 @@ impl ProxyConfig {
             workers: ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32,
             threads: ranged(&src, "proxy.threads", p.threads, 64, 1, 1024)? as u32,
             pollers: ranged(&src, "proxy.pollers", p.pollers, 1, 1, 1024)? as u32,
+            accept_coalesce: Duration::from_micros(ranged(
+                &src,
+                "proxy.accept_coalesce_us",
+                p.accept_coalesce_us,
+                500,
+                0,
+                100_000,
+            )?),
             segments: ranged(&src, "proxy.segments", p.segments, 128, 1, 4096)? as u32,
             segment_size: ranged(
                 &src,

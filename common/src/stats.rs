@@ -164,6 +164,7 @@ stats_fields! {
     Gauge connections_busy @proxy: "Client connections whose requests are executing (the rest of connections_active are idle)",
     Gauge fds_in_flight @proxy: "Connections passed by the master and not yet received by a worker",
     Gauge connections_waiting @proxy: "Connections accepted by the master and held back because every worker's channel was full",
+    Counter accepts_coalesced @proxy: "Accepts the master delayed by proxy.accept_coalesce_us to take a burst of new connections whole",
     Counter channel_full @proxy: "Times the master found a worker's channel full and held connections back until it had room (none is dropped)",
     Counter bad_requests @proxy: "Requests rejected as malformed or too large (4xx before any forwarding)",
     Counter rejected_line_too_long @proxy [rejected_requests reason = "line_too_long"]: "Rejected requests, by reason",

@@ -3,10 +3,13 @@
 //! Nor do blocked requests hold up the rest: while requests wait on a slow origin and clients
 //! stop reading big answers, the worker's one poller hands its turn on and hits flow.
 //! And a burst of connections larger than a busy worker's channel holds waits in the master
-//! instead of being dropped.
+//! instead of being dropped; a burst of new connections is accepted whole, while a lone
+//! client's connections are accepted at once.
 
-use crate::client::{request_bytes, Conn};
-use crate::harness::{pattern, raise_nofile_limit, with_deadline, write_file, Instance};
+use crate::client::{request_bytes, Conn, Expect};
+use crate::harness::{
+    pattern, raise_nofile_limit, send_signal, with_deadline, write_file, Instance,
+};
 use crate::origin::{Origin, Route};
 use std::io::Write;
 use std::net::TcpStream;
@@ -208,10 +211,16 @@ fn a_burst_beyond_a_busy_workers_channel_waits_in_the_master_and_is_answered() {
             "/hot",
             Route::ok(b"hot\n".to_vec()).header("Cache-Control", "max-age=60"),
         );
+        // Connections arriving one by one, each in a message of its own: no accept coalescing.
+        let cfg = tempfile::tempdir().unwrap();
+        let cfg_file = cfg.path().join("proxy.toml");
+        std::fs::write(&cfg_file, "[proxy]\naccept_coalesce_us = 0\n").unwrap();
         let inst = Instance::builder()
             .origin(&origin.url())
             .workers(1)
             .threads(1)
+            .proxy_arg("--config")
+            .proxy_arg(cfg_file.to_str().unwrap())
             .start();
         assert_eq!(inst.get("/hot").status, 200);
         let addr = inst.addr();
@@ -249,5 +258,48 @@ fn a_burst_beyond_a_busy_workers_channel_waits_in_the_master_and_is_answered() {
             "the burst never found the channel full: the test proves nothing\n{stats}"
         );
         assert_eq!(stats["proxy"]["connections_waiting"].as_u64(), Some(0));
+    });
+}
+
+#[test]
+fn a_burst_of_new_connections_is_accepted_whole_and_a_lone_client_never_waits() {
+    with_deadline(Duration::from_secs(60), || {
+        let root = tempfile::tempdir().unwrap();
+        write_file(root.path(), "hello.txt", b"hello, world\n");
+        let inst = Instance::builder().root(root.path()).start();
+        let addr = inst.addr();
+        let coalesced = || inst.stats()["proxy"]["accepts_coalesced"].as_u64().unwrap();
+        let one_new_connection = |what: &str| {
+            let r = Conn::connect(addr).get("/hello.txt");
+            assert_eq!(r.status, 200, "{what}: {}", r.describe());
+        };
+        for i in 0..5 {
+            one_new_connection(&format!("lone request {i}"));
+        }
+        assert_eq!(coalesced(), 0, "one client at a time never waits");
+
+        // With the master stopped, 20 connections queue in the listen backlog: its next
+        // wake-up finds them all, which starts coalescing.
+        let master = inst.proxy_pid().expect("proxy running");
+        assert!(send_signal(master, libc::SIGSTOP));
+        let burst: Vec<Conn> = (0..20)
+            .map(|_| {
+                let mut c = Conn::connect(addr);
+                c.send(&request_bytes("GET", "/hello.txt", &[], b""));
+                c
+            })
+            .collect();
+        assert!(send_signal(master, libc::SIGCONT));
+        for (i, mut c) in burst.into_iter().enumerate() {
+            let r = c.read_response(Expect::Body).unwrap();
+            assert_eq!(r.status, 200, "burst connection {i}: {}", r.describe());
+        }
+        // The next wake-up waits for more, finds one, and ends coalescing.
+        one_new_connection("first request after the burst");
+        assert_eq!(coalesced(), 1);
+        for i in 0..5 {
+            one_new_connection(&format!("lone request {i} after the burst"));
+        }
+        assert_eq!(coalesced(), 1, "a lone client never waits");
     });
 }
