@@ -17,7 +17,7 @@
 # Knobs passed through to peers.sh: DURATION CONNS AB_N AB_C AB_TLIMIT HERD BIG_RUNS PEERS
 #   NGINX VARNISHD NGINX_SENDFILE NGINX_HTTP_EXTRA VARNISH_EXTRA.
 # shmproxy knobs (defaults sized for this 2-core box):
-#   SHM_WORKERS [2]  SHM_THREADS [128] per worker  SHM_SEGMENTS [256]  SHM_SEGMENT_SIZE [1048576]
+#   SHM_WORKERS [1]  SHM_THREADS [256] per worker  SHM_SEGMENTS [256]  SHM_SEGMENT_SIZE [1048576]
 #   SHM_CHUNK_SLOTS [2]  SHM_CACHED_THREADS [256]  SHM_CAPACITY [268435456]
 #   SHM_HEURISTIC_TTL_MS [600000] (the peers' 10-minute default for objects without Cache-Control)
 #   SHM_MAX_OBJECT [134217728] (64 MiB objects are stored, as Varnish stores them)
@@ -28,6 +28,10 @@
 # origin sleeps, so SHM_WORKERS*SHM_THREADS, SHM_SEGMENTS and SHM_CACHED_THREADS stay >= HERD
 # (measured: 2x8 proxy threads with 32 cached threads made the herd cost 2 origin fetches
 # and 1.07 s; 64 cached threads: 2 fetches, 1.16 s).
+# One worker, not two: wrk/ab/curl take one of the two cores, and two workers' pollers then
+# compete with it for the other (wrk -c64, alternating, 1 worker vs 2: 1 KiB hit p99 1.6-1.7
+# vs 4.3-4.9 ms at 68-78k vs 63-84k req/s; 64 KiB, 1 MiB, Connection: close, ab and 64 MiB
+# the same within the noise).
 set -euo pipefail
 export LC_ALL=C
 
@@ -53,8 +57,8 @@ for k in DURATION CONNS AB_N AB_C AB_TLIMIT HERD BIG_RUNS PEERS NGINX VARNISHD N
 done
 
 PEERS_SH=${PEERS_SH:-$ROOT/../shared/bench/peers.sh}
-SHM_WORKERS=${SHM_WORKERS:-2}
-SHM_THREADS=${SHM_THREADS:-128}
+SHM_WORKERS=${SHM_WORKERS:-1}
+SHM_THREADS=${SHM_THREADS:-256}
 SHM_SEGMENTS=${SHM_SEGMENTS:-256}
 SHM_SEGMENT_SIZE=${SHM_SEGMENT_SIZE:-1048576}
 SHM_CHUNK_SLOTS=${SHM_CHUNK_SLOTS:-2}
