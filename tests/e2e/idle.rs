@@ -138,14 +138,23 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
             "/hot",
             Route::ok(b"hot\n".to_vec()).header("Cache-Control", "max-age=60"),
         );
-        // One worker, one poller, and just enough threads for the blocked requests plus two.
+        // Small enough for the worker's L1 (1 MiB by default).
+        origin.route(
+            "/mid",
+            Route::ok(pattern(1 << 20, 8)).header("Cache-Control", "max-age=60"),
+        );
+        // One worker, one poller, and just enough threads for the blocked requests (one
+        // more stalled client, on L1 hits) plus two.
         let inst = Instance::builder()
             .origin(&origin.url())
             .workers(1)
-            .threads((SLOW + STALLED + 2) as u32)
+            .threads((SLOW + STALLED + 1 + 2) as u32)
             .start();
         assert_eq!(inst.get("/hot").status, 200);
         assert_eq!(inst.get("/big").status, 200);
+        for _ in 0..2 {
+            assert_eq!(inst.get("/mid").status, 200);
+        }
 
         let addr = inst.addr();
         let slow: Vec<_> = (0..SLOW)
@@ -161,7 +170,22 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
                 s
             })
             .collect();
+        // And one that pipelines L1 hits of 1 MiB and never reads: its thread writes whole
+        // answers until the socket is full, then must hand its turn on before it waits.
+        let l1_hits = || inst.stats()["proxy"]["l1_hits"].as_u64().unwrap();
+        let hits_before = l1_hits();
+        let mut stalled_l1 = TcpStream::connect(addr).unwrap();
+        let pipelined: Vec<u8> = (0..32)
+            .flat_map(|_| request_bytes("GET", "/mid", &[], b""))
+            .collect();
+        stalled_l1.write_all(&pipelined).unwrap();
         thread::sleep(Duration::from_millis(500));
+        let answered = l1_hits() - hits_before;
+        assert!(
+            (2..32).contains(&answered),
+            "{answered} of the 32 pipelined 1 MiB hits were answered to a client that reads \
+             nothing: its thread should be waiting on a full socket"
+        );
 
         let t_start = Instant::now();
         let mut c = Conn::connect(addr);
@@ -190,6 +214,7 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
             assert_eq!(h.join().unwrap(), 200, "slow request");
         }
         drop(stalled);
+        drop(stalled_l1);
     });
 }
 

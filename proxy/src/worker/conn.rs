@@ -173,8 +173,18 @@ impl Conn {
     }
 
     /// Writes `head` then `body` with as few system calls as the socket allows (`writev`),
-    /// counting them; bounded like [`Conn::write_all_timeout`].
-    pub fn send2(&mut self, w: &Worker, head: &[u8], body: &[u8]) -> io::Result<()> {
+    /// counting them; bounded like [`Conn::write_all_timeout`]. Only if the socket is full
+    /// does the thread first pass on its turn and the connections it took (`deferred`, see
+    /// `give_back`) before it waits: an answer that fits the send buffer goes out without
+    /// waking another thread (1 MiB L1 hits, wrk -c64, A/B against handing off before every
+    /// answer over 64 KiB: 2.48-2.64 vs 1.95-2.25 GB/s, p99 37-41 vs 43-60 ms).
+    pub fn send2(
+        &mut self,
+        w: &Worker,
+        head: &[u8],
+        body: &[u8],
+        deferred: &mut Vec<u64>,
+    ) -> io::Result<()> {
         let timeout = w.shared.cfg.send_timeout;
         let total = head.len() + body.len();
         let mut done = 0;
@@ -189,6 +199,7 @@ impl Conn {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    super::give_back(w, deferred);
                     self.wait(PollFlags::POLLOUT, timeout)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -301,11 +312,7 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
     if w.shared.cfg.l1_capacity > 0 && super::l1::eligible(&req.method, &req.headers) {
         if let Some(entry) = w.l1_lookup(&req.target) {
             Counters::inc(&w.counters().l1_hits);
-            if entry.body.len() > 64 << 10 {
-                // Sending it may block on a slow client.
-                super::give_back(w, &mut scratch.deferred);
-            }
-            return serve_l1(w, conn, req, &entry);
+            return serve_l1(w, conn, req, &entry, &mut scratch.deferred);
         }
         Counters::inc(&w.counters().l1_misses);
     }
@@ -330,7 +337,13 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
 }
 
 /// Answers from the worker's L1: no segment, no cached.
-fn serve_l1(w: &Worker, conn: &mut Conn, req: &Request, e: &super::l1::Entry) -> bool {
+fn serve_l1(
+    w: &Worker,
+    conn: &mut Conn,
+    req: &Request,
+    e: &super::l1::Entry,
+    deferred: &mut Vec<u64>,
+) -> bool {
     use std::io::Write as _;
     let mut out = Vec::with_capacity(e.fixed_headers.len() + 256);
     let _ = write!(
@@ -361,7 +374,7 @@ fn serve_l1(w: &Worker, conn: &mut Conn, req: &Request, e: &super::l1::Entry) ->
     if body.len() >= 256 << 10 {
         conn.raise_send_buffer();
     }
-    conn.send2(w, &out, body).is_ok() && req.keep_alive
+    conn.send2(w, &out, body, deferred).is_ok() && req.keep_alive
 }
 
 /// Writes a complete small answer produced by the proxy itself (errors, 408, 503, ...).
