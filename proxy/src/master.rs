@@ -380,7 +380,7 @@ impl Master {
                 .collect();
             let Some(i) = (0..live.len())
                 .map(|k| live[(self.rr + k) % live.len()])
-                .min_by_key(|&i| self.load_of(&self.workers[i]))
+                .min_by_key(|&i| self.load_of(&self.workers[i]) as i64)
             else {
                 break; // every channel is full (or no worker runs): wait
             };
@@ -393,14 +393,16 @@ impl Master {
                 .take(share)
                 .map(|s| s.as_raw_fd())
                 .collect();
+            // Counted before the send: the worker counts each one down as it takes it.
+            let in_flight = &self.shared.stats.slot(w.index).fds_in_flight;
+            Counters::add(in_flight, share as u64);
             match fdpass::send_fds(w.chan.as_ref().expect("live"), &raw) {
                 Ok(()) => {
-                    let slot = self.shared.stats.slot(w.index);
-                    Counters::add(&slot.fds_in_flight, share as u64);
                     // Our copies close here; the worker holds its own.
                     self.waiting.drain(..share);
                 }
                 Err(e) => {
+                    Counters::add(in_flight, (share as u64).wrapping_neg());
                     if e.kind() == std::io::ErrorKind::WouldBlock {
                         Counters::inc(&master.channel_full);
                         w.chan_full = true;
