@@ -179,10 +179,7 @@ impl Master {
     fn serve(&mut self, signals: &Signals) -> anyhow::Result<bool> {
         let mut last_housekeeping = Instant::now();
         while !signals.stop.load(Ordering::Relaxed) {
-            let (accept, upgrade, writable) = self.wait_ready();
-            for i in writable {
-                self.workers[i].chan_full = false;
-            }
+            let (accept, upgrade) = self.wait_ready();
             if accept {
                 self.accept_burst();
             }
@@ -225,8 +222,8 @@ impl Master {
 
     /// Waits (at most 100 ms) for the listener (unless `waiting` is full), the upgrade socket
     /// and the full channels of workers while connections wait for them. Returns whether to
-    /// accept, whether an upgrade knocks, and the workers whose channels have room again.
-    fn wait_ready(&self) -> (bool, bool, Vec<usize>) {
+    /// accept and whether an upgrade knocks; channels with room again are no longer full.
+    fn wait_ready(&mut self) -> (bool, bool) {
         let mut fds = Vec::with_capacity(2 + self.workers.len());
         let mut full = Vec::new();
         let listener = self
@@ -250,20 +247,24 @@ impl Master {
             }
         }
         if !matches!(poll(&mut fds, PollTimeout::from(100u16)), Ok(n) if n > 0) {
-            return (false, false, Vec::new());
+            return (false, false);
         }
         let has = |f: &PollFd, flag| f.revents().is_some_and(|r| r.intersects(flag));
         let accept = accepting && has(&fds[0], PollFlags::POLLIN);
         let upgrade = self.upgrade.is_some() && has(&fds[first_chan - 1], PollFlags::POLLIN);
         // An error or hang-up counts too: the next send finds out, and the reaper follows.
         let ready = PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP;
-        let writable = full
+        let writable: Vec<usize> = full
             .into_iter()
             .zip(&fds[first_chan..])
             .filter(|(_, f)| has(f, ready))
             .map(|(i, _)| i)
             .collect();
-        (accept, upgrade, writable)
+        drop(fds);
+        for i in writable {
+            self.workers[i].chan_full = false;
+        }
+        (accept, upgrade)
     }
 
     /// Binds the upgrade socket; while a previous master of the instance still drains, the
@@ -360,11 +361,7 @@ impl Master {
                 }
             }
         }
-        let master = self.shared.stats.slot(0);
-        Counters::add(&master.connections_accepted, n);
-        master
-            .connections_waiting
-            .store(self.waiting.len() as u64, Ordering::Relaxed);
+        Counters::add(&self.shared.stats.slot(0).connections_accepted, n);
         n
     }
 
@@ -554,9 +551,7 @@ impl Master {
     fn shutdown(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(1);
         while !self.waiting.is_empty() && Instant::now() < deadline {
-            for i in self.wait_ready().2 {
-                self.workers[i].chan_full = false;
-            }
+            self.wait_ready();
             self.dispatch();
         }
         if !self.waiting.is_empty() {

@@ -199,18 +199,11 @@ impl Conn {
             MsgFlags::MSG_NOSIGNAL
         };
         while done < total {
-            let rest;
-            let parts = if done < head.len() {
-                rest = [io::IoSlice::new(&head[done..]), io::IoSlice::new(body)];
-                &rest[..]
-            } else {
-                rest = [
-                    io::IoSlice::new(&body[done - head.len()..]),
-                    io::IoSlice::new(&[]),
-                ];
-                &rest[..1]
-            };
-            let written = sendmsg::<()>(self.stream.as_raw_fd(), parts, &[], flags, None)
+            let parts = [
+                io::IoSlice::new(&head[done.min(head.len())..]),
+                io::IoSlice::new(&body[done.saturating_sub(head.len())..]),
+            ];
+            let written = sendmsg::<()>(self.stream.as_raw_fd(), &parts, &[], flags, None)
                 .map_err(io::Error::from);
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

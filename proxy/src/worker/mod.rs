@@ -419,17 +419,16 @@ fn receive_connections(w: &Worker, deferred: &mut Vec<u64>) {
 fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
     Counters::dec(&w.counters().fds_in_flight);
     Counters::inc(&w.counters().connections_active);
-    let parked = w.parked.lock().unwrap_or_else(|e| e.into_inner()).len();
-    if parked >= w.shared.cfg.max_connections {
+    let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+    if parked.len() >= w.shared.cfg.max_connections {
+        drop(parked);
         Counters::dec(&w.counters().connections_active);
         Counters::inc(&w.counters().connections_refused);
         return None;
     }
     // The master accepted it non-blocking, with TCP_NODELAY from the listener.
     let token = w.next_token.fetch_add(1, Ordering::Relaxed);
-    let conn = Conn::new(stream, token);
-    let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-    parked.insert(token, conn);
+    parked.insert(token, Conn::new(stream, token));
     Some(token)
 }
 
