@@ -47,6 +47,10 @@ struct ProxyFile {
     header_timeout_ms: Option<u64>,
     idle_timeout_ms: Option<u64>,
     send_timeout_ms: Option<u64>,
+    min_send_rate: Option<u64>,
+    min_recv_rate: Option<u64>,
+    min_rate_grace_ms: Option<u64>,
+    client_wait_threads: Option<u64>,
     cached_timeout_ms: Option<u64>,
     max_header_bytes: Option<u64>,
     max_headers: Option<u64>,
@@ -175,6 +179,18 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     /// Longest wait for a client to accept more response bytes, or to send body bytes.
     pub send_timeout: Duration,
+    /// Least rate (bytes/s) at which a client must take an answer: the time a request spends
+    /// waiting for its client to read is bounded by `min_rate_grace + bytes taken / rate`
+    /// (0: no bound but `send_timeout` per wait).
+    pub min_send_rate: u64,
+    /// Least rate (bytes/s) at which a client must send a request body, bounded the same way.
+    pub min_recv_rate: u64,
+    /// The time a request may wait for its client before the minimum rates count.
+    pub min_rate_grace: Duration,
+    /// Exec threads of a worker that may wait on slow clients at once (a wait counts as slow
+    /// once its request has waited `conn::SLOW_AFTER` on its client); past it, a slow
+    /// upload gets 503, a slow download is closed. The rest stay free for other requests.
+    pub client_wait_threads: u32,
     /// Longest wait for `cached`'s next chunk.
     pub cached_timeout: Duration,
     /// Largest request head (431 above).
@@ -387,11 +403,24 @@ impl ProxyConfig {
             .parse()
             .map_err(|_| src.err("proxy.listen", format!("not an ADDR:PORT (got {listen:?})")))?;
         let pool = crate::pool::MIN_SEGMENT_SIZE as u64..=crate::pool::MAX_SEGMENT_SIZE as u64;
+        let workers = ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32;
+        let threads = ranged(&src, "proxy.threads", p.threads, 64, 1, 1024)? as u32;
+        let segments = ranged(&src, "proxy.segments", p.segments, 128, 1, 4096)? as u32;
+        // Default: half the threads, and no more than half the segments over all workers.
+        let auto_waits = (threads / 2).min(segments / (2 * workers)).max(1);
+        let client_wait_threads = ranged(
+            &src,
+            "proxy.client_wait_threads",
+            p.client_wait_threads,
+            u64::from(auto_waits),
+            1,
+            u64::from(threads),
+        )? as u32;
         Ok(ProxyConfig {
             instance: instance(&cfg, &src)?,
             listen,
-            workers: ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32,
-            threads: ranged(&src, "proxy.threads", p.threads, 64, 1, 1024)? as u32,
+            workers,
+            threads,
             pollers: ranged(&src, "proxy.pollers", p.pollers, 1, 1, 1024)? as u32,
             accept_coalesce: Duration::from_micros(ranged(
                 &src,
@@ -401,7 +430,7 @@ impl ProxyConfig {
                 0,
                 100_000,
             )?),
-            segments: ranged(&src, "proxy.segments", p.segments, 128, 1, 4096)? as u32,
+            segments,
             segment_size: ranged(
                 &src,
                 "proxy.segment_size",
@@ -422,6 +451,24 @@ impl ProxyConfig {
             header_timeout: ms(&src, "proxy.header_timeout_ms", p.header_timeout_ms, 10_000)?,
             idle_timeout: ms(&src, "proxy.idle_timeout_ms", p.idle_timeout_ms, 60_000)?,
             send_timeout: ms(&src, "proxy.send_timeout_ms", p.send_timeout_ms, 30_000)?,
+            min_send_rate: ranged(
+                &src,
+                "proxy.min_send_rate",
+                p.min_send_rate,
+                500,
+                0,
+                1 << 40,
+            )?,
+            min_recv_rate: ranged(
+                &src,
+                "proxy.min_recv_rate",
+                p.min_recv_rate,
+                500,
+                0,
+                1 << 40,
+            )?,
+            min_rate_grace: ms(&src, "proxy.min_rate_grace_ms", p.min_rate_grace_ms, 10_000)?,
+            client_wait_threads,
             cached_timeout: ms(&src, "proxy.cached_timeout_ms", p.cached_timeout_ms, 30_000)?,
             max_header_bytes: ranged(
                 &src,
@@ -631,6 +678,35 @@ mod tests {
         let c = CachedConfig::load(None, &[]).unwrap();
         assert_eq!(c.root, PathBuf::from("www"));
         assert!(c.origin.is_none());
+    }
+
+    #[test]
+    fn slow_client_limits_default_and_validate() {
+        let p = ProxyConfig::load(None, &[]).unwrap();
+        assert_eq!((p.min_send_rate, p.min_recv_rate), (500, 500));
+        assert_eq!(p.min_rate_grace, Duration::from_secs(10));
+        // 64 threads, 128 segments over 2 workers: half of either.
+        assert_eq!(p.client_wait_threads, 32);
+        let p = ProxyConfig::load(
+            None,
+            &flags(&[("proxy.threads", "8"), ("proxy.segments", "4")]),
+        )
+        .unwrap();
+        assert_eq!(p.client_wait_threads, 1);
+        let p = ProxyConfig::load(None, &flags(&[("proxy.min_send_rate", "0")])).unwrap();
+        assert_eq!(p.min_send_rate, 0);
+        for (k, v) in [
+            ("proxy.client_wait_threads", "0"),
+            ("proxy.client_wait_threads", "65"),
+            ("proxy.min_rate_grace_ms", "0"),
+            ("proxy.min_recv_rate", "2000000000000"),
+        ] {
+            let e = ProxyConfig::load(None, &flags(&[(k, v)]))
+                .unwrap_err()
+                .to_string();
+            let name = k.rsplit('.').next().unwrap().replace('_', "-");
+            assert!(e.contains(&name), "{k}={v}: {e}");
+        }
     }
 
     #[test]

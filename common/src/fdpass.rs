@@ -202,6 +202,18 @@ pub fn request_takeover(instance: &str, timeout: std::time::Duration) -> io::Res
     })
 }
 
+/// Bytes written to a TCP socket that its peer has not acknowledged yet (`SIOCOUTQ`), or
+/// `None` if the kernel cannot tell. What a client has really taken of an answer is what
+/// was written minus this: the send buffer's contents say nothing about a client's rate.
+pub fn unsent_bytes(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (= TIOCOUTQ) writes one c_int through the pointer, which points to a
+    // live local; the descriptor is borrowed, so it is open for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) };
+    (rc == 0 && n >= 0).then_some(n as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

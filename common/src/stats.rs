@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
 /// Bumped whenever the field list changes (the slot layout is generated from it).
-pub const STATS_VERSION: u32 = 3;
+pub const STATS_VERSION: u32 = 4;
 const SLOTS_OFFSET: usize = 64;
 /// Latency histogram buckets: bucket i counts requests that took at most 2^i µs (and more than
 /// 2^(i-1) µs); the last one also takes everything slower (≈ 67 s and up).
@@ -175,6 +175,8 @@ stats_fields! {
     Counter timeouts_header @proxy: "Connections closed because the request head was not received in time (408)",
     Counter timeouts_idle @proxy: "Idle keep-alive connections closed",
     Counter timeouts_send @proxy: "Connections closed because the client did not read in time",
+    Counter slow_client_closed @proxy: "Connections closed because the client sent its body or read its answer below proxy.min_recv_rate / min_send_rate",
+    Counter slow_client_refused @proxy: "Transfers refused (503, or a close mid-answer) because proxy.client_wait_threads threads were already waiting on slow clients",
     Counter connections_refused @proxy: "Connections closed at once because a worker had max_connections open",
     Counter connections_handed_off @proxy: "Ready connections an exec thread passed to a waiting thread because it was about to block (on cached or a slow client)",
     Counter cached_unavailable @proxy: "Requests answered 503 because cached was not running",

@@ -1,6 +1,11 @@
 //! One client connection: reading and validating HTTP/1.1 request heads (keep-alive,
 //! pipelining), request bodies (Content-Length or chunked), and writing answers with
 //! bounded waits. The socket is non-blocking; every wait is a `poll` with a timeout.
+//!
+//! Client waits are budgeted per request, not only per wait (see [`Budget`]): a client that
+//! trickles its body, or reads its answer a byte at a time, is closed once it falls below
+//! `min_recv_rate` / `min_send_rate`, and only `client_wait_threads` threads of a worker may
+//! wait on slow clients at once (see [`Conn::wait`]), so the others stay free for the rest.
 
 use super::{accesslog, fetch, status, Worker};
 use common::http::CacheOutcome;
@@ -32,6 +37,96 @@ pub struct Conn {
     big_sndbuf: bool,
     /// What the current request got, for the access log.
     pub reply: Reply,
+    /// The current request's time budgets for waiting on the client: reading its body,
+    /// writing its answer.
+    pub recv_budget: Budget,
+    pub send_budget: Budget,
+}
+
+/// A wait on a client counts as slow (needs one of the worker's `client_wait_threads`
+/// slots) once its request has waited this long on the client in all: a client that keeps
+/// up never takes a slot, however busy the proxy is.
+pub const SLOW_AFTER: Duration = Duration::from_millis(50);
+
+/// Time budget of one direction of a request's client I/O (the whole body, not one wait):
+/// the time spent waiting for the client may not exceed `min_rate_grace + bytes / min_rate`
+/// (Apache mod_reqtimeout's MinRate; Varnish's send_timeout bounds a whole answer too).
+/// For an answer, `bytes` counts what the client acknowledged, not what sits in the send
+/// buffer, so a client that stops reading gets no credit for the buffer's megabytes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Budget {
+    /// Time spent in `poll` for this direction.
+    pub waited: Duration,
+    /// Bytes moved (read from, or written to, the socket).
+    pub bytes: u64,
+}
+
+impl Budget {
+    /// What is left of the budget with `credited` bytes at `rate` (`None`: no rate set).
+    fn left(&self, credited: u64, grace: Duration, rate: u64) -> Option<Duration> {
+        if rate == 0 {
+            return None;
+        }
+        let earned = Duration::from_millis(credited.saturating_mul(1000) / rate);
+        Some((grace + earned).saturating_sub(self.waited))
+    }
+}
+
+/// Why a wait on a client was refused (the inner error of the `io::Error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientWait {
+    /// The request's budget is spent: the client is below the minimum rate.
+    Slow,
+    /// `client_wait_threads` threads already wait on slow clients.
+    Crowded,
+}
+
+impl std::fmt::Display for ClientWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ClientWait::Slow => "client below the minimum rate",
+            ClientWait::Crowded => "too many threads waiting on slow clients",
+        })
+    }
+}
+
+impl std::error::Error for ClientWait {}
+
+impl ClientWait {
+    /// The reason, if `e` is a refused client wait.
+    pub fn of(e: &io::Error) -> Option<ClientWait> {
+        e.get_ref()?.downcast_ref::<ClientWait>().copied()
+    }
+
+    fn error(self) -> io::Error {
+        let kind = match self {
+            ClientWait::Slow => io::ErrorKind::TimedOut,
+            ClientWait::Crowded => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, self)
+    }
+}
+
+/// Holds one of the worker's slots for waiting on a slow client (released on drop).
+struct WaitSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> WaitSlot<'a> {
+    fn take(w: &'a Worker) -> Option<WaitSlot<'a>> {
+        use std::sync::atomic::Ordering;
+        let cap = w.shared.cfg.client_wait_threads as usize;
+        w.client_waits
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaitSlot(&w.client_waits))
+    }
+}
+
+impl Drop for WaitSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 /// Status, body bytes and cache outcome of the answer to the current request.
@@ -91,7 +186,15 @@ impl Conn {
             in_epoll: false,
             big_sndbuf: false,
             reply: Reply::new(),
+            recv_budget: Budget::default(),
+            send_budget: Budget::default(),
         }
+    }
+
+    /// Starts the budgets of a new request.
+    pub fn reset_budgets(&mut self) {
+        self.recv_budget = Budget::default();
+        self.send_budget = Budget::default();
     }
 
     /// The client's IP address ("-" if the socket cannot tell).
@@ -114,44 +217,104 @@ impl Conn {
     /// Counts `n` body bytes sent to the client by other means than [`Conn::send`].
     pub fn account(&mut self, w: &Worker, n: usize) {
         self.reply.bytes += n as u64;
+        self.send_budget.bytes += n as u64;
         Counters::add(&w.counters().bytes_out, n as u64);
     }
 
     /// Waits until the client's socket takes more bytes (bounded).
-    pub fn wait_writable(&self, timeout: Duration) -> io::Result<()> {
-        self.wait(PollFlags::POLLOUT, timeout)
+    pub fn wait_writable(&mut self, w: &Worker, timeout: Duration) -> io::Result<()> {
+        self.wait(w, PollFlags::POLLOUT, timeout)
     }
 
     /// Writes `data` to the client, counting it.
     pub fn send(&mut self, w: &Worker, data: &[u8]) -> io::Result<()> {
-        self.write_all_timeout(data, w.shared.cfg.send_timeout)?;
+        self.write_all_timeout(w, data, w.shared.cfg.send_timeout)?;
         self.reply.bytes += data.len() as u64;
         Counters::add(&w.counters().bytes_out, data.len() as u64);
         Ok(())
     }
 
-    fn wait(&self, flags: PollFlags, timeout: Duration) -> io::Result<()> {
+    /// Waits for the client (`POLLIN`: body bytes, `POLLOUT`: room for answer bytes), at most
+    /// `timeout` and at most what is left of the request's budget for that direction. A wait
+    /// once the request has waited [`SLOW_AFTER`] in all needs one of the worker's
+    /// `client_wait_threads` slots for as long as it polls; without one it is refused
+    /// ([`ClientWait::Crowded`]). A spent budget is [`ClientWait::Slow`]; both are counted.
+    /// `Ok` may be early: callers retry their read or write.
+    fn wait(&mut self, w: &Worker, flags: PollFlags, timeout: Duration) -> io::Result<()> {
         super::before_blocking();
-        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        let cfg = &w.shared.cfg;
+        let sending = flags.contains(PollFlags::POLLOUT);
+        let (budget, rate, credited) = if sending {
+            // What the client took: written minus what still waits in the send buffer.
+            let unsent = common::fdpass::unsent_bytes(self.stream.as_fd()).unwrap_or(0);
+            let b = self.send_budget;
+            (b, cfg.min_send_rate, b.bytes.saturating_sub(unsent))
+        } else {
+            let b = self.recv_budget;
+            (b, cfg.min_recv_rate, b.bytes)
+        };
+        let left = budget.left(credited, cfg.min_rate_grace, rate);
+        if left.is_some_and(|l| l.is_zero()) {
+            Counters::inc(&w.counters().slow_client_closed);
+            return Err(ClientWait::Slow.error());
+        }
+        let mut limit = left.map_or(timeout, |l| l.min(timeout));
+        let waited = self.recv_budget.waited + self.send_budget.waited;
+        let slot = if waited >= SLOW_AFTER {
+            match WaitSlot::take(w) {
+                Some(s) => Some(s),
+                None => {
+                    Counters::inc(&w.counters().slow_client_refused);
+                    return Err(ClientWait::Crowded.error());
+                }
+            }
+        } else {
+            // Still a fast client: a short wait without a slot, then it needs one.
+            limit = limit.min(SLOW_AFTER - waited);
+            None
+        };
+        let ms = limit.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(self.stream.as_fd(), flags)];
-        match poll(
+        let t0 = Instant::now();
+        let polled = poll(
             &mut fds,
             PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => Err(io::Error::new(io::ErrorKind::TimedOut, "client too slow")),
+        );
+        drop(slot);
+        let took = t0.elapsed();
+        if sending {
+            self.send_budget.waited += took;
+        } else {
+            self.recv_budget.waited += took;
+        }
+        match polled {
+            // The per-wait timeout, unless a shorter limit (budget, slot) ended the wait:
+            // then the next wait decides.
+            Ok(0) if limit == timeout => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "client too slow"))
+            }
             Ok(_) | Err(nix::Error::EINTR) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
 
-    /// Writes everything, waiting at most `timeout` for the client each time it stalls.
-    pub fn write_all_timeout(&mut self, mut data: &[u8], timeout: Duration) -> io::Result<()> {
+    /// Writes everything, waiting at most `timeout` for the client each time it stalls (and
+    /// within the request's budget, see [`Conn::wait`]).
+    pub fn write_all_timeout(
+        &mut self,
+        w: &Worker,
+        mut data: &[u8],
+        timeout: Duration,
+    ) -> io::Result<()> {
         while !data.is_empty() {
             match self.stream.write(data) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => data = &data[n..],
+                Ok(n) => {
+                    data = &data[n..];
+                    self.send_budget.bytes += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait(PollFlags::POLLOUT, timeout)?
+                    self.wait(w, PollFlags::POLLOUT, timeout)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -207,16 +370,20 @@ impl Conn {
                 .map_err(io::Error::from);
             match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => done += n,
+                Ok(n) => {
+                    done += n;
+                    self.send_budget.bytes += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     super::give_back(w, deferred);
-                    self.wait(PollFlags::POLLOUT, timeout)?
+                    self.wait(w, PollFlags::POLLOUT, timeout)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        self.account(w, total);
+        self.reply.bytes += total as u64;
+        Counters::add(&w.counters().bytes_out, total as u64);
         Ok(())
     }
 
@@ -239,10 +406,11 @@ impl Conn {
             match self.stream.read(out) {
                 Ok(n) => {
                     Counters::add(&w.counters().bytes_in, n as u64);
+                    self.recv_budget.bytes += n as u64;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait(PollFlags::POLLIN, timeout)?
+                    self.wait(w, PollFlags::POLLIN, timeout)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -263,6 +431,7 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
                     }
                     conn.buf.drain(..head_len);
                     conn.head_started = None;
+                    conn.reset_budgets();
                     let started = Instant::now();
                     Counters::inc(&w.counters().requests);
                     conn.reply = Reply::new();
@@ -296,6 +465,10 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if conn.buf.is_empty() {
                     conn.head_started = None;
+                } else if conn.head_started.is_none() {
+                    // The start of a pipelined head came with the last request: its
+                    // header timeout runs from now, not from its next byte.
+                    conn.head_started = Some(Instant::now());
                 }
                 return Next::Park;
             }

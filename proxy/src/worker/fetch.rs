@@ -156,7 +156,7 @@ pub fn exchange(
         .map_err(|e| (true, e))
         .and_then(|()| {
             if req.expect_continue && req.body != ClientBody::None {
-                conn.write_all_timeout(b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)
+                conn.write_all_timeout(w, b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)
                     .map_err(|e| (false, e))?;
             }
             let lease = &mut lease;
@@ -176,6 +176,13 @@ pub fn exchange(
         } else if e.kind() == io::ErrorKind::InvalidData {
             w.counters().rejected(400, "malformed request body");
             conn::send_simple(w, conn, 400, "malformed request body");
+        } else if let Some(why) = conn::ClientWait::of(&e) {
+            // Nothing answered yet: say why before the close.
+            let (status, msg) = match why {
+                conn::ClientWait::Slow => (408, "request body not received in time"),
+                conn::ClientWait::Crowded => (503, "too many slow clients; retry shortly"),
+            };
+            conn::send_simple(w, conn, status, msg);
         } else if e.kind() == io::ErrorKind::TimedOut {
             Counters::inc(&w.counters().timeouts_send);
         }
@@ -247,7 +254,7 @@ pub fn exchange(
         Ok(()) => false,
         Err(e) => {
             Counters::inc(&w.counters().transfers_aborted);
-            if e.kind() == io::ErrorKind::TimedOut {
+            if e.kind() == io::ErrorKind::TimedOut && conn::ClientWait::of(&e).is_none() {
                 Counters::inc(&w.counters().timeouts_send);
             }
             if e.kind() == io::ErrorKind::InvalidData {
@@ -326,7 +333,7 @@ fn stream_body(
                     conn.account(w, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.wait_writable(w.shared.cfg.send_timeout)?
+                    conn.wait_writable(w, w.shared.cfg.send_timeout)?
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),

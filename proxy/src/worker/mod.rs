@@ -50,6 +50,8 @@ pub struct Worker<'a> {
     parked: Mutex<HashMap<u64, Conn>>,
     /// Connections taken out of `parked` and being served (changed under its lock).
     busy: AtomicUsize,
+    /// Exec threads waiting on a slow client now (at most `client_wait_threads`).
+    pub client_waits: AtomicUsize,
     /// Set when the exec threads must leave.
     exit: AtomicBool,
     /// Set once the worker drains: every answer closes its connection.
@@ -133,6 +135,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         next_token: AtomicU64::new(CHAN_TOKEN + 1),
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
+        client_waits: AtomicUsize::new(0),
         exit: AtomicBool::new(false),
         draining: AtomicBool::new(false),
         cached: fetch::CachedLink::new(&shared.names),
