@@ -14,11 +14,18 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// Slow peers of each kind, against 2 workers × 8 threads and 16 segments: together more
-/// than the threads and segments there are, as the issue's 130 were against 2 × 64 and 128.
-const READERS: usize = 20;
-const UPLOADERS: usize = 20;
 const BIG: usize = 32 << 20;
+
+/// The scale of an attack and of the instance under it.
+struct Scale {
+    readers: usize,
+    uploaders: usize,
+    threads: u32,
+    segments: u32,
+    cached_threads: u32,
+    /// `client_wait_threads`, or the default.
+    wait_threads: Option<u32>,
+}
 
 fn config_file(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("hostile_slow.toml");
@@ -128,9 +135,40 @@ fn slow_uploader(addr: SocketAddr, limit: Duration) -> Ended {
     }
 }
 
+/// Slow peers of each kind, against 2 workers × 8 threads and 16 segments: together more
+/// than the threads and segments there are, as the issue's 130 were against 2 × 64 and 128.
 #[test]
 fn slow_readers_and_uploaders_do_not_delay_hits() {
-    with_deadline(Duration::from_secs(120), || {
+    slow_peers_vs_hits(Scale {
+        readers: 20,
+        uploaders: 20,
+        threads: 8,
+        segments: 16,
+        cached_threads: 16,
+        wait_threads: Some(3),
+    });
+}
+
+/// The issue's scale: 200 slow readers and 200 slow uploaders against the default shape
+/// (2 workers × 64 threads, 128 segments, the default client_wait_threads). By hand:
+/// `cargo test -p shmproxy-tests --test e2e -- --ignored full_scale --nocapture`.
+#[test]
+#[ignore = "400 client threads; run by hand"]
+fn full_scale_slow_readers_and_uploaders_do_not_delay_hits() {
+    crate::harness::raise_nofile_limit();
+    slow_peers_vs_hits(Scale {
+        readers: 200,
+        uploaders: 200,
+        threads: 64,
+        segments: 128,
+        cached_threads: 256,
+        wait_threads: None,
+    });
+}
+
+fn slow_peers_vs_hits(sc: Scale) {
+    let (readers, uploaders) = (sc.readers, sc.uploaders);
+    with_deadline(Duration::from_secs(180), move || {
         let origin = Origin::start();
         let max_age = ("Cache-Control", "max-age=600");
         origin.route(
@@ -149,15 +187,19 @@ fn slow_readers_and_uploaders_do_not_delay_hits() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config_file(
             dir.path(),
-            "[proxy]\nmin_send_rate = 100000\nmin_recv_rate = 1000\nmin_rate_grace_ms = 2000\n\
-             client_wait_threads = 3\nl1_max_object_size = 4096\n",
+            &format!(
+                "[proxy]\nmin_send_rate = 100000\nmin_recv_rate = 1000\nmin_rate_grace_ms = 2000\n\
+                 l1_max_object_size = 4096\n{}",
+                sc.wait_threads
+                    .map_or(String::new(), |n| format!("client_wait_threads = {n}\n"))
+            ),
         );
         let inst = Instance::builder()
             .origin(&origin.url())
             .workers(2)
-            .threads(8)
-            .segments(16)
-            .cached_threads(16)
+            .threads(sc.threads)
+            .segments(sc.segments)
+            .cached_threads(sc.cached_threads)
             .cached_arg("--max-object-size")
             .cached_arg(&(64u64 << 20).to_string())
             .proxy_arg("--config")
@@ -180,11 +222,11 @@ fn slow_readers_and_uploaders_do_not_delay_hits() {
         let limit = Duration::from_secs(30);
         let attack = Instant::now();
         let mut peers = Vec::new();
-        for _ in 0..READERS {
+        for _ in 0..readers {
             let trickle = Duration::from_secs(10);
             peers.push(("reader", thread::spawn(move || slow_reader(addr, trickle))));
         }
-        for _ in 0..UPLOADERS {
+        for _ in 0..uploaders {
             peers.push((
                 "uploader",
                 thread::spawn(move || slow_uploader(addr, limit)),
@@ -217,7 +259,7 @@ fn slow_readers_and_uploaders_do_not_delay_hits() {
         let p99 = lat[(lat.len() * 99).div_ceil(100) - 1];
         let p50 = lat[lat.len() / 2];
         eprintln!(
-            "hits under {READERS} slow readers + {UPLOADERS} slow uploaders: n={} p50={p50:?} p99={p99:?} max={:?}",
+            "hits under {readers} slow readers + {uploaders} slow uploaders: n={} p50={p50:?} p99={p99:?} max={:?}",
             lat.len(),
             lat[lat.len() - 1]
         );
@@ -231,7 +273,7 @@ fn slow_readers_and_uploaders_do_not_delay_hits() {
         // Every slow peer is refused (the wait slots are taken) or closed once its budget is
         // spent (2 s grace + what it took at the minimum rate), while the readers still
         // trickle; uploads are told why.
-        let n = (READERS + UPLOADERS) as u64;
+        let n = (readers + uploaders) as u64;
         while ended(&inst) - ended_before < n {
             assert!(
                 attack.elapsed() < Duration::from_secs(9),
@@ -252,7 +294,7 @@ fn slow_readers_and_uploaders_do_not_delay_hits() {
         for (kind, h) in peers {
             let e = h.join().unwrap();
             assert!(
-                e.closed && e.after < Duration::from_secs(15),
+                e.closed && e.after < limit,
                 "slow {kind} not closed by the proxy: {e:?}"
             );
             if kind == "uploader" {
