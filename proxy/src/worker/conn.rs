@@ -562,6 +562,22 @@ fn serve_l1(
 
 /// Writes a complete small answer produced by the proxy itself (errors, 408, 503, ...).
 pub fn send_simple(w: &Worker, conn: &mut Conn, status: u16, msg: &str) {
+    let out = simple_answer(w, conn, status, msg);
+    let _ = conn.send(w, &out);
+}
+
+/// The same without waiting: what the socket takes at once, for the control thread, which
+/// must never wait on a client (a full socket would stall every timeout of the worker).
+pub fn send_simple_nowait(w: &Worker, conn: &mut Conn, status: u16, msg: &str) {
+    let out = simple_answer(w, conn, status, msg);
+    if let Ok(n) = conn.stream.write(&out) {
+        conn.reply.bytes += n as u64;
+        Counters::add(&w.counters().bytes_out, n as u64);
+    }
+}
+
+/// The bytes of a small answer (`Connection: close`), counted as answered.
+fn simple_answer(w: &Worker, conn: &mut Conn, status: u16, msg: &str) -> Vec<u8> {
     let body = format!("{status} {}: {msg}\n", common::http::reason(status));
     let head = format!(
         "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nX-Cache: ERROR\r\nConnection: close\r\n\r\n",
@@ -572,7 +588,7 @@ pub fn send_simple(w: &Worker, conn: &mut Conn, status: u16, msg: &str) {
     let mut out = head.into_bytes();
     out.extend_from_slice(body.as_bytes());
     conn.answered(w, status, CacheOutcome::Error);
-    let _ = conn.send(w, &out);
+    out
 }
 
 /// Reads a request body from the client and hands its bytes to `sink`, de-chunking a

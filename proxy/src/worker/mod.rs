@@ -457,7 +457,7 @@ fn sweep(w: &Worker) {
     for mut c in expired {
         if c.head_started.is_some() {
             Counters::inc(&w.counters().timeouts_header);
-            conn::send_simple(w, &mut c, 408, "request head not received in time");
+            conn::send_simple_nowait(w, &mut c, 408, "request head not received in time");
         } else {
             Counters::inc(&w.counters().timeouts_idle);
         }
