@@ -165,9 +165,13 @@ pub fn normalize_host(v: &[u8], default_port: &str) -> Option<String> {
     let mut out = host.to_ascii_lowercase();
     match port {
         Some(p) if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) => return None,
-        Some(p) if !p.is_empty() && p.trim_start_matches('0') != default_port => {
-            out.push(':');
-            out.push_str(p.trim_start_matches('0'));
+        Some(p) if !p.is_empty() => {
+            let digits = p.trim_start_matches('0');
+            let digits = if digits.is_empty() { "0" } else { digits };
+            if digits != default_port {
+                out.push(':');
+                out.push_str(digits);
+            }
         }
         _ => {}
     }
@@ -387,9 +391,11 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
         .headers
         .iter()
         .filter(|h| {
-            !crate::http::is_hop_by_hop(h.name, &connection)
-                && !h.name.eq_ignore_ascii_case("expect")
-                && !underscore_hop(h.name)
+            // `Connection: host` cannot take the host away: it is part of the cache key.
+            h.name.eq_ignore_ascii_case("host")
+                || !crate::http::is_hop_by_hop(h.name, &connection)
+                    && !h.name.eq_ignore_ascii_case("expect")
+                    && !underscore_hop(h.name)
         })
         .map(|h| {
             if h.name.eq_ignore_ascii_case("host") {
@@ -574,6 +580,8 @@ mod tests {
             ("x:80", "x"),
             ("x:", "x"),
             ("x:8080", "x:8080"),
+            ("x:08080", "x:8080"),
+            ("x:0", "x:0"),
             ("10.0.0.1:81", "10.0.0.1:81"),
             ("[::1]:80", "[::1]"),
             ("[::1]:8080", "[::1]:8080"),
