@@ -365,6 +365,11 @@ fn discard_body(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratc
         return true;
     }
     let cfg = &w.shared.cfg;
+    let buffered = matches!(req.body, ClientBody::Length(n) if conn.buf.len() as u64 >= n);
+    if !buffered {
+        // Reading it may block on the client: let other threads serve what this one took.
+        super::give_back(w, &mut scratch.deferred);
+    }
     if req.expect_continue
         && conn
             .write_all_timeout(b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)

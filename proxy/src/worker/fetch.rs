@@ -170,14 +170,8 @@ pub fn exchange(
         Counters::inc(&w.counters().transfers_aborted);
         if on_cached_side {
             cached_failure(w, conn, &e);
-        } else if e.kind() == io::ErrorKind::FileTooLarge {
-            w.counters().rejected(413, "request body too large");
-            conn::send_simple(w, conn, 413, "request body too large");
-        } else if e.kind() == io::ErrorKind::InvalidData {
-            w.counters().rejected(400, "malformed request body");
-            conn::send_simple(w, conn, 400, "malformed request body");
-        } else if e.kind() == io::ErrorKind::TimedOut {
-            Counters::inc(&w.counters().timeouts_send);
+        } else {
+            conn::body_failure(w, conn, &e);
         }
         return false;
     }
