@@ -324,19 +324,19 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
         },
         None => String::new(),
     };
-    let absolute = [("http://", "80"), ("https://", "443")]
-        .into_iter()
-        .find_map(|(scheme, port)| {
-            let n = scheme.len();
-            (target.len() >= n && target.as_bytes()[..n].eq_ignore_ascii_case(scheme.as_bytes()))
-                .then(|| (&target[n..], port))
-        });
-    if let Some((rest, default_port)) = absolute {
+    // The client speaks plain HTTP to us: port 80 is the default whatever scheme the target
+    // names, so the normal form is the same on a second pass (the forwarded `Host`).
+    let absolute = ["http://", "https://"].into_iter().find_map(|scheme| {
+        let n = scheme.len();
+        (target.len() >= n && target.as_bytes()[..n].eq_ignore_ascii_case(scheme.as_bytes()))
+            .then(|| &target[n..])
+    });
+    if let Some(rest) = absolute {
         // Absolute-form: its authority is the host (RFC 9112 §3.2.2), accepted only when it
         // is the one the client addresses us as (this is not an open proxy).
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(end);
-        let Some(auth) = normalize_host(authority.as_bytes(), default_port) else {
+        let Some(auth) = normalize_host(authority.as_bytes(), "80") else {
             return Parsed::Error(400, "invalid authority in an absolute-form target");
         };
         if host.is_some() && auth != norm_host {
