@@ -1,8 +1,11 @@
 //! Reading a client's request head: `httparse` plus the checks it leaves to us — size
 //! limits (414/431), body framing, and the defences against request smuggling (both
 //! `Content-Length` and `Transfer-Encoding`, duplicate or invalid `Content-Length`, a coding
-//! other than a final `chunked`, bare LF, control bytes in values, obs-fold) and against
-//! being used as an open proxy (absolute-form targets for other hosts).
+//! other than exactly `chunked` after OWS trimming, `Transfer-Encoding` in HTTP/1.0, `_`
+//! aliases of framing fields, bare LF, control bytes in values, obs-fold) and against
+//! being used as an open proxy (absolute-form targets for other hosts). `Host` is validated
+//! (RFC 9112 §3.2) and normalised: it is part of the cache key. The chunked-body grammar
+//! (size lines, extensions, trailer fields) is here too, for the worker's body reader.
 //! Pure: bytes in, a [`Request`] or a status out. The proxy's workers call it; so do the fuzzers.
 
 use crate::protocol::BodyLen;
@@ -32,7 +35,8 @@ pub struct Request {
     /// absolute-form target's authority, else `Host`; empty for an HTTP/1.0 request
     /// without either. Part of every cache key; the forwarded `Host` carries it.
     pub host: String,
-    /// End-to-end headers in order (hop-by-hop, and those named by `Connection`, removed).
+    /// End-to-end headers in order (hop-by-hop, and those named by `Connection`, removed;
+    /// `Host` always kept, its value the normalised host).
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: ClientBody,
     pub keep_alive: bool,
