@@ -94,6 +94,14 @@ pub fn request_head(data: &[u8]) {
         req.target
     );
     assert!(matches!(req.version, 10 | 11), "version {}", req.version);
+    // The host (cache key) is a normal form: normalising it again changes nothing.
+    assert!(
+        req.host.is_empty()
+            || common::request::normalize_host(req.host.as_bytes(), "80").as_deref()
+                == Some(req.host.as_str()),
+        "host {:?} is not in normal form",
+        req.host
+    );
     assert!(req.headers.len() <= LIMITS.max_headers);
     for (name, value) in &req.headers {
         assert!(

@@ -62,6 +62,7 @@ struct ProxyFile {
     access_log_max_bytes: Option<u64>,
     access_log_keep: Option<u64>,
     stats_allow: Option<OneOrMany>,
+    trusted_proxies: Option<OneOrMany>,
 }
 
 /// A key that takes a list, given as a TOML array or as one comma-separated string (flags).
@@ -214,6 +215,9 @@ pub struct ProxyConfig {
     pub access_log_keep: u32,
     /// Clients allowed to read `/__shmproxy/` (stats, metrics, dashboard); loopback by default.
     pub stats_allow: Vec<IpNet>,
+    /// Front ends whose `X-Forwarded-*`/`Forwarded` fields are passed on; from any other
+    /// client they are dropped (the origin gets shmproxy's own). Empty by default.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 /// `cached`'s settings.
@@ -538,6 +542,16 @@ impl ProxyConfig {
                 .map(|s| IpNet::parse(s))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| src.err("proxy.stats_allow", e))?,
+            trusted_proxies: p
+                .trusted_proxies
+                .as_ref()
+                .map(OneOrMany::items)
+                .unwrap_or_default()
+                .iter()
+                .filter(|s| !s.is_empty())
+                .map(|s| IpNet::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| src.err("proxy.trusted_proxies", e))?,
         })
     }
 }

@@ -36,13 +36,24 @@ pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
             .any(|t| t.eq_ignore_ascii_case(name))
 }
 
-/// Comma-separated tokens of a header value, trimmed and lower-cased.
+/// Comma-separated tokens of a header value, trimmed of OWS (SP and HTAB only, RFC 9110
+/// §5.6.3: never Unicode whitespace, or `chunked\u{a0}` would read as `chunked`) and
+/// ASCII-lower-cased.
 pub fn tokens(value: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(value)
-        .split(',')
-        .map(|t| t.trim().to_ascii_lowercase())
+    value
+        .split(|&b| b == b',')
+        .map(trim_ows)
         .filter(|t| !t.is_empty())
+        .map(|t| String::from_utf8_lossy(t).to_ascii_lowercase())
         .collect()
+}
+
+/// `v` without leading and trailing SP/HTAB.
+pub fn trim_ows(v: &[u8]) -> &[u8] {
+    let is_ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = v.iter().position(|b| !is_ows(b)).unwrap_or(v.len());
+    let end = v.iter().rposition(|b| !is_ows(b)).map_or(start, |i| i + 1);
+    &v[start..end]
 }
 
 /// How a response was produced; the value of `X-Cache` and of the access log's cache field.

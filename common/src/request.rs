@@ -1,8 +1,11 @@
 //! Reading a client's request head: `httparse` plus the checks it leaves to us — size
 //! limits (414/431), body framing, and the defences against request smuggling (both
 //! `Content-Length` and `Transfer-Encoding`, duplicate or invalid `Content-Length`, a coding
-//! other than a final `chunked`, bare LF, control bytes in values, obs-fold) and against
-//! being used as an open proxy (absolute-form targets for other hosts).
+//! other than exactly `chunked` after OWS trimming, `Transfer-Encoding` in HTTP/1.0, `_`
+//! aliases of framing fields, bare LF, control bytes in values, obs-fold) and against
+//! being used as an open proxy (absolute-form targets for other hosts). `Host` is validated
+//! (RFC 9112 §3.2) and normalised: it is part of the cache key. The chunked-body grammar
+//! (size lines, extensions, trailer fields) is here too, for the worker's body reader.
 //! Pure: bytes in, a [`Request`] or a status out. The proxy's workers call it; so do the fuzzers.
 
 use crate::protocol::BodyLen;
@@ -28,7 +31,12 @@ pub struct Request {
     pub target: String,
     /// 10 or 11.
     pub version: u8,
-    /// End-to-end headers in order (hop-by-hop, and those named by `Connection`, removed).
+    /// The normalised host the request is for (lowercase, default port dropped): the
+    /// absolute-form target's authority, else `Host`; empty for an HTTP/1.0 request
+    /// without either. Part of every cache key; the forwarded `Host` carries it.
+    pub host: String,
+    /// End-to-end headers in order (hop-by-hop, and those named by `Connection`, removed;
+    /// `Host` always kept, its value the normalised host).
     pub headers: Vec<(String, Vec<u8>)>,
     pub body: ClientBody,
     pub keep_alive: bool,
@@ -71,6 +79,171 @@ fn bad_line_endings(head: &[u8]) -> bool {
 
 fn bad_value(v: &[u8]) -> bool {
     v.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+}
+
+/// Fields that frame or address a request: a name that only differs by `_` is refused.
+const FRAMING: &[&str] = &["content-length", "transfer-encoding", "host"];
+
+/// Fields that describe the client to the origin; the worker replaces them unless the
+/// peer is a trusted proxy.
+pub const FORWARDING: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "forwarded",
+];
+
+/// `name` reads as `real` once each `_` is taken for `-`.
+fn underscore_alias(name: &str, real: &str) -> bool {
+    name.len() == real.len()
+        && name
+            .bytes()
+            .zip(real.bytes())
+            .all(|(a, b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+}
+
+/// `Proxy_Connection`, `X_Forwarded_For`, ...: an origin that folds `_` into `-` would read
+/// them as the real hop-by-hop or forwarding fields, so they are not forwarded.
+fn underscore_hop(name: &str) -> bool {
+    name.contains('_')
+        && crate::http::HOP_BY_HOP
+            .iter()
+            .chain(FORWARDING)
+            .any(|f| underscore_alias(name, f))
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The normalised form of a `Host` value or authority (RFC 9112 §3.2, RFC 3986 §3.2.2):
+/// `reg-name` / IPv4 / `[IP-literal]`, an optional `:port` of digits; lower-cased, the
+/// port dropped when it is `default_port` or empty. `None` if it is not one.
+pub fn normalize_host(v: &[u8], default_port: &str) -> Option<String> {
+    let v = std::str::from_utf8(crate::http::trim_ows(v)).ok()?;
+    let (host, port) = if let Some(rest) = v.strip_prefix('[') {
+        let close = rest.find(']')?;
+        let literal = &rest[..close];
+        let ok = !literal.is_empty()
+            && literal
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if !ok {
+            return None;
+        }
+        let after = &rest[close + 1..];
+        (
+            &v[..close + 2],
+            if after.is_empty() {
+                None
+            } else {
+                Some(after.strip_prefix(':')?)
+            },
+        )
+    } else {
+        let (h, p) = match v.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (v, None),
+        };
+        let b = h.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' if b.len() > i + 2
+                    && b[i + 1].is_ascii_hexdigit()
+                    && b[i + 2].is_ascii_hexdigit() =>
+                {
+                    i += 2
+                }
+                c if c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c) => {}
+                _ => return None,
+            }
+            i += 1;
+        }
+        if h.is_empty() {
+            return None;
+        }
+        (h, p)
+    };
+    let mut out = host.to_ascii_lowercase();
+    match port {
+        Some(p) if p.len() > 5 || !p.bytes().all(|b| b.is_ascii_digit()) => return None,
+        Some(p) if !p.is_empty() => {
+            let digits = p.trim_start_matches('0');
+            let digits = if digits.is_empty() { "0" } else { digits };
+            if digits != default_port {
+                out.push(':');
+                out.push_str(digits);
+            }
+        }
+        _ => {}
+    }
+    Some(out)
+}
+
+/// A chunk-size line without its CRLF (RFC 9112 §7.1.1): `1*HEXDIG *( BWS ";" BWS name
+/// [ BWS "=" BWS ( token / quoted-string ) ] )`. The size, or `None` for anything else
+/// (bare CR, NUL, other control bytes, a size over 15 hex digits).
+pub fn chunk_size_line(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
+    let mut rest = &line[digits..];
+    let ows = |r: &mut &[u8]| {
+        while let [b' ' | b'\t', tail @ ..] = *r {
+            *r = tail;
+        }
+    };
+    let token = |r: &mut &[u8]| -> bool {
+        let n = r.iter().take_while(|&&b| is_tchar(b)).count();
+        *r = &r[n..];
+        n > 0
+    };
+    loop {
+        ows(&mut rest);
+        if rest.is_empty() {
+            return Some(size);
+        }
+        let [b';', tail @ ..] = rest else { return None };
+        rest = tail;
+        ows(&mut rest);
+        if !token(&mut rest) {
+            return None;
+        }
+        let mut probe = rest;
+        ows(&mut probe);
+        let [b'=', tail @ ..] = probe else { continue };
+        rest = tail;
+        ows(&mut rest);
+        if let [b'"', tail @ ..] = rest {
+            rest = tail;
+            loop {
+                match rest {
+                    [b'"', tail @ ..] => {
+                        rest = tail;
+                        break;
+                    }
+                    [b'\\', c, tail @ ..] if *c == b'\t' || *c >= 0x20 && *c != 0x7f => rest = tail,
+                    [c, tail @ ..] if *c == b'\t' || (*c >= 0x20 && *c != 0x7f && *c != b'\\') => {
+                        rest = tail
+                    }
+                    _ => return None,
+                }
+            }
+        } else if !token(&mut rest) {
+            return None;
+        }
+    }
+}
+
+/// A trailer field line (RFC 9112 §7.1.2, a `field-line` of §5): `token ":" OWS value OWS`,
+/// the value free of control bytes but HTAB. A request line, an obs-fold or a bare CR is not.
+pub fn trailer_field_line(line: &[u8]) -> bool {
+    let n = line.iter().take_while(|&&b| is_tchar(b)).count();
+    n > 0 && line.get(n) == Some(&b':') && !bad_value(&line[n + 1..])
 }
 
 pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
@@ -122,6 +295,12 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
         if bad_value(h.value) {
             return Parsed::Error(400, "control character in a header value");
         }
+        if name.contains('_') && FRAMING.iter().any(|f| underscore_alias(name, f)) {
+            return Parsed::Error(
+                400,
+                "'_' in a framing header name (Content-Length, Transfer-Encoding, Host)",
+            );
+        }
         if name.eq_ignore_ascii_case("connection") {
             connection.extend(crate::http::tokens(h.value));
         } else if name.eq_ignore_ascii_case("content-length") {
@@ -142,26 +321,49 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
     if version == 11 && host.is_none() {
         return Parsed::Error(400, "HTTP/1.1 request without Host");
     }
-    if let Some(rest) = target
-        .strip_prefix("http://")
-        .or_else(|| target.strip_prefix("https://"))
-    {
-        // Absolute-form: accepted only for the host the client addresses us as.
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        if host.is_none_or(|h| !h.eq_ignore_ascii_case(authority.as_bytes())) {
+    let mut norm_host = match host {
+        Some(h) => match normalize_host(h, "80") {
+            Some(n) => n,
+            None => return Parsed::Error(400, "invalid Host (RFC 9112 §3.2)"),
+        },
+        None => String::new(),
+    };
+    // The client speaks plain HTTP to us: port 80 is the default whatever scheme the target
+    // names, so the normal form is the same on a second pass (the forwarded `Host`).
+    let absolute = ["http://", "https://"].into_iter().find_map(|scheme| {
+        let n = scheme.len();
+        (target.len() >= n && target.as_bytes()[..n].eq_ignore_ascii_case(scheme.as_bytes()))
+            .then(|| &target[n..])
+    });
+    if let Some(rest) = absolute {
+        // Absolute-form: its authority is the host (RFC 9112 §3.2.2), accepted only when it
+        // is the one the client addresses us as (this is not an open proxy).
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
+        let Some(auth) = normalize_host(authority.as_bytes(), "80") else {
+            return Parsed::Error(400, "invalid authority in an absolute-form target");
+        };
+        if host.is_some() && auth != norm_host {
             return Parsed::Error(
                 400,
                 "absolute-form target for another host (this is not an open proxy)",
             );
         }
+        norm_host = auth;
         target = if path.is_empty() {
             "/".to_string()
+        } else if path.starts_with('?') {
+            format!("/{path}")
         } else {
             path.to_string()
         };
     }
     if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
         return Parsed::Error(400, "unsupported request target form");
+    }
+    if te.is_some() && version == 10 {
+        // RFC 9112 §6.1: faulty framing, whatever else the message says.
+        return Parsed::Error(400, "Transfer-Encoding in an HTTP/1.0 request");
     }
     let body = match (te, lengths.as_slice()) {
         (Some(_), [_, ..]) => {
@@ -189,20 +391,33 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
     } else {
         connection.iter().any(|t| t == "keep-alive")
     };
-    let headers = req
+    let mut headers: Vec<(String, Vec<u8>)> = req
         .headers
         .iter()
         .filter(|h| {
-            !crate::http::is_hop_by_hop(h.name, &connection)
-                && !h.name.eq_ignore_ascii_case("expect")
+            // `Connection: host` cannot take the host away: it is part of the cache key.
+            h.name.eq_ignore_ascii_case("host")
+                || !crate::http::is_hop_by_hop(h.name, &connection)
+                    && !h.name.eq_ignore_ascii_case("expect")
+                    && !underscore_hop(h.name)
         })
-        .map(|h| (h.name.to_string(), h.value.to_vec()))
+        .map(|h| {
+            if h.name.eq_ignore_ascii_case("host") {
+                (h.name.to_string(), norm_host.clone().into_bytes())
+            } else {
+                (h.name.to_string(), h.value.to_vec())
+            }
+        })
         .collect();
+    if host.is_none() && !norm_host.is_empty() {
+        headers.push(("Host".to_string(), norm_host.clone().into_bytes()));
+    }
     Parsed::Complete(
         Request {
             method,
             target,
             version,
+            host: norm_host,
             headers,
             body,
             keep_alive,
@@ -323,6 +538,108 @@ mod tests {
             status(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
             431
         );
+    }
+
+    #[test]
+    fn framing_is_byte_exact() {
+        for bad in [
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\u{a0}\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\u{2000}\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer_Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent_Length: 5\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(status(bad), 400, "{bad:?}");
+        }
+        assert_eq!(
+            status("GET / HTTP/1.1\r\nHost: x\r\nX_Custom: 1\r\n\r\n"),
+            0
+        );
+        let Parsed::Complete(r, _) = parse(
+            "GET / HTTP/1.1\r\nHost: x\r\nProxy_Connection: k\r\nX_Forwarded_For: 1\r\nX_Ok: 1\r\n\r\n",
+        ) else {
+            panic!()
+        };
+        let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["Host", "X_Ok"]);
+    }
+
+    #[test]
+    fn host_is_validated_and_normalised() {
+        for bad in [
+            "",
+            "a b",
+            "evil.test/x?",
+            "a@b",
+            "x:8o",
+            "[zz]",
+            "x:123456",
+            "%zz",
+        ] {
+            let req = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert_eq!(status(&req), 400, "{bad:?}");
+        }
+        for (good, norm) in [
+            ("Example.TEST", "example.test"),
+            ("x:80", "x"),
+            ("x:", "x"),
+            ("x:8080", "x:8080"),
+            ("x:08080", "x:8080"),
+            ("x:0", "x:0"),
+            ("10.0.0.1:81", "10.0.0.1:81"),
+            ("[::1]:80", "[::1]"),
+            ("[::1]:8080", "[::1]:8080"),
+            ("a%41-b_c~", "a%41-b_c~"),
+        ] {
+            let Parsed::Complete(r, _) = parse(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n"))
+            else {
+                panic!("{good:?}")
+            };
+            assert_eq!(r.host, norm);
+            assert_eq!(r.headers[0].1, norm.as_bytes());
+        }
+        let Parsed::Complete(r, _) = parse("GET HTTP://X:80?q HTTP/1.1\r\nHost: x\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!((r.host.as_str(), r.target.as_str()), ("x", "/?q"));
+        let Parsed::Complete(r, _) = parse("GET http://a.test/p HTTP/1.0\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!(r.host, "a.test");
+        assert_eq!(r.headers, [("Host".to_string(), b"a.test".to_vec())]);
+    }
+
+    #[test]
+    fn chunk_lines_follow_the_abnf() {
+        assert_eq!(chunk_size_line(b"1a"), Some(26));
+        assert_eq!(chunk_size_line(b"0"), Some(0));
+        assert_eq!(chunk_size_line(b"5 ; a=b ;c; d = \"x \\\" y\" "), Some(5));
+        for bad in [
+            &b""[..],
+            b"g",
+            b" 5",
+            b"5;",
+            b"5;a\rb",
+            b"5;a=\0",
+            b"5\r",
+            b"5;a=\"unterminated",
+            b"5;a=b c",
+            b"5 6",
+            b"1234567890123456",
+        ] {
+            assert_eq!(chunk_size_line(bad), None, "{bad:?}");
+        }
+        assert!(trailer_field_line(b"X-Sum: abc"));
+        assert!(trailer_field_line(b"X-Sum:"));
+        for bad in [
+            &b"GET /x HTTP/1.1"[..],
+            b" folded",
+            b"X: a\rb",
+            b": v",
+            b"X\0: v",
+        ] {
+            assert!(!trailer_field_line(bad), "{bad:?}");
+        }
     }
 
     #[test]

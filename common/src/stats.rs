@@ -196,6 +196,8 @@ stats_fields! {
     Counter access_log_rotations @proxy: "Access log rotations (size limit reached)",
     Counter l1_hits @proxy: "Requests answered from a worker's L1 without a segment round trip",
     Counter l1_misses @proxy: "L1 lookups that went on to cached",
+    Counter request_bodies_discarded @proxy: "Request bodies read and thrown away before an answer that did not need them (L1 hit, /__shmproxy/), so the next request is parsed where it starts",
+    Counter forwarding_headers_dropped @proxy: "Client-supplied X-Forwarded-*/Forwarded fields dropped (the peer is not in trusted_proxies)",
     Counter l1_flushes @proxy: "Times a worker dropped its L1 after a purge or invalidation",
     Counter l2_hits @cached: "Requests answered from the cached LRU",
     Counter l2_misses @cached: "Cacheable requests not found in the LRU",

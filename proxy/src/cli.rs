@@ -19,6 +19,7 @@ Options (each is also a key in the config file; flags win):
   --segment-size BYTES    bytes per segment (1024 ..= 67108864)      [262144]
   --access-log FILE       access log file (Combined Log Format + more)  [none]
   --stats-allow LIST      CIDRs that may read /__shmproxy/ (commas)  [127.0.0.0/8,::1]
+  --trusted-proxies LIST  CIDRs whose X-Forwarded-*/Forwarded are kept (commas)  []
   --upgrade               take the listening socket over from the running master of
                           this instance (zero-downtime binary upgrade), which then
                           drains and exits
@@ -38,6 +39,7 @@ const KEYS: &[(&str, &str)] = &[
     ("segment-size", "proxy.segment_size"),
     ("access-log", "proxy.access_log"),
     ("stats-allow", "proxy.stats_allow"),
+    ("trusted-proxies", "proxy.trusted_proxies"),
 ];
 
 /// Where the configuration came from, so SIGHUP can read it again.

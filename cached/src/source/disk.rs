@@ -41,7 +41,10 @@ fn resolve(ctx: &Ctx, target: &str) -> Resolved {
         let path_part = target.split('?').next().unwrap_or("/");
         if !path_part.ends_with('/') {
             let query = target.find('?').map(|i| &target[i..]).unwrap_or("");
-            return Resolved::Redirect(format!("{path_part}/{query}"));
+            // One leading slash only: `//evil.test` (or `/\evil.test`) would make a
+            // protocol-relative Location, an open redirect to another host.
+            let local = path_part.trim_start_matches(['/', '\\']);
+            return Resolved::Redirect(format!("/{local}/{query}"));
         }
         return match inside_root(ctx, canon.join("index.html")) {
             Some((p, m)) if m.is_file() => Resolved::File(p, m),

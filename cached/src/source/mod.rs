@@ -41,7 +41,7 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
     let key = match &ctx.cfg.origin {
-        Some(_) => Some(origin::cache_key(&req.target)),
+        Some(_) => Some(origin::cache_key(&req)),
         None => disk::cache_key(ctx, &req.target),
     };
     let removed = key.is_some_and(|k| ctx.cache.remove_all(&k));

@@ -51,9 +51,15 @@ pub fn agent(cfg: &CachedConfig) -> ureq::Agent {
         .new_agent()
 }
 
-/// The primary cache key of a target in origin mode.
-pub fn cache_key(target: &str) -> String {
-    target.to_string()
+/// The primary cache key of a request in origin mode: the normalised host the proxy
+/// forwards in `Host` (lowercase, default port dropped), then the target. An origin that
+/// reflects `Host` thus never has one host's answer served for another.
+pub fn cache_key(req: &RequestHead) -> String {
+    host_key(req.header("host").unwrap_or_default(), &req.target)
+}
+
+fn host_key(host: &[u8], target: &str) -> String {
+    format!("http://{}{target}", String::from_utf8_lossy(host))
 }
 
 fn is_unsafe(method: &str) -> bool {
@@ -70,7 +76,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -
             Err(e) => return upstream_error(ctx, lease, e, false),
         };
         if is_unsafe(&req.method) && (200..400).contains(&response.status().as_u16()) {
-            invalidate(ctx, &cache_key(&req.target), response.headers(), origin);
+            invalidate(ctx, req, response.headers(), origin);
         }
         return relay(
             ctx,
@@ -83,7 +89,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -
         );
     }
     respond::drain(lease)?;
-    let primary = cache_key(&req.target);
+    let primary = cache_key(req);
     let rules = RequestRules::of(&req.headers);
     let key = ctx.cache.full_key(&primary, &req.headers);
     if let Some(obj) = ctx.cache.get(&key) {
@@ -189,7 +195,12 @@ fn upstream(
         }
         match lower.as_str() {
             // ureq sets Host from the origin URL; the client's goes in X-Forwarded-Host.
-            "host" => b = b.header("X-Forwarded-Host", value.as_slice()),
+            // (A trusted front end's own X-Forwarded-Host is passed on instead: the proxy
+            // drops any other client's.)
+            "host" if req.header("x-forwarded-host").is_none() => {
+                b = b.header("X-Forwarded-Host", value.as_slice())
+            }
+            "host" => {}
             "x-forwarded-for" => xff = Some(value.clone()),
             "content-length" => {}
             _ => b = b.header(name.as_str(), value.as_slice()),
@@ -270,8 +281,8 @@ fn timed_out(e: &ureq::Error) -> bool {
 
 /// After a successful unsafe method: drop the target and its Location/Content-Location
 /// (same origin only), in L2 and, through the pool's counter, in every L1.
-fn invalidate(ctx: &Ctx, primary: &str, headers: &http::HeaderMap, origin: &Origin) {
-    ctx.cache.remove_all(primary);
+fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, origin: &Origin) {
+    ctx.cache.remove_all(&cache_key(req));
     let base = format!("http://{}{}", origin.authority, origin.prefix);
     let host_only = format!("http://{}", origin.authority.trim_end_matches(":80"));
     for h in ["location", "content-location"] {
@@ -281,7 +292,8 @@ fn invalidate(ctx: &Ctx, primary: &str, headers: &http::HeaderMap, origin: &Orig
                 .or_else(|| v.strip_prefix(&host_only))
                 .unwrap_or(v);
             if target.starts_with('/') {
-                ctx.cache.remove_all(&cache_key(target));
+                let host = req.header("host").unwrap_or_default();
+                ctx.cache.remove_all(&host_key(host, target));
             }
         }
     }
@@ -443,7 +455,7 @@ fn relay(
             response_time,
             initial_age,
         };
-        super::store(ctx, &cache_key(&req.target), req, Arc::new(obj));
+        super::store(ctx, &cache_key(req), req, Arc::new(obj));
     }
     own?;
     lease.finish()

@@ -41,6 +41,9 @@ pub struct Conn {
     /// writing its answer.
     pub recv_budget: Budget,
     pub send_budget: Budget,
+    /// The current request has a body nobody has read yet: left on the socket it would be
+    /// parsed as the next request (CL.0 smuggling), so it is discarded or the connection closed.
+    pub body_unread: bool,
 }
 
 /// A wait on a client counts as slow (needs one of the worker's `client_wait_threads`
@@ -188,6 +191,7 @@ impl Conn {
             reply: Reply::new(),
             recv_budget: Budget::default(),
             send_budget: Budget::default(),
+            body_unread: false,
         }
     }
 
@@ -435,7 +439,10 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
                     let started = Instant::now();
                     Counters::inc(&w.counters().requests);
                     conn.reply = Reply::new();
-                    let keep = handle(w, conn, &req, scratch);
+                    conn.body_unread = req.body != ClientBody::None;
+                    // Every path either reads the body (forwarding, `discard_body`) or ends
+                    // the connection: never is an unread body parsed as the next request.
+                    let keep = handle(w, conn, &req, scratch) && !conn.body_unread;
                     let took = started.elapsed();
                     w.counters().latency(took.as_micros() as u64);
                     accesslog::record(w, conn, &req, took);
@@ -490,12 +497,13 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
     if req.target.starts_with("/__shmproxy/") && req.method == "GET"
         || req.method == "HEAD" && req.target.starts_with("/__shmproxy/")
     {
-        return status::serve(w, conn, req);
+        return discard_body(w, conn, req, scratch) && status::serve(w, conn, req);
     }
     if w.shared.cfg.l1_capacity > 0 && super::l1::eligible(&req.method, &req.headers) {
-        if let Some(entry) = w.l1_lookup(&req.target) {
+        if let Some(entry) = w.l1_lookup(&req.host, &req.target) {
             Counters::inc(&w.counters().l1_hits);
-            return serve_l1(w, conn, req, &entry, &mut scratch.deferred);
+            return discard_body(w, conn, req, scratch)
+                && serve_l1(w, conn, req, &entry, &mut scratch.deferred);
         }
         Counters::inc(&w.counters().l1_misses);
     }
@@ -504,19 +512,92 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
     super::give_back(w, &mut scratch.deferred);
     let kind = if req.method == "PURGE" {
         if !status::allowed(w, conn) {
+            // send_simple always closes: the body (unread) goes with the connection.
             send_simple(
                 w,
                 conn,
                 403,
                 "PURGE is allowed from the stats_allow addresses only",
             );
-            return req.body == ClientBody::None && req.keep_alive;
+            return false;
         }
         common::protocol::Kind::Purge
     } else {
         common::protocol::Kind::Request
     };
     fetch::exchange(w, conn, req, kind, scratch)
+}
+
+/// Before an answer the proxy makes itself (L1 hit, its own endpoints): reads the request's
+/// body and throws it away, so the connection can serve the next request. Bounded by
+/// `max_body_bytes` and by `send_timeout` for the whole body; a body that fails either, or
+/// is malformed, gets its status and the connection closes (`false`). A client that waits
+/// for `100 Continue` gets it first (it would not send the body otherwise).
+fn discard_body(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> bool {
+    if !conn.body_unread {
+        return true;
+    }
+    let cfg = &w.shared.cfg;
+    let buffered = matches!(req.body, ClientBody::Length(n) if conn.buf.len() as u64 >= n);
+    if !buffered {
+        // Reading it may block on the client: let other threads serve what this one took.
+        super::give_back(w, &mut scratch.deferred);
+    }
+    if req.expect_continue
+        && conn
+            .write_all_timeout(w, b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)
+            .is_err()
+    {
+        return false;
+    }
+    let deadline = Instant::now() + cfg.send_timeout;
+    let mut buf = std::mem::take(&mut scratch.io);
+    let read = read_body(w, conn, req.body, &mut buf, |_| {
+        if Instant::now() > deadline {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request body too slow",
+            ))
+        } else {
+            Ok(())
+        }
+    });
+    scratch.io = buf;
+    match read {
+        Ok(()) => {
+            Counters::inc(&w.counters().request_bodies_discarded);
+            true
+        }
+        Err(e) => {
+            body_failure(w, conn, &e);
+            false
+        }
+    }
+}
+
+/// Answers a request body that could not be read whole (nothing else was answered yet).
+pub fn body_failure(w: &Worker, conn: &mut Conn, e: &io::Error) {
+    if let Some(why) = ClientWait::of(e) {
+        // Nothing answered yet: say why before the close.
+        let (status, msg) = match why {
+            ClientWait::Slow => (408, "request body not received in time"),
+            ClientWait::Crowded => (503, "too many slow clients; retry shortly"),
+        };
+        send_simple(w, conn, status, msg);
+        return;
+    }
+    match e.kind() {
+        io::ErrorKind::FileTooLarge => {
+            w.counters().rejected(413, "request body too large");
+            send_simple(w, conn, 413, "request body too large");
+        }
+        io::ErrorKind::InvalidData => {
+            w.counters().rejected(400, "malformed request body");
+            send_simple(w, conn, 400, "malformed request body");
+        }
+        io::ErrorKind::TimedOut => Counters::inc(&w.counters().timeouts_send),
+        _ => {}
+    }
 }
 
 /// Answers from the worker's L1: no segment, no cached.
@@ -592,7 +673,8 @@ fn simple_answer(w: &Worker, conn: &mut Conn, status: u16, msg: &str) -> Vec<u8>
 }
 
 /// Reads a request body from the client and hands its bytes to `sink`, de-chunking a
-/// chunked body. Bounded by `max_body_bytes` and the send timeout per wait.
+/// chunked body. Bounded by `max_body_bytes` and the send timeout per wait. Once it has
+/// read the body whole, the connection may serve the next request (`body_unread` cleared).
 pub fn read_body(
     w: &Worker,
     conn: &mut Conn,
@@ -600,42 +682,55 @@ pub fn read_body(
     buf: &mut [u8],
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<()> {
-    let timeout = w.shared.cfg.send_timeout;
     match body {
         ClientBody::None => Ok(()),
         ClientBody::Length(n) => copy_exact(w, conn, n, buf, &mut sink),
-        ClientBody::Chunked => {
-            let mut total = 0u64;
+        ClientBody::Chunked => read_chunked(w, conn, buf, &mut sink),
+    }?;
+    conn.body_unread = false;
+    Ok(())
+}
+
+/// A chunked body by RFC 9112 §7.1: size lines and extensions by the ABNF, the trailer
+/// section parsed as field lines (then dropped), so a request line after the last chunk is
+/// an error, never eaten as a trailer.
+fn read_chunked(
+    w: &Worker,
+    conn: &mut Conn,
+    buf: &mut [u8],
+    sink: &mut impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    let timeout = w.shared.cfg.send_timeout;
+    let mut total = 0u64;
+    loop {
+        let line = read_line(w, conn, timeout)?;
+        let size = common::request::chunk_size_line(&line).ok_or_else(|| bad("chunk size line"))?;
+        if size == 0 {
+            let mut trailer_bytes = 0;
             loop {
                 let line = read_line(w, conn, timeout)?;
-                let size_part = line.split(|&b| b == b';').next().unwrap_or(&[]);
-                let size_str = std::str::from_utf8(size_part)
-                    .map_err(|_| bad("chunk size"))?
-                    .trim_end_matches([' ', '\t']);
-                if size_str.is_empty()
-                    || size_str.len() > 15
-                    || !size_str.bytes().all(|b| b.is_ascii_hexdigit())
-                {
-                    return Err(bad("chunk size"));
-                }
-                let size = u64::from_str_radix(size_str, 16).map_err(|_| bad("chunk size"))?;
-                if size == 0 {
-                    // Trailers (discarded) up to the empty line.
-                    while !read_line(w, conn, timeout)?.is_empty() {}
+                if line.is_empty() {
                     return Ok(());
                 }
-                total += size;
-                if total > w.shared.cfg.max_body_bytes {
-                    return Err(io::Error::new(
-                        io::ErrorKind::FileTooLarge,
-                        "request body too large",
-                    ));
+                trailer_bytes += line.len() + 2;
+                if trailer_bytes > w.limits.max_header_bytes {
+                    return Err(bad("trailer section too large"));
                 }
-                copy_exact(w, conn, size, buf, &mut sink)?;
-                if !read_line(w, conn, timeout)?.is_empty() {
-                    return Err(bad("chunk not followed by CRLF"));
+                if !common::request::trailer_field_line(&line) {
+                    return Err(bad("trailer line is not a field line"));
                 }
             }
+        }
+        total = total.saturating_add(size);
+        if total > w.shared.cfg.max_body_bytes {
+            return Err(io::Error::new(
+                io::ErrorKind::FileTooLarge,
+                "request body too large",
+            ));
+        }
+        copy_exact(w, conn, size, buf, sink)?;
+        if !read_line(w, conn, timeout)?.is_empty() {
+            return Err(bad("chunk not followed by CRLF"));
         }
     }
 }

@@ -95,7 +95,7 @@ pub fn exchange(
         version: req.version,
         client: conn.peer().to_string(),
         body: req.body.framing(),
-        headers: req.headers.clone(),
+        headers: forwarded_headers(w, conn, req),
     }
     .encode();
     if head.len() > w.shared.pool.segment_size() {
@@ -170,21 +170,8 @@ pub fn exchange(
         Counters::inc(&w.counters().transfers_aborted);
         if on_cached_side {
             cached_failure(w, conn, &e);
-        } else if e.kind() == io::ErrorKind::FileTooLarge {
-            w.counters().rejected(413, "request body too large");
-            conn::send_simple(w, conn, 413, "request body too large");
-        } else if e.kind() == io::ErrorKind::InvalidData {
-            w.counters().rejected(400, "malformed request body");
-            conn::send_simple(w, conn, 400, "malformed request body");
-        } else if let Some(why) = conn::ClientWait::of(&e) {
-            // Nothing answered yet: say why before the close.
-            let (status, msg) = match why {
-                conn::ClientWait::Slow => (408, "request body not received in time"),
-                conn::ClientWait::Crowded => (503, "too many slow clients; retry shortly"),
-            };
-            conn::send_simple(w, conn, status, msg);
-        } else if e.kind() == io::ErrorKind::TimedOut {
-            Counters::inc(&w.counters().timeouts_send);
+        } else {
+            conn::body_failure(w, conn, &e);
         }
         return false;
     }
@@ -267,6 +254,35 @@ pub fn exchange(
             false
         }
     }
+}
+
+/// The request's fields as cached gets them: a client's `X-Forwarded-*`/`Forwarded` are
+/// kept only from a `trusted_proxies` peer (cached adds its own from the connection).
+fn forwarded_headers(w: &Worker, conn: &Conn, req: &Request) -> Vec<(String, Vec<u8>)> {
+    let is_forwarding = |k: &str| {
+        common::request::FORWARDING
+            .iter()
+            .any(|f| k.eq_ignore_ascii_case(f))
+    };
+    if !req.headers.iter().any(|(k, _)| is_forwarding(k)) {
+        return req.headers.clone();
+    }
+    let trusted = conn.stream.peer_addr().is_ok_and(|a| {
+        w.shared
+            .cfg
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(a.ip()))
+    });
+    if trusted {
+        return req.headers.clone();
+    }
+    Counters::inc(&w.counters().forwarding_headers_dropped);
+    req.headers
+        .iter()
+        .filter(|(k, _)| !is_forwarding(k))
+        .cloned()
+        .collect()
 }
 
 fn write_head(out: &mut Vec<u8>, answer: &ResponseHead, version: u8, keep: bool, chunked: bool) {
@@ -409,7 +425,7 @@ fn remember(w: &Worker, epoch: u64, req: &Request, answer: &ResponseHead, body: 
     let ttl = Duration::from_millis(u64::from(answer.l1_ttl_ms));
     w.l1.insert(
         epoch,
-        req.target.clone(),
+        super::l1::key(&req.host, &req.target),
         answer.status,
         fixed,
         body,

@@ -53,6 +53,15 @@ pub fn eligible(method: &str, headers: &[(String, Vec<u8>)]) -> bool {
         })
 }
 
+/// An entry's key: the normalised host and the target (an answer reflecting `Host` is
+/// never served to another host).
+pub fn key(host: &str, target: &str) -> String {
+    let mut k = String::with_capacity(host.len() + target.len());
+    k.push_str(host);
+    k.push_str(target);
+    k
+}
+
 fn cost(key: &str, e: &Entry) -> u64 {
     (key.len() + e.fixed_headers.len() + e.body.len() + 96) as u64
 }

@@ -68,11 +68,11 @@ impl Worker<'_> {
     }
 
     /// The L1 entry for `target`, after dropping the L1 if anything was invalidated.
-    pub fn l1_lookup(&self, target: &str) -> Option<Arc<l1::Entry>> {
+    pub fn l1_lookup(&self, host: &str, target: &str) -> Option<Arc<l1::Entry>> {
         if self.l1.sync_epoch(self.shared.pool.invalidations()) {
             Counters::inc(&self.counters().l1_flushes);
         }
-        self.l1.get(target)
+        self.l1.get(&l1::key(host, target))
     }
 
     /// Parks a connection until it is readable again. The map stays locked while the fd is

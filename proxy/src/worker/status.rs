@@ -95,7 +95,8 @@ fn answer(
     content_type: &str,
     body: &str,
 ) -> bool {
-    let keep = req.keep_alive && req.body == common::request::ClientBody::None;
+    // The body, if any, was read before (`conn::discard_body`).
+    let keep = req.keep_alive;
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\nX-Cache: {}\r\n{}\r\n",
         common::http::reason(status),
