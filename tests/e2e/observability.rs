@@ -3,7 +3,7 @@
 //! rotation, SIGUSR1 reopen, flushed within a second) and the dashboard, rendered by real
 //! headless Chromium while traffic flows. Counters must add up exactly after concurrent load.
 //!
-//! Needs `promtool` (Debian `prometheus`) and `chromium` on the PATH; `.ci/run` installs both.
+//! Needs `promtool` (Debian `prometheus`) and `chromium` on the PATH; `scripts/test.sh` installs both.
 
 use crate::client;
 use crate::harness::{self, with_deadline, Instance};
@@ -293,7 +293,7 @@ fn promtool() -> PathBuf {
             return p;
         }
     }
-    panic!("promtool not found: install Debian's `prometheus` package (.ci/run does)");
+    panic!("promtool not found: install Debian's `prometheus` package (scripts/test.sh does)");
 }
 
 /// Acceptance 2: `/__shmproxy/metrics` passes `promtool check metrics` (the reference parser
@@ -856,7 +856,7 @@ fn chromium() -> PathBuf {
             }
         }
     }
-    panic!("chromium not found: install Debian's `chromium` package (.ci/run does)");
+    panic!("chromium not found: install Debian's `chromium` package (scripts/test.sh does)");
 }
 
 /// A headless Chromium driven over the DevTools pipe (fd 3: commands in, fd 4: replies out,
