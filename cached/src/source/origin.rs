@@ -61,7 +61,10 @@ fn is_unsafe(method: &str) -> bool {
 }
 
 pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -> io::Result<()> {
-    if req.method != "GET" && req.method != "HEAD" {
+    // A GET or HEAD with a body passes too, body and all: the body may select the answer, so
+    // it is neither looked up nor stored, and the body is forwarded instead of drained (a
+    // drained body left the upstream request announcing bytes it never had).
+    if (req.method != "GET" && req.method != "HEAD") || req.body != BodyLen::None {
         Counters::inc(&ctx.counters().passes);
         let sent = upstream(ctx, lease, req, origin, &[]);
         respond::drain(lease)?;
@@ -222,8 +225,14 @@ fn upstream(
     let request_time = SystemTime::now();
     let result = match req.body {
         BodyLen::None => agent.run(b.body(()).map_err(ureq::Error::Http)?),
-        _ => {
-            let mut body = BodyFromSegment(lease);
+        declared => {
+            let mut body = BodyFromSegment {
+                lease,
+                left: match declared {
+                    BodyLen::Exact(n) => Some(n),
+                    _ => None,
+                },
+            };
             agent.run(
                 b.body(ureq::SendBody::from_reader(&mut body))
                     .map_err(ureq::Error::Http)?,
@@ -237,12 +246,41 @@ fn upstream(
     result.map(|r| (r, request_time))
 }
 
-/// The request body, read from the segment.
-struct BodyFromSegment<'a, 'p>(&'a mut Lease<'p>);
+/// The request body, read from the segment. A body of known length that ends early (or
+/// runs long) is an error: ureq, promised `Content-Length` bytes, would otherwise call a
+/// reader at its end again and again without waiting (a spin until the send timeout).
+struct BodyFromSegment<'a, 'p> {
+    lease: &'a mut Lease<'p>,
+    /// Bytes still owed by a body of known length.
+    left: Option<u64>,
+}
 
 impl Read for BodyFromSegment<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let Some(left) = self.left else {
+            return self.lease.read(buf);
+        };
+        if left == 0 {
+            // Whatever follows the announced length is not part of this body.
+            return match self.lease.read(&mut [0u8; 1])? {
+                0 => Ok(0),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "request body longer than its Content-Length",
+                )),
+            };
+        }
+        let want = buf.len().min(left.min(usize::MAX as u64) as usize);
+        match self.lease.read(&mut buf[..want])? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "request body shorter than its Content-Length",
+            )),
+            n => {
+                self.left = Some(left - n as u64);
+                Ok(n)
+            }
+        }
     }
 }
 
