@@ -327,6 +327,108 @@ fn invalidate(ctx: &Ctx, primary: &str, headers: &http::HeaderMap, origin: &Orig
     super::publish_store_gauges(ctx);
 }
 
+/// Why an origin answer cannot be relayed: its framing is one we cannot reproduce exactly
+/// (RFC 9112 §6.1-6.3, §7), so whatever we told the client, the bytes that follow could be
+/// read as something else. `None`: fine. ureq takes any `chunked` element as chunked and
+/// keeps the fields as received, so the check runs on the raw fields.
+fn bad_framing(
+    status: http::StatusCode,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> Option<&'static str> {
+    let status = status.as_u16();
+    // ureq consumes 100 and the other interim answers itself; what is left is a 101 we
+    // never asked for (we send no Upgrade), or a final status outside 2xx-5xx.
+    if status < 200 {
+        return Some("an interim (1xx) answer we did not ask for");
+    }
+    if status > 599 {
+        return Some("a status outside 100-599");
+    }
+    let te: Vec<&[u8]> = headers
+        .get_all("transfer-encoding")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let cl: Vec<&[u8]> = headers
+        .get_all("content-length")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if !te.is_empty() {
+        if !cl.is_empty() {
+            return Some("both Transfer-Encoding and Content-Length");
+        }
+        if version == http::Version::HTTP_10 {
+            return Some("Transfer-Encoding in an HTTP/1.0 answer");
+        }
+        if te.len() != 1 || !trim_ows(te[0]).eq_ignore_ascii_case(b"chunked") {
+            return Some("a Transfer-Encoding other than chunked");
+        }
+    }
+    match cl.as_slice() {
+        [] => {}
+        [v] if !trim_ows(v).is_empty() && trim_ows(v).iter().all(u8::is_ascii_digit) => {
+            if std::str::from_utf8(trim_ows(v))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_none()
+            {
+                return Some("a Content-Length out of range");
+            }
+        }
+        [_] => return Some("an invalid Content-Length"),
+        _ => return Some("more than one Content-Length"),
+    }
+    None
+}
+
+fn trim_ows(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// A field name that is a framing or hop-by-hop name once `_` reads as `-`
+/// (`Transfer_Encoding`): some servers and CGI gateways treat the two alike, so such a
+/// field is never relayed beside the real framing.
+fn framing_alias(name: &str) -> bool {
+    name.contains('_') && {
+        let dashed = name.replace('_', "-");
+        dashed.eq_ignore_ascii_case("content-length")
+            || dashed.eq_ignore_ascii_case("transfer-encoding")
+            || httpx::is_hop_by_hop(&dashed, &[])
+    }
+}
+
+/// An origin answer that failed [`bad_framing`]: 502, counted, never stored; a fill it led
+/// is passed, so its waiters ask on their own. Dropping the unread body closes the
+/// connection (it is never reused).
+fn refuse_framing(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    why: &str,
+    lead: Option<FillLead>,
+) -> io::Result<()> {
+    Counters::inc(&ctx.counters().upstream_bad_framing);
+    Counters::inc(&ctx.counters().upstream_errors);
+    log::warn!("origin answer for {} refused: {why}", req.target);
+    if let Some(mut l) = lead {
+        l.pass();
+    }
+    respond::error(
+        lease,
+        502,
+        "the origin answered with framing that cannot be relayed",
+        req.method == "HEAD",
+    )
+}
+
 /// End-to-end headers of an upstream answer (hop-by-hop and framing removed; a HEAD
 /// answer keeps its Content-Length as metadata).
 fn end_to_end(headers: &http::HeaderMap, head_only: bool) -> Headers {
@@ -339,6 +441,7 @@ fn end_to_end(headers: &http::HeaderMap, head_only: bool) -> Headers {
         .iter()
         .filter(|(name, _)| {
             !httpx::is_hop_by_hop(name.as_str(), &connection)
+                && !framing_alias(name.as_str())
                 && (name.as_str() != "content-length" || head_only)
         })
         .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
@@ -355,6 +458,9 @@ fn relay(
     outcome: CacheOutcome,
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
+    if let Some(why) = bad_framing(parts.status, parts.version, &parts.headers) {
+        return refuse_framing(ctx, lease, req, why, lead);
+    }
     let status = parts.status.as_u16();
     let response_time = SystemTime::now();
     let declared = parts
@@ -575,6 +681,9 @@ fn revalidate(
             return upstream_error(ctx, lease, e, req.method == "HEAD");
         }
     };
+    if let Some(why) = bad_framing(response.status(), response.version(), response.headers()) {
+        return refuse_framing(ctx, lease, req, why, None);
+    }
     if response.status().as_u16() != 304 {
         Counters::inc(&ctx.counters().l2_misses);
         return relay(
