@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use crate::client::{self, Conn};
-use crate::harness::{with_deadline, Instance};
+use crate::harness::{poll_until, with_deadline, Instance};
 use crate::origin::{Origin, Route};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -306,5 +306,167 @@ fn an_origin_answer_with_framing_we_cannot_reproduce_is_a_502_and_never_stored()
         let framing = stats["cached"]["upstream_bad_framing"].as_u64().unwrap();
         assert!(errors >= 2 * bad.len() as u64, "{}", stats["cached"]);
         assert!(framing >= 2 * (bad.len() as u64 - 1), "{}", stats["cached"]);
+    });
+}
+
+/// Class 3: a cacheable answer without a length was copied whole into the collapsing
+/// buffer (70 MB → 3 GB of RSS in 8 s), and kept growing after the clients had gone, since
+/// a follower that left was never counted out. Now an answer past `max_object_size`
+/// streams on unstored through a bounded window; once every client has gone the fill
+/// stops reading and the origin sees its connection closed.
+#[test]
+fn an_endless_origin_body_keeps_cached_memory_bounded_and_stops_when_clients_go() {
+    with_deadline(LIMIT, || {
+        let origin = RawOrigin::start(|head, conn| {
+            if path_of(head) != "/endless" {
+                return conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\r\n")?;
+            let piece = vec![b'e'; 64 << 10];
+            loop {
+                conn.write_all(&piece)?;
+            }
+        });
+        let capacity: u64 = 16 << 20;
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .cached_arg("--capacity")
+            .cached_arg(&capacity.to_string())
+            .cached_arg("--max-object-size")
+            .cached_arg(&(4u64 << 20).to_string())
+            .start();
+        let pid = inst.cached_pid().expect("cached pid");
+        let stop = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<_> = (0..10)
+            .map(|_| {
+                let (addr, stop, received) = (inst.addr(), stop.clone(), received.clone());
+                thread::spawn(move || {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                    s.write_all(&client::request_bytes("GET", "/endless", &[], b""))
+                        .unwrap();
+                    let mut buf = vec![0u8; 64 << 10];
+                    while !stop.load(Ordering::SeqCst) {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                received.fetch_add(n, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                    // Dropping the socket is the client going away.
+                })
+            })
+            .collect();
+        let start = Instant::now();
+        let mut peak = 0;
+        while start.elapsed() < Duration::from_secs(8) {
+            peak = peak.max(rss(pid));
+            thread::sleep(Duration::from_millis(100));
+        }
+        let got = received.load(Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        for c in clients {
+            c.join().unwrap();
+        }
+        assert!(got > 64 << 20, "the clients got only {got} bytes in 8 s");
+        assert!(
+            peak < capacity + (64 << 20),
+            "cached's RSS peaked at {} MiB while the clients got {} MiB",
+            peak >> 20,
+            got >> 20
+        );
+        eprintln!(
+            "endless: {} MiB to the clients, cached RSS peak {} MiB",
+            got >> 20,
+            peak >> 20
+        );
+        let gone = Instant::now();
+        let endless = heads_for(&origin, "/endless");
+        assert!(endless >= 1);
+        let others = origin.heads().len() - endless;
+        poll_until(
+            Duration::from_secs(3),
+            "the origin connections to close",
+            || (origin.ended() == others + endless).then_some(()),
+        );
+        eprintln!(
+            "endless: {endless} origin fetches, closed {:?} after the clients left",
+            gone.elapsed()
+        );
+        assert!(
+            gone.elapsed() < Duration::from_secs(2),
+            "the origin connection closed {:?} after the clients left",
+            gone.elapsed()
+        );
+        // And the daemon is fine.
+        thread::sleep(Duration::from_millis(200));
+        assert!(rss(pid) < capacity + (64 << 20));
+    });
+}
+
+/// Class 7 and the Vary member of class 11: with `Vary: Cookie` and a slow origin, a
+/// request with another cookie joined the fill of the first and got its body; and the
+/// secondary key lowercased values, so `X-Token: secretabc` was served `SecretABC`'s
+/// answer. A follower now checks, once the head tells what the answer varies on, that its
+/// fields select the leader's variant; keys keep the values' bytes.
+#[test]
+fn collapsing_and_secondary_keys_honour_vary_byte_exact() {
+    with_deadline(LIMIT, || {
+        let origin = RawOrigin::start(|head, conn| {
+            let (name, delay) = match path_of(head) {
+                "/cookie" => ("Cookie", Duration::from_millis(1500)),
+                _ => ("X-Token", Duration::ZERO),
+            };
+            thread::sleep(delay);
+            let body = format!("for {}\n", header_of(head, name).unwrap_or("-"));
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nVary: {name}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(answer.as_bytes())
+        });
+        let inst = Instance::builder().origin(&origin.url()).start();
+        let addr = inst.addr();
+        let a = thread::spawn(move || {
+            client::fetch(
+                addr,
+                "GET",
+                "/cookie",
+                &[("Cookie", "session=A-secret")],
+                b"",
+            )
+        });
+        thread::sleep(Duration::from_millis(500));
+        let b = client::fetch(addr, "GET", "/cookie", &[("Cookie", "session=B")], b"");
+        let a = a.join().unwrap();
+        assert_eq!(a.body, b"for session=A-secret\n", "{}", a.describe());
+        assert_eq!(
+            b.body,
+            b"for session=B\n",
+            "B got another's answer: {}",
+            b.describe()
+        );
+        // Same variant: collapsed or stored, one answer for both.
+        let c = client::fetch(
+            addr,
+            "GET",
+            "/cookie",
+            &[("Cookie", "session=A-secret")],
+            b"",
+        );
+        assert_eq!(c.body, b"for session=A-secret\n");
+
+        let first = client::fetch(addr, "GET", "/token", &[("X-Token", "SecretABC")], b"");
+        assert_eq!(first.body, b"for SecretABC\n");
+        let other = client::fetch(addr, "GET", "/token", &[("X-Token", "secretabc")], b"");
+        assert_eq!(other.body, b"for secretabc\n", "{}", other.describe());
+        let again = client::fetch(addr, "GET", "/token", &[("X-Token", " SecretABC ")], b"");
+        assert_eq!(
+            again.body, b"for SecretABC\n",
+            "OWS does not make a variant"
+        );
+        assert_eq!(heads_for(&origin, "/token"), 2, "the third was a hit");
     });
 }

@@ -137,12 +137,12 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -
     if req.method == "HEAD" || req.header("range").is_some() {
         return fetch(ctx, lease, req, origin, None);
     }
-    match ctx.cache.join_fill(&key) {
+    match ctx.cache.join_fill(&key, &req.headers) {
         FillRole::Leader(lead) => fetch(ctx, lease, req, origin, Some(lead)),
         FillRole::Alone => fetch(ctx, lease, req, origin, None),
         FillRole::Waiter(fill) => {
-            Counters::inc(&ctx.counters().collapsed);
-            match follow(ctx, lease, &fill)? {
+            // `follow` takes the follower and leaves the fill before a Pass fetches alone.
+            match follow(ctx, lease, req, fill)? {
                 Followed::Served => Ok(()),
                 Followed::Pass => fetch(ctx, lease, req, origin, None),
             }
@@ -477,6 +477,8 @@ fn relay(
         (false, None) => BodyLen::Unknown,
     };
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
+    // What an unstored fill keeps for followers that lag behind the leader.
+    let window = limit.min(usize::MAX as u64) as usize;
     let storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body {
         None
     } else {
@@ -539,8 +541,15 @@ fn relay(
             };
             let chunk = &buf[..n];
             total += n as u64;
+            if keep.is_some() && total > limit {
+                // Too large to store: it streams on through a bounded window.
+                keep = None;
+                if let Some(l) = &lead {
+                    l.unstored(window);
+                }
+            }
             if let Some(l) = &lead {
-                l.bytes(chunk);
+                l.bytes(chunk, window);
             }
             if own.is_ok() {
                 // Stream on, except the last bytes of a known length: they wait for the
@@ -551,15 +560,18 @@ fn relay(
                     .write_all(chunk)
                     .and_then(|()| if last { Ok(()) } else { lease.flush() });
             }
-            if own.is_err() && lead.as_ref().is_none_or(|l| l.waiters() == 0) {
-                return own;
+            if own.is_err() {
+                // Our client is gone: go on only for followers, at the pace of the fastest.
+                let followers = match &lead {
+                    Some(l) => l.pace(window, ctx.cfg.read_timeout),
+                    None => 0,
+                };
+                if followers == 0 {
+                    return own;
+                }
             }
             if let Some(k) = keep.as_mut() {
-                if (k.len() + n) as u64 <= limit {
-                    k.extend_from_slice(chunk);
-                } else {
-                    keep = None;
-                }
+                k.extend_from_slice(chunk);
             }
         }
         if declared.is_some_and(|d| d != total) {
@@ -599,8 +611,14 @@ enum Followed {
     Pass,
 }
 
-/// Streams another request's fill as it arrives.
-fn follow(ctx: &Ctx, lease: &mut Lease, fill: &crate::cache::Fill) -> io::Result<Followed> {
+/// Streams another request's fill as it arrives. The follower leaves the fill when this
+/// returns, whatever the outcome.
+fn follow(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    fill: crate::cache::Follower,
+) -> io::Result<Followed> {
     let wait = ctx.cfg.read_timeout;
     let (status, headers, framing) = match fill.next(true, 0, 0, wait) {
         Progress::Head(s, h, b) => (s, h, b),
@@ -612,25 +630,34 @@ fn follow(ctx: &Ctx, lease: &mut Lease, fill: &crate::cache::Fill) -> io::Result
             ))
         }
     };
+    // The answer varies on request fields: it is ours only if ours select the same
+    // variant as the leader's (its Vary was not known when we joined).
+    let vary = policy::all_tokens(&headers, "vary");
+    if !vary.is_empty()
+        && policy::vary_key(&vary, &req.headers) != policy::vary_key(&vary, fill.leader_req())
+    {
+        return Ok(Followed::Pass);
+    }
+    Counters::inc(&ctx.counters().collapsed);
     // The leader's origin answer, shared: its status is the upstream status here too.
     let meta = respond::Meta {
         upstream_status: status,
         ..respond::Meta::of(CacheOutcome::Collapsed)
     };
     respond::head(lease, status, framing, meta, headers)?;
-    let mut offset = 0usize;
+    let mut offset = 0u64;
     loop {
         match fill.next(false, offset, FOLLOW_CHUNK, wait) {
             Progress::Bytes(b) => {
                 lease.write_all(&b)?;
                 lease.flush()?;
-                offset += b.len();
+                offset += b.len() as u64;
             }
             Progress::Done => break,
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
-                    "the fill we followed failed",
+                    "the fill we followed failed (or we fell behind it)",
                 ))
             }
         }
