@@ -470,3 +470,124 @@ fn collapsing_and_secondary_keys_honour_vary_byte_exact() {
         assert_eq!(heads_for(&origin, "/token"), 2, "the third was a hit");
     });
 }
+
+/// A raw origin whose every answer is storable and sets a cookie numbered by arrival
+/// (`sid=N`, body `N`), after `delay`.
+fn cookie_origin(delay: Duration) -> RawOrigin {
+    let n = AtomicUsize::new(0);
+    RawOrigin::start(move |head, conn| {
+        if path_of(head) != "/sc" {
+            return conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        }
+        let n = n.fetch_add(1, Ordering::SeqCst) + 1;
+        thread::sleep(delay);
+        let body = format!("{n}\n");
+        conn.write_all(
+            format!(
+                "HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nSet-Cookie: sid={n}\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+    })
+}
+
+/// Two requests for `/sc`, the second while the first one's fill is in progress, then a
+/// third after both: their (Set-Cookie, body).
+fn three_cookie_requests(inst: &Instance) -> Vec<(Option<String>, String)> {
+    let addr = inst.addr();
+    let first = thread::spawn(move || client::fetch(addr, "GET", "/sc", &[], b""));
+    thread::sleep(Duration::from_millis(400));
+    let second = client::fetch(addr, "GET", "/sc", &[], b"");
+    let first = first.join().unwrap();
+    let third = client::fetch(addr, "GET", "/sc", &[], b"");
+    [first, second, third]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200, "{}", r.describe());
+            (r.header("set-cookie").map(str::to_string), r.text())
+        })
+        .collect()
+}
+
+fn cached_counter(inst: &Instance, name: &str) -> u64 {
+    inst.stats()["cached"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats: cached.{name} missing"))
+}
+
+/// Class 9: an answer with `Cache-Control: max-age=60` and `Set-Cookie: sid=A` was stored,
+/// and every later client (collapsed followers too) got the first client's session. Now
+/// `set_cookie = "pass"` (the default) stores nothing and lets every client fetch its own,
+/// "strip" stores the answer without the field, "store" keeps RFC behaviour; a bad value is
+/// a config error naming the file and the key.
+#[test]
+fn set_cookie_answers_are_not_shared_unless_the_operator_says_so() {
+    with_deadline(LIMIT, || {
+        let delay = Duration::from_millis(1200);
+        let sid = |n: &str| Some(format!("sid={n}"));
+
+        let origin = cookie_origin(delay);
+        let inst = Instance::builder().origin(&origin.url()).start();
+        let got = three_cookie_requests(&inst);
+        assert_eq!(
+            got,
+            vec![
+                (sid("1"), "1\n".into()),
+                (sid("2"), "2\n".into()),
+                (sid("3"), "3\n".into())
+            ],
+            "pass: each client its own fetch and its own cookie"
+        );
+        assert!(cached_counter(&inst, "set_cookie_passed") >= 3);
+        drop(inst);
+
+        let origin = cookie_origin(delay);
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .cached_arg("--set-cookie")
+            .cached_arg("strip")
+            .start();
+        let got = three_cookie_requests(&inst);
+        assert_eq!(
+            got,
+            vec![
+                (sid("1"), "1\n".into()),
+                (None, "1\n".into()),
+                (None, "1\n".into())
+            ],
+            "strip: stored and shared without the cookie"
+        );
+        assert_eq!(heads_for(&origin, "/sc"), 1);
+        assert_eq!(cached_counter(&inst, "set_cookie_stripped"), 1);
+        drop(inst);
+
+        let origin = cookie_origin(delay);
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .cached_arg("--set-cookie")
+            .cached_arg("store")
+            .start();
+        let got = three_cookie_requests(&inst);
+        assert!(
+            got.iter().all(|g| *g == (sid("1"), "1\n".to_string())),
+            "store: RFC behaviour, {got:?}"
+        );
+        drop(inst);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[cached]\nset_cookie = \"sometimes\"\n").unwrap();
+        let out = std::process::Command::new(crate::harness::bin_path("cached"))
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("{}: cached.set_cookie: must be", file.display())),
+            "{err}"
+        );
+    });
+}

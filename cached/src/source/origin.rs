@@ -14,7 +14,7 @@ use crate::lru::{Stored, Validity};
 use crate::policy::{self, RequestRules, Use};
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
-use common::config::{CachedConfig, Origin};
+use common::config::{CachedConfig, Origin, SetCookie};
 use common::http::{self as httpx, CacheOutcome};
 use common::pool::Lease;
 use common::protocol::{BodyLen, RequestHead};
@@ -479,7 +479,8 @@ fn relay(
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
     // What an unstored fill keeps for followers that lag behind the leader.
     let window = limit.min(usize::MAX as u64) as usize;
-    let storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body {
+    let mut storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body
+    {
         None
     } else {
         policy::storable(
@@ -492,16 +493,35 @@ fn relay(
         )
         .filter(|_| declared.is_none_or(|n| n <= limit))
     };
+    // What followers get and the store keeps: a Set-Cookie is the first client's alone
+    // unless the operator chose "store".
+    let mut shared = headers.clone();
+    let cookie = policy::header(&headers, "set-cookie").is_some();
+    if cookie && storable.is_some() {
+        match ctx.cfg.set_cookie {
+            SetCookie::Store => {}
+            SetCookie::Pass => {
+                Counters::inc(&ctx.counters().set_cookie_passed);
+                storable = None;
+            }
+            SetCookie::Strip => {
+                Counters::inc(&ctx.counters().set_cookie_stripped);
+                shared.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
+            }
+        }
+    }
     if storable.is_none() {
         // Not shareable: followers fetch on their own, and we buffer nothing for them.
         if let Some(mut l) = lead.take() {
             l.pass();
         }
     } else if let Some(l) = &lead {
-        l.head(status, headers.clone(), framing);
+        l.head(status, shared.clone(), framing);
     }
     let initial_age = policy::initial_age(&headers, request_time, response_time);
     let l1_ttl = match &storable {
+        // Our answer keeps its Set-Cookie: a worker's L1 must not give it to others.
+        _ if cookie && ctx.cfg.set_cookie != SetCookie::Store => Duration::ZERO,
         Some(s) if !s.no_cache && status == 200 && policy::header(&headers, "vary").is_none() => {
             s.lifetime.saturating_sub(initial_age)
         }
@@ -585,7 +605,7 @@ fn relay(
         l.finish();
     }
     if let (Some(s), Some(body)) = (storable, keep) {
-        let mut headers = headers;
+        let mut headers = shared;
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
         let obj = Stored {
             status,
@@ -725,10 +745,55 @@ fn revalidate(
     }
     Counters::inc(&ctx.counters().l2_revalidated);
     let response_time = SystemTime::now();
-    let fresh = end_to_end(response.headers(), true);
+    let mut fresh = end_to_end(response.headers(), true);
     let mut headers = obj.headers.clone();
     policy::update_from_304(&mut headers, &fresh);
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+    if policy::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store {
+        // The 304's cookie is this client's: it gets the refreshed answer with it once;
+        // "strip" refreshes the stored answer without it, "pass" leaves it as it was.
+        let once = Stored {
+            headers,
+            body: Arc::clone(&obj.body),
+            response_time,
+            initial_age: Duration::ZERO,
+            ..clone_meta(obj)
+        };
+        if ctx.cfg.set_cookie == SetCookie::Pass {
+            Counters::inc(&ctx.counters().set_cookie_passed);
+            return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
+        }
+        Counters::inc(&ctx.counters().set_cookie_stripped);
+        fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
+        let mut stripped = obj.headers.clone();
+        policy::update_from_304(&mut stripped, &fresh);
+        stripped.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+        if let Some(s) = policy::storable(
+            "GET",
+            &req.headers,
+            obj.status,
+            &stripped,
+            response_time,
+            ctx.cfg.heuristic_floor,
+        ) {
+            let refreshed = Stored {
+                status: obj.status,
+                initial_age: policy::initial_age(&fresh, request_time, response_time),
+                headers: stripped,
+                body: Arc::clone(&obj.body),
+                validity: Validity::Http {
+                    lifetime: s.lifetime,
+                    must_revalidate: s.must_revalidate,
+                    no_cache: s.no_cache,
+                },
+                response_time,
+            };
+            super::store(ctx, primary, req, Arc::new(refreshed));
+        } else {
+            ctx.cache.remove_all(primary);
+        }
+        return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
+    }
     let Some(s) = policy::storable(
         "GET",
         &req.headers,
