@@ -492,4 +492,49 @@ mod tests {
             Progress::Failed
         ));
     }
+
+    #[test]
+    fn an_unstored_fill_keeps_a_bounded_window_and_counts_followers_out() {
+        let c = Cache::new(1 << 20, 10);
+        let FillRole::Leader(lead) = c.join_fill("k", &[]) else {
+            panic!()
+        };
+        let FillRole::Waiter(fast) = c.join_fill("k", &[]) else {
+            panic!()
+        };
+        let FillRole::Waiter(slow) = c.join_fill("k", &[]) else {
+            panic!()
+        };
+        let t = Duration::from_millis(10);
+        lead.head(200, vec![], BodyLen::Unknown);
+        lead.unstored(0);
+        assert!(
+            matches!(c.join_fill("k", &[]), FillRole::Leader(_)),
+            "an unstored fill takes no newcomers"
+        );
+        let piece = vec![7u8; 64 << 10];
+        let mut at = 0u64;
+        for _ in 0..64 {
+            lead.bytes(&piece, 0);
+            // The fast follower keeps up.
+            while let Progress::Bytes(b) = fast.next(false, at, 1 << 20, t) {
+                at += b.len() as u64;
+            }
+            let st = lock(&lead.fill.state);
+            assert!(
+                st.body.len() <= MIN_WINDOW + piece.len(),
+                "{}",
+                st.body.len()
+            );
+        }
+        assert_eq!(at, (64 * 64) << 10);
+        assert!(
+            matches!(slow.next(false, 0, 1 << 20, t), Progress::Failed),
+            "fell out of the window"
+        );
+        assert_eq!(lead.pace(0, t), 2);
+        drop(slow);
+        drop(fast);
+        assert_eq!(lead.pace(0, t), 0, "both followers counted out");
+    }
 }
