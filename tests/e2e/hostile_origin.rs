@@ -319,7 +319,9 @@ fn an_endless_origin_body_keeps_cached_memory_bounded_and_stops_when_clients_go(
     with_deadline(LIMIT, || {
         let origin = RawOrigin::start(|head, conn| {
             if path_of(head) != "/endless" {
-                return conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                return conn.write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
             }
             conn.write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n\r\n")?;
             let piece = vec![b'e'; 64 << 10];
