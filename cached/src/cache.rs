@@ -101,21 +101,31 @@ impl Cache {
         (inner.lru.len() as u64, inner.lru.used())
     }
 
-    /// Joins the fill in progress for `key`, or becomes its leader.
-    pub fn join_fill(&self, key: &str) -> FillRole<'_> {
+    /// Joins the fill in progress for `key`, or becomes its leader. `req` is the request's
+    /// header list: a leader's is kept so a follower can check, once the answer's `Vary` is
+    /// known, that both select the same variant.
+    pub fn join_fill(&self, key: &str, req: &[(String, Vec<u8>)]) -> FillRole<'_> {
         let mut fills = lock(&self.fills);
         if let Some(f) = fills.get(key) {
             let mut st = lock(&f.state);
-            if !st.pass && st.waiters < self.max_waiters {
+            if !st.pass && !st.unstored && st.waiters < self.max_waiters {
                 st.waiters += 1;
+                let id = st.next_id;
+                st.next_id += 1;
+                st.positions.insert(id, 0);
                 drop(st);
-                return FillRole::Waiter(f.clone());
+                return FillRole::Waiter(Follower {
+                    fill: f.clone(),
+                    id,
+                });
             }
             return FillRole::Alone;
         }
         let f = Arc::new(Fill {
             state: Mutex::new(FillState::default()),
             cv: Condvar::new(),
+            paced: Condvar::new(),
+            leader_req: req.to_vec(),
         });
         fills.insert(key.to_string(), f.clone());
         FillRole::Leader(FillLead {
@@ -131,25 +141,72 @@ pub enum FillRole<'a> {
     /// Fetch, and share what arrives.
     Leader(FillLead<'a>),
     /// Follow the leader's fill.
-    Waiter(Arc<Fill>),
+    Waiter(Follower),
     /// The waiting list is full (or the fill turned out uncacheable): fetch alone.
     Alone,
 }
 
+/// Least window of body bytes an unstored fill keeps for its followers.
+const MIN_WINDOW: usize = 256 << 10;
+
 #[derive(Default)]
 pub struct FillState {
     pub head: Option<(u16, Headers, common::protocol::BodyLen)>,
+    /// Body bytes from offset `base` on. While the answer may still be stored this is all
+    /// of it (at most `max_object_size`); once it is too large (`unstored`) only a window
+    /// that the followers still need is kept.
     pub body: Vec<u8>,
+    pub base: u64,
     pub done: bool,
     pub failed: bool,
     /// The answer may not be shared: waiters fetch on their own.
     pub pass: bool,
+    /// The answer outgrew `max_object_size`: it streams through unstored, newcomers do not
+    /// join, and bytes every follower has copied are released.
+    pub unstored: bool,
+    /// Followers still following.
     pub waiters: usize,
+    /// Follower id → the next body offset it asked for.
+    positions: HashMap<u64, u64>,
+    next_id: u64,
+}
+
+impl FillState {
+    fn end(&self) -> u64 {
+        self.base + self.body.len() as u64
+    }
+
+    /// Releases the bytes of an unstored fill that no follower needs any more, and, past
+    /// `window`, those of followers that fell too far behind (they fail).
+    fn trim(&mut self, window: usize) {
+        if !self.unstored {
+            return;
+        }
+        let end = self.end();
+        let mut keep_from = self.positions.values().copied().min().unwrap_or(end);
+        if self.body.len() > window {
+            // Cut back to half the window, so the move is paid once per half window.
+            keep_from = keep_from.max(end - (window / 2) as u64);
+        }
+        let drop = keep_from.saturating_sub(self.base) as usize;
+        if drop > 0 && (drop >= self.body.len() / 2 || self.body.len() > window) {
+            self.body.drain(..drop);
+            self.base += drop as u64;
+            if self.body.capacity() > 2 * window {
+                self.body.shrink_to(window);
+            }
+        }
+    }
 }
 
 pub struct Fill {
     state: Mutex<FillState>,
+    /// Wakes followers (new bytes, the head, the end).
     cv: Condvar,
+    /// Wakes a leader that waits for its followers (a follower moved on or left).
+    paced: Condvar,
+    /// The leader's request headers (for the followers' `Vary` check).
+    leader_req: Headers,
 }
 
 /// What a waiter sees next.
@@ -160,18 +217,33 @@ pub enum Progress {
     Bytes(Vec<u8>),
     /// The body is complete.
     Done,
-    /// The leader failed: abort.
+    /// The leader failed, or this follower fell out of an unstored fill's window: abort.
     Failed,
     /// Not shareable: fetch alone.
     Pass,
 }
 
-impl Fill {
+/// A follower's place in a fill; dropping it leaves the fill (the leader stops reading
+/// from the origin once its own client and every follower are gone).
+pub struct Follower {
+    fill: Arc<Fill>,
+    id: u64,
+}
+
+impl Follower {
+    /// The request headers of the fill's leader.
+    pub fn leader_req(&self) -> &Headers {
+        &self.fill.leader_req
+    }
+
     /// Waits (bounded by `timeout` without progress) for the head, or body bytes past
     /// `offset`, or the end. `want_head` asks for the head first.
-    pub fn next(&self, want_head: bool, offset: usize, max: usize, timeout: Duration) -> Progress {
+    pub fn next(&self, want_head: bool, offset: u64, max: usize, timeout: Duration) -> Progress {
         let deadline = Instant::now() + timeout;
-        let mut st = lock(&self.state);
+        let mut st = lock(&self.fill.state);
+        if st.positions.insert(self.id, offset) != Some(offset) {
+            self.fill.paced.notify_all();
+        }
         loop {
             if st.failed {
                 return Progress::Failed;
@@ -183,9 +255,12 @@ impl Fill {
                 if let Some((s, h, b)) = &st.head {
                     return Progress::Head(*s, h.clone(), *b);
                 }
-            } else if st.body.len() > offset {
-                let end = st.body.len().min(offset + max);
-                return Progress::Bytes(st.body[offset..end].to_vec());
+            } else if offset < st.base {
+                return Progress::Failed;
+            } else if st.end() > offset {
+                let from = (offset - st.base) as usize;
+                let end = st.body.len().min(from + max);
+                return Progress::Bytes(st.body[from..end].to_vec());
             } else if st.done {
                 return Progress::Done;
             }
@@ -194,11 +269,22 @@ impl Fill {
                 return Progress::Failed;
             }
             st = self
+                .fill
                 .cv
                 .wait_timeout(st, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let mut st = lock(&self.fill.state);
+        st.positions.remove(&self.id);
+        st.waiters = st.waiters.saturating_sub(1);
+        drop(st);
+        self.fill.paced.notify_all();
     }
 }
 
@@ -238,8 +324,49 @@ impl FillLead<'_> {
         self.ended = true;
     }
 
-    pub fn bytes(&self, data: &[u8]) {
-        self.update(|st| st.body.extend_from_slice(data));
+    /// Appends body bytes; an unstored fill keeps at most about `window` of them.
+    pub fn bytes(&self, data: &[u8], window: usize) {
+        let window = window.max(MIN_WINDOW);
+        self.update(|st| {
+            st.body.extend_from_slice(data);
+            st.trim(window);
+        });
+    }
+
+    /// The answer outgrew what may be stored: it streams on to the followers through a
+    /// bounded window, newcomers fetch on their own.
+    pub fn unstored(&self, window: usize) {
+        self.unregister();
+        let window = window.max(MIN_WINDOW);
+        self.update(|st| {
+            st.unstored = true;
+            st.trim(window);
+        });
+    }
+
+    /// For a leader whose own client is gone: waits (at most `timeout`) until the fastest
+    /// follower is within half a window of the end, so the followers set the pace instead
+    /// of falling out of the window. Returns the followers left.
+    pub fn pace(&self, window: usize, timeout: Duration) -> usize {
+        let window = window.max(MIN_WINDOW) as u64;
+        let deadline = Instant::now() + timeout;
+        let mut st = lock(&self.fill.state);
+        loop {
+            let front = st.positions.values().copied().max().unwrap_or(0);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if st.waiters == 0 || !st.unstored || st.end() - front.min(st.end()) <= window / 2 {
+                return st.waiters;
+            }
+            if left.is_zero() {
+                return st.waiters;
+            }
+            st = self
+                .fill
+                .paced
+                .wait_timeout(st, left.min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
     }
 
     /// The body is complete.
@@ -247,10 +374,6 @@ impl FillLead<'_> {
         self.unregister();
         self.update(|st| st.done = true);
         self.ended = true;
-    }
-
-    pub fn waiters(&self) -> usize {
-        lock(&self.fill.state).waiters
     }
 }
 
@@ -320,10 +443,10 @@ mod tests {
     #[test]
     fn waiters_follow_the_leader_as_bytes_arrive() {
         let c = Cache::new(1 << 20, 10);
-        let FillRole::Leader(lead) = c.join_fill("k") else {
+        let FillRole::Leader(lead) = c.join_fill("k", &[]) else {
             panic!("first is the leader")
         };
-        let FillRole::Waiter(w) = c.join_fill("k") else {
+        let FillRole::Waiter(w) = c.join_fill("k", &[]) else {
             panic!("second waits")
         };
         lead.head(200, vec![], BodyLen::Unknown);
@@ -331,11 +454,11 @@ mod tests {
             w.next(true, 0, 10, Duration::from_secs(1)),
             Progress::Head(200, _, _)
         ));
-        lead.bytes(b"abc");
+        lead.bytes(b"abc", 0);
         assert!(
             matches!(w.next(false, 0, 10, Duration::from_secs(1)), Progress::Bytes(b) if b == b"abc")
         );
-        lead.bytes(b"def");
+        lead.bytes(b"def", 0);
         assert!(
             matches!(w.next(false, 3, 10, Duration::from_secs(1)), Progress::Bytes(b) if b == b"def")
         );
@@ -345,7 +468,7 @@ mod tests {
             Progress::Done
         ));
         assert!(
-            matches!(c.join_fill("k"), FillRole::Leader(_)),
+            matches!(c.join_fill("k", &[]), FillRole::Leader(_)),
             "a finished fill is gone"
         );
     }
@@ -353,14 +476,14 @@ mod tests {
     #[test]
     fn a_failed_leader_aborts_its_waiters_and_the_list_is_bounded() {
         let c = Cache::new(1 << 20, 1);
-        let FillRole::Leader(lead) = c.join_fill("k") else {
+        let FillRole::Leader(lead) = c.join_fill("k", &[]) else {
             panic!()
         };
-        let FillRole::Waiter(w) = c.join_fill("k") else {
+        let FillRole::Waiter(w) = c.join_fill("k", &[]) else {
             panic!()
         };
         assert!(
-            matches!(c.join_fill("k"), FillRole::Alone),
+            matches!(c.join_fill("k", &[]), FillRole::Alone),
             "waiting list full"
         );
         drop(lead);
@@ -368,5 +491,50 @@ mod tests {
             w.next(true, 0, 10, Duration::from_secs(1)),
             Progress::Failed
         ));
+    }
+
+    #[test]
+    fn an_unstored_fill_keeps_a_bounded_window_and_counts_followers_out() {
+        let c = Cache::new(1 << 20, 10);
+        let FillRole::Leader(lead) = c.join_fill("k", &[]) else {
+            panic!()
+        };
+        let FillRole::Waiter(fast) = c.join_fill("k", &[]) else {
+            panic!()
+        };
+        let FillRole::Waiter(slow) = c.join_fill("k", &[]) else {
+            panic!()
+        };
+        let t = Duration::from_millis(10);
+        lead.head(200, vec![], BodyLen::Unknown);
+        lead.unstored(0);
+        assert!(
+            matches!(c.join_fill("k", &[]), FillRole::Leader(_)),
+            "an unstored fill takes no newcomers"
+        );
+        let piece = vec![7u8; 64 << 10];
+        let mut at = 0u64;
+        for _ in 0..64 {
+            lead.bytes(&piece, 0);
+            // The fast follower keeps up.
+            while let Progress::Bytes(b) = fast.next(false, at, 1 << 20, t) {
+                at += b.len() as u64;
+            }
+            let st = lock(&lead.fill.state);
+            assert!(
+                st.body.len() <= MIN_WINDOW + piece.len(),
+                "{}",
+                st.body.len()
+            );
+        }
+        assert_eq!(at, (64 * 64) << 10);
+        assert!(
+            matches!(slow.next(false, 0, 1 << 20, t), Progress::Failed),
+            "fell out of the window"
+        );
+        assert_eq!(lead.pace(0, t), 2);
+        drop(slow);
+        drop(fast);
+        assert_eq!(lead.pace(0, t), 0, "both followers counted out");
     }
 }

@@ -15,6 +15,7 @@ Options (each is also a key in the config file; flags win):
   --threads N             receiver threads                           [256]
   --capacity BYTES        LRU capacity                               [268435456]
   --max-object-size BYTES larger objects stream through unstored     [8388608]
+  --set-cookie POLICY     storable answers with Set-Cookie: pass | store | strip [pass]
   -h, --help              this text
 ";
 
@@ -26,6 +27,7 @@ const KEYS: &[(&str, &str)] = &[
     ("threads", "cached.threads"),
     ("capacity", "cached.capacity"),
     ("max-object-size", "cached.max_object_size"),
+    ("set-cookie", "cached.set_cookie"),
 ];
 
 /// `Ok(None)` when help was printed.

@@ -271,19 +271,36 @@ pub fn usable(
     Use::Revalidate
 }
 
-/// Normalises one request header value for the `Vary` secondary key: lower-cased, with
-/// whitespace around commas and runs of spaces collapsed.
-fn normalise(v: &[u8]) -> String {
-    String::from_utf8_lossy(v)
-        .split(',')
-        .map(|p| {
-            p.split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" ")
-                .to_ascii_lowercase()
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+/// Normalises one request header value for the `Vary` secondary key: the value's bytes
+/// exactly (case included: `X-Token: SecretABC` is not `secretabc`), with only the list
+/// syntax normalised (OWS around each comma-separated element trimmed, empty elements
+/// dropped). Bytes outside visible ASCII, and `%`, are written `%XX`, so two different
+/// values never share a key.
+fn normalise(v: &[u8], out: &mut String) {
+    let mut first = true;
+    for element in v.split(|&b| b == b',') {
+        let mut e = element;
+        while let [b' ' | b'\t', rest @ ..] = e {
+            e = rest;
+        }
+        while let [rest @ .., b' ' | b'\t'] = e {
+            e = rest;
+        }
+        if e.is_empty() {
+            continue;
+        }
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        for &b in e {
+            if b.is_ascii_graphic() && b != b'%' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
 }
 
 /// Secondary key: the named request headers' normalised values (all fields of each name).
@@ -292,12 +309,20 @@ pub fn vary_key(vary: &[String], req: &[(String, Vec<u8>)]) -> String {
     for name in vary {
         key.push_str(name);
         key.push('=');
-        let values: Vec<String> = req
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| normalise(v))
-            .collect();
-        key.push_str(&values.join(","));
+        let mut first = true;
+        for (_, v) in req.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            // Several fields of one name are one comma-separated list.
+            let mut one = String::new();
+            normalise(v, &mut one);
+            if one.is_empty() {
+                continue;
+            }
+            if !first {
+                key.push(',');
+            }
+            first = false;
+            key.push_str(&one);
+        }
         key.push('\n');
     }
     key
@@ -661,19 +686,29 @@ mod tests {
     }
 
     #[test]
-    fn vary_keys_normalise() {
+    fn vary_keys_normalise_lists_but_keep_values_byte_exact() {
         let vary = vec!["accept-encoding".to_string(), "accept-language".to_string()];
         let a = vary_key(
             &vary,
-            &h(&[("Accept-Encoding", "gzip,  br"), ("Accept-Language", "EN")]),
+            &h(&[("Accept-Encoding", "gzip,  br "), ("Accept-Language", "en")]),
         );
         let b = vary_key(
             &vary,
-            &h(&[("accept-encoding", "GZIP, br"), ("accept-language", "en")]),
+            &h(&[
+                ("accept-encoding", "gzip"),
+                ("accept-encoding", "\tbr"),
+                ("accept-language", "en"),
+            ]),
         );
         let c = vary_key(&vary, &h(&[("accept-encoding", "gzip")]));
-        assert_eq!(a, b);
+        assert_eq!(a, b, "list and whitespace normalisation");
         assert_ne!(a, c);
+        let t = vec!["x-token".to_string()];
+        let key = |v: &[u8]| vary_key(&t, &[("X-Token".to_string(), v.to_vec())]);
+        assert_ne!(key(b"SecretABC"), key(b"secretabc"), "case is kept");
+        assert_ne!(key(b"a b"), key(b"a  b"), "inner whitespace is kept");
+        assert_ne!(key(b"\xff"), key(b"\xfe"), "non-UTF-8 bytes stay distinct");
+        assert_ne!(key(b"%FF"), key(b"\xff"), "escapes cannot collide");
     }
 
     #[test]

@@ -148,6 +148,7 @@ struct CachedFile {
     revalidate_ms: Option<u64>,
     max_waiters: Option<u64>,
     heuristic_ttl_ms: Option<u64>,
+    set_cookie: Option<String>,
 }
 
 /// The proxy's settings (master and workers).
@@ -249,6 +250,34 @@ pub struct CachedConfig {
     /// heuristically cacheable status or `public`, with a validator) and carry no explicit
     /// lifetime. 0: 10 % of the time since `Last-Modified` only.
     pub heuristic_floor: Duration,
+    /// What happens to a storable answer that carries `Set-Cookie`.
+    pub set_cookie: SetCookie,
+}
+
+/// `cached.set_cookie`: the policy for storable answers carrying `Set-Cookie`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SetCookie {
+    /// Not stored: the answer goes to its own client only (collapsed followers fetch
+    /// their own). The default, like Varnish, nginx and the big CDNs.
+    #[default]
+    Pass,
+    /// Stored with its `Set-Cookie`, as RFC 9111 allows (every later client gets it).
+    Store,
+    /// Stored without the `Set-Cookie` field; the first client still gets its cookie.
+    Strip,
+}
+
+impl SetCookie {
+    fn parse(v: &str) -> Result<SetCookie, String> {
+        match v {
+            "pass" => Ok(SetCookie::Pass),
+            "store" => Ok(SetCookie::Store),
+            "strip" => Ok(SetCookie::Strip),
+            other => Err(format!(
+                "must be \"pass\", \"store\" or \"strip\" (got {other:?})"
+            )),
+        }
+    }
 }
 
 /// A parsed origin URL (plain HTTP).
@@ -621,6 +650,10 @@ impl CachedConfig {
                 0,
                 31_536_000_000,
             )?),
+            set_cookie: match c.set_cookie.as_deref() {
+                None => SetCookie::Pass,
+                Some(v) => SetCookie::parse(v).map_err(|e| src.err("cached.set_cookie", e))?,
+            },
         })
     }
 }
@@ -753,6 +786,32 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("instance"), "{e}");
+    }
+
+    #[test]
+    fn set_cookie_policy_defaults_to_pass_and_names_key_and_file() {
+        assert_eq!(
+            CachedConfig::load(None, &[]).unwrap().set_cookie,
+            SetCookie::Pass
+        );
+        for (v, want) in [
+            ("pass", SetCookie::Pass),
+            ("store", SetCookie::Store),
+            ("strip", SetCookie::Strip),
+        ] {
+            let c = CachedConfig::load(None, &flags(&[("cached.set_cookie", v)])).unwrap();
+            assert_eq!(c.set_cookie, want);
+        }
+        let path = std::env::temp_dir().join(format!("setcookie-{}.toml", std::process::id()));
+        std::fs::write(&path, "[cached]\nset_cookie = \"keep\"\n").unwrap();
+        let e = CachedConfig::load(Some(&path), &[])
+            .unwrap_err()
+            .to_string();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            e.starts_with(&format!("{}: cached.set_cookie: must be", path.display())),
+            "{e}"
+        );
     }
 
     #[test]

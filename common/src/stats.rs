@@ -212,6 +212,9 @@ stats_fields! {
     Counter upstream_requests @cached: "Requests sent to the origin",
     Counter upstream_errors @cached: "Origin requests that failed (refused, reset, bad answer)",
     Counter upstream_timeouts @cached: "Origin requests that timed out",
+    Counter upstream_bad_framing @cached: "Origin answers refused with 502: framing that cannot be reproduced exactly (Transfer-Encoding with Content-Length, a coding other than chunked, a bad or repeated Content-Length, an unsolicited 101)",
+    Counter set_cookie_passed @cached: "Cacheable answers with Set-Cookie passed to their own client only, not stored (set_cookie = \"pass\")",
+    Counter set_cookie_stripped @cached: "Answers stored without their Set-Cookie field (set_cookie = \"strip\")",
     Counter upstream_latency_us @cached: "Sum of origin response-head latencies",
 }
 

@@ -14,6 +14,7 @@ mod bodies;
 mod caching;
 mod chaos_short;
 mod faults;
+mod hostile_origin;
 mod hostile_requests;
 mod hostile_slow;
 mod http;

@@ -100,8 +100,13 @@ pub fn serve_stored(
             let age = obj.age(now);
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
             headers.push(("Age".into(), age.as_secs().to_string().into_bytes()));
-            let shareable =
-                !no_cache && obj.status == 200 && policy::header(&obj.headers, "vary").is_none();
+            // An answer that carries a Set-Cookie is never kept in a worker's L1 unless the
+            // operator chose to share cookies (`set_cookie = "store"`).
+            let shareable = !no_cache
+                && obj.status == 200
+                && policy::header(&obj.headers, "vary").is_none()
+                && (ctx.cfg.set_cookie == common::config::SetCookie::Store
+                    || policy::header(&obj.headers, "set-cookie").is_none());
             if shareable {
                 lifetime.saturating_sub(age)
             } else {

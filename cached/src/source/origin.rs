@@ -14,7 +14,7 @@ use crate::lru::{Stored, Validity};
 use crate::policy::{self, RequestRules, Use};
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
-use common::config::{CachedConfig, Origin};
+use common::config::{CachedConfig, Origin, SetCookie};
 use common::http::{self as httpx, CacheOutcome};
 use common::pool::Lease;
 use common::protocol::{BodyLen, RequestHead};
@@ -67,7 +67,10 @@ fn is_unsafe(method: &str) -> bool {
 }
 
 pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -> io::Result<()> {
-    if req.method != "GET" && req.method != "HEAD" {
+    // A GET or HEAD with a body passes too, body and all: the body may select the answer, so
+    // it is neither looked up nor stored, and the body is forwarded instead of drained (a
+    // drained body left the upstream request announcing bytes it never had).
+    if (req.method != "GET" && req.method != "HEAD") || req.body != BodyLen::None {
         Counters::inc(&ctx.counters().passes);
         let sent = upstream(ctx, lease, req, origin, &[]);
         respond::drain(lease)?;
@@ -140,12 +143,12 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -
     if req.method == "HEAD" || req.header("range").is_some() {
         return fetch(ctx, lease, req, origin, None);
     }
-    match ctx.cache.join_fill(&key) {
+    match ctx.cache.join_fill(&key, &req.headers) {
         FillRole::Leader(lead) => fetch(ctx, lease, req, origin, Some(lead)),
         FillRole::Alone => fetch(ctx, lease, req, origin, None),
         FillRole::Waiter(fill) => {
-            Counters::inc(&ctx.counters().collapsed);
-            match follow(ctx, lease, &fill)? {
+            // `follow` takes the follower and leaves the fill before a Pass fetches alone.
+            match follow(ctx, lease, req, fill)? {
                 Followed::Served => Ok(()),
                 Followed::Pass => fetch(ctx, lease, req, origin, None),
             }
@@ -233,8 +236,14 @@ fn upstream(
     let request_time = SystemTime::now();
     let result = match req.body {
         BodyLen::None => agent.run(b.body(()).map_err(ureq::Error::Http)?),
-        _ => {
-            let mut body = BodyFromSegment(lease);
+        declared => {
+            let mut body = BodyFromSegment {
+                lease,
+                left: match declared {
+                    BodyLen::Exact(n) => Some(n),
+                    _ => None,
+                },
+            };
             agent.run(
                 b.body(ureq::SendBody::from_reader(&mut body))
                     .map_err(ureq::Error::Http)?,
@@ -248,12 +257,41 @@ fn upstream(
     result.map(|r| (r, request_time))
 }
 
-/// The request body, read from the segment.
-struct BodyFromSegment<'a, 'p>(&'a mut Lease<'p>);
+/// The request body, read from the segment. A body of known length that ends early (or
+/// runs long) is an error: ureq, promised `Content-Length` bytes, would otherwise call a
+/// reader at its end again and again without waiting (a spin until the send timeout).
+struct BodyFromSegment<'a, 'p> {
+    lease: &'a mut Lease<'p>,
+    /// Bytes still owed by a body of known length.
+    left: Option<u64>,
+}
 
 impl Read for BodyFromSegment<'_, '_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.read(buf)
+        let Some(left) = self.left else {
+            return self.lease.read(buf);
+        };
+        if left == 0 {
+            // Whatever follows the announced length is not part of this body.
+            return match self.lease.read(&mut [0u8; 1])? {
+                0 => Ok(0),
+                _ => Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "request body longer than its Content-Length",
+                )),
+            };
+        }
+        let want = buf.len().min(left.min(usize::MAX as u64) as usize);
+        match self.lease.read(&mut buf[..want])? {
+            0 => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "request body shorter than its Content-Length",
+            )),
+            n => {
+                self.left = Some(left - n as u64);
+                Ok(n)
+            }
+        }
     }
 }
 
@@ -301,6 +339,108 @@ fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, origin: &
     super::publish_store_gauges(ctx);
 }
 
+/// Why an origin answer cannot be relayed: its framing is one we cannot reproduce exactly
+/// (RFC 9112 §6.1-6.3, §7), so whatever we told the client, the bytes that follow could be
+/// read as something else. `None`: fine. ureq takes any `chunked` element as chunked and
+/// keeps the fields as received, so the check runs on the raw fields.
+fn bad_framing(
+    status: http::StatusCode,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> Option<&'static str> {
+    let status = status.as_u16();
+    // ureq consumes 100 and the other interim answers itself; what is left is a 101 we
+    // never asked for (we send no Upgrade), or a final status outside 2xx-5xx.
+    if status < 200 {
+        return Some("an interim (1xx) answer we did not ask for");
+    }
+    if status > 599 {
+        return Some("a status outside 100-599");
+    }
+    let te: Vec<&[u8]> = headers
+        .get_all("transfer-encoding")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    let cl: Vec<&[u8]> = headers
+        .get_all("content-length")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
+    if !te.is_empty() {
+        if !cl.is_empty() {
+            return Some("both Transfer-Encoding and Content-Length");
+        }
+        if version == http::Version::HTTP_10 {
+            return Some("Transfer-Encoding in an HTTP/1.0 answer");
+        }
+        if te.len() != 1 || !trim_ows(te[0]).eq_ignore_ascii_case(b"chunked") {
+            return Some("a Transfer-Encoding other than chunked");
+        }
+    }
+    match cl.as_slice() {
+        [] => {}
+        [v] if !trim_ows(v).is_empty() && trim_ows(v).iter().all(u8::is_ascii_digit) => {
+            if std::str::from_utf8(trim_ows(v))
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .is_none()
+            {
+                return Some("a Content-Length out of range");
+            }
+        }
+        [_] => return Some("an invalid Content-Length"),
+        _ => return Some("more than one Content-Length"),
+    }
+    None
+}
+
+fn trim_ows(mut b: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = b {
+        b = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = b {
+        b = rest;
+    }
+    b
+}
+
+/// A field name that is a framing or hop-by-hop name once `_` reads as `-`
+/// (`Transfer_Encoding`): some servers and CGI gateways treat the two alike, so such a
+/// field is never relayed beside the real framing.
+fn framing_alias(name: &str) -> bool {
+    name.contains('_') && {
+        let dashed = name.replace('_', "-");
+        dashed.eq_ignore_ascii_case("content-length")
+            || dashed.eq_ignore_ascii_case("transfer-encoding")
+            || httpx::is_hop_by_hop(&dashed, &[])
+    }
+}
+
+/// An origin answer that failed [`bad_framing`]: 502, counted, never stored; a fill it led
+/// is passed, so its waiters ask on their own. Dropping the unread body closes the
+/// connection (it is never reused).
+fn refuse_framing(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    why: &str,
+    lead: Option<FillLead>,
+) -> io::Result<()> {
+    Counters::inc(&ctx.counters().upstream_bad_framing);
+    Counters::inc(&ctx.counters().upstream_errors);
+    log::warn!("origin answer for {} refused: {why}", req.target);
+    if let Some(mut l) = lead {
+        l.pass();
+    }
+    respond::error(
+        lease,
+        502,
+        "the origin answered with framing that cannot be relayed",
+        req.method == "HEAD",
+    )
+}
+
 /// End-to-end headers of an upstream answer (hop-by-hop and framing removed; a HEAD
 /// answer keeps its Content-Length as metadata).
 fn end_to_end(headers: &http::HeaderMap, head_only: bool) -> Headers {
@@ -313,6 +453,7 @@ fn end_to_end(headers: &http::HeaderMap, head_only: bool) -> Headers {
         .iter()
         .filter(|(name, _)| {
             !httpx::is_hop_by_hop(name.as_str(), &connection)
+                && !framing_alias(name.as_str())
                 && (name.as_str() != "content-length" || head_only)
         })
         .map(|(name, value)| (name.to_string(), value.as_bytes().to_vec()))
@@ -329,6 +470,9 @@ fn relay(
     outcome: CacheOutcome,
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
+    if let Some(why) = bad_framing(parts.status, parts.version, &parts.headers) {
+        return refuse_framing(ctx, lease, req, why, lead);
+    }
     let status = parts.status.as_u16();
     let response_time = SystemTime::now();
     let declared = parts
@@ -345,7 +489,10 @@ fn relay(
         (false, None) => BodyLen::Unknown,
     };
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
-    let storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body {
+    // What an unstored fill keeps for followers that lag behind the leader.
+    let window = limit.min(usize::MAX as u64) as usize;
+    let mut storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body
+    {
         None
     } else {
         policy::storable(
@@ -358,16 +505,35 @@ fn relay(
         )
         .filter(|_| declared.is_none_or(|n| n <= limit))
     };
+    // What followers get and the store keeps: a Set-Cookie is the first client's alone
+    // unless the operator chose "store".
+    let mut shared = headers.clone();
+    let cookie = policy::header(&headers, "set-cookie").is_some();
+    if cookie && storable.is_some() {
+        match ctx.cfg.set_cookie {
+            SetCookie::Store => {}
+            SetCookie::Pass => {
+                Counters::inc(&ctx.counters().set_cookie_passed);
+                storable = None;
+            }
+            SetCookie::Strip => {
+                Counters::inc(&ctx.counters().set_cookie_stripped);
+                shared.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
+            }
+        }
+    }
     if storable.is_none() {
         // Not shareable: followers fetch on their own, and we buffer nothing for them.
         if let Some(mut l) = lead.take() {
             l.pass();
         }
     } else if let Some(l) = &lead {
-        l.head(status, headers.clone(), framing);
+        l.head(status, shared.clone(), framing);
     }
     let initial_age = policy::initial_age(&headers, request_time, response_time);
     let l1_ttl = match &storable {
+        // Our answer keeps its Set-Cookie: a worker's L1 must not give it to others.
+        _ if cookie && ctx.cfg.set_cookie != SetCookie::Store => Duration::ZERO,
         Some(s) if !s.no_cache && status == 200 && policy::header(&headers, "vary").is_none() => {
             s.lifetime.saturating_sub(initial_age)
         }
@@ -407,8 +573,15 @@ fn relay(
             };
             let chunk = &buf[..n];
             total += n as u64;
+            if keep.is_some() && total > limit {
+                // Too large to store: it streams on through a bounded window.
+                keep = None;
+                if let Some(l) = &lead {
+                    l.unstored(window);
+                }
+            }
             if let Some(l) = &lead {
-                l.bytes(chunk);
+                l.bytes(chunk, window);
             }
             if own.is_ok() {
                 // Stream on, except the last bytes of a known length: they wait for the
@@ -419,15 +592,18 @@ fn relay(
                     .write_all(chunk)
                     .and_then(|()| if last { Ok(()) } else { lease.flush() });
             }
-            if own.is_err() && lead.as_ref().is_none_or(|l| l.waiters() == 0) {
-                return own;
+            if own.is_err() {
+                // Our client is gone: go on only for followers, at the pace of the fastest.
+                let followers = match &lead {
+                    Some(l) => l.pace(window, ctx.cfg.read_timeout),
+                    None => 0,
+                };
+                if followers == 0 {
+                    return own;
+                }
             }
             if let Some(k) = keep.as_mut() {
-                if (k.len() + n) as u64 <= limit {
-                    k.extend_from_slice(chunk);
-                } else {
-                    keep = None;
-                }
+                k.extend_from_slice(chunk);
             }
         }
         if declared.is_some_and(|d| d != total) {
@@ -441,7 +617,7 @@ fn relay(
         l.finish();
     }
     if let (Some(s), Some(body)) = (storable, keep) {
-        let mut headers = headers;
+        let mut headers = shared;
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
         let obj = Stored {
             status,
@@ -467,8 +643,14 @@ enum Followed {
     Pass,
 }
 
-/// Streams another request's fill as it arrives.
-fn follow(ctx: &Ctx, lease: &mut Lease, fill: &crate::cache::Fill) -> io::Result<Followed> {
+/// Streams another request's fill as it arrives. The follower leaves the fill when this
+/// returns, whatever the outcome.
+fn follow(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    fill: crate::cache::Follower,
+) -> io::Result<Followed> {
     let wait = ctx.cfg.read_timeout;
     let (status, headers, framing) = match fill.next(true, 0, 0, wait) {
         Progress::Head(s, h, b) => (s, h, b),
@@ -480,25 +662,34 @@ fn follow(ctx: &Ctx, lease: &mut Lease, fill: &crate::cache::Fill) -> io::Result
             ))
         }
     };
+    // The answer varies on request fields: it is ours only if ours select the same
+    // variant as the leader's (its Vary was not known when we joined).
+    let vary = policy::all_tokens(&headers, "vary");
+    if !vary.is_empty()
+        && policy::vary_key(&vary, &req.headers) != policy::vary_key(&vary, fill.leader_req())
+    {
+        return Ok(Followed::Pass);
+    }
+    Counters::inc(&ctx.counters().collapsed);
     // The leader's origin answer, shared: its status is the upstream status here too.
     let meta = respond::Meta {
         upstream_status: status,
         ..respond::Meta::of(CacheOutcome::Collapsed)
     };
     respond::head(lease, status, framing, meta, headers)?;
-    let mut offset = 0usize;
+    let mut offset = 0u64;
     loop {
         match fill.next(false, offset, FOLLOW_CHUNK, wait) {
             Progress::Bytes(b) => {
                 lease.write_all(&b)?;
                 lease.flush()?;
-                offset += b.len();
+                offset += b.len() as u64;
             }
             Progress::Done => break,
             _ => {
                 return Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
-                    "the fill we followed failed",
+                    "the fill we followed failed (or we fell behind it)",
                 ))
             }
         }
@@ -549,6 +740,9 @@ fn revalidate(
             return upstream_error(ctx, lease, e, req.method == "HEAD");
         }
     };
+    if let Some(why) = bad_framing(response.status(), response.version(), response.headers()) {
+        return refuse_framing(ctx, lease, req, why, None);
+    }
     if response.status().as_u16() != 304 {
         Counters::inc(&ctx.counters().l2_misses);
         return relay(
@@ -563,10 +757,55 @@ fn revalidate(
     }
     Counters::inc(&ctx.counters().l2_revalidated);
     let response_time = SystemTime::now();
-    let fresh = end_to_end(response.headers(), true);
+    let mut fresh = end_to_end(response.headers(), true);
     let mut headers = obj.headers.clone();
     policy::update_from_304(&mut headers, &fresh);
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+    if policy::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store {
+        // The 304's cookie is this client's: it gets the refreshed answer with it once;
+        // "strip" refreshes the stored answer without it, "pass" leaves it as it was.
+        let once = Stored {
+            headers,
+            body: Arc::clone(&obj.body),
+            response_time,
+            initial_age: Duration::ZERO,
+            ..clone_meta(obj)
+        };
+        if ctx.cfg.set_cookie == SetCookie::Pass {
+            Counters::inc(&ctx.counters().set_cookie_passed);
+            return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
+        }
+        Counters::inc(&ctx.counters().set_cookie_stripped);
+        fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
+        let mut stripped = obj.headers.clone();
+        policy::update_from_304(&mut stripped, &fresh);
+        stripped.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+        if let Some(s) = policy::storable(
+            "GET",
+            &req.headers,
+            obj.status,
+            &stripped,
+            response_time,
+            ctx.cfg.heuristic_floor,
+        ) {
+            let refreshed = Stored {
+                status: obj.status,
+                initial_age: policy::initial_age(&fresh, request_time, response_time),
+                headers: stripped,
+                body: Arc::clone(&obj.body),
+                validity: Validity::Http {
+                    lifetime: s.lifetime,
+                    must_revalidate: s.must_revalidate,
+                    no_cache: s.no_cache,
+                },
+                response_time,
+            };
+            super::store(ctx, primary, req, Arc::new(refreshed));
+        } else {
+            ctx.cache.remove_all(primary);
+        }
+        return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
+    }
     let Some(s) = policy::storable(
         "GET",
         &req.headers,
