@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
 /// Bumped whenever the field list changes (the slot layout is generated from it).
-pub const STATS_VERSION: u32 = 3;
+pub const STATS_VERSION: u32 = 4;
 const SLOTS_OFFSET: usize = 64;
 /// Latency histogram buckets: bucket i counts requests that took at most 2^i µs (and more than
 /// 2^(i-1) µs); the last one also takes everything slower (≈ 67 s and up).
@@ -188,6 +188,8 @@ stats_fields! {
     Counter handovers @proxy: "Listening sockets handed to a new master (zero-downtime upgrade)",
     Counter segments_reclaimed @proxy: "Segments reclaimed from dead processes",
     Counter messages_rejected: "Doorbells or segment heads that failed validation",
+    Counter request_panics: "Requests whose handling panicked: that request alone failed (aborted or closed), its thread went on",
+    Counter threads_restarted: "Long-lived threads whose loop panicked and was started again (thread pools never shrink)",
     Counter log_reopens @proxy: "SIGUSR1 received by the master: every worker reopens its access log",
     Counter access_log_lines @proxy: "Access log lines written",
     Counter access_log_dropped @proxy: "Access log lines lost (the log could not be opened or written)",

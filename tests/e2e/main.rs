@@ -14,6 +14,7 @@ mod bodies;
 mod caching;
 mod chaos_short;
 mod faults;
+mod hostile_panics;
 mod http;
 mod idle;
 mod lifecycle;
