@@ -435,7 +435,7 @@ fn date_oracle(v: &str) {
             .duration_since(UNIX_EPOCH)
             .expect("an accepted date is after 1970")
             .as_secs();
-        assert!(secs <= YEAR_10000, "{v:?} accepted as {secs} s");
+        assert!(secs < YEAR_10000, "{v:?} accepted as {secs} s");
         let s = http_date(t);
         assert_eq!(
             parse_http_date(&s),

@@ -149,6 +149,8 @@ pub fn http_date(t: SystemTime) -> String {
 /// later is refused, so date arithmetic downstream never sees a time near the edge of what
 /// `SystemTime` (or `Instant`) can hold.
 pub const MAX_YEAR: i64 = 9999;
+/// 10000-01-01T00:00:00Z in seconds since the epoch: every accepted date is before it.
+const END_OF_MAX_YEAR: u64 = 253_402_300_800;
 
 /// Parses an IMF-fixdate; other (obsolete) formats, years before 1970 or after [`MAX_YEAR`]
 /// give `None`. Never panics: every field is range-checked before any arithmetic.
@@ -180,6 +182,10 @@ pub fn parse_http_date(v: &str) -> Option<SystemTime> {
     let secs = days
         .checked_mul(86_400)?
         .checked_add(h * 3600 + m * 60 + s)?;
+    // A leap second at the very end of 9999 would be the year 10000: out of range too.
+    if secs >= END_OF_MAX_YEAR {
+        return None;
+    }
     UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
@@ -319,6 +325,8 @@ mod tests {
         }
         let last = parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT").unwrap();
         assert_eq!(http_date(last), "Fri, 31 Dec 9999 23:59:59 GMT");
+        // Found by fuzzing: its leap second would format as the year 10000.
+        assert_eq!(parse_http_date("Fri, 31 Dec 9999 23:59:60 GMT"), None);
         assert!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT") == Some(UNIX_EPOCH));
     }
 
