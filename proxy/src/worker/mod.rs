@@ -307,9 +307,11 @@ fn exec_loop(w: &Worker) {
                     Ok(n) => n,
                     Err(nix::Error::EINTR) => continue,
                     Err(e) => {
+                        // Never leave: a thread that returned would shrink the pool.
                         log::error!("epoll_wait: {e}");
                         PERMITS.release();
-                        return;
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
                     }
                 };
                 // Served from the end: keep the kernel's order.
