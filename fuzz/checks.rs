@@ -424,3 +424,119 @@ pub fn pool_layout(data: &[u8]) {
         assert!(data_start + seg_size <= len);
     }
 }
+
+/// `cached`'s caching rules, compiled in from their source (a binary crate has no library to
+/// depend on); they only need `common::http`.
+#[path = "../cached/src/policy.rs"]
+mod policy;
+
+/// Latest instant an accepted HTTP date may name: 9999-12-31 23:59:60 (10000-01-01 00:00:00).
+const YEAR_10000: u64 = 253_402_300_800;
+
+/// One header value through the date parser: no panic; an accepted date lies in 1970..=9999
+/// and survives formatting and parsing again.
+fn date_oracle(v: &str) {
+    use common::http::{http_date, parse_http_date};
+    use std::time::UNIX_EPOCH;
+    if let Some(t) = parse_http_date(v) {
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .expect("an accepted date is after 1970")
+            .as_secs();
+        assert!(secs < YEAR_10000, "{v:?} accepted as {secs} s");
+        let s = http_date(t);
+        assert_eq!(
+            parse_http_date(&s),
+            Some(t),
+            "{v:?} -> {s:?} does not parse back"
+        );
+    }
+}
+
+/// `policy`: dates, header values and the cache-policy functions never panic, whatever the
+/// request and response headers and numbers, and what they answer is consistent.
+///
+/// Input: 16 bytes of numbers (status, body length, clock, delay, heuristic floor, a time to
+/// format), then header lines `name: value` — request headers, then after a line `--` the
+/// response headers.
+pub fn policy(data: &[u8]) {
+    use common::http::{http_date, parse_http_date, safe_path_segments, tokens};
+    use policy::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let mut n = [0u8; 16];
+    let k = data.len().min(16);
+    n[..k].copy_from_slice(&data[..k]);
+    let text = &data[k..];
+    let u16_at = |i: usize| u16::from_le_bytes([n[i], n[i + 1]]);
+    let status = 100 + u16_at(0) % 500;
+    let len = u64::from(u16_at(2)) >> (n[15] % 8);
+    let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000 + u64::from(u16_at(4)) * 997);
+    let delay = Duration::from_millis(u64::from(u16_at(6)) * 31);
+    let floor = Duration::from_secs(u64::from(n[8]) * 60);
+
+    // Formatting any representable instant up to the year 9999 parses back to it.
+    let secs = u64::from_le_bytes(n[8..16].try_into().unwrap()) % YEAR_10000;
+    let t = UNIX_EPOCH + Duration::from_secs(secs);
+    assert_eq!(parse_http_date(&http_date(t)), Some(t), "{secs} s");
+
+    let mut req: Headers = Vec::new();
+    let mut resp: Headers = Vec::new();
+    let mut in_resp = false;
+    for line in text.split(|&b| b == b'\n') {
+        if line == b"--" {
+            in_resp = true;
+            continue;
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(&line[..colon]).trim().to_string();
+        let value = line[colon + 1..].trim_ascii().to_vec();
+        date_oracle(&String::from_utf8_lossy(&value));
+        let _ = tokens(&value);
+        let _ = safe_path_segments(&String::from_utf8_lossy(&value));
+        if in_resp {
+            resp.push((name, value));
+        } else {
+            req.push((name, value));
+        }
+    }
+
+    let rules = RequestRules::of(&req);
+    let age = initial_age(&resp, now, now + delay);
+    assert!(age >= delay, "age below the transit delay");
+    for method in ["GET", "HEAD"] {
+        if let Some(s) = storable(method, &req, status, &resp, now, floor) {
+            assert_eq!(method, "GET", "HEAD answers are stored");
+            let _ = usable(age, s.lifetime, s.must_revalidate, s.no_cache, &rules);
+            let _ = s.lifetime.saturating_sub(age);
+            // A stored object ages on: the corrected age plus any resident time saturates.
+            let later = age.saturating_add(Duration::MAX);
+            let _ = usable(later, s.lifetime, s.must_revalidate, s.no_cache, &rules);
+        }
+    }
+    let _ = usable(age, Duration::MAX, false, false, &rules);
+    let _ = usable(Duration::MAX, Duration::ZERO, false, false, &rules);
+    let _ = not_modified(&req, &resp);
+    let _ = precondition_failed(&req, &resp);
+    match range(&req, &resp, len) {
+        RangeAnswer::Partial(first, last) => {
+            assert!(
+                first <= last && last < len,
+                "range {first}-{last} of a {len}-byte body"
+            );
+        }
+        RangeAnswer::Full | RangeAnswer::Unsatisfiable => {}
+    }
+    let vary = all_tokens(&resp, "vary");
+    let _ = vary_key(&vary, &req);
+    let mut stored = resp.clone();
+    update_from_304(&mut stored, &req);
+    for (k, _) in &stored {
+        assert!(
+            !k.eq_ignore_ascii_case("content-length") || resp.iter().any(|(r, _)| r == k),
+            "a 304 brought in {k}"
+        );
+    }
+}

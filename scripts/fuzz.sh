@@ -3,7 +3,8 @@
 #
 # Targets (oracles in fuzz/checks.rs): request_head (the client request-head reader),
 # doorbell (the mq message decoder), stream_heads (request/response heads in a segment),
-# pool_layout (the pool header's layout validator).
+# pool_layout (the pool header's layout validator), policy (HTTP dates, header values and
+# cached's cache-policy functions: never a panic, consistent answers).
 #
 # Usage: scripts/fuzz.sh [RUNS] [TARGET...]          RUNS defaults to 10000000; all targets.
 # Env:   FUZZ_TOOLCHAIN  +nightly if a nightly toolchain is installed, else stable with
@@ -26,7 +27,7 @@ cd "$ROOT/fuzz"
 RUNS=${1:-10000000}
 shift || true
 TARGETS=("$@")
-[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(request_head doorbell stream_heads pool_layout)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(request_head doorbell stream_heads pool_layout policy)
 SANITIZER=${SANITIZER:-address}
 JOBS=${JOBS:-1}
 MAX_TIME=${MAX_TIME:-0}
@@ -52,6 +53,7 @@ for t in "${TARGETS[@]}"; do
     log="$ROOT/fuzz/fuzz-$t.log"
     args=(-runs="$RUNS" -max_total_time="$MAX_TIME" -print_final_stats=1)
     [ "$t" = request_head ] && args+=(-dict="$ROOT/fuzz/http.dict")
+    [ "$t" = policy ] && args+=(-dict="$ROOT/fuzz/policy.dict")
     [ "$JOBS" -gt 1 ] && args+=(-jobs="$JOBS" -workers="$JOBS")
     # With -jobs each job runs RUNS executions; without, the single process does.
     start=$(date +%s)

@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Oracle)] = &[
     ("doorbell", checks::doorbell),
     ("stream_heads", checks::stream_heads),
     ("pool_layout", checks::pool_layout),
+    ("policy", checks::policy),
 ];
 
 fn fuzz_dir() -> PathBuf {

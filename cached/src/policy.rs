@@ -203,7 +203,8 @@ pub fn initial_age(
     let delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
-    apparent.max(age_value + delay)
+    // An origin may send any `Age` (up to u64::MAX seconds): saturate, never overflow.
+    apparent.max(age_value.saturating_add(delay))
 }
 
 /// What the request's own `Cache-Control` (and `Pragma`) demands of a stored response.
@@ -770,6 +771,53 @@ mod tests {
                 10
             ),
             RangeAnswer::Partial(0, 1)
+        );
+    }
+
+    /// Dates and numbers at or past every edge: refused or saturated, never a panic.
+    #[test]
+    fn hostile_dates_and_numbers_never_panic() {
+        let t = now();
+        let far = "Sun, 06 Nov 400000000000 08:49:37 GMT";
+        let lm = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let resp = h(&[("etag", "\"a\""), ("last-modified", lm)]);
+        for name in ["if-modified-since", "if-unmodified-since"] {
+            let req = h(&[(name, far)]);
+            assert!(!not_modified(&req, &resp));
+            assert!(!precondition_failed(&req, &resp));
+        }
+        let req = h(&[("range", "bytes=0-1"), ("if-range", far)]);
+        assert_eq!(range(&req, &resp, 10), RangeAnswer::Full);
+        let max = u64::MAX.to_string();
+        for r in [
+            h(&[("expires", far)]),
+            h(&[("expires", lm), ("date", far)]),
+            h(&[("last-modified", far)]),
+            h(&[("last-modified", lm), ("date", far)]),
+            h(&[("cache-control", &format!("max-age={max}")), ("age", &max)]),
+            h(&[("cache-control", "s-maxage=99999999999999999999999")]),
+        ] {
+            let _ = st("GET", &[], 200, &r, t);
+            let age = initial_age(&r, t, t + Duration::from_secs(5));
+            let _ = usable(age, Duration::MAX, false, false, &RequestRules::default());
+        }
+        let resp = h(&[("age", &max)]);
+        assert_eq!(
+            initial_age(&resp, t, t + Duration::from_secs(5)).as_secs(),
+            u64::MAX
+        );
+        let r = RequestRules::of(&h(&[(
+            "cache-control",
+            "max-age=99999999999999999999, min-fresh=99999999999999999999, max-stale=99999999999999999999",
+        )]));
+        let _ = usable(Duration::MAX, Duration::MAX, false, false, &r);
+        assert_eq!(
+            range(&h(&[("range", &format!("bytes={max}-{max}"))]), &[], 10),
+            RangeAnswer::Unsatisfiable
+        );
+        assert_eq!(
+            range(&h(&[("range", &format!("bytes=-{max}"))]), &[], 10),
+            RangeAnswer::Partial(0, 9)
         );
     }
 

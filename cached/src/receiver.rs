@@ -11,6 +11,7 @@ use common::mq::Doorbells;
 use common::pool::Pool;
 use common::protocol::{Doorbell, Kind, MSG_SIZE};
 use common::stats::{Counters, StatsRegion};
+use common::supervise::{contain, supervised};
 use common::Names;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,15 +115,28 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     // Two threads wait on the queue and hand each doorbell to an idle worker thread: a
     // doorbell wakes one worker, not every thread of the pool polling the queue.
     let (tx, rx) = crossbeam_channel::bounded::<Doorbell>(ctx.cfg.threads as usize);
+    // Supervised: a panic while serving one doorbell costs that request only (its lease is
+    // dropped on the way out, which aborts the transfer and releases or quarantines the
+    // segment); a panic anywhere else in a thread's loop starts the loop again.
     let workers: Vec<_> = (0..ctx.cfg.threads)
         .map(|i| {
             let (ctx, rx) = (ctx.clone(), rx.clone());
+            let name = format!("cd-work{i}");
             std::thread::Builder::new()
-                .name(format!("cd-work{i}"))
+                .name(name.clone())
                 .spawn(move || {
-                    while let Ok(bell) = rx.recv() {
-                        handle(&ctx, bell);
-                    }
+                    supervised(
+                        &name,
+                        || Counters::inc(&ctx.counters().threads_restarted),
+                        || {
+                            while let Ok(bell) = rx.recv() {
+                                if contain("a request", || handle(&ctx, bell)).is_none() {
+                                    Counters::inc(&ctx.counters().request_panics);
+                                    Counters::inc(&ctx.counters().transfers_aborted);
+                                }
+                            }
+                        },
+                    )
                 })
         })
         .collect::<Result<_, _>>()?;
@@ -132,9 +146,9 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
         let (ctx, queue, shutdown, tx) = (ctx.clone(), queue.clone(), shutdown.clone(), tx.clone());
         std::thread::Builder::new()
             .name("cd-recv1".into())
-            .spawn(move || receive_loop(&ctx, &queue, &shutdown, &tx))?
+            .spawn(move || supervised_receive(&ctx, &queue, &shutdown, &tx, "cd-recv1"))?
     };
-    receive_loop(&ctx, &queue, &shutdown, &tx);
+    supervised_receive(&ctx, &queue, &shutdown, &tx, "cd-recv0");
     let _ = second.join();
     drop(tx); // workers finish their transfers, then see the channel close
     for t in workers {
@@ -142,6 +156,20 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+fn supervised_receive(
+    ctx: &Ctx,
+    queue: &Doorbells,
+    shutdown: &AtomicBool,
+    tx: &crossbeam_channel::Sender<Doorbell>,
+    name: &str,
+) {
+    supervised(
+        name,
+        || Counters::inc(&ctx.counters().threads_restarted),
+        || receive_loop(ctx, queue, shutdown, tx),
+    );
 }
 
 /// Takes doorbells off the queue until SIGTERM/SIGINT, then drains what is queued (bounded).

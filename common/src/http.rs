@@ -156,26 +156,48 @@ pub fn http_date(t: SystemTime) -> String {
     format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
 }
 
-/// Parses an IMF-fixdate; other (obsolete) formats give `None`.
+/// Latest year a parsed date may name. RFC 9110 dates have four-digit years; anything
+/// later is refused, so date arithmetic downstream never sees a time near the edge of what
+/// `SystemTime` (or `Instant`) can hold.
+pub const MAX_YEAR: i64 = 9999;
+/// 10000-01-01T00:00:00Z in seconds since the epoch: every accepted date is before it.
+const END_OF_MAX_YEAR: u64 = 253_402_300_800;
+
+/// Parses an IMF-fixdate; other (obsolete) formats, years before 1970 or after [`MAX_YEAR`]
+/// give `None`. Never panics: every field is range-checked before any arithmetic.
 pub fn parse_http_date(v: &str) -> Option<SystemTime> {
     let v = v.trim();
     let rest = v.get(5..)?; // "Sun, "
     let mut it = rest.split(' ');
-    let d: u32 = it.next()?.parse().ok()?;
+    let d = it.next()?;
     let mon = it.next()?;
-    let y: i64 = it.next()?.parse().ok()?;
+    let y = it.next()?;
     let hms = it.next()?;
-    if it.next()? != "GMT" || hms.len() != 8 {
+    if it.next()? != "GMT" || it.next().is_some() || hms.len() != 8 {
         return None;
     }
+    let digits = |s: &str, max_len: usize| {
+        (!s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    let d = digits(d, 2)?;
+    let y = i64::from(digits(y, 4)?);
     let mo = MONTHS.iter().position(|m| *m == mon)? as u32 + 1;
-    let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
+    let mut t = hms.split(':').map(|x| digits(x, 2).map(u64::from));
     let (h, m, s) = (t.next()??, t.next()??, t.next()??);
-    if d == 0 || d > 31 || h > 23 || m > 59 || s > 60 || y < 1970 {
+    if d == 0 || d > 31 || h > 23 || m > 59 || s > 60 || !(1970..=MAX_YEAR).contains(&y) {
         return None;
     }
-    let days = days_from_civil(y, mo, d);
-    Some(UNIX_EPOCH + Duration::from_secs(days as u64 * 86_400 + h * 3600 + m * 60 + s))
+    let days = u64::try_from(days_from_civil(y, mo, d)).ok()?;
+    let secs = days
+        .checked_mul(86_400)?
+        .checked_add(h * 3600 + m * 60 + s)?;
+    // A leap second at the very end of 9999 would be the year 10000: out of range too.
+    if secs >= END_OF_MAX_YEAR {
+        return None;
+    }
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
 }
 
 /// Month abbreviations of HTTP and log dates.
@@ -295,6 +317,28 @@ mod tests {
         let now = SystemTime::now();
         let back = parse_http_date(&http_date(now)).unwrap();
         assert!(now.duration_since(back).unwrap() < Duration::from_secs(1));
+    }
+
+    #[test]
+    fn out_of_range_dates_are_refused_never_overflow() {
+        for bad in [
+            "Sun, 06 Nov 400000000000 08:49:37 GMT",
+            "Sun, 06 Nov 10000 08:49:37 GMT",
+            "Sun, 06 Nov 99999999999999999999 08:49:37 GMT",
+            "Sun, 06 Nov 1969 08:49:37 GMT",
+            "Sun, 06 Nov -1994 08:49:37 GMT",
+            "Sun, +6 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 +8:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT extra",
+            "Sun, 999999999999 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        let last = parse_http_date("Fri, 31 Dec 9999 23:59:59 GMT").unwrap();
+        assert_eq!(http_date(last), "Fri, 31 Dec 9999 23:59:59 GMT");
+        // Found by fuzzing: its leap second would format as the year 10000.
+        assert_eq!(parse_http_date("Fri, 31 Dec 9999 23:59:60 GMT"), None);
+        assert!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT") == Some(UNIX_EPOCH));
     }
 
     #[test]

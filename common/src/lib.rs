@@ -17,5 +17,6 @@ pub mod request;
 pub mod sem;
 pub mod shm;
 pub mod stats;
+pub mod supervise;
 
 pub use names::Names;

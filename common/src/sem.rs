@@ -76,9 +76,13 @@ impl SharedSem {
             nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_err(SemError)?;
         let total_ns = now.tv_nsec() as u64 + timeout.subsec_nanos() as u64;
         let deadline = libc::timespec {
-            tv_sec: now.tv_sec()
-                + timeout.as_secs() as libc::time_t
-                + (total_ns / 1_000_000_000) as libc::time_t,
+            // Saturating: a huge timeout waits "forever", never wraps into the past.
+            tv_sec: now
+                .tv_sec()
+                .saturating_add(
+                    libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX),
+                )
+                .saturating_add((total_ns / 1_000_000_000) as libc::time_t),
             tv_nsec: (total_ns % 1_000_000_000) as libc::c_long,
         };
         loop {

@@ -190,6 +190,8 @@ stats_fields! {
     Counter handovers @proxy: "Listening sockets handed to a new master (zero-downtime upgrade)",
     Counter segments_reclaimed @proxy: "Segments reclaimed from dead processes",
     Counter messages_rejected: "Doorbells or segment heads that failed validation",
+    Counter request_panics: "Requests whose handling panicked: that request alone failed (aborted or closed), its thread went on",
+    Counter threads_restarted: "Long-lived threads whose loop panicked and was started again (thread pools never shrink)",
     Counter log_reopens @proxy: "SIGUSR1 received by the master: every worker reopens its access log",
     Counter access_log_lines @proxy: "Access log lines written",
     Counter access_log_dropped @proxy: "Access log lines lost (the log could not be opened or written)",

@@ -463,6 +463,8 @@ pub struct Builder {
     cached_threads: u32,
     proxy_extra: Vec<String>,
     cached_extra: Vec<String>,
+    /// Environment variables set for both daemons.
+    env: Vec<(String, String)>,
     scope: u64,
 }
 
@@ -513,6 +515,12 @@ impl Builder {
 
     pub fn cached_arg(mut self, a: &str) -> Builder {
         self.cached_extra.push(a.to_string());
+        self
+    }
+
+    /// Sets an environment variable for both daemons.
+    pub fn env(mut self, name: &str, value: &str) -> Builder {
+        self.env.push((name.to_string(), value.to_string()));
         self
     }
 
@@ -577,6 +585,7 @@ impl Instance {
             cached_threads: 8,
             proxy_extra: Vec::new(),
             cached_extra: Vec::new(),
+            env: Vec::new(),
             scope: SCOPE.with(|s| s.get()),
         }
     }
@@ -655,6 +664,7 @@ impl Instance {
         let err = fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(bin_path(bin));
         cmd.args(&args)
+            .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir())
             .stdin(Stdio::null())
             .stdout(err.try_clone().unwrap())

@@ -15,6 +15,7 @@ mod caching;
 mod chaos_short;
 mod faults;
 mod hostile_origin;
+mod hostile_panics;
 mod hostile_requests;
 mod hostile_slow;
 mod http;

@@ -30,6 +30,7 @@ fn request_head(ctx: &Ctx, lease: &mut Lease) -> io::Result<RequestHead> {
 
 pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
+    common::supervise::test_panic(&req.target, "cached");
     match &ctx.cfg.origin {
         Some(origin) => origin::serve(ctx, lease, &req, origin),
         None => disk::serve(ctx, lease, &req),

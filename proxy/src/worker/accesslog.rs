@@ -209,15 +209,25 @@ impl AccessLog {
             log.reopen(&mut st);
         }
         let name = format!("w{}-alog", w.index);
-        let spawned = std::thread::Builder::new().name(name).spawn(|| {
-            // The log lives in a static for the rest of the process.
-            loop {
-                std::thread::sleep(TICK);
-                if let Some(Some(log)) = LOG.get() {
-                    log.tick();
-                }
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                // The log lives in a static for the rest of the process.
+                common::supervise::supervised(
+                    &name,
+                    || {
+                        if let Some(Some(log)) = LOG.get() {
+                            Counters::inc(&log.counters().threads_restarted);
+                        }
+                    },
+                    || loop {
+                        std::thread::sleep(TICK);
+                        if let Some(Some(log)) = LOG.get() {
+                            log.tick();
+                        }
+                    },
+                )
+            });
         if let Err(e) = spawned {
             log::error!(
                 "access log: cannot start its flusher thread ({e}); writing every line at once"

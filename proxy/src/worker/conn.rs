@@ -487,6 +487,7 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
 
 /// Answers one request; returns whether the connection may serve another.
 fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> bool {
+    common::supervise::test_panic(&req.target, "proxy");
     if let ClientBody::Length(n) = req.body {
         if n > w.shared.cfg.max_body_bytes {
             w.counters().rejected(413, "request body too large");

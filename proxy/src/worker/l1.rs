@@ -21,7 +21,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn age(&self) -> u64 {
-        self.age + self.stored.elapsed().as_secs()
+        self.age.saturating_add(self.stored.elapsed().as_secs())
     }
 }
 

@@ -15,6 +15,7 @@ mod status;
 
 use crate::master::Shared;
 use common::stats::Counters;
+use common::supervise::{contain, supervised};
 use common::{fdpass, process};
 use conn::{Conn, Next};
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
@@ -160,9 +161,29 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
             let w = &w;
             let _ = std::thread::Builder::new()
                 .name(format!("w{index}-exec{k}"))
-                .spawn_scoped(sc, move || exec_loop(w));
+                .spawn_scoped(sc, move || {
+                    supervised(
+                        &format!("w{index}-exec{k}"),
+                        || {
+                            // A thread that died between taking events and serving them
+                            // may have held a poll permit: hand it on.
+                            PERMITS.release();
+                            // ... and may have taken the channel's one-shot event: re-arm
+                            // it (harmless if another thread armed it already).
+                            if !w.chan_closed.load(Ordering::Relaxed) {
+                                rearm_chan(w);
+                            }
+                            Counters::inc(&w.counters().threads_restarted);
+                        },
+                        || exec_loop(w),
+                    )
+                });
         }
-        control_loop(&w, &stop);
+        supervised(
+            "control",
+            || Counters::inc(&w.counters().threads_restarted),
+            || control_loop(&w, &stop),
+        );
         w.exit.store(true, Ordering::Relaxed);
     });
     accesslog::flush();
@@ -289,9 +310,11 @@ fn exec_loop(w: &Worker) {
                     Ok(n) => n,
                     Err(nix::Error::EINTR) => continue,
                     Err(e) => {
+                        // Never leave: a thread that returned would shrink the pool.
                         log::error!("epoll_wait: {e}");
                         PERMITS.release();
-                        return;
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
                     }
                 };
                 // Served from the end: keep the kernel's order.
@@ -310,9 +333,23 @@ fn exec_loop(w: &Worker) {
             let Some(mut conn) = take(w, token) else {
                 continue;
             };
-            match conn::serve_ready(w, &mut conn, &mut scratch) {
-                Next::Park => w.park(conn),
-                Next::Close => w.close(conn),
+            // A panic while serving costs this connection only: it gets a 500 if nothing
+            // was answered yet, then is closed (a segment it leased was dropped on the way
+            // out, which aborts that transfer); the thread goes on with the next one.
+            match contain("a connection", || {
+                conn::serve_ready(w, &mut conn, &mut scratch)
+            }) {
+                Some(Next::Park) => w.park(conn),
+                Some(Next::Close) => w.close(conn),
+                None => {
+                    Counters::inc(&w.counters().request_panics);
+                    if conn.reply.status == 0 {
+                        let _ = contain("a 500 answer", || {
+                            conn::send_simple(w, &mut conn, 500, "internal error")
+                        });
+                    }
+                    w.close(conn);
+                }
             }
             // Only now: a draining worker must not see "nothing busy, nothing parked" while
             // a connection is between the two.
