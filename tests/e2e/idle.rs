@@ -228,9 +228,11 @@ fn a_burst_beyond_a_busy_workers_channel_waits_in_the_master_and_is_answered() {
         let limit = raise_nofile_limit();
         assert!(limit > (2 * BURST + 100) as u64, "RLIMIT_NOFILE {limit}");
         let origin = Origin::start();
+        // Long enough that the burst is in (2,000 connects) while the thread still waits, even
+        // on a loaded 2-core machine (2 s was seen to pass before the channel filled).
         origin.route(
             "/slow",
-            Route::ok(b"slow\n".to_vec()).delay(Duration::from_secs(2)),
+            Route::ok(b"slow\n".to_vec()).delay(Duration::from_secs(5)),
         );
         origin.route(
             "/hot",
