@@ -758,54 +758,59 @@ fn revalidate(
     Counters::inc(&ctx.counters().l2_revalidated);
     let response_time = SystemTime::now();
     let mut fresh = end_to_end(response.headers(), true);
-    let mut headers = obj.headers.clone();
-    policy::update_from_304(&mut headers, &fresh);
-    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+    let times = (request_time, response_time);
+    let headers = merged_304(obj, &fresh);
+    let once = |headers| Stored {
+        headers,
+        body: Arc::clone(&obj.body),
+        response_time,
+        initial_age: Duration::ZERO,
+        ..clone_meta(obj)
+    };
     if policy::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store {
         // The 304's cookie is this client's: it gets the refreshed answer with it once;
         // "strip" refreshes the stored answer without it, "pass" leaves it as it was.
-        let once = Stored {
-            headers,
-            body: Arc::clone(&obj.body),
-            response_time,
-            initial_age: Duration::ZERO,
-            ..clone_meta(obj)
-        };
         if ctx.cfg.set_cookie == SetCookie::Pass {
             Counters::inc(&ctx.counters().set_cookie_passed);
-            return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
-        }
-        Counters::inc(&ctx.counters().set_cookie_stripped);
-        fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
-        let mut stripped = obj.headers.clone();
-        policy::update_from_304(&mut stripped, &fresh);
-        stripped.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
-        if let Some(s) = policy::storable(
-            "GET",
-            &req.headers,
-            obj.status,
-            &stripped,
-            response_time,
-            ctx.cfg.heuristic_floor,
-        ) {
-            let refreshed = Stored {
-                status: obj.status,
-                initial_age: policy::initial_age(&fresh, request_time, response_time),
-                headers: stripped,
-                body: Arc::clone(&obj.body),
-                validity: Validity::Http {
-                    lifetime: s.lifetime,
-                    must_revalidate: s.must_revalidate,
-                    no_cache: s.no_cache,
-                },
-                response_time,
-            };
-            super::store(ctx, primary, req, Arc::new(refreshed));
         } else {
-            ctx.cache.remove_all(primary);
+            Counters::inc(&ctx.counters().set_cookie_stripped);
+            fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
+            let stripped = merged_304(obj, &fresh);
+            store_refreshed(ctx, primary, req, obj, stripped, &fresh, times);
         }
+        let once = once(headers);
         return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
     }
+    match store_refreshed(ctx, primary, req, obj, headers.clone(), &fresh, times) {
+        Some(refreshed) => {
+            super::serve_stored(ctx, lease, req, &refreshed, CacheOutcome::Revalidated, 304)
+        }
+        None => {
+            let once = once(headers);
+            super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304)
+        }
+    }
+}
+
+/// The stored answer's fields updated by a 304's (RFC 9111 §4.3.4), without `Age`.
+fn merged_304(obj: &Stored, fresh: &Headers) -> Headers {
+    let mut headers = obj.headers.clone();
+    policy::update_from_304(&mut headers, fresh);
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+    headers
+}
+
+/// Stores `obj` refreshed by a 304 with the merged `headers`, or removes the entry when the
+/// merged answer may no longer be stored. `times`: when the request went, when the 304 came.
+fn store_refreshed(
+    ctx: &Ctx,
+    primary: &str,
+    req: &RequestHead,
+    obj: &Stored,
+    headers: Headers,
+    fresh: &Headers,
+    (request_time, response_time): (SystemTime, SystemTime),
+) -> Option<Arc<Stored>> {
     let Some(s) = policy::storable(
         "GET",
         &req.headers,
@@ -815,18 +820,11 @@ fn revalidate(
         ctx.cfg.heuristic_floor,
     ) else {
         ctx.cache.remove_all(primary);
-        let once = Stored {
-            headers,
-            body: Arc::clone(&obj.body),
-            response_time,
-            initial_age: Duration::ZERO,
-            ..clone_meta(obj)
-        };
-        return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
+        return None;
     };
     let refreshed = Arc::new(Stored {
         status: obj.status,
-        initial_age: policy::initial_age(&fresh, request_time, response_time),
+        initial_age: policy::initial_age(fresh, request_time, response_time),
         headers,
         body: Arc::clone(&obj.body),
         validity: Validity::Http {
@@ -836,8 +834,8 @@ fn revalidate(
         },
         response_time,
     });
-    super::store(ctx, primary, req, refreshed.clone());
-    super::serve_stored(ctx, lease, req, &refreshed, CacheOutcome::Revalidated, 304)
+    super::store(ctx, primary, req, Arc::clone(&refreshed));
+    Some(refreshed)
 }
 
 fn clone_meta(obj: &Stored) -> Stored {
