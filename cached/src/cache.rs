@@ -217,9 +217,10 @@ pub enum Progress {
     Bytes(Vec<u8>),
     /// The body is complete.
     Done,
-    /// The leader failed, or this follower fell out of an unstored fill's window: abort.
+    /// The leader failed after the head, or this follower fell out of an unstored fill's
+    /// window, or nothing came in time: abort.
     Failed,
-    /// Not shareable: fetch alone.
+    /// Not shareable, or the leader failed before its head: fetch alone.
     Pass,
 }
 
@@ -246,7 +247,13 @@ impl Follower {
         }
         loop {
             if st.failed {
-                return Progress::Failed;
+                // Before the head nothing was shared with this follower: it fetches alone
+                // (as nginx's cache-lock waiters do) instead of failing with the leader.
+                return if want_head {
+                    Progress::Pass
+                } else {
+                    Progress::Failed
+                };
             }
             if st.pass {
                 return Progress::Pass;
@@ -474,7 +481,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_leader_aborts_its_waiters_and_the_list_is_bounded() {
+    fn a_failed_leader_sends_its_waiters_alone_and_the_list_is_bounded() {
         let c = Cache::new(1 << 20, 1);
         let FillRole::Leader(lead) = c.join_fill("k", &[]) else {
             panic!()
@@ -487,8 +494,13 @@ mod tests {
             "waiting list full"
         );
         drop(lead);
+        // Nothing was shared before the failure: the waiter fetches alone.
         assert!(matches!(
             w.next(true, 0, 10, Duration::from_secs(1)),
+            Progress::Pass
+        ));
+        assert!(matches!(
+            w.next(false, 0, 10, Duration::from_secs(1)),
             Progress::Failed
         ));
     }
