@@ -97,6 +97,28 @@ fn slow_reader(addr: SocketAddr, limit: Duration) -> Ended {
     }
 }
 
+/// Sends `byte` once per read timeout of `s` until the proxy closes the connection or
+/// `until` passes; returns whether it closed, and what it answered meanwhile.
+fn trickle(s: &mut TcpStream, byte: u8, until: Instant) -> (bool, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    loop {
+        if Instant::now() >= until {
+            return (false, got);
+        }
+        if s.write_all(&[byte]).is_err() {
+            return (true, got);
+        }
+        match s.read(&mut tmp) {
+            Ok(0) => return (true, got),
+            Ok(n) => got.extend_from_slice(&tmp[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return (true, got),
+        }
+    }
+}
+
 /// Posts a 100 kB body one byte every 300 ms.
 fn slow_uploader(addr: SocketAddr, limit: Duration) -> Ended {
     let t0 = Instant::now();
@@ -105,23 +127,7 @@ fn slow_uploader(addr: SocketAddr, limit: Duration) -> Ended {
         .unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
-    let mut got = Vec::new();
-    let mut tmp = [0u8; 4096];
-    let closed = loop {
-        if t0.elapsed() >= limit {
-            break false;
-        }
-        if s.write_all(b"x").is_err() {
-            break true;
-        }
-        match s.read(&mut tmp) {
-            Ok(0) => break true,
-            Ok(n) => got.extend_from_slice(&tmp[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-            Err(_) => break true,
-        }
-    };
+    let (closed, got) = trickle(&mut s, b'x', t0 + limit);
     let status = std::str::from_utf8(&got)
         .ok()
         .and_then(|t| t.strip_prefix("HTTP/1.1 "))
@@ -342,23 +348,7 @@ fn a_trickled_head_gets_408_within_header_timeout() {
             .unwrap();
         s.set_read_timeout(Some(Duration::from_millis(100)))
             .unwrap();
-        let mut got = Vec::new();
-        let mut tmp = [0u8; 4096];
-        let closed = loop {
-            if t0.elapsed() > Duration::from_secs(10) {
-                break false;
-            }
-            if s.write_all(b"a").is_err() {
-                break true;
-            }
-            match s.read(&mut tmp) {
-                Ok(0) => break true,
-                Ok(n) => got.extend_from_slice(&tmp[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(_) => break true,
-            }
-        };
+        let (closed, got) = trickle(&mut s, b'a', t0 + Duration::from_secs(10));
         let text = String::from_utf8_lossy(&got);
         assert!(closed, "not closed after {:?}: {text}", t0.elapsed());
         assert!(
