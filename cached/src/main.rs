@@ -9,6 +9,7 @@ mod policy;
 mod receiver;
 mod respond;
 mod source;
+mod upstream;
 
 use std::process::ExitCode;
 

@@ -5,6 +5,7 @@
 
 use crate::cache::Cache;
 use crate::source;
+use crate::upstream::{self, Upstreams};
 use anyhow::Context as _;
 use common::config::CachedConfig;
 use common::mq::Doorbells;
@@ -29,8 +30,8 @@ pub struct Ctx {
     pub cache: Cache,
     /// Canonical document root (disk mode).
     pub root: PathBuf,
-    /// Upstream client (origin mode).
-    pub agent: Option<ureq::Agent>,
+    /// The sites' origin servers (origin mode).
+    pub upstreams: Option<Arc<Upstreams>>,
     /// Mapped pools, newest first.
     pools: Mutex<Vec<Arc<Pool>>>,
 }
@@ -78,7 +79,7 @@ impl Ctx {
 
 pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     let names = Names::for_instance(&cfg.instance);
-    let root = if cfg.origin.is_none() {
+    let root = if cfg.sites.is_empty() {
         std::fs::canonicalize(&cfg.root)
             .with_context(|| format!("document root {}", cfg.root.display()))?
     } else {
@@ -92,22 +93,38 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
-    let agent = cfg.origin.as_ref().map(|_| source::origin::agent(&cfg));
-    match &cfg.origin {
-        Some(o) => log::info!(
-            "instance {}: serving origin http://{}{}",
-            cfg.instance,
-            o.authority,
-            o.prefix
-        ),
+    let upstreams = match cfg.sites.is_empty() {
+        true => None,
+        false => Some(Arc::new(Upstreams::new(&cfg)?)),
+    };
+    match &upstreams {
+        Some(ups) => {
+            for s in ups.sites() {
+                let servers: Vec<&str> = s.servers.iter().map(|v| v.url.as_str()).collect();
+                let hosts = match s.site.hosts.is_empty() {
+                    true => "any other host".to_string(),
+                    false => s.site.hosts.join(", "),
+                };
+                log::info!(
+                    "instance {}: site {} ({hosts}): {}",
+                    cfg.instance,
+                    s.site.name,
+                    servers.join(", ")
+                );
+            }
+        }
         None => log::info!("instance {}: serving {}", cfg.instance, root.display()),
     }
+    let checkers = upstreams
+        .as_ref()
+        .map(|u| upstream::health::start(u, &shutdown))
+        .unwrap_or_default();
     let ctx = Arc::new(Ctx {
         cache: Cache::new(cfg.capacity, cfg.max_waiters),
         names,
         stats,
         root,
-        agent,
+        upstreams,
         pools: Mutex::new(Vec::new()),
         cfg,
     });
@@ -151,7 +168,7 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     supervised_receive(&ctx, &queue, &shutdown, &tx, "cd-recv0");
     let _ = second.join();
     drop(tx); // workers finish their transfers, then see the channel close
-    for t in workers {
+    for t in workers.into_iter().chain(checkers) {
         let _ = t.join();
     }
     log::info!("stopped");

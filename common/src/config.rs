@@ -227,8 +227,11 @@ pub struct CachedConfig {
     pub instance: String,
     /// Document root served when no origin is set.
     pub root: PathBuf,
-    /// Origin URL (`http://host:port[/prefix]`); when set, every request goes there.
-    pub origin: Option<Origin>,
+    /// Sites fronted (origin mode when not empty). SHIM: replaced by the config branch.
+    pub sites: Vec<Site>,
+    pub tls_ca_file: Option<PathBuf>,
+    /// Longest an idle upstream connection is kept for reuse.
+    pub upstream_idle: Duration,
     /// Receiver threads (each serves one transfer at a time).
     pub threads: u32,
     /// Bytes of the L2 cache.
@@ -280,45 +283,104 @@ impl SetCookie {
     }
 }
 
-/// A parsed origin URL (plain HTTP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+/// SHIM
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Origin {
-    /// `host:port` as given (for the Host header and connecting).
-    pub authority: String,
-    /// Path prefix without trailing slash ("" for none).
+    pub scheme: Scheme,
+    pub host: String,
+    pub port: u16,
     pub prefix: String,
 }
 
 impl Origin {
     pub fn parse(url: &str) -> Result<Origin, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or("must start with http:// (https is not supported)")?;
+        let (scheme, rest, port) = if let Some(r) = url.strip_prefix("http://") {
+            (Scheme::Http, r, 80)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (Scheme::Https, r, 443)
+        } else {
+            return Err("must start with http:// or https://".into());
+        };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        if authority.is_empty() || authority.contains('@') || authority.contains(['?', '#', ' ']) {
-            return Err(format!("bad host in {url:?}"));
-        }
-        let authority = if authority
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            && !authority.ends_with(']')
-        {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !authority.ends_with(']') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in {url:?}"))?,
+            ),
+            _ => (authority, port),
         };
         Ok(Origin {
-            authority,
+            scheme,
+            host: host.to_ascii_lowercase(),
+            port,
             prefix: path.trim_end_matches('/').to_string(),
         })
     }
+    pub fn authority(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+    pub fn base_url(&self) -> String {
+        let s = match self.scheme {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        };
+        format!("{s}://{}:{}", self.host, self.port)
+    }
+}
 
-    /// Absolute URL for a request target (origin-form, starting with '/').
-    pub fn url_for(&self, target: &str) -> String {
-        format!("http://{}{}{}", self.authority, self.prefix, target)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostHeader {
+    Client,
+    Origin,
+    Name(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+    UriHash,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub origins: Vec<Origin>,
+    pub host_header: HostHeader,
+    pub tls_server_name: Option<String>,
+    pub tls_verify: bool,
+    pub balance: Balance,
+    pub health: Option<Health>,
+}
+
+impl CachedConfig {
+    pub fn site_for(&self, host: &[u8]) -> Option<&Site> {
+        let name = String::from_utf8_lossy(host);
+        let name = name.split(':').next().unwrap_or("");
+        self.sites
+            .iter()
+            .find(|s| s.hosts.iter().any(|h| h == name))
+            .or_else(|| self.sites.iter().find(|s| s.hosts.is_empty()))
     }
 }
 
@@ -593,9 +655,18 @@ impl CachedConfig {
         let (cfg, name) = load_table(file, flags)?;
         let src = Source { file: &name, flags };
         let c = &cfg.cached;
-        let origin = match c.origin.as_deref() {
-            None | Some("") => None,
-            Some(url) => Some(Origin::parse(url).map_err(|e| src.err("cached.origin", e))?),
+        let sites = match c.origin.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(url) => vec![Site {
+                name: "default".into(),
+                hosts: Vec::new(),
+                origins: vec![Origin::parse(url).map_err(|e| src.err("cached.origin", e))?],
+                host_header: HostHeader::Origin,
+                tls_server_name: None,
+                tls_verify: true,
+                balance: Balance::RoundRobin,
+                health: None,
+            }],
         };
         let msg_max = crate::mq::kernel_msg_max().unwrap_or(10) as u64;
         let queue_capacity = c
@@ -611,7 +682,9 @@ impl CachedConfig {
         Ok(CachedConfig {
             instance: instance(&cfg, &src)?,
             root: PathBuf::from(c.root.clone().unwrap_or_else(|| "www".into())),
-            origin,
+            sites,
+            tls_ca_file: None,
+            upstream_idle: Duration::from_secs(4),
             threads: ranged(&src, "cached.threads", c.threads, 256, 1, 4096)? as u32,
             capacity,
             max_object_size: ranged(

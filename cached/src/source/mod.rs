@@ -31,8 +31,8 @@ fn request_head(ctx: &Ctx, lease: &mut Lease) -> io::Result<RequestHead> {
 pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     common::supervise::test_panic(&req.target, "cached");
-    match &ctx.cfg.origin {
-        Some(origin) => origin::serve(ctx, lease, &req, origin),
+    match &ctx.upstreams {
+        Some(_) => origin::serve(ctx, lease, &req),
         None => disk::serve(ctx, lease, &req),
     }
 }
@@ -41,8 +41,8 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
 pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
-    let key = match &ctx.cfg.origin {
-        Some(_) => Some(origin::cache_key(&req)),
+    let key = match &ctx.upstreams {
+        Some(_) => origin::site_of(ctx, &req).map(|i| origin::cache_key(&ctx.cfg.sites[i], &req)),
         None => disk::cache_key(ctx, &req.target),
     };
     let removed = key.is_some_and(|k| ctx.cache.remove_all(&k));

@@ -1,6 +1,6 @@
-//! The origin: requests are relayed with `ureq` (no default features: nothing decompresses
-//! or rewrites bodies; HTTP error statuses are answers; no redirects are followed; every
-//! timeout and the pool size are set). Answers stream through the segment as they arrive.
+//! Origin mode: each request belongs to the site its `Host` names (`421` when none does)
+//! and goes to one of the site's servers through [`crate::upstream`]. Answers stream
+//! through the segment as they arrive.
 //!
 //! GET and HEAD go through the cache (RFC 9111, rules in `policy`): a fresh stored answer
 //! is served; a stale one is revalidated with its validators (a 304 refreshes it); a miss
@@ -14,59 +14,59 @@ use crate::lru::{Stored, Validity};
 use crate::policy::{self, RequestRules, Use};
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
-use common::config::{CachedConfig, Origin, SetCookie};
+use crate::upstream::{Answer, Failure, Outgoing, SendBody, SiteUp};
+use common::config::{Scheme, SetCookie, Site};
 use common::http::{self as httpx, CacheOutcome};
 use common::pool::Lease;
 use common::protocol::{BodyLen, RequestHead};
 use common::stats::Counters;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 use ureq::http;
 
 /// Largest piece a collapsed waiter copies at once.
 const FOLLOW_CHUNK: usize = 256 << 10;
 
-pub fn agent(cfg: &CachedConfig) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .max_redirects(0)
-        .max_redirects_will_error(false)
-        .allow_non_standard_methods(true)
-        .user_agent(ureq::config::AutoHeaderValue::None)
-        .accept(ureq::config::AutoHeaderValue::None)
-        .accept_encoding(ureq::config::AutoHeaderValue::None)
-        .timeout_connect(Some(cfg.connect_timeout))
-        .timeout_send_request(Some(cfg.read_timeout))
-        .timeout_send_body(Some(cfg.read_timeout))
-        .timeout_recv_response(Some(cfg.read_timeout))
-        .timeout_per_read(Some(cfg.read_timeout))
-        .timeout_global(None)
-        .timeout_recv_body(None)
-        .max_idle_connections(cfg.upstream_pool)
-        .max_idle_connections_per_host(cfg.upstream_pool)
-        .max_idle_age(Duration::from_secs(30))
-        .no_delay(true)
-        .build()
-        .new_agent()
+/// The site a request belongs to (by its `Host`), as an index into the sites; `None`:
+/// no site serves that host.
+pub fn site_of(ctx: &Ctx, req: &RequestHead) -> Option<usize> {
+    let site = ctx.cfg.site_for(req.header("host").unwrap_or_default())?;
+    ctx.cfg.sites.iter().position(|s| std::ptr::eq(s, site))
 }
 
-/// The primary cache key of a request in origin mode: the normalised host the proxy
-/// forwards in `Host` (lowercase, default port dropped), then the target. An origin that
-/// reflects `Host` thus never has one host's answer served for another.
-pub fn cache_key(req: &RequestHead) -> String {
-    host_key(req.header("host").unwrap_or_default(), &req.target)
+/// The primary cache key of a request in origin mode: its site, the normalised host the
+/// proxy forwards in `Host` (lowercase, default port dropped), then the target. An origin
+/// that reflects `Host` thus never has one host's answer served for another.
+pub fn cache_key(site: &Site, req: &RequestHead) -> String {
+    host_key(site, req.header("host").unwrap_or_default(), &req.target)
 }
 
-fn host_key(host: &[u8], target: &str) -> String {
-    format!("http://{}{target}", String::from_utf8_lossy(host))
+fn host_key(site: &Site, host: &[u8], target: &str) -> String {
+    format!(
+        "{} http://{}{target}",
+        site.name,
+        String::from_utf8_lossy(host)
+    )
 }
 
 fn is_unsafe(method: &str) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
 }
 
-pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -> io::Result<()> {
+pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> {
+    let ups = ctx.upstreams.as_ref().expect("origin mode has upstreams");
+    let Some(site) = site_of(ctx, req).map(|i| ups.site(i)) else {
+        Counters::inc(&ctx.counters().misdirected_requests);
+        respond::drain(lease)?;
+        return respond::error(
+            lease,
+            421,
+            "no site of this proxy serves this host",
+            req.method == "HEAD",
+        );
+    };
+    let origin = site;
     // A GET or HEAD with a body passes too, body and all: the body may select the answer, so
     // it is neither looked up nor stored, and the body is forwarded instead of drained (a
     // drained body left the upstream request announcing bytes it never had).
@@ -74,25 +74,17 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead, origin: &Origin) -
         Counters::inc(&ctx.counters().passes);
         let sent = upstream(ctx, lease, req, origin, &[]);
         respond::drain(lease)?;
-        let (response, request_time) = match sent {
+        let response = match sent {
             Ok(r) => r,
             Err(e) => return upstream_error(ctx, lease, e, false),
         };
-        if is_unsafe(&req.method) && (200..400).contains(&response.status().as_u16()) {
-            invalidate(ctx, req, response.headers(), origin);
+        if is_unsafe(&req.method) && (200..400).contains(&response.response.status().as_u16()) {
+            invalidate(ctx, req, response.response.headers(), origin);
         }
-        return relay(
-            ctx,
-            lease,
-            req,
-            response,
-            request_time,
-            None,
-            CacheOutcome::Pass,
-        );
+        return relay(ctx, lease, req, response, None, CacheOutcome::Pass);
     }
     respond::drain(lease)?;
-    let primary = cache_key(req);
+    let primary = cache_key(&site.site, req);
     let rules = RequestRules::of(&req.headers);
     let key = ctx.cache.full_key(&primary, &req.headers);
     if let Some(obj) = ctx.cache.get(&key) {
@@ -160,57 +152,51 @@ fn fetch(
     ctx: &Ctx,
     lease: &mut Lease,
     req: &RequestHead,
-    origin: &Origin,
+    origin: &SiteUp,
     lead: Option<FillLead>,
 ) -> io::Result<()> {
     match upstream(ctx, lease, req, origin, &[]) {
-        Ok((response, request_time)) => relay(
-            ctx,
-            lease,
-            req,
-            response,
-            request_time,
-            lead,
-            CacheOutcome::Miss,
-        ),
+        Ok(answer) => relay(ctx, lease, req, answer, lead, CacheOutcome::Miss),
         Err(e) => upstream_error(ctx, lease, e, req.method == "HEAD"),
     }
 }
 
-/// Sends the request upstream (with its body from the segment, if any). `extra` headers
-/// replace the client's of the same name (the validators of a revalidation).
-fn upstream(
+/// Sends the request to a server of the site (with its body from the segment, if any),
+/// as a reverse proxy forwards it: `X-Forwarded-For` gets the client appended,
+/// `X-Forwarded-Host` and `X-Forwarded-Proto` say what the client asked for (a trusted
+/// front end's own are passed on instead: the proxy drops any other client's), `Via` names
+/// us, and `Host` follows the site's `host_header`. `extra` fields replace the client's of
+/// the same name (the validators of a revalidation).
+fn upstream<'u>(
     ctx: &Ctx,
     lease: &mut Lease,
     req: &RequestHead,
-    origin: &Origin,
+    site: &'u SiteUp,
     extra: &[(&str, Vec<u8>)],
-) -> Result<(http::Response<ureq::Body>, SystemTime), ureq::Error> {
-    let mut b = http::Request::builder()
-        .method(req.method.as_bytes())
-        .uri(origin.url_for(&req.target));
+) -> Result<Answer<'u>, Failure> {
+    let mut headers: Headers = Vec::with_capacity(req.headers.len() + 4);
     let mut xff: Option<Vec<u8>> = None;
     let replaced = |name: &str| extra.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+    let client_host = req.header("host").unwrap_or_default();
     for (name, value) in &req.headers {
         let lower = name.to_ascii_lowercase();
         if replaced(&lower) {
             continue;
         }
         match lower.as_str() {
-            // ureq sets Host from the origin URL; the client's goes in X-Forwarded-Host.
-            // (A trusted front end's own X-Forwarded-Host is passed on instead: the proxy
-            // drops any other client's.)
-            "host" if req.header("x-forwarded-host").is_none() => {
-                b = b.header("X-Forwarded-Host", value.as_slice())
-            }
-            "host" => {}
+            "host" | "content-length" => {}
             "x-forwarded-for" => xff = Some(value.clone()),
-            "content-length" => {}
-            _ => b = b.header(name.as_str(), value.as_slice()),
+            _ => headers.push((name.clone(), value.clone())),
         }
     }
+    if req.header("x-forwarded-host").is_none() {
+        headers.push(("X-Forwarded-Host".into(), client_host.to_vec()));
+    }
+    if req.header("x-forwarded-proto").is_none() {
+        headers.push(("X-Forwarded-Proto".into(), b"http".to_vec()));
+    }
     for (k, v) in extra {
-        b = b.header(*k, v.as_slice());
+        headers.push((k.to_string(), v.clone()));
     }
     let mut xff = xff
         .map(|mut v| {
@@ -219,42 +205,37 @@ fn upstream(
         })
         .unwrap_or_default();
     xff.extend_from_slice(req.client.as_bytes());
-    b = b.header("X-Forwarded-For", xff).header(
-        "Via",
-        if req.version == 10 {
-            "1.0 shmproxy"
-        } else {
-            "1.1 shmproxy"
-        },
-    );
-    if let BodyLen::Exact(n) = req.body {
-        b = b.header("Content-Length", n);
-    }
-    let agent = ctx.agent.as_ref().expect("origin mode has an agent");
-    Counters::inc(&ctx.counters().upstream_requests);
-    let started = Instant::now();
-    let request_time = SystemTime::now();
-    let result = match req.body {
-        BodyLen::None => agent.run(b.body(()).map_err(ureq::Error::Http)?),
-        declared => {
-            let mut body = BodyFromSegment {
-                lease,
-                left: match declared {
-                    BodyLen::Exact(n) => Some(n),
-                    _ => None,
-                },
-            };
-            agent.run(
-                b.body(ureq::SendBody::from_reader(&mut body))
-                    .map_err(ureq::Error::Http)?,
-            )
-        }
+    headers.push(("X-Forwarded-For".into(), xff));
+    let via: &[u8] = if req.version == 10 {
+        b"1.0 shmproxy"
+    } else {
+        b"1.1 shmproxy"
     };
-    Counters::add(
-        &ctx.counters().upstream_latency_us,
-        started.elapsed().as_micros() as u64,
-    );
-    result.map(|r| (r, request_time))
+    headers.push(("Via".into(), via.to_vec()));
+    let primary = cache_key(&site.site, req);
+    let out = Outgoing {
+        method: &req.method,
+        target: &req.target,
+        headers,
+        client_host,
+        key: &primary,
+    };
+    let counters = ctx.counters();
+    match req.body {
+        BodyLen::None => site.send(counters, &out, None),
+        declared => {
+            let left = match declared {
+                BodyLen::Exact(n) => Some(n),
+                _ => None,
+            };
+            let mut body = BodyFromSegment { lease, left };
+            let body = SendBody {
+                reader: &mut body,
+                len: left,
+            };
+            site.send(counters, &out, Some(body))
+        }
+    }
 }
 
 /// The request body, read from the segment. A body of known length that ends early (or
@@ -295,43 +276,47 @@ impl Read for BodyFromSegment<'_, '_> {
     }
 }
 
-fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: ureq::Error, head_only: bool) -> io::Result<()> {
-    if timed_out(&e) {
+fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: Failure, head_only: bool) -> io::Result<()> {
+    let status = e.status();
+    let why = if status == 504 {
         Counters::inc(&ctx.counters().upstream_timeouts);
-        log::warn!("origin timed out: {e}");
-        respond::error(lease, 504, "the origin did not answer in time", head_only)
+        "the origin did not answer in time"
     } else {
         Counters::inc(&ctx.counters().upstream_errors);
-        log::warn!("origin failed: {e}");
-        respond::error(
-            lease,
-            502,
-            "the origin could not be reached or answered badly",
-            head_only,
-        )
-    }
-}
-
-fn timed_out(e: &ureq::Error) -> bool {
-    matches!(e, ureq::Error::Timeout(_))
-        || matches!(e, ureq::Error::Io(io) if io.kind() == io::ErrorKind::TimedOut)
+        "the origin could not be reached or answered badly"
+    };
+    respond::error(lease, status, why, head_only)
 }
 
 /// After a successful unsafe method: drop the target and its Location/Content-Location
-/// (same origin only), in L2 and, through the pool's counter, in every L1.
-fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, origin: &Origin) {
-    ctx.cache.remove_all(&cache_key(req));
-    let base = format!("http://{}{}", origin.authority, origin.prefix);
-    let host_only = format!("http://{}", origin.authority.trim_end_matches(":80"));
+/// (same site only: a URL on one of its servers, on the client's host, or a path), in L2
+/// and, through the pool's counter, in every L1.
+fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, site: &SiteUp) {
+    ctx.cache.remove_all(&cache_key(&site.site, req));
+    let host = req.header("host").unwrap_or_default();
+    let client = String::from_utf8_lossy(host);
+    let mut bases: Vec<String> = vec![format!("http://{client}"), format!("https://{client}")];
+    for server in &site.servers {
+        bases.push(server.url.clone());
+        bases.push(format!(
+            "{}://{}{}",
+            if server.origin.scheme == Scheme::Https {
+                "https"
+            } else {
+                "http"
+            },
+            server.origin.host,
+            server.origin.prefix
+        ));
+    }
     for h in ["location", "content-location"] {
         if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
-            let target = v
-                .strip_prefix(&base)
-                .or_else(|| v.strip_prefix(&host_only))
+            let target = bases
+                .iter()
+                .find_map(|b| v.strip_prefix(b.as_str()))
                 .unwrap_or(v);
             if target.starts_with('/') {
-                let host = req.header("host").unwrap_or_default();
-                ctx.cache.remove_all(&host_key(host, target));
+                ctx.cache.remove_all(&host_key(&site.site, host, target));
             }
         }
     }
@@ -464,11 +449,16 @@ fn relay(
     ctx: &Ctx,
     lease: &mut Lease,
     req: &RequestHead,
-    response: http::Response<ureq::Body>,
-    request_time: SystemTime,
+    answer: Answer,
     mut lead: Option<FillLead>,
     outcome: CacheOutcome,
 ) -> io::Result<()> {
+    // `_busy` counts the server's request in flight until the body is relayed.
+    let Answer {
+        response,
+        request_time,
+        busy: _busy,
+    } = answer;
     let (parts, body) = response.into_parts();
     if let Some(why) = bad_framing(parts.status, parts.version, &parts.headers) {
         return refuse_framing(ctx, lease, req, why, lead);
@@ -631,7 +621,8 @@ fn relay(
             response_time,
             initial_age,
         };
-        super::store(ctx, &cache_key(req), req, Arc::new(obj));
+        let site = &ctx.cfg.sites[site_of(ctx, req).expect("a routed request")];
+        super::store(ctx, &cache_key(site, req), req, Arc::new(obj));
     }
     own?;
     lease.finish()
@@ -703,7 +694,7 @@ fn revalidate(
     ctx: &Ctx,
     lease: &mut Lease,
     req: &RequestHead,
-    origin: &Origin,
+    origin: &SiteUp,
     primary: &str,
     obj: &Arc<Stored>,
 ) -> io::Result<()> {
@@ -720,7 +711,7 @@ fn revalidate(
         return fetch(ctx, lease, req, origin, None);
     }
     let extra = validators;
-    let (response, request_time) = match upstream(ctx, lease, req, origin, &extra) {
+    let answer = match upstream(ctx, lease, req, origin, &extra) {
         Ok(r) => r,
         Err(e) => {
             let Validity::Http {
@@ -740,24 +731,18 @@ fn revalidate(
             return upstream_error(ctx, lease, e, req.method == "HEAD");
         }
     };
+    let response = &answer.response;
     if let Some(why) = bad_framing(response.status(), response.version(), response.headers()) {
         return refuse_framing(ctx, lease, req, why, None);
     }
     if response.status().as_u16() != 304 {
         Counters::inc(&ctx.counters().l2_misses);
-        return relay(
-            ctx,
-            lease,
-            req,
-            response,
-            request_time,
-            None,
-            CacheOutcome::Miss,
-        );
+        return relay(ctx, lease, req, answer, None, CacheOutcome::Miss);
     }
+    let request_time = answer.request_time;
     Counters::inc(&ctx.counters().l2_revalidated);
     let response_time = SystemTime::now();
-    let mut fresh = end_to_end(response.headers(), true);
+    let mut fresh = end_to_end(answer.response.headers(), true);
     let times = (request_time, response_time);
     let headers = merged_304(obj, &fresh);
     let once = |headers| Stored {

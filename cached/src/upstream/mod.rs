@@ -1,0 +1,590 @@
+//! The origin servers of every site. Each server has its own pooled `ureq` agent (plain or
+//! TLS; no default features: nothing decompresses or rewrites bodies, HTTP error statuses
+//! are answers, no redirect is followed, every timeout and the pool size are set).
+//!
+//! Per request, the site's balance rule picks a live server ([`balance`]); a server is taken
+//! out after `fall` failed connections or health checks and comes back after `rise` good
+//! checks ([`health`]). When every server of a site is out, they are all tried anyway: a
+//! server that came back serves at once, and a dead site costs a fast 502, not a hang.
+//!
+//! Keep-alive never turns an origin's idle close into an error (RFC 9112 §9.3.1): idle
+//! connections retire after `cached.upstream_idle_ms` or before the origin's advertised
+//! `Keep-Alive: timeout=`, whichever is shorter, and an idempotent request without a body
+//! whose connection fails before any answer byte is sent once more — on another live
+//! server when the site has one, else on a fresh connection to the same server.
+
+mod balance;
+pub mod health;
+mod tls;
+
+use common::config::{CachedConfig, Health, HostHeader, Origin, Scheme, Site};
+use common::stats::Counters;
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::RwLock;
+use std::time::{Duration, Instant, SystemTime};
+use ureq::http;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+
+/// Checks of servers without a `health` table (only a server taken out is probed, by
+/// connecting to it): HAProxy's defaults.
+pub static PASSIVE: Health = Health {
+    path: String::new(),
+    interval: Duration::from_secs(2),
+    timeout: Duration::from_secs(1),
+    rise: 2,
+    fall: 3,
+};
+
+/// Every site's servers, in the order of `cfg.sites`.
+pub struct Upstreams {
+    sites: Vec<SiteUp>,
+}
+
+impl Upstreams {
+    pub fn new(cfg: &CachedConfig) -> anyhow::Result<Upstreams> {
+        let needs_tls = cfg
+            .sites
+            .iter()
+            .flat_map(|s| &s.origins)
+            .any(|o| o.scheme == Scheme::Https);
+        let trust = match needs_tls {
+            true => Some(tls::Trust::load(cfg.tls_ca_file.as_deref())?),
+            false => None,
+        };
+        let sites = cfg
+            .sites
+            .iter()
+            .map(|site| {
+                if !site.tls_verify {
+                    log::warn!(
+                        "site {}: TLS certificates of its origins are NOT verified (tls_verify = false)",
+                        site.name
+                    );
+                }
+                let servers = site
+                    .origins
+                    .iter()
+                    .map(|o| Server::new(cfg, site, o, trust.as_ref()))
+                    .collect();
+                SiteUp {
+                    site: site.clone(),
+                    servers,
+                    next: AtomicUsize::new(0),
+                }
+            })
+            .collect();
+        Ok(Upstreams { sites })
+    }
+
+    pub fn site(&self, index: usize) -> &SiteUp {
+        &self.sites[index]
+    }
+
+    pub fn sites(&self) -> &[SiteUp] {
+        &self.sites
+    }
+}
+
+/// One site's servers and its rotation.
+pub struct SiteUp {
+    pub site: Site,
+    pub servers: Vec<Server>,
+    /// Round-robin position (also breaks least-connections ties).
+    next: AtomicUsize,
+}
+
+/// One origin server of a site.
+pub struct Server {
+    pub origin: Origin,
+    /// What logs and stats call it: `scheme://host:port/prefix`.
+    pub url: String,
+    /// Where requests go: the URL with the verified name in place of the host when the
+    /// site sets `tls_server_name` (the resolver still connects to the host).
+    base: String,
+    /// The `Host` an `host_header = "origin"` site sends.
+    authority: String,
+    make: AgentSpec,
+    /// The pooled agent; replaced (its idle connections dropped) when the origin advertises
+    /// a keep-alive timeout shorter than the idle age it was built with.
+    agent: RwLock<ureq::Agent>,
+    /// Idle age of `agent`, ms.
+    idle_ms: AtomicU64,
+    /// An agent that keeps no connection: a retry's connection is always new.
+    fresh: ureq::Agent,
+    up: AtomicBool,
+    /// Consecutive failures while up, consecutive successes while down.
+    streak: AtomicU32,
+    pub in_flight: AtomicU64,
+    pub requests: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+/// What an agent of this server is made from.
+struct AgentSpec {
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    pool: usize,
+    tls: Option<ureq::tls::TlsConfig>,
+    /// The real host to connect to when `base` names another (tls_server_name).
+    pinned: Option<http::Uri>,
+}
+
+impl AgentSpec {
+    /// An agent for health checks: no pool, every timeout `timeout`.
+    fn probe(&self, timeout: Duration) -> ureq::Agent {
+        AgentSpec {
+            connect_timeout: timeout.min(self.connect_timeout),
+            read_timeout: timeout,
+            pool: 0,
+            tls: self.tls.clone(),
+            pinned: self.pinned.clone(),
+        }
+        .build(None)
+    }
+
+    fn build(&self, idle: Option<Duration>) -> ureq::Agent {
+        let pool = if idle.is_some() { self.pool } else { 0 };
+        let mut b = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .max_redirects_will_error(false)
+            .allow_non_standard_methods(true)
+            .user_agent(ureq::config::AutoHeaderValue::None)
+            .accept(ureq::config::AutoHeaderValue::None)
+            .accept_encoding(ureq::config::AutoHeaderValue::None)
+            .timeout_connect(Some(self.connect_timeout))
+            .timeout_send_request(Some(self.read_timeout))
+            .timeout_send_body(Some(self.read_timeout))
+            .timeout_recv_response(Some(self.read_timeout))
+            .timeout_per_read(Some(self.read_timeout))
+            .timeout_global(None)
+            .timeout_recv_body(None)
+            .max_idle_connections(pool)
+            .max_idle_connections_per_host(pool)
+            .max_idle_age(idle.unwrap_or(Duration::ZERO))
+            .no_delay(true);
+        if let Some(tls) = &self.tls {
+            b = b.tls_config(tls.clone());
+        }
+        let config = b.build();
+        match &self.pinned {
+            Some(real) => {
+                ureq::Agent::with_parts(config, DefaultConnector::default(), Pinned(real.clone()))
+            }
+            None => ureq::Agent::new_with_config(config),
+        }
+    }
+}
+
+/// Resolves every request to the configured server, whatever name its URL carries (so
+/// the URL can carry the name TLS verifies and sends as SNI).
+#[derive(Debug)]
+struct Pinned(http::Uri);
+
+impl Resolver for Pinned {
+    fn resolve(
+        &self,
+        _uri: &http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        DefaultResolver::default().resolve(&self.0, config, timeout)
+    }
+}
+
+impl Server {
+    fn new(cfg: &CachedConfig, site: &Site, o: &Origin, trust: Option<&tls::Trust>) -> Server {
+        let tls = match o.scheme {
+            Scheme::Https => trust.map(|t| t.config(site.tls_verify)),
+            Scheme::Http => None,
+        };
+        let url = format!("{}{}", o.base_url(), o.prefix);
+        let (base, pinned) = match (&site.tls_server_name, o.scheme) {
+            (Some(name), Scheme::Https) => (
+                format!("https://{name}:{}{}", o.port, o.prefix),
+                o.base_url().parse::<http::Uri>().ok(),
+            ),
+            _ => (url.clone(), None),
+        };
+        let default_port = match o.scheme {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        };
+        let authority = if o.port == default_port {
+            o.host.clone()
+        } else {
+            o.authority()
+        };
+        let make = AgentSpec {
+            connect_timeout: cfg.connect_timeout,
+            read_timeout: cfg.read_timeout,
+            pool: cfg.upstream_pool,
+            tls,
+            pinned,
+        };
+        let idle = cfg.upstream_idle;
+        Server {
+            origin: o.clone(),
+            url,
+            base,
+            authority,
+            agent: RwLock::new(make.build(Some(idle))),
+            idle_ms: AtomicU64::new(idle.as_millis() as u64),
+            fresh: make.build(None),
+            make,
+            up: AtomicBool::new(true),
+            streak: AtomicU32::new(0),
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn agent(&self) -> ureq::Agent {
+        self.agent.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The origin said `Keep-Alive: timeout=SECS`: idle connections retire a margin before
+    /// it (a quarter of it, at most a second), if that is sooner than now.
+    fn advertised_keep_alive(&self, secs: u64) {
+        let full = secs.saturating_mul(1000);
+        let idle = full - (full / 4).min(1000);
+        if idle < self.idle_ms.load(Ordering::Relaxed) {
+            let mut agent = self.agent.write().unwrap_or_else(|e| e.into_inner());
+            if idle < self.idle_ms.load(Ordering::Relaxed) {
+                *agent = self.make.build(Some(Duration::from_millis(idle)));
+                self.idle_ms.store(idle, Ordering::Relaxed);
+                log::info!(
+                    "origin {} keeps idle connections {secs} s: reusing them for {idle} ms at most",
+                    self.url
+                );
+            }
+        }
+    }
+
+    /// A connection or check failed: out after `fall` in a row.
+    fn failed(&self, rules: &Health, why: &str) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if self.is_up() {
+            let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= rules.fall {
+                self.streak.store(0, Ordering::Relaxed);
+                self.up.store(false, Ordering::Relaxed);
+                log::warn!("origin {} is down after {n} failures ({why})", self.url);
+            }
+        } else {
+            self.streak.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A connection or check succeeded: back after `rise` in a row.
+    fn succeeded(&self, rules: &Health) {
+        if self.is_up() {
+            self.streak.store(0, Ordering::Relaxed);
+        } else {
+            let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if n >= rules.rise {
+                self.streak.store(0, Ordering::Relaxed);
+                self.up.store(true, Ordering::Relaxed);
+                log::info!("origin {} is up again after {n} good checks", self.url);
+            }
+        }
+    }
+}
+
+/// A request to send upstream, ready but for the server.
+pub struct Outgoing<'a> {
+    pub method: &'a str,
+    /// Origin-form target.
+    pub target: &'a str,
+    /// End-to-end fields (no Host: it follows the site's `host_header`).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The client's `Host` (normalised).
+    pub client_host: &'a [u8],
+    /// Picks the server under `balance = "uri-hash"`.
+    pub key: &'a str,
+}
+
+/// The body of a request that has one, read as it is sent (never retried).
+pub struct SendBody<'b> {
+    pub reader: &'b mut dyn io::Read,
+    pub len: Option<u64>,
+}
+
+/// An origin's answer.
+pub struct Answer<'s> {
+    pub response: http::Response<ureq::Body>,
+    /// When the request went out (RFC 9111 §4.2.3).
+    pub request_time: SystemTime,
+    /// Keep while the body is read: the server counts the request in flight until then.
+    pub busy: Busy<'s>,
+}
+
+/// A request in flight on a server (least-connections counts these).
+pub struct Busy<'s>(&'s Server);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Why no answer came.
+#[derive(Debug)]
+pub enum Failure {
+    /// The connection could not be made (refused, unreachable, connect timeout).
+    Connect(String),
+    /// The TLS handshake or the certificate check failed.
+    Tls(String),
+    /// The connection failed before any answer byte (reset, closed).
+    Io(String),
+    /// The origin took longer than the read timeout.
+    Timeout(String),
+    /// The origin's answer could not be read as HTTP, or the request could not be built.
+    Protocol(String),
+}
+
+impl Failure {
+    pub fn status(&self) -> u16 {
+        match self {
+            Failure::Timeout(_) => 504,
+            _ => 502,
+        }
+    }
+
+    fn of(e: ureq::Error) -> Failure {
+        if let Some(why) = tls::tls_failure(&e) {
+            return Failure::Tls(why);
+        }
+        match e {
+            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+                Failure::Connect(format!("connect timed out ({e})"))
+            }
+            ureq::Error::Timeout(_) => Failure::Timeout(e.to_string()),
+            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+                Failure::Connect(e.to_string())
+            }
+            ureq::Error::Io(io) => match io.kind() {
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    Failure::Timeout(io.to_string())
+                }
+                io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::AddrNotAvailable => Failure::Connect(io.to_string()),
+                _ => Failure::Io(io.to_string()),
+            },
+            other => Failure::Protocol(other.to_string()),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect(s) => write!(f, "cannot connect: {s}"),
+            Failure::Tls(s) => write!(f, "TLS: {s}"),
+            Failure::Io(s) => write!(f, "connection failed: {s}"),
+            Failure::Timeout(s) => write!(f, "timed out: {s}"),
+            Failure::Protocol(s) => write!(f, "bad answer: {s}"),
+        }
+    }
+}
+
+/// RFC 9110 §9.2.2: a request the client may expect to be sent more than once.
+fn idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "PUT" | "DELETE" | "OPTIONS" | "TRACE"
+    )
+}
+
+impl SiteUp {
+    fn rules(&self) -> &Health {
+        self.site.health.as_ref().unwrap_or(&PASSIVE)
+    }
+
+    /// Sends `out` to a server of this site, retrying once as the module doc says.
+    pub fn send(
+        &self,
+        counters: &Counters,
+        out: &Outgoing,
+        body: Option<SendBody>,
+    ) -> Result<Answer<'_>, Failure> {
+        let first = self.pick(out.key, None);
+        let retriable = body.is_none() && idempotent(out.method);
+        let e = match self.attempt(counters, first, out, body, false) {
+            Ok(a) => return Ok(a),
+            Err(e) => e,
+        };
+        let other = self.pick(out.key, Some(first));
+        let again = match (&e, other != first) {
+            _ if !retriable => None,
+            // Another server may do better; the same one would fail the same way.
+            (Failure::Connect(_) | Failure::Tls(_), true) => Some((other, false)),
+            // The connection died under the request: a reused one the origin had just
+            // closed, or a server that is going away.
+            (Failure::Io(_), true) => Some((other, false)),
+            (Failure::Io(_), false) => Some((first, true)),
+            _ => None,
+        };
+        let Some((server, fresh)) = again else {
+            return Err(e);
+        };
+        Counters::inc(&counters.upstream_retries);
+        log::info!(
+            "site {}: {} {} failed on {} ({e}); retrying on {}{}",
+            self.site.name,
+            out.method,
+            out.target,
+            self.servers[first].url,
+            self.servers[server].url,
+            if fresh { " (new connection)" } else { "" }
+        );
+        self.attempt(counters, server, out, None, fresh)
+    }
+
+    fn attempt(
+        &self,
+        counters: &Counters,
+        index: usize,
+        out: &Outgoing,
+        body: Option<SendBody>,
+        fresh: bool,
+    ) -> Result<Answer<'_>, Failure> {
+        let server = &self.servers[index];
+        let host: &[u8] = match &self.site.host_header {
+            HostHeader::Client => out.client_host,
+            HostHeader::Origin => server.authority.as_bytes(),
+            HostHeader::Name(n) => n.as_bytes(),
+        };
+        let mut b = http::Request::builder()
+            .method(out.method.as_bytes())
+            .uri(format!("{}{}", server.base, out.target))
+            .header("Host", host);
+        for (name, value) in &out.headers {
+            b = b.header(name.as_str(), value.as_slice());
+        }
+        if let Some(SendBody { len: Some(n), .. }) = &body {
+            b = b.header("Content-Length", *n);
+        }
+        Counters::inc(&counters.upstream_requests);
+        server.requests.fetch_add(1, Ordering::Relaxed);
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        let agent = if fresh {
+            server.fresh.clone()
+        } else {
+            server.agent()
+        };
+        let started = Instant::now();
+        let request_time = SystemTime::now();
+        let result = match body {
+            None => b
+                .body(())
+                .map_err(ureq::Error::Http)
+                .and_then(|r| agent.run(r)),
+            Some(SendBody { reader, .. }) => b
+                .body(ureq::SendBody::from_reader(reader))
+                .map_err(ureq::Error::Http)
+                .and_then(|r| agent.run(r)),
+        };
+        Counters::add(
+            &counters.upstream_latency_us,
+            started.elapsed().as_micros() as u64,
+        );
+        match result {
+            Ok(response) => {
+                server.succeeded(self.rules());
+                if let Some(secs) = keep_alive_timeout(response.headers()) {
+                    server.advertised_keep_alive(secs);
+                }
+                Ok(Answer {
+                    response,
+                    request_time,
+                    busy: Busy(server),
+                })
+            }
+            Err(e) => {
+                server.in_flight.fetch_sub(1, Ordering::Relaxed);
+                let failure = Failure::of(e);
+                match &failure {
+                    Failure::Tls(_) => Counters::inc(&counters.upstream_tls_errors),
+                    Failure::Connect(why) => server.failed(self.rules(), why),
+                    _ => {}
+                }
+                log::warn!(
+                    "site {}: origin {}: {} {}: {failure}",
+                    self.site.name,
+                    server.url,
+                    out.method,
+                    out.target
+                );
+                Err(failure)
+            }
+        }
+    }
+}
+
+/// `timeout=N` of a `Keep-Alive` field (RFC 2068 §19.7.1, still what servers send).
+fn keep_alive_timeout(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get_all("keep-alive")
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .filter_map(|param| {
+            let param = std::str::from_utf8(param).ok()?.trim();
+            let (k, v) = param.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("timeout")
+                .then(|| v.trim().parse::<u64>().ok())?
+        })
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_alive_parameters() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(keep_alive_timeout(&h), None);
+        h.insert("keep-alive", "timeout=5, max=100".parse().unwrap());
+        assert_eq!(keep_alive_timeout(&h), Some(5));
+        h.insert("keep-alive", "max=100,Timeout = 2".parse().unwrap());
+        assert_eq!(keep_alive_timeout(&h), Some(2));
+        h.insert("keep-alive", "timeout=soon".parse().unwrap());
+        assert_eq!(keep_alive_timeout(&h), None);
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+        assert!(matches!(
+            Failure::of(ureq::Error::Io(refused)),
+            Failure::Connect(_)
+        ));
+        let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+        assert!(matches!(
+            Failure::of(ureq::Error::Io(reset)),
+            Failure::Io(_)
+        ));
+        let tls = io::Error::new(
+            io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+        );
+        assert!(matches!(Failure::of(ureq::Error::Io(tls)), Failure::Tls(_)));
+        assert!(matches!(
+            Failure::of(ureq::Error::Timeout(ureq::Timeout::RecvResponse)),
+            Failure::Timeout(_)
+        ));
+        assert_eq!(Failure::Timeout(String::new()).status(), 504);
+        assert_eq!(Failure::Tls(String::new()).status(), 502);
+    }
+}
