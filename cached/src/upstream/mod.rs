@@ -19,13 +19,16 @@ mod tls;
 
 use common::config::{CachedConfig, Health, HostHeader, Origin, Scheme, Site};
 use common::stats::Counters;
+use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 use ureq::http;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{
+    ConnectionDetails, Connector, NextTimeout, RustlsConnector, TcpConnector, Transport,
+};
 
 /// Checks of servers without a `health` table (only a server taken out is probed, by
 /// connecting to it): HAProxy's defaults.
@@ -169,12 +172,51 @@ impl AgentSpec {
             b = b.tls_config(tls.clone());
         }
         let config = b.build();
+        let connector =
+            ().chain(TcpConnector::default())
+                .chain(Mark(Stage::Connected))
+                .chain(RustlsConnector::default())
+                .chain(Mark(Stage::Ready));
         match &self.pinned {
-            Some(real) => {
-                ureq::Agent::with_parts(config, DefaultConnector::default(), Pinned(real.clone()))
-            }
-            None => ureq::Agent::new_with_config(config),
+            Some(real) => ureq::Agent::with_parts(config, connector, Pinned(real.clone())),
+            None => ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
         }
+    }
+}
+
+/// How far the connection of this thread's current attempt got: ureq connects on the
+/// calling thread, and [`Mark`] connectors between the TCP and TLS layers record it. An
+/// attempt that made no new connection reused a pooled one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// No new connection (yet): a pooled one, or the TCP connect failed.
+    None,
+    /// TCP is up; TLS (for https) has not finished its handshake.
+    Connected,
+    /// A new connection is ready for the request.
+    Ready,
+}
+
+thread_local! {
+    static STAGE: Cell<Stage> = const { Cell::new(Stage::None) };
+}
+
+/// Passes the transport on and records that the connection got this far.
+#[derive(Debug)]
+struct Mark(Stage);
+
+impl<In: Transport> Connector<In> for Mark {
+    type Out = In;
+
+    fn connect(
+        &self,
+        _: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<In>, ureq::Error> {
+        if chained.is_some() {
+            STAGE.with(|s| s.set(self.0));
+        }
+        Ok(chained)
     }
 }
 
@@ -484,6 +526,7 @@ impl SiteUp {
         };
         let started = Instant::now();
         let request_time = SystemTime::now();
+        STAGE.with(|s| s.set(Stage::None));
         let result = match body {
             None => b
                 .body(())
@@ -512,7 +555,16 @@ impl SiteUp {
             }
             Err(e) => {
                 server.in_flight.fetch_sub(1, Ordering::Relaxed);
-                let failure = Failure::of(e);
+                let stage = STAGE.with(|s| s.get());
+                let failure = match (stage, server.origin.scheme) {
+                    // TCP was up but the handshake did not finish (a timeout, a close, a
+                    // server that does not speak TLS): a TLS failure, whatever the error.
+                    (Stage::Connected, Scheme::Https) => match Failure::of(e) {
+                        tls @ Failure::Tls(_) => tls,
+                        other => Failure::Tls(format!("handshake did not complete ({other})")),
+                    },
+                    _ => Failure::of(e),
+                };
                 match &failure {
                     Failure::Tls(_) => Counters::inc(&counters.upstream_tls_errors),
                     Failure::Connect(why) => server.failed(self.rules(), why),
