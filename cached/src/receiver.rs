@@ -78,7 +78,7 @@ impl Ctx {
 
 pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     let names = Names::for_instance(&cfg.instance);
-    let root = if cfg.origin.is_none() {
+    let root = if cfg.sites.is_empty() {
         std::fs::canonicalize(&cfg.root)
             .with_context(|| format!("document root {}", cfg.root.display()))?
     } else {
@@ -92,15 +92,26 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, shutdown.clone())?;
     }
-    let agent = cfg.origin.as_ref().map(|_| source::origin::agent(&cfg));
-    match &cfg.origin {
-        Some(o) => log::info!(
-            "instance {}: serving origin http://{}{}",
+    let agent = (!cfg.sites.is_empty()).then(|| source::origin::agent(&cfg));
+    for s in &cfg.sites {
+        let servers: Vec<String> = s.origins.iter().map(|o| o.to_string()).collect();
+        log::info!(
+            "instance {}: site {} ({}): {}",
             cfg.instance,
-            o.authority,
-            o.prefix
-        ),
-        None => log::info!("instance {}: serving {}", cfg.instance, root.display()),
+            s.name,
+            if s.is_default() {
+                "default".to_string()
+            } else {
+                s.hosts.join(" ")
+            },
+            servers.join(" ")
+        );
+    }
+    if cfg.sites.is_empty() {
+        log::info!("instance {}: serving {}", cfg.instance, root.display());
+    }
+    for w in cfg.warnings() {
+        log::warn!("{w}");
     }
     let ctx = Arc::new(Ctx {
         cache: Cache::new(cfg.capacity, cfg.max_waiters),

@@ -31,7 +31,8 @@ fn request_head(ctx: &Ctx, lease: &mut Lease) -> io::Result<RequestHead> {
 pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     common::supervise::test_panic(&req.target, "cached");
-    match &ctx.cfg.origin {
+    // Until requests are routed by site: the first server of the first site.
+    match ctx.cfg.sites.first().map(|s| &s.origins[0]) {
         Some(origin) => origin::serve(ctx, lease, &req, origin),
         None => disk::serve(ctx, lease, &req),
     }
@@ -41,7 +42,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
 pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
-    let key = match &ctx.cfg.origin {
+    let key = match ctx.cfg.sites.first() {
         Some(_) => Some(origin::cache_key(&req)),
         None => disk::cache_key(ctx, &req.target),
     };

@@ -321,8 +321,8 @@ fn timed_out(e: &ureq::Error) -> bool {
 /// (same origin only), in L2 and, through the pool's counter, in every L1.
 fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, origin: &Origin) {
     ctx.cache.remove_all(&cache_key(req));
-    let base = format!("http://{}{}", origin.authority, origin.prefix);
-    let host_only = format!("http://{}", origin.authority.trim_end_matches(":80"));
+    let base = origin.to_string();
+    let host_only = format!("{}://{}", origin.scheme.as_str(), origin.host_header());
     for h in ["location", "content-location"] {
         if let Some(v) = headers.get(h).and_then(|v| v.to_str().ok()) {
             let target = v
