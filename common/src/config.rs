@@ -1,6 +1,7 @@
 //! Configuration of both daemons: one TOML file (top-level `instance`, sections `[proxy]` and
-//! `[cached]`), overridden by command-line flags. Flags are applied to the same table before
-//! it is deserialised, so a flag and a key share one parser and one set of checks.
+//! `[cached]`, and `[[site]]` tables that only cached reads), overridden by command-line
+//! flags. Flags are applied to the same table before it is deserialised, so a flag and a key
+//! share one parser and one set of checks; a repeatable flag (`--origin`) gives an array.
 //!
 //! Errors name their source and key (`shmproxy.toml: proxy.segments: must be ≥ 1 (got 0)`);
 //! binaries exit with status 2 on them.
@@ -1871,6 +1872,31 @@ health = { path = "/ping" }
         )
         .unwrap();
         assert!(c.warnings()[0].contains("no effect"), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn the_repository_config_and_its_example_sites_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shmproxy.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(CachedConfig::load(Some(&path), &[])
+            .unwrap()
+            .sites
+            .is_empty());
+        ProxyConfig::load(Some(&path), &[]).unwrap();
+        let (_, example) = text
+            .split_once("# Example sites (uncomment to use):\n")
+            .unwrap();
+        let example: String = example
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = load_cached("example", &format!("{text}\n{example}"), &[]).unwrap();
+        let names: Vec<&str> = c.sites.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["www", "api", "lab"]);
+        assert_eq!(c.site_for(b"a.example.org").unwrap().name, "www");
+        assert_eq!(c.site_for(b"elsewhere").unwrap().name, "lab");
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
     }
 
     #[test]
