@@ -100,7 +100,7 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
             cfg.instance,
             s.name,
             if s.is_default() {
-                "default".to_string()
+                "every other host".to_string()
             } else {
                 s.hosts.join(" ")
             },
