@@ -97,23 +97,25 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
         true => None,
         false => Some(Arc::new(Upstreams::new(&cfg)?)),
     };
-    match &upstreams {
-        Some(ups) => {
-            for s in ups.sites() {
-                let servers: Vec<&str> = s.servers.iter().map(|v| v.url.as_str()).collect();
-                let hosts = match s.site.hosts.is_empty() {
-                    true => "any other host".to_string(),
-                    false => s.site.hosts.join(", "),
-                };
-                log::info!(
-                    "instance {}: site {} ({hosts}): {}",
-                    cfg.instance,
-                    s.site.name,
-                    servers.join(", ")
-                );
-            }
-        }
-        None => log::info!("instance {}: serving {}", cfg.instance, root.display()),
+    for s in &cfg.sites {
+        let servers: Vec<String> = s.origins.iter().map(|o| o.to_string()).collect();
+        log::info!(
+            "instance {}: site {} ({}): {}",
+            cfg.instance,
+            s.name,
+            if s.is_default() {
+                "every other host".to_string()
+            } else {
+                s.hosts.join(" ")
+            },
+            servers.join(" ")
+        );
+    }
+    if cfg.sites.is_empty() {
+        log::info!("instance {}: serving {}", cfg.instance, root.display());
+    }
+    for w in cfg.warnings() {
+        log::warn!("{w}");
     }
     let checkers = upstreams
         .as_ref()

@@ -1,11 +1,14 @@
 //! Configuration of both daemons: one TOML file (top-level `instance`, sections `[proxy]` and
-//! `[cached]`), overridden by command-line flags. Flags are applied to the same table before
-//! it is deserialised, so a flag and a key share one parser and one set of checks.
+//! `[cached]`, and `[[site]]` tables that only cached reads), overridden by command-line
+//! flags. Flags are applied to the same table before it is deserialised, so a flag and a key
+//! share one parser and one set of checks; a repeatable flag (`--origin`) gives an array.
 //!
 //! Errors name their source and key (`shmproxy.toml: proxy.segments: must be ≥ 1 (got 0)`);
 //! binaries exit with status 2 on them.
 
 use serde::Deserialize;
+use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,6 +32,34 @@ struct FileConfig {
     proxy: ProxyFile,
     #[serde(default)]
     cached: CachedFile,
+    /// `[[site]]` tables, each deserialised on its own so that an error names its index.
+    #[serde(default)]
+    site: Vec<toml::Value>,
+}
+
+/// `[[site]]` keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SiteFile {
+    name: Option<String>,
+    hosts: Option<OneOrMany>,
+    origins: Option<OneOrMany>,
+    host_header: Option<String>,
+    tls_server_name: Option<String>,
+    tls_verify: Option<bool>,
+    balance: Option<String>,
+    health: Option<HealthFile>,
+}
+
+/// `site.health` keys.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthFile {
+    path: Option<String>,
+    interval_ms: Option<u64>,
+    timeout_ms: Option<u64>,
+    rise: Option<u64>,
+    fall: Option<u64>,
 }
 
 /// `[proxy]` keys.
@@ -79,6 +110,19 @@ impl OneOrMany {
             OneOrMany::One(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
             OneOrMany::Many(v) => v.iter().map(|x| x.trim().to_string()).collect(),
         }
+    }
+
+    /// The items, a lone string being one item (for values that may contain commas); empty
+    /// ones dropped.
+    fn list(&self) -> Vec<String> {
+        let v = match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => &v[..],
+        };
+        v.iter()
+            .map(|x| x.trim().to_string())
+            .filter(|x| !x.is_empty())
+            .collect()
     }
 }
 
@@ -137,13 +181,15 @@ impl IpNet {
 #[serde(deny_unknown_fields)]
 struct CachedFile {
     root: Option<String>,
-    origin: Option<String>,
+    origin: Option<OneOrMany>,
+    tls_ca_file: Option<String>,
     threads: Option<u64>,
     capacity: Option<u64>,
     max_object_size: Option<u64>,
     connect_timeout_ms: Option<u64>,
     read_timeout_ms: Option<u64>,
     upstream_pool: Option<u64>,
+    upstream_idle_ms: Option<u64>,
     queue_capacity: Option<u64>,
     revalidate_ms: Option<u64>,
     max_waiters: Option<u64>,
@@ -225,13 +271,16 @@ pub struct ProxyConfig {
 #[derive(Clone, Debug)]
 pub struct CachedConfig {
     pub instance: String,
-    /// Document root served when no origin is set.
+    /// Document root served when no site is set.
     pub root: PathBuf,
-    /// Sites fronted (origin mode when not empty). SHIM: replaced by the config branch.
+    /// The sites fronted (`[[site]]` tables, and `cached.origin` as a default site); empty:
+    /// the document root is served. Not to be changed after `load`: [`Self::site_for`]
+    /// reads an index built from them.
     pub sites: Vec<Site>,
+    /// PEM file of extra trust anchors for HTTPS servers, added to the system's store.
     pub tls_ca_file: Option<PathBuf>,
-    /// Longest an idle upstream connection is kept for reuse.
-    pub upstream_idle: Duration,
+    /// The sites' host patterns, indexed.
+    routes: Routes,
     /// Receiver threads (each serves one transfer at a time).
     pub threads: u32,
     /// Bytes of the L2 cache.
@@ -241,8 +290,11 @@ pub struct CachedConfig {
     pub connect_timeout: Duration,
     /// Longest silence from the origin while reading its answer (504 or abort after).
     pub read_timeout: Duration,
-    /// Idle upstream connections kept.
+    /// Idle upstream connections kept (per server).
     pub upstream_pool: usize,
+    /// Longest an idle upstream connection is kept for reuse (shorter when the origin
+    /// advertises a shorter `Keep-Alive: timeout`).
+    pub upstream_idle: Duration,
     /// Messages the doorbell queue holds (≤ fs.mqueue.msg_max).
     pub queue_capacity: usize,
     /// How long a worker's L1 may serve a file before `cached` checks it again.
@@ -283,104 +335,375 @@ impl SetCookie {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The scheme of an origin server's URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scheme {
     Http,
     Https,
 }
 
-/// SHIM
-#[derive(Clone, Debug, PartialEq, Eq)]
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+
+    /// 80 or 443.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+}
+
+/// One origin server: `http(s)://host[:port][/prefix]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub scheme: Scheme,
+    /// Lowercase; an IPv6 address keeps its brackets (`[::1]`).
     pub host: String,
+    /// As given, else the scheme's default (80 or 443).
     pub port: u16,
+    /// Path prefix put before every request target, without trailing slash ("" for none).
     pub prefix: String,
 }
 
 impl Origin {
+    /// Parses `http://` or `https://` (any case), then `host[:port]`, then an optional path
+    /// prefix. User info, a query, a fragment, white space and other schemes are refused.
     pub fn parse(url: &str) -> Result<Origin, String> {
-        let (scheme, rest, port) = if let Some(r) = url.strip_prefix("http://") {
-            (Scheme::Http, r, 80)
-        } else if let Some(r) = url.strip_prefix("https://") {
-            (Scheme::Https, r, 443)
-        } else {
-            return Err("must start with http:// or https://".into());
+        if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("white space or a control character in {url:?}"));
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return Err(format!("must start with http:// or https:// (got {url:?})"));
         };
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            _ => {
+                return Err(format!(
+                    "scheme {scheme:?} is not supported: use http:// or https:// (got {url:?})"
+                ))
+            }
+        };
+        if rest.contains(['?', '#']) {
+            return Err(format!(
+                "an origin URL has no query or fragment (got {url:?})"
+            ));
+        }
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !authority.ends_with(']') => (
-                h,
-                p.parse::<u16>()
-                    .map_err(|_| format!("bad port in {url:?}"))?,
-            ),
-            _ => (authority, port),
-        };
+        if authority.contains('@') {
+            return Err(format!("user info (user@) is not supported (got {url:?})"));
+        }
+        let (host, port) = parse_authority(authority).map_err(|e| format!("{e} in {url:?}"))?;
         Ok(Origin {
             scheme,
-            host: host.to_ascii_lowercase(),
-            port,
+            host,
+            port: port.unwrap_or(scheme.default_port()),
             prefix: path.trim_end_matches('/').to_string(),
         })
     }
+
+    /// `host:port`, always with the port (for connecting and pool keys).
     pub fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
+
+    /// `scheme://host:port`, always with the port and without the prefix.
     pub fn base_url(&self) -> String {
-        let s = match self.scheme {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        };
-        format!("{s}://{}:{}", self.host, self.port)
+        format!("{}://{}:{}", self.scheme.as_str(), self.host, self.port)
+    }
+
+    /// The `Host` this server expects: `host`, plus `:port` when the port is not the
+    /// scheme's default.
+    pub fn host_header(&self) -> String {
+        if self.port == self.scheme.default_port() {
+            self.host.clone()
+        } else {
+            self.authority()
+        }
+    }
+
+    /// Absolute URL for a request target (origin-form, starting with '/').
+    pub fn url_for(&self, target: &str) -> String {
+        format!("{}{}{}", self.base_url(), self.prefix, target)
     }
 }
 
+impl std::fmt::Display for Origin {
+    /// `scheme://host:port/prefix`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.base_url(), self.prefix)
+    }
+}
+
+/// Splits `host[:port]` (IPv6 in brackets) and checks both; the host comes back lowercase.
+fn parse_authority(authority: &str) -> Result<(String, Option<u16>), String> {
+    let (host, port) = if let Some(inner) = authority.strip_prefix('[') {
+        let Some((addr, after)) = inner.split_once(']') else {
+            return Err("unclosed '[' in the host".into());
+        };
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("bad IPv6 address [{addr}]"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("junk after ']'")?),
+        };
+        (format!("[{}]", addr.to_ascii_lowercase()), port)
+    } else {
+        if authority.matches(':').count() > 1 {
+            return Err("an IPv6 address goes in brackets ([::1])".into());
+        }
+        let (host, port) = match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        };
+        let host = host.to_ascii_lowercase();
+        check_dns_name(&host).map_err(|e| format!("bad host {host:?}: {e}"))?;
+        (host, port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad port {p:?} (must be 1..=65535)"))?,
+        ),
+    };
+    Ok((host, port))
+}
+
+/// A host name or IPv4 address: dot-separated labels of `[a-z0-9_-]` (lowercase), 1 to 63
+/// bytes each, 253 in all.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("empty".into());
+    }
+    if name.len() > 253 {
+        return Err("longer than 253 bytes".into());
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("empty label (leading, trailing or double dot)".into());
+        }
+        if label.len() > 63 {
+            return Err("a label is longer than 63 bytes".into());
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !matches!(c, 'a'..='z' | '0'..='9' | '-' | '_'))
+        {
+            return Err(if c.is_ascii_uppercase() {
+                "must be lowercase".into()
+            } else {
+                format!("{c:?} is not allowed (only a-z, 0-9, '-', '_' and dots)")
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A `hosts` pattern: a lowercase name (`www.example.com`), the same behind `*.` (every name
+/// below it), or an IPv6 address in brackets. No port: a site matches any port.
+fn check_host_pattern(p: &str) -> Result<(), String> {
+    if let Some(inner) = p.strip_prefix('[') {
+        return match inner.strip_suffix(']') {
+            Some(a) if a.parse::<std::net::Ipv6Addr>().is_ok() && a == a.to_ascii_lowercase() => {
+                Ok(())
+            }
+            _ => Err(format!("{p:?} is not a lowercase IPv6 address in brackets")),
+        };
+    }
+    let name = p.strip_prefix("*.").unwrap_or(p);
+    if name.contains('*') {
+        return Err(format!(
+            "{p:?}: a wildcard is a whole first label, as in \"*.example.org\""
+        ));
+    }
+    if name.contains(':') {
+        return Err(format!(
+            "{p:?}: a host pattern has no port (a site matches every port)"
+        ));
+    }
+    check_dns_name(name).map_err(|e| match e.as_str() {
+        "must be lowercase" => format!("{p:?} must be lowercase: {:?}", p.to_ascii_lowercase()),
+        _ => format!("{p:?}: {e}"),
+    })
+}
+
+/// `site.host_header`: the `Host` sent to a site's servers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum HostHeader {
+    /// The client's (normalised) `Host`: `"client"`, the default for sites with hosts.
     Client,
+    /// The server's own `host[:port]` ([`Origin::host_header`]): `"origin"`, the default
+    /// for the default site.
     Origin,
+    /// This literal `host[:port]`: any other string.
     Name(String),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+impl HostHeader {
+    fn parse(v: &str) -> Result<HostHeader, String> {
+        match v {
+            "client" => Ok(HostHeader::Client),
+            "origin" => Ok(HostHeader::Origin),
+            name => match parse_authority(name) {
+                Ok(_) => Ok(HostHeader::Name(name.to_ascii_lowercase())),
+                Err(e) => Err(format!(
+                    "must be \"client\", \"origin\" or a host[:port] ({e}; got {name:?})"
+                )),
+            },
+        }
+    }
+}
+
+/// `site.balance`: how a site's requests are spread over its healthy servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Balance {
+    /// Each server in turn: `"round-robin"`, the default.
+    #[default]
     RoundRobin,
+    /// The server with the fewest requests in flight: `"least-connections"`.
     LeastConnections,
+    /// A consistent hash of the cache key, so a key keeps its server: `"uri-hash"`.
     UriHash,
 }
 
+impl Balance {
+    fn parse(v: &str) -> Result<Balance, String> {
+        match v {
+            "round-robin" => Ok(Balance::RoundRobin),
+            "least-connections" => Ok(Balance::LeastConnections),
+            "uri-hash" => Ok(Balance::UriHash),
+            other => Err(format!(
+                "must be \"round-robin\", \"least-connections\" or \"uri-hash\" (got {other:?})"
+            )),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConnections => "least-connections",
+            Balance::UriHash => "uri-hash",
+        }
+    }
+}
+
+/// `site.health`: active health checks of each server of a site.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Health {
+    /// Path requested with GET (starts with '/'); any 2xx or 3xx answer is a success.
     pub path: String,
+    /// Time between two checks of a server (`interval_ms`, 2000).
     pub interval: Duration,
+    /// Longest a check may take, connecting included (`timeout_ms`, 1000; at most the
+    /// interval).
     pub timeout: Duration,
+    /// Successes in a row that bring a server that is down back (2).
     pub rise: u32,
+    /// Failures in a row that take a server that is up out (3).
     pub fall: u32,
 }
 
-#[derive(Clone, Debug)]
+/// One `[[site]]`: the requests whose `Host` matches `hosts`, and the servers they go to.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Site {
+    /// Names the site in logs, stats and cache keys (`name`; default: the first host
+    /// pattern, or "default" for the default site).
     pub name: String,
+    /// Host patterns (`www.example.com`, `*.example.org`, `[::1]`); empty: the default site,
+    /// which takes every request no other site matches.
     pub hosts: Vec<String>,
+    /// The site's servers, at least one.
     pub origins: Vec<Origin>,
+    /// The `Host` sent upstream.
     pub host_header: HostHeader,
+    /// Name verified in the servers' certificates and sent as SNI, instead of each URL's host.
     pub tls_server_name: Option<String>,
+    /// Whether HTTPS servers' certificates are verified (true; false logs a warning).
     pub tls_verify: bool,
     pub balance: Balance,
+    /// Active checks; `None`: servers are judged by the requests they serve only.
     pub health: Option<Health>,
 }
 
-impl CachedConfig {
-    pub fn site_for(&self, host: &[u8]) -> Option<&Site> {
-        let name = String::from_utf8_lossy(host);
-        let name = name.split(':').next().unwrap_or("");
-        self.sites
-            .iter()
-            .find(|s| s.hosts.iter().any(|h| h == name))
-            .or_else(|| self.sites.iter().find(|s| s.hosts.is_empty()))
+impl Site {
+    /// The site without hosts, which takes the requests no other site matches.
+    pub fn is_default(&self) -> bool {
+        self.hosts.is_empty()
+    }
+}
+
+/// The host patterns of every site, indexed once at load for [`CachedConfig::site_for`].
+#[derive(Clone, Debug, Default)]
+struct Routes {
+    /// Exact names → site index.
+    exact: HashMap<Vec<u8>, usize>,
+    /// `*.suffix` patterns, keyed by the suffix without `*.` → site index.
+    wildcard: HashMap<Vec<u8>, usize>,
+    default: Option<usize>,
+}
+
+impl Routes {
+    fn new(sites: &[Site]) -> Routes {
+        let mut r = Routes::default();
+        for (i, s) in sites.iter().enumerate() {
+            if s.is_default() {
+                r.default = Some(i);
+            }
+            for h in &s.hosts {
+                match h.strip_prefix("*.") {
+                    Some(suffix) => r.wildcard.insert(suffix.as_bytes().to_vec(), i),
+                    None => r.exact.insert(h.as_bytes().to_vec(), i),
+                };
+            }
+        }
+        r
+    }
+
+    fn find(&self, host: &[u8]) -> Option<usize> {
+        let name = if host.first() == Some(&b'[') {
+            match host.iter().position(|&b| b == b']') {
+                Some(i) => &host[..=i],
+                None => host,
+            }
+        } else {
+            match host.iter().rposition(|&b| b == b':') {
+                Some(i) => &host[..i],
+                None => host,
+            }
+        };
+        let name = name.strip_suffix(b".").unwrap_or(name);
+        let lowered;
+        let name = if name.iter().any(u8::is_ascii_uppercase) {
+            lowered = name.to_ascii_lowercase();
+            &lowered[..]
+        } else {
+            name
+        };
+        if let Some(&i) = self.exact.get(name) {
+            return Some(i);
+        }
+        if !self.wildcard.is_empty() && name.first() != Some(&b'[') {
+            // Left to right: the longest suffix (most specific wildcard) first.
+            for (i, _) in name.iter().enumerate().filter(|(_, &b)| b == b'.') {
+                if let Some(&s) = self.wildcard.get(&name[i + 1..]) {
+                    return Some(s);
+                }
+            }
+        }
+        self.default
     }
 }
 
@@ -421,10 +744,24 @@ fn load_table(
         }
         None => ("defaults".to_string(), toml::Table::new()),
     };
-    for (key, value) in flags {
-        let v = match value.parse::<i64>() {
-            Ok(n) => toml::Value::Integer(n),
-            Err(_) => toml::Value::String(value.clone()),
+    for (n, (key, value)) in flags.iter().enumerate() {
+        let v = if REPEATABLE.contains(&key.as_str()) {
+            // Every occurrence, in order; together they replace the file's value.
+            if flags[..n].iter().any(|(k, _)| k == key) {
+                continue;
+            }
+            toml::Value::Array(
+                flags[n..]
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, v)| toml::Value::String(v.clone()))
+                    .collect(),
+            )
+        } else {
+            match value.parse::<i64>() {
+                Ok(n) => toml::Value::Integer(n),
+                Err(_) => toml::Value::String(value.clone()),
+            }
         };
         match key.split_once('.') {
             Some((section, k)) => {
@@ -440,17 +777,40 @@ fn load_table(
             }
         }
     }
-    let cfg: FileConfig = toml::Value::Table(table)
-        .try_into()
-        .map_err(|e: toml::de::Error| {
-            let msg = e.message().to_string();
-            let src = Source { file: &name, flags };
-            match msg.split('`').nth(1) {
-                Some(key) if msg.starts_with("unknown field") => src.err(key, "unknown key"),
-                _ => ConfigError(format!("{name}: {msg}")),
-            }
-        })?;
+    let cfg: FileConfig = toml::Value::Table(table).try_into().map_err(|e| {
+        let src = Source { file: &name, flags };
+        match de_error(&e) {
+            (key, msg) if key.is_empty() => ConfigError(format!("{name}: {msg}")),
+            (key, msg) => src.err(&key, msg),
+        }
+    })?;
     Ok((cfg, name))
+}
+
+/// Flags that may be given more than once: their values make one array.
+const REPEATABLE: &[&str] = &["cached.origin"];
+
+/// A deserialisation error as the dotted key it concerns ("" when unknown) and a message.
+fn de_error(e: &toml::de::Error) -> (String, String) {
+    // The toml crate appends the path as a last line "in `a.b`".
+    let text = e.to_string();
+    let path = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
+        .unwrap_or("");
+    let msg = e.message();
+    let join = |a: &str, b: &str| match (a, b) {
+        ("", b) => b.to_string(),
+        (a, "") => a.to_string(),
+        (a, b) => format!("{a}.{b}"),
+    };
+    match msg.split('`').nth(1) {
+        Some(field) if msg.starts_with("unknown field") => {
+            (join(path, field), "unknown key".to_string())
+        }
+        _ => (path.to_string(), msg.to_string()),
+    }
 }
 
 fn instance(cfg: &FileConfig, src: &Source) -> Result<String, ConfigError> {
@@ -655,18 +1015,22 @@ impl CachedConfig {
         let (cfg, name) = load_table(file, flags)?;
         let src = Source { file: &name, flags };
         let c = &cfg.cached;
-        let sites = match c.origin.as_deref() {
-            None | Some("") => Vec::new(),
-            Some(url) => vec![Site {
-                name: "default".into(),
-                hosts: Vec::new(),
-                origins: vec![Origin::parse(url).map_err(|e| src.err("cached.origin", e))?],
-                host_header: HostHeader::Origin,
-                tls_server_name: None,
-                tls_verify: true,
-                balance: Balance::RoundRobin,
-                health: None,
-            }],
+        let sites = sites(&cfg, &src)?;
+        let tls_ca_file = match c.tls_ca_file.as_deref() {
+            None | Some("") => None,
+            Some(f) => {
+                let readable = std::fs::File::open(f).and_then(|file| {
+                    if file.metadata()?.is_file() {
+                        Ok(())
+                    } else {
+                        Err(io::Error::other("not a regular file"))
+                    }
+                });
+                if let Err(e) = readable {
+                    return Err(src.err("cached.tls_ca_file", format!("cannot read {f:?}: {e}")));
+                }
+                Some(PathBuf::from(f))
+            }
         };
         let msg_max = crate::mq::kernel_msg_max().unwrap_or(10) as u64;
         let queue_capacity = c
@@ -682,9 +1046,9 @@ impl CachedConfig {
         Ok(CachedConfig {
             instance: instance(&cfg, &src)?,
             root: PathBuf::from(c.root.clone().unwrap_or_else(|| "www".into())),
+            routes: Routes::new(&sites),
             sites,
-            tls_ca_file: None,
-            upstream_idle: Duration::from_secs(4),
+            tls_ca_file,
             threads: ranged(&src, "cached.threads", c.threads, 256, 1, 4096)? as u32,
             capacity,
             max_object_size: ranged(
@@ -704,6 +1068,7 @@ impl CachedConfig {
             read_timeout: ms(&src, "cached.read_timeout_ms", c.read_timeout_ms, 30_000)?,
             upstream_pool: ranged(&src, "cached.upstream_pool", c.upstream_pool, 64, 1, 4096)?
                 as usize,
+            upstream_idle: ms(&src, "cached.upstream_idle_ms", c.upstream_idle_ms, 4000)?,
             queue_capacity: ranged(
                 &src,
                 "cached.queue_capacity",
@@ -729,6 +1094,282 @@ impl CachedConfig {
             },
         })
     }
+}
+
+impl CachedConfig {
+    /// The site of a request by its `Host` as the proxy normalises it (lowercase, default
+    /// port dropped, IPv6 in brackets, maybe `:port`), matched without the port: an exact
+    /// pattern first, then the longest `*.suffix` (`*.example.org` matches `a.example.org`
+    /// and `a.b.example.org`, not `example.org`), then the default site. `None`: no site
+    /// takes it (421), or there are no sites at all.
+    pub fn site_for(&self, host: &[u8]) -> Option<&Site> {
+        self.sites.get(self.routes.find(host)?)
+    }
+
+    /// Settings that load but deserve a word at start (cached logs each as a warning).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for s in &self.sites {
+            let https = s.origins.iter().any(|o| o.scheme == Scheme::Https);
+            if !s.tls_verify {
+                w.push(format!(
+                    "site {:?}: tls_verify = false: the certificates of its HTTPS servers are not \
+                     checked, so anyone on the path can impersonate them",
+                    s.name
+                ));
+            }
+            if !https && (s.tls_server_name.is_some() || !s.tls_verify) {
+                w.push(format!(
+                    "site {:?}: TLS settings have no effect: none of its servers is https://",
+                    s.name
+                ));
+            }
+        }
+        let any_https = self
+            .sites
+            .iter()
+            .flat_map(|s| &s.origins)
+            .any(|o| o.scheme == Scheme::Https);
+        if let Some(f) = &self.tls_ca_file {
+            if !any_https {
+                w.push(format!(
+                    "tls_ca_file {}: no effect: no server is https://",
+                    f.display()
+                ));
+            }
+        }
+        w
+    }
+}
+
+/// The `[[site]]` tables, then `cached.origin` (file or flags) as the default site: from the
+/// command line it replaces the servers of a default `[[site]]` or adds a default site named
+/// "default"; in the file it may not be combined with a default `[[site]]`.
+fn sites(cfg: &FileConfig, src: &Source) -> Result<Vec<Site>, ConfigError> {
+    let mut sites = Vec::with_capacity(cfg.site.len() + 1);
+    for (i, table) in cfg.site.iter().enumerate() {
+        sites.push(site(i, table.clone(), src)?);
+    }
+    let site_err = |i: usize, key: &str, msg: String| {
+        ConfigError(format!("{}: site[{i}].{key}: {msg}", src.file))
+    };
+    let mut default: Option<usize> = None;
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut patterns: HashMap<&str, usize> = HashMap::new();
+    for (i, s) in sites.iter().enumerate() {
+        if s.is_default() {
+            if let Some(j) = default {
+                return Err(site_err(
+                    i,
+                    "hosts",
+                    format!(
+                        "missing: site[{j}] is already the default site (the one without hosts)"
+                    ),
+                ));
+            }
+            default = Some(i);
+        }
+        if let Some(j) = names.insert(&s.name, i) {
+            return Err(site_err(
+                i,
+                "name",
+                format!("{:?} is already the name of site[{j}]", s.name),
+            ));
+        }
+        for h in &s.hosts {
+            match patterns.insert(h, i) {
+                Some(j) if j == i => {
+                    return Err(site_err(i, "hosts", format!("{h:?} is listed twice")))
+                }
+                Some(j) => {
+                    return Err(site_err(
+                        i,
+                        "hosts",
+                        format!("{h:?} is already a host of site[{j}]"),
+                    ))
+                }
+                None => {}
+            }
+        }
+    }
+    let urls = cfg
+        .cached
+        .origin
+        .as_ref()
+        .map(OneOrMany::list)
+        .unwrap_or_default();
+    if urls.is_empty() {
+        return Ok(sites);
+    }
+    let origins = urls
+        .iter()
+        .map(|u| Origin::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| src.err("cached.origin", e))?;
+    let from_flags = src.flags.iter().any(|(k, _)| k == "cached.origin");
+    match default {
+        Some(i) if from_flags => sites[i].origins = origins,
+        Some(i) => {
+            return Err(src.err(
+                "cached.origin",
+                format!(
+                    "site[{i}] is already the default site (no hosts): list these servers in its origins"
+                ),
+            ))
+        }
+        None => {
+            if let Some(j) = names.get("default") {
+                return Err(src.err(
+                    "cached.origin",
+                    format!("makes a site named \"default\", but site[{j}] has that name"),
+                ));
+            }
+            sites.push(Site {
+                name: "default".into(),
+                hosts: Vec::new(),
+                origins,
+                host_header: HostHeader::Origin,
+                tls_server_name: None,
+                tls_verify: true,
+                balance: Balance::RoundRobin,
+                health: None,
+            })
+        }
+    }
+    Ok(sites)
+}
+
+/// One `[[site]]` table (`i`: its index, for messages).
+fn site(i: usize, table: toml::Value, src: &Source) -> Result<Site, ConfigError> {
+    let err = |key: &str, msg: String| ConfigError(format!("{}: site[{i}].{key}: {msg}", src.file));
+    let f: SiteFile = table.try_into().map_err(|e| {
+        let (key, msg) = de_error(&e);
+        match key.as_str() {
+            "" => ConfigError(format!("{}: site[{i}]: {msg}", src.file)),
+            k => err(k, msg),
+        }
+    })?;
+    let hosts = f.hosts.as_ref().map(OneOrMany::list).unwrap_or_default();
+    for h in &hosts {
+        check_host_pattern(h).map_err(|e| err("hosts", e))?;
+    }
+    let origins = f
+        .origins
+        .as_ref()
+        .map(OneOrMany::list)
+        .unwrap_or_default()
+        .iter()
+        .map(|u| Origin::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err("origins", e))?;
+    if origins.is_empty() {
+        return Err(err(
+            "origins",
+            "missing: a site needs at least one server (\"https://host[:port]\")".into(),
+        ));
+    }
+    let name = match f.name {
+        Some(n) => {
+            let ok = !n.is_empty()
+                && n.len() <= 64
+                && n.chars()
+                    .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | '\\'));
+            if !ok {
+                return Err(err(
+                    "name",
+                    format!("must be 1 to 64 printable ASCII characters without spaces or quotes (got {n:?})"),
+                ));
+            }
+            n
+        }
+        None => hosts.first().cloned().unwrap_or_else(|| "default".into()),
+    };
+    let host_header = match f.host_header.as_deref() {
+        Some(v) => HostHeader::parse(v).map_err(|e| err("host_header", e))?,
+        None if hosts.is_empty() => HostHeader::Origin,
+        None => HostHeader::Client,
+    };
+    let tls_server_name = match f.tls_server_name {
+        None => None,
+        Some(n) => {
+            let lower = n.to_ascii_lowercase();
+            if lower.parse::<std::net::IpAddr>().is_err() {
+                check_dns_name(&lower).map_err(|e| {
+                    err(
+                        "tls_server_name",
+                        format!("not a host name or address ({e}; got {n:?})"),
+                    )
+                })?;
+            }
+            Some(lower)
+        }
+    };
+    let balance = match f.balance.as_deref() {
+        Some(v) => Balance::parse(v).map_err(|e| err("balance", e))?,
+        None => Balance::RoundRobin,
+    };
+    let health = match f.health {
+        None => None,
+        Some(h) => Some(health(&h, &err)?),
+    };
+    Ok(Site {
+        name,
+        hosts,
+        origins,
+        host_header,
+        tls_server_name,
+        tls_verify: f.tls_verify.unwrap_or(true),
+        balance,
+        health,
+    })
+}
+
+/// `site.health`, with HAProxy's defaults: every 2 s, 1 s timeout, up after 2, down after 3.
+fn health(
+    h: &HealthFile,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Health, ConfigError> {
+    let path = match h.path.as_deref() {
+        None => {
+            return Err(err(
+                "health.path",
+                "missing: the path to check (\"/healthz\")".into(),
+            ))
+        }
+        Some(p)
+            if !p.starts_with('/')
+                || p.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '#') =>
+        {
+            return Err(err(
+                "health.path",
+                format!("must start with '/', without spaces or a fragment (got {p:?})"),
+            ))
+        }
+        Some(p) => p.to_string(),
+    };
+    let within = |key: &str, v: Option<u64>, default: u64, lo: u64, hi: u64| {
+        let v = v.unwrap_or(default);
+        if v < lo || v > hi {
+            return Err(err(key, format!("must be in {lo}..={hi} (got {v})")));
+        }
+        Ok(v)
+    };
+    let interval = within("health.interval_ms", h.interval_ms, 2000, 10, 86_400_000)?;
+    let timeout = within(
+        "health.timeout_ms",
+        h.timeout_ms,
+        1000.min(interval),
+        1,
+        interval,
+    )?;
+    Ok(Health {
+        path,
+        interval: Duration::from_millis(interval),
+        timeout: Duration::from_millis(timeout),
+        rise: within("health.rise", h.rise, 2, 1, 1000)? as u32,
+        fall: within("health.fall", h.fall, 3, 1, 1000)? as u32,
+    })
 }
 
 /// A daemon's command line: `--config FILE`, flags that set config keys, and switches.
@@ -797,7 +1438,9 @@ mod tests {
         assert_eq!(p.instance, "shmproxy");
         let c = CachedConfig::load(None, &[]).unwrap();
         assert_eq!(c.root, PathBuf::from("www"));
-        assert!(c.origin.is_none());
+        assert!(c.sites.is_empty() && c.tls_ca_file.is_none());
+        assert!(c.site_for(b"example.com").is_none());
+        assert!(c.warnings().is_empty());
     }
 
     #[test]
@@ -924,12 +1567,386 @@ mod tests {
     #[test]
     fn origin_urls() {
         let o = Origin::parse("http://127.0.0.1:19000").unwrap();
-        assert_eq!(o.authority, "127.0.0.1:19000");
+        assert_eq!(
+            (o.scheme, o.host.as_str(), o.port),
+            (Scheme::Http, "127.0.0.1", 19000)
+        );
+        assert_eq!(o.authority(), "127.0.0.1:19000");
+        assert_eq!(o.base_url(), "http://127.0.0.1:19000");
         assert_eq!(o.url_for("/a?b"), "http://127.0.0.1:19000/a?b");
-        let o = Origin::parse("http://example.test/base/").unwrap();
-        assert_eq!(o.authority, "example.test:80");
+        let o = Origin::parse("http://Example.TEST/base/").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.prefix.as_str()),
+            ("example.test", 80, "/base")
+        );
         assert_eq!(o.url_for("/x"), "http://example.test:80/base/x");
-        assert!(Origin::parse("https://x").is_err());
-        assert!(Origin::parse("http://").is_err());
+        assert_eq!(o.host_header(), "example.test");
+        assert_eq!(o.to_string(), "http://example.test:80/base");
+        let o = Origin::parse("HTTPS://example.com").unwrap();
+        assert_eq!(
+            (o.scheme, o.port, o.prefix.as_str()),
+            (Scheme::Https, 443, "")
+        );
+        assert_eq!(o.base_url(), "https://example.com:443");
+        let o = Origin::parse("https://example.com:8443/").unwrap();
+        assert_eq!((o.port, o.prefix.as_str()), (8443, ""));
+        assert_eq!(o.host_header(), "example.com:8443");
+        let o = Origin::parse("https://[2001:DB8::1]:8443/p").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("[2001:db8::1]", 8443));
+        assert_eq!(o.authority(), "[2001:db8::1]:8443");
+        let o = Origin::parse("http://[::1]").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("[::1]", 80));
+        assert_eq!(o.host_header(), "[::1]");
+        let o = Origin::parse("http://my_host.internal:81").unwrap();
+        assert_eq!(o.host, "my_host.internal");
+    }
+
+    #[test]
+    fn origin_urls_refused_say_why() {
+        for (url, why) in [
+            ("ftp://x", "scheme \"ftp\""),
+            ("example.com", "must start with http:// or https://"),
+            ("http://", "bad host"),
+            ("http:///path", "bad host"),
+            ("http://user:pw@host", "user info"),
+            ("http://host/a?b=1", "query or fragment"),
+            ("http://host/#top", "query or fragment"),
+            ("http://ho st/", "white space"),
+            ("http://host:0", "bad port"),
+            ("http://host:65536", "bad port"),
+            ("http://host:", "bad port"),
+            ("http://host:8x", "bad port"),
+            ("http://::1/", "in brackets"),
+            ("http://[::1", "unclosed"),
+            ("http://[::g]", "bad IPv6"),
+            ("http://[::1]x", "junk after"),
+            ("http://a..b", "empty label"),
+            ("http://a%41.com", "not allowed"),
+        ] {
+            match Origin::parse(url) {
+                Ok(o) => panic!("{url:?} parsed as {o:?}"),
+                Err(e) => assert!(e.contains(why), "{url:?}: {e:?} lacks {why:?}"),
+            }
+        }
+    }
+
+    /// Writes `text` to a file of its own and loads it with `flags`.
+    fn load_cached(name: &str, text: &str, f: &[(&str, &str)]) -> Result<CachedConfig, String> {
+        let path = std::env::temp_dir().join(format!("cfg-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let r = CachedConfig::load(Some(&path), &flags(f)).map_err(|e| {
+            let p = path.display().to_string();
+            let e = e.to_string();
+            assert!(e.starts_with(&p) || e.starts_with("command line"), "{e}");
+            e.replacen(&p, "FILE", 1)
+        });
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    const TWO_SITES: &str = r#"
+[[site]]
+hosts = ["www.example.com", "*.example.org"]
+origins = ["https://10.0.0.1", "https://10.0.0.2:8443"]
+host_header = "client"
+tls_server_name = "Origin.Example.com"
+balance = "uri-hash"
+health = { path = "/healthz", interval_ms = 5000, timeout_ms = 500, rise = 4, fall = 5 }
+
+[[site]]
+name = "api"
+hosts = ["api.example.com", "*.api.example.org", "[::1]"]
+origins = "http://127.0.0.1:9000/v1/"
+host_header = "backend.internal:8080"
+balance = "least-connections"
+health = { path = "/ping" }
+"#;
+
+    #[test]
+    fn sites_load_with_every_key_and_their_defaults() {
+        let c = load_cached("two", TWO_SITES, &[]).unwrap();
+        assert_eq!(c.sites.len(), 2);
+        let (a, b) = (&c.sites[0], &c.sites[1]);
+        assert_eq!(a.name, "www.example.com");
+        assert_eq!(a.hosts, ["www.example.com", "*.example.org"]);
+        assert_eq!(a.origins.len(), 2);
+        assert_eq!(a.origins[1].authority(), "10.0.0.2:8443");
+        assert_eq!(a.host_header, HostHeader::Client);
+        assert_eq!(a.tls_server_name.as_deref(), Some("origin.example.com"));
+        assert!(a.tls_verify);
+        assert_eq!(a.balance, Balance::UriHash);
+        let h = a.health.as_ref().unwrap();
+        assert_eq!(
+            (h.interval, h.timeout),
+            (Duration::from_secs(5), Duration::from_millis(500))
+        );
+        assert_eq!((h.rise, h.fall, h.path.as_str()), (4, 5, "/healthz"));
+        assert_eq!(b.name, "api");
+        assert_eq!(b.origins[0].prefix, "/v1");
+        assert_eq!(
+            b.host_header,
+            HostHeader::Name("backend.internal:8080".into())
+        );
+        assert_eq!(b.balance, Balance::LeastConnections);
+        let h = b.health.as_ref().unwrap();
+        assert_eq!(
+            (h.interval, h.timeout),
+            (Duration::from_secs(2), Duration::from_secs(1))
+        );
+        assert_eq!((h.rise, h.fall), (2, 3));
+        assert!(!c.sites.iter().any(Site::is_default));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+
+        let c = load_cached("min", "[[site]]\norigins = [\"http://o\"]\n", &[]).unwrap();
+        let s = &c.sites[0];
+        assert!(s.is_default() && s.name == "default");
+        assert_eq!(s.host_header, HostHeader::Origin);
+        assert_eq!(
+            (s.balance, s.health.is_none(), s.tls_verify),
+            (Balance::RoundRobin, true, true)
+        );
+        // A short interval brings the default timeout down with it.
+        let c = load_cached(
+            "fast",
+            "[[site]]\norigins = [\"http://o\"]\nhealth = { path = \"/\", interval_ms = 300 }\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.sites[0].health.as_ref().unwrap().timeout,
+            Duration::from_millis(300)
+        );
+    }
+
+    #[test]
+    fn site_errors_name_the_site_and_key() {
+        let o = "origins = [\"http://o\"]\n";
+        for (text, want) in [
+            (format!("[[site]]\n{o}balance = \"random\"\n"), "FILE: site[0].balance: must be \"round-robin\", \"least-connections\" or \"uri-hash\" (got \"random\")"),
+            (format!("[[site]]\n{o}\n[[site]]\nhosts = [\"a\"]\n{o}balance = 3\n"), "FILE: site[1].balance: invalid type"),
+            (format!("[[site]]\n{o}hostz = [\"a\"]\n"), "FILE: site[0].hostz: unknown key"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", rize = 2 }}\n"), "FILE: site[0].health.rize: unknown key"),
+            (format!("[[site]]\n{o}health = {{ interval_ms = 100 }}\n"), "FILE: site[0].health.path: missing"),
+            (format!("[[site]]\n{o}health = {{ path = \"healthz\" }}\n"), "FILE: site[0].health.path: must start with '/'"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", rise = 0 }}\n"), "FILE: site[0].health.rise: must be in 1..=1000 (got 0)"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", fall = 0 }}\n"), "FILE: site[0].health.fall: must be in"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", interval_ms = 500, timeout_ms = 600 }}\n"), "FILE: site[0].health.timeout_ms: must be in 1..=500 (got 600)"),
+            ("[[site]]\nhosts = [\"a\"]\n".to_string(), "FILE: site[0].origins: missing"),
+            ("[[site]]\norigins = []\n".to_string(), "FILE: site[0].origins: missing"),
+            ("[[site]]\norigins = [\"ftp://o\"]\n".to_string(), "FILE: site[0].origins: scheme \"ftp\""),
+            (format!("[[site]]\n{o}\n[[site]]\n{o}"), "FILE: site[1].hosts: missing: site[0] is already the default site"),
+            (format!("[[site]]\nhosts = [\"a.com\"]\n{o}\n[[site]]\nname = \"b\"\nhosts = [\"b.com\", \"a.com\"]\n{o}"), "FILE: site[1].hosts: \"a.com\" is already a host of site[0]"),
+            (format!("[[site]]\nhosts = [\"a.com\", \"a.com\"]\n{o}"), "FILE: site[0].hosts: \"a.com\" is listed twice"),
+            (format!("[[site]]\nhosts = [\"a.com\"]\n{o}\n[[site]]\nname = \"a.com\"\nhosts = [\"b.com\"]\n{o}"), "FILE: site[1].name: \"a.com\" is already the name of site[0]"),
+            (format!("[[site]]\nname = \"my site\"\n{o}"), "FILE: site[0].name: must be"),
+            (format!("[[site]]\nhosts = [\"WWW.example.com\"]\n{o}"), "FILE: site[0].hosts: \"WWW.example.com\" must be lowercase: \"www.example.com\""),
+            (format!("[[site]]\nhosts = [\"www.*.com\"]\n{o}"), "FILE: site[0].hosts: \"www.*.com\": a wildcard is a whole first label"),
+            (format!("[[site]]\nhosts = [\"*\"]\n{o}"), "FILE: site[0].hosts: \"*\": a wildcard"),
+            (format!("[[site]]\nhosts = [\"a.com:8080\"]\n{o}"), "FILE: site[0].hosts: \"a.com:8080\": a host pattern has no port"),
+            (format!("[[site]]\nhosts = [\"a.com.\"]\n{o}"), "FILE: site[0].hosts: \"a.com.\": empty label"),
+            (format!("[[site]]\nhosts = [\"[::G]\"]\n{o}"), "FILE: site[0].hosts: \"[::G]\" is not a lowercase IPv6"),
+            (format!("[[site]]\n{o}host_header = \"a b\"\n"), "FILE: site[0].host_header: must be \"client\", \"origin\" or a host[:port]"),
+            (format!("[[site]]\n{o}tls_server_name = \"a/b\"\n"), "FILE: site[0].tls_server_name: not a host name"),
+            (format!("[[site]]\n{o}tls_verify = \"no\"\n"), "FILE: site[0].tls_verify: invalid type"),
+            (format!("[[site]]\n{o}[cached]\norigin = \"http://x\"\n"), "FILE: cached.origin: site[0] is already the default site"),
+            (format!("[[site]]\nname = \"default\"\nhosts = [\"a\"]\n{o}[cached]\norigin = \"http://x\"\n"), "FILE: cached.origin: makes a site named \"default\", but site[0]"),
+            ("[cached]\ntls_ca_file = \"/nonexistent/ca.pem\"\n".to_string(), "FILE: cached.tls_ca_file: cannot read \"/nonexistent/ca.pem\""),
+            ("[cached]\ntls_ca_file = \"/\"\n".to_string(), "FILE: cached.tls_ca_file: cannot read \"/\""),
+        ] {
+            let e = load_cached("err", &text, &[]).map(|c| c.sites).unwrap_err();
+            assert!(e.starts_with(want), "{text}\n  gave {e}\n  want {want}");
+        }
+        // The proxy reads the same file and lets cached judge the sites.
+        let path = std::env::temp_dir().join(format!("cfg-{}-proxy.toml", std::process::id()));
+        std::fs::write(&path, TWO_SITES).unwrap();
+        let p = ProxyConfig::load(Some(&path), &[]);
+        let _ = std::fs::remove_file(&path);
+        assert!(p.is_ok());
+    }
+
+    #[test]
+    fn origin_flags_make_or_replace_the_default_site() {
+        // Repeated flags are the servers of one default site, in order.
+        let c = CachedConfig::load(
+            None,
+            &flags(&[
+                ("cached.origin", "http://127.0.0.1:9000"),
+                ("cached.threads", "4"),
+                ("cached.origin", "https://b.example:8443/p"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.sites.len(), 1);
+        let s = &c.sites[0];
+        assert_eq!((s.name.as_str(), s.is_default()), ("default", true));
+        assert_eq!(s.host_header, HostHeader::Origin);
+        let urls: Vec<String> = s.origins.iter().map(|o| o.to_string()).collect();
+        assert_eq!(urls, ["http://127.0.0.1:9000", "https://b.example:8443/p"]);
+        assert_eq!(
+            c.site_for(b"anything:81").map(|s| s.name.as_str()),
+            Some("default")
+        );
+        let e = CachedConfig::load(
+            None,
+            &flags(&[
+                ("cached.origin", "http://ok"),
+                ("cached.origin", "http://x:0"),
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("command line: --origin: bad port"), "{e}");
+        // "" (as `scripts/run.sh` may pass) is no origin.
+        assert!(CachedConfig::load(None, &flags(&[("cached.origin", "")]))
+            .unwrap()
+            .sites
+            .is_empty());
+
+        // The file's cached.origin, as a string or a list; flags replace it.
+        let file = "[cached]\norigin = [\"http://a\", \"http://b\"]\n";
+        let c = load_cached("orig", file, &[]).unwrap();
+        assert_eq!(c.sites[0].origins.len(), 2);
+        let c = load_cached("orig", file, &[("cached.origin", "http://c")]).unwrap();
+        assert_eq!(c.sites[0].origins, [Origin::parse("http://c").unwrap()]);
+        let c = load_cached("orig", "[cached]\norigin = \"http://a\"\n", &[]).unwrap();
+        assert_eq!(c.sites[0].origins[0].host, "a");
+
+        // With [[site]] tables: a default one gets the flags' servers and keeps the rest...
+        let file = format!("{TWO_SITES}\n[[site]]\nname = \"rest\"\norigins = [\"http://old\"]\nbalance = \"uri-hash\"\n");
+        let c = load_cached("merge", &file, &[("cached.origin", "http://new")]).unwrap();
+        assert_eq!(c.sites.len(), 3);
+        let d = &c.sites[2];
+        assert_eq!((d.name.as_str(), d.balance), ("rest", Balance::UriHash));
+        assert_eq!(d.origins, [Origin::parse("http://new").unwrap()]);
+        // ...and without one, the flags add a default site.
+        let c = load_cached("add", TWO_SITES, &[("cached.origin", "http://new")]).unwrap();
+        assert_eq!(c.sites.len(), 3);
+        assert_eq!(
+            c.site_for(b"unknown.net").map(|s| s.name.as_str()),
+            Some("default")
+        );
+        assert_eq!(
+            c.site_for(b"www.example.com").map(|s| s.name.as_str()),
+            Some("www.example.com")
+        );
+    }
+
+    #[test]
+    fn tls_ca_file_must_be_readable_and_tls_verify_false_warns() {
+        let ca = std::env::temp_dir().join(format!("cfg-{}-ca.pem", std::process::id()));
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let c = CachedConfig::load(
+            None,
+            &flags(&[
+                ("cached.tls_ca_file", ca.to_str().unwrap()),
+                ("cached.origin", "https://a"),
+            ]),
+        );
+        let _ = std::fs::remove_file(&ca);
+        let c = c.unwrap();
+        assert_eq!(c.tls_ca_file.as_deref(), Some(ca.as_path()));
+        assert!(c.warnings().is_empty(), "{:?}", c.warnings());
+        let e = CachedConfig::load(
+            None,
+            &flags(&[("cached.tls_ca_file", ca.to_str().unwrap())]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("command line: --tls-ca-file: cannot read"),
+            "{e}"
+        );
+
+        let c = load_cached(
+            "noverify",
+            "[[site]]\nname = \"lab\"\norigins = [\"https://a\"]\ntls_verify = false\n",
+            &[],
+        )
+        .unwrap();
+        assert!(!c.sites[0].tls_verify);
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("\"lab\"") && w[0].contains("tls_verify = false"),
+            "{w:?}"
+        );
+        let c = load_cached(
+            "plainsni",
+            "[[site]]\norigins = [\"http://a\"]\ntls_server_name = \"a\"\n",
+            &[],
+        )
+        .unwrap();
+        assert!(c.warnings()[0].contains("no effect"), "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn the_repository_config_and_its_example_sites_load() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shmproxy.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(CachedConfig::load(Some(&path), &[])
+            .unwrap()
+            .sites
+            .is_empty());
+        ProxyConfig::load(Some(&path), &[]).unwrap();
+        let (_, example) = text
+            .split_once("# Example sites (uncomment to use):\n")
+            .unwrap();
+        let example: String = example
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = load_cached("example", &format!("{text}\n{example}"), &[]).unwrap();
+        let names: Vec<&str> = c.sites.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["www", "api", "lab"]);
+        assert_eq!(c.site_for(b"a.example.org").unwrap().name, "www");
+        assert_eq!(c.site_for(b"elsewhere").unwrap().name, "lab");
+        assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+    }
+
+    #[test]
+    fn site_for_prefers_exact_then_longest_wildcard_then_default() {
+        let file = r#"
+[[site]]
+name = "exact"
+hosts = ["www.example.org", "[::1]", "127.0.0.1"]
+origins = ["http://a"]
+[[site]]
+name = "wild"
+hosts = ["*.example.org"]
+origins = ["http://b"]
+[[site]]
+name = "deeper"
+hosts = ["*.eu.example.org"]
+origins = ["http://c"]
+"#;
+        let c = load_cached("route", file, &[]).unwrap();
+        let route = |h: &str| c.site_for(h.as_bytes()).map(|s| s.name.as_str());
+        assert_eq!(route("www.example.org"), Some("exact"));
+        assert_eq!(route("www.example.org:8080"), Some("exact"));
+        assert_eq!(route("www.example.org."), Some("exact"));
+        assert_eq!(route("WWW.Example.ORG"), Some("exact"));
+        assert_eq!(route("[::1]"), Some("exact"));
+        assert_eq!(route("[::1]:8080"), Some("exact"));
+        assert_eq!(route("127.0.0.1:80"), Some("exact"));
+        assert_eq!(route("a.example.org"), Some("wild"));
+        assert_eq!(route("a.b.example.org"), Some("wild"));
+        assert_eq!(route("eu.example.org"), Some("wild"));
+        assert_eq!(route("x.eu.example.org"), Some("deeper"));
+        assert_eq!(route("y.x.eu.example.org:443"), Some("deeper"));
+        assert_eq!(route("example.org"), None);
+        assert_eq!(route("badexample.org"), None);
+        assert_eq!(route("www.example.org.evil.net"), None);
+        assert_eq!(route(""), None);
+        assert_eq!(route("[::2]"), None);
+
+        // With a default site, whatever matches nothing goes there.
+        let file = format!("{file}[[site]]\norigins = [\"http://d\"]\n");
+        let c = load_cached("route-default", &file, &[]).unwrap();
+        let route = |h: &str| c.site_for(h.as_bytes()).map(|s| s.name.as_str());
+        assert_eq!(route("example.org"), Some("default"));
+        assert_eq!(route(""), Some("default"));
+        assert_eq!(route("x.eu.example.org"), Some("deeper"));
+        assert_eq!(route("www.example.org"), Some("exact"));
     }
 }

@@ -15,7 +15,7 @@ use crate::policy::{self, RequestRules, Use};
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
 use crate::upstream::{Answer, Failure, Outgoing, SendBody, SiteUp};
-use common::config::{Scheme, SetCookie, Site};
+use common::config::{SetCookie, Site};
 use common::http::{self as httpx, CacheOutcome};
 use common::pool::Lease;
 use common::protocol::{BodyLen, RequestHead};
@@ -297,16 +297,13 @@ fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, site: &Si
     let client = String::from_utf8_lossy(host);
     let mut bases: Vec<String> = vec![format!("http://{client}"), format!("https://{client}")];
     for server in &site.servers {
-        bases.push(server.url.clone());
+        let o = &server.origin;
+        bases.push(o.to_string());
         bases.push(format!(
             "{}://{}{}",
-            if server.origin.scheme == Scheme::Https {
-                "https"
-            } else {
-                "http"
-            },
-            server.origin.host,
-            server.origin.prefix
+            o.scheme.as_str(),
+            o.host_header(),
+            o.prefix
         ));
     }
     for h in ["location", "content-location"] {

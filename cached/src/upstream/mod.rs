@@ -60,12 +60,6 @@ impl Upstreams {
             .sites
             .iter()
             .map(|site| {
-                if !site.tls_verify {
-                    log::warn!(
-                        "site {}: TLS certificates of its origins are NOT verified (tls_verify = false)",
-                        site.name
-                    );
-                }
                 let servers = site
                     .origins
                     .iter()
@@ -242,7 +236,7 @@ impl Server {
             Scheme::Https => trust.map(|t| t.config(site.tls_verify)),
             Scheme::Http => None,
         };
-        let url = format!("{}{}", o.base_url(), o.prefix);
+        let url = o.to_string();
         let (base, pinned) = match (&site.tls_server_name, o.scheme) {
             (Some(name), Scheme::Https) => (
                 format!("https://{name}:{}{}", o.port, o.prefix),
@@ -250,15 +244,7 @@ impl Server {
             ),
             _ => (url.clone(), None),
         };
-        let default_port = match o.scheme {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        };
-        let authority = if o.port == default_port {
-            o.host.clone()
-        } else {
-            o.authority()
-        };
+        let authority = o.host_header();
         let make = AgentSpec {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
