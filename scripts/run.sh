@@ -7,7 +7,9 @@
 # is stopped and run.sh exits non-zero.
 #
 # Usage: scripts/run.sh [--origin URL] [--listen ADDR:PORT] [OPTIONS...]
-#   --origin URL            cache this origin (http://host:port[/prefix]) instead of www/
+#   --origin URL            cache this origin (http(s)://host[:port][/prefix]) instead of
+#                           www/; repeat it for several servers of the same site
+#   --tls-ca-file FILE      PEM trust anchors for https origins signed by a private CA
 #   --listen ADDR:PORT      where the proxy listens                  [127.0.0.1:8080]
 #   --config FILE           configuration of both daemons            [shmproxy.toml]
 #   --instance NAME         instance name of both daemons            [shmproxy]
@@ -55,7 +57,7 @@ parse_args() {
         case $opt in
             --config) config=$val ;;
             --instance) instance=$val; common_args+=(--instance "$val") ;;
-            --origin | --root | --capacity | --max-object-size) cached_args+=("$opt" "$val") ;;
+            --origin | --tls-ca-file | --root | --capacity | --max-object-size) cached_args+=("$opt" "$val") ;;
             --cached-threads) cached_args+=(--threads "$val") ;;
             --listen) listen=$val; proxy_args+=(--listen "$val") ;;
             --workers | --segments | --segment-size) proxy_args+=("$opt" "$val") ;;
