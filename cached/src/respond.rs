@@ -3,6 +3,7 @@
 use common::http::CacheOutcome;
 use common::pool::Lease;
 use common::protocol::{BodyLen, ResponseHead};
+pub use common::stats::NO_SITE;
 use std::io::{self, Read, Write};
 
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -15,6 +16,9 @@ pub struct Meta {
     pub l1_ttl_ms: u32,
     /// The origin's status when it took part in the answer (0: it did not).
     pub upstream_status: u16,
+    /// Row of the site that answered in the stats region's site table ([`NO_SITE`]: none);
+    /// the worker logs that site's name.
+    pub site: u16,
 }
 
 impl Meta {
@@ -23,6 +27,7 @@ impl Meta {
             outcome,
             l1_ttl_ms: 0,
             upstream_status: 0,
+            site: NO_SITE,
         }
     }
 }
@@ -40,6 +45,7 @@ pub fn head(
         outcome: meta.outcome as u8,
         l1_ttl_ms: meta.l1_ttl_ms,
         upstream_status: meta.upstream_status,
+        site: meta.site,
         headers,
     };
     lease.write_all(&h.encode())
