@@ -1244,6 +1244,20 @@ fn observability_dashboard_renders_live_in_chromium() {
         let root = docroot();
         let inst = Instance::builder().root(root.path()).segments(12).start();
         let addr = inst.addr();
+        // Rows of sites and servers, as cached's upstream code publishes them.
+        let region =
+            common::stats::StatsRegion::open(&common::Names::for_instance(&inst.name).stats_cached)
+                .expect("cached's stats region");
+        region.site(0).unwrap().publish("www.example.com");
+        region
+            .server(0)
+            .unwrap()
+            .publish(0, "https://origin-a.internal.example.com:8443/prefix");
+        region
+            .server(1)
+            .unwrap()
+            .publish(0, "https://origin-b.internal.example.com:8443/prefix");
+        assert!(region.server(1).unwrap().set_up(false));
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let traffic = {
@@ -1294,6 +1308,21 @@ fn observability_dashboard_renders_live_in_chromium() {
         assert_eq!(
             b.eval("document.getElementById('cached-state').textContent.startsWith('up')"),
             Value::Bool(true)
+        );
+        assert_eq!(
+            b.eval("document.getElementById('upstreams').hidden"),
+            Value::Bool(false),
+            "the sites and servers panel is shown"
+        );
+        assert_eq!(
+            b.eval("document.querySelector('#sites td').textContent"),
+            Value::from("www.example.com")
+        );
+        assert_eq!(
+            b.eval(
+                "[...document.querySelectorAll('#servers tr')].map(r => r.dataset.state).join()"
+            ),
+            Value::from("up,down")
         );
         let shots = target_dir();
         b.screenshot(&shots.join("dashboard-1280x800.png"));
