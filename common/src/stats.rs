@@ -502,6 +502,15 @@ impl StatsRegion {
         self.upstreams()?.servers.get(i)
     }
 
+    /// Counts one answer in its site's row (`requests`, outcome, `errors`); nothing for
+    /// [`NO_SITE`] or a row past the table. Call it once per answer, beside the
+    /// `respond::Meta` that carries the same `site`.
+    pub fn site_answered(&self, site: u16, outcome: crate::http::CacheOutcome, status: u16) {
+        if let Some(row) = self.site(usize::from(site)) {
+            row.answered(outcome, status);
+        }
+    }
+
     /// The name of the site an answer's head names (`None` for [`NO_SITE`], a row out of
     /// range or not published).
     pub fn site_name(&self, site: u16) -> Option<String> {

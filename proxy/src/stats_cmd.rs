@@ -269,7 +269,7 @@ fn tables(out: &mut String, v: &View) {
         for s in &v.sites {
             let _ = writeln!(
                 out,
-                "  #{:<4} {:<24} {:>10} {:>10} {:>10} {:>8}",
+                "  #{:<5} {:<24} {:>10} {:>10} {:>10} {:>8}",
                 s.index,
                 s.name,
                 s.get("requests"),
@@ -288,7 +288,7 @@ fn tables(out: &mut String, v: &View) {
         for s in &v.servers {
             let _ = writeln!(
                 out,
-                "  #{:<4} {:<36} {:<5} {:>9} {:>8} {:>7} {:>8} {:>6}",
+                "  #{:<5} {:<36} {:<5} {:>9} {:>8} {:>7} {:>8} {:>6}",
                 s.index,
                 format!("{} {}", s.site_name, s.url),
                 if s.state == ServerState::Down {

@@ -716,6 +716,9 @@ mod tests {
         s0.answered(CacheOutcome::Miss, 200);
         s0.answered(CacheOutcome::Error, 502);
         s0.answered(CacheOutcome::Error, 404);
+        w.site_answered(NO_SITE, CacheOutcome::Hit, 200); // no row: ignored
+        w.site_answered(MAX_SITES as u16, CacheOutcome::Hit, 200);
+        w.site_answered(2, CacheOutcome::Pass, 200);
         let a = w.server(1).unwrap();
         {
             let attempt = a.request();
@@ -743,6 +746,7 @@ mod tests {
         assert_eq!(sites[0].get("misses"), 1);
         assert_eq!(sites[0].get("errors"), 1, "only a 5xx cached produced");
         assert_eq!(r.site_name(2).as_deref(), Some("blog"));
+        assert_eq!((sites[1].get("requests"), sites[1].get("passes")), (1, 1));
         assert_eq!(r.site_name(1), None);
         let servers = t.read_servers(&sites);
         assert_eq!(servers.len(), 3);
