@@ -291,6 +291,19 @@ impl InFlight<'_> {
     pub fn failed(&self) {
         Counters::inc(&self.0.failures);
     }
+
+    /// The attempt failed in its TLS handshake or certificate check (`failures` and
+    /// `tls_errors`).
+    pub fn tls_failed(&self) {
+        self.failed();
+        Counters::inc(&self.0.tls_errors);
+    }
+
+    /// The request goes on to a retry after this attempt failed before any response byte
+    /// (counts `retries` here; call `failed` or `tls_failed` as well).
+    pub fn retrying(&self) {
+        Counters::inc(&self.0.retries);
+    }
 }
 
 impl ServerRow {
@@ -723,10 +736,10 @@ mod tests {
         {
             let attempt = a.request();
             assert_eq!(a.in_flight(), 1);
-            attempt.failed();
+            attempt.tls_failed();
+            attempt.retrying();
         }
         assert_eq!(a.in_flight(), 0);
-        Counters::inc(&a.retries);
         a.health_checked(false);
         assert!(a.set_up(false));
         assert!(!a.set_up(false), "no change");
@@ -759,6 +772,7 @@ mod tests {
             (b.get("requests"), b.get("failures"), b.get("retries")),
             (1, 1, 1)
         );
+        assert_eq!(b.get("tls_errors"), 1);
         assert_eq!(
             (
                 b.get("health_checks"),
