@@ -1030,6 +1030,41 @@ mod tests {
     }
 
     #[test]
+    fn region_layout_is_pinned() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(StatsHeader, slots), 0);
+        assert_eq!(offset_of!(StatsHeader, tables), 8);
+        assert_eq!(offset_of!(Counters, requests), 0);
+        assert_eq!(offset_of!(Counters, latency_us), FIELDS.len() * 8);
+        assert_eq!(SLOT_SIZE % 64, 0);
+        let name = format!("/stattest3-{}", std::process::id());
+        let r = StatsRegion::create_with_tables(&name, 2).unwrap();
+        assert_eq!(r.tables, Some(SLOTS_OFFSET + 2 * SLOT_SIZE));
+        assert_eq!(
+            r.region.len(),
+            SLOTS_OFFSET + 2 * SLOT_SIZE + size_of::<Upstreams>()
+        );
+        let seen = StatsRegion::open(&name).unwrap();
+        assert_eq!((seen.slots(), seen.tables), (2, r.tables));
+        // A header that does not fit the region is refused, not trusted.
+        let h: &StatsHeader = r.region.get(STATS_HEADER_OFFSET);
+        h.tables.store(8, Ordering::Relaxed);
+        assert!(matches!(
+            StatsRegion::open(&name),
+            Err(ShmError::Invalid { .. })
+        ));
+        h.tables.store(0, Ordering::Relaxed);
+        h.slots.store(1 << 40, Ordering::Relaxed);
+        assert!(matches!(
+            StatsRegion::open(&name),
+            Err(ShmError::Invalid { .. })
+        ));
+        let plain = StatsRegion::create(&format!("/stattest4-{}", std::process::id()), 3).unwrap();
+        assert_eq!((plain.slots(), plain.tables), (3, None));
+        assert_eq!(plain.region.len(), SLOTS_OFFSET + 3 * SLOT_SIZE);
+    }
+
+    #[test]
     fn gauges_sum_across_slots() {
         let name = format!("/stattest2-{}", std::process::id());
         let r = StatsRegion::create(&name, 2).unwrap();
