@@ -92,19 +92,28 @@ pub fn full_meta(
 
 /// An error produced by cached itself, with a short plain-text body.
 pub fn error(lease: &mut Lease, status: u16, msg: &str, head_only: bool) -> io::Result<()> {
+    error_for(lease, NO_SITE, status, msg, head_only)
+}
+
+/// The same on behalf of site row `site` (the access log names it; e.g. a 502 or 504 when
+/// the site's origin servers fail).
+pub fn error_for(
+    lease: &mut Lease,
+    site: u16,
+    status: u16,
+    msg: &str,
+    head_only: bool,
+) -> io::Result<()> {
     let body = format!("{status} {}: {msg}\n", common::http::reason(status));
     let headers = vec![(
         "Content-Type".to_string(),
         b"text/plain; charset=utf-8".to_vec(),
     )];
-    full(
-        lease,
-        status,
-        CacheOutcome::Error,
-        headers,
-        body.as_bytes(),
-        head_only,
-    )
+    let meta = Meta {
+        site,
+        ..Meta::of(CacheOutcome::Error)
+    };
+    full_meta(lease, status, meta, headers, body.as_bytes(), head_only)
 }
 
 /// Reads and discards the rest of the request stream (the protocol requires draining it
