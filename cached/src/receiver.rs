@@ -85,8 +85,8 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     } else {
         PathBuf::new()
     };
-    let stats =
-        StatsRegion::create(&names.stats_cached, 1).with_context(|| "cannot announce cached")?;
+    let stats = StatsRegion::create_with_tables(&names.stats_cached, 1)
+        .with_context(|| "cannot announce cached")?;
     let queue = Doorbells::create(&names.queue, cfg.queue_capacity)
         .with_context(|| format!("cannot create the request queue {}", names.queue))?;
     let shutdown = Arc::new(AtomicBool::new(false));

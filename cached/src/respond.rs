@@ -3,6 +3,7 @@
 use common::http::CacheOutcome;
 use common::pool::Lease;
 use common::protocol::{BodyLen, ResponseHead};
+pub use common::stats::NO_SITE;
 use std::io::{self, Read, Write};
 
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -15,6 +16,9 @@ pub struct Meta {
     pub l1_ttl_ms: u32,
     /// The origin's status when it took part in the answer (0: it did not).
     pub upstream_status: u16,
+    /// Row of the site that answered in the stats region's site table ([`NO_SITE`]: none);
+    /// the worker logs that site's name.
+    pub site: u16,
 }
 
 impl Meta {
@@ -23,6 +27,7 @@ impl Meta {
             outcome,
             l1_ttl_ms: 0,
             upstream_status: 0,
+            site: NO_SITE,
         }
     }
 }
@@ -40,6 +45,7 @@ pub fn head(
         outcome: meta.outcome as u8,
         l1_ttl_ms: meta.l1_ttl_ms,
         upstream_status: meta.upstream_status,
+        site: meta.site,
         headers,
     };
     lease.write_all(&h.encode())
@@ -86,19 +92,28 @@ pub fn full_meta(
 
 /// An error produced by cached itself, with a short plain-text body.
 pub fn error(lease: &mut Lease, status: u16, msg: &str, head_only: bool) -> io::Result<()> {
+    error_for(lease, NO_SITE, status, msg, head_only)
+}
+
+/// The same on behalf of site row `site` (the access log names it; e.g. a 502 or 504 when
+/// the site's origin servers fail).
+pub fn error_for(
+    lease: &mut Lease,
+    site: u16,
+    status: u16,
+    msg: &str,
+    head_only: bool,
+) -> io::Result<()> {
     let body = format!("{status} {}: {msg}\n", common::http::reason(status));
     let headers = vec![(
         "Content-Type".to_string(),
         b"text/plain; charset=utf-8".to_vec(),
     )];
-    full(
-        lease,
-        status,
-        CacheOutcome::Error,
-        headers,
-        body.as_bytes(),
-        head_only,
-    )
+    let meta = Meta {
+        site,
+        ..Meta::of(CacheOutcome::Error)
+    };
+    full_meta(lease, status, meta, headers, body.as_bytes(), head_only)
 }
 
 /// Reads and discards the rest of the request stream (the protocol requires draining it

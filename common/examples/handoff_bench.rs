@@ -172,6 +172,7 @@ fn cached_side(names: &Names, object: usize, parent: Pid) -> i32 {
             outcome: 1,
             l1_ttl_ms: 0,
             upstream_status: 0,
+            site: common::stats::NO_SITE,
             headers: vec![("Content-Type".into(), b"application/octet-stream".to_vec())],
         }
         .encode();

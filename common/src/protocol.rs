@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPX");
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 /// Size of an encoded doorbell; the queue's message size is [`MSG_SIZE`].
 pub const DOORBELL_LEN: usize = 32;
 pub const MSG_SIZE: usize = 64;
@@ -143,6 +143,9 @@ pub struct ResponseHead {
     pub l1_ttl_ms: u32,
     /// The origin's status when the origin took part in this answer (0: it did not).
     pub upstream_status: u16,
+    /// Row of the site that answered in cached's table of sites (`stats::NO_SITE`: none, as
+    /// in disk mode). Any value decodes; a reader looks it up and finds no row past the table.
+    pub site: u16,
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
@@ -342,6 +345,7 @@ impl ResponseHead {
         e.u8(self.outcome);
         e.u32(self.l1_ttl_ms);
         e.u16(self.upstream_status);
+        e.u16(self.site);
         e.headers(&self.headers);
         e.framed()
     }
@@ -358,6 +362,7 @@ impl ResponseHead {
             outcome: d.u8()?,
             l1_ttl_ms: d.u32()?,
             upstream_status: d.u16()?,
+            site: d.u16()?,
             headers: d.headers()?,
         };
         d.end()?;
@@ -449,9 +454,15 @@ mod tests {
             outcome: 2,
             l1_ttl_ms: 5,
             upstream_status: 304,
+            site: 0x0102,
             headers: vec![("ETag".into(), b"\"x\"".to_vec())],
         };
         let b = resp.encode();
+        // Pinned: length, status, framing (9), outcome, l1_ttl_ms, upstream_status, site.
+        assert_eq!(&b[4..6], &200u16.to_le_bytes());
+        assert_eq!(&b[16..20], &5u32.to_le_bytes());
+        assert_eq!(&b[20..22], &304u16.to_le_bytes());
+        assert_eq!(&b[22..24], &[0x02, 0x01]);
         assert_eq!(ResponseHead::decode(&b), Ok(resp));
         for n in 0..b.len() {
             assert!(ResponseHead::decode(&b[..n]).is_err());

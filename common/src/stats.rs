@@ -11,7 +11,13 @@
 //! The pool gauges are not counters: they are read from the pool's state words ([`View`]).
 //!
 //! The cached region's header also announces the live `cached` (owner pid + start time):
-//! workers read it to know whether anyone will answer their doorbells.
+//! workers read it to know whether anyone will answer their doorbells. After its slots, the
+//! cached region holds the table of sites and upstream servers ([`upstream`]): names, state
+//! and per-row counters, written by cached only, shown as `sites`/`servers` in the JSON and
+//! as `shmproxy_site_*`/`shmproxy_upstream_*` families in the Prometheus text.
+//!
+//! Layout: the region header (32 bytes), a [`StatsHeader`] (slot count, table offset), the
+//! slots from byte 64, then (cached only) the [`Upstreams`] table.
 //!
 //! Must never: take a lock, allocate or make a syscall on the update path.
 
@@ -21,9 +27,17 @@ use crate::shm::{ShmError, ShmRegion, ShmSafe};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod upstream;
+pub use upstream::{
+    InFlight, ServerRow, ServerState, ServerView, SiteRow, SiteView, Upstreams, MAX_SERVERS,
+    MAX_SITES, NO_SITE, SERVER_FIELDS, SITE_FIELDS,
+};
+
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
 /// Bumped whenever the field list changes (the slot layout is generated from it).
-pub const STATS_VERSION: u32 = 4;
+pub const STATS_VERSION: u32 = 5;
+/// Where the [`StatsHeader`] lies (right after the region header).
+const STATS_HEADER_OFFSET: usize = 32;
 const SLOTS_OFFSET: usize = 64;
 /// Latency histogram buckets: bucket i counts requests that took at most 2^i µs (and more than
 /// 2^(i-1) µs); the last one also takes everything slower (≈ 67 s and up).
@@ -221,6 +235,10 @@ stats_fields! {
     Counter set_cookie_passed @cached: "Cacheable answers with Set-Cookie passed to their own client only, not stored (set_cookie = \"pass\")",
     Counter set_cookie_stripped @cached: "Answers stored without their Set-Cookie field (set_cookie = \"strip\")",
     Counter upstream_latency_us @cached: "Sum of origin response-head latencies",
+    Counter upstream_tls_errors @cached: "Origin connections that failed their TLS handshake or certificate verification (untrusted, expired, wrong name, not TLS)",
+    Counter upstream_retries @cached: "Idempotent requests retried once on a fresh connection or another server after their connection failed before any response byte",
+    Counter upstream_server_down_events @cached: "Times an origin server was taken out of rotation (failed requests or health checks); the servers table has the current state",
+    Counter misdirected_requests @cached: "Requests answered 421 Misdirected Request: their Host matched no site and there is no default site",
 }
 
 // SAFETY: only atomics; repr(C); alignment 8.
@@ -349,10 +367,27 @@ pub fn bucket_bound_us(i: usize) -> u64 {
     1u64 << i
 }
 
+/// Layout words of a stats region, after its region header; written before `publish`.
+#[repr(C)]
+pub struct StatsHeader {
+    /// Number of counter slots.
+    pub slots: AtomicU64,
+    /// Byte offset of the [`Upstreams`] table (0: this region has none).
+    pub tables: AtomicU64,
+}
+
+// SAFETY: only atomics; repr(C); alignment 8.
+unsafe impl ShmSafe for StatsHeader {}
+
+const _: () = assert!(size_of::<crate::shm::RegionHeader>() <= STATS_HEADER_OFFSET);
+const _: () = assert!(STATS_HEADER_OFFSET + size_of::<StatsHeader>() <= SLOTS_OFFSET);
+
 /// A stats region (owner: creates and unlinks; others: open to read).
 pub struct StatsRegion {
     region: ShmRegion,
     slots: usize,
+    /// Offset of the sites/servers table, if the region has one (cached's).
+    tables: Option<usize>,
 }
 
 /// Summed values of every slot of a region.
@@ -399,21 +434,90 @@ pub fn percentile(buckets: &[u64], q: f64) -> u64 {
 }
 
 impl StatsRegion {
+    /// A region of `slots` counter slots (the proxy's).
     pub fn create(name: &str, slots: usize) -> Result<StatsRegion, ShmError> {
-        let region = ShmRegion::create(
-            name,
-            SLOTS_OFFSET + slots * SLOT_SIZE,
-            STATS_MAGIC,
-            STATS_VERSION,
-        )?;
+        Self::create_layout(name, slots, false)
+    }
+
+    /// A region of `slots` counter slots followed by the table of sites and servers
+    /// (cached's; its rows stay hidden until the upstream code publishes them).
+    pub fn create_with_tables(name: &str, slots: usize) -> Result<StatsRegion, ShmError> {
+        Self::create_layout(name, slots, true)
+    }
+
+    fn create_layout(name: &str, slots: usize, tables: bool) -> Result<StatsRegion, ShmError> {
+        let slots_end = SLOTS_OFFSET + slots * SLOT_SIZE;
+        let (len, table) = if tables {
+            (slots_end + size_of::<Upstreams>(), Some(slots_end))
+        } else {
+            (slots_end, None)
+        };
+        let region = ShmRegion::create(name, len, STATS_MAGIC, STATS_VERSION)?;
+        let h: &StatsHeader = region.get(STATS_HEADER_OFFSET);
+        h.slots.store(slots as u64, Ordering::Relaxed);
+        h.tables.store(table.unwrap_or(0) as u64, Ordering::Relaxed);
+        // The header's words are ordered before readers by `publish`'s Release.
         region.publish(STATS_MAGIC);
-        Ok(StatsRegion { region, slots })
+        Ok(StatsRegion {
+            region,
+            slots,
+            tables: table,
+        })
     }
 
     pub fn open(name: &str) -> Result<StatsRegion, ShmError> {
         let region = ShmRegion::open(name, STATS_MAGIC, STATS_VERSION)?;
-        let slots = (region.len().saturating_sub(SLOTS_OFFSET)) / SLOT_SIZE;
-        Ok(StatsRegion { region, slots })
+        let invalid = |why: &str| ShmError::Invalid {
+            name: name.to_string(),
+            why: why.to_string(),
+        };
+        let h: &StatsHeader = region.get(STATS_HEADER_OFFSET);
+        let slots = h.slots.load(Ordering::Relaxed) as usize;
+        let slots_end = slots
+            .checked_mul(SLOT_SIZE)
+            .and_then(|n| n.checked_add(SLOTS_OFFSET))
+            .filter(|&end| end <= region.len())
+            .ok_or_else(|| invalid("slot count does not fit the region"))?;
+        let tables = match h.tables.load(Ordering::Relaxed) as usize {
+            0 => None,
+            t if t == slots_end && t + size_of::<Upstreams>() <= region.len() => Some(t),
+            _ => return Err(invalid("bad offset of the sites table")),
+        };
+        Ok(StatsRegion {
+            region,
+            slots,
+            tables,
+        })
+    }
+
+    /// The table of sites and servers (cached's region only).
+    pub fn upstreams(&self) -> Option<&Upstreams> {
+        self.tables.map(|t| self.region.get(t))
+    }
+
+    /// Site row `i` (`None` past [`MAX_SITES`] or in a region without the table).
+    pub fn site(&self, i: usize) -> Option<&SiteRow> {
+        self.upstreams()?.sites.get(i)
+    }
+
+    /// Server row `i` (`None` past [`MAX_SERVERS`] or in a region without the table).
+    pub fn server(&self, i: usize) -> Option<&ServerRow> {
+        self.upstreams()?.servers.get(i)
+    }
+
+    /// Counts one answer in its site's row (`requests`, outcome, `errors`); nothing for
+    /// [`NO_SITE`] or a row past the table. Call it once per answer, beside the
+    /// `respond::Meta` that carries the same `site`.
+    pub fn site_answered(&self, site: u16, outcome: crate::http::CacheOutcome, status: u16) {
+        if let Some(row) = self.site(usize::from(site)) {
+            row.answered(outcome, status);
+        }
+    }
+
+    /// The name of the site an answer's head names (`None` for [`NO_SITE`], a row out of
+    /// range or not published).
+    pub fn site_name(&self, site: u16) -> Option<String> {
+        self.site(usize::from(site))?.name()
     }
 
     pub fn slot(&self, i: usize) -> &Counters {
@@ -515,15 +619,30 @@ pub struct View {
     pub workers: Vec<WorkerView>,
     /// The live cached's counters and pid (`None` when cached is not running).
     pub cached: Option<(Snapshot, u32)>,
+    /// The live cached's published site rows (empty in disk mode or without cached).
+    pub sites: Vec<SiteView>,
+    /// The live cached's published upstream server rows.
+    pub servers: Vec<ServerView>,
 }
 
 impl View {
     /// Reads the proxy's region and pool (when given) and the live cached's region, if any.
     pub fn collect(names: &Names, proxy: Option<&StatsRegion>, pool: Option<&Pool>) -> View {
-        let cached = StatsRegion::open(&names.stats_cached)
+        let cached_region = StatsRegion::open(&names.stats_cached)
             .ok()
-            .filter(|r| r.owner().alive())
+            .filter(|r| r.owner().alive());
+        let cached = cached_region
+            .as_ref()
             .map(|r| (r.snapshot(), r.owner().pid));
+        let (sites, servers) = cached_region
+            .as_ref()
+            .and_then(StatsRegion::upstreams)
+            .map(|t| {
+                let sites = t.read_sites();
+                let servers = t.read_servers(&sites);
+                (sites, servers)
+            })
+            .unwrap_or_default();
         let workers = proxy
             .map(|r| {
                 (1..r.slots())
@@ -551,6 +670,8 @@ impl View {
             proxy: proxy.map(StatsRegion::snapshot),
             workers,
             cached,
+            sites,
+            servers,
         }
     }
 
@@ -597,6 +718,7 @@ impl View {
             Some((s, pid)) => snapshot_json(&mut out, s, Daemon::Cached, Some(*pid)),
             None => out.push_str("null"),
         }
+        upstream::tables_json(&mut out, &self.sites, &self.servers);
         out.push('}');
         out
     }
@@ -703,6 +825,7 @@ impl View {
         if let Some((s, _)) = &self.cached {
             snapshot_prometheus(&mut out, s, Daemon::Cached);
         }
+        upstream::tables_prometheus(&mut out, &self.sites, &self.servers);
         out
     }
 }
@@ -872,6 +995,7 @@ pub fn markdown_table() -> String {
     out.push_str("| `latency_buckets` | proxy | histogram | `shmproxy_proxy_request_duration_seconds` | Request durations, head received to answer sent (log2 buckets, 1 µs … 67 s); p50/p90/p99 are computed from it |\n");
     out.push_str("| `pool.*` | proxy | gauge | `shmproxy_pool_segments`, `shmproxy_pool_segment_size_bytes`, `shmproxy_pool_segments_by_state{state}` | Segment pool size and the state of each segment, read from the pool itself |\n");
     out.push_str("| `workers[]` | proxy | gauge, counter | `shmproxy_worker_connections{worker,state}`, `shmproxy_worker_requests_total{worker}` | Per-worker open connections (idle/busy) and requests |\n");
+    upstream::markdown_rows(&mut out);
     out
 }
 
@@ -906,6 +1030,41 @@ mod tests {
         assert_eq!(s.get("latency_sum_us"), 40_000 * 300);
         assert_eq!(s.latency_count(), 40_000);
         assert_eq!(s.latency_percentile(0.99), 512);
+    }
+
+    #[test]
+    fn region_layout_is_pinned() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(StatsHeader, slots), 0);
+        assert_eq!(offset_of!(StatsHeader, tables), 8);
+        assert_eq!(offset_of!(Counters, requests), 0);
+        assert_eq!(offset_of!(Counters, latency_us), FIELDS.len() * 8);
+        assert_eq!(SLOT_SIZE % 64, 0);
+        let name = format!("/stattest3-{}", std::process::id());
+        let r = StatsRegion::create_with_tables(&name, 2).unwrap();
+        assert_eq!(r.tables, Some(SLOTS_OFFSET + 2 * SLOT_SIZE));
+        assert_eq!(
+            r.region.len(),
+            SLOTS_OFFSET + 2 * SLOT_SIZE + size_of::<Upstreams>()
+        );
+        let seen = StatsRegion::open(&name).unwrap();
+        assert_eq!((seen.slots(), seen.tables), (2, r.tables));
+        // A header that does not fit the region is refused, not trusted.
+        let h: &StatsHeader = r.region.get(STATS_HEADER_OFFSET);
+        h.tables.store(8, Ordering::Relaxed);
+        assert!(matches!(
+            StatsRegion::open(&name),
+            Err(ShmError::Invalid { .. })
+        ));
+        h.tables.store(0, Ordering::Relaxed);
+        h.slots.store(1 << 40, Ordering::Relaxed);
+        assert!(matches!(
+            StatsRegion::open(&name),
+            Err(ShmError::Invalid { .. })
+        ));
+        let plain = StatsRegion::create(&format!("/stattest4-{}", std::process::id()), 3).unwrap();
+        assert_eq!((plain.slots(), plain.tables), (3, None));
+        assert_eq!(plain.region.len(), SLOTS_OFFSET + 3 * SLOT_SIZE);
     }
 
     #[test]
@@ -1046,6 +1205,20 @@ mod tests {
                 bytes_out: 9,
             }],
             cached: Some((cached, 42)),
+            sites: vec![SiteView {
+                index: 0,
+                name: "shop \"a\"".into(),
+                values: (1..=SITE_FIELDS.len() as u64).collect(),
+            }],
+            servers: vec![ServerView {
+                index: 0,
+                site: 0,
+                site_name: "shop \"a\"".into(),
+                url: "https://10.0.0.1:8443/p".into(),
+                state: ServerState::Down,
+                last_change: 1_700_000_000,
+                values: vec![3; SERVER_FIELDS.len()],
+            }],
         }
     }
 
@@ -1094,6 +1267,11 @@ mod tests {
             !text.contains("shmproxy_cached_requests_total"),
             "proxy-only field in cached"
         );
+        assert!(text.contains("shmproxy_site_requests_total{site=\"shop \\\"a\\\"\"} 1\n"));
+        assert!(text.contains(
+            "shmproxy_upstream_up{site=\"shop \\\"a\\\"\",server=\"https://10.0.0.1:8443/p\"} 0\n"
+        ));
+        assert!(text.contains("shmproxy_cached_upstream_tls_errors_total 0\n"));
     }
 
     #[test]
@@ -1107,7 +1285,9 @@ mod tests {
             "\"workers\":[{\"worker\":1,\"connections_active\":3,\"connections_idle\":1"
         ));
         assert!(j.contains("\"cached_pid\":42}"));
-        assert!(j.ends_with("}}"));
+        assert!(j.contains(",\"sites\":[{\"index\":0,\"name\":\"shop \\\"a\\\"\",\"requests\":1,"));
+        assert!(j.contains(",\"state\":\"down\",\"last_change\":1700000000,\"requests\":3,"));
+        assert!(j.ends_with("}]}"));
     }
 
     /// When the README carries the counters table between its markers, it must be the

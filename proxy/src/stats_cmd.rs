@@ -6,7 +6,7 @@
 
 use common::config::ProxyConfig;
 use common::pool::Pool;
-use common::stats::{self, Daemon, FieldKind, Snapshot, StatsRegion, View, FIELDS};
+use common::stats::{self, Daemon, FieldKind, ServerState, Snapshot, StatsRegion, View, FIELDS};
 use common::Names;
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -196,6 +196,7 @@ fn screen(v: &View, prev: Option<&View>) -> String {
         }
         out.push('\n');
     }
+    tables(&mut out, v);
     let _ = writeln!(
         out,
         "\n{:<36} {:>16} {:>12}  DESCRIPTION",
@@ -254,5 +255,53 @@ fn counters(
             format!("{}.{}", region.as_str(), f.name),
             f.help
         );
+    }
+}
+
+/// Sites and upstream servers, one line each (nothing in disk mode).
+fn tables(out: &mut String, v: &View) {
+    if !v.sites.is_empty() {
+        let _ = writeln!(
+            out,
+            "sites:   {:<24} {:>10} {:>10} {:>10} {:>8}",
+            "NAME", "REQUESTS", "HITS", "MISSES", "ERRORS"
+        );
+        for s in &v.sites {
+            let _ = writeln!(
+                out,
+                "  #{:<5} {:<24} {:>10} {:>10} {:>10} {:>8}",
+                s.index,
+                s.name,
+                s.get("requests"),
+                s.get("hits"),
+                s.get("misses"),
+                s.get("errors")
+            );
+        }
+    }
+    if !v.servers.is_empty() {
+        let _ = writeln!(
+            out,
+            "servers: {:<36} {:<5} {:>9} {:>8} {:>7} {:>8} {:>6}",
+            "SITE / URL", "STATE", "REQUESTS", "FAILURES", "RETRIES", "INFLIGHT", "DOWNS"
+        );
+        for s in &v.servers {
+            let _ = writeln!(
+                out,
+                "  #{:<5} {:<36} {:<5} {:>9} {:>8} {:>7} {:>8} {:>6}",
+                s.index,
+                format!("{} {}", s.site_name, s.url),
+                if s.state == ServerState::Down {
+                    "DOWN"
+                } else {
+                    "up"
+                },
+                s.get("requests"),
+                s.get("failures"),
+                s.get("retries"),
+                s.get("in_flight") as i64,
+                s.get("down_events")
+            );
+        }
     }
 }

@@ -386,6 +386,140 @@ fn observability_metrics_pass_promtool_and_agree_with_json() {
     });
 }
 
+/// Runs `promtool check metrics` on `text`; panics with its complaint.
+fn promtool_check(text: &str) {
+    let mut child = Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed ({}):\n{}{}\n---- metrics ----\n{text}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issue 10: the table of sites and servers in cached's stats region reaches the JSON, the
+/// Prometheus text (valid for promtool, labels escaped) and `proxy stats`. The test plays
+/// cached's upstream code: it maps the live cached's region and publishes rows into it.
+#[test]
+fn observability_sites_and_servers_reach_json_metrics_and_proxy_stats() {
+    use common::stats::StatsRegion;
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let inst = Instance::builder().root(root.path()).start();
+        let before = inst.stats();
+        assert_eq!(
+            before["sites"],
+            serde_json::json!([]),
+            "disk mode: no sites"
+        );
+        assert_eq!(before["servers"], serde_json::json!([]));
+        assert!(!inst
+            .get("/__shmproxy/metrics")
+            .text()
+            .contains("shmproxy_upstream_up"));
+
+        let names = common::Names::for_instance(&inst.name);
+        let region = StatsRegion::open(&names.stats_cached).expect("cached's stats region");
+        region.site(0).unwrap().publish("shop");
+        region.site(1).unwrap().publish("blog \"b\"");
+        region.server(0).unwrap().publish(0, "https://10.0.0.1");
+        region
+            .server(1)
+            .unwrap()
+            .publish(0, "https://10.0.0.2:8443");
+        region
+            .server(2)
+            .unwrap()
+            .publish(1, "http://[::1]:8080/blog");
+        let shop = region.site(0).unwrap();
+        for _ in 0..3 {
+            shop.answered(common::http::CacheOutcome::Miss, 200);
+        }
+        shop.answered(common::http::CacheOutcome::Error, 502);
+        let down = region.server(1).unwrap();
+        drop(down.request());
+        down.request().failed();
+        assert!(down.set_up(false));
+        let busy = region.server(2).unwrap().request();
+
+        let s = inst.stats();
+        let sites = s["sites"].as_array().expect("sites array");
+        assert_eq!(sites.len(), 2, "{s}");
+        assert_eq!(sites[0]["name"], "shop");
+        assert_eq!(u(&sites[0], &["requests"]), 4);
+        assert_eq!(u(&sites[0], &["misses"]), 3);
+        assert_eq!(u(&sites[0], &["errors"]), 1);
+        assert_eq!(sites[1]["name"], "blog \"b\"");
+        let servers = s["servers"].as_array().expect("servers array");
+        assert_eq!(servers.len(), 3);
+        assert_eq!(servers[1]["url"], "https://10.0.0.2:8443");
+        assert_eq!(servers[1]["site"], "shop");
+        assert_eq!(servers[1]["state"], "down");
+        assert_eq!(servers[0]["state"], "up");
+        assert_eq!(u(&servers[1], &["requests"]), 2);
+        assert_eq!(u(&servers[1], &["failures"]), 1);
+        assert_eq!(u(&servers[1], &["down_events"]), 1);
+        assert_eq!(u(&servers[2], &["in_flight"]), 1);
+        assert_eq!(servers[2]["site"], "blog \"b\"");
+
+        let text = inst.get("/__shmproxy/metrics").text();
+        promtool_check(&text);
+        let m = samples(&text);
+        let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no sample {k}:\n{text}"));
+        assert_eq!(get("shmproxy_site_requests_total{site=\"shop\"}"), 4.0);
+        assert_eq!(
+            get("shmproxy_site_errors_total{site=\"blog \\\"b\\\"\"}"),
+            0.0
+        );
+        assert_eq!(
+            get("shmproxy_upstream_up{site=\"shop\",server=\"https://10.0.0.2:8443\"}"),
+            0.0
+        );
+        assert_eq!(
+            get("shmproxy_upstream_up{site=\"shop\",server=\"https://10.0.0.1\"}"),
+            1.0
+        );
+        assert_eq!(
+            get("shmproxy_upstream_in_flight{site=\"blog \\\"b\\\"\",server=\"http://[::1]:8080/blog\"}"),
+            1.0
+        );
+        assert_eq!(get("shmproxy_cached_upstream_tls_errors_total"), 0.0);
+
+        let out = Command::new(harness::bin_path("proxy"))
+            .args(["stats", "--instance", &inst.name])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let screen = String::from_utf8_lossy(&out.stdout);
+        let line = screen
+            .lines()
+            .find(|l| l.contains("https://10.0.0.2:8443"))
+            .unwrap_or_else(|| panic!("no server line:\n{screen}"));
+        assert!(line.contains("shop") && line.contains("DOWN"), "{line}");
+        assert!(
+            screen
+                .lines()
+                .any(|l| l.contains("shop") && l.contains(" 4 ")),
+            "{screen}"
+        );
+        drop(busy);
+    });
+}
+
 /// Connects to `addr` from source address `from` (another loopback address).
 fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
     use std::os::fd::FromRawFd;
@@ -575,9 +709,11 @@ struct LogLine {
     status: String,
     user_agent: String,
     cache: String,
+    /// The site that answered, `-` for none.
+    site: String,
 }
 
-/// Parses `line` strictly: Combined Log Format + cache outcome, upstream status, µs.
+/// Parses `line` strictly: Combined Log Format + cache outcome, upstream status, µs, site.
 fn parse_line(line: &str) -> Result<LogLine, String> {
     let bad = |why: &str| Err(format!("{why}: {line:?}"));
     let parts: Vec<&str> = line.split('"').collect();
@@ -620,21 +756,23 @@ fn parse_line(line: &str) -> Result<LogLine, String> {
         return bad("referer/user-agent separator");
     }
     let tail: Vec<&str> = parts[6].split(' ').collect();
-    if tail.len() != 4
+    if tail.len() != 5
         || !tail[0].is_empty()
         || tail[1].is_empty()
         || !tail[1].bytes().all(|b| b.is_ascii_uppercase())
         || !num_or_dash(tail[2])
         || !tail[3].bytes().all(|b| b.is_ascii_digit())
         || tail[3].is_empty()
+        || tail[4].is_empty()
     {
-        return bad("cache, upstream status, duration");
+        return bad("cache, upstream status, duration, site");
     }
     Ok(LogLine {
         request: parts[1].to_string(),
         status: mid[1].to_string(),
         user_agent: parts[5].to_string(),
         cache: tail[1].to_string(),
+        site: tail[4].to_string(),
     })
 }
 
@@ -722,6 +860,7 @@ fn observability_access_log_lines_are_whole_under_64_clients() {
                 "{l}"
             );
             assert!(l.contains("\"http://r.test/x\""), "{l}");
+            assert_eq!(p.site, "-", "disk mode has no site: {l}");
         }
         assert_eq!(seen.len(), want, "distinct requests logged");
         assert!(seen.values().all(|&n| n == 1), "a request logged twice");
@@ -831,11 +970,12 @@ fn observability_access_log_rotates_and_reopens_on_sigusr1() {
 
 #[test]
 fn observability_access_log_parser_rejects_torn_lines() {
-    let good = "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"ua\" HIT - 42";
-    parse_line(good).unwrap();
+    let good = "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"ua\" HIT - 42 www.example.com";
+    assert_eq!(parse_line(good).unwrap().site, "www.example.com");
     for bad in [
-        &good[..good.len() - 3],
-        "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"ua\" HIT - 42127.0.0.1 - -",
+        &good[..good.len() - 17],
+        "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"ua\" HIT - 42 -127.0.0.1 - -",
+        "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"ua\" HIT - 42",
         "127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] \"GET /a HTTP/1.1\" 200 12 \"-\" \"u\"a\" HIT - 42",
         &good[10..],
     ] {
@@ -1104,6 +1244,20 @@ fn observability_dashboard_renders_live_in_chromium() {
         let root = docroot();
         let inst = Instance::builder().root(root.path()).segments(12).start();
         let addr = inst.addr();
+        // Rows of sites and servers, as cached's upstream code publishes them.
+        let region =
+            common::stats::StatsRegion::open(&common::Names::for_instance(&inst.name).stats_cached)
+                .expect("cached's stats region");
+        region.site(0).unwrap().publish("www.example.com");
+        region
+            .server(0)
+            .unwrap()
+            .publish(0, "https://origin-a.internal.example.com:8443/prefix");
+        region
+            .server(1)
+            .unwrap()
+            .publish(0, "https://origin-b.internal.example.com:8443/prefix");
+        assert!(region.server(1).unwrap().set_up(false));
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
         let traffic = {
@@ -1154,6 +1308,21 @@ fn observability_dashboard_renders_live_in_chromium() {
         assert_eq!(
             b.eval("document.getElementById('cached-state').textContent.startsWith('up')"),
             Value::Bool(true)
+        );
+        assert_eq!(
+            b.eval("document.getElementById('upstreams').hidden"),
+            Value::Bool(false),
+            "the sites and servers panel is shown"
+        );
+        assert_eq!(
+            b.eval("document.querySelector('#sites td').textContent"),
+            Value::from("www.example.com")
+        );
+        assert_eq!(
+            b.eval(
+                "[...document.querySelectorAll('#servers tr')].map(r => r.dataset.state).join()"
+            ),
+            Value::from("up,down")
         );
         let shots = target_dir();
         b.screenshot(&shots.join("dashboard-1280x800.png"));

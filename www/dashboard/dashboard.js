@@ -87,6 +87,46 @@
       " · " + pool.free + " free, " + pool.in_use + " in use, " + pool.quarantined + " quarantined";
   }
 
+  function cells(values) {
+    const tr = document.createElement("tr");
+    for (const v of values) {
+      const td = document.createElement("td");
+      if (v instanceof Node) td.append(v); else td.textContent = v;
+      tr.append(td);
+    }
+    return tr;
+  }
+
+  // Sites and upstream servers (origin mode): hidden when cached publishes none.
+  function renderUpstreams(s, dt) {
+    const sites = s.sites || [], servers = s.servers || [];
+    $("upstreams").hidden = sites.length === 0 && servers.length === 0;
+    const before = (list, index) => prev && (prev[list] || []).find((x) => x.index === index);
+    $("sites").replaceChildren(...sites.map((site) => {
+      const p = before("sites", site.index);
+      const r = p && dt > 0 ? (site.requests - p.requests) / dt : NaN;
+      const tr = cells([site.name, fmtRate(r), fmtInt(site.requests), fmtInt(site.hits),
+        fmtInt(site.misses), fmtInt(site.errors)]);
+      if (site.errors > 0) tr.lastChild.className = "warn";
+      return tr;
+    }));
+    const down = servers.filter((x) => x.state === "down").length;
+    const n = (k, word) => k + " " + word + (k === 1 ? "" : "s");
+    $("upstreams-summary").textContent = "· " + n(sites.length, "site") + ", " +
+      n(servers.length, "server") + (down > 0 ? ", " + down + " down" : "");
+    $("servers").replaceChildren(...servers.map((srv) => {
+      const pill = document.createElement("span");
+      pill.className = srv.state === "down" ? "pill pill-bad" : "pill pill-ok";
+      pill.textContent = srv.state;
+      pill.title = "since " + new Date(srv.last_change * 1000).toLocaleString();
+      const tr = cells([srv.url, srv.site, pill, fmtInt(srv.in_flight), fmtInt(srv.requests),
+        fmtInt(srv.failures), fmtInt(srv.retries), fmtInt(srv.health_failures)]);
+      tr.dataset.state = srv.state;
+      if (srv.failures > 0) tr.children[5].className = "warn";
+      return tr;
+    }));
+  }
+
   function drawSpark() {
     const c = $("spark");
     const w = c.clientWidth || c.width, h = c.clientHeight || c.height;
@@ -172,6 +212,7 @@
     }
 
     renderPool(s.pool);
+    renderUpstreams(s, dt);
 
     const wrows = s.workers.map((w) => {
       const tr = document.createElement("tr");
@@ -206,6 +247,9 @@
         row("origin requests", fmtInt(c.upstream_requests)),
         row("origin errors / timeouts", fmtInt(c.upstream_errors) + " / " + fmtInt(c.upstream_timeouts),
           c.upstream_errors + c.upstream_timeouts > 0 ? "warn" : ""),
+        row("origin TLS errors", fmtInt(c.upstream_tls_errors), c.upstream_tls_errors > 0 ? "warn" : ""),
+        row("origin retries / down events", fmtInt(c.upstream_retries) + " / " + fmtInt(c.upstream_server_down_events)),
+        row("misdirected (421)", fmtInt(c.misdirected_requests)),
       );
     } else {
       cacheRows.push(row("cached", "not running", "warn"));

@@ -90,6 +90,7 @@ pub fn serve_stored(
         outcome,
         l1_ttl_ms: 0,
         upstream_status,
+        site: respond::NO_SITE,
     };
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();

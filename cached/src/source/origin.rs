@@ -536,6 +536,7 @@ fn relay(
         outcome,
         l1_ttl_ms: l1_ttl.as_millis().min(3_600_000) as u32,
         upstream_status: status,
+        site: respond::NO_SITE,
     };
     let mut own = respond::head(lease, status, framing, meta, headers.clone());
     let mut keep: Option<Vec<u8>> = storable

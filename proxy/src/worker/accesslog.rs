@@ -1,14 +1,16 @@
 //! The access log, and the per-request counters that need the finished answer (method and
 //! cache outcome). Called once per answered request by the `wN-execK` threads.
 //!
-//! Format: Combined Log Format plus three fields, the cache outcome (`X-Cache`), the origin's
-//! status (`-` when the answer did not come from the origin, or is not known) and the duration
-//! in µs (request head received → answer sent):
+//! Format: Combined Log Format plus four fields, the cache outcome (`X-Cache`), the origin's
+//! status (`-` when the answer did not come from the origin, or is not known), the duration
+//! in µs (request head received → answer sent) and the site that answered (its name in
+//! cached's site table; `-` for none: disk mode, the proxy's own answers):
 //! ```text
-//! 127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] "GET /a.css HTTP/1.1" 200 1534 "-" "curl/8.5" HIT - 412
+//! 127.0.0.1 - - [22/Nov/2026:08:01:42 +0000] "GET /a.css HTTP/1.1" 200 1534 "-" "curl/8.5" HIT - 412 www.example.com
 //! ```
 //! The bytes field counts what was written to the client, head included (like nginx
-//! `$bytes_sent`); `"` `\` and control or non-ASCII bytes in quoted fields are written `\xHH`.
+//! `$bytes_sent`); `"` `\` and control or non-ASCII bytes in quoted fields are written `\xHH`,
+//! and so is a space in the site name, which keeps the line's fields split by spaces.
 //!
 //! Every worker process appends to the same file, opened `O_APPEND`: lines are buffered per
 //! process and written whole, many per `write(2)`, so lines of different workers never
@@ -115,8 +117,26 @@ pub fn format_line(conn: &Conn, req: &Request, took: Duration, now: SystemTime) 
         line.push(' ');
     }
     line.push_str(&took.as_micros().to_string());
+    line.push(' ');
+    site_into(&mut line, r.site.as_deref());
     line.push('\n');
     line
+}
+
+/// The site field: its name, with spaces escaped as well (`\x20`), or `-`.
+fn site_into(out: &mut String, site: Option<&str>) {
+    match site {
+        Some(name) if !name.is_empty() => {
+            for &b in name.as_bytes() {
+                if b == b' ' {
+                    out.push_str("\\x20");
+                } else {
+                    escape_into(out, &[b]);
+                }
+            }
+        }
+        _ => out.push('-'),
+    }
 }
 
 /// Appends `bytes`, writing `"`, `\`, control and non-ASCII bytes as `\xHH` (as nginx does).
@@ -394,6 +414,22 @@ mod tests {
         // 2026-11-22 08:01:42 UTC
         let t = UNIX_EPOCH + Duration::from_secs(1_795_334_502);
         assert_eq!(clf_time(t), "22/Nov/2026:08:01:42 +0000");
+    }
+
+    #[test]
+    fn site_field_is_one_token() {
+        let site = |s: Option<&str>| {
+            let mut out = String::new();
+            site_into(&mut out, s);
+            out
+        };
+        assert_eq!(site(Some("www.example.com")), "www.example.com");
+        assert_eq!(site(None), "-");
+        assert_eq!(site(Some("")), "-");
+        assert_eq!(
+            site(Some("my shop \"é\"")),
+            "my\\x20shop\\x20\\x22\\xC3\\xA9\\x22"
+        );
     }
 
     #[test]

@@ -133,13 +133,15 @@ impl Drop for WaitSlot<'_> {
 }
 
 /// Status, body bytes and cache outcome of the answer to the current request.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Reply {
     pub status: u16,
     pub bytes: u64,
     pub outcome: CacheOutcome,
     /// The origin's status when it took part (0: it did not).
     pub upstream_status: u16,
+    /// The site cached answered for (`None`: no site, e.g. disk mode or the proxy's own).
+    pub site: Option<std::sync::Arc<str>>,
 }
 
 impl Reply {
@@ -149,6 +151,7 @@ impl Reply {
             bytes: 0,
             outcome: CacheOutcome::Error,
             upstream_status: 0,
+            site: None,
         }
     }
 }
@@ -631,6 +634,7 @@ fn serve_l1(
     }
     out.extend_from_slice(b"\r\n");
     conn.answered(w, e.status, CacheOutcome::Hit);
+    conn.reply.site = e.site.clone();
     let body = if req.method == "HEAD" {
         &[][..]
     } else {

@@ -25,8 +25,9 @@ const RING_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often the liveness of `cached` is re-checked.
 const RECHECK: Duration = Duration::from_millis(100);
 
-/// The worker's view of `cached`: who it is (pid + start time, from its stats region) and
-/// its queue, rediscovered lazily after it restarts.
+/// The worker's view of `cached`: who it is (pid + start time, from its stats region), its
+/// queue and its stats region (for the names of its sites), rediscovered lazily after it
+/// restarts.
 pub struct CachedLink {
     names: Names,
     state: Mutex<Link>,
@@ -34,8 +35,17 @@ pub struct CachedLink {
 
 #[derive(Default)]
 struct Link {
-    peer: Option<(ProcId, Arc<Doorbells>)>,
+    peer: Option<Peer>,
     checked: Option<Instant>,
+}
+
+/// A live cached as a worker reaches it.
+#[derive(Clone)]
+pub struct Peer {
+    pub id: ProcId,
+    pub queue: Arc<Doorbells>,
+    /// Its stats region: the site table an answer's `site` index points into.
+    pub stats: Arc<StatsRegion>,
 }
 
 impl CachedLink {
@@ -46,8 +56,8 @@ impl CachedLink {
         }
     }
 
-    /// The live cached and its queue, or `None` if it is not running.
-    pub fn current(&self) -> Option<(ProcId, Arc<Doorbells>)> {
+    /// The live cached, or `None` if it is not running.
+    pub fn current(&self) -> Option<Peer> {
         let mut link = self.state.lock().unwrap_or_else(|e| e.into_inner());
         // A live peer is trusted for RECHECK; an absent one is looked for on every request,
         // so a restarted cached is used at once.
@@ -55,17 +65,18 @@ impl CachedLink {
             return link.peer.clone();
         }
         link.checked = Some(Instant::now());
-        if link.peer.as_ref().is_some_and(|(id, _)| id.alive()) {
+        if link.peer.as_ref().is_some_and(|p| p.id.alive()) {
             return link.peer.clone();
         }
         link.peer = StatsRegion::open(&self.names.stats_cached)
             .ok()
-            .map(|r| r.owner())
-            .filter(|id| id.alive())
-            .and_then(|id| {
-                Doorbells::open(&self.names.queue)
-                    .ok()
-                    .map(|q| (id, Arc::new(q)))
+            .filter(|r| r.owner().alive())
+            .and_then(|stats| {
+                Doorbells::open(&self.names.queue).ok().map(|q| Peer {
+                    id: stats.owner(),
+                    queue: Arc::new(q),
+                    stats: Arc::new(stats),
+                })
             });
         link.peer.clone()
     }
@@ -108,7 +119,7 @@ pub fn exchange(
         conn::send_simple(w, conn, status, msg);
         return false;
     }
-    let Some((peer, queue)) = w.cached.current() else {
+    let Some(peer) = w.cached.current() else {
         Counters::inc(&w.counters().cached_unavailable);
         conn::send_simple(w, conn, 503, "cached is not running; retry shortly");
         return can_continue && req.keep_alive;
@@ -130,7 +141,7 @@ pub fn exchange(
         }
     };
     Counters::inc(&w.counters().pool_acquires);
-    lease.set_peer(Some(peer));
+    lease.set_peer(Some(peer.id));
     lease.set_timeout(cfg.cached_timeout);
     let bell = Doorbell {
         kind,
@@ -139,7 +150,7 @@ pub fn exchange(
         request_id,
         pool_id: w.shared.pool.id(),
     };
-    if let Err(e) = queue.send(&bell.encode(), RING_TIMEOUT) {
+    if let Err(e) = peer.queue.send(&bell.encode(), RING_TIMEOUT) {
         log::warn!("ringing cached: {e}");
         w.cached.forget();
         Counters::inc(&w.counters().cached_unavailable);
@@ -202,6 +213,8 @@ pub fn exchange(
         chunked && req.version == 11,
     );
     conn.reply.upstream_status = answer.upstream_status;
+    // The region of the cached that answered names its site (for the access log).
+    conn.reply.site = peer.stats.site_name(answer.site).map(Arc::from);
     conn.answered(
         w,
         answer.status,
@@ -234,7 +247,7 @@ pub fn exchange(
         Ok(()) if lease.peer_finished() => {
             lease.complete();
             if let Some(body) = l1_body {
-                remember(w, epoch, req, &answer, body);
+                remember(w, epoch, req, &answer, body, conn.reply.site.clone());
             }
             keep
         }
@@ -401,7 +414,14 @@ fn stream_body(
 }
 
 /// Keeps a complete answer in the worker's L1 for the lifetime cached granted.
-fn remember(w: &Worker, epoch: u64, req: &Request, answer: &ResponseHead, body: Vec<u8>) {
+fn remember(
+    w: &Worker,
+    epoch: u64,
+    req: &Request,
+    answer: &ResponseHead,
+    body: Vec<u8>,
+    site: Option<Arc<str>>,
+) {
     let mut fixed = Vec::with_capacity(256);
     let mut age = 0;
     let mut has_date = false;
@@ -431,6 +451,7 @@ fn remember(w: &Worker, epoch: u64, req: &Request, answer: &ResponseHead, body: 
         body,
         age,
         ttl,
+        site,
     );
 }
 

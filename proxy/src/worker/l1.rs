@@ -13,6 +13,8 @@ pub struct Entry {
     pub status: u16,
     pub fixed_headers: Vec<u8>,
     pub body: Vec<u8>,
+    /// Name of the site that answered in cached (for the access log of an L1 hit).
+    pub site: Option<Arc<str>>,
     /// `Age` when stored, and when that was.
     age: u64,
     stored: Instant,
@@ -63,7 +65,8 @@ pub fn key(host: &str, target: &str) -> String {
 }
 
 fn cost(key: &str, e: &Entry) -> u64 {
-    (key.len() + e.fixed_headers.len() + e.body.len() + 96) as u64
+    (key.len() + e.fixed_headers.len() + e.body.len() + e.site.as_ref().map_or(0, |s| s.len()) + 96)
+        as u64
 }
 
 impl L1 {
@@ -136,11 +139,13 @@ impl L1 {
         body: Vec<u8>,
         age: u64,
         ttl: Duration,
+        site: Option<Arc<str>>,
     ) {
         let entry = Entry {
             status,
             fixed_headers,
             body,
+            site,
             age,
             stored: Instant::now(),
             expires: Instant::now() + ttl,
@@ -185,6 +190,7 @@ mod tests {
             b"x".to_vec(),
             0,
             Duration::from_secs(60),
+            None,
         );
         l1.insert(
             0,
@@ -194,6 +200,7 @@ mod tests {
             b"y".to_vec(),
             0,
             Duration::ZERO,
+            None,
         );
         assert!(l1.get("/a").is_some());
         assert!(l1.get("/b").is_none(), "expired");
@@ -208,8 +215,26 @@ mod tests {
             b"z".to_vec(),
             0,
             Duration::from_secs(60),
+            None,
         );
         assert!(l1.get("/c").is_none(), "stale epoch: not stored");
+    }
+
+    #[test]
+    fn an_entry_keeps_the_site_that_answered() {
+        let l1 = L1::new(10_000, 1000);
+        let site: Arc<str> = Arc::from("shop");
+        l1.insert(
+            0,
+            "a.test/x".into(),
+            200,
+            vec![],
+            b"x".to_vec(),
+            0,
+            Duration::from_secs(60),
+            Some(site.clone()),
+        );
+        assert_eq!(l1.get("a.test/x").unwrap().site, Some(site));
     }
 
     #[test]
@@ -224,6 +249,7 @@ mod tests {
                 vec![0; 200],
                 0,
                 Duration::from_secs(60),
+                None,
             );
         }
         let held = (0..20)
