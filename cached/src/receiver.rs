@@ -26,7 +26,7 @@ const KEEP_POOLS: usize = 4;
 pub struct Ctx {
     pub cfg: CachedConfig,
     pub names: Names,
-    pub stats: StatsRegion,
+    pub stats: Arc<StatsRegion>,
     pub cache: Cache,
     /// Canonical document root (disk mode).
     pub root: PathBuf,
@@ -85,8 +85,10 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     } else {
         PathBuf::new()
     };
-    let stats = StatsRegion::create_with_tables(&names.stats_cached, 1)
-        .with_context(|| "cannot announce cached")?;
+    let stats = Arc::new(
+        StatsRegion::create_with_tables(&names.stats_cached, 1)
+            .with_context(|| "cannot announce cached")?,
+    );
     let queue = Doorbells::create(&names.queue, cfg.queue_capacity)
         .with_context(|| format!("cannot create the request queue {}", names.queue))?;
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -95,7 +97,7 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     }
     let upstreams = match cfg.sites.is_empty() {
         true => None,
-        false => Some(Arc::new(Upstreams::new(&cfg)?)),
+        false => Some(Arc::new(Upstreams::new(&cfg, &stats)?)),
     };
     for s in &cfg.sites {
         let servers: Vec<String> = s.origins.iter().map(|o| o.to_string()).collect();

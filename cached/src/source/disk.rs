@@ -149,7 +149,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     let hit = ctx.cache.get(&key).filter(|o| o.validity == valid);
     if let Some(obj) = hit {
         Counters::inc(&ctx.counters().l2_hits);
-        return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit, 0);
+        return super::serve_stored(ctx, lease, req, &obj, respond::Meta::of(CacheOutcome::Hit));
     }
     Counters::inc(&ctx.counters().l2_misses);
     Counters::inc(&ctx.counters().disk_reads);
@@ -176,7 +176,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,
         });
-        super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Miss, 0)?;
+        super::serve_stored(ctx, lease, req, &obj, respond::Meta::of(CacheOutcome::Miss))?;
         super::store(ctx, &key, req, obj);
         return Ok(());
     }

@@ -83,15 +83,8 @@ pub fn serve_stored(
     lease: &mut Lease,
     req: &RequestHead,
     obj: &Stored,
-    outcome: CacheOutcome,
-    upstream_status: u16,
+    meta: respond::Meta,
 ) -> io::Result<()> {
-    let meta = respond::Meta {
-        outcome,
-        l1_ttl_ms: 0,
-        upstream_status,
-        site: respond::NO_SITE,
-    };
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();
     let mut headers = obj.headers.clone();
@@ -127,7 +120,7 @@ pub fn serve_stored(
     let conditional = common::http::CONDITIONAL
         .iter()
         .any(|h| req.header(h).is_some());
-    let l1_ms = if conditional || outcome == CacheOutcome::Stale {
+    let l1_ms = if conditional || meta.outcome == CacheOutcome::Stale {
         0
     } else {
         l1_ttl.min(L1_MAX_TTL).as_millis() as u32
@@ -144,10 +137,10 @@ pub fn serve_stored(
                     "Content-Range".into(),
                     format!("bytes {first}-{last}/{len}").into_bytes(),
                 ));
-                return respond::full(
+                return respond::full_meta(
                     lease,
                     206,
-                    outcome,
+                    meta,
                     headers,
                     &obj.body[first as usize..=last as usize],
                     head_only,

@@ -50,6 +50,15 @@ fn host_key(site: &Site, host: &[u8], target: &str) -> String {
     )
 }
 
+/// What the worker is told of an answer for `site`.
+fn meta(site: &SiteUp, outcome: CacheOutcome, upstream_status: u16) -> respond::Meta {
+    respond::Meta {
+        upstream_status,
+        site: site.index,
+        ..respond::Meta::of(outcome)
+    }
+}
+
 fn is_unsafe(method: &str) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE")
 }
@@ -72,11 +81,11 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     // drained body left the upstream request announcing bytes it never had).
     if (req.method != "GET" && req.method != "HEAD") || req.body != BodyLen::None {
         Counters::inc(&ctx.counters().passes);
-        let sent = upstream(ctx, lease, req, origin, &[]);
+        let sent = upstream(lease, req, origin, &[]);
         respond::drain(lease)?;
         let response = match sent {
             Ok(r) => r,
-            Err(e) => return upstream_error(ctx, lease, e, false),
+            Err(e) => return upstream_error(ctx, lease, origin, e, false),
         };
         if is_unsafe(&req.method) && (200..400).contains(&response.response.status().as_u16()) {
             invalidate(ctx, req, response.response.headers(), origin);
@@ -103,11 +112,23 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
             ) {
                 Use::Fresh => {
                     Counters::inc(&ctx.counters().l2_hits);
-                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Hit, 0);
+                    return super::serve_stored(
+                        ctx,
+                        lease,
+                        req,
+                        &obj,
+                        meta(site, CacheOutcome::Hit, 0),
+                    );
                 }
                 Use::StaleAllowed => {
                     Counters::inc(&ctx.counters().l2_stale);
-                    return super::serve_stored(ctx, lease, req, &obj, CacheOutcome::Stale, 0);
+                    return super::serve_stored(
+                        ctx,
+                        lease,
+                        req,
+                        &obj,
+                        meta(site, CacheOutcome::Stale, 0),
+                    );
                 }
                 Use::Revalidate if rules.only_if_cached => {
                     return respond::error(
@@ -140,7 +161,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         FillRole::Alone => fetch(ctx, lease, req, origin, None),
         FillRole::Waiter(fill) => {
             // `follow` takes the follower and leaves the fill before a Pass fetches alone.
-            match follow(ctx, lease, req, fill)? {
+            match follow(ctx, lease, req, fill, site.index)? {
                 Followed::Served => Ok(()),
                 Followed::Pass => fetch(ctx, lease, req, origin, None),
             }
@@ -155,9 +176,9 @@ fn fetch(
     origin: &SiteUp,
     lead: Option<FillLead>,
 ) -> io::Result<()> {
-    match upstream(ctx, lease, req, origin, &[]) {
+    match upstream(lease, req, origin, &[]) {
         Ok(answer) => relay(ctx, lease, req, answer, lead, CacheOutcome::Miss),
-        Err(e) => upstream_error(ctx, lease, e, req.method == "HEAD"),
+        Err(e) => upstream_error(ctx, lease, origin, e, req.method == "HEAD"),
     }
 }
 
@@ -168,7 +189,6 @@ fn fetch(
 /// us, and `Host` follows the site's `host_header`. `extra` fields replace the client's of
 /// the same name (the validators of a revalidation).
 fn upstream<'u>(
-    ctx: &Ctx,
     lease: &mut Lease,
     req: &RequestHead,
     site: &'u SiteUp,
@@ -220,9 +240,8 @@ fn upstream<'u>(
         client_host,
         key: &primary,
     };
-    let counters = ctx.counters();
     match req.body {
-        BodyLen::None => site.send(counters, &out, None),
+        BodyLen::None => site.send(&out, None),
         declared => {
             let left = match declared {
                 BodyLen::Exact(n) => Some(n),
@@ -233,7 +252,7 @@ fn upstream<'u>(
                 reader: &mut body,
                 len: left,
             };
-            site.send(counters, &out, Some(body))
+            site.send(&out, Some(body))
         }
     }
 }
@@ -276,7 +295,13 @@ impl Read for BodyFromSegment<'_, '_> {
     }
 }
 
-fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: Failure, head_only: bool) -> io::Result<()> {
+fn upstream_error(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    site: &SiteUp,
+    e: Failure,
+    head_only: bool,
+) -> io::Result<()> {
     let status = e.status();
     let why = if status == 504 {
         Counters::inc(&ctx.counters().upstream_timeouts);
@@ -285,7 +310,7 @@ fn upstream_error(ctx: &Ctx, lease: &mut Lease, e: Failure, head_only: bool) -> 
         Counters::inc(&ctx.counters().upstream_errors);
         "the origin could not be reached or answered badly"
     };
-    respond::error(lease, status, why, head_only)
+    respond::error_for(lease, site.index, status, why, head_only)
 }
 
 /// After a successful unsafe method: drop the target and its Location/Content-Location
@@ -408,6 +433,7 @@ fn refuse_framing(
     req: &RequestHead,
     why: &str,
     lead: Option<FillLead>,
+    site: u16,
 ) -> io::Result<()> {
     Counters::inc(&ctx.counters().upstream_bad_framing);
     Counters::inc(&ctx.counters().upstream_errors);
@@ -415,8 +441,9 @@ fn refuse_framing(
     if let Some(mut l) = lead {
         l.pass();
     }
-    respond::error(
+    respond::error_for(
         lease,
+        site,
         502,
         "the origin answered with framing that cannot be relayed",
         req.method == "HEAD",
@@ -455,10 +482,11 @@ fn relay(
         response,
         request_time,
         busy: _busy,
+        site,
     } = answer;
     let (parts, body) = response.into_parts();
     if let Some(why) = bad_framing(parts.status, parts.version, &parts.headers) {
-        return refuse_framing(ctx, lease, req, why, lead);
+        return refuse_framing(ctx, lease, req, why, lead, site);
     }
     let status = parts.status.as_u16();
     let response_time = SystemTime::now();
@@ -536,7 +564,7 @@ fn relay(
         outcome,
         l1_ttl_ms: l1_ttl.as_millis().min(3_600_000) as u32,
         upstream_status: status,
-        site: respond::NO_SITE,
+        site,
     };
     let mut own = respond::head(lease, status, framing, meta, headers.clone());
     let mut keep: Option<Vec<u8>> = storable
@@ -639,6 +667,7 @@ fn follow(
     lease: &mut Lease,
     req: &RequestHead,
     fill: crate::cache::Follower,
+    site: u16,
 ) -> io::Result<Followed> {
     let wait = ctx.cfg.read_timeout;
     let (status, headers, framing) = match fill.next(true, 0, 0, wait) {
@@ -663,6 +692,7 @@ fn follow(
     // The leader's origin answer, shared: its status is the upstream status here too.
     let meta = respond::Meta {
         upstream_status: status,
+        site,
         ..respond::Meta::of(CacheOutcome::Collapsed)
     };
     respond::head(lease, status, framing, meta, headers)?;
@@ -709,7 +739,7 @@ fn revalidate(
         return fetch(ctx, lease, req, origin, None);
     }
     let extra = validators;
-    let answer = match upstream(ctx, lease, req, origin, &extra) {
+    let answer = match upstream(lease, req, origin, &extra) {
         Ok(r) => r,
         Err(e) => {
             let Validity::Http {
@@ -724,14 +754,20 @@ fn revalidate(
                 // RFC 9111 §4.2.4: a disconnected cache may serve stale unless forbidden.
                 log::warn!("revalidation failed ({e}); serving stale {}", req.target);
                 Counters::inc(&ctx.counters().l2_stale);
-                return super::serve_stored(ctx, lease, req, obj, CacheOutcome::Stale, 0);
+                return super::serve_stored(
+                    ctx,
+                    lease,
+                    req,
+                    obj,
+                    meta(origin, CacheOutcome::Stale, 0),
+                );
             }
-            return upstream_error(ctx, lease, e, req.method == "HEAD");
+            return upstream_error(ctx, lease, origin, e, req.method == "HEAD");
         }
     };
     let response = &answer.response;
     if let Some(why) = bad_framing(response.status(), response.version(), response.headers()) {
-        return refuse_framing(ctx, lease, req, why, None);
+        return refuse_framing(ctx, lease, req, why, None, origin.index);
     }
     if response.status().as_u16() != 304 {
         Counters::inc(&ctx.counters().l2_misses);
@@ -762,15 +798,31 @@ fn revalidate(
             store_refreshed(ctx, primary, req, obj, stripped, &fresh, times);
         }
         let once = once(headers);
-        return super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304);
+        return super::serve_stored(
+            ctx,
+            lease,
+            req,
+            &once,
+            meta(origin, CacheOutcome::Revalidated, 304),
+        );
     }
     match store_refreshed(ctx, primary, req, obj, headers.clone(), &fresh, times) {
-        Some(refreshed) => {
-            super::serve_stored(ctx, lease, req, &refreshed, CacheOutcome::Revalidated, 304)
-        }
+        Some(refreshed) => super::serve_stored(
+            ctx,
+            lease,
+            req,
+            &refreshed,
+            meta(origin, CacheOutcome::Revalidated, 304),
+        ),
         None => {
             let once = once(headers);
-            super::serve_stored(ctx, lease, req, &once, CacheOutcome::Revalidated, 304)
+            super::serve_stored(
+                ctx,
+                lease,
+                req,
+                &once,
+                meta(origin, CacheOutcome::Revalidated, 304),
+            )
         }
     }
 }

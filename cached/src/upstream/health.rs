@@ -57,15 +57,21 @@ fn checker(site: &SiteUp, index: usize, stop: &AtomicBool) {
         }
         next = now + rules.interval;
         let result = match &probe {
-            Some(agent) => check(agent, server, &host, &rules.path),
+            Some(agent) => {
+                let result = check(agent, server, &host, &rules.path);
+                if let Some(r) = site.row(index) {
+                    r.health_checked(result.is_ok());
+                }
+                result
+            }
             None if server.is_up() => continue,
             None => connect(server, rules.timeout),
         };
         match result {
-            Ok(()) => server.succeeded(rules),
+            Ok(()) => site.server_succeeded(index),
             Err(why) => {
                 log::debug!("health check of {} failed: {why}", server.url);
-                server.failed(rules, &why)
+                site.server_failed(index, &why)
             }
         }
     }

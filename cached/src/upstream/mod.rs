@@ -18,10 +18,12 @@ pub mod health;
 mod tls;
 
 use common::config::{CachedConfig, Health, HostHeader, Origin, Scheme, Site};
-use common::stats::Counters;
+use common::stats::upstream::{InFlight, ServerRow};
+use common::stats::{Counters, StatsRegion};
 use std::cell::Cell;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 use ureq::http;
@@ -46,7 +48,9 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(cfg: &CachedConfig) -> anyhow::Result<Upstreams> {
+    /// The servers of every site, each named in its row of `stats`' tables (sites and
+    /// servers past the tables' size work, unlisted).
+    pub fn new(cfg: &CachedConfig, stats: &Arc<StatsRegion>) -> anyhow::Result<Upstreams> {
         let needs_tls = cfg
             .sites
             .iter()
@@ -56,22 +60,30 @@ impl Upstreams {
             true => Some(tls::Trust::load(cfg.tls_ca_file.as_deref())?),
             false => None,
         };
-        let sites = cfg
-            .sites
-            .iter()
-            .map(|site| {
-                let servers = site
-                    .origins
-                    .iter()
-                    .map(|o| Server::new(cfg, site, o, trust.as_ref()))
-                    .collect();
-                SiteUp {
-                    site: site.clone(),
-                    servers,
-                    next: AtomicUsize::new(0),
+        let mut row = 0;
+        let mut sites = Vec::with_capacity(cfg.sites.len());
+        for (index, site) in cfg.sites.iter().enumerate() {
+            let index = index.min(usize::from(u16::MAX - 1)) as u16;
+            if let Some(r) = stats.site(usize::from(index)) {
+                r.publish(&site.name);
+            }
+            let mut servers = Vec::with_capacity(site.origins.len());
+            for o in &site.origins {
+                let server = Server::new(cfg, site, o, trust.as_ref(), row);
+                if let Some(r) = stats.server(row) {
+                    r.publish(index, &server.url);
                 }
-            })
-            .collect();
+                servers.push(server);
+                row += 1;
+            }
+            sites.push(SiteUp {
+                site: site.clone(),
+                index,
+                servers,
+                next: AtomicUsize::new(0),
+                stats: Arc::clone(stats),
+            });
+        }
         Ok(Upstreams { sites })
     }
 
@@ -87,9 +99,12 @@ impl Upstreams {
 /// One site's servers and its rotation.
 pub struct SiteUp {
     pub site: Site,
+    /// Its row in the stats region's site table (and in `cfg.sites`).
+    pub index: u16,
     pub servers: Vec<Server>,
     /// Round-robin position (also breaks least-connections ties).
     next: AtomicUsize,
+    stats: Arc<StatsRegion>,
 }
 
 /// One origin server of a site.
@@ -113,9 +128,10 @@ pub struct Server {
     up: AtomicBool,
     /// Consecutive failures while up, consecutive successes while down.
     streak: AtomicU32,
+    /// Requests in flight (least-connections), also shown in the stats row.
     pub in_flight: AtomicU64,
-    pub requests: AtomicU64,
-    pub failures: AtomicU64,
+    /// Its row in the stats region's server table.
+    row: usize,
 }
 
 /// What an agent of this server is made from.
@@ -231,7 +247,13 @@ impl Resolver for Pinned {
 }
 
 impl Server {
-    fn new(cfg: &CachedConfig, site: &Site, o: &Origin, trust: Option<&tls::Trust>) -> Server {
+    fn new(
+        cfg: &CachedConfig,
+        site: &Site,
+        o: &Origin,
+        trust: Option<&tls::Trust>,
+        row: usize,
+    ) -> Server {
         let tls = match o.scheme {
             Scheme::Https => trust.map(|t| t.config(site.tls_verify)),
             Scheme::Http => None,
@@ -265,8 +287,7 @@ impl Server {
             up: AtomicBool::new(true),
             streak: AtomicU32::new(0),
             in_flight: AtomicU64::new(0),
-            requests: AtomicU64::new(0),
-            failures: AtomicU64::new(0),
+            row,
         }
     }
 
@@ -296,33 +317,34 @@ impl Server {
         }
     }
 
-    /// A connection or check failed: out after `fall` in a row.
-    fn failed(&self, rules: &Health, why: &str) {
-        self.failures.fetch_add(1, Ordering::Relaxed);
-        if self.is_up() {
-            let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= rules.fall {
-                self.streak.store(0, Ordering::Relaxed);
-                self.up.store(false, Ordering::Relaxed);
-                log::warn!("origin {} is down after {n} failures ({why})", self.url);
-            }
-        } else {
+    /// A connection or check failed: out after `fall` in a row. True when it went out.
+    fn failed(&self, rules: &Health, why: &str) -> bool {
+        if !self.is_up() {
             self.streak.store(0, Ordering::Relaxed);
+            return false;
         }
+        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < rules.fall || !self.up.swap(false, Ordering::Relaxed) {
+            return false;
+        }
+        self.streak.store(0, Ordering::Relaxed);
+        log::warn!("origin {} is down after {n} failures ({why})", self.url);
+        true
     }
 
-    /// A connection or check succeeded: back after `rise` in a row.
-    fn succeeded(&self, rules: &Health) {
+    /// A connection or check succeeded: back after `rise` in a row. True when it came back.
+    fn succeeded(&self, rules: &Health) -> bool {
         if self.is_up() {
             self.streak.store(0, Ordering::Relaxed);
-        } else {
-            let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
-            if n >= rules.rise {
-                self.streak.store(0, Ordering::Relaxed);
-                self.up.store(true, Ordering::Relaxed);
-                log::info!("origin {} is up again after {n} good checks", self.url);
-            }
+            return false;
         }
+        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < rules.rise || self.up.swap(true, Ordering::Relaxed) {
+            return false;
+        }
+        self.streak.store(0, Ordering::Relaxed);
+        log::info!("origin {} is up again after {n} good checks", self.url);
+        true
     }
 }
 
@@ -352,14 +374,19 @@ pub struct Answer<'s> {
     pub request_time: SystemTime,
     /// Keep while the body is read: the server counts the request in flight until then.
     pub busy: Busy<'s>,
+    /// The site's row (for the answer's `Meta`).
+    pub site: u16,
 }
 
-/// A request in flight on a server (least-connections counts these).
-pub struct Busy<'s>(&'s Server);
+/// A request in flight on a server (least-connections and its stats row count these).
+pub struct Busy<'s> {
+    server: &'s Server,
+    row: Option<InFlight<'s>>,
+}
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -438,13 +465,30 @@ impl SiteUp {
         self.site.health.as_ref().unwrap_or(&PASSIVE)
     }
 
+    fn row(&self, server: usize) -> Option<&ServerRow> {
+        self.stats.server(self.servers[server].row)
+    }
+
+    /// A failed connection or health check of server `i` (out after `fall`).
+    fn server_failed(&self, i: usize, why: &str) {
+        if self.servers[i].failed(self.rules(), why) && self.row(i).is_some_and(|r| r.set_up(false))
+        {
+            Counters::inc(&self.stats.slot(0).upstream_server_down_events);
+        }
+    }
+
+    /// A good connection or health check of server `i` (back after `rise`).
+    fn server_succeeded(&self, i: usize) {
+        if self.servers[i].succeeded(self.rules()) {
+            if let Some(r) = self.row(i) {
+                r.set_up(true);
+            }
+        }
+    }
+
     /// Sends `out` to a server of this site, retrying once as the module doc says.
-    pub fn send(
-        &self,
-        counters: &Counters,
-        out: &Outgoing,
-        body: Option<SendBody>,
-    ) -> Result<Answer<'_>, Failure> {
+    pub fn send(&self, out: &Outgoing, body: Option<SendBody>) -> Result<Answer<'_>, Failure> {
+        let counters = self.stats.slot(0);
         let first = self.pick(out.key, None);
         let retriable = body.is_none() && idempotent(out.method);
         let e = match self.attempt(counters, first, out, body, false) {
@@ -466,6 +510,9 @@ impl SiteUp {
             return Err(e);
         };
         Counters::inc(&counters.upstream_retries);
+        if let Some(r) = self.row(first) {
+            Counters::inc(&r.retries);
+        }
         log::info!(
             "site {}: {} {} failed on {} ({e}); retrying on {}{}",
             self.site.name,
@@ -503,8 +550,11 @@ impl SiteUp {
             b = b.header("Content-Length", *n);
         }
         Counters::inc(&counters.upstream_requests);
-        server.requests.fetch_add(1, Ordering::Relaxed);
         server.in_flight.fetch_add(1, Ordering::Relaxed);
+        let busy = Busy {
+            server,
+            row: self.row(index).map(ServerRow::request),
+        };
         let agent = if fresh {
             server.fresh.clone()
         } else {
@@ -529,18 +579,18 @@ impl SiteUp {
         );
         match result {
             Ok(response) => {
-                server.succeeded(self.rules());
+                self.server_succeeded(index);
                 if let Some(secs) = keep_alive_timeout(response.headers()) {
                     server.advertised_keep_alive(secs);
                 }
                 Ok(Answer {
                     response,
                     request_time,
-                    busy: Busy(server),
+                    busy,
+                    site: self.index,
                 })
             }
             Err(e) => {
-                server.in_flight.fetch_sub(1, Ordering::Relaxed);
                 let stage = STAGE.with(|s| s.get());
                 let failure = match (stage, server.origin.scheme) {
                     // TCP was up but the handshake did not finish (a timeout, a close, a
@@ -552,9 +602,17 @@ impl SiteUp {
                     _ => Failure::of(e),
                 };
                 match &failure {
-                    Failure::Tls(_) => Counters::inc(&counters.upstream_tls_errors),
-                    Failure::Connect(why) => server.failed(self.rules(), why),
-                    _ => {}
+                    Failure::Tls(_) => {
+                        Counters::inc(&counters.upstream_tls_errors);
+                        busy.row.as_ref().map(InFlight::tls_failed);
+                    }
+                    Failure::Connect(why) => {
+                        busy.row.as_ref().map(InFlight::failed);
+                        self.server_failed(index, why);
+                    }
+                    _ => {
+                        busy.row.as_ref().map(InFlight::failed);
+                    }
                 }
                 log::warn!(
                     "site {}: origin {}: {} {}: {failure}",

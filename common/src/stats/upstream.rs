@@ -1,10 +1,11 @@
 //! The cached region's table of sites and upstream servers: [`MAX_SITES`] site rows and
 //! [`MAX_SERVERS`] server rows at a fixed place after the counter slots ([`Upstreams`]).
 //!
-//! Written only by `cached` (the upstream code: names once at start, then counters and the
-//! up/down state); read by the proxy's stats endpoints, `proxy stats`, and the workers, which
-//! look up the name of the site that answered (the response head carries its index) for the
-//! access log.
+//! Names and the server rows are written only by `cached` (the upstream code: names once at
+//! start, then counters and the up/down state). A site row's answer counters are counted by
+//! the worker that delivers the answer ([`SiteRow::answered`], from the response head's site
+//! index), which also looks up the site's name there for the access log; the proxy's stats
+//! endpoints and `proxy stats` read it all.
 //!
 //! Publication of a row's text (a site's name; a server's site index and URL) is a small
 //! sequence lock, so a reader never shows a torn name:

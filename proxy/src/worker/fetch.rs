@@ -215,11 +215,11 @@ pub fn exchange(
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).
     conn.reply.site = peer.stats.site_name(answer.site).map(Arc::from);
-    conn.answered(
-        w,
-        answer.status,
-        CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass),
-    );
+    let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
+    // The site's row counts what cached answered for it (L1 hits count in `l1_hits`).
+    peer.stats
+        .site_answered(answer.site, outcome, answer.status);
+    conn.answered(w, answer.status, outcome);
     let mut l1_body = match answer.body {
         BodyLen::Exact(n)
             if answer.l1_ttl_ms > 0
