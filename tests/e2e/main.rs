@@ -26,4 +26,7 @@ mod lifecycle;
 mod mq_limits;
 mod observability;
 mod reload;
+mod sites_balance;
+mod sites_tls;
+mod sites_vhost;
 mod stress_short;
