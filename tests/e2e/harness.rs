@@ -980,6 +980,26 @@ impl Instance {
             .unwrap_or_else(|| panic!("stats: no `sites` array in {s}"))
     }
 
+    /// The upstream servers of the stats: the flat `servers` array (each row naming its `site`),
+    /// at the top level or in the cached region, else every `sites[].servers` row.
+    pub fn servers(&self) -> Vec<serde_json::Value> {
+        let s = self.stats();
+        if let Some(v) = s["servers"]
+            .as_array()
+            .or_else(|| s["cached"]["servers"].as_array())
+        {
+            return v.clone();
+        }
+        let sites = s["sites"]
+            .as_array()
+            .or_else(|| s["cached"]["sites"].as_array())
+            .unwrap_or_else(|| panic!("stats: neither `servers` nor `sites` in {s}"));
+        sites
+            .iter()
+            .flat_map(|site| site["servers"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
     /// Everything cached wrote to stderr, over all its starts.
     pub fn cached_log(&self) -> String {
         self.log_files()

@@ -14,7 +14,9 @@
 //!
 //! [`Origin::builder`] adds: TLS ([`OriginBuilder::tls`], a certificate from [`crate::tls`];
 //! rustls, ring provider), closing a connection that has been idle for exactly some time after
-//! its last answer ([`OriginBuilder::idle_close`]) and advertising it or any other
+//! its last answer ([`OriginBuilder::idle_close`], optionally treating a request that comes just
+//! before that deadline as still in flight: [`OriginBuilder::in_flight`]) and advertising it or
+//! any other
 //! `Keep-Alive: timeout=` ([`OriginBuilder::advertise_keep_alive`]). [`Origin::accepted`]
 //! counts TCP connections, to check reuse. A plain origin that receives a TLS ClientHello
 //! answers `400` and closes, as nginx or Node do on a plain port.
@@ -28,7 +30,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How the origin frames a response body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +146,9 @@ struct Options {
     tls: Option<Arc<rustls::ServerConfig>>,
     /// Close a connection this long after its last answer when no new request has begun.
     idle_close: Option<Duration>,
+    /// A request whose first byte comes less than this before the idle deadline is taken as
+    /// still on the wire: the connection closes at the deadline anyway.
+    in_flight: Duration,
     /// Send `Connection: keep-alive` and `Keep-Alive: timeout=N` with every kept-alive answer.
     advertise_keep_alive: Option<u64>,
 }
@@ -173,6 +178,16 @@ impl OriginBuilder {
     /// then (the first byte of the next request must arrive within `after`).
     pub fn idle_close(mut self, after: Duration) -> OriginBuilder {
         self.opts.idle_close = Some(after);
+        self
+    }
+
+    /// With [`OriginBuilder::idle_close`]: behave as if requests took `lag` to arrive. A
+    /// request whose first byte comes within `lag` before the idle deadline is not read; the
+    /// connection closes at the deadline (the kernel resets it, unread data pending), as a
+    /// server does whose keep-alive timer fires while the request is in flight. On loopback
+    /// that race is otherwise a few microseconds wide.
+    pub fn in_flight(mut self, lag: Duration) -> OriginBuilder {
+        self.opts.in_flight = lag;
         self
     }
 
@@ -374,7 +389,10 @@ fn serve<S: Read + Write>(mut reader: BufReader<S>, tcp: &TcpStream, st: &State)
     let mut first = true;
     loop {
         if let Some(limit) = st.opts.idle_close.filter(|_| !first) {
-            if !next_request_within(&mut reader, tcp, limit)? {
+            let idle_since = Instant::now();
+            let wait = limit.saturating_sub(st.opts.in_flight);
+            if wait.is_zero() || !next_request_within(&mut reader, tcp, wait)? {
+                thread::sleep((idle_since + limit).saturating_duration_since(Instant::now()));
                 return Ok(());
             }
         }
@@ -587,7 +605,6 @@ pub fn unhex(s: &str) -> Vec<u8> {
 pub(crate) mod tests {
     //! The origin's own connection behaviour, checked with a raw TCP client.
     use super::*;
-    use std::time::Instant;
 
     /// Reads one answer framed by Content-Length (head and body may come in several reads).
     pub(crate) fn read_answer(c: &mut impl Read) -> String {
@@ -640,6 +657,46 @@ pub(crate) mod tests {
         assert_eq!(origin.accepted(), 1);
         let _second = TcpStream::connect(origin.addr()).unwrap();
         poll(|| origin.accepted() == 2);
+    }
+
+    #[test]
+    fn origin_helpers_a_request_in_flight_at_the_idle_deadline_is_reset() {
+        let origin = Origin::builder()
+            .idle_close(Duration::from_millis(500))
+            .in_flight(Duration::from_millis(200))
+            .start();
+        origin.route("/a", Route::ok("a"));
+        let mut c = TcpStream::connect(origin.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let req = b"GET /a HTTP/1.1\r\nHost: o\r\n\r\n";
+        c.write_all(req).unwrap();
+        assert!(read_answer(&mut c).starts_with("HTTP/1.1 200"));
+        // 100 ms before the deadline: inside the 200 ms lag, so never answered.
+        let idle_from = Instant::now();
+        thread::sleep(Duration::from_millis(400));
+        c.write_all(req).unwrap();
+        let mut buf = [0u8; 64];
+        let got = c.read(&mut buf);
+        let closed_after = idle_from.elapsed();
+        assert!(
+            matches!(got, Ok(0)) || got.is_err(),
+            "the in-flight request was answered: {got:?}"
+        );
+        assert!(
+            closed_after >= Duration::from_millis(480)
+                && closed_after < Duration::from_millis(1500),
+            "closed {closed_after:?} after the last answer, want 500 ms"
+        );
+        assert_eq!(origin.count("/a"), 1);
+        // Before the lag window, a request is served.
+        let mut c = TcpStream::connect(origin.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(req).unwrap();
+        assert!(read_answer(&mut c).starts_with("HTTP/1.1 200"));
+        thread::sleep(Duration::from_millis(150));
+        c.write_all(req).unwrap();
+        assert!(read_answer(&mut c).starts_with("HTTP/1.1 200"));
+        assert_eq!(origin.count("/a"), 3);
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! default site); the site named in the access log and in `/__shmproxy/stats`; the
 //! `X-Forwarded-*`, `Via` and `Host` fields the origin sees; `Location` passed unchanged.
 //!
-//! Assumed stats shape (the stats engineer's table): `sites[].name`, at the top level of
-//! `/__shmproxy/stats` or inside `cached` (see [`Instance::sites`]).
+//! Stats shape (the stats branch): a top-level `sites` array whose rows have a `name` (also
+//! looked for inside `cached`: see [`Instance::sites`]); the access log line ends with the
+//! site's name.
 
 use crate::client::{self, Response};
 use crate::harness::{poll_until, with_deadline, Instance};

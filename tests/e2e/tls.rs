@@ -110,9 +110,13 @@ impl TestCa {
 fn leaf_params(names: &[&str], not_before: Date, not_after: Date) -> (CertificateParams, KeyPair) {
     let sans: Vec<String> = names.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(sans).expect("leaf params");
+    // Names are checked against the subjectAltName; the subject is only an issuer name to
+    // webpki, so it must not match any root of a system trust store (some have a
+    // `CN=localhost`), or a self-signed leaf fails as a bad signature instead of an
+    // unknown issuer.
     params.distinguished_name.push(
         DnType::CommonName,
-        names.first().copied().unwrap_or("e2e leaf"),
+        format!("shmproxy e2e leaf {}", names.join(" ")),
     );
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![
