@@ -278,6 +278,55 @@ fn sites_tls_plain_http_server_behind_https_url_gives_502() {
     });
 }
 
+/// A server that accepts TCP connections behind an `https://` URL and never says a word: the
+/// handshake must still end within the connect timeout.
+#[test]
+fn sites_tls_silent_server_behind_https_url_gives_an_error_within_the_connect_timeout() {
+    with_deadline(LIMIT, || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let holder = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut held = Vec::new();
+                let until = Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < until {
+                    match listener.accept() {
+                        Ok((c, _)) => held.push(c),
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+                held.len()
+            })
+        };
+        let ca = TestCa::new();
+        let inst = tls_instance(
+            &format!("https://localhost:{port}"),
+            Some(ca.pem_path()),
+            &[],
+        );
+        let t0 = Instant::now();
+        let r = client::get(inst.addr(), "/silent");
+        let took = t0.elapsed();
+        assert!(
+            r.status == 502 || r.status == 504,
+            "a silent TLS server: {}",
+            r.describe()
+        );
+        let bound = Duration::from_millis(CONNECT_TIMEOUT_MS) * 2 + MARGIN;
+        assert!(
+            took < bound,
+            "answered after {took:?}: the handshake is not bounded by the connect timeout \
+             (want < {bound:?}, one retry allowed)"
+        );
+        drop(inst);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(holder.join().unwrap() >= 1, "cached connected");
+    });
+}
+
 /// `n` sequential 1 KiB misses on one client connection; returns (requests/s, TCP connections
 /// the origin accepted meanwhile).
 fn misses(inst: &Instance, origin: &Origin, n: usize) -> (f64, usize) {
