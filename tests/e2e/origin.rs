@@ -631,27 +631,31 @@ pub(crate) mod tests {
     #[test]
     fn origin_helpers_idle_close_counts_from_the_last_answer() {
         let origin = Origin::builder()
-            .idle_close(Duration::from_millis(400))
+            .idle_close(Duration::from_millis(600))
             .start();
         origin.route("/a", Route::ok("a"));
         let mut c = TcpStream::connect(origin.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        // Requests 300 ms apart keep it open; no Keep-Alive header unless asked for.
-        for _ in 0..3 {
+        // Requests 200 ms apart keep it open; no Keep-Alive header unless asked for.
+        let mut last_answer = Instant::now();
+        for i in 0..3 {
+            if i > 0 {
+                thread::sleep(Duration::from_millis(200));
+            }
             c.write_all(b"GET /a HTTP/1.1\r\nHost: o\r\n\r\n").unwrap();
             let text = read_answer(&mut c);
+            last_answer = Instant::now();
             assert!(text.starts_with("HTTP/1.1 200"), "{text}");
             assert!(!text.to_ascii_lowercase().contains("keep-alive"), "{text}");
-            thread::sleep(Duration::from_millis(300));
         }
-        let since = Instant::now() - Duration::from_millis(300);
         let mut buf = [0u8; 16];
         let got = c.read(&mut buf);
-        let idle = since.elapsed();
+        let idle = last_answer.elapsed();
         assert!(matches!(got, Ok(0)) || got.is_err(), "{got:?}");
+        // Not before the limit; well before the 30 s an origin without it waits.
         assert!(
-            idle >= Duration::from_millis(380) && idle < Duration::from_millis(1200),
-            "closed {idle:?} after the last answer, want 400 ms"
+            idle >= Duration::from_millis(550) && idle < Duration::from_secs(3),
+            "closed {idle:?} after the last answer, want 600 ms"
         );
         assert_eq!(origin.count("/a"), 3);
         assert_eq!(origin.accepted(), 1);
@@ -683,8 +687,7 @@ pub(crate) mod tests {
             "the in-flight request was answered: {got:?}"
         );
         assert!(
-            closed_after >= Duration::from_millis(480)
-                && closed_after < Duration::from_millis(1500),
+            closed_after >= Duration::from_millis(480) && closed_after < Duration::from_secs(3),
             "closed {closed_after:?} after the last answer, want 500 ms"
         );
         assert_eq!(origin.count("/a"), 1);
@@ -693,7 +696,7 @@ pub(crate) mod tests {
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.write_all(req).unwrap();
         assert!(read_answer(&mut c).starts_with("HTTP/1.1 200"));
-        thread::sleep(Duration::from_millis(150));
+        thread::sleep(Duration::from_millis(50));
         c.write_all(req).unwrap();
         assert!(read_answer(&mut c).starts_with("HTTP/1.1 200"));
         assert_eq!(origin.count("/a"), 3);

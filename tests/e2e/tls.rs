@@ -328,7 +328,7 @@ mod tests {
             "closed, not answered: {got:?}"
         );
         assert!(
-            idle >= Duration::from_millis(250) && idle < Duration::from_millis(1500),
+            idle >= Duration::from_millis(250) && idle < Duration::from_secs(3),
             "closed after {idle:?}, want ~300 ms"
         );
         assert_eq!(origin.count("/ka"), 2);
