@@ -455,7 +455,10 @@ pub struct PoolStats {
 #[derive(Debug, Clone)]
 pub struct Builder {
     root: Option<PathBuf>,
-    origin: Option<String>,
+    /// `cached --origin`, once per server.
+    origins: Vec<String>,
+    /// Text of a TOML file given to cached as `--config` (written into the instance's dir).
+    config: Option<String>,
     segments: u32,
     segment_size: usize,
     workers: u32,
@@ -477,7 +480,20 @@ impl Builder {
 
     /// Forward to `url` instead of serving a root.
     pub fn origin(mut self, url: &str) -> Builder {
-        self.origin = Some(url.to_string());
+        self.origins = vec![url.to_string()];
+        self
+    }
+
+    /// Forward to several servers of the default site: `--origin` once per URL.
+    pub fn origins(mut self, urls: &[String]) -> Builder {
+        self.origins = urls.to_vec();
+        self
+    }
+
+    /// Gives cached `--config FILE` with `text` (e.g. `[[site]]` tables, `[cached]` keys); with
+    /// it, neither `.root()` nor `.origin()` is needed. The proxy does not get it.
+    pub fn config_toml(mut self, text: &str) -> Builder {
+        self.config = Some(text.to_string());
         self
     }
 
@@ -577,7 +593,8 @@ impl Instance {
     pub fn builder() -> Builder {
         Builder {
             root: None,
-            origin: None,
+            origins: Vec::new(),
+            config: None,
             segments: 8,
             segment_size: 64 * 1024,
             workers: 2,
@@ -649,13 +666,31 @@ impl Instance {
             "--threads".into(),
             c.cached_threads.to_string(),
         ];
-        match (&c.origin, &c.root) {
-            (Some(o), _) => a.extend(["--origin".into(), o.clone()]),
-            (None, Some(r)) => a.extend(["--root".into(), r.display().to_string()]),
-            (None, None) => panic!("Instance: give .root(dir) or .origin(url)"),
+        if let Some(text) = &c.config {
+            let p = self
+                .dir()
+                .join(format!("cached-{:02}.toml", self.spawns + 1));
+            fs::write(&p, text).expect("write cached's config file");
+            a.extend(["--config".into(), p.display().to_string()]);
+        }
+        match (c.origins.is_empty(), &c.root) {
+            (false, _) => {
+                for o in &c.origins {
+                    a.extend(["--origin".into(), o.clone()]);
+                }
+            }
+            (true, Some(r)) => a.extend(["--root".into(), r.display().to_string()]),
+            (true, None) if c.config.is_some() => {}
+            (true, None) => panic!("Instance: give .root(dir), .origin(url) or .config_toml(text)"),
         }
         a.extend(c.cached_extra.iter().cloned());
         a
+    }
+
+    /// Replaces cached's config file text for its next start (e.g. a restart with fewer
+    /// servers).
+    pub fn set_config_toml(&mut self, text: &str) {
+        self.cfg.config = Some(text.to_string());
     }
 
     fn spawn(&mut self, bin: &str, args: Vec<String>) -> Child {
@@ -928,6 +963,50 @@ impl Instance {
         assert_eq!(r.status, 200, "stats: {}", r.describe());
         serde_json::from_slice(&r.body)
             .unwrap_or_else(|e| panic!("stats is not JSON ({e}): {}", r.text()))
+    }
+
+    /// A counter of the cached region of the stats (`stats.cached.NAME`), if present.
+    pub fn cached_counter(&self, name: &str) -> Option<u64> {
+        self.stats()["cached"][name].as_u64()
+    }
+
+    /// The per-site table of the stats: `sites` at the top level or in the cached region.
+    pub fn sites(&self) -> Vec<serde_json::Value> {
+        let s = self.stats();
+        s["sites"]
+            .as_array()
+            .or_else(|| s["cached"]["sites"].as_array())
+            .cloned()
+            .unwrap_or_else(|| panic!("stats: no `sites` array in {s}"))
+    }
+
+    /// The upstream servers of the stats: the flat `servers` array (each row naming its `site`),
+    /// at the top level or in the cached region, else every `sites[].servers` row.
+    pub fn servers(&self) -> Vec<serde_json::Value> {
+        let s = self.stats();
+        if let Some(v) = s["servers"]
+            .as_array()
+            .or_else(|| s["cached"]["servers"].as_array())
+        {
+            return v.clone();
+        }
+        let sites = s["sites"]
+            .as_array()
+            .or_else(|| s["cached"]["sites"].as_array())
+            .unwrap_or_else(|| panic!("stats: neither `servers` nor `sites` in {s}"));
+        sites
+            .iter()
+            .flat_map(|site| site["servers"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    /// Everything cached wrote to stderr, over all its starts.
+    pub fn cached_log(&self) -> String {
+        self.log_files()
+            .into_iter()
+            .filter(|p| p.to_string_lossy().ends_with("-cached.stderr"))
+            .filter_map(|p| fs::read_to_string(p).ok())
+            .collect()
     }
 
     pub fn pool(&self) -> PoolStats {

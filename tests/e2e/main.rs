@@ -3,11 +3,13 @@
 //! temp document root or in-process origin, and a watchdog deadline.
 //!
 //! Layout: `harness` (instances, watchdog), `client` (blocking HTTP/1.1 client), `origin`
-//! (scriptable origin server); one file per acceptance area of the pipeline issue.
+//! (scriptable origin server, plain or TLS), `tls` (a CA and certificates made at test time);
+//! one file per acceptance area of the pipeline issue.
 
 mod client;
 mod harness;
 mod origin;
+mod tls;
 
 mod badinput;
 mod bodies;
@@ -24,4 +26,7 @@ mod lifecycle;
 mod mq_limits;
 mod observability;
 mod reload;
+mod sites_balance;
+mod sites_tls;
+mod sites_vhost;
 mod stress_short;
