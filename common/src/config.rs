@@ -962,7 +962,11 @@ fn health(d: &Doc, h: &str) -> Result<Health, ConfigError> {
         Some(t) => {
             return Err(d.err(
                 &k("timeout_ms"),
-                format!("must be in 1..={interval} (interval_ms) (got {t})"),
+                format!(
+                    "must be in 1ms..={} (interval_ms) (got {})",
+                    keys::fmt_duration_us(interval * 1000),
+                    keys::fmt_duration_us(t * 1000)
+                ),
             ))
         }
     };
@@ -1105,6 +1109,262 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("instance"), "{e}");
+    }
+
+    /// Writes `text` to a file of its own, loads it as the proxy does, and gives the error
+    /// with the file's path as `FILE`.
+    fn proxy_err(name: &str, text: &str, f: &[(&str, &str)]) -> String {
+        let path = std::env::temp_dir().join(format!("cfg-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let r = ProxyConfig::load(Some(&path), &flags(f));
+        let _ = std::fs::remove_file(&path);
+        r.unwrap_err()
+            .to_string()
+            .replacen(&path.display().to_string(), "FILE", 1)
+    }
+
+    #[test]
+    fn file_errors_give_line_column_full_key_and_what_was_expected() {
+        for (text, want) in [
+            ("[proxy]\nworkers = \"four\"\n", "FILE:2:11: proxy.workers: expected an integer, got \"four\""),
+            ("[proxy]\nworkers = 0\n", "FILE:2:11: proxy.workers: must be in 1..=64 (got 0)"),
+            ("# c\n\n[proxy]\n  segments   =   0\n", "FILE:4:18: proxy.segments: must be in 1..=4096 (got 0)"),
+            ("[cached]\ncapacty = 1\n", "FILE:2:1: cached.capacty: unknown key"),
+            ("[proxy]\nsegmnts = 8\n", "FILE:2:1: proxy.segmnts: unknown key"),
+            ("instanse = \"a\"\n", "FILE:1:1: instanse: unknown key"),
+            ("[proxi]\n", "FILE:1:2: proxi: unknown key"),
+            ("proxy = 3\n", "FILE:1:9: proxy: expected a table, got 3"),
+            ("proxy.workers = true\n", "FILE:1:17: proxy.workers: expected an integer, got true"),
+            ("[cached]\ncapacity = \"256XB\"\n", "FILE:2:12: cached.capacity: expected a size (bytes, or a number with a unit: 512k, 64KiB, 256MiB, 1g), got \"256XB\": unknown unit \"XB\""),
+            ("[cached]\nconnect_timeout_ms = \"soon\"\n", "FILE:2:22: cached.connect_timeout_ms: expected a duration (milliseconds, or a number with a unit: 250ms, 5s, 2m, 1h), got \"soon\": a number must come before"),
+            ("[proxy]\nlisten = \"example.com:80\"\n", "FILE:2:10: proxy.listen: expected an address (127.0.0.1:8080, [::1]:8080, localhost:8080, :8080) or a list of them, got \"example.com:80\": \"example.com\" is not an IP address"),
+            ("[proxy]\nlisten = [\":80\", \"0.0.0.0:80\"]\n", "FILE:2:10: proxy.listen: 0.0.0.0:80 is listed twice"),
+            ("[proxy]\nstats_allow = [\"10.0.0.0/33\"]\n", "FILE:2:15: proxy.stats_allow: bad prefix length"),
+            ("[proxy]\nthreads = 8\nclient_wait_threads = 9\n", "FILE:3:23: proxy.client_wait_threads: must be in 1..=8 (proxy.threads) (got 9)"),
+            ("[proxy]\nworkers = 2\nworkers = 3\n", "FILE:3:1: duplicate key `workers`"),
+            ("[proxy]\nworkers = \n", "FILE:2:11: "),
+        ] {
+            let e = proxy_err("place", text, &[]);
+            assert!(e.starts_with(want), "{text}\n  gave {e}\n  want {want}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // A key of a [[site]] names the site's index; a missing one points at its table.
+        let o = "origins = [\"http://o\"]\n";
+        for (text, want) in [
+            (format!("[[site]]\n{o}\n[[site]]\nhosts = [\"a\"]\n{o}balance = 3\n"), "FILE:7:11: site[1].balance: expected a string, got 3"),
+            (format!("[[site]]\n{o}health = {{ interval_ms = 100 }}\n"), "FILE:3:10: site[0].health.path: missing"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", interval_ms = \"2h\", timeout_ms = \"3h\" }}\n"), "FILE:3:57: site[0].health.timeout_ms: must be in 1ms..=2h (interval_ms) (got 3h)"),
+            ("[[site]]\nhosts = [\"a\"]\n".to_string(), "FILE:1:1: site[0].origins: missing"),
+            (format!("site = [{{ {} }}, {{ hostz = 1 }}]\n", o.trim()), "FILE:1:39: site[1].hostz: unknown key"),
+            ("site = 3\n".to_string(), "FILE:1:8: site: expected tables ([[site]]), got 3"),
+        ] {
+            let e = load_cached("siteplace", &text, &[]).map(|c| c.sites).unwrap_err();
+            assert!(e.starts_with(want), "{text}\n  gave {e}\n  want {want}");
+        }
+    }
+
+    #[test]
+    fn flags_are_read_by_their_keys_type_and_errors_name_the_flag() {
+        let e = |f: &[(&str, &str)]| ProxyConfig::load(None, &flags(f)).unwrap_err().to_string();
+        assert_eq!(
+            e(&[("proxy.workers", "four")]),
+            "command line: --workers: expected an integer, got \"four\""
+        );
+        assert_eq!(
+            e(&[("proxy.segment_size", "12")]),
+            "command line: --segment-size: must be in 1KiB..=64MiB (got 12)"
+        );
+        assert!(e(&[("proxy.listen", "somewhere:80")])
+            .starts_with("command line: --listen: expected an address"));
+        // A flag is blamed only for its own key: the file's bad value keeps its place.
+        let got = proxy_err("blame", "[proxy]\nthreads = 0\n", &[("proxy.workers", "3")]);
+        assert!(
+            got.starts_with("FILE:2:11: proxy.threads: must be in"),
+            "{got}"
+        );
+        let got = proxy_err(
+            "blame2",
+            "[cached]\nthreads = \"x\"\n",
+            &[("proxy.threads", "3")],
+        );
+        assert!(
+            got.starts_with("FILE:2:11: cached.threads: expected an integer"),
+            "{got}"
+        );
+
+        // Digits where a string is wanted stay a string; numbers where an address is wanted
+        // are a port.
+        let p = ProxyConfig::load(
+            None,
+            &flags(&[("instance", "123"), ("proxy.listen", "8080")]),
+        )
+        .unwrap();
+        assert_eq!(p.instance, "123");
+        assert_eq!(p.listen, ["0.0.0.0:8080".parse().unwrap()]);
+        // --listen repeated, or with commas: every address, in order; flags replace the file.
+        let p = ProxyConfig::load(
+            None,
+            &flags(&[
+                ("proxy.listen", "localhost:8080"),
+                ("proxy.workers", "1"),
+                ("proxy.listen", "[::1]:8080,:9090"),
+            ]),
+        )
+        .unwrap();
+        let want: Vec<SocketAddr> = ["127.0.0.1:8080", "[::1]:8080", "0.0.0.0:9090"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(p.listen, want);
+        // Units on the command line.
+        let c = CachedConfig::load(
+            None,
+            &flags(&[
+                ("cached.capacity", "1g"),
+                ("cached.max_object_size", "512k"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.capacity, c.max_object_size), (1 << 30, 512 << 10));
+    }
+
+    #[test]
+    fn sizes_and_durations_take_units_in_the_file() {
+        let path = std::env::temp_dir().join(format!("cfg-{}-units.toml", std::process::id()));
+        let text = "[proxy]\nlisten = [\"127.0.0.1:8080\", \"[::1]:8080\"]\nsegment_size = \"64KiB\"\n\
+                    header_timeout_ms = \"5s\"\nidle_timeout_ms = \"2m\"\npool_wait_ms = 250\n\
+                    accept_coalesce_us = \"1ms\"\nmax_body_bytes = \"10m\"\nmin_send_rate = \"1k\"\n\
+                    [cached]\ncapacity = \"256MiB\"\nmax_object_size = 1048576\nheuristic_ttl_ms = \"1h\"\n\
+                    connect_timeout_ms = \"1m30s\"\n";
+        std::fs::write(&path, text).unwrap();
+        let p = ProxyConfig::load(Some(&path), &[]).unwrap();
+        let c = CachedConfig::load(Some(&path), &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(p.listen.len(), 2);
+        assert_eq!(p.segment_size, 64 << 10);
+        assert_eq!(p.header_timeout, Duration::from_secs(5));
+        assert_eq!(p.idle_timeout, Duration::from_secs(120));
+        assert_eq!(p.pool_wait, Duration::from_millis(250));
+        assert_eq!(p.accept_coalesce, Duration::from_millis(1));
+        assert_eq!((p.max_body_bytes, p.min_send_rate), (10 << 20, 1024));
+        assert_eq!((c.capacity, c.max_object_size), (256 << 20, 1 << 20));
+        assert_eq!(c.heuristic_floor, Duration::from_secs(3600));
+        assert_eq!(c.connect_timeout, Duration::from_secs(90));
+    }
+
+    /// `key = value` and `# key = value` lines of shmproxy.toml, by full key: (value text,
+    /// commented out).
+    fn repository_config_lines() -> Vec<(String, String, bool)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shmproxy.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (text, _) = text.split_once("# Sites.").expect("the sites block");
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{s}.");
+                continue;
+            }
+            let (body, commented) = match line.strip_prefix("# ") {
+                Some(b) => (b, true),
+                None => (line, false),
+            };
+            let Some((k, v)) = body.split_once(" = ") else {
+                continue;
+            };
+            if k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                out.push((format!("{section}{k}"), v.to_string(), commented));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn shmproxy_toml_lists_every_key_with_its_default() {
+        let lines = repository_config_lines();
+        for (key, value, commented) in &lines {
+            let def =
+                keys::lookup(key).unwrap_or_else(|| panic!("shmproxy.toml: {key}: not a key"));
+            if *commented {
+                // An example: for keys that are unset by default or computed.
+                assert!(
+                    def.default.is_none(),
+                    "shmproxy.toml: {key} is commented out but defaults to {:?}",
+                    def.default
+                );
+                keys::read_as(key, value, true)
+                    .unwrap_or_else(|e| panic!("shmproxy.toml: {key} = {value}: {e}"));
+            } else {
+                keys::check_documented_default(key, value, true)
+                    .unwrap_or_else(|e| panic!("shmproxy.toml: {e}"));
+            }
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shmproxy.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (_, sites) = text.split_once("# Keys of a [[site]]:").unwrap();
+        for k in keys::KEYS {
+            if matches!(k.ty, keys::Ty::Table | keys::Ty::Tables) {
+                continue;
+            }
+            if let Some(sub) = k.name.strip_prefix("site.") {
+                // Described in the comment block, health defaults as "[2000]".
+                let short = sub.rsplit('.').next().unwrap();
+                let line = sites
+                    .lines()
+                    .find(|l| {
+                        l.trim_start_matches('#')
+                            .trim_start()
+                            .starts_with(&format!("{short} "))
+                    })
+                    .unwrap_or_else(|| panic!("shmproxy.toml does not describe {}", k.name));
+                if let (Some(d), Some(b)) = (k.default, line.rfind('[')) {
+                    if sub.starts_with("health.") {
+                        let shown = line[b + 1..].trim_end().trim_end_matches(']');
+                        keys::check_documented_default(k.name, shown, true)
+                            .unwrap_or_else(|e| panic!("shmproxy.toml: {e} ({d})"));
+                    }
+                }
+                continue;
+            }
+            assert!(
+                lines.iter().any(|(key, _, _)| key == k.name),
+                "shmproxy.toml lacks {}",
+                k.name
+            );
+        }
+    }
+
+    #[test]
+    fn readme_configuration_table_matches_the_key_list() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let head = "| flag | key | default | meaning |\n|---|---|---|---|\n";
+        let start = text.find(head).expect("README's configuration table") + head.len();
+        let table = &text[start..text[start..].find("\n\n").map_or(text.len(), |e| start + e)];
+        let mut rows = 0;
+        for row in table.lines() {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            assert!(cells.len() >= 4, "{row}");
+            let key = cells[1].trim_matches('`');
+            if key == "[[site]]" {
+                continue;
+            }
+            let def = keys::lookup(key).unwrap_or_else(|| panic!("README: {key}: not a key"));
+            let shown = cells[2].trim_matches('`');
+            if def.default.is_none() && shown != "—" {
+                // A computed default, described in words.
+                assert!(keys::COMPUTED.contains(&key), "README: {key}: {shown}");
+                continue;
+            }
+            // As TOML (`[]`, `2`) or as a flag's value (`127.0.0.1:8080`, `www`).
+            keys::check_documented_default(key, shown, true)
+                .or_else(|_| keys::check_documented_default(key, shown, false))
+                .unwrap_or_else(|e| panic!("README: {e}"));
+            rows += 1;
+        }
+        assert!(rows >= 15, "{rows} rows checked");
     }
 
     #[test]
@@ -1351,7 +1611,7 @@ health = { path = "/ping" }
             (format!("[[site]]\n{o}health = {{ path = \"healthz\" }}\n"), "FILE: site[0].health.path: must start with '/'"),
             (format!("[[site]]\n{o}health = {{ path = \"/\", rise = 0 }}\n"), "FILE: site[0].health.rise: must be in 1..=1000 (got 0)"),
             (format!("[[site]]\n{o}health = {{ path = \"/\", fall = 0 }}\n"), "FILE: site[0].health.fall: must be in"),
-            (format!("[[site]]\n{o}health = {{ path = \"/\", interval_ms = 500, timeout_ms = 600 }}\n"), "FILE: site[0].health.timeout_ms: must be in 1..=500 (interval_ms) (got 600)"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", interval_ms = 500, timeout_ms = 600 }}\n"), "FILE: site[0].health.timeout_ms: must be in 1ms..=500ms (interval_ms) (got 600ms)"),
             ("[[site]]\nhosts = [\"a\"]\n".to_string(), "FILE: site[0].origins: missing"),
             ("[[site]]\norigins = []\n".to_string(), "FILE: site[0].origins: missing"),
             ("[[site]]\norigins = [\"ftp://o\"]\n".to_string(), "FILE: site[0].origins: scheme \"ftp\""),

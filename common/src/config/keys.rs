@@ -179,6 +179,9 @@ pub const KEYS: &[Key] = &[
     key("site.health.fall", int(1, 1000), Some("3")),
 ];
 
+/// Keys whose default is computed from other keys (documented in words).
+pub const COMPUTED: &[&str] = &["proxy.client_wait_threads", "site.name", "site.host_header"];
+
 /// Flags that may be given more than once: their values make one list, in order, which
 /// replaces the file's value.
 const REPEATABLE: &[&str] = &["cached.origin", "proxy.listen"];
@@ -515,6 +518,9 @@ pub fn fmt_size(n: u64) -> String {
 
 /// `90_000_000` µs as `90s`, `1500` as `1500us`: the largest unit that divides it.
 pub fn fmt_duration_us(us: u64) -> String {
+    if us == 0 {
+        return "0".into();
+    }
     for (unit_us, unit) in [
         (86_400_000_000, "d"),
         (3_600_000_000, "h"),
@@ -610,7 +616,22 @@ impl Doc {
             let at = At::Flag(flag_name(key));
             doc.entries.insert(key.clone(), Entry { val, at });
         }
+        doc.check_types()?;
         Ok(doc)
+    }
+
+    /// Reads every value as its key's type says, in file order then flags, so that either
+    /// daemon refuses a bad value of the other's section too (`--check` checks all).
+    fn check_types(&self) -> Result<(), ConfigError> {
+        let mut keys: Vec<(&String, &Entry)> = self.entries.iter().collect();
+        keys.sort_by_key(|(k, e)| match &e.at {
+            At::File(off) => (0, *off, (*k).clone()),
+            At::Flag(_) => (1, 0, (*k).clone()),
+        });
+        for (key, _) in keys {
+            self.get(key)?;
+        }
+        Ok(())
     }
 
     /// `:LINE:COL` of a byte offset (columns count characters, from 1).
@@ -882,5 +903,273 @@ pub fn check_documented_default(key: &str, text: &str, toml: bool) -> Result<(),
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_binary_units_in_any_case() {
+        for (s, want) in [
+            ("0", 0),
+            ("4096", 4096),
+            ("512b", 512),
+            ("512k", 512 << 10),
+            ("64KiB", 64 << 10),
+            ("64kb", 64 << 10),
+            ("256MiB", 256 << 20),
+            ("256 MB", 256 << 20),
+            ("1g", 1 << 30),
+            ("1GiB", 1 << 30),
+            ("2t", 2 << 40),
+            (" 8m ", 8 << 20),
+        ] {
+            assert_eq!(parse_size(s), Ok(want), "{s:?}");
+        }
+        for (s, why) in [
+            ("", "no number"),
+            ("k", "no number"),
+            ("1.5g", "unknown unit \".5g\""),
+            ("256XB", "unknown unit \"XB\""),
+            ("-1", "no number"),
+            ("99999999999999999999", "too large"),
+            ("16777216t", "too large"),
+        ] {
+            let e = parse_size(s).unwrap_err();
+            assert!(e.contains(why), "{s:?}: {e}");
+        }
+        assert_eq!(fmt_size(268_435_456), "256MiB");
+        assert_eq!(fmt_size(1536), "1536");
+        assert_eq!(fmt_size(3 << 10), "3KiB");
+        assert_eq!(fmt_size(0), "0");
+    }
+
+    #[test]
+    fn durations_take_units_and_bare_numbers_are_the_keys_unit() {
+        let ms = 1000;
+        for (s, bare, want_us) in [
+            ("250", ms, 250_000),
+            ("250ms", ms, 250_000),
+            ("5s", ms, 5_000_000),
+            ("2m", ms, 120_000_000),
+            ("1h", ms, 3_600_000_000),
+            ("1d", ms, 86_400_000_000),
+            ("1m30s", ms, 90_000_000),
+            ("1h 30m", ms, 5_400_000_000),
+            ("500us", 1, 500),
+            ("500µs", 1, 500),
+            ("500", 1, 500),
+        ] {
+            assert_eq!(parse_duration_us(s, bare), Ok(want_us), "{s:?}");
+        }
+        for (s, why) in [
+            ("", "no number"),
+            ("s", "a number must come before"),
+            ("5x", "unknown unit \"x\""),
+            ("1m30", "30 needs a unit"),
+            ("1.5s", "unknown unit \".\""),
+            ("99999999999d", "too large"),
+        ] {
+            let e = parse_duration_us(s, ms).unwrap_err();
+            assert!(e.contains(why), "{s:?}: {e}");
+        }
+        assert_eq!(fmt_duration_us(90_000_000), "90s");
+        assert_eq!(fmt_duration_us(86_400_000_000), "1d");
+        assert_eq!(fmt_duration_us(1500), "1500us");
+        assert_eq!(fmt_duration_us(250_000), "250ms");
+    }
+
+    #[test]
+    fn listen_addresses_in_every_usual_spelling() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for (s, want) in [
+            ("127.0.0.1:8080", a("127.0.0.1:8080")),
+            ("[::1]:8080", a("[::1]:8080")),
+            ("[::]:443", a("[::]:443")),
+            ("localhost:8080", a("127.0.0.1:8080")),
+            ("LocalHost:81", a("127.0.0.1:81")),
+            (":8080", a("0.0.0.0:8080")),
+            ("*:8080", a("0.0.0.0:8080")),
+            ("8080", a("0.0.0.0:8080")),
+            (" 10.0.0.1:0 ", a("10.0.0.1:0")),
+        ] {
+            assert_eq!(parse_listen(s), Ok(want), "{s:?}");
+        }
+        for (s, why) in [
+            ("example.com:80", "not an IP address"),
+            ("127.0.0.1:99999", "bad port"),
+            ("127.0.0.1", "bad port"),
+            (":", "bad port"),
+            ("::1:8080", "in brackets"),
+            ("[::g]:80", "bad IPv6"),
+            ("", "bad port"),
+        ] {
+            let e = parse_listen(s).unwrap_err();
+            assert!(e.contains(why), "{s:?}: {e}");
+        }
+        // Lists: a TOML array, a comma-separated flag, repeated flags; no duplicates.
+        let listen = lookup("proxy.listen").unwrap().ty;
+        let two = Typed::Addrs(vec![a("127.0.0.1:8080"), a("[::1]:8080")]);
+        let v = Val::List(vec![
+            Val::Str("localhost:8080".into()),
+            Val::Str("[::1]:8080".into()),
+        ]);
+        assert_eq!(typed(listen, &v), Ok(two.clone()));
+        let v = Val::Flag("127.0.0.1:8080,[::1]:8080".into());
+        assert_eq!(typed(listen, &v), Ok(two.clone()));
+        let v = Val::Flags(vec!["127.0.0.1:8080".into(), "[::1]:8080".into()]);
+        assert_eq!(typed(listen, &v), Ok(two));
+        let v = Val::Int(8080);
+        assert_eq!(typed(listen, &v), Ok(Typed::Addrs(vec![a("0.0.0.0:8080")])));
+        let e = typed(listen, &Val::Flag("127.0.0.1:1,localhost:1".into())).unwrap_err();
+        assert_eq!(e, "127.0.0.1:1 is listed twice");
+        let e = typed(listen, &Val::List(Vec::new())).unwrap_err();
+        assert!(e.ends_with("got an empty list"), "{e}");
+        let e = typed(listen, &Val::Bool(true)).unwrap_err();
+        assert!(
+            e.starts_with("expected an address") && e.ends_with("got true"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn type_errors_say_what_was_expected_and_what_came() {
+        let t = |key: &str, v: Val| typed(lookup(key).unwrap().ty, &v).unwrap_err();
+        assert_eq!(
+            t("proxy.workers", Val::Flag("four".into())),
+            "expected an integer, got \"four\""
+        );
+        assert_eq!(
+            t("proxy.workers", Val::Str("4".into())),
+            "expected an integer, got \"4\""
+        );
+        assert_eq!(
+            t("proxy.workers", Val::Float(2.5)),
+            "expected an integer, got 2.5"
+        );
+        assert_eq!(t("proxy.workers", Val::Int(0)), "must be in 1..=64 (got 0)");
+        assert_eq!(
+            t("proxy.workers", Val::Int(-3)),
+            "must be in 1..=64 (got -3)"
+        );
+        assert_eq!(
+            t("proxy.segment_size", Val::Str("12".into())),
+            "must be in 1KiB..=64MiB (got 12)"
+        );
+        assert!(t("cached.capacity", Val::Str("lots".into()))
+            .starts_with("expected a size (bytes, or a number with a unit: 512k, 64KiB, 256MiB, 1g), got \"lots\": no number"));
+        assert!(t("cached.capacity", Val::Bool(true)).ends_with("got true"));
+        assert_eq!(
+            t("proxy.idle_timeout_ms", Val::Str("0s".into())),
+            "must be in 1ms..=1d (got 0)"
+        );
+        assert!(t("proxy.idle_timeout_ms", Val::Str("1500us".into()))
+            .ends_with("got \"1500us\": not a whole number of milliseconds"));
+        assert!(t("proxy.accept_coalesce_us", Val::Str("1s".into()))
+            .starts_with("must be in 0..=100ms (got 1s)"));
+        assert_eq!(t("cached.root", Val::Int(3)), "expected a string, got 3");
+        assert_eq!(
+            t("site.tls_verify", Val::Flag("yes".into())),
+            "expected true or false, got \"yes\""
+        );
+        assert_eq!(
+            t("site.hosts", Val::List(vec![Val::Int(1)])),
+            "expected a string or a list of strings, got 1 in the list"
+        );
+        assert_eq!(
+            t("cached.max_waiters", Val::Other("a table")),
+            "expected an integer, got a table"
+        );
+    }
+
+    #[test]
+    fn values_with_units_read_as_their_key_says() {
+        let r = |key: &str, text: &str, toml: bool| read_as(key, text, toml).unwrap();
+        assert_eq!(
+            r("cached.capacity", "\"256MiB\"", true),
+            Typed::Int(256 << 20)
+        );
+        assert_eq!(
+            r("cached.capacity", "268435456", true),
+            Typed::Int(256 << 20)
+        );
+        assert_eq!(r("cached.capacity", "256m", false), Typed::Int(256 << 20));
+        assert_eq!(
+            r("proxy.header_timeout_ms", "\"5s\"", true),
+            Typed::Int(5000)
+        );
+        assert_eq!(
+            r("proxy.header_timeout_ms", "5000", false),
+            Typed::Int(5000)
+        );
+        assert_eq!(
+            r("proxy.accept_coalesce_us", "\"2ms\"", true),
+            Typed::Int(2000)
+        );
+        assert_eq!(
+            r("cached.heuristic_ttl_ms", "\"10m\"", true),
+            Typed::Int(600_000)
+        );
+        assert_eq!(r("proxy.min_send_rate", "\"64k\"", true), Typed::Int(65536));
+        // A flag's text is the key's type: digits stay a string where a string is wanted.
+        assert_eq!(r("instance", "123", false), Typed::Str("123".into()));
+        assert_eq!(
+            r("proxy.stats_allow", "10.0.0.0/8, ::1", false),
+            Typed::List(vec!["10.0.0.0/8".into(), "::1".into()])
+        );
+        assert_eq!(
+            r("cached.origin", "http://a,b", false),
+            Typed::List(vec!["http://a,b".into()])
+        );
+    }
+
+    #[test]
+    fn every_key_is_listed_once_and_every_default_reads() {
+        for (i, k) in KEYS.iter().enumerate() {
+            assert!(
+                !KEYS[..i].iter().any(|o| o.name == k.name),
+                "{} twice",
+                k.name
+            );
+            if let Some((parent, _)) = k.name.rsplit_once('.') {
+                let p = lookup(parent).unwrap_or_else(|| panic!("{}: no {parent}", k.name));
+                assert!(matches!(p.ty, Ty::Table | Ty::Tables), "{parent}");
+            }
+            if k.default.is_some() {
+                default_of(k.name).unwrap();
+            }
+        }
+        for k in REPEATABLE {
+            assert!(lookup(k).is_some(), "{k}");
+        }
+        assert_eq!(
+            default_of("cached.queue_capacity"),
+            Some(Typed::Int(crate::mq::DEFAULT_CAPACITY as u64))
+        );
+        assert_eq!(
+            lookup("site[3].health.rise").unwrap().name,
+            "site.health.rise"
+        );
+        assert!(lookup("proxy.nope").is_none());
+    }
+
+    #[test]
+    fn documented_defaults_are_checked_against_the_key_list() {
+        let ok = |k: &str, t: &str, toml: bool| check_documented_default(k, t, toml);
+        assert_eq!(ok("cached.capacity", "\"256MiB\"", true), Ok(()));
+        assert_eq!(ok("cached.capacity", "268435456", false), Ok(()));
+        assert!(ok("cached.capacity", "128MiB", false)
+            .unwrap_err()
+            .contains("the default is 268435456"));
+        assert_eq!(ok("proxy.access_log", "none", false), Ok(()));
+        assert!(ok("proxy.access_log", "\"a.log\"", true).is_err());
+        assert!(ok("proxy.workers", "none", false).is_err());
+        assert_eq!(ok("proxy.stats_allow", "127.0.0.0/8,::1", false), Ok(()));
+        assert_eq!(ok("proxy.trusted_proxies", "[]", true), Ok(()));
+        assert_eq!(ok("proxy.listen", "127.0.0.1:8080", false), Ok(()));
+        assert!(ok("proxy.listen", ":8080", false).is_err());
+        assert!(ok("proxy.nope", "1", false).is_err());
     }
 }
