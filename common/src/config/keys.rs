@@ -188,16 +188,7 @@ const REPEATABLE: &[&str] = &["cached.origin", "proxy.listen"];
 
 /// The key `name` (`site[2].health.rise` is `site.health.rise`).
 pub fn lookup(name: &str) -> Option<&'static Key> {
-    let mut plain = String::with_capacity(name.len());
-    let mut skip = false;
-    for c in name.chars() {
-        match c {
-            '[' => skip = true,
-            ']' => skip = false,
-            c if !skip => plain.push(c),
-            _ => {}
-        }
-    }
+    let plain = lookup_name(name);
     KEYS.iter().find(|k| k.name == plain)
 }
 
@@ -649,9 +640,10 @@ impl Doc {
             let key_at = t.key(k).and_then(|k| k.span()).map_or(0, |s| s.start);
             let Some(def) = lookup(&full) else {
                 return Err(ConfigError(format!(
-                    "{}{}: {full}: unknown key",
+                    "{}{}: {full}: unknown key{}",
                     self.name,
-                    self.line_col(key_at)
+                    self.line_col(key_at),
+                    hint(&full)
                 )));
             };
             let at = item.span().map_or(key_at, |s| s.start);
@@ -833,6 +825,63 @@ impl Doc {
             other => unreachable!("{key}: {other:?}"),
         }
     }
+}
+
+/// For an unknown key: a known key of the same table one or two typos away, or the same key
+/// in another table (" (did you mean capacity?)", " (cached.capacity is a key of [cached])").
+fn hint(full: &str) -> String {
+    let plain = lookup_name(full);
+    let (parent, last) = plain.rsplit_once('.').unwrap_or(("", &plain));
+    let siblings = KEYS
+        .iter()
+        .filter(|k| k.name.rsplit_once('.').map_or("", |(p, _)| p) == parent);
+    if let Some(k) = siblings
+        .map(|k| k.name.rsplit('.').next().unwrap_or(k.name))
+        .min_by_key(|k| edit_distance(k, last))
+        .filter(|k| edit_distance(k, last) <= 2)
+    {
+        return format!(" (did you mean {k}?)");
+    }
+    match KEYS.iter().find(|k| {
+        k.name.rsplit_once('.').map(|(_, l)| l) == Some(last) && !k.name.starts_with("site.")
+    }) {
+        Some(k) => {
+            let (section, _) = k.name.rsplit_once('.').unwrap_or(("", k.name));
+            format!(" ({} is a key of [{section}])", k.name)
+        }
+        None => String::new(),
+    }
+}
+
+/// `site[2].health.rise` as `site.health.rise`.
+fn lookup_name(name: &str) -> String {
+    let mut plain = String::with_capacity(name.len());
+    let mut skip = false;
+    for c in name.chars() {
+        match c {
+            '[' => skip = true,
+            ']' => skip = false,
+            c if !skip => plain.push(c),
+            _ => {}
+        }
+    }
+    plain
+}
+
+/// Levenshtein distance (insertions, deletions, substitutions), for short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let up = row[j + 1];
+            row[j + 1] = (up + 1).min(row[j] + 1).min(diag + usize::from(ca != *cb));
+            diag = up;
+        }
+    }
+    row[b.len()]
 }
 
 /// A TOML value as read (for an item that is a table: "a table").
