@@ -21,7 +21,7 @@ Options (each is also a key in the config file; flags win):
   --access-log FILE       access log file (Combined Log Format + more)  [none]
   --stats-allow LIST      CIDRs that may read /__shmproxy/ (commas)  [127.0.0.0/8,::1]
   --trusted-proxies LIST  CIDRs whose X-Forwarded-*/Forwarded are kept (commas)  []
-  --upgrade               take the listening socket over from the running master of
+  --upgrade               take the listening sockets over from the running master of
                           this instance (zero-downtime binary upgrade), which then
                           drains and exits
   -h, --help              this text
