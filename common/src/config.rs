@@ -604,9 +604,8 @@ fn instance(doc: &Doc) -> Result<String, ConfigError> {
 fn nets(doc: &Doc, key: &str) -> Result<Vec<IpNet>, ConfigError> {
     doc.list(key)?
         .iter()
-        .map(|s| IpNet::parse(s))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| doc.err(key, e))
+        .map(|s| IpNet::parse(s).map_err(|e| doc.item_err(key, s, e)))
+        .collect()
 }
 
 impl ProxyConfig {
@@ -783,6 +782,7 @@ fn sites(d: &Doc) -> Result<Vec<Site>, ConfigError> {
         sites.push(site(d, i)?);
     }
     let site_err = |i: usize, key: &str, msg: String| d.err(&format!("site[{i}].{key}"), msg);
+    let host_err = |i: usize, h: &str, msg: String| d.item_err(&format!("site[{i}].hosts"), h, msg);
     let mut default: Option<usize> = None;
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut patterns: HashMap<&str, usize> = HashMap::new();
@@ -808,13 +808,11 @@ fn sites(d: &Doc) -> Result<Vec<Site>, ConfigError> {
         }
         for h in &s.hosts {
             match patterns.insert(h, i) {
-                Some(j) if j == i => {
-                    return Err(site_err(i, "hosts", format!("{h:?} is listed twice")))
-                }
+                Some(j) if j == i => return Err(host_err(i, h, format!("{h:?} is listed twice"))),
                 Some(j) => {
-                    return Err(site_err(
+                    return Err(host_err(
                         i,
-                        "hosts",
+                        h,
                         format!("{h:?} is already a host of site[{j}]"),
                     ))
                 }
@@ -828,9 +826,8 @@ fn sites(d: &Doc) -> Result<Vec<Site>, ConfigError> {
     }
     let origins = urls
         .iter()
-        .map(|u| Origin::parse(u))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| d.err("cached.origin", e))?;
+        .map(|u| Origin::parse(u).map_err(|e| d.item_err("cached.origin", u, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     match default {
         Some(i) if d.set_by_flag("cached.origin") => sites[i].origins = origins,
         Some(i) => {
@@ -869,14 +866,13 @@ fn site(d: &Doc, i: usize) -> Result<Site, ConfigError> {
     let err = |key: &str, msg: String| d.err(&k(key), msg);
     let hosts = d.list(&k("hosts"))?;
     for h in &hosts {
-        check_host_pattern(h).map_err(|e| err("hosts", e))?;
+        check_host_pattern(h).map_err(|e| d.item_err(&k("hosts"), h, e))?;
     }
     let origins = d
         .list(&k("origins"))?
         .iter()
-        .map(|u| Origin::parse(u))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err("origins", e))?;
+        .map(|u| Origin::parse(u).map_err(|e| d.item_err(&k("origins"), u, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     if origins.is_empty() {
         return Err(err(
             "origins",
@@ -1141,7 +1137,7 @@ mod tests {
             ("[cached]\nconnect_timeout_ms = \"soon\"\n", "FILE:2:22: cached.connect_timeout_ms: expected a duration (milliseconds, or a number with a unit: 250ms, 5s, 2m, 1h), got \"soon\": a number must come before"),
             ("[proxy]\nlisten = \"example.com:80\"\n", "FILE:2:10: proxy.listen: expected an address (127.0.0.1:8080, [::1]:8080, localhost:8080, :8080) or a list of them, got \"example.com:80\": \"example.com\" is not an IP address"),
             ("[proxy]\nlisten = [\":80\", \"0.0.0.0:80\"]\n", "FILE:2:10: proxy.listen: 0.0.0.0:80 is listed twice"),
-            ("[proxy]\nstats_allow = [\"10.0.0.0/33\"]\n", "FILE:2:15: proxy.stats_allow: bad prefix length"),
+            ("[proxy]\nstats_allow = [\"10.0.0.0/33\"]\n", "FILE:2:16: proxy.stats_allow: bad prefix length"),
             ("[proxy]\nthreads = 8\nclient_wait_threads = 9\n", "FILE:3:23: proxy.client_wait_threads: must be in 1..=8 (proxy.threads) (got 9)"),
             ("[proxy]\nworkers = 2\nworkers = 3\n", "FILE:3:1: duplicate key `workers`"),
             ("[proxy]\nworkers = \n", "FILE:2:11: "),
@@ -1150,6 +1146,38 @@ mod tests {
             assert!(e.starts_with(want), "{text}\n  gave {e}\n  want {want}");
             assert!(!e.contains('\n'), "one line: {e}");
         }
+        // An element of a list is placed where it stands, on its own line if need be.
+        let e = proxy_err(
+            "item",
+            "[proxy]\nstats_allow = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n",
+            &[],
+        );
+        assert!(
+            e.starts_with("FILE:4:3: proxy.stats_allow: bad prefix length in \"10.0.0.0/33\""),
+            "{e}"
+        );
+        let text = "[[site]]\nhosts = [\"a.com\"]\norigins = [\n  \"http://a\",\n  \"ftp://b\",\n]\n\n[[site]]\nhosts = [\"b.com\", \"a.com\"]\norigins = \"http://c\"\n";
+        let e = load_cached("items", text, &[]).unwrap_err();
+        assert!(
+            e.starts_with("FILE:5:3: site[0].origins: scheme \"ftp\""),
+            "{e}"
+        );
+        let e = load_cached("items2", &text.replace("ftp://b", "http://b"), &[]).unwrap_err();
+        assert!(
+            e.starts_with("FILE:9:19: site[1].hosts: \"a.com\" is already a host of site[0]"),
+            "{e}"
+        );
+        let e = load_cached(
+            "items3",
+            "[[site]]\nhosts = [\"a\", \"B\"]\norigins = \"http://c\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("FILE:2:15: site[0].hosts: \"B\" must be lowercase"),
+            "{e}"
+        );
+
         // A key of a [[site]] names the site's index; a missing one points at its table.
         let o = "origins = [\"http://o\"]\n";
         for (text, want) in [

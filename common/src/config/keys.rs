@@ -539,6 +539,8 @@ enum At {
 struct Entry {
     val: Val,
     at: At,
+    /// A list's strings (trimmed) and their offsets in the file, for [`Doc::item_err`].
+    items: Vec<(String, usize)>,
 }
 
 /// The file and flags, flattened: `proxy.workers`, `site[1].health.rise` → value and place.
@@ -605,7 +607,8 @@ impl Doc {
                 Val::Flag(value.clone())
             };
             let at = At::Flag(flag_name(key));
-            doc.entries.insert(key.clone(), Entry { val, at });
+            let items = Vec::new();
+            doc.entries.insert(key.clone(), Entry { val, at, items });
         }
         doc.check_types()?;
         Ok(doc)
@@ -692,7 +695,18 @@ impl Doc {
                         self.sites = self.sites.max(i + 1);
                     }
                 }
-                _ => self.put(&full, value_of(item), at),
+                _ => {
+                    self.put(&full, value_of(item), at);
+                    if let Some(a) = item.as_value().and_then(toml_edit::Value::as_array) {
+                        let items = a
+                            .iter()
+                            .filter_map(|v| Some((v.as_str()?.trim().to_string(), v.span()?.start)))
+                            .collect();
+                        if let Some(e) = self.entries.get_mut(&full) {
+                            e.items = items;
+                        }
+                    }
+                }
             }
         }
         Ok(())
@@ -704,6 +718,7 @@ impl Doc {
             Entry {
                 val,
                 at: At::File(offset),
+                items: Vec::new(),
             },
         );
     }
@@ -722,6 +737,23 @@ impl Doc {
                 ..
             })
         )
+    }
+
+    /// An error about the element `item` of list `key`, placed at the element (its last
+    /// occurrence) when the list is in the file, else as [`Doc::err`].
+    pub fn item_err(&self, key: &str, item: &str, msg: impl std::fmt::Display) -> ConfigError {
+        let at = self
+            .entries
+            .get(key)
+            .and_then(|e| e.items.iter().rev().find(|(s, _)| s == item));
+        match at {
+            Some((_, off)) => ConfigError(format!(
+                "{}{}: {key}: {msg}",
+                self.name,
+                self.line_col(*off)
+            )),
+            None => self.err(key, msg),
+        }
     }
 
     /// An error about `key`, placed where it (or, when absent, its table) was set.
