@@ -5,8 +5,9 @@
 //!
 //! Error formats (one line each):
 //! - a value in the file: `FILE:LINE:COL: KEY: MESSAGE` (`shmproxy.toml:14:11:
-//!   proxy.workers: expected an integer, got "four"`), LINE and COL of the value (of the key
-//!   for an unknown key, of the enclosing table for a missing one);
+//!   proxy.workers: expected an integer, got "four"`), LINE and COL of the value (of the
+//!   element for one bad element of a list, of the key for an unknown key, of the enclosing
+//!   table for a missing one), and for an unknown key a hint (`(did you mean capacity?)`);
 //! - a flag: `command line: --FLAG: MESSAGE` (`command line: --workers: expected an
 //!   integer, got "four"`);
 //! - a default that does not fit (a computed bound): `FILE: KEY: MESSAGE`, FILE being
