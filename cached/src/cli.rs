@@ -17,10 +17,13 @@ Options (each is also a key in the config file; flags win):
   --tls-ca-file FILE      PEM file of extra CA certificates for https:// servers
                           (added to the system's trust store)
   --threads N             receiver threads                           [256]
-  --capacity BYTES        LRU capacity                               [268435456]
-  --max-object-size BYTES larger objects stream through unstored     [8388608]
+  --capacity SIZE         LRU capacity                               [256MiB]
+  --max-object-size SIZE  larger objects stream through unstored     [8MiB]
   --set-cookie POLICY     storable answers with Set-Cookie: pass | store | strip [pass]
   -h, --help              this text
+
+Sizes take k, m, g units (powers of 1024: 64KiB, 256m); durations take ms, s, m, h (5s).
+An error names the file, line and column (or the flag), the key and what was expected.
 ";
 
 /// Flags and the config keys they set.
@@ -41,4 +44,37 @@ pub fn parse() -> Result<Option<CachedConfig>, ConfigError> {
         return Ok(None);
     };
     CachedConfig::load(cl.file.as_deref(), &cl.flags).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_flags_and_defaults_match_the_key_list_and_the_readme() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for (flag, key) in KEYS {
+            let line = HELP
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("--{flag} ")))
+                .unwrap_or_else(|| panic!("--help does not list --{flag}"));
+            let shown = line
+                .trim_end()
+                .strip_suffix(']')
+                .and_then(|l| l.rfind('[').map(|b| &l[b + 1..]));
+            if let Some(shown) = shown {
+                common::config::keys::check_documented_default(key, shown, false)
+                    .unwrap_or_else(|e| panic!("--help: {line}: {e}"));
+            }
+            let row = readme
+                .lines()
+                .find(|l| l.contains(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("README's configuration table lacks {key}"));
+            assert!(
+                row.contains(&format!("`--{flag}`")),
+                "README: {key} is --{flag}: {row}"
+            );
+        }
+    }
 }

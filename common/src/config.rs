@@ -1,12 +1,17 @@
 //! Configuration of both daemons: one TOML file (top-level `instance`, sections `[proxy]` and
 //! `[cached]`, and `[[site]]` tables that only cached reads), overridden by command-line
-//! flags. Flags are applied to the same table before it is deserialised, so a flag and a key
-//! share one parser and one set of checks; a repeatable flag (`--origin`) gives an array.
+//! flags. A flag's value is read as its key's type says (`--workers four`: "expected an
+//! integer"), so a flag and a key share one parser and one set of checks; a repeatable flag
+//! (`--origin`, `--listen`) gives a list. [`keys::KEYS`] holds every key's type, range and
+//! default; sizes and durations take units (see [`keys`]).
 //!
-//! Errors name their source and key (`shmproxy.toml: proxy.segments: must be ≥ 1 (got 0)`);
+//! Errors name their place and key (`shmproxy.toml:12:12: proxy.segments: must be in
+//! 1..=4096 (got 0)`, `command line: --workers: expected an integer, got "four"`);
 //! binaries exit with status 2 on them.
 
-use serde::Deserialize;
+pub mod keys;
+
+use keys::Doc;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
@@ -23,108 +28,6 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    instance: Option<String>,
-    #[serde(default)]
-    proxy: ProxyFile,
-    #[serde(default)]
-    cached: CachedFile,
-    /// `[[site]]` tables, each deserialised on its own so that an error names its index.
-    #[serde(default)]
-    site: Vec<toml::Value>,
-}
-
-/// `[[site]]` keys.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SiteFile {
-    name: Option<String>,
-    hosts: Option<OneOrMany>,
-    origins: Option<OneOrMany>,
-    host_header: Option<String>,
-    tls_server_name: Option<String>,
-    tls_verify: Option<bool>,
-    balance: Option<String>,
-    health: Option<HealthFile>,
-}
-
-/// `site.health` keys.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HealthFile {
-    path: Option<String>,
-    interval_ms: Option<u64>,
-    timeout_ms: Option<u64>,
-    rise: Option<u64>,
-    fall: Option<u64>,
-}
-
-/// `[proxy]` keys.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct ProxyFile {
-    listen: Option<String>,
-    workers: Option<u64>,
-    threads: Option<u64>,
-    pollers: Option<u64>,
-    accept_coalesce_us: Option<u64>,
-    segments: Option<u64>,
-    segment_size: Option<u64>,
-    chunk_slots: Option<u64>,
-    pool_wait_ms: Option<u64>,
-    header_timeout_ms: Option<u64>,
-    idle_timeout_ms: Option<u64>,
-    send_timeout_ms: Option<u64>,
-    min_send_rate: Option<u64>,
-    min_recv_rate: Option<u64>,
-    min_rate_grace_ms: Option<u64>,
-    client_wait_threads: Option<u64>,
-    cached_timeout_ms: Option<u64>,
-    max_header_bytes: Option<u64>,
-    max_headers: Option<u64>,
-    max_body_bytes: Option<u64>,
-    max_connections: Option<u64>,
-    l1_capacity: Option<u64>,
-    l1_max_object_size: Option<u64>,
-    access_log: Option<String>,
-    access_log_max_bytes: Option<u64>,
-    access_log_keep: Option<u64>,
-    stats_allow: Option<OneOrMany>,
-    trusted_proxies: Option<OneOrMany>,
-}
-
-/// A key that takes a list, given as a TOML array or as one comma-separated string (flags).
-#[derive(Deserialize, Clone)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn items(&self) -> Vec<String> {
-        match self {
-            OneOrMany::One(s) => s.split(',').map(|x| x.trim().to_string()).collect(),
-            OneOrMany::Many(v) => v.iter().map(|x| x.trim().to_string()).collect(),
-        }
-    }
-
-    /// The items, a lone string being one item (for values that may contain commas); empty
-    /// ones dropped.
-    fn list(&self) -> Vec<String> {
-        let v = match self {
-            OneOrMany::One(s) => std::slice::from_ref(s),
-            OneOrMany::Many(v) => &v[..],
-        };
-        v.iter()
-            .map(|x| x.trim().to_string())
-            .filter(|x| !x.is_empty())
-            .collect()
-    }
-}
 
 /// An address range (`127.0.0.0/8`, `::1`, `10.1.2.3`), for access lists.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,33 +79,12 @@ impl IpNet {
     }
 }
 
-/// `[cached]` keys.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct CachedFile {
-    root: Option<String>,
-    origin: Option<OneOrMany>,
-    tls_ca_file: Option<String>,
-    threads: Option<u64>,
-    capacity: Option<u64>,
-    max_object_size: Option<u64>,
-    connect_timeout_ms: Option<u64>,
-    read_timeout_ms: Option<u64>,
-    upstream_pool: Option<u64>,
-    upstream_idle_ms: Option<u64>,
-    queue_capacity: Option<u64>,
-    revalidate_ms: Option<u64>,
-    max_waiters: Option<u64>,
-    heuristic_ttl_ms: Option<u64>,
-    set_cookie: Option<String>,
-}
-
 /// The proxy's settings (master and workers).
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     pub instance: String,
-    /// Address to listen on.
-    pub listen: SocketAddr,
+    /// Addresses to listen on (at least one; the master binds each).
+    pub listen: Vec<SocketAddr>,
     /// Worker processes.
     pub workers: u32,
     /// Request-executing threads per worker.
@@ -707,116 +589,10 @@ impl Routes {
     }
 }
 
-/// Where a value came from, for error messages.
-struct Source<'a> {
-    file: &'a str,
-    flags: &'a [(String, String)],
-}
-
-impl Source<'_> {
-    fn err(&self, key: &str, msg: impl std::fmt::Display) -> ConfigError {
-        let flag = key.rsplit('.').next().unwrap_or(key).replace('_', "-");
-        if self
-            .flags
-            .iter()
-            .any(|(k, _)| k.rsplit('.').next() == key.rsplit('.').next())
-        {
-            ConfigError(format!("command line: --{flag}: {msg}"))
-        } else {
-            ConfigError(format!("{}: {key}: {msg}", self.file))
-        }
-    }
-}
-
-/// Reads `file` (if any) and applies `flags` (`(section.key, value)` pairs, or `instance`).
-fn load_table(
-    file: Option<&Path>,
-    flags: &[(String, String)],
-) -> Result<(FileConfig, String), ConfigError> {
-    let (name, mut table) = match file {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| ConfigError(format!("{}: {e}", p.display())))?;
-            let t: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                ConfigError(format!("{}: {}", p.display(), e.message()))
-            })?;
-            (p.display().to_string(), t)
-        }
-        None => ("defaults".to_string(), toml::Table::new()),
-    };
-    for (n, (key, value)) in flags.iter().enumerate() {
-        let v = if REPEATABLE.contains(&key.as_str()) {
-            // Every occurrence, in order; together they replace the file's value.
-            if flags[..n].iter().any(|(k, _)| k == key) {
-                continue;
-            }
-            toml::Value::Array(
-                flags[n..]
-                    .iter()
-                    .filter(|(k, _)| k == key)
-                    .map(|(_, v)| toml::Value::String(v.clone()))
-                    .collect(),
-            )
-        } else {
-            match value.parse::<i64>() {
-                Ok(n) => toml::Value::Integer(n),
-                Err(_) => toml::Value::String(value.clone()),
-            }
-        };
-        match key.split_once('.') {
-            Some((section, k)) => {
-                let sec = table
-                    .entry(section.to_string())
-                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                if let toml::Value::Table(t) = sec {
-                    t.insert(k.to_string(), v);
-                }
-            }
-            None => {
-                table.insert(key.clone(), v);
-            }
-        }
-    }
-    let cfg: FileConfig = toml::Value::Table(table).try_into().map_err(|e| {
-        let src = Source { file: &name, flags };
-        match de_error(&e) {
-            (key, msg) if key.is_empty() => ConfigError(format!("{name}: {msg}")),
-            (key, msg) => src.err(&key, msg),
-        }
-    })?;
-    Ok((cfg, name))
-}
-
-/// Flags that may be given more than once: their values make one array.
-const REPEATABLE: &[&str] = &["cached.origin"];
-
-/// A deserialisation error as the dotted key it concerns ("" when unknown) and a message.
-fn de_error(e: &toml::de::Error) -> (String, String) {
-    // The toml crate appends the path as a last line "in `a.b`".
-    let text = e.to_string();
-    let path = text
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("in `")?.strip_suffix('`'))
-        .unwrap_or("");
-    let msg = e.message();
-    let join = |a: &str, b: &str| match (a, b) {
-        ("", b) => b.to_string(),
-        (a, "") => a.to_string(),
-        (a, b) => format!("{a}.{b}"),
-    };
-    match msg.split('`').nth(1) {
-        Some(field) if msg.starts_with("unknown field") => {
-            (join(path, field), "unknown key".to_string())
-        }
-        _ => (path.to_string(), msg.to_string()),
-    }
-}
-
-fn instance(cfg: &FileConfig, src: &Source) -> Result<String, ConfigError> {
-    let instance = cfg.instance.clone().unwrap_or_else(|| "shmproxy".into());
+fn instance(doc: &Doc) -> Result<String, ConfigError> {
+    let instance = doc.str("instance")?;
     if !crate::names::valid_instance(&instance) {
-        return Err(src.err(
+        return Err(doc.err(
             "instance",
             format!("must be 1..=32 of [A-Za-z0-9_-] (got {instance:?})"),
         ));
@@ -824,25 +600,12 @@ fn instance(cfg: &FileConfig, src: &Source) -> Result<String, ConfigError> {
     Ok(instance)
 }
 
-fn ranged(
-    src: &Source,
-    key: &str,
-    v: Option<u64>,
-    default: u64,
-    lo: u64,
-    hi: u64,
-) -> Result<u64, ConfigError> {
-    let v = v.unwrap_or(default);
-    if v < lo || v > hi {
-        return Err(src.err(key, format!("must be in {lo}..={hi} (got {v})")));
-    }
-    Ok(v)
-}
-
-fn ms(src: &Source, key: &str, v: Option<u64>, default: u64) -> Result<Duration, ConfigError> {
-    Ok(Duration::from_millis(ranged(
-        src, key, v, default, 1, 86_400_000,
-    )?))
+/// An access list: addresses or CIDR ranges.
+fn nets(doc: &Doc, key: &str) -> Result<Vec<IpNet>, ConfigError> {
+    doc.list(key)?
+        .iter()
+        .map(|s| IpNet::parse(s).map_err(|e| doc.item_err(key, s, e)))
+        .collect()
 }
 
 impl ProxyConfig {
@@ -850,159 +613,55 @@ impl ProxyConfig {
         file: Option<&Path>,
         flags: &[(String, String)],
     ) -> Result<ProxyConfig, ConfigError> {
-        let (cfg, name) = load_table(file, flags)?;
-        let src = Source { file: &name, flags };
-        let p = &cfg.proxy;
-        let listen = p.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
-        let listen = listen
-            .parse()
-            .map_err(|_| src.err("proxy.listen", format!("not an ADDR:PORT (got {listen:?})")))?;
-        let pool = crate::pool::MIN_SEGMENT_SIZE as u64..=crate::pool::MAX_SEGMENT_SIZE as u64;
-        let workers = ranged(&src, "proxy.workers", p.workers, 2, 1, 64)? as u32;
-        let threads = ranged(&src, "proxy.threads", p.threads, 64, 1, 1024)? as u32;
-        let segments = ranged(&src, "proxy.segments", p.segments, 128, 1, 4096)? as u32;
+        let doc = Doc::load(file, flags)?;
+        let d = &doc;
+        let workers = d.int("proxy.workers")? as u32;
+        let threads = d.int("proxy.threads")? as u32;
+        let segments = d.int("proxy.segments")? as u32;
         // Default: half the threads, and no more than half the segments over all workers.
-        let auto_waits = (threads / 2).min(segments / (2 * workers)).max(1);
-        let client_wait_threads = ranged(
-            &src,
-            "proxy.client_wait_threads",
-            p.client_wait_threads,
-            u64::from(auto_waits),
-            1,
-            u64::from(threads),
-        )? as u32;
+        let client_wait_threads = match d.opt_int("proxy.client_wait_threads")? {
+            None => (threads / 2).min(segments / (2 * workers)).max(1),
+            Some(n) if n <= u64::from(threads) => n as u32,
+            Some(n) => {
+                return Err(d.err(
+                    "proxy.client_wait_threads",
+                    format!("must be in 1..={threads} (proxy.threads) (got {n})"),
+                ))
+            }
+        };
         Ok(ProxyConfig {
-            instance: instance(&cfg, &src)?,
-            listen,
+            instance: instance(d)?,
+            listen: d.addrs("proxy.listen")?,
             workers,
             threads,
-            pollers: ranged(&src, "proxy.pollers", p.pollers, 1, 1, 1024)? as u32,
-            accept_coalesce: Duration::from_micros(ranged(
-                &src,
-                "proxy.accept_coalesce_us",
-                p.accept_coalesce_us,
-                500,
-                0,
-                100_000,
-            )?),
+            pollers: d.int("proxy.pollers")? as u32,
+            accept_coalesce: Duration::from_micros(d.int("proxy.accept_coalesce_us")?),
             segments,
-            segment_size: ranged(
-                &src,
-                "proxy.segment_size",
-                p.segment_size,
-                256 << 10,
-                *pool.start(),
-                *pool.end(),
-            )? as usize,
-            chunk_slots: ranged(
-                &src,
-                "proxy.chunk_slots",
-                p.chunk_slots,
-                2,
-                2,
-                crate::pool::MAX_SLOTS as u64,
-            )? as u32,
-            pool_wait: ms(&src, "proxy.pool_wait_ms", p.pool_wait_ms, 1000)?,
-            header_timeout: ms(&src, "proxy.header_timeout_ms", p.header_timeout_ms, 10_000)?,
-            idle_timeout: ms(&src, "proxy.idle_timeout_ms", p.idle_timeout_ms, 60_000)?,
-            send_timeout: ms(&src, "proxy.send_timeout_ms", p.send_timeout_ms, 30_000)?,
-            min_send_rate: ranged(
-                &src,
-                "proxy.min_send_rate",
-                p.min_send_rate,
-                500,
-                0,
-                1 << 40,
-            )?,
-            min_recv_rate: ranged(
-                &src,
-                "proxy.min_recv_rate",
-                p.min_recv_rate,
-                500,
-                0,
-                1 << 40,
-            )?,
-            min_rate_grace: ms(&src, "proxy.min_rate_grace_ms", p.min_rate_grace_ms, 10_000)?,
+            segment_size: d.int("proxy.segment_size")? as usize,
+            chunk_slots: d.int("proxy.chunk_slots")? as u32,
+            pool_wait: d.ms("proxy.pool_wait_ms")?,
+            header_timeout: d.ms("proxy.header_timeout_ms")?,
+            idle_timeout: d.ms("proxy.idle_timeout_ms")?,
+            send_timeout: d.ms("proxy.send_timeout_ms")?,
+            min_send_rate: d.int("proxy.min_send_rate")?,
+            min_recv_rate: d.int("proxy.min_recv_rate")?,
+            min_rate_grace: d.ms("proxy.min_rate_grace_ms")?,
             client_wait_threads,
-            cached_timeout: ms(&src, "proxy.cached_timeout_ms", p.cached_timeout_ms, 30_000)?,
-            max_header_bytes: ranged(
-                &src,
-                "proxy.max_header_bytes",
-                p.max_header_bytes,
-                16 << 10,
-                1024,
-                1 << 20,
-            )? as usize,
-            max_headers: ranged(&src, "proxy.max_headers", p.max_headers, 100, 8, 1000)? as usize,
-            max_body_bytes: ranged(
-                &src,
-                "proxy.max_body_bytes",
-                p.max_body_bytes,
-                1 << 30,
-                0,
-                u64::MAX,
-            )?,
-            max_connections: ranged(
-                &src,
-                "proxy.max_connections",
-                p.max_connections,
-                10_000,
-                1,
-                1 << 20,
-            )? as usize,
-            l1_capacity: ranged(
-                &src,
-                "proxy.l1_capacity",
-                p.l1_capacity,
-                16 << 20,
-                0,
-                u64::MAX,
-            )?,
-            l1_max_object_size: ranged(
-                &src,
-                "proxy.l1_max_object_size",
-                p.l1_max_object_size,
-                1 << 20,
-                0,
-                u64::MAX,
-            )?,
-            access_log: p
-                .access_log
-                .as_deref()
+            cached_timeout: d.ms("proxy.cached_timeout_ms")?,
+            max_header_bytes: d.int("proxy.max_header_bytes")? as usize,
+            max_headers: d.int("proxy.max_headers")? as usize,
+            max_body_bytes: d.int("proxy.max_body_bytes")?,
+            max_connections: d.int("proxy.max_connections")? as usize,
+            l1_capacity: d.int("proxy.l1_capacity")?,
+            l1_max_object_size: d.int("proxy.l1_max_object_size")?,
+            access_log: d
+                .opt_str("proxy.access_log")?
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
-            access_log_max_bytes: ranged(
-                &src,
-                "proxy.access_log_max_bytes",
-                p.access_log_max_bytes,
-                64 << 20,
-                0,
-                u64::MAX,
-            )?,
-            access_log_keep: ranged(&src, "proxy.access_log_keep", p.access_log_keep, 5, 1, 1000)?
-                as u32,
-            stats_allow: p
-                .stats_allow
-                .as_ref()
-                .map_or_else(
-                    || vec!["127.0.0.0/8".to_string(), "::1".to_string()],
-                    OneOrMany::items,
-                )
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| IpNet::parse(s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| src.err("proxy.stats_allow", e))?,
-            trusted_proxies: p
-                .trusted_proxies
-                .as_ref()
-                .map(OneOrMany::items)
-                .unwrap_or_default()
-                .iter()
-                .filter(|s| !s.is_empty())
-                .map(|s| IpNet::parse(s))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| src.err("proxy.trusted_proxies", e))?,
+            access_log_max_bytes: d.int("proxy.access_log_max_bytes")?,
+            access_log_keep: d.int("proxy.access_log_keep")? as u32,
+            stats_allow: nets(d, "proxy.stats_allow")?,
+            trusted_proxies: nets(d, "proxy.trusted_proxies")?,
         })
     }
 }
@@ -1012,11 +671,10 @@ impl CachedConfig {
         file: Option<&Path>,
         flags: &[(String, String)],
     ) -> Result<CachedConfig, ConfigError> {
-        let (cfg, name) = load_table(file, flags)?;
-        let src = Source { file: &name, flags };
-        let c = &cfg.cached;
-        let sites = sites(&cfg, &src)?;
-        let tls_ca_file = match c.tls_ca_file.as_deref() {
+        let doc = Doc::load(file, flags)?;
+        let d = &doc;
+        let sites = sites(d)?;
+        let tls_ca_file = match d.opt_str("cached.tls_ca_file")?.as_deref() {
             None | Some("") => None,
             Some(f) => {
                 let readable = std::fs::File::open(f).and_then(|file| {
@@ -1027,71 +685,44 @@ impl CachedConfig {
                     }
                 });
                 if let Err(e) = readable {
-                    return Err(src.err("cached.tls_ca_file", format!("cannot read {f:?}: {e}")));
+                    return Err(d.err("cached.tls_ca_file", format!("cannot read {f:?}: {e}")));
                 }
                 Some(PathBuf::from(f))
             }
         };
         let msg_max = crate::mq::kernel_msg_max().unwrap_or(10) as u64;
-        let queue_capacity = c
-            .queue_capacity
-            .unwrap_or(crate::mq::DEFAULT_CAPACITY as u64);
+        let queue_capacity = d.int("cached.queue_capacity")?;
         if queue_capacity > msg_max {
-            return Err(src.err(
+            let default = if d.has("cached.queue_capacity") {
+                ""
+            } else {
+                " (the default)"
+            };
+            return Err(d.err(
                 "cached.queue_capacity",
-                format!("{queue_capacity} exceeds the kernel's fs.mqueue.msg_max ({msg_max}); lower it or raise the sysctl"),
+                format!("{queue_capacity}{default} exceeds the kernel's fs.mqueue.msg_max ({msg_max}); lower it or raise the sysctl"),
             ));
         }
-        let capacity = ranged(&src, "cached.capacity", c.capacity, 256 << 20, 0, u64::MAX)?;
+        let set_cookie = SetCookie::parse(&d.str("cached.set_cookie")?)
+            .map_err(|e| d.err("cached.set_cookie", e))?;
         Ok(CachedConfig {
-            instance: instance(&cfg, &src)?,
-            root: PathBuf::from(c.root.clone().unwrap_or_else(|| "www".into())),
+            instance: instance(d)?,
+            root: PathBuf::from(d.str("cached.root")?),
             routes: Routes::new(&sites),
             sites,
             tls_ca_file,
-            threads: ranged(&src, "cached.threads", c.threads, 256, 1, 4096)? as u32,
-            capacity,
-            max_object_size: ranged(
-                &src,
-                "cached.max_object_size",
-                c.max_object_size,
-                8 << 20,
-                0,
-                u64::MAX,
-            )?,
-            connect_timeout: ms(
-                &src,
-                "cached.connect_timeout_ms",
-                c.connect_timeout_ms,
-                3000,
-            )?,
-            read_timeout: ms(&src, "cached.read_timeout_ms", c.read_timeout_ms, 30_000)?,
-            upstream_pool: ranged(&src, "cached.upstream_pool", c.upstream_pool, 64, 1, 4096)?
-                as usize,
-            upstream_idle: ms(&src, "cached.upstream_idle_ms", c.upstream_idle_ms, 4000)?,
-            queue_capacity: ranged(
-                &src,
-                "cached.queue_capacity",
-                Some(queue_capacity),
-                10,
-                1,
-                msg_max,
-            )? as usize,
-            revalidate: ms(&src, "cached.revalidate_ms", c.revalidate_ms, 1000)?,
-            max_waiters: ranged(&src, "cached.max_waiters", c.max_waiters, 1024, 0, 1 << 20)?
-                as usize,
-            heuristic_floor: Duration::from_millis(ranged(
-                &src,
-                "cached.heuristic_ttl_ms",
-                c.heuristic_ttl_ms,
-                0,
-                0,
-                31_536_000_000,
-            )?),
-            set_cookie: match c.set_cookie.as_deref() {
-                None => SetCookie::Pass,
-                Some(v) => SetCookie::parse(v).map_err(|e| src.err("cached.set_cookie", e))?,
-            },
+            threads: d.int("cached.threads")? as u32,
+            capacity: d.int("cached.capacity")?,
+            max_object_size: d.int("cached.max_object_size")?,
+            connect_timeout: d.ms("cached.connect_timeout_ms")?,
+            read_timeout: d.ms("cached.read_timeout_ms")?,
+            upstream_pool: d.int("cached.upstream_pool")? as usize,
+            upstream_idle: d.ms("cached.upstream_idle_ms")?,
+            queue_capacity: queue_capacity as usize,
+            revalidate: d.ms("cached.revalidate_ms")?,
+            max_waiters: d.int("cached.max_waiters")? as usize,
+            heuristic_floor: d.ms("cached.heuristic_ttl_ms")?,
+            set_cookie,
         })
     }
 }
@@ -1145,14 +776,13 @@ impl CachedConfig {
 /// The `[[site]]` tables, then `cached.origin` (file or flags) as the default site: from the
 /// command line it replaces the servers of a default `[[site]]` or adds a default site named
 /// "default"; in the file it may not be combined with a default `[[site]]`.
-fn sites(cfg: &FileConfig, src: &Source) -> Result<Vec<Site>, ConfigError> {
-    let mut sites = Vec::with_capacity(cfg.site.len() + 1);
-    for (i, table) in cfg.site.iter().enumerate() {
-        sites.push(site(i, table.clone(), src)?);
+fn sites(d: &Doc) -> Result<Vec<Site>, ConfigError> {
+    let mut sites = Vec::with_capacity(d.sites + 1);
+    for i in 0..d.sites {
+        sites.push(site(d, i)?);
     }
-    let site_err = |i: usize, key: &str, msg: String| {
-        ConfigError(format!("{}: site[{i}].{key}: {msg}", src.file))
-    };
+    let site_err = |i: usize, key: &str, msg: String| d.err(&format!("site[{i}].{key}"), msg);
+    let host_err = |i: usize, h: &str, msg: String| d.item_err(&format!("site[{i}].hosts"), h, msg);
     let mut default: Option<usize> = None;
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut patterns: HashMap<&str, usize> = HashMap::new();
@@ -1178,13 +808,11 @@ fn sites(cfg: &FileConfig, src: &Source) -> Result<Vec<Site>, ConfigError> {
         }
         for h in &s.hosts {
             match patterns.insert(h, i) {
-                Some(j) if j == i => {
-                    return Err(site_err(i, "hosts", format!("{h:?} is listed twice")))
-                }
+                Some(j) if j == i => return Err(host_err(i, h, format!("{h:?} is listed twice"))),
                 Some(j) => {
-                    return Err(site_err(
+                    return Err(host_err(
                         i,
-                        "hosts",
+                        h,
                         format!("{h:?} is already a host of site[{j}]"),
                     ))
                 }
@@ -1192,25 +820,18 @@ fn sites(cfg: &FileConfig, src: &Source) -> Result<Vec<Site>, ConfigError> {
             }
         }
     }
-    let urls = cfg
-        .cached
-        .origin
-        .as_ref()
-        .map(OneOrMany::list)
-        .unwrap_or_default();
+    let urls = d.list("cached.origin")?;
     if urls.is_empty() {
         return Ok(sites);
     }
     let origins = urls
         .iter()
-        .map(|u| Origin::parse(u))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| src.err("cached.origin", e))?;
-    let from_flags = src.flags.iter().any(|(k, _)| k == "cached.origin");
+        .map(|u| Origin::parse(u).map_err(|e| d.item_err("cached.origin", u, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     match default {
-        Some(i) if from_flags => sites[i].origins = origins,
+        Some(i) if d.set_by_flag("cached.origin") => sites[i].origins = origins,
         Some(i) => {
-            return Err(src.err(
+            return Err(d.err(
                 "cached.origin",
                 format!(
                     "site[{i}] is already the default site (no hosts): list these servers in its origins"
@@ -1219,7 +840,7 @@ fn sites(cfg: &FileConfig, src: &Source) -> Result<Vec<Site>, ConfigError> {
         }
         None => {
             if let Some(j) = names.get("default") {
-                return Err(src.err(
+                return Err(d.err(
                     "cached.origin",
                     format!("makes a site named \"default\", but site[{j}] has that name"),
                 ));
@@ -1239,36 +860,26 @@ fn sites(cfg: &FileConfig, src: &Source) -> Result<Vec<Site>, ConfigError> {
     Ok(sites)
 }
 
-/// One `[[site]]` table (`i`: its index, for messages).
-fn site(i: usize, table: toml::Value, src: &Source) -> Result<Site, ConfigError> {
-    let err = |key: &str, msg: String| ConfigError(format!("{}: site[{i}].{key}: {msg}", src.file));
-    let f: SiteFile = table.try_into().map_err(|e| {
-        let (key, msg) = de_error(&e);
-        match key.as_str() {
-            "" => ConfigError(format!("{}: site[{i}]: {msg}", src.file)),
-            k => err(k, msg),
-        }
-    })?;
-    let hosts = f.hosts.as_ref().map(OneOrMany::list).unwrap_or_default();
+/// `[[site]]` table `i`.
+fn site(d: &Doc, i: usize) -> Result<Site, ConfigError> {
+    let k = |key: &str| format!("site[{i}].{key}");
+    let err = |key: &str, msg: String| d.err(&k(key), msg);
+    let hosts = d.list(&k("hosts"))?;
     for h in &hosts {
-        check_host_pattern(h).map_err(|e| err("hosts", e))?;
+        check_host_pattern(h).map_err(|e| d.item_err(&k("hosts"), h, e))?;
     }
-    let origins = f
-        .origins
-        .as_ref()
-        .map(OneOrMany::list)
-        .unwrap_or_default()
+    let origins = d
+        .list(&k("origins"))?
         .iter()
-        .map(|u| Origin::parse(u))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err("origins", e))?;
+        .map(|u| Origin::parse(u).map_err(|e| d.item_err(&k("origins"), u, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     if origins.is_empty() {
         return Err(err(
             "origins",
             "missing: a site needs at least one server (\"https://host[:port]\")".into(),
         ));
     }
-    let name = match f.name {
+    let name = match d.opt_str(&k("name"))? {
         Some(n) => {
             let ok = !n.is_empty()
                 && n.len() <= 64
@@ -1284,12 +895,12 @@ fn site(i: usize, table: toml::Value, src: &Source) -> Result<Site, ConfigError>
         }
         None => hosts.first().cloned().unwrap_or_else(|| "default".into()),
     };
-    let host_header = match f.host_header.as_deref() {
+    let host_header = match d.opt_str(&k("host_header"))?.as_deref() {
         Some(v) => HostHeader::parse(v).map_err(|e| err("host_header", e))?,
         None if hosts.is_empty() => HostHeader::Origin,
         None => HostHeader::Client,
     };
-    let tls_server_name = match f.tls_server_name {
+    let tls_server_name = match d.opt_str(&k("tls_server_name"))? {
         None => None,
         Some(n) => {
             let lower = n.to_ascii_lowercase();
@@ -1304,13 +915,11 @@ fn site(i: usize, table: toml::Value, src: &Source) -> Result<Site, ConfigError>
             Some(lower)
         }
     };
-    let balance = match f.balance.as_deref() {
-        Some(v) => Balance::parse(v).map_err(|e| err("balance", e))?,
-        None => Balance::RoundRobin,
-    };
-    let health = match f.health {
-        None => None,
-        Some(h) => Some(health(&h, &err)?),
+    let balance = Balance::parse(&d.str(&k("balance"))?).map_err(|e| err("balance", e))?;
+    let health = if d.has(&k("health")) {
+        Some(health(d, &k("health"))?)
+    } else {
+        None
     };
     Ok(Site {
         name,
@@ -1318,57 +927,51 @@ fn site(i: usize, table: toml::Value, src: &Source) -> Result<Site, ConfigError>
         origins,
         host_header,
         tls_server_name,
-        tls_verify: f.tls_verify.unwrap_or(true),
+        tls_verify: d.bool(&k("tls_verify"))?,
         balance,
         health,
     })
 }
 
-/// `site.health`, with HAProxy's defaults: every 2 s, 1 s timeout, up after 2, down after 3.
-fn health(
-    h: &HealthFile,
-    err: &dyn Fn(&str, String) -> ConfigError,
-) -> Result<Health, ConfigError> {
-    let path = match h.path.as_deref() {
-        None => {
-            return Err(err(
-                "health.path",
-                "missing: the path to check (\"/healthz\")".into(),
-            ))
-        }
+/// `site[i].health` (named `h`), with HAProxy's defaults: every 2 s, 1 s timeout, up after
+/// 2, down after 3.
+fn health(d: &Doc, h: &str) -> Result<Health, ConfigError> {
+    let k = |key: &str| format!("{h}.{key}");
+    let path = match d.opt_str(&k("path"))? {
+        None => return Err(d.err(&k("path"), "missing: the path to check (\"/healthz\")")),
         Some(p)
             if !p.starts_with('/')
                 || p.chars()
                     .any(|c| c.is_whitespace() || c.is_control() || c == '#') =>
         {
-            return Err(err(
-                "health.path",
+            return Err(d.err(
+                &k("path"),
                 format!("must start with '/', without spaces or a fragment (got {p:?})"),
             ))
         }
-        Some(p) => p.to_string(),
+        Some(p) => p,
     };
-    let within = |key: &str, v: Option<u64>, default: u64, lo: u64, hi: u64| {
-        let v = v.unwrap_or(default);
-        if v < lo || v > hi {
-            return Err(err(key, format!("must be in {lo}..={hi} (got {v})")));
+    let interval = d.int(&k("interval_ms"))?;
+    let timeout = match d.opt_int(&k("timeout_ms"))? {
+        None => d.int(&k("timeout_ms"))?.min(interval),
+        Some(t) if t <= interval => t,
+        Some(t) => {
+            return Err(d.err(
+                &k("timeout_ms"),
+                format!(
+                    "must be in 1ms..={} (interval_ms) (got {})",
+                    keys::fmt_duration_us(interval * 1000),
+                    keys::fmt_duration_us(t * 1000)
+                ),
+            ))
         }
-        Ok(v)
     };
-    let interval = within("health.interval_ms", h.interval_ms, 2000, 10, 86_400_000)?;
-    let timeout = within(
-        "health.timeout_ms",
-        h.timeout_ms,
-        1000.min(interval),
-        1,
-        interval,
-    )?;
     Ok(Health {
         path,
         interval: Duration::from_millis(interval),
         timeout: Duration::from_millis(timeout),
-        rise: within("health.rise", h.rise, 2, 1, 1000)? as u32,
-        fall: within("health.fall", h.fall, 3, 1, 1000)? as u32,
+        rise: d.int(&k("rise"))? as u32,
+        fall: d.int(&k("fall"))? as u32,
     })
 }
 
@@ -1434,7 +1037,7 @@ mod tests {
     #[test]
     fn defaults_serve_www_on_8080() {
         let p = ProxyConfig::load(None, &[]).unwrap();
-        assert_eq!(p.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(p.listen, ["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(p.instance, "shmproxy");
         let c = CachedConfig::load(None, &[]).unwrap();
         assert_eq!(c.root, PathBuf::from("www"));
@@ -1504,6 +1107,296 @@ mod tests {
         assert!(e.contains("instance"), "{e}");
     }
 
+    /// Writes `text` to a file of its own, loads it as the proxy does, and gives the error
+    /// with the file's path as `FILE`.
+    fn proxy_err(name: &str, text: &str, f: &[(&str, &str)]) -> String {
+        let path = std::env::temp_dir().join(format!("cfg-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        let r = ProxyConfig::load(Some(&path), &flags(f));
+        let _ = std::fs::remove_file(&path);
+        r.unwrap_err()
+            .to_string()
+            .replacen(&path.display().to_string(), "FILE", 1)
+    }
+
+    #[test]
+    fn file_errors_give_line_column_full_key_and_what_was_expected() {
+        for (text, want) in [
+            ("[proxy]\nworkers = \"four\"\n", "FILE:2:11: proxy.workers: expected an integer, got \"four\""),
+            ("[proxy]\nworkers = 0\n", "FILE:2:11: proxy.workers: must be in 1..=64 (got 0)"),
+            ("# c\n\n[proxy]\n  segments   =   0\n", "FILE:4:18: proxy.segments: must be in 1..=4096 (got 0)"),
+            ("[cached]\ncapacty = 1\n", "FILE:2:1: cached.capacty: unknown key (did you mean capacity?)"),
+            ("[proxy]\nsegmnts = 8\n", "FILE:2:1: proxy.segmnts: unknown key (did you mean segments?)"),
+            ("instanse = \"a\"\n", "FILE:1:1: instanse: unknown key (did you mean instance?)"),
+            ("[proxi]\n", "FILE:1:2: proxi: unknown key (did you mean proxy?)"),
+            ("[proxy]\ncapacity = 1\n", "FILE:2:1: proxy.capacity: unknown key (cached.capacity is a key of [cached])"),
+            ("[proxy]\nfrobnicate = 1\n", "FILE:2:1: proxy.frobnicate: unknown key"),
+            ("proxy = 3\n", "FILE:1:9: proxy: expected a table, got 3"),
+            ("proxy.workers = true\n", "FILE:1:17: proxy.workers: expected an integer, got true"),
+            ("[cached]\ncapacity = \"256XB\"\n", "FILE:2:12: cached.capacity: expected a size (bytes, or a number with a unit: 512k, 64KiB, 256MiB, 1g), got \"256XB\": unknown unit \"XB\""),
+            ("[cached]\nconnect_timeout_ms = \"soon\"\n", "FILE:2:22: cached.connect_timeout_ms: expected a duration (milliseconds, or a number with a unit: 250ms, 5s, 2m, 1h), got \"soon\": a number must come before"),
+            ("[proxy]\nlisten = \"example.com:80\"\n", "FILE:2:10: proxy.listen: expected an address (127.0.0.1:8080, [::1]:8080, localhost:8080, :8080) or a list of them, got \"example.com:80\": \"example.com\" is not an IP address"),
+            ("[proxy]\nlisten = [\":80\", \"0.0.0.0:80\"]\n", "FILE:2:10: proxy.listen: 0.0.0.0:80 is listed twice"),
+            ("[proxy]\nstats_allow = [\"10.0.0.0/33\"]\n", "FILE:2:16: proxy.stats_allow: bad prefix length"),
+            ("[proxy]\nthreads = 8\nclient_wait_threads = 9\n", "FILE:3:23: proxy.client_wait_threads: must be in 1..=8 (proxy.threads) (got 9)"),
+            ("[proxy]\nworkers = 2\nworkers = 3\n", "FILE:3:1: duplicate key `workers`"),
+            ("[proxy]\nworkers = \n", "FILE:2:11: "),
+        ] {
+            let e = proxy_err("place", text, &[]);
+            assert!(e.starts_with(want), "{text}\n  gave {e}\n  want {want}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        }
+        // An element of a list is placed where it stands, on its own line if need be.
+        let e = proxy_err(
+            "item",
+            "[proxy]\nstats_allow = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n",
+            &[],
+        );
+        assert!(
+            e.starts_with("FILE:4:3: proxy.stats_allow: bad prefix length in \"10.0.0.0/33\""),
+            "{e}"
+        );
+        let text = "[[site]]\nhosts = [\"a.com\"]\norigins = [\n  \"http://a\",\n  \"ftp://b\",\n]\n\n[[site]]\nhosts = [\"b.com\", \"a.com\"]\norigins = \"http://c\"\n";
+        let e = load_cached("items", text, &[]).unwrap_err();
+        assert!(
+            e.starts_with("FILE:5:3: site[0].origins: scheme \"ftp\""),
+            "{e}"
+        );
+        let e = load_cached("items2", &text.replace("ftp://b", "http://b"), &[]).unwrap_err();
+        assert!(
+            e.starts_with("FILE:9:19: site[1].hosts: \"a.com\" is already a host of site[0]"),
+            "{e}"
+        );
+        let e = load_cached(
+            "items3",
+            "[[site]]\nhosts = [\"a\", \"B\"]\norigins = \"http://c\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("FILE:2:15: site[0].hosts: \"B\" must be lowercase"),
+            "{e}"
+        );
+
+        // A key of a [[site]] names the site's index; a missing one points at its table.
+        let o = "origins = [\"http://o\"]\n";
+        for (text, want) in [
+            (format!("[[site]]\n{o}\n[[site]]\nhosts = [\"a\"]\n{o}balance = 3\n"), "FILE:7:11: site[1].balance: expected a string, got 3"),
+            (format!("[[site]]\n{o}health = {{ interval_ms = 100 }}\n"), "FILE:3:10: site[0].health.path: missing"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", interval_ms = \"2h\", timeout_ms = \"3h\" }}\n"), "FILE:3:57: site[0].health.timeout_ms: must be in 1ms..=2h (interval_ms) (got 3h)"),
+            ("[[site]]\nhosts = [\"a\"]\n".to_string(), "FILE:1:1: site[0].origins: missing"),
+            (format!("site = [{{ {} }}, {{ hostz = 1 }}]\n", o.trim()), "FILE:1:39: site[1].hostz: unknown key"),
+            ("site = 3\n".to_string(), "FILE:1:8: site: expected tables ([[site]]), got 3"),
+        ] {
+            let e = load_cached("siteplace", &text, &[]).map(|c| c.sites).unwrap_err();
+            assert!(e.starts_with(want), "{text}\n  gave {e}\n  want {want}");
+        }
+    }
+
+    #[test]
+    fn flags_are_read_by_their_keys_type_and_errors_name_the_flag() {
+        let e = |f: &[(&str, &str)]| ProxyConfig::load(None, &flags(f)).unwrap_err().to_string();
+        assert_eq!(
+            e(&[("proxy.workers", "four")]),
+            "command line: --workers: expected an integer, got \"four\""
+        );
+        assert_eq!(
+            e(&[("proxy.segment_size", "12")]),
+            "command line: --segment-size: must be in 1KiB..=64MiB (got 12)"
+        );
+        assert!(e(&[("proxy.listen", "somewhere:80")])
+            .starts_with("command line: --listen: expected an address"));
+        // A flag is blamed only for its own key: the file's bad value keeps its place.
+        let got = proxy_err("blame", "[proxy]\nthreads = 0\n", &[("proxy.workers", "3")]);
+        assert!(
+            got.starts_with("FILE:2:11: proxy.threads: must be in"),
+            "{got}"
+        );
+        let got = proxy_err(
+            "blame2",
+            "[cached]\nthreads = \"x\"\n",
+            &[("proxy.threads", "3")],
+        );
+        assert!(
+            got.starts_with("FILE:2:11: cached.threads: expected an integer"),
+            "{got}"
+        );
+
+        // Digits where a string is wanted stay a string; numbers where an address is wanted
+        // are a port.
+        let p = ProxyConfig::load(
+            None,
+            &flags(&[("instance", "123"), ("proxy.listen", "8080")]),
+        )
+        .unwrap();
+        assert_eq!(p.instance, "123");
+        assert_eq!(p.listen, ["0.0.0.0:8080".parse().unwrap()]);
+        // --listen repeated, or with commas: every address, in order; flags replace the file.
+        let p = ProxyConfig::load(
+            None,
+            &flags(&[
+                ("proxy.listen", "localhost:8080"),
+                ("proxy.workers", "1"),
+                ("proxy.listen", "[::1]:8080,:9090"),
+            ]),
+        )
+        .unwrap();
+        let want: Vec<SocketAddr> = ["127.0.0.1:8080", "[::1]:8080", "0.0.0.0:9090"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(p.listen, want);
+        // Units on the command line.
+        let c = CachedConfig::load(
+            None,
+            &flags(&[
+                ("cached.capacity", "1g"),
+                ("cached.max_object_size", "512k"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!((c.capacity, c.max_object_size), (1 << 30, 512 << 10));
+    }
+
+    #[test]
+    fn sizes_and_durations_take_units_in_the_file() {
+        let path = std::env::temp_dir().join(format!("cfg-{}-units.toml", std::process::id()));
+        let text = "[proxy]\nlisten = [\"127.0.0.1:8080\", \"[::1]:8080\"]\nsegment_size = \"64KiB\"\n\
+                    header_timeout_ms = \"5s\"\nidle_timeout_ms = \"2m\"\npool_wait_ms = 250\n\
+                    accept_coalesce_us = \"1ms\"\nmax_body_bytes = \"10m\"\nmin_send_rate = \"1k\"\n\
+                    [cached]\ncapacity = \"256MiB\"\nmax_object_size = 1048576\nheuristic_ttl_ms = \"1h\"\n\
+                    connect_timeout_ms = \"1m30s\"\n";
+        std::fs::write(&path, text).unwrap();
+        let p = ProxyConfig::load(Some(&path), &[]).unwrap();
+        let c = CachedConfig::load(Some(&path), &[]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(p.listen.len(), 2);
+        assert_eq!(p.segment_size, 64 << 10);
+        assert_eq!(p.header_timeout, Duration::from_secs(5));
+        assert_eq!(p.idle_timeout, Duration::from_secs(120));
+        assert_eq!(p.pool_wait, Duration::from_millis(250));
+        assert_eq!(p.accept_coalesce, Duration::from_millis(1));
+        assert_eq!((p.max_body_bytes, p.min_send_rate), (10 << 20, 1024));
+        assert_eq!((c.capacity, c.max_object_size), (256 << 20, 1 << 20));
+        assert_eq!(c.heuristic_floor, Duration::from_secs(3600));
+        assert_eq!(c.connect_timeout, Duration::from_secs(90));
+    }
+
+    /// `key = value` and `# key = value` lines of shmproxy.toml, by full key: (value text,
+    /// commented out).
+    fn repository_config_lines() -> Vec<(String, String, bool)> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shmproxy.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (text, _) = text.split_once("# Sites.").expect("the sites block");
+        let mut section = String::new();
+        let mut out = Vec::new();
+        for line in text.lines() {
+            if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = format!("{s}.");
+                continue;
+            }
+            let (body, commented) = match line.strip_prefix("# ") {
+                Some(b) => (b, true),
+                None => (line, false),
+            };
+            let Some((k, v)) = body.split_once(" = ") else {
+                continue;
+            };
+            if k.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                out.push((format!("{section}{k}"), v.to_string(), commented));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn shmproxy_toml_lists_every_key_with_its_default() {
+        let lines = repository_config_lines();
+        for (key, value, commented) in &lines {
+            let def =
+                keys::lookup(key).unwrap_or_else(|| panic!("shmproxy.toml: {key}: not a key"));
+            if *commented {
+                // An example: for keys that are unset by default or computed.
+                assert!(
+                    def.default.is_none(),
+                    "shmproxy.toml: {key} is commented out but defaults to {:?}",
+                    def.default
+                );
+                keys::read_as(key, value, true)
+                    .unwrap_or_else(|e| panic!("shmproxy.toml: {key} = {value}: {e}"));
+            } else {
+                keys::check_documented_default(key, value, true)
+                    .unwrap_or_else(|e| panic!("shmproxy.toml: {e}"));
+            }
+        }
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shmproxy.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let (_, sites) = text.split_once("# Keys of a [[site]]:").unwrap();
+        for k in keys::KEYS {
+            if matches!(k.ty, keys::Ty::Table | keys::Ty::Tables) {
+                continue;
+            }
+            if let Some(sub) = k.name.strip_prefix("site.") {
+                // Described in the comment block, health defaults as "[2000]".
+                let short = sub.rsplit('.').next().unwrap();
+                let line = sites
+                    .lines()
+                    .find(|l| {
+                        l.trim_start_matches('#')
+                            .trim_start()
+                            .starts_with(&format!("{short} "))
+                    })
+                    .unwrap_or_else(|| panic!("shmproxy.toml does not describe {}", k.name));
+                if let (Some(d), Some(b)) = (k.default, line.rfind('[')) {
+                    if sub.starts_with("health.") {
+                        let shown = line[b + 1..].trim_end().trim_end_matches(']');
+                        keys::check_documented_default(k.name, shown, true)
+                            .unwrap_or_else(|e| panic!("shmproxy.toml: {e} ({d})"));
+                    }
+                }
+                continue;
+            }
+            assert!(
+                lines.iter().any(|(key, _, _)| key == k.name),
+                "shmproxy.toml lacks {}",
+                k.name
+            );
+        }
+    }
+
+    #[test]
+    fn readme_configuration_table_matches_the_key_list() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+        let text = std::fs::read_to_string(path).unwrap();
+        let head = "| flag | key | default | meaning |\n|---|---|---|---|\n";
+        let start = text.find(head).expect("README's configuration table") + head.len();
+        let table = &text[start..text[start..].find("\n\n").map_or(text.len(), |e| start + e)];
+        let mut rows = 0;
+        for row in table.lines() {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            assert!(cells.len() >= 4, "{row}");
+            let key = cells[1].trim_matches('`');
+            if key == "[[site]]" {
+                continue;
+            }
+            let def = keys::lookup(key).unwrap_or_else(|| panic!("README: {key}: not a key"));
+            let shown = cells[2].trim_matches('`');
+            if def.default.is_none() && shown != "—" {
+                // A computed default, described in words.
+                assert!(keys::COMPUTED.contains(&key), "README: {key}: {shown}");
+                continue;
+            }
+            // As TOML (`[]`, `2`) or as a flag's value (`127.0.0.1:8080`, `www`).
+            keys::check_documented_default(key, shown, true)
+                .or_else(|_| keys::check_documented_default(key, shown, false))
+                .unwrap_or_else(|e| panic!("README: {e}"));
+            rows += 1;
+        }
+        assert!(rows >= 15, "{rows} rows checked");
+    }
+
     #[test]
     fn set_cookie_policy_defaults_to_pass_and_names_key_and_file() {
         assert_eq!(
@@ -1525,7 +1418,10 @@ mod tests {
             .to_string();
         let _ = std::fs::remove_file(&path);
         assert!(
-            e.starts_with(&format!("{}: cached.set_cookie: must be", path.display())),
+            e.starts_with(&format!(
+                "{}:2:14: cached.set_cookie: must be",
+                path.display()
+            )),
             "{e}"
         );
     }
@@ -1644,6 +1540,21 @@ mod tests {
         r
     }
 
+    /// `FILE:LINE:COL: rest` as `(Some((LINE, COL)), "FILE: rest")`.
+    fn unplace(e: &str) -> (Option<(usize, usize)>, String) {
+        let Some(rest) = e.strip_prefix("FILE:") else {
+            return (None, e.to_string());
+        };
+        let mut parts = rest.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(l), Some(c), Some(tail)) => match (l.parse(), c.parse()) {
+                (Ok(l), Ok(c)) => (Some((l, c)), format!("FILE:{tail}")),
+                _ => (None, e.to_string()),
+            },
+            _ => (None, e.to_string()),
+        }
+    }
+
     const TWO_SITES: &str = r#"
 [[site]]
 hosts = ["www.example.com", "*.example.org"]
@@ -1723,14 +1634,14 @@ health = { path = "/ping" }
         let o = "origins = [\"http://o\"]\n";
         for (text, want) in [
             (format!("[[site]]\n{o}balance = \"random\"\n"), "FILE: site[0].balance: must be \"round-robin\", \"least-connections\" or \"uri-hash\" (got \"random\")"),
-            (format!("[[site]]\n{o}\n[[site]]\nhosts = [\"a\"]\n{o}balance = 3\n"), "FILE: site[1].balance: invalid type"),
-            (format!("[[site]]\n{o}hostz = [\"a\"]\n"), "FILE: site[0].hostz: unknown key"),
+            (format!("[[site]]\n{o}\n[[site]]\nhosts = [\"a\"]\n{o}balance = 3\n"), "FILE: site[1].balance: expected a string, got 3"),
+            (format!("[[site]]\n{o}hostz = [\"a\"]\n"), "FILE: site[0].hostz: unknown key (did you mean hosts?)"),
             (format!("[[site]]\n{o}health = {{ path = \"/\", rize = 2 }}\n"), "FILE: site[0].health.rize: unknown key"),
             (format!("[[site]]\n{o}health = {{ interval_ms = 100 }}\n"), "FILE: site[0].health.path: missing"),
             (format!("[[site]]\n{o}health = {{ path = \"healthz\" }}\n"), "FILE: site[0].health.path: must start with '/'"),
             (format!("[[site]]\n{o}health = {{ path = \"/\", rise = 0 }}\n"), "FILE: site[0].health.rise: must be in 1..=1000 (got 0)"),
             (format!("[[site]]\n{o}health = {{ path = \"/\", fall = 0 }}\n"), "FILE: site[0].health.fall: must be in"),
-            (format!("[[site]]\n{o}health = {{ path = \"/\", interval_ms = 500, timeout_ms = 600 }}\n"), "FILE: site[0].health.timeout_ms: must be in 1..=500 (got 600)"),
+            (format!("[[site]]\n{o}health = {{ path = \"/\", interval_ms = 500, timeout_ms = 600 }}\n"), "FILE: site[0].health.timeout_ms: must be in 1ms..=500ms (interval_ms) (got 600ms)"),
             ("[[site]]\nhosts = [\"a\"]\n".to_string(), "FILE: site[0].origins: missing"),
             ("[[site]]\norigins = []\n".to_string(), "FILE: site[0].origins: missing"),
             ("[[site]]\norigins = [\"ftp://o\"]\n".to_string(), "FILE: site[0].origins: scheme \"ftp\""),
@@ -1747,13 +1658,15 @@ health = { path = "/ping" }
             (format!("[[site]]\nhosts = [\"[::G]\"]\n{o}"), "FILE: site[0].hosts: \"[::G]\" is not a lowercase IPv6"),
             (format!("[[site]]\n{o}host_header = \"a b\"\n"), "FILE: site[0].host_header: must be \"client\", \"origin\" or a host[:port]"),
             (format!("[[site]]\n{o}tls_server_name = \"a/b\"\n"), "FILE: site[0].tls_server_name: not a host name"),
-            (format!("[[site]]\n{o}tls_verify = \"no\"\n"), "FILE: site[0].tls_verify: invalid type"),
+            (format!("[[site]]\n{o}tls_verify = \"no\"\n"), "FILE: site[0].tls_verify: expected true or false, got \"no\""),
             (format!("[[site]]\n{o}[cached]\norigin = \"http://x\"\n"), "FILE: cached.origin: site[0] is already the default site"),
             (format!("[[site]]\nname = \"default\"\nhosts = [\"a\"]\n{o}[cached]\norigin = \"http://x\"\n"), "FILE: cached.origin: makes a site named \"default\", but site[0]"),
             ("[cached]\ntls_ca_file = \"/nonexistent/ca.pem\"\n".to_string(), "FILE: cached.tls_ca_file: cannot read \"/nonexistent/ca.pem\""),
             ("[cached]\ntls_ca_file = \"/\"\n".to_string(), "FILE: cached.tls_ca_file: cannot read \"/\""),
         ] {
             let e = load_cached("err", &text, &[]).map(|c| c.sites).unwrap_err();
+            let (place, e) = unplace(&e);
+            assert!(place.is_some(), "{text}\n  gave {e} without a line and column");
             assert!(e.starts_with(want), "{text}\n  gave {e}\n  want {want}");
         }
         // The proxy reads the same file and lets cached judge the sites.

@@ -171,8 +171,9 @@ pub fn accept_upgrade(listener: &OwnedFd) -> io::Result<Option<OwnedFd>> {
     Ok(Some(conn))
 }
 
-/// New master: asks the running master of `instance` for its listening socket.
-pub fn request_takeover(instance: &str, timeout: std::time::Duration) -> io::Result<OwnedFd> {
+/// New master: asks the running master of `instance` for its listening sockets (one message
+/// holds them all, in the order it listed them).
+pub fn request_takeover(instance: &str, timeout: std::time::Duration) -> io::Result<Vec<OwnedFd>> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use nix::sys::socket::{connect, socket};
     let fd = socket(
@@ -194,7 +195,7 @@ pub fn request_takeover(instance: &str, timeout: std::time::Duration) -> io::Res
             "the running master did not hand over its socket",
         ));
     }
-    recv_fd(&fd)?.ok_or_else(|| {
+    recv_fds(&fd)?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
             "the running master refused the upgrade",
@@ -229,6 +230,8 @@ mod tests {
         );
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = tcp.local_addr().unwrap();
+        let tcp2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr2 = tcp2.local_addr().unwrap();
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 let conn = loop {
@@ -237,11 +240,14 @@ mod tests {
                     }
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 };
-                send_fd(&conn, &tcp).unwrap();
+                send_fds(&conn, &[tcp.as_raw_fd(), tcp2.as_raw_fd()]).unwrap();
             });
             let got = request_takeover(&instance, std::time::Duration::from_secs(5)).unwrap();
-            let l = std::net::TcpListener::from(got);
-            assert_eq!(l.local_addr().unwrap(), addr);
+            let got: Vec<_> = got
+                .into_iter()
+                .map(|fd| std::net::TcpListener::from(fd).local_addr().unwrap())
+                .collect();
+            assert_eq!(got, [addr, addr2]);
         });
     }
 

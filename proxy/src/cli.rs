@@ -12,18 +12,22 @@ Usage: proxy [OPTIONS]
 Options (each is also a key in the config file; flags win):
   --config FILE           TOML file with `instance` and a [proxy] section
   --instance NAME         instance name shared with cached           [shmproxy]
-  --listen ADDR:PORT      address to listen on                       [127.0.0.1:8080]
+  --listen ADDR           address to listen on; repeat or use commas for several;
+                          :PORT = every IPv4 address, localhost = 127.0.0.1 [127.0.0.1:8080]
   --workers N             worker processes                           [2]
   --threads N             request threads per worker                 [64]
   --segments N            shared-memory segments in the pool         [128]
-  --segment-size BYTES    bytes per segment (1024 ..= 67108864)      [262144]
+  --segment-size SIZE     bytes per segment (1KiB ..= 64MiB)         [256KiB]
   --access-log FILE       access log file (Combined Log Format + more)  [none]
   --stats-allow LIST      CIDRs that may read /__shmproxy/ (commas)  [127.0.0.0/8,::1]
   --trusted-proxies LIST  CIDRs whose X-Forwarded-*/Forwarded are kept (commas)  []
-  --upgrade               take the listening socket over from the running master of
+  --upgrade               take the listening sockets over from the running master of
                           this instance (zero-downtime binary upgrade), which then
                           drains and exits
   -h, --help              this text
+
+Sizes take k, m, g units (powers of 1024: 64KiB, 256m); durations take ms, s, m, h (5s).
+An error names the file, line and column (or the flag), the key and what was expected.
 
 Signals: SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration and replaces
 the workers without closing the listener; SIGUSR1 reopens the access log.
@@ -68,4 +72,50 @@ pub fn parse() -> Result<Option<(ProxyConfig, Source)>, ConfigError> {
         flags: cl.flags,
     };
     Ok(Some((source.load()?, source)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `--help` line of `flag` and the default it shows in brackets, if any.
+    fn help_default<'a>(help: &'a str, flag: &str) -> Option<(&'a str, Option<&'a str>)> {
+        let mut lines = help.lines();
+        let start =
+            lines.position(|l| l.trim_start().strip_prefix(&format!("--{flag} ")).is_some())?;
+        // The entry runs on over indented continuation lines.
+        let mut entry: Vec<&str> = vec![help.lines().nth(start)?];
+        entry.extend(
+            help.lines()
+                .skip(start + 1)
+                .take_while(|l| l.starts_with("                  ")),
+        );
+        let last = entry.last()?.trim_end();
+        let shown = last
+            .strip_suffix(']')
+            .and_then(|l| l.rfind('[').map(|b| &l[b + 1..]));
+        Some((entry[0], shown))
+    }
+
+    #[test]
+    fn help_flags_and_defaults_match_the_key_list_and_the_readme() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        for (flag, key) in KEYS {
+            let (line, shown) =
+                help_default(HELP, flag).unwrap_or_else(|| panic!("--help does not list --{flag}"));
+            if let Some(shown) = shown {
+                common::config::keys::check_documented_default(key, shown, false)
+                    .unwrap_or_else(|e| panic!("--help: {line}: {e}"));
+            }
+            let row = readme
+                .lines()
+                .find(|l| l.contains(&format!("| `{key}` |")))
+                .unwrap_or_else(|| panic!("README's configuration table lacks {key}"));
+            assert!(
+                row.contains(&format!("`--{flag}`")),
+                "README: {key} is --{flag}: {row}"
+            );
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! The master: binds the listener (or takes it over from the running master with
+//! The master: binds a listener per `proxy.listen` address (or takes them over from the running master with
 //! `--upgrade`), creates the segment pool and the proxy stats region, forks the workers
 //! (while single-threaded: signals arrive as flags, no helper threads), passes each accepted
 //! connection to the least-loaded worker, reaps and replaces dead workers (reclaiming their
@@ -7,7 +7,7 @@
 //! Signals: SIGTERM/SIGINT stop accepting, let the workers drain, unlink the IPC objects and
 //! exit; SIGHUP re-reads the configuration and replaces every worker (the old ones drain)
 //! without closing the listener; SIGUSR1 asks the workers to reopen their access logs.
-//! Upgrade: a new master connects to this one's upgrade socket, receives the listening socket
+//! Upgrade: a new master connects to this one's upgrade socket, receives the listening sockets
 //! over `SCM_RIGHTS`, and this one hands over its IPC names, drains and exits.
 
 use crate::cli::Source;
@@ -96,8 +96,9 @@ impl Signals {
 struct Master {
     shared: Shared,
     source: Source,
-    /// `Some` in the master; each forked child drops its copy.
-    listener: Option<TcpListener>,
+    /// The listening sockets (one per `proxy.listen` address) in the master while it
+    /// accepts; each forked child drops its copies.
+    listeners: Vec<TcpListener>,
     upgrade: Option<OwnedFd>,
     workers: Vec<WorkerSlot>,
     /// Replaced workers still draining.
@@ -111,8 +112,8 @@ struct Master {
 
 pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
     let names = Names::for_instance(&cfg.instance);
-    let listener = if source.upgrade {
-        let fd = fdpass::request_takeover(&cfg.instance, Duration::from_secs(10)).with_context(
+    let listeners: Vec<TcpListener> = if source.upgrade {
+        let fds = fdpass::request_takeover(&cfg.instance, Duration::from_secs(10)).with_context(
             || {
                 format!(
                     "--upgrade: no running master of instance {} handed over its socket",
@@ -120,15 +121,22 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
                 )
             },
         )?;
-        log::info!("took the listening socket over from the running master");
-        TcpListener::from(fd)
+        log::info!("took the listening sockets over from the running master");
+        fds.into_iter().map(TcpListener::from).collect()
     } else {
-        TcpListener::bind(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?
+        cfg.listen
+            .iter()
+            .map(|a| TcpListener::bind(a).with_context(|| format!("cannot listen on {a}")))
+            .collect::<anyhow::Result<_>>()?
     };
-    listener.set_nonblocking(true)?;
-    // Accepted connections inherit it: the workers need no call of their own.
-    nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)?;
-    let listen_addr = listener.local_addr()?;
+    let mut listen_addrs = Vec::with_capacity(listeners.len());
+    for l in &listeners {
+        l.set_nonblocking(true)?;
+        // Accepted connections inherit it: the workers need no call of their own.
+        nix::sys::socket::setsockopt(l, nix::sys::socket::sockopt::TcpNoDelay, &true)?;
+        listen_addrs.push(l.local_addr()?.to_string());
+    }
+    let listen_addr = listen_addrs.join(", ");
     let pool = Pool::create(&names, cfg.segments, cfg.segment_size, cfg.chunk_slots)
         .context("cannot create the segment pool")?;
     let stats = StatsRegion::create(&names.stats_proxy, 1 + cfg.workers as usize)
@@ -150,7 +158,7 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
             cfg,
         },
         source,
-        listener: Some(listener),
+        listeners,
         upgrade: None,
         retiring: Vec::new(),
         waiting: std::collections::VecDeque::new(),
@@ -163,7 +171,7 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
     }
     let handed_over = m.serve(&signals)?;
     log::info!("stopping: no new connections, waiting for in-flight requests");
-    m.listener = None;
+    m.listeners.clear();
     m.upgrade = None;
     m.shutdown();
     if handed_over {
@@ -226,14 +234,13 @@ impl Master {
     fn wait_ready(&mut self) -> (bool, bool) {
         let mut fds = Vec::with_capacity(2 + self.workers.len());
         let mut full = Vec::new();
-        let listener = self
-            .listener
-            .as_ref()
-            .filter(|_| self.waiting.len() < WAITING_MAX);
-        let accepting = listener.is_some();
-        if let Some(l) = listener {
-            fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+        let accepting = self.waiting.len() < WAITING_MAX;
+        if accepting {
+            for l in &self.listeners {
+                fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+            }
         }
+        let listening = fds.len();
         if let Some(u) = &self.upgrade {
             fds.push(PollFd::new(u.as_fd(), PollFlags::POLLIN));
         }
@@ -250,7 +257,7 @@ impl Master {
             return (false, false);
         }
         let has = |f: &PollFd, flag| f.revents().is_some_and(|r| r.intersects(flag));
-        let accept = accepting && has(&fds[0], PollFlags::POLLIN);
+        let accept = fds[..listening].iter().any(|f| has(f, PollFlags::POLLIN));
         let upgrade = self.upgrade.is_some() && has(&fds[first_chan - 1], PollFlags::POLLIN);
         // An error or hang-up counts too: the next send finds out, and the reaper follows.
         let ready = PollFlags::POLLOUT | PollFlags::POLLERR | PollFlags::POLLHUP;
@@ -293,7 +300,7 @@ impl Master {
             ForkResult::Child => {
                 drop(master_end);
                 // Only the master accepts: a worker that outlives it must not keep the port.
-                drop(self.listener.take());
+                self.listeners.clear();
                 drop(self.upgrade.take());
                 let code = worker::run(&self.shared, index, worker_end, master);
                 std::process::exit(code);
@@ -343,23 +350,27 @@ impl Master {
 
     /// Accepts what is pending, up to what `waiting` may still hold; returns how many.
     fn accept_batch(&mut self) -> u64 {
-        let listener = self
-            .listener
-            .as_ref()
-            .expect("the master keeps its listener");
         let mut n = 0u64;
-        while self.waiting.len() < WAITING_MAX {
-            match fdpass::accept_nonblocking(listener) {
-                Ok(stream) => {
-                    self.waiting.push_back(stream);
-                    n += 1;
+        // One connection from each listener in turn, until none has more.
+        let mut open: Vec<&TcpListener> = self.listeners.iter().collect();
+        while !open.is_empty() && self.waiting.len() < WAITING_MAX {
+            open.retain(|l| {
+                if self.waiting.len() >= WAITING_MAX {
+                    return true;
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    log::warn!("accept: {e}");
-                    break;
+                match fdpass::accept_nonblocking(l) {
+                    Ok(stream) => {
+                        self.waiting.push_back(stream);
+                        n += 1;
+                        true
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                    Err(e) => {
+                        log::warn!("accept: {e}");
+                        false
+                    }
                 }
-            }
+            });
         }
         Counters::add(&self.shared.stats.slot(0).connections_accepted, n);
         n
@@ -484,7 +495,7 @@ impl Master {
             }
         }
         cfg.instance = old.instance.clone();
-        cfg.listen = old.listen;
+        cfg.listen = old.listen.clone();
         cfg.segments = old.segments;
         cfg.segment_size = old.segment_size;
         cfg.chunk_slots = old.chunk_slots;
@@ -527,15 +538,11 @@ impl Master {
         };
         self.shared.pool.unlink_name();
         self.shared.stats.unlink_name();
-        match fdpass::send_fd(
-            &conn,
-            self.listener
-                .as_ref()
-                .expect("the master keeps its listener"),
-        ) {
+        let fds: Vec<_> = self.listeners.iter().map(|l| l.as_raw_fd()).collect();
+        match fdpass::send_fds(&conn, &fds) {
             Ok(()) => {
                 Counters::inc(&self.shared.stats.slot(0).handovers);
-                log::info!("handed the listening socket to a new master");
+                log::info!("handed the listening sockets to a new master");
                 true
             }
             Err(e) => {

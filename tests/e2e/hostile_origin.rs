@@ -589,7 +589,10 @@ fn set_cookie_answers_are_not_shared_unless_the_operator_says_so() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(
-            err.contains(&format!("{}: cached.set_cookie: must be", file.display())),
+            err.contains(&format!(
+                "{}:2:14: cached.set_cookie: must be",
+                file.display()
+            )),
             "{err}"
         );
     });

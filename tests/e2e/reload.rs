@@ -4,7 +4,7 @@
 
 use crate::client::{self, Conn, Expect};
 use crate::harness::{
-    bin_path, descendants, pid_alive, send_signal, with_deadline, write_file, Instance,
+    bin_path, descendants, free_port, pid_alive, send_signal, with_deadline, write_file, Instance,
 };
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -176,6 +176,49 @@ fn a_new_binary_takes_the_listener_over_without_refusing_a_connection() {
         );
         inst.assert_pool_idle();
         // Stop the new master ourselves: the harness only knows the old one.
+        assert!(send_signal(new.0.id() as i32, libc::SIGTERM));
+        let st = new.0.wait().unwrap();
+        assert!(st.success(), "new master: {st:?}");
+    });
+}
+
+#[test]
+fn every_listen_address_is_served_and_all_are_handed_over() {
+    with_deadline(LIMIT, || {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "page.txt", b"both");
+        // The harness gives `--listen 127.0.0.1:PORT`; a second --listen adds an address.
+        let second: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+        let mut inst = Instance::builder()
+            .root(dir.path())
+            .proxy_arg("--listen")
+            .proxy_arg(&format!("localhost:{}", second.port()))
+            .start();
+        for addr in [inst.addr(), second] {
+            let r = client::get(addr, "/page.txt");
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"both"[..]), "{addr}");
+        }
+        let new = Command::new(bin_path("proxy"))
+            .args(["--instance", &inst.name, "--workers", "1", "--upgrade"])
+            .args([
+                "--segments",
+                &inst.segments().to_string(),
+                "--segment-size",
+                &inst.segment_size().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(inst.dir().join("upgraded-proxy.stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let mut new = Stop(new);
+        let status = inst
+            .wait_proxy_exit(Duration::from_secs(10))
+            .expect("old master exits after the handover");
+        assert!(status.success(), "old master: {status:?}");
+        for addr in [inst.addr(), second] {
+            let r = client::get(addr, "/page.txt");
+            assert_eq!((r.status, r.body.as_slice()), (200, &b"both"[..]), "{addr}");
+        }
         assert!(send_signal(new.0.id() as i32, libc::SIGTERM));
         let st = new.0.wait().unwrap();
         assert!(st.success(), "new master: {st:?}");
