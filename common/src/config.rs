@@ -194,6 +194,8 @@ struct CachedFile {
     revalidate_ms: Option<u64>,
     max_waiters: Option<u64>,
     heuristic_ttl_ms: Option<u64>,
+    grace_ms: Option<u64>,
+    keep_ms: Option<u64>,
     set_cookie: Option<String>,
 }
 
@@ -307,6 +309,12 @@ pub struct CachedConfig {
     pub heuristic_floor: Duration,
     /// What happens to a storable answer that carries `Set-Cookie`.
     pub set_cookie: SetCookie,
+    /// How long past its lifetime a stored answer without `stale-if-error` may be served
+    /// when the origin fails (Varnish's `default_grace`; 0: never).
+    pub grace: Duration,
+    /// How long past its lifetime (and past every stale window) a stored answer is kept for
+    /// revalidation with a conditional request; older, it counts as a miss.
+    pub keep: Duration,
 }
 
 /// `cached.set_cookie`: the policy for storable answers carrying `Set-Cookie`.
@@ -1092,6 +1100,22 @@ impl CachedConfig {
                 None => SetCookie::Pass,
                 Some(v) => SetCookie::parse(v).map_err(|e| src.err("cached.set_cookie", e))?,
             },
+            grace: Duration::from_millis(ranged(
+                &src,
+                "cached.grace_ms",
+                c.grace_ms,
+                0,
+                0,
+                31_536_000_000,
+            )?),
+            keep: Duration::from_millis(ranged(
+                &src,
+                "cached.keep_ms",
+                c.keep_ms,
+                86_400_000,
+                0,
+                31_536_000_000,
+            )?),
         })
     }
 }
