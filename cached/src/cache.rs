@@ -412,6 +412,8 @@ mod tests {
                 lifetime: Duration::from_secs(60),
                 must_revalidate: false,
                 no_cache: false,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
             },
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,

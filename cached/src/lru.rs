@@ -1,6 +1,7 @@
 //! The L2 cache: a byte-bounded LRU of complete objects. Entries are `Arc`s, so an object
 //! evicted while a receiver still streams it stays alive until that receiver is done.
 
+use crate::policy::{Staleness, Storable};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,6 +16,12 @@ pub enum Validity {
         lifetime: Duration,
         must_revalidate: bool,
         no_cache: bool,
+        /// How long past `lifetime` it may be served while one refresh runs in the
+        /// background (`stale-while-revalidate`, RFC 5861 §3).
+        stale_while_revalidate: Duration,
+        /// How long past `lifetime` it may be served when the origin fails
+        /// (`stale-if-error`, RFC 5861 §4).
+        stale_if_error: Duration,
     },
 }
 
@@ -33,7 +40,41 @@ pub struct Stored {
     pub initial_age: Duration,
 }
 
+impl Validity {
+    /// The validity of an origin answer `policy::storable` accepted.
+    pub fn http(s: &Storable) -> Validity {
+        Validity::Http {
+            lifetime: s.lifetime,
+            must_revalidate: s.must_revalidate,
+            no_cache: s.no_cache,
+            stale_while_revalidate: s.stale_while_revalidate,
+            stale_if_error: s.stale_if_error,
+        }
+    }
+}
+
 impl Stored {
+    /// How stale an origin answer is at `now`, and what its directives allow then (`None`
+    /// for files).
+    pub fn staleness(&self, now: SystemTime) -> Option<Staleness> {
+        match self.validity {
+            Validity::Http {
+                lifetime,
+                must_revalidate,
+                no_cache,
+                stale_while_revalidate,
+                stale_if_error,
+            } => Some(Staleness {
+                stale_by: self.age(now).saturating_sub(lifetime),
+                must_revalidate,
+                no_cache,
+                stale_while_revalidate,
+                stale_if_error,
+            }),
+            Validity::File { .. } => None,
+        }
+    }
+
     /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
     pub fn age(&self, now: SystemTime) -> Duration {
         self.initial_age.saturating_add(
@@ -148,6 +189,8 @@ mod tests {
                 lifetime: Duration::ZERO,
                 must_revalidate: false,
                 no_cache: false,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
             },
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,

@@ -7,6 +7,7 @@ mod cli;
 mod lru;
 mod policy;
 mod receiver;
+mod refresh;
 mod respond;
 mod source;
 mod upstream;

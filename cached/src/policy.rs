@@ -108,6 +108,10 @@ pub struct Storable {
     /// `s-maxage`) and on every use when `no-cache`.
     pub must_revalidate: bool,
     pub no_cache: bool,
+    /// `stale-while-revalidate` (RFC 5861 §3; 0 when absent).
+    pub stale_while_revalidate: Duration,
+    /// `stale-if-error` (RFC 5861 §4; 0 when absent).
+    pub stale_if_error: Duration,
 }
 
 /// May a shared cache store this response to this request (RFC 9111 §3), and how fresh is
@@ -182,7 +186,56 @@ pub fn storable(
             || cc.has("proxy-revalidate")
             || cc.has("s-maxage"),
         no_cache: cc.has("no-cache"),
+        stale_while_revalidate: Duration::from_secs(
+            cc.seconds("stale-while-revalidate").unwrap_or(0),
+        ),
+        stale_if_error: Duration::from_secs(cc.seconds("stale-if-error").unwrap_or(0)),
     })
+}
+
+/// What a stored answer allows once stale, besides revalidation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Staleness {
+    /// How long past its lifetime the answer is (zero while fresh).
+    pub stale_by: Duration,
+    pub must_revalidate: bool,
+    pub no_cache: bool,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+impl Staleness {
+    /// RFC 9111 §4.2.4: no stale answer where `must-revalidate`, `proxy-revalidate`,
+    /// `s-maxage` (all in `must_revalidate`) or `no-cache` forbid it.
+    fn allowed(&self) -> bool {
+        !self.must_revalidate && !self.no_cache
+    }
+
+    /// May it be answered at once while one background refresh runs (RFC 5861 §3)? Not when
+    /// the request itself asks for a fresh or bounded-age answer.
+    pub fn while_revalidating(&self, rules: &RequestRules) -> bool {
+        self.allowed()
+            && !rules.no_cache
+            && rules.max_age.is_none()
+            && rules.min_fresh.is_none()
+            && self.stale_by < self.stale_while_revalidate
+    }
+
+    /// May it be answered instead of the origin's error (RFC 5861 §4), within its own
+    /// `stale-if-error` window or, without one, the operator's `grace`?
+    pub fn on_error(&self, grace: Duration) -> bool {
+        let window = if self.stale_if_error.is_zero() {
+            grace
+        } else {
+            self.stale_if_error
+        };
+        self.allowed() && self.stale_by < window
+    }
+}
+
+/// Origin statuses that count as the origin failing (RFC 5861 §4).
+pub fn is_origin_error(status: u16) -> bool {
+    matches!(status, 500 | 502 | 503 | 504)
 }
 
 /// `corrected_initial_age` of RFC 9111 §4.2.3 for a response requested at `request_time`

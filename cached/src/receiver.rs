@@ -32,6 +32,8 @@ pub struct Ctx {
     pub root: PathBuf,
     /// The sites' origin servers (origin mode).
     pub upstreams: Option<Arc<Upstreams>>,
+    /// Background refreshes of stale answers.
+    pub refreshes: crate::refresh::Refreshes,
     /// Mapped pools, newest first.
     pools: Mutex<Vec<Arc<Pool>>>,
 }
@@ -129,9 +131,11 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
         stats,
         root,
         upstreams,
+        refreshes: Default::default(),
         pools: Mutex::new(Vec::new()),
         cfg,
     });
+    let refreshers = crate::refresh::start(&ctx, &shutdown)?;
     let queue = Arc::new(queue);
     // Two threads wait on the queue and hand each doorbell to an idle worker thread: a
     // doorbell wakes one worker, not every thread of the pool polling the queue.
@@ -172,7 +176,7 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     supervised_receive(&ctx, &queue, &shutdown, &tx, "cd-recv0");
     let _ = second.join();
     drop(tx); // workers finish their transfers, then see the channel close
-    for t in workers.into_iter().chain(checkers) {
+    for t in workers.into_iter().chain(checkers).chain(refreshers) {
         let _ = t.join();
     }
     log::info!("stopped");

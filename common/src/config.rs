@@ -189,6 +189,12 @@ pub struct CachedConfig {
     pub heuristic_floor: Duration,
     /// What happens to a storable answer that carries `Set-Cookie`.
     pub set_cookie: SetCookie,
+    /// How long past its lifetime a stored answer without `stale-if-error` may be served
+    /// when the origin fails (Varnish's `default_grace`; 0: never).
+    pub grace: Duration,
+    /// How long past its lifetime (and past every stale window) a stored answer is kept for
+    /// revalidation with a conditional request; older, it counts as a miss.
+    pub keep: Duration,
 }
 
 /// `cached.set_cookie`: the policy for storable answers carrying `Set-Cookie`.
@@ -723,6 +729,8 @@ impl CachedConfig {
             max_waiters: d.int("cached.max_waiters")? as usize,
             heuristic_floor: d.ms("cached.heuristic_ttl_ms")?,
             set_cookie,
+            grace: d.ms("cached.grace_ms")?,
+            keep: d.ms("cached.keep_ms")?,
         })
     }
 }

@@ -35,7 +35,7 @@ pub use upstream::{
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
 /// Bumped whenever the field list changes (the slot layout is generated from it).
-pub const STATS_VERSION: u32 = 5;
+pub const STATS_VERSION: u32 = 6;
 /// Where the [`StatsHeader`] lies (right after the region header).
 const STATS_HEADER_OFFSET: usize = 32;
 const SLOTS_OFFSET: usize = 64;
@@ -219,6 +219,10 @@ stats_fields! {
     Counter l2_misses @cached: "Cacheable requests not found in the LRU",
     Counter l2_stale @cached: "Stale stored answers served (max-stale, or origin unreachable)",
     Counter l2_revalidated @cached: "Stale stored answers revalidated with the origin (304)",
+    Counter stale_while_revalidate @cached: "Stale stored answers served at once while one background refresh ran (stale-while-revalidate)",
+    Counter stale_if_error @cached: "Stale stored answers served because the origin failed or answered 500/502/503/504 (stale-if-error or grace)",
+    Counter background_refreshes @cached: "Background refreshes of stale answers sent to the origin (one per key at a time)",
+    Counter background_refresh_failures @cached: "Background refreshes that failed (the stale answer stays until its windows end)",
     Counter collapsed @cached: "Requests that followed another request's fill instead of fetching",
     Counter passes @cached: "Requests passed to the source without caching",
     Counter evictions @cached: "Objects evicted from the LRU",

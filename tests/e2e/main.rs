@@ -29,4 +29,5 @@ mod reload;
 mod sites_balance;
 mod sites_tls;
 mod sites_vhost;
+mod stale;
 mod stress_short;

@@ -81,7 +81,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     // drained body left the upstream request announcing bytes it never had).
     if (req.method != "GET" && req.method != "HEAD") || req.body != BodyLen::None {
         Counters::inc(&ctx.counters().passes);
-        let sent = upstream(lease, req, origin, &[]);
+        let sent = upstream(Some(lease), req, origin, &[]);
         respond::drain(lease)?;
         let response = match sent {
             Ok(r) => r,
@@ -96,49 +96,71 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     let primary = cache_key(&site.site, req);
     let rules = RequestRules::of(&req.headers);
     let key = ctx.cache.full_key(&primary, &req.headers);
-    if let Some(obj) = ctx.cache.get(&key) {
-        if let Validity::Http {
+    let now = SystemTime::now();
+    // Past its stale windows and `keep`, a stored answer is as good as gone.
+    let stored = ctx.cache.get(&key).and_then(|obj| {
+        let s = obj.staleness(now)?;
+        let keep = (ctx.cfg.keep)
+            .max(ctx.cfg.grace)
+            .max(s.stale_while_revalidate)
+            .max(s.stale_if_error);
+        (s.stale_by <= keep).then_some((obj, s))
+    });
+    if let Some((obj, staleness)) = stored {
+        let Validity::Http {
             lifetime,
             must_revalidate,
             no_cache,
+            ..
         } = obj.validity
-        {
-            match policy::usable(
-                obj.age(SystemTime::now()),
-                lifetime,
-                must_revalidate,
-                no_cache,
-                &rules,
-            ) {
-                Use::Fresh => {
-                    Counters::inc(&ctx.counters().l2_hits);
-                    return super::serve_stored(
-                        ctx,
-                        lease,
-                        req,
-                        &obj,
-                        meta(site, CacheOutcome::Hit, 0),
-                    );
-                }
-                Use::StaleAllowed => {
-                    Counters::inc(&ctx.counters().l2_stale);
-                    return super::serve_stored(
-                        ctx,
-                        lease,
-                        req,
-                        &obj,
-                        meta(site, CacheOutcome::Stale, 0),
-                    );
-                }
-                Use::Revalidate if rules.only_if_cached => {
-                    return respond::error(
-                        lease,
-                        504,
-                        "stored answer is stale (only-if-cached)",
-                        req.method == "HEAD",
-                    )
-                }
-                Use::Revalidate => return revalidate(ctx, lease, req, origin, &primary, &obj),
+        else {
+            unreachable!("origin objects are Http")
+        };
+        match policy::usable(obj.age(now), lifetime, must_revalidate, no_cache, &rules) {
+            Use::Fresh => {
+                Counters::inc(&ctx.counters().l2_hits);
+                return super::serve_stored(
+                    ctx,
+                    lease,
+                    req,
+                    &obj,
+                    meta(site, CacheOutcome::Hit, 0),
+                );
+            }
+            Use::StaleAllowed => {
+                Counters::inc(&ctx.counters().l2_stale);
+                return super::serve_stored(
+                    ctx,
+                    lease,
+                    req,
+                    &obj,
+                    meta(site, CacheOutcome::Stale, 0),
+                );
+            }
+            Use::Revalidate if rules.only_if_cached => {
+                return respond::error(
+                    lease,
+                    504,
+                    "stored answer is stale (only-if-cached)",
+                    req.method == "HEAD",
+                )
+            }
+            Use::Revalidate
+                if staleness.while_revalidating(&rules)
+                    && refresh_in_background(ctx, site, req, &primary, &key, &obj) =>
+            {
+                Counters::inc(&ctx.counters().stale_while_revalidate);
+                Counters::inc(&ctx.counters().l2_stale);
+                return super::serve_stored(
+                    ctx,
+                    lease,
+                    req,
+                    &obj,
+                    meta(site, CacheOutcome::Stale, 0),
+                );
+            }
+            Use::Revalidate => {
+                return revalidate(ctx, lease, req, origin, &primary, &obj, staleness)
             }
         }
     }
@@ -176,7 +198,7 @@ fn fetch(
     origin: &SiteUp,
     lead: Option<FillLead>,
 ) -> io::Result<()> {
-    match upstream(lease, req, origin, &[]) {
+    match upstream(Some(lease), req, origin, &[]) {
         Ok(answer) => relay(ctx, lease, req, answer, lead, CacheOutcome::Miss),
         Err(e) => upstream_error(ctx, lease, origin, e, req.method == "HEAD"),
     }
@@ -189,7 +211,7 @@ fn fetch(
 /// us, and `Host` follows the site's `host_header`. `extra` fields replace the client's of
 /// the same name (the validators of a revalidation).
 fn upstream<'u>(
-    lease: &mut Lease,
+    lease: Option<&mut Lease>,
     req: &RequestHead,
     site: &'u SiteUp,
     extra: &[(&str, Vec<u8>)],
@@ -246,6 +268,11 @@ fn upstream<'u>(
             let left = match declared {
                 BodyLen::Exact(n) => Some(n),
                 _ => None,
+            };
+            let Some(lease) = lease else {
+                return Err(Failure::Protocol(
+                    "a request body without its segment".into(),
+                ));
             };
             let mut body = BodyFromSegment { lease, left };
             let body = SendBody {
@@ -639,11 +666,7 @@ fn relay(
             status,
             headers,
             body: Arc::new(body),
-            validity: Validity::Http {
-                lifetime: s.lifetime,
-                must_revalidate: s.must_revalidate,
-                no_cache: s.no_cache,
-            },
+            validity: Validity::http(&s),
             response_time,
             initial_age,
         };
@@ -717,7 +740,21 @@ fn follow(
     Ok(Followed::Served)
 }
 
-/// A stale stored answer: ask the origin whether it changed (RFC 9111 §4.3).
+/// The conditional fields that ask whether `obj` changed (none without validators).
+fn validators(obj: &Stored) -> Vec<(&'static str, Vec<u8>)> {
+    let mut v = Vec::new();
+    if let Some(etag) = policy::header(&obj.headers, "etag") {
+        v.push(("If-None-Match", etag.to_vec()));
+    }
+    if let Some(lm) = policy::header(&obj.headers, "last-modified") {
+        v.push(("If-Modified-Since", lm.to_vec()));
+    }
+    v
+}
+
+/// A stale stored answer: ask the origin whether it changed (RFC 9111 §4.3), or, without
+/// validators, fetch it anew. When the origin fails or answers 500/502/503/504, the stale
+/// answer is served instead where `stale-if-error` or `grace` allows it (RFC 5861 §4).
 fn revalidate(
     ctx: &Ctx,
     lease: &mut Lease,
@@ -725,51 +762,37 @@ fn revalidate(
     origin: &SiteUp,
     primary: &str,
     obj: &Arc<Stored>,
+    staleness: policy::Staleness,
 ) -> io::Result<()> {
-    let mut validators: Vec<(&str, Vec<u8>)> = Vec::new();
-    if let Some(etag) = policy::header(&obj.headers, "etag") {
-        validators.push(("If-None-Match", etag.to_vec()));
-    }
-    if let Some(lm) = policy::header(&obj.headers, "last-modified") {
-        validators.push(("If-Modified-Since", lm.to_vec()));
-    }
-    // Without validators a conditional request is impossible: fetch anew.
-    if validators.is_empty() {
-        Counters::inc(&ctx.counters().l2_misses);
-        return fetch(ctx, lease, req, origin, None);
-    }
-    let extra = validators;
-    let answer = match upstream(lease, req, origin, &extra) {
-        Ok(r) => r,
-        Err(e) => {
-            let Validity::Http {
-                must_revalidate,
-                no_cache,
-                ..
-            } = obj.validity
-            else {
-                unreachable!("origin objects are Http")
-            };
-            if !must_revalidate && !no_cache {
-                // RFC 9111 §4.2.4: a disconnected cache may serve stale unless forbidden.
-                log::warn!("revalidation failed ({e}); serving stale {}", req.target);
-                Counters::inc(&ctx.counters().l2_stale);
-                return super::serve_stored(
-                    ctx,
-                    lease,
-                    req,
-                    obj,
-                    meta(origin, CacheOutcome::Stale, 0),
-                );
-            }
-            return upstream_error(ctx, lease, origin, e, req.method == "HEAD");
+    let extra = validators(obj);
+    let conditional = !extra.is_empty();
+    let answer = match upstream(Some(lease), req, origin, &extra) {
+        Ok(a)
+            if policy::is_origin_error(a.response.status().as_u16())
+                && staleness.on_error(ctx.cfg.grace) =>
+        {
+            let status = a.response.status().as_u16();
+            return serve_stale_on_error(
+                ctx,
+                lease,
+                req,
+                origin,
+                obj,
+                &format!("status {status}"),
+                status,
+            );
         }
+        Ok(a) => a,
+        Err(e) if staleness.on_error(ctx.cfg.grace) => {
+            return serve_stale_on_error(ctx, lease, req, origin, obj, &e.to_string(), 0);
+        }
+        Err(e) => return upstream_error(ctx, lease, origin, e, req.method == "HEAD"),
     };
     let response = &answer.response;
     if let Some(why) = bad_framing(response.status(), response.version(), response.headers()) {
         return refuse_framing(ctx, lease, req, why, None, origin.index);
     }
-    if response.status().as_u16() != 304 {
+    if !conditional || response.status().as_u16() != 304 {
         Counters::inc(&ctx.counters().l2_misses);
         return relay(ctx, lease, req, answer, None, CacheOutcome::Miss);
     }
@@ -827,6 +850,186 @@ fn revalidate(
     }
 }
 
+/// The origin failed (`why`; `status` when it answered with an error status): the stale
+/// stored answer goes out instead.
+fn serve_stale_on_error(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    site: &SiteUp,
+    obj: &Stored,
+    why: &str,
+    status: u16,
+) -> io::Result<()> {
+    log::warn!(
+        "site {}: origin failed for {} ({why}); serving the stale stored answer",
+        site.site.name,
+        req.target
+    );
+    Counters::inc(&ctx.counters().stale_if_error);
+    Counters::inc(&ctx.counters().l2_stale);
+    super::serve_stored(
+        ctx,
+        lease,
+        req,
+        obj,
+        meta(site, CacheOutcome::Stale, status),
+    )
+}
+
+/// Starts one background refresh of `obj` (stale-while-revalidate), unless one for `key`
+/// already runs. False when none could start (the queue is full): the caller revalidates
+/// in the foreground instead.
+fn refresh_in_background(
+    ctx: &Ctx,
+    site: &SiteUp,
+    req: &RequestHead,
+    primary: &str,
+    key: &str,
+    obj: &Arc<Stored>,
+) -> bool {
+    let mut req = req.clone();
+    // The refresh asks about our copy, not the client's: its own conditions and range go.
+    req.headers.retain(|(k, _)| {
+        ![
+            "if-none-match",
+            "if-modified-since",
+            "if-match",
+            "if-unmodified-since",
+            "if-range",
+            "range",
+        ]
+        .iter()
+        .any(|c| k.eq_ignore_ascii_case(c))
+    });
+    ctx.refreshes.start(crate::refresh::Refresh {
+        site: usize::from(site.index),
+        req,
+        primary: primary.to_string(),
+        key: key.to_string(),
+        obj: Arc::clone(obj),
+    })
+}
+
+/// Runs one background refresh (on a `cd-refresh` thread): a 304 refreshes the stored
+/// answer, a new storable answer replaces it, an origin error leaves it (it is served while
+/// its windows last), anything else removes it so the next request asks the origin.
+pub fn refresh(ctx: &Ctx, job: &crate::refresh::Refresh) {
+    let Some(ups) = ctx.upstreams.as_ref() else {
+        return;
+    };
+    let site = ups.site(job.site);
+    let extra = validators(&job.obj);
+    Counters::inc(&ctx.counters().background_refreshes);
+    let failed = |why: &str| {
+        Counters::inc(&ctx.counters().background_refresh_failures);
+        log::warn!(
+            "site {}: background refresh of {} failed: {why}",
+            site.site.name,
+            job.req.target
+        );
+    };
+    let answer = match upstream(None, &job.req, site, &extra) {
+        Ok(a) => a,
+        Err(e) => return failed(&e.to_string()),
+    };
+    let status = answer.response.status().as_u16();
+    let response = &answer.response;
+    if let Some(why) = bad_framing(response.status(), response.version(), response.headers()) {
+        return failed(why);
+    }
+    if policy::is_origin_error(status) {
+        return failed(&format!("status {status}"));
+    }
+    let response_time = SystemTime::now();
+    let times = (answer.request_time, response_time);
+    if status == 304 && !extra.is_empty() {
+        let mut fresh = end_to_end(answer.response.headers(), true);
+        if policy::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store
+        {
+            // Nobody receives this 304: its cookie is nobody's to keep.
+            fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
+        }
+        let headers = merged_304(&job.obj, &fresh);
+        store_refreshed(
+            ctx,
+            &job.primary,
+            &job.req,
+            &job.obj,
+            headers,
+            &fresh,
+            times,
+        );
+        return;
+    }
+    match read_storable(ctx, &job.req, answer, response_time) {
+        Some(obj) => super::store(ctx, &job.primary, &job.req, Arc::new(obj)),
+        None => {
+            ctx.cache.remove_all(&job.primary);
+            super::publish_store_gauges(ctx);
+        }
+    }
+}
+
+/// An origin answer read whole into a stored object, if it may be stored (its Set-Cookie
+/// as `cached.set_cookie` says, at most `max_object_size`, complete).
+fn read_storable(
+    ctx: &Ctx,
+    req: &RequestHead,
+    answer: Answer,
+    response_time: SystemTime,
+) -> Option<Stored> {
+    let Answer {
+        response,
+        request_time,
+        busy: _busy,
+        ..
+    } = answer;
+    let (parts, body) = response.into_parts();
+    let status = parts.status.as_u16();
+    let mut headers = end_to_end(&parts.headers, false);
+    let s = policy::storable(
+        "GET",
+        &req.headers,
+        status,
+        &headers,
+        response_time,
+        ctx.cfg.heuristic_floor,
+    )?;
+    if policy::header(&headers, "set-cookie").is_some() {
+        match ctx.cfg.set_cookie {
+            SetCookie::Store => {}
+            SetCookie::Pass => return None,
+            SetCookie::Strip => headers.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie")),
+        }
+    }
+    let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
+    let declared = parts
+        .headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut bytes = Vec::new();
+    body.into_reader()
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .ok()?;
+    let len = bytes.len() as u64;
+    if len > limit || declared.is_some_and(|d| d != len) {
+        return None;
+    }
+    let initial_age = policy::initial_age(&headers, request_time, response_time);
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+    Some(Stored {
+        status,
+        headers,
+        body: Arc::new(bytes),
+        validity: Validity::http(&s),
+        response_time,
+        initial_age,
+    })
+}
+
 /// The stored answer's fields updated by a 304's (RFC 9111 §4.3.4), without `Age`.
 fn merged_304(obj: &Stored, fresh: &Headers) -> Headers {
     let mut headers = obj.headers.clone();
@@ -862,11 +1065,7 @@ fn store_refreshed(
         initial_age: policy::initial_age(fresh, request_time, response_time),
         headers,
         body: Arc::clone(&obj.body),
-        validity: Validity::Http {
-            lifetime: s.lifetime,
-            must_revalidate: s.must_revalidate,
-            no_cache: s.no_cache,
-        },
+        validity: Validity::http(&s),
         response_time,
     });
     super::store(ctx, primary, req, Arc::clone(&refreshed));

@@ -162,6 +162,8 @@ pub const KEYS: &[Key] = &[
     key("cached.revalidate_ms", ms(1, DAY_MS), Some("1000")),
     key("cached.max_waiters", int(0, 1 << 20), Some("1024")),
     key("cached.heuristic_ttl_ms", ms(0, 365 * DAY_MS), Some("0")),
+    key("cached.grace_ms", ms(0, 365 * DAY_MS), Some("0")),
+    key("cached.keep_ms", ms(0, 365 * DAY_MS), Some("86400000")),
     key("cached.set_cookie", Ty::Str, Some("\"pass\"")),
     key("site", Ty::Tables, None),
     key("site.name", Ty::Str, None),
