@@ -24,4 +24,5 @@ mod lifecycle;
 mod mq_limits;
 mod observability;
 mod reload;
+mod signals;
 mod stress_short;
