@@ -234,8 +234,8 @@ fn reload(running: &CachedConfig, source: &Source) {
         log::warn!("SIGHUP: {key} changed; restart cached to apply it");
     }
     log::info!(
-        "SIGHUP: configuration re-read: {} keys changed, running on with the old values",
-        changed.len()
+        "SIGHUP: configuration re-read; running on with the old values of: {}",
+        changed.join(", ")
     );
 }
 

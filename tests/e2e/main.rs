@@ -20,6 +20,7 @@ mod hostile_requests;
 mod hostile_slow;
 mod http;
 mod idle;
+mod install;
 mod lifecycle;
 mod mq_limits;
 mod observability;
