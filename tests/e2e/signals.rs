@@ -168,3 +168,43 @@ fn issue_14_sigterm_while_the_proxy_starts_leaves_nothing() {
         eprintln!("SIGTERM during start: {graceful} graceful stops, {early} before the handlers");
     });
 }
+
+/// SIGHUP makes cached re-read its file: a broken file is logged and the running
+/// configuration kept (cached serves on), a changed key is named as needing a restart.
+#[test]
+fn issue_14_cached_sighup_survives_a_broken_file_and_names_changed_keys() {
+    with_deadline(LIMIT, || {
+        let dir = tempfile::tempdir().unwrap();
+        for round in 1..=3 {
+            write_file(
+                dir.path(),
+                &format!("f{round}.txt"),
+                format!("round {round}").as_bytes(),
+            );
+        }
+        let conf = tempfile::tempdir().unwrap();
+        let file = conf.path().join("cached.toml");
+        std::fs::write(&file, "[cached]\ncapacity = 1000000\n").unwrap();
+        let inst = Instance::builder()
+            .root(dir.path())
+            .cached_arg("--config")
+            .cached_arg(file.to_str().unwrap())
+            .start();
+        assert_serving(&inst, 1, "start");
+        let wait_log = |line: &str| {
+            poll_until(
+                Duration::from_secs(10),
+                &format!("cached to log {line:?}"),
+                || inst.last_log("cached").contains(line).then_some(()),
+            )
+        };
+        std::fs::write(&file, "[cached]\ncapacity = \"lots\"\n").unwrap();
+        inst.signal_cached(libc::SIGHUP);
+        wait_log("keeping the running configuration");
+        assert_serving(&inst, 2, "SIGHUP with a broken file");
+        std::fs::write(&file, "[cached]\ncapacity = 2000000\n").unwrap();
+        inst.signal_cached(libc::SIGHUP);
+        wait_log("SIGHUP: cached.capacity changed; restart cached to apply it");
+        assert_serving(&inst, 3, "SIGHUP with a changed key");
+    });
+}
