@@ -13,7 +13,7 @@
 #   --listen ADDR:PORT      where the proxy listens                  [127.0.0.1:8080]
 #   --config FILE           configuration of both daemons            [shmproxy.toml]
 #   --instance NAME         instance name of both daemons            [shmproxy]
-#   cached:  --root DIR  --capacity BYTES  --max-object-size BYTES  --cached-threads N
+#   cached:  --root DIR [www/]  --capacity BYTES  --max-object-size BYTES  --cached-threads N
 #   proxy:   --workers N  --segments N  --segment-size BYTES  --proxy-threads N
 # Options take their value as the next argument or after '=' (--listen=0.0.0.0:8080).
 set -euo pipefail
@@ -166,6 +166,13 @@ on_daemon_exit() {
 main() {
     parse_args "$@"
     [[ -f $config ]] || die "configuration file $config not found"
+    # The built-in document root is /var/www/shmproxy: serve the repository's www/ unless the
+    # command line or the file names another root.
+    local file_root
+    file_root=$(toml_get "$config" cached root)
+    if [[ ! " ${cached_args[*]} " =~ " --root " && ( -z $file_root || $file_root == /var/www/shmproxy ) ]]; then
+        cached_args+=(--root "$PWD/www")
+    fi
     cargo build --release --workspace --bins
     listen=${listen:-$(toml_get "$config" proxy listen)}
     listen=${listen:-127.0.0.1:8080}

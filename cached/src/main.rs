@@ -16,15 +16,15 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     common::logger::init("cached");
-    let cfg = match cli::parse() {
-        Ok(Some(cfg)) => cfg,
+    let (cfg, source) = match cli::parse() {
+        Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cached: {e}");
+            eprintln!("cached: {e:#}");
             return ExitCode::from(2);
         }
     };
-    match receiver::run(cfg) {
+    match receiver::run(cfg, source) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cached: {e:#}");

@@ -1,9 +1,13 @@
 //! The daemon's frame: announces itself (stats region), creates the doorbell queue, runs
-//! the receiver threads (`cd-recvN`), and stops cleanly on SIGTERM/SIGINT, unlinking what
-//! it created. A receiver takes a doorbell, validates it, joins the named segment and serves
+//! the receiver threads (`cd-recvN`), and stops cleanly on SIGTERM/SIGINT/SIGQUIT, unlinking
+//! what it created. The signal handlers (`common::signals`) are installed before any IPC
+//! object exists; a `cd-signal` thread answers the others: SIGHUP re-reads the configuration
+//! and logs what changed (every key needs a restart), SIGUSR1 is logged (no log file to
+//! reopen), the rest are logged and ignored. A receiver takes a doorbell, validates it, joins the named segment and serves
 //! the request in it from start to end.
 
 use crate::cache::Cache;
+use crate::cli::Source;
 use crate::source;
 use crate::upstream::{self, Upstreams};
 use anyhow::Context as _;
@@ -11,6 +15,7 @@ use common::config::CachedConfig;
 use common::mq::Doorbells;
 use common::pool::Pool;
 use common::protocol::{Doorbell, Kind, MSG_SIZE};
+use common::signals::Signals;
 use common::stats::{Counters, StatsRegion};
 use common::supervise::{contain, supervised};
 use common::Names;
@@ -79,11 +84,19 @@ impl Ctx {
     }
 }
 
-pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
+/// The canonical document root (disk mode), or why it cannot be served.
+pub fn document_root(cfg: &CachedConfig) -> anyhow::Result<PathBuf> {
+    std::fs::canonicalize(&cfg.root)
+        .with_context(|| format!("document root {}", cfg.root.display()))
+}
+
+pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
+    // First: from here on a signal is a flag, never a death that leaves objects behind.
+    let signals = Signals::install()?;
+    let shutdown = signals.stop.clone();
     let names = Names::for_instance(&cfg.instance);
     let root = if cfg.sites.is_empty() {
-        std::fs::canonicalize(&cfg.root)
-            .with_context(|| format!("document root {}", cfg.root.display()))?
+        document_root(&cfg)?
     } else {
         PathBuf::new()
     };
@@ -93,10 +106,6 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
     );
     let queue = Doorbells::create(&names.queue, cfg.queue_capacity)
         .with_context(|| format!("cannot create the request queue {}", names.queue))?;
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, shutdown.clone())?;
-    }
     let upstreams = match cfg.sites.is_empty() {
         true => None,
         false => Some(Arc::new(Upstreams::new(&cfg, &stats)?)),
@@ -173,14 +182,98 @@ pub fn run(cfg: CachedConfig) -> anyhow::Result<()> {
             .name("cd-recv1".into())
             .spawn(move || supervised_receive(&ctx, &queue, &shutdown, &tx, "cd-recv1"))?
     };
+    let signal_thread = {
+        let ctx = ctx.clone();
+        std::thread::Builder::new()
+            .name("cd-signal".into())
+            .spawn(move || answer_signals(&ctx, &signals, &source))?
+    };
+    common::service::ready(&format!("instance {}", ctx.cfg.instance));
     supervised_receive(&ctx, &queue, &shutdown, &tx, "cd-recv0");
+    common::service::stopping();
     let _ = second.join();
+    let _ = signal_thread.join();
     drop(tx); // workers finish their transfers, then see the channel close
     for t in workers.into_iter().chain(checkers).chain(refreshers) {
         let _ = t.join();
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// The `cd-signal` thread: answers SIGHUP, SIGUSR1 and the ignored signals within 100 ms,
+/// until the stop flag is set.
+fn answer_signals(ctx: &Ctx, signals: &Signals, source: &Source) {
+    while !signals.stop_requested() {
+        if signals.take_reload() {
+            common::service::reloading();
+            reload(&ctx.cfg, source);
+            common::service::ready(&format!("instance {}", ctx.cfg.instance));
+        }
+        if signals.take_reopen() {
+            log::info!("SIGUSR1: cached writes no log file (it logs to stderr): nothing to reopen");
+        }
+        signals.log_ignored();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGHUP: re-reads the configuration. A bad one is logged and the running one kept; a good
+/// one is compared key by key and each change is logged: the cache, the queue, the threads
+/// and the upstream connections are built from the configuration at start, so every key
+/// takes effect at the next start. Files under the document root need no reload: they are
+/// revalidated as they change.
+fn reload(running: &CachedConfig, source: &Source) {
+    let new = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            log::error!("SIGHUP: {e}; keeping the running configuration");
+            return;
+        }
+    };
+    let changed = changed_keys(running, &new);
+    if changed.is_empty() {
+        log::info!("SIGHUP: configuration re-read: unchanged");
+        return;
+    }
+    for key in &changed {
+        log::warn!("SIGHUP: {key} changed; restart cached to apply it");
+    }
+    log::info!(
+        "SIGHUP: configuration re-read; running on with the old values of: {}",
+        changed.join(", ")
+    );
+}
+
+/// The keys whose values differ between two configurations.
+fn changed_keys(old: &CachedConfig, new: &CachedConfig) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! compare {
+        ($($field:ident => $key:literal),* $(,)?) => {
+            $(if format!("{:?}", old.$field) != format!("{:?}", new.$field) {
+                v.push($key);
+            })*
+        };
+    }
+    compare!(
+        instance => "instance",
+        root => "cached.root",
+        sites => "the sites ([[site]], cached.origin)",
+        tls_ca_file => "cached.tls_ca_file",
+        threads => "cached.threads",
+        capacity => "cached.capacity",
+        max_object_size => "cached.max_object_size",
+        connect_timeout => "cached.connect_timeout_ms",
+        read_timeout => "cached.read_timeout_ms",
+        upstream_pool => "cached.upstream_pool",
+        upstream_idle => "cached.upstream_idle_ms",
+        queue_capacity => "cached.queue_capacity",
+        revalidate => "cached.revalidate_ms",
+        max_waiters => "cached.max_waiters",
+        heuristic_floor => "cached.heuristic_ttl_ms",
+        set_cookie => "cached.set_cookie",
+    );
+    v
 }
 
 fn supervised_receive(
@@ -272,5 +365,37 @@ fn handle(ctx: &Ctx, bell: Doorbell) {
             Counters::inc(&ctx.counters().transfers_aborted);
             log::debug!("transfer in segment {} aborted: {e}", bell.index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(flags: &[(&str, &str)]) -> CachedConfig {
+        let flags: Vec<(String, String)> = flags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        CachedConfig::load(None, &flags).unwrap()
+    }
+
+    #[test]
+    fn a_reload_names_each_changed_key() {
+        let old = load(&[]);
+        assert!(changed_keys(&old, &load(&[])).is_empty());
+        let new = load(&[
+            ("cached.capacity", "1024"),
+            ("cached.set_cookie", "strip"),
+            ("cached.origin", "http://127.0.0.1:9"),
+        ]);
+        assert_eq!(
+            changed_keys(&old, &new),
+            [
+                "the sites ([[site]], cached.origin)",
+                "cached.capacity",
+                "cached.set_cookie"
+            ]
+        );
     }
 }

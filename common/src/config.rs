@@ -983,10 +983,41 @@ fn health(d: &Doc, h: &str) -> Result<Health, ConfigError> {
     })
 }
 
+/// The configuration file read when there is no `--config` and no [`CONFIG_ENV`]; a missing
+/// one means built-in defaults. Binaries installed with `cargo install` look here.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/shmproxy/shmproxy.toml";
+
+/// Environment variable naming the configuration file when there is no `--config`; set and
+/// empty, no file is read (the tests set it so, so they never read `/etc/shmproxy`).
+pub const CONFIG_ENV: &str = "SHMPROXY_CONFIG";
+
+/// `cached.root` when neither the file nor `--root` sets it: absolute, so a daemon's working
+/// directory never decides what it serves (`scripts/run.sh` serves the repository's `www/`).
+pub const DEFAULT_ROOT: &str = "/var/www/shmproxy";
+
+/// How the configuration file was chosen, for the start-up line and `--check`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum FileOrigin {
+    /// `--config FILE`.
+    #[default]
+    Flag,
+    /// [`CONFIG_ENV`] named it.
+    Env,
+    /// [`DEFAULT_CONFIG_FILE`], which exists.
+    Default,
+    /// No file: [`CONFIG_ENV`] is set and empty.
+    EnvEmpty,
+    /// No file: no `--config`, no [`CONFIG_ENV`], and [`DEFAULT_CONFIG_FILE`] does not exist.
+    NoDefault,
+}
+
 /// A daemon's command line: `--config FILE`, flags that set config keys, and switches.
 #[derive(Clone, Debug, Default)]
 pub struct CommandLine {
+    /// The file to read (`--config`, else [`CONFIG_ENV`], else [`DEFAULT_CONFIG_FILE`] if it
+    /// exists); `None`: built-in defaults and the flags.
     pub file: Option<PathBuf>,
+    pub file_origin: FileOrigin,
     /// `(config key, value)` in the order given.
     pub flags: Vec<(String, String)>,
     /// The switches (flags without a value) that were given.
@@ -1029,7 +1060,40 @@ pub fn parse_command_line(
         let value = parser.value().map_err(bad)?.string().map_err(bad)?;
         cl.flags.push((key.to_string(), value));
     }
+    if cl.file.is_none() {
+        (cl.file, cl.file_origin) = config_file(
+            std::env::var_os(CONFIG_ENV),
+            Path::new(DEFAULT_CONFIG_FILE).exists(),
+        );
+    }
     Ok(Some(cl))
+}
+
+/// The file when `--config` is absent: [`CONFIG_ENV`] (`env`), else the default file if it
+/// exists (`default_exists`), else none.
+fn config_file(
+    env: Option<std::ffi::OsString>,
+    default_exists: bool,
+) -> (Option<PathBuf>, FileOrigin) {
+    match env {
+        Some(v) if v.is_empty() => (None, FileOrigin::EnvEmpty),
+        Some(v) => (Some(v.into()), FileOrigin::Env),
+        None if default_exists => (Some(DEFAULT_CONFIG_FILE.into()), FileOrigin::Default),
+        None => (None, FileOrigin::NoDefault),
+    }
+}
+
+impl CommandLine {
+    /// Which configuration is read, for a log line: `/etc/shmproxy/shmproxy.toml`, or
+    /// `built-in defaults (no /etc/shmproxy/shmproxy.toml)`.
+    pub fn describe(&self) -> String {
+        match (&self.file, &self.file_origin) {
+            (Some(f), FileOrigin::Env) => format!("{} (from {CONFIG_ENV})", f.display()),
+            (Some(f), _) => f.display().to_string(),
+            (None, FileOrigin::EnvEmpty) => format!("built-in defaults ({CONFIG_ENV} is empty)"),
+            (None, _) => format!("built-in defaults (no {DEFAULT_CONFIG_FILE})"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1048,7 +1112,8 @@ mod tests {
         assert_eq!(p.listen, ["127.0.0.1:8080".parse().unwrap()]);
         assert_eq!(p.instance, "shmproxy");
         let c = CachedConfig::load(None, &[]).unwrap();
-        assert_eq!(c.root, PathBuf::from("www"));
+        assert_eq!(c.root, PathBuf::from(DEFAULT_ROOT));
+        assert!(c.root.is_absolute());
         assert!(c.sites.is_empty() && c.tls_ca_file.is_none());
         assert!(c.site_for(b"example.com").is_none());
         assert!(c.warnings().is_empty());
@@ -1869,5 +1934,31 @@ origins = ["http://c"]
         assert_eq!(route(""), Some("default"));
         assert_eq!(route("x.eu.example.org"), Some("deeper"));
         assert_eq!(route("www.example.org"), Some("exact"));
+    }
+
+    #[test]
+    fn without_config_the_env_then_the_default_file_then_built_in_defaults() {
+        let env = |v: &str| Some(std::ffi::OsString::from(v));
+        assert_eq!(
+            config_file(env("/x/a.toml"), true),
+            (Some(PathBuf::from("/x/a.toml")), FileOrigin::Env)
+        );
+        assert_eq!(config_file(env(""), true), (None, FileOrigin::EnvEmpty));
+        assert_eq!(
+            config_file(None, true),
+            (
+                Some(PathBuf::from(DEFAULT_CONFIG_FILE)),
+                FileOrigin::Default
+            )
+        );
+        assert_eq!(config_file(None, false), (None, FileOrigin::NoDefault));
+        let cl = CommandLine {
+            file_origin: FileOrigin::NoDefault,
+            ..CommandLine::default()
+        };
+        assert_eq!(
+            cl.describe(),
+            "built-in defaults (no /etc/shmproxy/shmproxy.toml)"
+        );
     }
 }

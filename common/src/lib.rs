@@ -2,7 +2,8 @@
 //! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
 //! message queue, fd passing, the stats regions, process helpers and HTTP helpers.
 //!
-//! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool` and `process`.
+//! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool` and `process`
+//! (and a `raise` in a test of `signals`).
 
 pub mod config;
 pub mod fdpass;
@@ -15,7 +16,9 @@ pub mod process;
 pub mod protocol;
 pub mod request;
 pub mod sem;
+pub mod service;
 pub mod shm;
+pub mod signals;
 pub mod stats;
 pub mod supervise;
 

@@ -11,6 +11,8 @@ Usage: proxy [OPTIONS]
 
 Options (each is also a key in the config file; flags win):
   --config FILE           TOML file with `instance` and a [proxy] section
+                          [$SHMPROXY_CONFIG, else /etc/shmproxy/shmproxy.toml if it
+                          exists, else built-in defaults]
   --instance NAME         instance name shared with cached           [shmproxy]
   --listen ADDR           address to listen on; repeat or use commas for several;
                           :PORT = every IPv4 address, localhost = 127.0.0.1 [127.0.0.1:8080]
@@ -24,13 +26,18 @@ Options (each is also a key in the config file; flags win):
   --upgrade               take the listening sockets over from the running master of
                           this instance (zero-downtime binary upgrade), which then
                           drains and exits
+  --check                 load and validate the configuration (file and flags), print
+                          `configuration OK: FILE` and exit 0, or the error and exit 2;
+                          binds nothing and creates no IPC object
+  --version               print the version and the git commit
   -h, --help              this text
 
 Sizes take k, m, g units (powers of 1024: 64KiB, 256m); durations take ms, s, m, h (5s).
 An error names the file, line and column (or the flag), the key and what was expected.
 
-Signals: SIGTERM/SIGINT stop gracefully; SIGHUP re-reads the configuration and replaces
-the workers without closing the listener; SIGUSR1 reopens the access log.
+Signals: SIGTERM/SIGINT/SIGQUIT stop gracefully; SIGHUP re-reads the configuration and
+replaces the workers without closing the listener; SIGUSR1 reopens the access log; SIGUSR2,
+SIGALRM and the other signals that would kill by default are logged and ignored.
 ";
 
 /// Flags and the config keys they set.
@@ -61,17 +68,37 @@ impl Source {
     }
 }
 
-/// `Ok(None)` when help was printed.
+/// `proxy --version`.
+pub const VERSION: &str = concat!(
+    "proxy ",
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("SHMPROXY_GIT_COMMIT"),
+    ")"
+);
+
+/// `Ok(None)` when there is nothing to run: help or the version was printed, or `--check`
+/// found the configuration valid.
 pub fn parse() -> Result<Option<(ProxyConfig, Source)>, ConfigError> {
-    let Some(cl) = parse_command_line(HELP, KEYS, &["upgrade"])? else {
+    let Some(cl) = parse_command_line(HELP, KEYS, &["upgrade", "check", "version"])? else {
         return Ok(None);
     };
+    if cl.switches.contains(&"version") {
+        println!("{VERSION}");
+        return Ok(None);
+    }
     let source = Source {
         upgrade: cl.switches.contains(&"upgrade"),
-        file: cl.file,
-        flags: cl.flags,
+        file: cl.file.clone(),
+        flags: cl.flags.clone(),
     };
-    Ok(Some((source.load()?, source)))
+    let cfg = source.load()?;
+    if cl.switches.contains(&"check") {
+        println!("configuration OK: {}", cl.describe());
+        return Ok(None);
+    }
+    log::info!("{VERSION}; configuration: {}", cl.describe());
+    Ok(Some((cfg, source)))
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! connection to the least-loaded worker, reaps and replaces dead workers (reclaiming their
 //! segments, with backoff), and reclaims segments held by a dead `cached`.
 //!
-//! Signals: SIGTERM/SIGINT stop accepting, let the workers drain, unlink the IPC objects and
-//! exit; SIGHUP re-reads the configuration and replaces every worker (the old ones drain)
-//! without closing the listener; SIGUSR1 asks the workers to reopen their access logs.
+//! Signals (`common::signals`, installed before anything is bound or created, so a signal
+//! at any moment of the start leaves nothing behind): SIGTERM/SIGINT/SIGQUIT stop accepting,
+//! let the workers drain, unlink the IPC objects and exit; SIGHUP re-reads the configuration
+//! and replaces every worker (the old ones drain) without closing the listener; SIGUSR1 asks
+//! the workers to reopen their access logs; the other signals that would kill are logged and
+//! ignored. Under systemd the master reports READY, RELOADING and STOPPING (`common::service`).
 //! Upgrade: a new master connects to this one's upgrade socket, receives the listening sockets
 //! over `SCM_RIGHTS`, and this one hands over its IPC names, drains and exits.
 
@@ -15,6 +18,7 @@ use crate::worker;
 use anyhow::Context as _;
 use common::config::ProxyConfig;
 use common::pool::Pool;
+use common::signals::Signals;
 use common::stats::{Counters, StatsRegion};
 use common::{fdpass, process, Names};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -23,8 +27,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 /// How long a stop waits for draining workers before killing them (they drain for 4 s).
@@ -69,29 +72,6 @@ pub struct Shared {
     pub stats: StatsRegion,
 }
 
-/// Signal flags (set by handlers, read by the loop; no logic runs in a handler).
-struct Signals {
-    stop: Arc<AtomicBool>,
-    reload: Arc<AtomicBool>,
-    reopen: Arc<AtomicBool>,
-}
-
-impl Signals {
-    fn register() -> std::io::Result<Signals> {
-        let s = Signals {
-            stop: Arc::default(),
-            reload: Arc::default(),
-            reopen: Arc::default(),
-        };
-        for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-            signal_hook::flag::register(sig, s.stop.clone())?;
-        }
-        signal_hook::flag::register(signal_hook::consts::SIGHUP, s.reload.clone())?;
-        signal_hook::flag::register(signal_hook::consts::SIGUSR1, s.reopen.clone())?;
-        Ok(s)
-    }
-}
-
 /// The master's own state.
 struct Master {
     shared: Shared,
@@ -111,6 +91,9 @@ struct Master {
 }
 
 pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
+    // First: a SIGTERM from here on is a flag, so it cannot kill the master between the
+    // creation of an IPC object and the guard that unlinks it.
+    let signals = Signals::install()?;
     let names = Names::for_instance(&cfg.instance);
     let listeners: Vec<TcpListener> = if source.upgrade {
         let fds = fdpass::request_takeover(&cfg.instance, Duration::from_secs(10)).with_context(
@@ -137,11 +120,14 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
         listen_addrs.push(l.local_addr()?.to_string());
     }
     let listen_addr = listen_addrs.join(", ");
+    if signals.stop_requested() {
+        log::info!("stopped before serving");
+        return Ok(());
+    }
     let pool = Pool::create(&names, cfg.segments, cfg.segment_size, cfg.chunk_slots)
         .context("cannot create the segment pool")?;
     let stats = StatsRegion::create(&names.stats_proxy, 1 + cfg.workers as usize)
         .context("cannot create the stats region")?;
-    let signals = Signals::register()?;
     log::info!(
         "instance {}: listening on {listen_addr} with {} workers, pool {} × {} bytes",
         cfg.instance,
@@ -169,7 +155,9 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
     for i in 0..m.workers.len() {
         m.spawn(i, true)?;
     }
+    common::service::ready(&format!("listening on {listen_addr}"));
     let handed_over = m.serve(&signals)?;
+    common::service::stopping();
     log::info!("stopping: no new connections, waiting for in-flight requests");
     m.listeners.clear();
     m.upgrade = None;
@@ -186,7 +174,7 @@ impl Master {
     /// The main loop; returns `true` when the listener was handed to a new master.
     fn serve(&mut self, signals: &Signals) -> anyhow::Result<bool> {
         let mut last_housekeeping = Instant::now();
-        while !signals.stop.load(Ordering::Relaxed) {
+        while !signals.stop_requested() {
             let (accept, upgrade) = self.wait_ready();
             if accept {
                 self.accept_burst();
@@ -205,10 +193,21 @@ impl Master {
                     Counters::inc(&self.shared.stats.slot(0).worker_restarts);
                 }
             }
-            if signals.reload.swap(false, Ordering::Relaxed) {
-                self.reload()?;
+            if signals.take_reload() {
+                common::service::reloading();
+                let result = self.reload();
+                let listen: Vec<String> = self
+                    .shared
+                    .cfg
+                    .listen
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect();
+                common::service::ready(&format!("reloaded; listening on {}", listen.join(", ")));
+                result?;
             }
-            if signals.reopen.swap(false, Ordering::Relaxed) {
+            signals.log_ignored();
+            if signals.take_reopen() {
                 // Workers follow the `log_reopens` counter (no signal needs to reach them).
                 log::info!("SIGUSR1: workers reopen their access logs");
                 Counters::inc(&self.shared.stats.slot(0).log_reopens);

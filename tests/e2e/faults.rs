@@ -731,6 +731,7 @@ fn a_live_instance_is_never_touched_by_a_second_daemon_of_the_same_name() {
         for (bin, args) in runs {
             let mut child = Command::new(bin_path(bin))
                 .args(&args)
+                .env("SHMPROXY_CONFIG", "")
                 .current_dir(inst.dir())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -31,6 +31,10 @@ use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// The daemons' variable naming their configuration file when there is no `--config`; the
+/// harness sets it empty (built-in defaults, never /etc/shmproxy/shmproxy.toml).
+pub const CONFIG_ENV: &str = "SHMPROXY_CONFIG";
+
 /// How long a daemon may take to exit after SIGTERM/SIGINT (contract).
 pub const EXIT_BOUND: Duration = Duration::from_secs(5);
 /// How long start-up may take before the harness gives up (generous: CI has 2 cores and runs
@@ -699,6 +703,9 @@ impl Instance {
         let err = fs::File::create(&log).expect("create log file");
         let mut cmd = Command::new(bin_path(bin));
         cmd.args(&args)
+            // Without `--config` a daemon would read /etc/shmproxy/shmproxy.toml: never in a
+            // test (a test that wants a file passes `--config` or sets this itself).
+            .env(CONFIG_ENV, "")
             .envs(self.cfg.env.iter().map(|(k, v)| (k, v)))
             .current_dir(self.dir())
             .stdin(Stdio::null())
@@ -1070,7 +1077,8 @@ impl Instance {
         v
     }
 
-    fn last_log(&self, bin: &str) -> String {
+    /// The stderr of the latest spawn of `bin` ("proxy" or "cached").
+    pub fn last_log(&self, bin: &str) -> String {
         self.log_files()
             .into_iter()
             .rfind(|p| p.to_string_lossy().ends_with(&format!("-{bin}.stderr")))

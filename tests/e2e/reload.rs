@@ -129,6 +129,7 @@ fn a_new_binary_takes_the_listener_over_without_refusing_a_connection() {
         let running = load(inst.addr(), 8, stop.clone());
         thread::sleep(Duration::from_millis(300));
         let new = Command::new(bin_path("proxy"))
+            .env("SHMPROXY_CONFIG", "")
             .args([
                 "--instance",
                 &inst.name,

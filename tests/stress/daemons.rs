@@ -96,6 +96,7 @@ impl Setup<'_> {
 
     fn spawn_cached(&self, log: &Path) -> Result<Child, String> {
         let mut cmd = Command::new(self.bin_dir.join("cached"));
+        cmd.env("SHMPROXY_CONFIG", ""); // never /etc/shmproxy/shmproxy.toml
         cmd.arg("--instance").arg(&self.instance);
         cmd.arg("--root").arg(self.root);
         spawn(cmd, self.log_dir, log)
@@ -103,6 +104,7 @@ impl Setup<'_> {
 
     fn spawn_proxy(&self, addr: SocketAddr, log: &Path) -> Result<Child, String> {
         let mut cmd = Command::new(self.bin_dir.join("proxy"));
+        cmd.env("SHMPROXY_CONFIG", ""); // never /etc/shmproxy/shmproxy.toml
         cmd.arg("--instance").arg(&self.instance);
         cmd.arg("--listen").arg(addr.to_string());
         cmd.arg("--workers").arg(self.workers.to_string());

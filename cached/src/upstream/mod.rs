@@ -48,6 +48,20 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
+    /// What `cached --check` verifies of the sites without starting anything: the trust
+    /// store loads when a server is `https://`.
+    pub fn check(cfg: &CachedConfig) -> anyhow::Result<()> {
+        if cfg
+            .sites
+            .iter()
+            .flat_map(|s| &s.origins)
+            .any(|o| o.scheme == Scheme::Https)
+        {
+            tls::Trust::load(cfg.tls_ca_file.as_deref())?;
+        }
+        Ok(())
+    }
+
     /// The servers of every site, each named in its row of `stats`' tables (sites and
     /// servers past the tables' size work, unlisted).
     pub fn new(cfg: &CachedConfig, stats: &Arc<StatsRegion>) -> anyhow::Result<Upstreams> {

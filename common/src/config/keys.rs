@@ -147,7 +147,7 @@ pub const KEYS: &[Key] = &[
         Some("[]"),
     ),
     key("cached", Ty::Table, None),
-    key("cached.root", Ty::Str, Some("\"www\"")),
+    key("cached.root", Ty::Str, Some("\"/var/www/shmproxy\"")),
     key("cached.origin", Ty::List { split: false }, None),
     key("cached.tls_ca_file", Ty::Str, None),
     key("cached.threads", int(1, 4096), Some("256")),
