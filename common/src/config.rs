@@ -195,6 +195,8 @@ struct CachedFile {
     max_waiters: Option<u64>,
     heuristic_ttl_ms: Option<u64>,
     set_cookie: Option<String>,
+    targeted_cache_control: Option<OneOrMany>,
+    strip_targeted: Option<bool>,
 }
 
 /// The proxy's settings (master and workers).
@@ -307,6 +309,13 @@ pub struct CachedConfig {
     pub heuristic_floor: Duration,
     /// What happens to a storable answer that carries `Set-Cookie`.
     pub set_cookie: SetCookie,
+    /// Response fields that target this cache (RFC 9213), in priority order: the first
+    /// present with a valid value replaces `Cache-Control` and `Expires` for storing and
+    /// freshness. Default `["CDN-Cache-Control"]`; empty: `Cache-Control` only.
+    pub targeted_cache_control: Vec<String>,
+    /// Remove the targeted fields from answers sent downstream (default false: passed on,
+    /// for caches further down that are targeted by them too).
+    pub strip_targeted: bool,
 }
 
 /// `cached.set_cookie`: the policy for storable answers carrying `Set-Cookie`.
@@ -1092,6 +1101,22 @@ impl CachedConfig {
                 None => SetCookie::Pass,
                 Some(v) => SetCookie::parse(v).map_err(|e| src.err("cached.set_cookie", e))?,
             },
+            targeted_cache_control: match &c.targeted_cache_control {
+                None => vec!["CDN-Cache-Control".to_string()],
+                Some(v) => {
+                    let names = v.list();
+                    let tchar =
+                        |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                    if let Some(bad) = names.iter().find(|n| !n.bytes().all(tchar)) {
+                        return Err(src.err(
+                            "cached.targeted_cache_control",
+                            format!("{bad:?} is not a field name"),
+                        ));
+                    }
+                    names
+                }
+            },
+            strip_targeted: c.strip_targeted.unwrap_or(false),
         })
     }
 }

@@ -470,6 +470,9 @@ fn relay(
     let head_only = req.method == "HEAD";
     let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
     let headers = end_to_end(&parts.headers, head_only);
+    if head_only && status == 200 && outcome != CacheOutcome::Pass {
+        freshen_from_head(ctx, req, &headers, (request_time, response_time));
+    }
     let framing = match (no_body, declared) {
         (true, _) => BodyLen::None,
         (false, Some(n)) => BodyLen::Exact(n),
@@ -478,7 +481,10 @@ fn relay(
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
     // What an unstored fill keeps for followers that lag behind the leader.
     let window = limit.min(usize::MAX as u64) as usize;
-    let mut storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body
+    // A 204 has no body by definition, and is stored as such (RFC 9111 §3).
+    let mut storable = if outcome == CacheOutcome::Pass
+        || req.header("range").is_some()
+        || (no_body && status != 204)
     {
         None
     } else {
@@ -489,12 +495,17 @@ fn relay(
             &headers,
             response_time,
             ctx.cfg.heuristic_floor,
+            &ctx.cfg.targeted_cache_control,
         )
         .filter(|_| declared.is_none_or(|n| n <= limit))
     };
     // What followers get and the store keeps: a Set-Cookie is the first client's alone
     // unless the operator chose "store".
     let mut shared = headers.clone();
+    if let Some(s) = &storable {
+        // Qualified private/no-cache: the named fields are the first client's alone.
+        policy::strip_fields(&mut shared, &s.strip);
+    }
     let cookie = policy::header(&headers, "set-cookie").is_some();
     if cookie && storable.is_some() {
         match ctx.cfg.set_cookie {
@@ -515,12 +526,13 @@ fn relay(
             l.pass();
         }
     } else if let Some(l) = &lead {
-        l.head(status, shared.clone(), framing);
+        l.head(status, downstream(ctx, shared.clone()), framing);
     }
     let initial_age = policy::initial_age(&headers, request_time, response_time);
     let l1_ttl = match &storable {
         // Our answer keeps its Set-Cookie: a worker's L1 must not give it to others.
         _ if cookie && ctx.cfg.set_cookie != SetCookie::Store => Duration::ZERO,
+        Some(s) if !s.strip.is_empty() => Duration::ZERO,
         Some(s) if !s.no_cache && status == 200 && policy::header(&headers, "vary").is_none() => {
             s.lifetime.saturating_sub(initial_age)
         }
@@ -537,7 +549,13 @@ fn relay(
         l1_ttl_ms: l1_ttl.as_millis().min(3_600_000) as u32,
         upstream_status: status,
     };
-    let mut own = respond::head(lease, status, framing, meta, headers.clone());
+    let mut own = respond::head(
+        lease,
+        status,
+        framing,
+        meta,
+        downstream(ctx, headers.clone()),
+    );
     let mut keep: Option<Vec<u8>> = storable
         .as_ref()
         .map(|_| Vec::with_capacity(declared.unwrap_or(0) as usize));
@@ -623,6 +641,15 @@ fn relay(
     }
     own?;
     lease.finish()
+}
+
+/// The fields of an answer as sent downstream: without the targeted fields (RFC 9213)
+/// when the operator asks (`cached.strip_targeted`).
+pub fn downstream(ctx: &Ctx, mut headers: Headers) -> Headers {
+    if ctx.cfg.strip_targeted {
+        policy::strip_fields(&mut headers, &ctx.cfg.targeted_cache_control);
+    }
+    headers
 }
 
 enum Followed {
@@ -800,6 +827,7 @@ fn store_refreshed(
         &headers,
         response_time,
         ctx.cfg.heuristic_floor,
+        &ctx.cfg.targeted_cache_control,
     ) else {
         ctx.cache.remove_all(primary);
         return None;
@@ -818,6 +846,30 @@ fn store_refreshed(
     });
     super::store(ctx, primary, req, Arc::clone(&refreshed));
     Some(refreshed)
+}
+
+/// A `200` to a `HEAD` we sent (RFC 9111 §4.3.5): the stored `GET` answer the request
+/// would have been served updates its fields from it when the validators match (as a 304
+/// would), and is dropped (here and in every L1) when they differ.
+fn freshen_from_head(
+    ctx: &Ctx,
+    req: &RequestHead,
+    head: &Headers,
+    times: (SystemTime, SystemTime),
+) {
+    let site = &ctx.cfg.sites[site_of(ctx, req).expect("a routed request")];
+    let primary = cache_key(site, req);
+    let Some(obj) = ctx.cache.get(&ctx.cache.full_key(&primary, &req.headers)) else {
+        return;
+    };
+    if policy::head_matches(&obj.headers, obj.body.len() as u64, head) {
+        let merged = merged_304(&obj, head);
+        store_refreshed(ctx, &primary, req, &obj, merged, head, times);
+    } else {
+        ctx.cache.remove_all(&primary);
+        ctx.invalidated();
+        super::publish_store_gauges(ctx);
+    }
 }
 
 fn clone_meta(obj: &Stored) -> Stored {
