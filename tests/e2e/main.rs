@@ -24,4 +24,5 @@ mod lifecycle;
 mod mq_limits;
 mod observability;
 mod reload;
+mod rfc_corners;
 mod stress_short;

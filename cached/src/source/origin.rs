@@ -506,7 +506,8 @@ fn relay(
         // Qualified private/no-cache: the named fields are the first client's alone.
         policy::strip_fields(&mut shared, &s.strip);
     }
-    let cookie = policy::header(&headers, "set-cookie").is_some();
+    // A cookie a qualified no-cache/private took out of the shared copy is no concern here.
+    let cookie = policy::header(&shared, "set-cookie").is_some();
     if cookie && storable.is_some() {
         match ctx.cfg.set_cookie {
             SetCookie::Store => {}
