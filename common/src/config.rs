@@ -1104,7 +1104,8 @@ impl CachedConfig {
             targeted_cache_control: match &c.targeted_cache_control {
                 None => vec!["CDN-Cache-Control".to_string()],
                 Some(v) => {
-                    let names = v.list();
+                    let mut names = v.items();
+                    names.retain(|n| !n.is_empty());
                     let tchar =
                         |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
                     if let Some(bad) = names.iter().find(|n| !n.bytes().all(tchar)) {
