@@ -413,7 +413,9 @@ pub fn storable(
     let rq = Directives::of(req);
     let (cc, from_target) = Directives::of_response(resp, targeted);
     let must_understand = cc.has("must-understand");
-    if (status == 206 || status == 304 || must_understand) && !understood(status) {
+    // A 206 we can combine with other pieces (RFC 9111 §3.4) is one we understand.
+    let understood = understood(status) || (status == 206 && combinable(resp));
+    if (status == 206 || status == 304 || must_understand) && !understood {
         return None;
     }
     if rq.has("no-store") || (cc.has("no-store") && !must_understand) {
@@ -795,6 +797,55 @@ pub fn update_from_304(stored: &mut Headers, fresh: &[(String, Vec<u8>)]) {
     }
 }
 
+/// The `Content-Range` of a `206` with one range and a known complete length:
+/// `bytes first-last/len` → `(first, last, len)`, `first <= last < len`.
+pub fn content_range(h: &[(String, Vec<u8>)]) -> Option<(u64, u64, u64)> {
+    let v = header_str(h, "content-range")?;
+    let (unit, rest) = v.split_once(' ')?;
+    let (range, len) = rest.trim().split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, len) = (
+        delta_seconds(first)?,
+        delta_seconds(last)?,
+        delta_seconds(len)?,
+    );
+    (unit.eq_ignore_ascii_case("bytes") && first <= last && last < len && len < u64::MAX)
+        .then_some((first, last, len))
+}
+
+/// A `206` may be stored to be combined later (RFC 9111 §3.4): one byte range of a known
+/// length, and a strong `ETag` to prove later pieces belong to the same representation.
+fn combinable(resp: &[(String, Vec<u8>)]) -> bool {
+    content_range(resp).is_some() && header_str(resp, "etag").is_some_and(|e| e.starts_with('"'))
+}
+
+/// Combines two stored pieces of one representation (RFC 9111 §3.4): both `206` with a
+/// complete length, equal strong `ETag`s, and ranges that overlap or touch. The result is
+/// `(first, bytes)` of the union, the newer piece winning where they overlap; `None` when
+/// they cannot be combined (the newer piece then stands alone).
+pub fn combine(
+    old: (&[(String, Vec<u8>)], &[u8]),
+    new: (&[(String, Vec<u8>)], &[u8]),
+) -> Option<(u64, Vec<u8>)> {
+    let (a, b, len) = content_range(old.0)?;
+    let (c, d, len2) = content_range(new.0)?;
+    let (e1, e2) = (header_str(old.0, "etag")?, header_str(new.0, "etag")?);
+    let lengths_fit = old.1.len() as u64 == b - a + 1 && new.1.len() as u64 == d - c + 1;
+    if len != len2 || !strong_eq(&e1, &e2) || !lengths_fit {
+        return None;
+    }
+    if c > b.saturating_add(1) || a > d.saturating_add(1) {
+        return None;
+    }
+    let first = a.min(c);
+    let last = b.max(d);
+    let mut out = vec![0u8; usize::try_from(last - first + 1).ok()?];
+    let at = |x: u64| (x - first) as usize;
+    out[at(a)..=at(b)].copy_from_slice(old.1);
+    out[at(c)..=at(d)].copy_from_slice(new.1);
+    Some((first, out))
+}
+
 /// RFC 9111 §4.3.5: may a `200` to a `HEAD` update a stored `GET` answer (`true`), or must
 /// the stored answer be considered stale? It may when the HEAD answer carries at least one
 /// validator (`ETag`, `Last-Modified`), each equal to the stored one, and any
@@ -910,7 +961,7 @@ mod tests {
                 .lifetime,
             Duration::ZERO
         );
-        // 206 is not stored (we do not combine partial answers).
+        // A 206 without a Content-Range and a strong ETag is not stored.
         assert!(st("GET", &[], 206, &h(&[("cache-control", "max-age=60")]), t).is_none());
         assert!(st(
             "GET",
@@ -1325,6 +1376,55 @@ mod tests {
             "no validator"
         );
         assert!(!head_matches(&h(&[]), 5, &h(&[("etag", "\"v1\"")])));
+    }
+
+    /// RFC 9111 §3.3-3.4: a 206 with one range, a complete length and a strong ETag is
+    /// stored; pieces of one representation combine when they touch or overlap.
+    #[test]
+    fn partial_answers_are_stored_and_combined() {
+        let t = now();
+        let piece = |range: &str, etag: &str| {
+            h(&[
+                ("content-range", range),
+                ("etag", etag),
+                ("cache-control", "max-age=60"),
+            ])
+        };
+        assert!(st("GET", &[], 206, &piece("bytes 0-4/10", "\"p\""), t).is_some());
+        for (range, etag) in [
+            ("bytes 0-4/*", "\"p\""),
+            ("bytes 5-4/10", "\"p\""),
+            ("bytes 0-10/10", "\"p\""),
+            ("items 0-4/10", "\"p\""),
+            ("bytes 0-4/10", "W/\"p\""),
+        ] {
+            assert!(
+                st("GET", &[], 206, &piece(range, etag), t).is_none(),
+                "{range} {etag}"
+            );
+        }
+        let a = piece("bytes 0-4/10", "\"p\"");
+        let b = piece("bytes 5-9/10", "\"p\"");
+        assert_eq!(
+            combine((&a, b"01234"), (&b, b"56789")),
+            Some((0, b"0123456789".to_vec()))
+        );
+        let c = piece("bytes 3-6/10", "\"p\"");
+        assert_eq!(
+            combine((&b, b"56789"), (&c, b"3456")),
+            Some((3, b"3456789".to_vec()))
+        );
+        let gap = piece("bytes 7-9/10", "\"p\"");
+        assert_eq!(combine((&a, b"01234"), (&gap, b"789")), None, "a gap");
+        let other = piece("bytes 5-9/10", "\"q\"");
+        assert_eq!(
+            combine((&a, b"01234"), (&other, b"56789")),
+            None,
+            "another tag"
+        );
+        let longer = piece("bytes 5-9/11", "\"p\"");
+        assert_eq!(combine((&a, b"01234"), (&longer, b"56789")), None);
+        assert_eq!(combine((&a, b"0123"), (&b, b"56789")), None, "short body");
     }
 
     #[test]

@@ -391,3 +391,56 @@ fn issue_12_a_103_before_the_answer_is_never_stored_and_the_answer_arrives() {
         assert!(served.load(Ordering::SeqCst) >= 3);
     });
 }
+
+/// RFC 9111 §3.3-3.4: a 206 is stored as a piece; a later range inside it is a hit; a
+/// piece that touches it combines, and once the pieces hold the whole body, full and range
+/// requests are hits of the complete answer.
+#[test]
+fn issue_12_partial_answers_are_stored_and_combined() {
+    with_deadline(LIMIT, || {
+        let origin = Origin::start();
+        let inst = instance(&origin);
+        let piece = |range: &str, body: &str| {
+            Route::ok(body.to_string())
+                .status(206)
+                .header("Content-Range", range)
+                .header("ETag", "\"p1\"")
+                .header("Cache-Control", "max-age=60")
+        };
+        origin.route("/r", piece("bytes 0-4/10", "01234"));
+        let r = get(&inst, "/r", &[("Range", "bytes=0-4")]);
+        assert_eq!((r.status, r.body.as_slice()), (206, &b"01234"[..]));
+        let r = get(&inst, "/r", &[("Range", "bytes=1-3")]);
+        assert_eq!(r.status, 206, "{}", r.describe());
+        assert_eq!(r.body, b"123");
+        assert_eq!(r.header("content-range"), Some("bytes 1-3/10"));
+        assert_eq!(x_cache(&r), "HIT", "{}", r.describe());
+        assert_eq!(origin.count("/r"), 1);
+        // A range the piece does not hold goes to the origin; the two pieces combine.
+        origin.route("/r", piece("bytes 5-9/10", "56789"));
+        let r = get(&inst, "/r", &[("Range", "bytes=5-9")]);
+        assert_eq!((r.status, r.body.as_slice()), (206, &b"56789"[..]));
+        assert_eq!(origin.count("/r"), 2);
+        let full = get(&inst, "/r", &[]);
+        assert_eq!(full.status, 200, "{}", full.describe());
+        assert_eq!(full.body, b"0123456789");
+        assert_eq!(x_cache(&full), "HIT", "{}", full.describe());
+        let r = get(&inst, "/r", &[("Range", "bytes=2-7")]);
+        assert_eq!((r.status, r.body.as_slice()), (206, &b"234567"[..]));
+        assert_eq!(origin.count("/r"), 2);
+        // A piece of another representation (another ETag) is not combined with it.
+        origin.route("/s", piece("bytes 0-4/10", "abcde"));
+        get(&inst, "/s", &[("Range", "bytes=0-4")]);
+        origin.route(
+            "/s",
+            Route::ok("fghij")
+                .status(206)
+                .header("Content-Range", "bytes 5-9/10")
+                .header("ETag", "\"p2\"")
+                .header("Cache-Control", "max-age=60"),
+        );
+        get(&inst, "/s", &[("Range", "bytes=5-9")]);
+        let full = get(&inst, "/s", &[]);
+        assert_ne!(x_cache(&full), "HIT", "{}", full.describe());
+    });
+}

@@ -129,6 +129,9 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
             req.method == "HEAD",
         );
     }
+    if req.method == "GET" && serve_piece(ctx, lease, req, &key, &rules)? {
+        return Ok(());
+    }
     Counters::inc(&ctx.counters().l2_misses);
     // HEAD and Range misses go upstream as they are and are not stored (a partial or empty
     // answer must not poison the cache); only a plain GET may lead or join a fill.
@@ -482,8 +485,10 @@ fn relay(
     // What an unstored fill keeps for followers that lag behind the leader.
     let window = limit.min(usize::MAX as u64) as usize;
     // A 204 has no body by definition, and is stored as such (RFC 9111 §3).
+    // A range request's 206 is stored as a piece to combine (RFC 9111 §3.4); its other
+    // answers are not stored, nor a 206 we did not ask for.
     let mut storable = if outcome == CacheOutcome::Pass
-        || req.header("range").is_some()
+        || (req.header("range").is_some() != (status == 206))
         || (no_body && status != 204)
     {
         None
@@ -638,7 +643,11 @@ fn relay(
             initial_age,
         };
         let site = &ctx.cfg.sites[site_of(ctx, req).expect("a routed request")];
-        super::store(ctx, &cache_key(site, req), req, Arc::new(obj));
+        if status == 206 {
+            store_piece(ctx, &cache_key(site, req), req, obj);
+        } else {
+            super::store(ctx, &cache_key(site, req), req, Arc::new(obj));
+        }
     }
     own?;
     lease.finish()
@@ -847,6 +856,94 @@ fn store_refreshed(
     });
     super::store(ctx, primary, req, Arc::clone(&refreshed));
     Some(refreshed)
+}
+
+/// A range request answered from a stored, fresh piece (RFC 9111 §3.4) when the piece
+/// holds the whole range; `false`: it does not (or a conditional asks for more), go on.
+fn serve_piece(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    key: &str,
+    rules: &RequestRules,
+) -> io::Result<bool> {
+    let conditional = [
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+    ];
+    if req.header("range").is_none() || conditional.iter().any(|h| req.header(h).is_some()) {
+        return Ok(false);
+    }
+    let Some(obj) = ctx.cache.get(&crate::cache::partial_key(key)) else {
+        return Ok(false);
+    };
+    let Validity::Http {
+        lifetime,
+        must_revalidate,
+        no_cache,
+    } = obj.validity
+    else {
+        return Ok(false);
+    };
+    let now = SystemTime::now();
+    let age = obj.age(now);
+    if policy::usable(age, lifetime, must_revalidate, no_cache, rules) != Use::Fresh {
+        return Ok(false);
+    }
+    let Some((first, last, len)) = policy::content_range(&obj.headers) else {
+        return Ok(false);
+    };
+    let (a, b) = match policy::range(&req.headers, &obj.headers, len) {
+        policy::RangeAnswer::Partial(a, b) if a >= first && b <= last => (a, b),
+        _ => return Ok(false),
+    };
+    Counters::inc(&ctx.counters().l2_hits);
+    let mut headers = downstream(ctx, obj.headers.clone());
+    headers.retain(|(k, _)| {
+        !k.eq_ignore_ascii_case("age") && !k.eq_ignore_ascii_case("content-range")
+    });
+    headers.push(("Age".into(), age.as_secs().to_string().into_bytes()));
+    headers.push((
+        "Content-Range".into(),
+        format!("bytes {a}-{b}/{len}").into_bytes(),
+    ));
+    let body = &obj.body[(a - first) as usize..=(b - first) as usize];
+    respond::full(lease, 206, CacheOutcome::Hit, headers, body, false)?;
+    Ok(true)
+}
+
+/// Stores a `206` piece, combined with the stored piece of the same representation when
+/// they touch or overlap (RFC 9111 §3.4); once the pieces hold the whole body, the result
+/// is stored as the complete `200` (later full and range requests are hits).
+fn store_piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
+    let key = crate::cache::partial_key(&ctx.cache.full_key(primary, &req.headers));
+    if let Some(old) = ctx.cache.get(&key) {
+        let combined = policy::combine((&old.headers, &old.body), (&obj.headers, &obj.body));
+        let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
+        if let (Some((first, body)), Some((_, _, len))) = (
+            combined.filter(|(_, b)| b.len() as u64 <= limit),
+            policy::content_range(&obj.headers),
+        ) {
+            let last = first + body.len() as u64 - 1;
+            obj.headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+            obj.headers.push((
+                "Content-Range".into(),
+                format!("bytes {first}-{last}/{len}").into_bytes(),
+            ));
+            obj.body = Arc::new(body);
+        }
+    }
+    if let Some((0, last, len)) = policy::content_range(&obj.headers) {
+        if last + 1 == len {
+            obj.status = 200;
+            obj.headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+        }
+    }
+    super::store(ctx, primary, req, Arc::new(obj));
 }
 
 /// A `200` to a `HEAD` we sent (RFC 9111 §4.3.5): the stored `GET` answer the request
