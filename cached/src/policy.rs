@@ -1,7 +1,9 @@
 //! HTTP caching rules (RFC 9111, with RFC 9110 for conditionals and ranges), as pure
 //! functions over headers and times so they can be tested without a network:
 //! what may be stored, for how long it is fresh, its current age, what the request's
-//! `Cache-Control` allows, the `Vary` secondary key, conditional requests and ranges.
+//! `Cache-Control` allows, the `Vary` secondary key, conditional requests and ranges, the
+//! targeted fields of RFC 9213 (`CDN-Cache-Control`), `HEAD` freshening and the combining
+//! of partial (`206`) pieces.
 
 use common::http::{parse_http_date, tokens, trim_ows};
 use std::time::{Duration, SystemTime};
