@@ -508,7 +508,7 @@ pub fn policy(data: &[u8]) {
     let age = initial_age(&resp, now, now + delay);
     assert!(age >= delay, "age below the transit delay");
     for method in ["GET", "HEAD"] {
-        if let Some(s) = storable(method, &req, status, &resp, now, floor) {
+        if let Some(s) = storable(method, &req, status, &resp, now, floor, &[]) {
             assert_eq!(method, "GET", "HEAD answers are stored");
             let _ = usable(age, s.lifetime, s.must_revalidate, s.no_cache, &rules);
             let _ = s.lifetime.saturating_sub(age);

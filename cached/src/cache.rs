@@ -27,6 +27,11 @@ struct Inner {
     variants: HashMap<String, HashSet<String>>,
 }
 
+/// The key of the stored piece (a `206`, RFC 9111 §3.4) of the variant stored at `full_key`.
+pub fn partial_key(full_key: &str) -> String {
+    format!("{full_key}\npartial")
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -63,11 +68,15 @@ impl Cache {
     pub fn insert(&self, primary: &str, req: &[(String, Vec<u8>)], obj: Arc<Stored>) -> u64 {
         let names: Vec<String> = policy::all_tokens(&obj.headers, "vary");
         let mut inner = lock(&self.inner);
-        let key = if names.is_empty() {
+        let mut key = if names.is_empty() {
             primary.to_string()
         } else {
             format!("{primary}\n{}", policy::vary_key(&names, req))
         };
+        if obj.status == 206 {
+            // A piece of the variant lives beside it (see `partial_key`).
+            key = partial_key(&key);
+        }
         inner.vary.insert(primary.to_string(), names);
         inner
             .variants
@@ -83,7 +92,7 @@ impl Cache {
         evicted
     }
 
-    /// Drops every variant stored under `primary`; `true` if anything was there.
+    /// Drops every variant stored under `primary`, pieces included; `true` if anything was there.
     pub fn remove_all(&self, primary: &str) -> bool {
         let mut inner = lock(&self.inner);
         let keys = inner.variants.remove(primary).unwrap_or_default();

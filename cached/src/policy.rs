@@ -1,9 +1,11 @@
 //! HTTP caching rules (RFC 9111, with RFC 9110 for conditionals and ranges), as pure
 //! functions over headers and times so they can be tested without a network:
 //! what may be stored, for how long it is fresh, its current age, what the request's
-//! `Cache-Control` allows, the `Vary` secondary key, conditional requests and ranges.
+//! `Cache-Control` allows, the `Vary` secondary key, conditional requests and ranges, the
+//! targeted fields of RFC 9213 (`CDN-Cache-Control`), `HEAD` freshening and the combining
+//! of partial (`206`) pieces.
 
-use common::http::{parse_http_date, tokens};
+use common::http::{parse_http_date, tokens, trim_ows};
 use std::time::{Duration, SystemTime};
 
 pub type Headers = Vec<(String, Vec<u8>)>;
@@ -27,60 +29,334 @@ pub fn all_tokens(h: &[(String, Vec<u8>)], name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Parsed `Cache-Control` directives (names lower-cased; arguments unquoted).
+/// A directive's argument, as received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Arg {
+    /// None given (`no-store`).
+    None,
+    /// A token, or a quoted-string's content unescaped.
+    Value(String),
+    /// Malformed: `max-age = 60` (spaces around `=`), `max-age=6 0`, an unclosed quote.
+    /// The directive counts as present with the most conservative reading.
+    Invalid,
+}
+
+/// What a field-list directive (`no-cache`, `private`) covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Absent,
+    /// Unqualified (or malformed): the whole response.
+    Whole,
+    /// Qualified: only these fields (lower-cased), RFC 9111 §5.2.2.4 and §5.2.2.7.
+    Fields(Vec<String>),
+}
+
+/// Parsed `Cache-Control` directives (RFC 9111 §5.2: `token [ "=" ( token /
+/// quoted-string ) ]`, names lower-cased, quoted arguments unescaped). Every occurrence is
+/// kept, so a duplicated directive can be read in its most conservative form (§4.2.1).
 #[derive(Clone, Debug, Default)]
-pub struct Directives(Vec<(String, Option<String>)>);
+pub struct Directives(Vec<(String, Arg)>);
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The elements of a comma-separated list, commas inside quoted-strings kept, each
+/// trimmed of OWS, empty ones dropped.
+fn list_elements(v: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, &b) in v.iter().enumerate() {
+        if escaped {
+            escaped = false;
+        } else if quoted && b == b'\\' {
+            escaped = true;
+        } else if b == b'"' {
+            quoted = !quoted;
+        } else if b == b',' && !quoted {
+            out.push(trim_ows(&v[start..i]));
+            start = i + 1;
+        }
+    }
+    out.push(trim_ows(&v[start..]));
+    out.retain(|e| !e.is_empty());
+    out
+}
+
+/// A quoted-string at the start of `v`: its unescaped content and the bytes after it.
+fn quoted_string(v: &[u8]) -> Option<(String, &[u8])> {
+    let mut out = Vec::new();
+    let mut it = v.strip_prefix(b"\"")?.iter().enumerate();
+    while let Some((i, &b)) = it.next() {
+        match b {
+            b'"' => return Some((String::from_utf8_lossy(&out).into_owned(), &v[i + 2..])),
+            b'\\' => out.push(*it.next()?.1),
+            _ => out.push(b),
+        }
+    }
+    None
+}
+
+/// One `cache-directive`.
+fn directive(e: &[u8]) -> (String, Arg) {
+    let name_len = e.iter().position(|&b| !is_tchar(b)).unwrap_or(e.len());
+    let name = String::from_utf8_lossy(&e[..name_len]).to_ascii_lowercase();
+    let arg = match &e[name_len..] {
+        [] => Arg::None,
+        [b'=', rest @ ..] => match rest {
+            [b'"', ..] => match quoted_string(rest) {
+                Some((v, [])) => Arg::Value(v),
+                _ => Arg::Invalid,
+            },
+            _ if !rest.is_empty() && rest.iter().all(|&b| is_tchar(b)) => {
+                Arg::Value(String::from_utf8_lossy(rest).into_owned())
+            }
+            _ => Arg::Invalid,
+        },
+        _ => Arg::Invalid,
+    };
+    (name, arg)
+}
+
+/// A delta-seconds (`1*DIGIT`): too large saturates (RFC 9111 §1.2.2); anything else,
+/// `+5` included, is `None`.
+fn delta_seconds(v: &str) -> Option<u64> {
+    (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| v.parse::<u64>().unwrap_or(u64::MAX))
+}
 
 impl Directives {
+    /// The `Cache-Control` directives of a request or a response.
     pub fn of(h: &[(String, Vec<u8>)]) -> Directives {
         Directives(
-            all_tokens(h, "cache-control")
-                .into_iter()
-                .map(|t| match t.split_once('=') {
-                    Some((k, v)) => (
-                        k.trim().to_string(),
-                        Some(v.trim().trim_matches('"').to_string()),
-                    ),
-                    None => (t, None),
-                })
+            h.iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("cache-control"))
+                .flat_map(|(_, v)| list_elements(v))
+                .map(directive)
+                .filter(|(name, _)| !name.is_empty())
                 .collect(),
         )
+    }
+
+    /// The directives that rule a response in this cache: those of the first of the
+    /// `targeted` fields (RFC 9213, e.g. `CDN-Cache-Control`) present with a valid,
+    /// non-empty value, else `Cache-Control`'s. `true` with a targeted field: the response's
+    /// `Cache-Control` and `Expires` are then ignored (RFC 9213 §2.1).
+    pub fn of_response(h: &[(String, Vec<u8>)], targeted: &[String]) -> (Directives, bool) {
+        for name in targeted {
+            let values: Vec<&[u8]> = h
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            // Several fields of one name are one dictionary (RFC 8941 §4.2).
+            let joined = values.join(&b", "[..]);
+            if let Some(d) = sf_dictionary(&joined).filter(|d| !d.is_empty()) {
+                return (Directives(d), true);
+            }
+        }
+        (Directives::of(h), false)
     }
 
     pub fn has(&self, name: &str) -> bool {
         self.0.iter().any(|(k, _)| k == name)
     }
 
-    /// A delta-seconds argument. An invalid argument makes the directive count as
-    /// present with value 0 (the conservative reading, RFC 9111 §1.2.2 / §4.2.1).
-    pub fn seconds(&self, name: &str) -> Option<u64> {
+    fn each_seconds<'a>(&'a self, name: &'a str) -> impl Iterator<Item = u64> + 'a {
         self.0
             .iter()
-            .find(|(k, _)| k == name)
+            .filter(move |(k, _)| k == name)
             .map(|(_, v)| match v {
-                Some(v) => v.parse::<u64>().unwrap_or(
-                    if v.bytes().all(|b| b.is_ascii_digit()) && !v.is_empty() {
-                        u64::MAX
-                    } else {
-                        0
-                    },
-                ),
-                None => 0,
+                Arg::Value(v) => delta_seconds(v).unwrap_or(0),
+                Arg::None | Arg::Invalid => 0,
             })
     }
 
-    /// `max-stale` with no argument means "any staleness".
+    /// A delta-seconds argument; a missing or invalid one counts as 0 (the conservative
+    /// reading, RFC 9111 §4.2.1), and of duplicates the smallest counts.
+    pub fn seconds(&self, name: &str) -> Option<u64> {
+        self.each_seconds(name).min()
+    }
+
+    /// A response's freshness directive (`max-age`, `s-maxage`): duplicates that disagree
+    /// make the response stale (RFC 9111 §4.2.1), an invalid argument too.
+    pub fn freshness(&self, name: &str) -> Option<u64> {
+        let mut all = self.each_seconds(name);
+        let first = all.next()?;
+        Some(if all.all(|v| v == first) { first } else { 0 })
+    }
+
+    /// `min-fresh`: of duplicates, the largest (the most demanding) counts.
+    pub fn min_fresh(&self) -> Option<u64> {
+        self.each_seconds("min-fresh").max()
+    }
+
+    /// `max-stale` with no argument means "any staleness"; an invalid argument none; of
+    /// duplicates the smallest counts.
     pub fn max_stale(&self) -> Option<u64> {
-        self.0.iter().find(|(k, _)| k == "max-stale").map(|(_, v)| {
-            v.as_deref()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(u64::MAX)
-        })
+        self.0
+            .iter()
+            .filter(|(k, _)| k == "max-stale")
+            .map(|(_, v)| match v {
+                Arg::None => u64::MAX,
+                Arg::Value(v) => delta_seconds(v).unwrap_or(0),
+                Arg::Invalid => 0,
+            })
+            .min()
+    }
+
+    /// The reach of `no-cache` or `private`: a qualified form lists field names; any
+    /// unqualified or malformed occurrence covers the whole response.
+    pub fn scope(&self, name: &str) -> Scope {
+        let mut fields = Vec::new();
+        let mut any = false;
+        for (_, arg) in self.0.iter().filter(|(k, _)| k == name) {
+            any = true;
+            let Arg::Value(list) = arg else {
+                return Scope::Whole;
+            };
+            let names = tokens(list.as_bytes());
+            if names.is_empty() || !names.iter().all(|n| n.bytes().all(is_tchar)) {
+                return Scope::Whole;
+            }
+            fields.extend(names);
+        }
+        if any {
+            Scope::Fields(fields)
+        } else {
+            Scope::Absent
+        }
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// A Structured Field Dictionary (RFC 8941 §3.2, the syntax of RFC 9213's targeted
+/// fields) as directives: a boolean true or a parameterless key is a bare directive, an
+/// integer, string or token its argument, `?0` drops the key, anything else (negative,
+/// decimal, byte sequence, inner list) is an invalid argument. A later duplicate key
+/// replaces an earlier one. `None`: not a valid dictionary.
+fn sf_dictionary(v: &[u8]) -> Option<Vec<(String, Arg)>> {
+    let is_key_start = |b: u8| b.is_ascii_lowercase() || b == b'*';
+    let is_key = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b);
+    let key = |s: &mut &[u8]| -> Option<String> {
+        if !s.first().is_some_and(|&b| is_key_start(b)) {
+            return None;
+        }
+        let n = s.iter().position(|&b| !is_key(b)).unwrap_or(s.len());
+        let k = String::from_utf8_lossy(&s[..n]).into_owned();
+        *s = &s[n..];
+        Some(k)
+    };
+    // A bare item: `Some(Some(arg))`, or `Some(None)` for `?0`.
+    let bare_item = |s: &mut &[u8]| -> Option<Option<Arg>> {
+        match s.first()? {
+            b'"' => {
+                let (text, rest) = quoted_string(s)?;
+                if !text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+                    return None;
+                }
+                *s = rest;
+                Some(Some(Arg::Value(text)))
+            }
+            b'?' => {
+                let r = match s.get(1)? {
+                    b'1' => Some(Arg::None),
+                    b'0' => None,
+                    _ => return None,
+                };
+                *s = &s[2..];
+                Some(r)
+            }
+            b'-' | b'0'..=b'9' => {
+                let n = s
+                    .iter()
+                    .skip(1)
+                    .position(|&b| !(b.is_ascii_digit() || b == b'.'))
+                    .map_or(s.len(), |p| p + 1);
+                let num = std::str::from_utf8(&s[..n]).ok()?.to_string();
+                *s = &s[n..];
+                let digits = num.trim_start_matches('-');
+                if digits.is_empty() || digits.len() > 16 || digits.matches('.').count() > 1 {
+                    return None;
+                }
+                Some(Some(if num.starts_with('-') || num.contains('.') {
+                    Arg::Invalid
+                } else {
+                    Arg::Value(num)
+                }))
+            }
+            b':' => {
+                let end = s[1..].iter().position(|&b| b == b':')? + 2;
+                *s = &s[end..];
+                Some(Some(Arg::Invalid))
+            }
+            &b if b.is_ascii_alphabetic() || b == b'*' => {
+                let n = s
+                    .iter()
+                    .position(|&b| !(is_tchar(b) || b == b':' || b == b'/'))
+                    .unwrap_or(s.len());
+                let t = String::from_utf8_lossy(&s[..n]).into_owned();
+                *s = &s[n..];
+                Some(Some(Arg::Value(t)))
+            }
+            _ => None,
+        }
+    };
+    let params = |s: &mut &[u8]| -> Option<()> {
+        while let [b';', rest @ ..] = *s {
+            *s = rest;
+            while let [b' ', rest @ ..] = *s {
+                *s = rest;
+            }
+            key(s)?;
+            if let [b'=', rest @ ..] = *s {
+                *s = rest;
+                bare_item(s)?;
+            }
+        }
+        Some(())
+    };
+    let mut s = trim_ows(v);
+    let mut out: Vec<(String, Arg)> = Vec::new();
+    while !s.is_empty() {
+        let k = key(&mut s)?;
+        let arg = if let [b'=', rest @ ..] = s {
+            s = rest;
+            if let [b'(', rest @ ..] = s {
+                // An inner list: skipped whole, an invalid argument here.
+                let end = rest.iter().position(|&b| b == b')')?;
+                s = &rest[end + 1..];
+                Some(Arg::Invalid)
+            } else {
+                bare_item(&mut s)?
+            }
+        } else {
+            Some(Arg::None)
+        };
+        params(&mut s)?;
+        out.retain(|(name, _)| *name != k);
+        if let Some(arg) = arg {
+            out.push((k, arg));
+        }
+        s = trim_ows(s);
+        match s {
+            [] => break,
+            [b',', rest @ ..] => {
+                s = trim_ows(rest);
+                if s.is_empty() {
+                    return None; // a trailing comma
+                }
+            }
+            _ => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Statuses that are heuristically cacheable (RFC 9110 §15.1).
@@ -91,8 +367,9 @@ pub fn heuristically_cacheable(status: u16) -> bool {
     )
 }
 
-/// Statuses whose semantics we understand well enough to store (RFC 9111 §3).
-fn understood(status: u16) -> bool {
+/// Statuses whose caching requirements we implement (RFC 9111 §3, §5.2.2.3): a `206` or
+/// `304`, or a response with `must-understand`, is stored only with one of these.
+pub fn understood(status: u16) -> bool {
     matches!(
         status,
         200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 451 | 501
@@ -112,12 +389,21 @@ pub struct Storable {
     pub stale_while_revalidate: Duration,
     /// `stale-if-error` (RFC 5861 §4; 0 when absent).
     pub stale_if_error: Duration,
+    /// Fields (lower-case) the stored and shared copy must not carry: those a qualified
+    /// `private="…"` or `no-cache="…"` names (RFC 9111 §5.2.2.7, §5.2.2.4). The first
+    /// client still gets them.
+    pub strip: Vec<String>,
 }
 
 /// May a shared cache store this response to this request (RFC 9111 §3), and how fresh is
 /// it (§4.2.1, heuristics per §4.2.2)? `None` means: do not store. `heuristic_floor` is the
 /// operator's least heuristic lifetime (0: only 10 % of the time since `Last-Modified`); it
 /// applies only where a heuristic is allowed, never to answers without freshness or validator.
+/// `targeted`: the field names that target this cache (RFC 9213), in priority order.
+///
+/// Any final status may be stored with explicit freshness (or `public`), or when it is
+/// heuristically cacheable; a `206`, a `304` and a response with `must-understand` only
+/// with a status we [`understood`] — and then `must-understand` overrides `no-store`.
 pub fn storable(
     method: &str,
     req: &[(String, Vec<u8>)],
@@ -125,26 +411,57 @@ pub fn storable(
     resp: &[(String, Vec<u8>)],
     now: SystemTime,
     heuristic_floor: Duration,
+    targeted: &[String],
 ) -> Option<Storable> {
-    if method != "GET" || !understood(status) {
+    if method != "GET" || status < 200 {
         return None;
     }
     let rq = Directives::of(req);
-    let cc = Directives::of(resp);
-    if rq.has("no-store") || cc.has("no-store") || cc.has("private") {
+    let (cc, from_target) = Directives::of_response(resp, targeted);
+    let must_understand = cc.has("must-understand");
+    // A 206 we can combine with other pieces (RFC 9111 §3.4) is one we understand.
+    let understood = understood(status) || (status == 206 && combinable(resp));
+    if (status == 206 || status == 304 || must_understand) && !understood {
         return None;
     }
+    if rq.has("no-store") || (cc.has("no-store") && !must_understand) {
+        return None;
+    }
+    let mut strip = Vec::new();
+    match cc.scope("private") {
+        Scope::Absent => {}
+        Scope::Whole => return None,
+        Scope::Fields(f) => strip.extend(f),
+    }
+    let no_cache = match cc.scope("no-cache") {
+        Scope::Absent => false,
+        Scope::Whole => true,
+        Scope::Fields(f) => {
+            strip.extend(f);
+            false
+        }
+    };
     if all_tokens(resp, "vary").iter().any(|t| t == "*") {
         return None;
     }
     let explicit = cc
-        .seconds("s-maxage")
-        .or_else(|| cc.seconds("max-age"))
+        .freshness("s-maxage")
+        .or_else(|| cc.freshness("max-age"))
         .map(Duration::from_secs)
         .or_else(|| {
-            let expires = header_str(resp, "expires")?;
-            // An invalid Expires (e.g. "0") means "already expired".
-            let Some(expires) = parse_http_date(&expires) else {
+            if from_target {
+                return None;
+            }
+            let mut all = resp
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("expires"));
+            let (_, first) = all.next()?;
+            // Two Expires that disagree: stale (RFC 9111 §4.2.1). An invalid one (e.g.
+            // "0") means "already expired" (§5.3).
+            if all.any(|(_, v)| v != first) {
+                return Some(Duration::ZERO);
+            }
+            let Some(expires) = parse_http_date(&String::from_utf8_lossy(first)) else {
                 return Some(Duration::ZERO);
             };
             let date = header_str(resp, "date")
@@ -185,7 +502,8 @@ pub fn storable(
         must_revalidate: cc.has("must-revalidate")
             || cc.has("proxy-revalidate")
             || cc.has("s-maxage"),
-        no_cache: cc.has("no-cache"),
+        no_cache,
+        strip,
         stale_while_revalidate: Duration::from_secs(
             cc.seconds("stale-while-revalidate").unwrap_or(0),
         ),
@@ -238,6 +556,22 @@ pub fn is_origin_error(status: u16) -> bool {
     matches!(status, 500 | 502 | 503 | 504)
 }
 
+/// Removes the fields named in `names` (lower-case) from `h`.
+pub fn strip_fields(h: &mut Headers, names: &[String]) {
+    if !names.is_empty() {
+        h.retain(|(k, _)| !names.iter().any(|n| k.eq_ignore_ascii_case(n)));
+    }
+}
+
+/// The `Age` a response carries (RFC 9111 §5.1): the first member of a list, and of the
+/// first field; an invalid value (`7200;foo`, `-1`, `+5`) is ignored; a huge one saturates.
+pub fn age_value(resp: &[(String, Vec<u8>)]) -> Option<Duration> {
+    let v = header(resp, "age")?;
+    let first = v.split(|&b| b == b',').next().unwrap_or_default();
+    let first = std::str::from_utf8(trim_ows(first)).ok()?;
+    delta_seconds(first).map(Duration::from_secs)
+}
+
 /// `corrected_initial_age` of RFC 9111 §4.2.3 for a response requested at `request_time`
 /// and received at `response_time`.
 pub fn initial_age(
@@ -249,10 +583,7 @@ pub fn initial_age(
         .and_then(|d| parse_http_date(&d))
         .unwrap_or(response_time);
     let apparent = response_time.duration_since(date).unwrap_or(Duration::ZERO);
-    let age_value = header_str(resp, "age")
-        .and_then(|a| a.parse::<u64>().ok())
-        .map(Duration::from_secs)
-        .unwrap_or(Duration::ZERO);
+    let age_value = age_value(resp).unwrap_or(Duration::ZERO);
     let delay = response_time
         .duration_since(request_time)
         .unwrap_or(Duration::ZERO);
@@ -278,7 +609,7 @@ impl RequestRules {
         RequestRules {
             no_cache: cc.has("no-cache") || pragma,
             max_age: cc.seconds("max-age"),
-            min_fresh: cc.seconds("min-fresh"),
+            min_fresh: cc.min_fresh(),
             max_stale: cc.max_stale(),
             only_if_cached: cc.has("only-if-cached"),
         }
@@ -416,7 +747,11 @@ pub fn not_modified(req: &[(String, Vec<u8>)], resp: &[(String, Vec<u8>)]) -> bo
             .any(|t| t == "*" || etag.as_deref().is_some_and(|e| weak_eq(t, e)));
     }
     let ims = header_str(req, "if-modified-since").and_then(|d| parse_http_date(&d));
-    let lm = header_str(resp, "last-modified").and_then(|d| parse_http_date(&d));
+    // Without Last-Modified, the stored answer's Date is its modification time at the
+    // latest (RFC 9110 §13.1.3, RFC 9111 §4.3.2).
+    let lm = header_str(resp, "last-modified")
+        .or_else(|| header_str(resp, "date"))
+        .and_then(|d| parse_http_date(&d));
     match (ims, lm) {
         (Some(ims), Some(lm)) => lm <= ims,
         _ => false,
@@ -517,6 +852,78 @@ pub fn update_from_304(stored: &mut Headers, fresh: &[(String, Vec<u8>)]) {
     }
 }
 
+/// The `Content-Range` of a `206` with one range and a known complete length:
+/// `bytes first-last/len` → `(first, last, len)`, `first <= last < len`.
+pub fn content_range(h: &[(String, Vec<u8>)]) -> Option<(u64, u64, u64)> {
+    let v = header_str(h, "content-range")?;
+    let (unit, rest) = v.split_once(' ')?;
+    let (range, len) = rest.trim().split_once('/')?;
+    let (first, last) = range.split_once('-')?;
+    let (first, last, len) = (
+        delta_seconds(first)?,
+        delta_seconds(last)?,
+        delta_seconds(len)?,
+    );
+    (unit.eq_ignore_ascii_case("bytes") && first <= last && last < len && len < u64::MAX)
+        .then_some((first, last, len))
+}
+
+/// A `206` may be stored to be combined later (RFC 9111 §3.4): one byte range of a known
+/// length, and a strong `ETag` to prove later pieces belong to the same representation.
+fn combinable(resp: &[(String, Vec<u8>)]) -> bool {
+    content_range(resp).is_some() && header_str(resp, "etag").is_some_and(|e| e.starts_with('"'))
+}
+
+/// Combines two stored pieces of one representation (RFC 9111 §3.4): both `206` with a
+/// complete length, equal strong `ETag`s, and ranges that overlap or touch. The result is
+/// `(first, bytes)` of the union, the newer piece winning where they overlap; `None` when
+/// they cannot be combined (the newer piece then stands alone).
+pub fn combine(
+    old: (&[(String, Vec<u8>)], &[u8]),
+    new: (&[(String, Vec<u8>)], &[u8]),
+) -> Option<(u64, Vec<u8>)> {
+    let (a, b, len) = content_range(old.0)?;
+    let (c, d, len2) = content_range(new.0)?;
+    let (e1, e2) = (header_str(old.0, "etag")?, header_str(new.0, "etag")?);
+    let lengths_fit = old.1.len() as u64 == b - a + 1 && new.1.len() as u64 == d - c + 1;
+    if len != len2 || !strong_eq(&e1, &e2) || !lengths_fit {
+        return None;
+    }
+    if c > b.saturating_add(1) || a > d.saturating_add(1) {
+        return None;
+    }
+    let first = a.min(c);
+    let last = b.max(d);
+    let mut out = vec![0u8; usize::try_from(last - first + 1).ok()?];
+    let at = |x: u64| (x - first) as usize;
+    out[at(a)..=at(b)].copy_from_slice(old.1);
+    out[at(c)..=at(d)].copy_from_slice(new.1);
+    Some((first, out))
+}
+
+/// RFC 9111 §4.3.5: may a `200` to a `HEAD` update a stored `GET` answer (`true`), or must
+/// the stored answer be considered stale? It may when the HEAD answer carries at least one
+/// validator (`ETag`, `Last-Modified`), each equal to the stored one, and any
+/// `Content-Length` it has equals the stored body's length.
+pub fn head_matches(
+    stored: &[(String, Vec<u8>)],
+    stored_len: u64,
+    head: &[(String, Vec<u8>)],
+) -> bool {
+    let mut any = false;
+    for name in ["etag", "last-modified"] {
+        if let Some(v) = header(head, name) {
+            any = true;
+            if header(stored, name).map(trim_ows) != Some(trim_ows(v)) {
+                return false;
+            }
+        }
+    }
+    let length_ok = header_str(head, "content-length")
+        .is_none_or(|n| n.parse::<u64>().ok() == Some(stored_len));
+    any && length_ok
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,7 +943,12 @@ mod tests {
         resp: &[(String, Vec<u8>)],
         t: SystemTime,
     ) -> Option<Storable> {
-        storable(method, req, status, resp, t, Duration::ZERO)
+        storable(method, req, status, resp, t, Duration::ZERO, &cdn())
+    }
+
+    /// The default targeted fields.
+    fn cdn() -> Vec<String> {
+        vec!["CDN-Cache-Control".to_string()]
     }
 
     fn now() -> SystemTime {
@@ -604,9 +1016,8 @@ mod tests {
                 .lifetime,
             Duration::ZERO
         );
-        // 206 is not stored; an unknown status is not stored.
+        // A 206 without a Content-Range and a strong ETag is not stored.
         assert!(st("GET", &[], 206, &h(&[("cache-control", "max-age=60")]), t).is_none());
-        assert!(st("GET", &[], 299, &h(&[("cache-control", "max-age=60")]), t).is_none());
         assert!(st(
             "GET",
             &h(&[("cache-control", "no-store")]),
@@ -615,6 +1026,460 @@ mod tests {
             t
         )
         .is_none());
+    }
+
+    /// RFC 9111 §3: any final status with explicit freshness may be stored, a bodyless 204
+    /// too; without it only heuristically cacheable ones; never a 1xx, nor a 206/304.
+    #[test]
+    fn any_final_status_with_explicit_freshness_is_stored() {
+        let t = now();
+        let fresh = h(&[("cache-control", "max-age=60")]);
+        for status in [204, 299, 500, 503, 418, 302] {
+            assert_eq!(
+                st("GET", &[], status, &fresh, t).map(|s| s.lifetime.as_secs()),
+                Some(60),
+                "{status}"
+            );
+        }
+        let exp = h(&[
+            ("expires", &http_date(t + Duration::from_secs(30))),
+            ("date", &http_date(t)),
+        ]);
+        assert!(st("GET", &[], 299, &exp, t).is_some());
+        for status in [100, 103, 199, 206, 304] {
+            assert!(st("GET", &[], status, &fresh, t).is_none(), "{status}");
+        }
+        // No explicit freshness: only heuristically cacheable statuses (with a validator).
+        let lm = h(&[("etag", "\"e\"")]);
+        assert!(st("GET", &[], 204, &lm, t).is_some());
+        assert!(st("GET", &[], 500, &lm, t).is_none());
+    }
+
+    /// RFC 9111 §5.2.2.3: with must-understand, only understood statuses, and no-store
+    /// is ignored for those.
+    #[test]
+    fn must_understand_stores_understood_statuses_despite_no_store() {
+        let t = now();
+        let mu = h(&[("cache-control", "max-age=60, must-understand, no-store")]);
+        assert_eq!(
+            st("GET", &[], 200, &mu, t).map(|s| s.lifetime.as_secs()),
+            Some(60)
+        );
+        assert!(st("GET", &[], 299, &mu, t).is_none());
+        let mu_only = h(&[("cache-control", "max-age=60, must-understand")]);
+        assert!(st("GET", &[], 299, &mu_only, t).is_none());
+        assert!(st("GET", &[], 404, &mu_only, t).is_some());
+        // Without must-understand, no-store wins.
+        let ns = h(&[("cache-control", "max-age=60, no-store")]);
+        assert!(st("GET", &[], 200, &ns, t).is_none());
+        // A request's no-store still forbids it.
+        let rq = h(&[("cache-control", "no-store")]);
+        assert!(st("GET", &rq, 200, &mu, t).is_none());
+    }
+
+    /// RFC 9111 §5.3: an invalid Expires, whatever form, means already expired.
+    #[test]
+    fn expires_in_any_date_form_and_invalid_means_expired() {
+        let t = now();
+        let life = |exp: &str| {
+            st(
+                "GET",
+                &[],
+                200,
+                &h(&[("expires", exp), ("date", &http_date(t)), ("etag", "\"e\"")]),
+                t,
+            )
+            .map(|s| s.lifetime.as_secs())
+        };
+        // 2023-11-14 22:13:20 is `t`; an hour later in the obsolete forms.
+        assert_eq!(life("Tuesday, 14-Nov-23 23:13:20 GMT"), Some(3600));
+        assert_eq!(life("Tue Nov 14 23:13:20 2023"), Some(3600));
+        assert_eq!(life("tue, 14 NOV 2023 23:13:20 gmt"), Some(3600));
+        // No comma after the day name: invalid, so expired (it was a valid date before).
+        assert_eq!(life("Tue 14 Nov 2023 23:13:20 GMT"), Some(0));
+        assert_eq!(life("Mon, 14 Nov 2023 23:13:20 GMT"), Some(0), "wrong day");
+        assert_eq!(life("0"), Some(0));
+        assert_eq!(life("-1"), Some(0));
+    }
+
+    /// RFC 9111 §5.1: the first member of an Age list; an invalid value ignored; a huge
+    /// one saturates.
+    #[test]
+    fn age_takes_the_first_member_and_ignores_invalid_values() {
+        let t = now();
+        let age = |v: &str| {
+            let resp = h(&[("date", &http_date(t)), ("age", v)]);
+            initial_age(&resp, t, t).as_secs()
+        };
+        assert_eq!(age("7200, 0"), 7200);
+        assert_eq!(age("7200,0"), 7200);
+        assert_eq!(age(" 7200 "), 7200);
+        assert_eq!(age("7200;foo"), 0);
+        assert_eq!(age("+5"), 0);
+        assert_eq!(age("-5"), 0);
+        assert_eq!(age("99999999999999999999999"), u64::MAX);
+        // Two Age fields: the first.
+        let resp = h(&[("date", &http_date(t)), ("age", "60"), ("age", "0")]);
+        assert_eq!(initial_age(&resp, t, t).as_secs(), 60);
+    }
+
+    /// RFC 9111 §5.2 grammar: no spaces around `=`; quoted arguments with commas inside;
+    /// duplicates read conservatively (§4.2.1).
+    #[test]
+    fn cache_control_parsing_is_strict_and_conservative() {
+        let t = now();
+        let life = |cc: &str| {
+            st(
+                "GET",
+                &[],
+                200,
+                &h(&[("cache-control", cc), ("etag", "\"e\"")]),
+                t,
+            )
+            .map(|s| s.lifetime.as_secs())
+        };
+        assert_eq!(life("max-age=3600"), Some(3600));
+        assert_eq!(life("MAX-AGE=3600"), Some(3600));
+        assert_eq!(life("max-age=\"3600\""), Some(3600));
+        for bad in [
+            "max-age = 3600",
+            "max-age =3600",
+            "max-age= 3600",
+            "max-age=36 00",
+            "max-age=+3600",
+            "max-age=3600x",
+            "max-age",
+            "max-age=\"3600",
+        ] {
+            assert_eq!(life(bad), Some(0), "{bad:?}");
+        }
+        // Duplicates that disagree: stale; that agree: the value.
+        assert_eq!(life("max-age=60, max-age=3600"), Some(0));
+        assert_eq!(life("max-age=3600, max-age=60"), Some(0));
+        assert_eq!(life("max-age=60, max-age=60"), Some(60));
+        let two = h(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "max-age=600"),
+            ("etag", "\"e\""),
+        ]);
+        assert_eq!(st("GET", &[], 200, &two, t).unwrap().lifetime.as_secs(), 0);
+        // A comma inside a quoted argument does not start a directive.
+        let d = Directives::of(&h(&[(
+            "cache-control",
+            "ext=\"a, max-age=5\", max-age=60, no-cache=\"X-A, X-B\"",
+        )]));
+        assert_eq!(d.freshness("max-age"), Some(60));
+        assert_eq!(
+            d.scope("no-cache"),
+            Scope::Fields(vec!["x-a".into(), "x-b".into()])
+        );
+        let d = Directives::of(&h(&[("cache-control", "ext=\"a\\\"b, max-age=5\"")]));
+        assert_eq!(
+            d.freshness("max-age"),
+            None,
+            "an escaped quote stays inside"
+        );
+        // Two Expires that disagree: stale.
+        let exp = h(&[
+            ("expires", &http_date(t + Duration::from_secs(30))),
+            ("expires", &http_date(t + Duration::from_secs(90))),
+            ("date", &http_date(t)),
+            ("etag", "\"e\""),
+        ]);
+        assert_eq!(st("GET", &[], 200, &exp, t).unwrap().lifetime.as_secs(), 0);
+        // Request directives: smallest max-age and max-stale, largest min-fresh.
+        let r = RequestRules::of(&h(&[(
+            "cache-control",
+            "max-age=100, max-age=5, min-fresh=1, min-fresh=50, max-stale=9, max-stale",
+        )]));
+        assert_eq!(
+            (r.max_age, r.min_fresh, r.max_stale),
+            (Some(5), Some(50), Some(9))
+        );
+        let r = RequestRules::of(&h(&[("cache-control", "max-stale = 100")]));
+        assert_eq!(
+            r.max_stale,
+            Some(0),
+            "an invalid max-stale allows no staleness"
+        );
+    }
+
+    /// RFC 9111 §5.2.2.4, §5.2.2.7: qualified no-cache/private strip the named fields
+    /// from the stored copy; unqualified ones keep their whole meaning.
+    #[test]
+    fn qualified_no_cache_and_private_strip_the_named_fields() {
+        let t = now();
+        let s = st(
+            "GET",
+            &[],
+            200,
+            &h(&[(
+                "cache-control",
+                "max-age=60, no-cache=\"Set-Cookie\", private=\"X-Foo, X-Bar\"",
+            )]),
+            t,
+        )
+        .expect("qualified: stored");
+        assert!(!s.no_cache, "qualified no-cache is not no-cache");
+        assert_eq!(s.lifetime.as_secs(), 60);
+        assert_eq!(s.strip, ["x-foo", "x-bar", "set-cookie"]);
+        let mut stored = h(&[("Set-Cookie", "a=1"), ("X-Foo", "f"), ("X-Keep", "k")]);
+        strip_fields(&mut stored, &s.strip);
+        assert_eq!(stored, h(&[("X-Keep", "k")]));
+        // Unqualified forms, and a malformed list, are the whole response.
+        assert!(st(
+            "GET",
+            &[],
+            200,
+            &h(&[("cache-control", "max-age=60, private")]),
+            t
+        )
+        .is_none());
+        assert!(st(
+            "GET",
+            &[],
+            200,
+            &h(&[("cache-control", "max-age=60, private=\"\"")]),
+            t
+        )
+        .is_none());
+        let nc = st(
+            "GET",
+            &[],
+            200,
+            &h(&[("cache-control", "max-age=60, no-cache")]),
+            t,
+        )
+        .unwrap();
+        assert!(nc.no_cache && nc.strip.is_empty());
+        let both = st(
+            "GET",
+            &[],
+            200,
+            &h(&[("cache-control", "max-age=60, no-cache=\"X-A\", no-cache")]),
+            t,
+        )
+        .unwrap();
+        assert!(both.no_cache, "any unqualified occurrence wins");
+    }
+
+    /// RFC 9213: the first valid targeted field replaces Cache-Control and Expires.
+    #[test]
+    fn cdn_cache_control_replaces_cache_control_for_this_cache() {
+        let t = now();
+        let life = |r: &[(&str, &str)], targeted: &[String]| {
+            storable("GET", &[], 200, &h(r), t, Duration::ZERO, targeted)
+                .map(|s| s.lifetime.as_secs())
+        };
+        let cdn = cdn();
+        let both = [
+            ("cache-control", "max-age=60"),
+            ("cdn-cache-control", "max-age=600"),
+        ];
+        assert_eq!(life(&both, &cdn), Some(600));
+        assert_eq!(life(&both, &[]), Some(60), "not targeted: ignored");
+        // It may allow what Cache-Control forbids, and forbid what it allows.
+        assert_eq!(
+            life(
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=30")
+                ],
+                &cdn
+            ),
+            Some(30)
+        );
+        assert_eq!(
+            life(
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("cdn-cache-control", "no-store")
+                ],
+                &cdn
+            ),
+            None
+        );
+        // Expires is ignored with a targeted field.
+        let exp = http_date(t + Duration::from_secs(99));
+        assert_eq!(
+            life(
+                &[
+                    ("expires", &exp),
+                    ("cdn-cache-control", "public"),
+                    ("date", &http_date(t)),
+                    ("etag", "\"e\"")
+                ],
+                &cdn
+            ),
+            Some(0)
+        );
+        // Invalid (not a structured dictionary) or empty: Cache-Control rules.
+        for bad in [
+            "max-age = 600",
+            "Max-Age=600",
+            "max-age=600,",
+            "max-age=\"6",
+            "",
+        ] {
+            assert_eq!(
+                life(
+                    &[("cache-control", "max-age=60"), ("cdn-cache-control", bad)],
+                    &cdn
+                ),
+                Some(60),
+                "{bad:?}"
+            );
+        }
+        // Priority order, case-insensitive names; a later invalid one is not consulted.
+        let order = vec![
+            "Surrogate-Control".to_string(),
+            "CDN-Cache-Control".to_string(),
+        ];
+        assert_eq!(
+            life(
+                &[
+                    ("cdn-cache-control", "max-age=600"),
+                    ("surrogate-control", "max-age=900")
+                ],
+                &order
+            ),
+            Some(900)
+        );
+        assert_eq!(
+            life(
+                &[
+                    ("cdn-cache-control", "max-age=600"),
+                    ("surrogate-control", "x=(")
+                ],
+                &order
+            ),
+            Some(600)
+        );
+        // Structured syntax: booleans, parameters, a false boolean drops the key.
+        assert_eq!(
+            life(&[("cdn-cache-control", "max-age=5;a=1, no-store=?0")], &cdn),
+            Some(5)
+        );
+        assert_eq!(
+            life(&[("cdn-cache-control", "max-age=5, no-store=?1")], &cdn),
+            None
+        );
+        let neg = [
+            ("cdn-cache-control", "max-age=-5"),
+            ("cache-control", "max-age=60"),
+            ("etag", "\"e\""),
+        ];
+        assert_eq!(
+            life(&neg, &cdn),
+            Some(0),
+            "valid dictionary, invalid max-age: stale"
+        );
+    }
+
+    /// RFC 9111 §4.3.2: without Last-Modified, If-Modified-Since compares with Date.
+    #[test]
+    fn if_modified_since_falls_back_to_the_stored_date() {
+        let date = "Sun, 06 Nov 1994 08:49:37 GMT";
+        let resp = h(&[("date", date)]);
+        assert!(not_modified(&h(&[("if-modified-since", date)]), &resp));
+        assert!(not_modified(
+            &h(&[("if-modified-since", "Mon, 07 Nov 1994 08:49:37 GMT")]),
+            &resp
+        ));
+        assert!(!not_modified(
+            &h(&[("if-modified-since", "Sat, 05 Nov 1994 08:49:37 GMT")]),
+            &resp
+        ));
+        // Last-Modified, when there, wins over Date.
+        let resp = h(&[
+            ("date", date),
+            ("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert!(!not_modified(&h(&[("if-modified-since", date)]), &resp));
+    }
+
+    /// RFC 9111 §4.3.5: a HEAD 200 updates a stored GET only if its validators (and any
+    /// Content-Length) match.
+    #[test]
+    fn a_head_answer_matches_only_with_equal_validators_and_length() {
+        let stored = h(&[
+            ("etag", "\"v1\""),
+            ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+        ]);
+        assert!(head_matches(&stored, 5, &h(&[("etag", "\"v1\"")])));
+        assert!(head_matches(
+            &stored,
+            5,
+            &h(&[("etag", "\"v1\""), ("content-length", "5")])
+        ));
+        assert!(!head_matches(
+            &stored,
+            5,
+            &h(&[("etag", "\"v1\""), ("content-length", "6")])
+        ));
+        assert!(!head_matches(&stored, 5, &h(&[("etag", "\"v2\"")])));
+        assert!(!head_matches(
+            &stored,
+            5,
+            &h(&[
+                ("etag", "\"v1\""),
+                ("last-modified", "Mon, 07 Nov 1994 08:49:37 GMT")
+            ])
+        ));
+        assert!(
+            !head_matches(&stored, 5, &h(&[("content-length", "5")])),
+            "no validator"
+        );
+        assert!(!head_matches(&h(&[]), 5, &h(&[("etag", "\"v1\"")])));
+    }
+
+    /// RFC 9111 §3.3-3.4: a 206 with one range, a complete length and a strong ETag is
+    /// stored; pieces of one representation combine when they touch or overlap.
+    #[test]
+    fn partial_answers_are_stored_and_combined() {
+        let t = now();
+        let piece = |range: &str, etag: &str| {
+            h(&[
+                ("content-range", range),
+                ("etag", etag),
+                ("cache-control", "max-age=60"),
+            ])
+        };
+        assert!(st("GET", &[], 206, &piece("bytes 0-4/10", "\"p\""), t).is_some());
+        for (range, etag) in [
+            ("bytes 0-4/*", "\"p\""),
+            ("bytes 5-4/10", "\"p\""),
+            ("bytes 0-10/10", "\"p\""),
+            ("items 0-4/10", "\"p\""),
+            ("bytes 0-4/10", "W/\"p\""),
+        ] {
+            assert!(
+                st("GET", &[], 206, &piece(range, etag), t).is_none(),
+                "{range} {etag}"
+            );
+        }
+        let a = piece("bytes 0-4/10", "\"p\"");
+        let b = piece("bytes 5-9/10", "\"p\"");
+        assert_eq!(
+            combine((&a, b"01234"), (&b, b"56789")),
+            Some((0, b"0123456789".to_vec()))
+        );
+        let c = piece("bytes 3-6/10", "\"p\"");
+        assert_eq!(
+            combine((&b, b"56789"), (&c, b"3456")),
+            Some((3, b"3456789".to_vec()))
+        );
+        let gap = piece("bytes 7-9/10", "\"p\"");
+        assert_eq!(combine((&a, b"01234"), (&gap, b"789")), None, "a gap");
+        let other = piece("bytes 5-9/10", "\"q\"");
+        assert_eq!(
+            combine((&a, b"01234"), (&other, b"56789")),
+            None,
+            "another tag"
+        );
+        let longer = piece("bytes 5-9/11", "\"p\"");
+        assert_eq!(combine((&a, b"01234"), (&longer, b"56789")), None);
+        assert_eq!(combine((&a, b"0123"), (&b, b"56789")), None, "short body");
     }
 
     #[test]
@@ -656,7 +1521,7 @@ mod tests {
         let floor = Duration::from_secs(600);
         let lm = http_date(t - Duration::from_secs(10));
         let life = |status, r: &[(&str, &str)]| {
-            storable("GET", &[], status, &h(r), t, floor).map(|s| s.lifetime.as_secs())
+            storable("GET", &[], status, &h(r), t, floor, &[]).map(|s| s.lifetime.as_secs())
         };
         assert_eq!(
             life(200, &[("last-modified", &lm), ("date", &http_date(t))]),

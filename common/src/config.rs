@@ -195,6 +195,13 @@ pub struct CachedConfig {
     /// How long past its lifetime (and past every stale window) a stored answer is kept for
     /// revalidation with a conditional request; older, it counts as a miss.
     pub keep: Duration,
+    /// Response fields that target this cache (RFC 9213), in priority order: the first
+    /// present with a valid value replaces `Cache-Control` and `Expires` for storing and
+    /// freshness. Default `["CDN-Cache-Control"]`; empty: `Cache-Control` only.
+    pub targeted_cache_control: Vec<String>,
+    /// Remove the targeted fields from answers sent downstream (default false: passed on,
+    /// for caches further down that are targeted by them too).
+    pub strip_targeted: bool,
 }
 
 /// `cached.set_cookie`: the policy for storable answers carrying `Set-Cookie`.
@@ -731,6 +738,17 @@ impl CachedConfig {
             set_cookie,
             grace: d.ms("cached.grace_ms")?,
             keep: d.ms("cached.keep_ms")?,
+            targeted_cache_control: {
+                let mut names = d.list("cached.targeted_cache_control")?;
+                names.retain(|n| !n.is_empty());
+                let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if let Some(bad) = names.iter().find(|n| !n.bytes().all(tchar)) {
+                    let msg = format!("{bad:?} is not a field name");
+                    return Err(d.item_err("cached.targeted_cache_control", bad, msg));
+                }
+                names
+            },
+            strip_targeted: d.bool("cached.strip_targeted")?,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! HTTP helpers both daemons need: hop-by-hop headers, reason phrases, dates (IMF-fixdate),
+//! HTTP helpers both daemons need: hop-by-hop headers, reason phrases, dates (all three
+//! HTTP-date forms parsed, IMF-fixdate written),
 //! content types, the cache outcome shown in `X-Cache`, and safe path decoding.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -160,44 +161,113 @@ pub fn http_date(t: SystemTime) -> String {
 /// later is refused, so date arithmetic downstream never sees a time near the edge of what
 /// `SystemTime` (or `Instant`) can hold.
 pub const MAX_YEAR: i64 = 9999;
+
+/// Parses an HTTP-date (RFC 9110 §5.6.7) in any of its three forms: IMF-fixdate
+/// (`Sun, 06 Nov 1994 08:49:37 GMT`), the obsolete RFC 850 form
+/// (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime (`Sun Nov  6 08:49:37 1994`). Names
+/// (days, months, `GMT`) match case-insensitively, as RFC 9111 §4.2 asks of a cache; the
+/// day name must be the right day of that date; years before 1970 or after [`MAX_YEAR`],
+/// and anything else, give `None`. Never panics.
+///
+/// The `httpdate` crate does the parsing and the calendar checks. It is case-sensitive and
+/// takes an RFC 850 year `00`-`69` as 20xx and `70`-`99` as 19xx whatever the date today,
+/// so this wraps it: names are put in their canonical case first, and an RFC 850 date is
+/// rewritten as an IMF-fixdate whose century follows RFC 9110's rule (a two-digit year more
+/// than 50 years in the future is the most recent past year with those digits).
+pub fn parse_http_date(v: &str) -> Option<SystemTime> {
+    parse_http_date_at(v, SystemTime::now())
+}
+
+/// [`parse_http_date`] with the current time given (it only settles RFC 850 centuries).
+pub fn parse_http_date_at(v: &str, now: SystemTime) -> Option<SystemTime> {
+    let v = std::str::from_utf8(trim_ows(v.as_bytes())).ok()?;
+    // Only printable ASCII and single spaces belong in a date; httpdate trims more than
+    // OWS (CR, LF, form feed) and each form has a fixed length, so refuse early.
+    if v.len() > 40 || !v.bytes().all(|b| b.is_ascii_graphic() || b == b' ') {
+        return None;
+    }
+    let canonical = canonical_case(v);
+    let imf = match rfc850_as_imf(&canonical, now) {
+        Some(imf) => imf,
+        None => canonical,
+    };
+    let t: SystemTime = httpdate::parse_http_date(&imf).ok()?;
+    // httpdate keeps to 1970..=9999 and seconds below 60 itself; this is belt and braces
+    // for what later arithmetic relies on.
+    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
+    (secs < END_OF_MAX_YEAR).then_some(t)
+}
+
 /// 10000-01-01T00:00:00Z in seconds since the epoch: every accepted date is before it.
 const END_OF_MAX_YEAR: u64 = 253_402_300_800;
 
-/// Parses an IMF-fixdate; other (obsolete) formats, years before 1970 or after [`MAX_YEAR`]
-/// give `None`. Never panics: every field is range-checked before any arithmetic.
-pub fn parse_http_date(v: &str) -> Option<SystemTime> {
-    let v = v.trim();
-    let rest = v.get(5..)?; // "Sun, "
-    let mut it = rest.split(' ');
-    let d = it.next()?;
-    let mon = it.next()?;
-    let y = it.next()?;
-    let hms = it.next()?;
-    if it.next()? != "GMT" || it.next().is_some() || hms.len() != 8 {
+const DAY_NAMES: [&str; 7] = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+];
+
+/// Each run of letters as the grammar spells it: `GMT` upper case, names capitalised.
+fn canonical_case(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for word in v.split_inclusive(|c: char| !c.is_ascii_alphabetic()) {
+        let letters = word.trim_end_matches(|c: char| !c.is_ascii_alphabetic());
+        let rest = &word[letters.len()..];
+        if letters.eq_ignore_ascii_case("gmt") {
+            out.push_str("GMT");
+        } else {
+            for (j, c) in letters.chars().enumerate() {
+                out.push(if j == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c.to_ascii_lowercase()
+                });
+            }
+        }
+        out.push_str(rest);
+    }
+    out
+}
+
+/// `Sunday, 06-Nov-94 08:49:37 GMT` (canonical case) as `Sun, 06 Nov 1994 08:49:37 GMT`,
+/// the century chosen by RFC 9110 §5.6.7; `None` if `v` is not of that form.
+fn rfc850_as_imf(v: &str, now: SystemTime) -> Option<String> {
+    let (day, rest) = v.split_once(", ")?;
+    if !DAY_NAMES.contains(&day) {
         return None;
     }
-    let digits = |s: &str, max_len: usize| {
-        (!s.is_empty() && s.len() <= max_len && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse::<u32>().ok())
-            .flatten()
-    };
-    let d = digits(d, 2)?;
-    let y = i64::from(digits(y, 4)?);
-    let mo = MONTHS.iter().position(|m| *m == mon)? as u32 + 1;
-    let mut t = hms.split(':').map(|x| digits(x, 2).map(u64::from));
-    let (h, m, s) = (t.next()??, t.next()??, t.next()??);
-    if d == 0 || d > 31 || h > 23 || m > 59 || s > 60 || !(1970..=MAX_YEAR).contains(&y) {
+    let b = rest.as_bytes();
+    // "06-Nov-94 08:49:37 GMT"
+    if b.len() != 22 || b[2] != b'-' || b[6] != b'-' || b[9] != b' ' {
         return None;
     }
-    let days = u64::try_from(days_from_civil(y, mo, d)).ok()?;
-    let secs = days
-        .checked_mul(86_400)?
-        .checked_add(h * 3600 + m * 60 + s)?;
-    // A leap second at the very end of 9999 would be the year 10000: out of range too.
-    if secs >= END_OF_MAX_YEAR {
+    let yy = &rest[7..9];
+    if !yy.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+    let yy: i64 = yy.parse().ok()?;
+    let this_year = civil_from_days(
+        (now.duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_secs()
+            / 86_400) as i64,
+    )
+    .0;
+    let mut year = this_year - this_year.rem_euclid(100) + yy;
+    if year > this_year + 50 {
+        year -= 100;
+    }
+    Some(format!(
+        "{}, {} {} {year:04} {}",
+        &day[..3],
+        &rest[..2],
+        &rest[3..6],
+        &rest[10..]
+    ))
 }
 
 /// Month abbreviations of HTTP and log dates.
@@ -217,16 +287,6 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 /// Content type by file extension.
@@ -339,6 +399,69 @@ mod tests {
         // Found by fuzzing: its leap second would format as the year 10000.
         assert_eq!(parse_http_date("Fri, 31 Dec 9999 23:59:60 GMT"), None);
         assert!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT") == Some(UNIX_EPOCH));
+    }
+
+    /// RFC 9110 §5.6.7: all three forms, names in any case (RFC 9111 §4.2), the day name
+    /// checked against the date.
+    #[test]
+    fn dates_in_all_three_forms_and_any_case() {
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        for v in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            "sun, 06 nov 1994 08:49:37 gmt",
+            "SUN, 06 NOV 1994 08:49:37 GMT",
+            "SUNDAY, 06-nOv-94 08:49:37 Gmt",
+            "sun NOV  6 08:49:37 1994",
+            " Sun, 06 Nov 1994 08:49:37 GMT\t",
+        ] {
+            assert_eq!(parse_http_date(v), Some(t), "{v:?}");
+        }
+        for bad in [
+            // No comma: not an IMF-fixdate, and not 8 Aug 2050 either.
+            "Thu 18 Aug 2050 02:01:18 GMT",
+            // The wrong day name for the date.
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Monday, 06-Nov-94 08:49:37 GMT",
+            "Mon Nov  6 08:49:37 1994",
+            "Sundxy, 06-Nov-94 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun,  06 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 GMT\r\n",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad:?}");
+        }
+    }
+
+    /// RFC 9110 §5.6.7: a two-digit year more than 50 years ahead is the latest past year
+    /// with those digits; otherwise it is this century's.
+    #[test]
+    fn rfc850_years_follow_the_fifty_year_rule() {
+        let year = |v: &str, now_secs: u64| {
+            let now = UNIX_EPOCH + Duration::from_secs(now_secs);
+            parse_http_date_at(v, now).map(|t| http_date(t)[12..16].to_string())
+        };
+        // 2026-12-02: "75" is 2075 (49 years ahead), "94" is 1994, "00" is 2000.
+        let now = 1_796_169_600;
+        assert_eq!(
+            year("Tuesday, 01-Jan-75 00:00:00 GMT", now).as_deref(),
+            Some("2075")
+        );
+        assert_eq!(
+            year("Sunday, 06-Nov-94 08:49:37 GMT", now).as_deref(),
+            Some("1994")
+        );
+        assert_eq!(
+            year("Saturday, 01-Jan-00 00:00:00 GMT", now).as_deref(),
+            Some("2000")
+        );
+        // Read in 1994, "75" is 1975.
+        assert_eq!(
+            year("Wednesday, 01-Jan-75 00:00:00 GMT", 784_111_777).as_deref(),
+            Some("1975")
+        );
     }
 
     #[test]

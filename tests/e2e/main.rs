@@ -27,6 +27,7 @@ mod lifecycle;
 mod mq_limits;
 mod observability;
 mod reload;
+mod rfc_corners;
 mod signals;
 mod sites_balance;
 mod sites_tls;

@@ -87,7 +87,7 @@ pub fn serve_stored(
 ) -> io::Result<()> {
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();
-    let mut headers = obj.headers.clone();
+    let mut headers = origin::downstream(ctx, obj.headers.clone());
     let l1_ttl = match &obj.validity {
         Validity::Http {
             lifetime, no_cache, ..

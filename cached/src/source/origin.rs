@@ -172,6 +172,9 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
             req.method == "HEAD",
         );
     }
+    if req.method == "GET" && serve_piece(ctx, lease, req, &key, &rules)? {
+        return Ok(());
+    }
     Counters::inc(&ctx.counters().l2_misses);
     // HEAD and Range misses go upstream as they are and are not stored (a partial or empty
     // answer must not poison the cache); only a plain GET may lead or join a fill.
@@ -525,6 +528,9 @@ fn relay(
     let head_only = req.method == "HEAD";
     let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
     let headers = end_to_end(&parts.headers, head_only);
+    if head_only && status == 200 && outcome != CacheOutcome::Pass {
+        freshen_from_head(ctx, req, &headers, (request_time, response_time));
+    }
     let framing = match (no_body, declared) {
         (true, _) => BodyLen::None,
         (false, Some(n)) => BodyLen::Exact(n),
@@ -533,7 +539,12 @@ fn relay(
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
     // What an unstored fill keeps for followers that lag behind the leader.
     let window = limit.min(usize::MAX as u64) as usize;
-    let mut storable = if outcome == CacheOutcome::Pass || req.header("range").is_some() || no_body
+    // A 204 has no body by definition, and is stored as such (RFC 9111 §3).
+    // A range request's 206 is stored as a piece to combine (RFC 9111 §3.4); its other
+    // answers are not stored, nor a 206 we did not ask for.
+    let mut storable = if outcome == CacheOutcome::Pass
+        || (req.header("range").is_some() != (status == 206))
+        || (no_body && status != 204)
     {
         None
     } else {
@@ -544,13 +555,19 @@ fn relay(
             &headers,
             response_time,
             ctx.cfg.heuristic_floor,
+            &ctx.cfg.targeted_cache_control,
         )
         .filter(|_| declared.is_none_or(|n| n <= limit))
     };
     // What followers get and the store keeps: a Set-Cookie is the first client's alone
     // unless the operator chose "store".
     let mut shared = headers.clone();
-    let cookie = policy::header(&headers, "set-cookie").is_some();
+    if let Some(s) = &storable {
+        // Qualified private/no-cache: the named fields are the first client's alone.
+        policy::strip_fields(&mut shared, &s.strip);
+    }
+    // A cookie a qualified no-cache/private took out of the shared copy is no concern here.
+    let cookie = policy::header(&shared, "set-cookie").is_some();
     if cookie && storable.is_some() {
         match ctx.cfg.set_cookie {
             SetCookie::Store => {}
@@ -570,12 +587,13 @@ fn relay(
             l.pass();
         }
     } else if let Some(l) = &lead {
-        l.head(status, shared.clone(), framing);
+        l.head(status, downstream(ctx, shared.clone()), framing);
     }
     let initial_age = policy::initial_age(&headers, request_time, response_time);
     let l1_ttl = match &storable {
         // Our answer keeps its Set-Cookie: a worker's L1 must not give it to others.
         _ if cookie && ctx.cfg.set_cookie != SetCookie::Store => Duration::ZERO,
+        Some(s) if !s.strip.is_empty() => Duration::ZERO,
         Some(s) if !s.no_cache && status == 200 && policy::header(&headers, "vary").is_none() => {
             s.lifetime.saturating_sub(initial_age)
         }
@@ -593,7 +611,13 @@ fn relay(
         upstream_status: status,
         site,
     };
-    let mut own = respond::head(lease, status, framing, meta, headers.clone());
+    let mut own = respond::head(
+        lease,
+        status,
+        framing,
+        meta,
+        downstream(ctx, headers.clone()),
+    );
     let mut keep: Option<Vec<u8>> = storable
         .as_ref()
         .map(|_| Vec::with_capacity(declared.unwrap_or(0) as usize));
@@ -671,10 +695,23 @@ fn relay(
             initial_age,
         };
         let site = &ctx.cfg.sites[site_of(ctx, req).expect("a routed request")];
-        super::store(ctx, &cache_key(site, req), req, Arc::new(obj));
+        if status == 206 {
+            store_piece(ctx, &cache_key(site, req), req, obj);
+        } else {
+            super::store(ctx, &cache_key(site, req), req, Arc::new(obj));
+        }
     }
     own?;
     lease.finish()
+}
+
+/// The fields of an answer as sent downstream: without the targeted fields (RFC 9213)
+/// when the operator asks (`cached.strip_targeted`).
+pub fn downstream(ctx: &Ctx, mut headers: Headers) -> Headers {
+    if ctx.cfg.strip_targeted {
+        policy::strip_fields(&mut headers, &ctx.cfg.targeted_cache_control);
+    }
+    headers
 }
 
 enum Followed {
@@ -995,7 +1032,10 @@ fn read_storable(
         &headers,
         response_time,
         ctx.cfg.heuristic_floor,
+        &ctx.cfg.targeted_cache_control,
     )?;
+    // Nobody receives this answer now: what the stored copy may not carry goes.
+    policy::strip_fields(&mut headers, &s.strip);
     if policy::header(&headers, "set-cookie").is_some() {
         match ctx.cfg.set_cookie {
             SetCookie::Store => {}
@@ -1056,6 +1096,7 @@ fn store_refreshed(
         &headers,
         response_time,
         ctx.cfg.heuristic_floor,
+        &ctx.cfg.targeted_cache_control,
     ) else {
         ctx.cache.remove_all(primary);
         return None;
@@ -1070,6 +1111,119 @@ fn store_refreshed(
     });
     super::store(ctx, primary, req, Arc::clone(&refreshed));
     Some(refreshed)
+}
+
+/// A range request answered from a stored, fresh piece (RFC 9111 §3.4) when the piece
+/// holds the whole range; `false`: it does not (or a conditional asks for more), go on.
+fn serve_piece(
+    ctx: &Ctx,
+    lease: &mut Lease,
+    req: &RequestHead,
+    key: &str,
+    rules: &RequestRules,
+) -> io::Result<bool> {
+    let conditional = [
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+    ];
+    if req.header("range").is_none() || conditional.iter().any(|h| req.header(h).is_some()) {
+        return Ok(false);
+    }
+    let Some(obj) = ctx.cache.get(&crate::cache::partial_key(key)) else {
+        return Ok(false);
+    };
+    let Validity::Http {
+        lifetime,
+        must_revalidate,
+        no_cache,
+        ..
+    } = obj.validity
+    else {
+        return Ok(false);
+    };
+    let now = SystemTime::now();
+    let age = obj.age(now);
+    if policy::usable(age, lifetime, must_revalidate, no_cache, rules) != Use::Fresh {
+        return Ok(false);
+    }
+    let Some((first, last, len)) = policy::content_range(&obj.headers) else {
+        return Ok(false);
+    };
+    let (a, b) = match policy::range(&req.headers, &obj.headers, len) {
+        policy::RangeAnswer::Partial(a, b) if a >= first && b <= last => (a, b),
+        _ => return Ok(false),
+    };
+    Counters::inc(&ctx.counters().l2_hits);
+    let mut headers = downstream(ctx, obj.headers.clone());
+    headers.retain(|(k, _)| {
+        !k.eq_ignore_ascii_case("age") && !k.eq_ignore_ascii_case("content-range")
+    });
+    headers.push(("Age".into(), age.as_secs().to_string().into_bytes()));
+    headers.push((
+        "Content-Range".into(),
+        format!("bytes {a}-{b}/{len}").into_bytes(),
+    ));
+    let body = &obj.body[(a - first) as usize..=(b - first) as usize];
+    respond::full(lease, 206, CacheOutcome::Hit, headers, body, false)?;
+    Ok(true)
+}
+
+/// Stores a `206` piece, combined with the stored piece of the same representation when
+/// they touch or overlap (RFC 9111 §3.4); once the pieces hold the whole body, the result
+/// is stored as the complete `200` (later full and range requests are hits).
+fn store_piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
+    let key = crate::cache::partial_key(&ctx.cache.full_key(primary, &req.headers));
+    if let Some(old) = ctx.cache.get(&key) {
+        let combined = policy::combine((&old.headers, &old.body), (&obj.headers, &obj.body));
+        let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
+        if let (Some((first, body)), Some((_, _, len))) = (
+            combined.filter(|(_, b)| b.len() as u64 <= limit),
+            policy::content_range(&obj.headers),
+        ) {
+            let last = first + body.len() as u64 - 1;
+            obj.headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+            obj.headers.push((
+                "Content-Range".into(),
+                format!("bytes {first}-{last}/{len}").into_bytes(),
+            ));
+            obj.body = Arc::new(body);
+        }
+    }
+    if let Some((0, last, len)) = policy::content_range(&obj.headers) {
+        if last + 1 == len {
+            obj.status = 200;
+            obj.headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+        }
+    }
+    super::store(ctx, primary, req, Arc::new(obj));
+}
+
+/// A `200` to a `HEAD` we sent (RFC 9111 §4.3.5): the stored `GET` answer the request
+/// would have been served updates its fields from it when the validators match (as a 304
+/// would), and is dropped (here and in every L1) when they differ.
+fn freshen_from_head(
+    ctx: &Ctx,
+    req: &RequestHead,
+    head: &Headers,
+    times: (SystemTime, SystemTime),
+) {
+    let site = &ctx.cfg.sites[site_of(ctx, req).expect("a routed request")];
+    let primary = cache_key(site, req);
+    let Some(obj) = ctx.cache.get(&ctx.cache.full_key(&primary, &req.headers)) else {
+        return;
+    };
+    if policy::head_matches(&obj.headers, obj.body.len() as u64, head) {
+        let merged = merged_304(&obj, head);
+        store_refreshed(ctx, &primary, req, &obj, merged, head, times);
+    } else {
+        ctx.cache.remove_all(&primary);
+        ctx.invalidated();
+        super::publish_store_gauges(ctx);
+    }
 }
 
 fn clone_meta(obj: &Stored) -> Stored {

@@ -164,6 +164,12 @@ pub const KEYS: &[Key] = &[
     key("cached.heuristic_ttl_ms", ms(0, 365 * DAY_MS), Some("0")),
     key("cached.grace_ms", ms(0, 365 * DAY_MS), Some("0")),
     key("cached.keep_ms", ms(0, 365 * DAY_MS), Some("86400000")),
+    key(
+        "cached.targeted_cache_control",
+        Ty::List { split: true },
+        Some("[\"CDN-Cache-Control\"]"),
+    ),
+    key("cached.strip_targeted", Ty::Bool, Some("false")),
     key("cached.set_cookie", Ty::Str, Some("\"pass\"")),
     key("site", Ty::Tables, None),
     key("site.name", Ty::Str, None),
