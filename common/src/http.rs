@@ -93,6 +93,47 @@ impl CacheOutcome {
         }
     }
 
+    /// The `Cache-Status` value (RFC 9211) of an answer with this outcome: `method` of the
+    /// request, `fwd_status` the origin's status when the origin took part (0: it did not),
+    /// `ttl` the remaining freshness in seconds when known.
+    pub fn cache_status(self, method: &str, fwd_status: u16, ttl: Option<u64>) -> String {
+        let mut v = String::from("shmproxy");
+        let fwd = |v: &mut String, why: &str| {
+            v.push_str("; fwd=");
+            v.push_str(why);
+            if fwd_status != 0 {
+                v.push_str(&format!("; fwd-status={fwd_status}"));
+            }
+        };
+        match self {
+            CacheOutcome::Hit => v.push_str("; hit"),
+            CacheOutcome::Miss => {
+                fwd(&mut v, "uri-miss");
+                v.push_str("; stored");
+            }
+            CacheOutcome::Pass if method == "GET" || method == "HEAD" => fwd(&mut v, "uri-miss"),
+            CacheOutcome::Pass => fwd(&mut v, "method"),
+            // Stale and answered without the origin (max-stale, stale-while-revalidate, an
+            // unreachable origin): a hit; stale in place of the origin's error: forwarded.
+            CacheOutcome::Stale if fwd_status == 0 => v.push_str("; hit; detail=stale"),
+            CacheOutcome::Stale => {
+                fwd(&mut v, "stale");
+                v.push_str("; detail=stale-if-error");
+            }
+            CacheOutcome::Revalidated => fwd(&mut v, "stale"),
+            CacheOutcome::Collapsed => {
+                fwd(&mut v, "uri-miss");
+                v.push_str("; collapsed");
+            }
+            CacheOutcome::Error => v.push_str("; detail=error"),
+            CacheOutcome::Internal => v.push_str("; fwd=bypass"),
+        }
+        if let Some(ttl) = ttl {
+            v.push_str(&format!("; ttl={ttl}"));
+        }
+        v
+    }
+
     pub fn from_u8(v: u8) -> Option<CacheOutcome> {
         Some(match v {
             1 => CacheOutcome::Hit,
@@ -367,6 +408,39 @@ fn percent_decode(s: &str) -> Result<String, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_status_names_the_outcome_as_rfc_9211_does() {
+        let cs = |o: CacheOutcome, m: &str, s: u16, t: Option<u64>| o.cache_status(m, s, t);
+        assert_eq!(
+            cs(CacheOutcome::Hit, "GET", 0, Some(42)),
+            "shmproxy; hit; ttl=42"
+        );
+        assert_eq!(
+            cs(CacheOutcome::Miss, "GET", 200, None),
+            "shmproxy; fwd=uri-miss; fwd-status=200; stored"
+        );
+        assert_eq!(
+            cs(CacheOutcome::Pass, "POST", 201, None),
+            "shmproxy; fwd=method; fwd-status=201"
+        );
+        assert_eq!(
+            cs(CacheOutcome::Revalidated, "GET", 304, None),
+            "shmproxy; fwd=stale; fwd-status=304"
+        );
+        assert_eq!(
+            cs(CacheOutcome::Stale, "GET", 503, None),
+            "shmproxy; fwd=stale; fwd-status=503; detail=stale-if-error"
+        );
+        assert_eq!(
+            cs(CacheOutcome::Stale, "GET", 0, None),
+            "shmproxy; hit; detail=stale"
+        );
+        assert_eq!(
+            cs(CacheOutcome::Collapsed, "GET", 200, None),
+            "shmproxy; fwd=uri-miss; fwd-status=200; collapsed"
+        );
+    }
 
     #[test]
     fn dates_round_trip() {

@@ -679,3 +679,53 @@ fn disk_objects_are_validated_and_refreshed_when_the_file_changes() {
         assert_ne!(b.header("etag").unwrap(), etag);
     });
 }
+
+#[test]
+fn cache_status_accompanies_every_answer_with_ours_first() {
+    with_deadline(LIMIT, || {
+        let origin = Origin::start();
+        let inst = instance(&origin);
+        let cs = |r: &client::Response| r.header("cache-status").unwrap_or("-").to_string();
+        origin.route(
+            "/cs",
+            Route::ok("a")
+                .header("Cache-Control", "max-age=60")
+                .header("Cache-Status", "origin-cache; hit"),
+        );
+        let miss = get_with(&inst, "/cs", &[]);
+        assert_eq!(
+            cs(&miss),
+            "shmproxy; fwd=uri-miss; fwd-status=200; stored, origin-cache; hit"
+        );
+        let hit = get_with(&inst, "/cs", &[]);
+        assert!(cs(&hit).starts_with("shmproxy; hit; ttl="), "{}", cs(&hit));
+        let post = client::fetch(inst.addr(), "POST", "/echo", &[], b"x");
+        assert_eq!(cs(&post), "shmproxy; fwd=method; fwd-status=200");
+        origin.route(
+            "/rv",
+            Route::ok("r")
+                .header("Cache-Control", "max-age=0")
+                .header("ETag", "\"r\""),
+        );
+        get_with(&inst, "/rv", &[]);
+        origin.route("/rv", Route::ok("").status(304).header("ETag", "\"r\""));
+        let rv = get_with(&inst, "/rv", &[]);
+        assert_eq!(cs(&rv), "shmproxy; fwd=stale; fwd-status=304");
+        origin.route(
+            "/se",
+            Route::ok("s").header("Cache-Control", "max-age=1, stale-if-error=60"),
+        );
+        get_with(&inst, "/se", &[]);
+        thread::sleep(Duration::from_millis(1300));
+        origin.route("/se", Route::ok("down").status(503));
+        let se = get_with(&inst, "/se", &[]);
+        assert_eq!(
+            cs(&se),
+            "shmproxy; fwd=stale; fwd-status=503; detail=stale-if-error"
+        );
+        let stats = get_with(&inst, "/__shmproxy/stats", &[]);
+        assert_eq!(cs(&stats), "shmproxy; fwd=bypass");
+        let none = get_with(&inst, "/nothing-here", &[]);
+        assert_eq!(cs(&none), "shmproxy; fwd=uri-miss; fwd-status=404");
+    });
+}

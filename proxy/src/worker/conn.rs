@@ -623,9 +623,10 @@ fn serve_l1(
     out.extend_from_slice(&e.fixed_headers);
     let _ = write!(
         out,
-        "Age: {}\r\nContent-Length: {}\r\nVia: 1.1 shmproxy\r\nX-Cache: HIT\r\n",
+        "Age: {}\r\nContent-Length: {}\r\nVia: 1.1 shmproxy\r\nX-Cache: HIT\r\nCache-Status: {}; detail=l1\r\n",
         e.age(),
-        e.body.len()
+        e.body.len(),
+        CacheOutcome::Hit.cache_status(&req.method, 0, Some(e.ttl_secs()))
     );
     match (req.version, req.keep_alive) {
         (10, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -666,7 +667,7 @@ pub fn send_simple_nowait(w: &Worker, conn: &mut Conn, status: u16, msg: &str) {
 fn simple_answer(w: &Worker, conn: &mut Conn, status: u16, msg: &str) -> Vec<u8> {
     let body = format!("{status} {}: {msg}\n", common::http::reason(status));
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nX-Cache: ERROR\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nX-Cache: ERROR\r\nCache-Status: shmproxy; detail=error\r\nConnection: close\r\n\r\n",
         common::http::reason(status),
         common::http::http_date(std::time::SystemTime::now()),
         body.len()

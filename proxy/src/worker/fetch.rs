@@ -208,6 +208,7 @@ pub fn exchange(
     write_head(
         &mut out,
         &answer,
+        &req.method,
         req.version,
         keep,
         chunked && req.version == 11,
@@ -298,7 +299,14 @@ fn forwarded_headers(w: &Worker, conn: &Conn, req: &Request) -> Vec<(String, Vec
         .collect()
 }
 
-fn write_head(out: &mut Vec<u8>, answer: &ResponseHead, version: u8, keep: bool, chunked: bool) {
+fn write_head(
+    out: &mut Vec<u8>,
+    answer: &ResponseHead,
+    method: &str,
+    version: u8,
+    keep: bool,
+    chunked: bool,
+) {
     let _ = write!(
         out,
         "HTTP/1.1 {} {}\r\n",
@@ -306,7 +314,14 @@ fn write_head(out: &mut Vec<u8>, answer: &ResponseHead, version: u8, keep: bool,
         http::reason(answer.status)
     );
     let mut has_date = false;
+    // RFC 9211 §2: our entry goes in front of those of caches nearer the origin.
+    let mut upstream_status = Vec::new();
     for (k, v) in &answer.headers {
+        if k.eq_ignore_ascii_case("cache-status") {
+            upstream_status.extend_from_slice(b", ");
+            upstream_status.extend_from_slice(v);
+            continue;
+        }
         has_date |= k.eq_ignore_ascii_case("date");
         out.extend_from_slice(k.as_bytes());
         out.extend_from_slice(b": ");
@@ -324,11 +339,17 @@ fn write_head(out: &mut Vec<u8>, answer: &ResponseHead, version: u8, keep: bool,
         _ => {}
     }
     let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
+    // A hit's remaining freshness is what the worker may keep it for (when it may).
+    let ttl = (outcome == CacheOutcome::Hit && answer.l1_ttl_ms > 0)
+        .then_some(u64::from(answer.l1_ttl_ms) / 1000);
     let _ = write!(
         out,
-        "Via: 1.1 shmproxy\r\nX-Cache: {}\r\n",
-        outcome.as_str()
+        "Via: 1.1 shmproxy\r\nX-Cache: {}\r\nCache-Status: {}",
+        outcome.as_str(),
+        outcome.cache_status(method, answer.upstream_status, ttl)
     );
+    out.extend_from_slice(&upstream_status);
+    out.extend_from_slice(b"\r\n");
     match (version, keep) {
         (10, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         (11, false) | (10, false) => out.extend_from_slice(b"Connection: close\r\n"),

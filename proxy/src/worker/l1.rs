@@ -25,6 +25,14 @@ impl Entry {
     pub fn age(&self) -> u64 {
         self.age.saturating_add(self.stored.elapsed().as_secs())
     }
+
+    /// Seconds this entry stays fresh (its remaining freshness lifetime, capped as the
+    /// lifetime cached granted was).
+    pub fn ttl_secs(&self) -> u64 {
+        self.expires
+            .saturating_duration_since(Instant::now())
+            .as_secs()
+    }
 }
 
 pub struct L1 {

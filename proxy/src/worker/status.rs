@@ -98,11 +98,12 @@ fn answer(
     // The body, if any, was read before (`conn::discard_body`).
     let keep = req.keep_alive;
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\nX-Cache: {}\r\n{}\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\nX-Cache: {}\r\nCache-Status: {}\r\n{}\r\n",
         common::http::reason(status),
         common::http::http_date(std::time::SystemTime::now()),
         body.len(),
         CacheOutcome::Internal.as_str(),
+        CacheOutcome::Internal.cache_status(&req.method, 0, None),
         match (req.version, keep) {
             (10, true) => "Connection: keep-alive\r\n",
             (_, false) => "Connection: close\r\n",
