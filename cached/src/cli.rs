@@ -112,27 +112,6 @@ mod tests {
     fn help_flags_and_defaults_match_the_key_list_and_the_readme() {
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        for (flag, key) in KEYS {
-            let line = HELP
-                .lines()
-                .find(|l| l.trim_start().starts_with(&format!("--{flag} ")))
-                .unwrap_or_else(|| panic!("--help does not list --{flag}"));
-            let shown = line
-                .trim_end()
-                .strip_suffix(']')
-                .and_then(|l| l.rfind('[').map(|b| &l[b + 1..]));
-            if let Some(shown) = shown {
-                common::config::keys::check_documented_default(key, shown, false)
-                    .unwrap_or_else(|e| panic!("--help: {line}: {e}"));
-            }
-            let row = readme
-                .lines()
-                .find(|l| l.contains(&format!("| `{key}` |")))
-                .unwrap_or_else(|| panic!("README's configuration table lacks {key}"));
-            assert!(
-                row.contains(&format!("`--{flag}`")),
-                "README: {key} is --{flag}: {row}"
-            );
-        }
+        common::config::keys::check_help(HELP, KEYS, &readme).unwrap_or_else(|e| panic!("{e}"));
     }
 }

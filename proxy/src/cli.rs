@@ -105,44 +105,10 @@ pub fn parse() -> Result<Option<(ProxyConfig, Source)>, ConfigError> {
 mod tests {
     use super::*;
 
-    /// The `--help` line of `flag` and the default it shows in brackets, if any.
-    fn help_default<'a>(help: &'a str, flag: &str) -> Option<(&'a str, Option<&'a str>)> {
-        let mut lines = help.lines();
-        let start =
-            lines.position(|l| l.trim_start().strip_prefix(&format!("--{flag} ")).is_some())?;
-        // The entry runs on over indented continuation lines.
-        let mut entry: Vec<&str> = vec![help.lines().nth(start)?];
-        entry.extend(
-            help.lines()
-                .skip(start + 1)
-                .take_while(|l| l.starts_with("                  ")),
-        );
-        let last = entry.last()?.trim_end();
-        let shown = last
-            .strip_suffix(']')
-            .and_then(|l| l.rfind('[').map(|b| &l[b + 1..]));
-        Some((entry[0], shown))
-    }
-
     #[test]
     fn help_flags_and_defaults_match_the_key_list_and_the_readme() {
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-        for (flag, key) in KEYS {
-            let (line, shown) =
-                help_default(HELP, flag).unwrap_or_else(|| panic!("--help does not list --{flag}"));
-            if let Some(shown) = shown {
-                common::config::keys::check_documented_default(key, shown, false)
-                    .unwrap_or_else(|e| panic!("--help: {line}: {e}"));
-            }
-            let row = readme
-                .lines()
-                .find(|l| l.contains(&format!("| `{key}` |")))
-                .unwrap_or_else(|| panic!("README's configuration table lacks {key}"));
-            assert!(
-                row.contains(&format!("`--{flag}`")),
-                "README: {key} is --{flag}: {row}"
-            );
-        }
+        common::config::keys::check_help(HELP, KEYS, &readme).unwrap_or_else(|e| panic!("{e}"));
     }
 }

@@ -116,53 +116,37 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         else {
             unreachable!("origin objects are Http")
         };
-        match policy::usable(obj.age(now), lifetime, must_revalidate, no_cache, &rules) {
-            Use::Fresh => {
-                Counters::inc(&ctx.counters().l2_hits);
-                return super::serve_stored(
-                    ctx,
-                    lease,
-                    req,
-                    &obj,
-                    meta(site, CacheOutcome::Hit, 0),
-                );
-            }
-            Use::StaleAllowed => {
-                Counters::inc(&ctx.counters().l2_stale);
-                return super::serve_stored(
-                    ctx,
-                    lease,
-                    req,
-                    &obj,
-                    meta(site, CacheOutcome::Stale, 0),
-                );
-            }
-            Use::Revalidate if rules.only_if_cached => {
-                return respond::error(
-                    lease,
-                    504,
-                    "stored answer is stale (only-if-cached)",
-                    req.method == "HEAD",
-                )
-            }
-            Use::Revalidate
-                if staleness.while_revalidating(&rules)
-                    && refresh_in_background(ctx, site, req, &primary, &key, &obj) =>
-            {
-                Counters::inc(&ctx.counters().stale_while_revalidate);
-                Counters::inc(&ctx.counters().l2_stale);
-                return super::serve_stored(
-                    ctx,
-                    lease,
-                    req,
-                    &obj,
-                    meta(site, CacheOutcome::Stale, 0),
-                );
-            }
-            Use::Revalidate => {
-                return revalidate(ctx, lease, req, origin, &primary, &obj, staleness)
-            }
-        }
+        let outcome =
+            match policy::usable(obj.age(now), lifetime, must_revalidate, no_cache, &rules) {
+                Use::Fresh => {
+                    Counters::inc(&ctx.counters().l2_hits);
+                    CacheOutcome::Hit
+                }
+                Use::StaleAllowed => {
+                    Counters::inc(&ctx.counters().l2_stale);
+                    CacheOutcome::Stale
+                }
+                Use::Revalidate if rules.only_if_cached => {
+                    return respond::error(
+                        lease,
+                        504,
+                        "stored answer is stale (only-if-cached)",
+                        req.method == "HEAD",
+                    )
+                }
+                Use::Revalidate
+                    if staleness.while_revalidating(&rules)
+                        && refresh_in_background(ctx, site, req, &primary, &key, &obj) =>
+                {
+                    Counters::inc(&ctx.counters().stale_while_revalidate);
+                    Counters::inc(&ctx.counters().l2_stale);
+                    CacheOutcome::Stale
+                }
+                Use::Revalidate => {
+                    return revalidate(ctx, lease, req, origin, &primary, &obj, staleness)
+                }
+            };
+        return super::serve_stored(ctx, lease, req, &obj, meta(site, outcome, 0));
     }
     if rules.only_if_cached {
         return respond::error(

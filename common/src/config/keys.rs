@@ -971,6 +971,40 @@ pub fn read_as(key: &str, text: &str, toml: bool) -> Result<Typed, String> {
     typed(def.ty, &v)
 }
 
+/// Checks a daemon's `--help` against the key list and the README's configuration table:
+/// every flag of `flags` (flag, key) is listed, the default it shows in brackets (on the
+/// entry's last line) is the key's, and the README has a row for the key naming the flag.
+pub fn check_help(help: &str, flags: &[(&str, &str)], readme: &str) -> Result<(), String> {
+    let lines: Vec<&str> = help.lines().collect();
+    for (flag, key) in flags {
+        let start = lines
+            .iter()
+            .position(|l| l.trim_start().starts_with(&format!("--{flag} ")))
+            .ok_or_else(|| format!("--help does not list --{flag}"))?;
+        // The entry runs on over indented continuation lines.
+        let end = lines[start + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("                  "))
+            .count();
+        let last = lines[start + end].trim_end();
+        let shown = last
+            .strip_suffix(']')
+            .and_then(|l| l.rfind('[').map(|b| &l[b + 1..]));
+        if let Some(shown) = shown {
+            check_documented_default(key, shown, false)
+                .map_err(|e| format!("--help: {}: {e}", lines[start]))?;
+        }
+        let row = readme
+            .lines()
+            .find(|l| l.contains(&format!("| `{key}` |")))
+            .ok_or_else(|| format!("README's configuration table lacks {key}"))?;
+        if !row.contains(&format!("`--{flag}`")) {
+            return Err(format!("README: {key} is --{flag}: {row}"));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a documented default (`[262144]` in `--help`, a README cell, a shmproxy.toml
 /// value): `text` must mean what the key's default means. `none` (or `—`, or `""` in TOML)
 /// documents a key without a default.
