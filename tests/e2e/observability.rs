@@ -316,27 +316,7 @@ fn observability_metrics_pass_promtool_and_agree_with_json() {
             Some("text/plain; version=0.0.4; charset=utf-8")
         );
         let text = r.text();
-        let mut child = Command::new(promtool())
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run promtool");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics failed ({}):\n{}{}\n---- metrics ----\n{text}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        promtool_check(&text);
         // Every family has HELP and TYPE before its samples (promtool lints HELP; TYPE here).
         let mut typed: Vec<&str> = Vec::new();
         for l in text.lines() {
