@@ -337,6 +337,19 @@ fn observability_metrics_pass_promtool_and_agree_with_json() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        // The info metric names the instance in a label Prometheus does not set itself.
+        let info = text
+            .lines()
+            .find(|l| l.starts_with("shmproxy_info{"))
+            .expect("shmproxy_info sample");
+        assert!(
+            info.starts_with("shmproxy_info{name=\"") && info.contains(",version=\""),
+            "{info}"
+        );
+        assert!(
+            !text.contains("instance="),
+            "`instance` is Prometheus' own label"
+        );
         // Every family has HELP and TYPE before its samples (promtool lints HELP; TYPE here).
         let mut typed: Vec<&str> = Vec::new();
         for l in text.lines() {
