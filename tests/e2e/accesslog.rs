@@ -333,3 +333,48 @@ fn accesslog_field_list() {
         );
     });
 }
+
+/// `proxy --check` reads the format: a field list with an unknown variable is an error that
+/// names the file, line, column and key (exit 2); `cached --check` accepts the key too.
+#[test]
+fn accesslog_check_validates_the_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |bin: &str, body: &str| {
+        let file = dir.path().join("f.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "instance = \"t{}-alcheck\"\n[proxy]\n{body}\n[cached]\nroot = \"{}\"\n",
+                std::process::id(),
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        std::process::Command::new(harness::bin_path(bin))
+            .args(["--check", "--config", file.to_str().unwrap()])
+            .env(harness::CONFIG_ENV, "")
+            .output()
+            .unwrap()
+    };
+    let out = run("proxy", "access_log_format = \"$status $nope\"");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("f.toml:3:21: proxy.access_log_format: unknown variable $nope"),
+        "{err}"
+    );
+    for bin in ["proxy", "cached"] {
+        for ok in [
+            "access_log_format = \"json\"",
+            "access_log_format = \"$remote_addr $status $body_bytes_sent $cache $upstream_status $request_time $site\"",
+        ] {
+            let out = run(bin, ok);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{bin} {ok}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
