@@ -135,10 +135,13 @@ pub struct ProxyConfig {
     pub l1_capacity: u64,
     /// Largest object a worker keeps in its L1.
     pub l1_max_object_size: u64,
-    /// Access log file (Combined Log Format plus cache outcome, upstream status and duration);
-    /// `None` (key absent or "") writes none. Relative paths start at the working directory.
+    /// Access log file; `None` (key absent or "") writes none. Relative paths start at the
+    /// working directory.
     pub access_log: Option<PathBuf>,
-    /// The access log is rotated when it reaches this many bytes (0: never).
+    /// What a line of the access log holds (default: Combined Log Format).
+    pub access_log_format: LogFormat,
+    /// The access log is rotated when it reaches this many bytes (0, the default: never;
+    /// logrotate with SIGUSR1 does it).
     pub access_log_max_bytes: u64,
     /// Rotated access logs kept: `FILE.1` (newest) … `FILE.N`.
     pub access_log_keep: u32,
@@ -202,6 +205,160 @@ pub struct CachedConfig {
     /// Remove the targeted fields from answers sent downstream (default false: passed on,
     /// for caches further down that are targeted by them too).
     pub strip_targeted: bool,
+}
+
+/// `proxy.access_log_format`: `"combined"`, `"json"` or a field list, text with `$name`
+/// variables (as nginx's `log_format`), e.g. `"$remote_addr $status $body_bytes_sent $cache"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Text: literal pieces and variables, in order; `"combined"` is
+    /// [`LogFormat::COMBINED`] read as a field list.
+    Fields(Vec<LogPart>),
+    /// One JSON object per line, every variable of [`LogVar::JSON`] a member.
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogPart {
+    Text(String),
+    Var(LogVar),
+}
+
+/// The variables of the access log (nginx's names where nginx has one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogVar {
+    /// The client's address.
+    RemoteAddr,
+    /// Always `-` (no authentication).
+    RemoteUser,
+    /// `22/Nov/2026:08:01:42 +0000` (UTC).
+    TimeLocal,
+    /// `2026-11-22T08:01:42+00:00` (UTC).
+    TimeIso8601,
+    /// The request line: `GET /a?b HTTP/1.1`.
+    Request,
+    RequestMethod,
+    /// The target as the client sent it, query included.
+    RequestUri,
+    /// The status sent; `499` when the client went away before any answer (as nginx).
+    Status,
+    /// Body bytes sent to the client, head not included (`0` for none).
+    BodyBytesSent,
+    /// Everything sent to the client, head included.
+    BytesSent,
+    HttpReferer,
+    HttpUserAgent,
+    /// The request's `Host`.
+    Host,
+    /// The cache outcome, as `X-Cache`: `HIT`, `MISS`, `PASS`, `COLLAPSED`, `STALE`, …
+    Cache,
+    /// The origin's status when it took part in the answer, else `-`.
+    UpstreamStatus,
+    /// Seconds from the request head received to the answer sent, to the µs (`0.000412`).
+    RequestTime,
+    /// The site that answered (its name in cached's site table), `-` for none.
+    Site,
+}
+
+impl LogVar {
+    /// Every variable with its name.
+    pub const ALL: &[(&str, LogVar)] = &[
+        ("remote_addr", LogVar::RemoteAddr),
+        ("remote_user", LogVar::RemoteUser),
+        ("time_local", LogVar::TimeLocal),
+        ("time_iso8601", LogVar::TimeIso8601),
+        ("request", LogVar::Request),
+        ("request_method", LogVar::RequestMethod),
+        ("request_uri", LogVar::RequestUri),
+        ("status", LogVar::Status),
+        ("body_bytes_sent", LogVar::BodyBytesSent),
+        ("bytes_sent", LogVar::BytesSent),
+        ("http_referer", LogVar::HttpReferer),
+        ("http_user_agent", LogVar::HttpUserAgent),
+        ("host", LogVar::Host),
+        ("cache", LogVar::Cache),
+        ("upstream_status", LogVar::UpstreamStatus),
+        ("request_time", LogVar::RequestTime),
+        ("site", LogVar::Site),
+    ];
+
+    /// The members of a `json` line, in order (`time_local` is left out: `time_iso8601`).
+    pub const JSON: &[LogVar] = &[
+        LogVar::TimeIso8601,
+        LogVar::RemoteAddr,
+        LogVar::RemoteUser,
+        LogVar::Request,
+        LogVar::RequestMethod,
+        LogVar::RequestUri,
+        LogVar::Status,
+        LogVar::BodyBytesSent,
+        LogVar::BytesSent,
+        LogVar::HttpReferer,
+        LogVar::HttpUserAgent,
+        LogVar::Host,
+        LogVar::Cache,
+        LogVar::UpstreamStatus,
+        LogVar::RequestTime,
+        LogVar::Site,
+    ];
+
+    pub fn name(self) -> &'static str {
+        LogVar::ALL
+            .iter()
+            .find(|(_, v)| *v == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+impl LogFormat {
+    /// The Combined Log Format, as nginx's predefined `combined`.
+    pub const COMBINED: &str = "$remote_addr - $remote_user [$time_local] \"$request\" $status $body_bytes_sent \"$http_referer\" \"$http_user_agent\"";
+
+    pub fn parse(v: &str) -> Result<LogFormat, String> {
+        match v {
+            "combined" => LogFormat::fields(LogFormat::COMBINED),
+            "json" => Ok(LogFormat::Json),
+            _ if v.contains('$') => LogFormat::fields(v),
+            other => Err(format!(
+                "must be \"combined\", \"json\" or a field list with $variables (got {other:?})"
+            )),
+        }
+    }
+
+    fn fields(v: &str) -> Result<LogFormat, String> {
+        if let Some(c) = v.chars().find(|c| c.is_control()) {
+            return Err(format!(
+                "a field list holds no control characters (got {c:?})"
+            ));
+        }
+        let mut parts = Vec::new();
+        let mut rest = v;
+        while let Some(i) = rest.find('$') {
+            if i > 0 {
+                parts.push(LogPart::Text(rest[..i].to_string()));
+            }
+            let after = &rest[i + 1..];
+            let end = after
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(after.len());
+            let name = &after[..end];
+            let var = LogVar::ALL
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .ok_or_else(|| {
+                    let known: Vec<String> =
+                        LogVar::ALL.iter().map(|(n, _)| format!("${n}")).collect();
+                    format!("unknown variable ${name} (known: {})", known.join(" "))
+                })?;
+            parts.push(LogPart::Var(var));
+            rest = &after[end..];
+        }
+        if !rest.is_empty() {
+            parts.push(LogPart::Text(rest.to_string()));
+        }
+        Ok(LogFormat::Fields(parts))
+    }
 }
 
 /// `cached.set_cookie`: the policy for storable answers carrying `Set-Cookie`.
@@ -671,6 +828,8 @@ impl ProxyConfig {
                 .opt_str("proxy.access_log")?
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from),
+            access_log_format: LogFormat::parse(&d.str("proxy.access_log_format")?)
+                .map_err(|m| d.err("proxy.access_log_format", m))?,
             access_log_max_bytes: d.int("proxy.access_log_max_bytes")?,
             access_log_keep: d.int("proxy.access_log_keep")? as u32,
             stats_allow: nets(d, "proxy.stats_allow")?,
@@ -1518,10 +1677,49 @@ mod tests {
     }
 
     #[test]
+    fn access_log_formats_parse() {
+        use LogPart::{Text, Var};
+        let LogFormat::Fields(c) = LogFormat::parse("combined").unwrap() else {
+            panic!("combined is a field list");
+        };
+        assert_eq!(c.len(), 16);
+        assert_eq!(c[0], Var(LogVar::RemoteAddr));
+        assert_eq!(c[1], Text(" - ".into()));
+        assert_eq!(c[10], Var(LogVar::BodyBytesSent));
+        assert_eq!(c[15], Text("\"".into()));
+        assert_eq!(LogFormat::parse("json"), Ok(LogFormat::Json));
+        assert_eq!(
+            LogFormat::parse("$status:$cache"),
+            Ok(LogFormat::Fields(vec![
+                Var(LogVar::Status),
+                Text(":".into()),
+                Var(LogVar::Cache)
+            ]))
+        );
+        for bad in ["nginx", "", "$nope", "$ status", "$status\n", "$"] {
+            assert!(LogFormat::parse(bad).is_err(), "{bad:?}");
+        }
+        for (n, v) in LogVar::ALL {
+            assert_eq!(v.name(), *n);
+        }
+        let e = ProxyConfig::load(None, &flags(&[("proxy.access_log_format", "$site $x")]))
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("command line: --access-log-format: unknown variable $x"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn access_log_and_stats_allow_keys() {
         let p = ProxyConfig::load(None, &[]).unwrap();
         assert_eq!(p.access_log, None);
-        assert_eq!((p.access_log_max_bytes, p.access_log_keep), (64 << 20, 5));
+        assert_eq!((p.access_log_max_bytes, p.access_log_keep), (0, 5));
+        assert_eq!(
+            p.access_log_format,
+            LogFormat::parse(LogFormat::COMBINED).unwrap()
+        );
         let lo = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         assert!(p.stats_allow.iter().any(|n| n.contains(lo("127.0.0.1"))));
         assert!(p.stats_allow.iter().any(|n| n.contains(lo("::1"))));

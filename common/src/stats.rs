@@ -735,11 +735,11 @@ impl View {
             &mut out,
             "shmproxy_info",
             "gauge",
-            "Always 1; labels name the instance and the version",
+            "Always 1; labels name the shmproxy instance (`name`, not `instance`, which Prometheus sets at scrape time) and the version",
         );
         let _ = writeln!(
             out,
-            "shmproxy_info{{instance=\"{}\",version=\"{}\"}} 1",
+            "shmproxy_info{{name=\"{}\",version=\"{}\"}} 1",
             prom_label(&self.instance),
             env!("CARGO_PKG_VERSION")
         );
@@ -1263,7 +1263,11 @@ mod tests {
         assert!(text.contains("shmproxy_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 7\n"));
         assert!(text.contains("shmproxy_proxy_request_duration_seconds_sum 2.5\n"));
         assert!(text.contains("shmproxy_pool_segments_by_state{state=\"quarantined\"} 1\n"));
-        assert!(text.contains("shmproxy_info{instance=\"i\\\"x\",version="));
+        assert!(text.contains("shmproxy_info{name=\"i\\\"x\",version="));
+        assert!(
+            !text.contains("instance="),
+            "Prometheus sets `instance` at scrape time"
+        );
         assert!(
             !text.contains("shmproxy_cached_requests_total"),
             "proxy-only field in cached"

@@ -20,7 +20,9 @@ Options (each is also a key in the config file; flags win):
   --threads N             request threads per worker                 [64]
   --segments N            shared-memory segments in the pool         [128]
   --segment-size SIZE     bytes per segment (1KiB ..= 64MiB)         [256KiB]
-  --access-log FILE       access log file (Combined Log Format + more)  [none]
+  --access-log FILE       access log file                            [none]
+  --access-log-format FMT combined, json, or a field list of $variables, e.g.
+                          '$remote_addr $status $body_bytes_sent $cache'  [combined]
   --stats-allow LIST      CIDRs that may read /__shmproxy/ (commas)  [127.0.0.0/8,::1]
   --trusted-proxies LIST  CIDRs whose X-Forwarded-*/Forwarded are kept (commas)  []
   --upgrade               take the listening sockets over from the running master of
@@ -49,6 +51,7 @@ const KEYS: &[(&str, &str)] = &[
     ("segments", "proxy.segments"),
     ("segment-size", "proxy.segment_size"),
     ("access-log", "proxy.access_log"),
+    ("access-log-format", "proxy.access_log_format"),
     ("stats-allow", "proxy.stats_allow"),
     ("trusted-proxies", "proxy.trusted_proxies"),
 ];

@@ -11,6 +11,7 @@ mod harness;
 mod origin;
 mod tls;
 
+mod accesslog;
 mod badinput;
 mod bodies;
 mod caching;

@@ -4,8 +4,8 @@
 //! `X-Forwarded-*`, `Via` and `Host` fields the origin sees; `Location` passed unchanged.
 //!
 //! Stats shape (the stats branch): a top-level `sites` array whose rows have a `name` (also
-//! looked for inside `cached`: see [`Instance::sites`]); the access log line ends with the
-//! site's name.
+//! looked for inside `cached`: see [`Instance::sites`]); the access log line, given a format
+//! that ends with `$site`, ends with the site's name.
 
 use crate::client::{self, Response};
 use crate::harness::{poll_until, with_deadline, Instance};
@@ -85,6 +85,12 @@ fn sites_vhost_two_sites_cache_and_purge_separately() {
             .config_toml(&cfg)
             .proxy_arg("--access-log")
             .proxy_arg(log.to_str().unwrap())
+            // The combined line, then the site (not in the default format).
+            .proxy_arg("--access-log-format")
+            .proxy_arg(concat!(
+                "$remote_addr - $remote_user [$time_local] \"$request\" $status ",
+                "$body_bytes_sent \"$http_referer\" \"$http_user_agent\" $site"
+            ))
             .start();
         let get = |host: &str| req(&inst, "GET", host, "/same");
         let check = |host: &str, body: &str, cache: &str| {

@@ -134,7 +134,8 @@ pub const KEYS: &[Key] = &[
     key("proxy.l1_capacity", size(0, MAX), Some("16777216")),
     key("proxy.l1_max_object_size", size(0, MAX), Some("1048576")),
     key("proxy.access_log", Ty::Str, None),
-    key("proxy.access_log_max_bytes", size(0, MAX), Some("67108864")),
+    key("proxy.access_log_format", Ty::Str, Some("\"combined\"")),
+    key("proxy.access_log_max_bytes", size(0, MAX), Some("0")),
     key("proxy.access_log_keep", int(1, 1000), Some("5")),
     key(
         "proxy.stats_allow",

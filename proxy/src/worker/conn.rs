@@ -132,11 +132,14 @@ impl Drop for WaitSlot<'_> {
     }
 }
 
-/// Status, body bytes and cache outcome of the answer to the current request.
+/// Status, bytes and cache outcome of the answer to the current request.
 #[derive(Clone, Debug)]
 pub struct Reply {
     pub status: u16,
+    /// Bytes written to the client, head included.
     pub bytes: u64,
+    /// Bytes of the answer's head (status line and fields), set where the head is made.
+    pub head_bytes: u64,
     pub outcome: CacheOutcome,
     /// The origin's status when it took part (0: it did not).
     pub upstream_status: u16,
@@ -149,10 +152,16 @@ impl Reply {
         Reply {
             status: 0,
             bytes: 0,
+            head_bytes: 0,
             outcome: CacheOutcome::Error,
             upstream_status: 0,
             site: None,
         }
+    }
+
+    /// Body bytes written to the client (nginx's `$body_bytes_sent`; chunk framing counts).
+    pub fn body_bytes(&self) -> u64 {
+        self.bytes.saturating_sub(self.head_bytes)
     }
 }
 
@@ -635,6 +644,7 @@ fn serve_l1(
     }
     out.extend_from_slice(b"\r\n");
     conn.answered(w, e.status, CacheOutcome::Hit);
+    conn.reply.head_bytes = out.len() as u64;
     conn.reply.site = e.site.clone();
     let body = if req.method == "HEAD" {
         &[][..]
@@ -672,9 +682,11 @@ fn simple_answer(w: &Worker, conn: &mut Conn, status: u16, msg: &str) -> Vec<u8>
         common::http::http_date(std::time::SystemTime::now()),
         body.len()
     );
+    let head_len = head.len() as u64;
     let mut out = head.into_bytes();
     out.extend_from_slice(body.as_bytes());
     conn.answered(w, status, CacheOutcome::Error);
+    conn.reply.head_bytes = head_len;
     out
 }
 

@@ -213,6 +213,7 @@ pub fn exchange(
         keep,
         chunked && req.version == 11,
     );
+    conn.reply.head_bytes = out.len() as u64;
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).
     conn.reply.site = peer.stats.site_name(answer.site).map(Arc::from);

@@ -111,9 +111,11 @@ fn answer(
         }
     )
     .into_bytes();
+    let head_len = out.len() as u64;
     if req.method != "HEAD" {
         out.extend_from_slice(body.as_bytes());
     }
     conn.answered(w, status, CacheOutcome::Internal);
+    conn.reply.head_bytes = head_len;
     conn.send(w, &out).is_ok() && keep
 }
