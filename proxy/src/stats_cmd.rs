@@ -471,7 +471,7 @@ mod tui {
                 &mut y,
                 cols,
                 &format!(
-                    "{:<34} {:>14} {:>10}  DESCRIPTION",
+                    "{:<32} {:>12} {:>9}  DESCRIPTION",
                     "CHANGED COUNTER", "VALUE", "RATE/s"
                 ),
                 true,
@@ -496,7 +496,7 @@ mod tui {
                 &mut y,
                 cols,
                 &format!(
-                    "{shown} · every {:.1}s · ↑↓ PgUp/PgDn Home/End scroll · q quits",
+                    "{shown} · q quits · ↑↓ PgUp/PgDn Home/End scroll · every {:.1}s",
                     interval.as_secs_f64()
                 ),
                 true,
@@ -705,7 +705,7 @@ mod tui {
                     FieldKind::Gauge => ((value as i64).to_string(), String::new()),
                 };
                 out.push(format!(
-                    "{:<34} {shown:>14} {rate:>10}  {}",
+                    "{:<32} {shown:>12} {rate:>9}  {}",
                     format!("{}.{}", region.as_str(), f.name),
                     f.help
                 ));

@@ -210,7 +210,7 @@
     samples.push(sample);
     while (samples.length && samples[0].t < sample.t - WINDOW_MS) samples.shift();
     $("history").dataset.samples = String(samples.length);
-    const p1 = (v) => (isFinite(v) ? v.toFixed(v >= 10 ? 0 : 1) + "%" : "–");
+    const p1 = (v) => (isFinite(v) ? (v >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(1)) + "%" : "–");
     const us = (v) => (isFinite(v) ? fmtUs(Math.round(v)) : "–");
     drawChart("chart-rate", ["rate"], fmtRate);
     drawChart("chart-hit", ["hit"], p1, 100);
