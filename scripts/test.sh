@@ -8,10 +8,12 @@
 set -euo pipefail
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
-# Tools the tests drive: chromium (the dashboard test) and promtool (the metrics test).
+# Tools the tests drive: chromium (the dashboard test), promtool (the metrics test) and tmux
+# (the pseudo-terminal of the `proxy stats --watch` test).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v tmux >/dev/null || need+=(tmux)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]} (apt-get)"
   apt-get update -qq

@@ -3,7 +3,8 @@
 //! rotation, SIGUSR1 reopen, flushed within a second) and the dashboard, rendered by real
 //! headless Chromium while traffic flows. Counters must add up exactly after concurrent load.
 //!
-//! Needs `promtool` (Debian `prometheus`) and `chromium` on the PATH; `scripts/test.sh` installs both.
+//! Needs `promtool` (Debian `prometheus`), `chromium` and `tmux` on the PATH; `scripts/test.sh`
+//! installs them.
 
 use crate::accesslog::{parse_clf as parse_line, read_lines};
 use crate::client;
@@ -692,6 +693,225 @@ fn observability_stats_command_reads_shared_memory() {
     });
 }
 
+/// A private tmux server (its own socket in a temporary directory), killed on drop.
+struct Tmux {
+    dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    fn new() -> Tmux {
+        if Command::new("tmux").arg("-V").output().is_err() {
+            panic!("tmux not found: install Debian's `tmux` package (scripts/test.sh does)");
+        }
+        Tmux {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let sock = self.dir.path().join("sock");
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(["-f", "/dev/null"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tmux");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pane's visible screen, one string per row.
+    fn screen(&self) -> Vec<String> {
+        self.run(&["capture-pane", "-p", "-t", "w"])
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn wait_for(&self, what: &str, mut ok: impl FnMut(&[String]) -> bool) -> Vec<String> {
+        let mut last = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            last = self.screen();
+            if ok(&last) {
+                return last;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{what}: not on screen after 15 s:\n{}", last.join("\n"));
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(self.dir.path().join("sock"))
+            .arg("kill-server")
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Issue 14, acceptance 7: `proxy stats --watch` on a real 80×24 terminal (tmux): the summary
+/// block on top, the changed counters under it, everything within 80 columns and 24 rows; it
+/// follows a resize, scrolls with PgDn, and `q` quits with status 0 and the terminal restored.
+#[test]
+fn observability_stats_watch_fits_an_80x24_terminal() {
+    with_deadline(DEADLINE, || {
+        let root = docroot();
+        let inst = Instance::builder().root(root.path()).workers(2).start();
+        let mut c = inst.conn();
+        for _ in 0..5 {
+            assert_eq!(c.get("/small.txt").status, 200);
+        }
+        let tmux = Tmux::new();
+        let cmd = format!(
+            "'{}' stats --instance {} --watch --interval 200; echo watch-exited-$?; sleep 60",
+            harness::bin_path("proxy").display(),
+            inst.name
+        );
+        tmux.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "w",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "-e",
+            "TERM=xterm",
+            &cmd,
+        ]);
+        // Traffic between refreshes, so `proxy.requests` is among the changed counters.
+        let screen = tmux.wait_for("the summary and a changed proxy.requests", |s| {
+            assert_eq!(c.get("/small.txt").status, 200);
+            thread::sleep(Duration::from_millis(50));
+            // A frame after the first: rates over the last refresh.
+            s.iter().any(|l| l.contains("proxy.requests"))
+                && s.iter()
+                    .any(|l| l.contains("hit ratio") && !l.contains("–/s"))
+        });
+        let text = screen.join("\n");
+        assert!(screen.len() <= 24, "{} rows:\n{text}", screen.len());
+        for l in &screen {
+            assert!(l.chars().count() <= 80, "row wider than 80 columns: {l:?}");
+        }
+        assert!(screen[0].starts_with("shmproxy "), "{text}");
+        assert!(screen[0].contains(&inst.name), "{text}");
+        assert!(screen[0].contains("cached up (pid"), "{text}");
+        let row = |needle: &str| {
+            screen
+                .iter()
+                .position(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("{needle:?} not on screen:\n{text}"))
+        };
+        let header = row("CHANGED COUNTER");
+        for needle in [
+            "/s · hit ratio ",
+            "latency p50 ≤ ",
+            " p99 ≤ ",
+            "free, ",
+            " in use, ",
+            " quarantined",
+            "workers 2 ",
+        ] {
+            assert!(
+                row(needle) < header,
+                "{needle:?} is not in the summary above the counters:\n{text}"
+            );
+        }
+        assert!(row("proxy.requests") > header, "{text}");
+        assert!(
+            row("q quits") == 23,
+            "the footer is not on the last row:\n{text}"
+        );
+
+        // A smaller terminal, with traffic flowing so that more counters change than fit: the
+        // footer moves to the last row, the summary stays on top, PgDn scrolls the counters.
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = {
+            let stop = stop.clone();
+            let addr = inst.addr();
+            thread::spawn(move || {
+                let mut c = client::Conn::connect(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    assert_eq!(c.get("/small.txt").status, 200);
+                    assert_eq!(c.get("/missing-e2e").status, 404);
+                    thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        tmux.run(&["resize-window", "-t", "w", "-x", "60", "-y", "12"]);
+        // The footer's "first-last of total" range.
+        let range = |s: &[String]| -> Option<(usize, usize, usize)> {
+            let f = s.get(11)?;
+            let (r, rest) = f.split_once(" of ")?;
+            let (a, b) = r.split_once('-')?;
+            let n = rest.split(' ').next()?;
+            Some((a.parse().ok()?, b.parse().ok()?, n.parse().ok()?))
+        };
+        let small = tmux.wait_for("more changed counters than rows at 60×12", |s| {
+            s.len() <= 12 && range(s).is_some_and(|(a, b, n)| a == 1 && n > b)
+        });
+        let small_text = small.join("\n");
+        assert!(small[0].starts_with("shmproxy "), "{small_text}");
+        assert!(small[1].contains("hit ratio"), "{small_text}");
+        assert!(
+            small.iter().all(|l| l.chars().count() <= 60),
+            "{small_text}"
+        );
+        let scrolled = tmux.wait_for("the counters scrolled by PgDn", |s| {
+            let r = range(s);
+            if r.is_some_and(|(a, _, _)| a == 1) {
+                tmux.run(&["send-keys", "-t", "w", "PageDown"]);
+            }
+            r.is_some_and(|(a, _, _)| a > 1)
+        });
+        assert!(
+            scrolled[0].starts_with("shmproxy "),
+            "{}",
+            scrolled.join("\n")
+        );
+        stop.store(true, Ordering::Relaxed);
+        traffic.join().unwrap();
+
+        tmux.run(&["send-keys", "-t", "w", "q"]);
+        let after = tmux.wait_for("the exit status after q", |s| {
+            s.iter().any(|l| l.contains("watch-exited-"))
+        });
+        let text = after.join("\n");
+        assert!(text.contains("watch-exited-0"), "{text}");
+        assert!(
+            !text.contains("CHANGED COUNTER"),
+            "the alternate screen was not left:\n{text}"
+        );
+
+        // Ctrl-C quits the same way (raw mode turns it into a key, not a signal).
+        let cmd = cmd.replace("watch-exited-", "again-exited-");
+        tmux.run(&["respawn-pane", "-k", "-t", "w", &cmd]);
+        tmux.wait_for("the summary again", |s| {
+            s.iter().any(|l| l.contains("hit ratio"))
+        });
+        tmux.run(&["send-keys", "-t", "w", "C-c"]);
+        let after = tmux.wait_for("the exit status after Ctrl-C", |s| {
+            s.iter().any(|l| l.contains("again-exited-"))
+        });
+        assert!(
+            after.join("\n").contains("again-exited-0"),
+            "{}",
+            after.join("\n")
+        );
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Access log
 // ---------------------------------------------------------------------------------------------
@@ -1186,6 +1406,59 @@ fn observability_dashboard_renders_live_in_chromium() {
             "the rendered counter did not increase ({first} → {second}) while {} requests were sent",
             sent.load(Ordering::Relaxed) - sent_then
         );
+        // Issue 14, acceptance 8: the last-5-minutes charts are SVG paths drawn from the page's
+        // ring of samples; with traffic flowing they hold more than one point and move.
+        let charts = |b: &mut Browser| -> Value {
+            b.eval(
+                "JSON.stringify([...document.querySelectorAll('#history .chart')].map(f => \
+                 ({id: f.id, points: +f.dataset.points, \
+                   d: [...f.querySelectorAll('path')].map(p => p.getAttribute('d')).join('|')})))",
+            )
+        };
+        let parse = |v: Value| -> Vec<Value> { serde_json::from_str(v.as_str().unwrap()).unwrap() };
+        let samples =
+            |b: &mut Browser| b.eval("+document.getElementById('history').dataset.samples");
+        let before = parse(charts(&mut b));
+        let ids: Vec<&str> = before.iter().map(|c| c["id"].as_str().unwrap()).collect();
+        assert_eq!(
+            ids,
+            [
+                "chart-rate",
+                "chart-hit",
+                "chart-latency",
+                "chart-origin",
+                "chart-pool"
+            ]
+        );
+        let samples_then = samples(&mut b).as_u64().unwrap();
+        assert!(samples_then >= 1, "no samples after {first} requests");
+        // Two more updates (bounded wait: a loaded machine slows the page's timer).
+        let (after, samples_now) = harness::poll_until(
+            Duration::from_secs(20),
+            "two more samples in the charts",
+            || {
+                let n = samples(&mut b).as_u64().unwrap();
+                (n >= samples_then + 2).then(|| (parse(charts(&mut b)), n))
+            },
+        );
+        let js_samples = b.eval("window.shmproxyDashboard.samples.length");
+        assert!(js_samples.as_u64().unwrap() >= samples_now);
+        for (was, now) in before.iter().zip(&after) {
+            let id = now["id"].as_str().unwrap();
+            if id == "chart-origin" {
+                continue; // disk mode: cached makes no origin requests, so no point to draw
+            }
+            let points = now["points"].as_u64().unwrap();
+            assert!(points > 1, "{id}: {points} points: {now}");
+            let d = now["d"].as_str().unwrap();
+            assert!(d.starts_with('M') && d.contains('L'), "{id}: path {d:?}");
+            assert_ne!(was["d"], now["d"], "{id}: the chart did not move");
+        }
+        let widths = b.eval(
+            "[...document.querySelectorAll('#history svg')].every(s => s.getBoundingClientRect().width > 100)",
+        );
+        assert_eq!(widths, Value::Bool(true), "the chart SVGs are laid out");
+
         // One cell per segment, states drawn from the JSON's pool.states.
         let cells = b.eval("document.querySelectorAll('#pool-grid .cell').length");
         assert_eq!(cells.as_u64(), Some(12), "pool grid cells");

@@ -1,6 +1,9 @@
 // shmproxy dashboard: polls /__shmproxy/stats once a second and renders it. Plain JS, no build.
 // Rates, the hit ratio and latency percentiles are computed from the difference between two
 // readings (the JSON carries the raw histogram buckets); the totals are the JSON's own values.
+// The "last 5 minutes" charts are inline SVG paths drawn from a ring of samples the page keeps
+// (one per update, older than WINDOW_MS dropped); each chart's `data-points` counts the points of
+// its paths and the panel's `data-samples` the samples held.
 // `window.shmproxyDashboard` exposes the last reading and refresh/stop/start (tests use them).
 (function () {
   "use strict";
@@ -12,6 +15,9 @@
   let timer = null;
   let running = true;
   const rates = [];
+  const WINDOW_MS = 5 * 60 * 1000;
+  // {t, rate, hit, p50, p99, origin, inuse, quar}; NaN = nothing to show for that update.
+  const samples = [];
 
   const fmtInt = (n) => Math.round(n).toLocaleString("en-US");
   function fmtRate(n) {
@@ -153,6 +159,66 @@
     g.globalAlpha = 1;
   }
 
+
+  // Rounds v up to 1, 2 or 5 × 10^k, so the axis maximum reads well.
+  function niceMax(v) {
+    if (!(v > 0)) return 1;
+    const e = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 5, 10]) if (v <= m * e) return m * e;
+    return 10 * e;
+  }
+
+  // SVG path of one series over the window ending at `now`; NaN values break the line.
+  function pathOf(key, now, max) {
+    const W = 300, H = 60;
+    let d = "", pen = false, n = 0;
+    for (const s of samples) {
+      const v = s[key];
+      if (!isFinite(v)) { pen = false; continue; }
+      const x = (W * (s.t - (now - WINDOW_MS))) / WINDOW_MS;
+      const y = H - 2 - (Math.min(v, max) / max) * (H - 4);
+      d += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+      pen = true;
+      n++;
+    }
+    return [d, n];
+  }
+
+  function drawChart(id, keys, fmt, fixedMax) {
+    const fig = $(id);
+    const now = samples.length ? samples[samples.length - 1].t : 0;
+    let top = fixedMax;
+    if (!top) {
+      let m = 0;
+      for (const s of samples) for (const k of keys) if (isFinite(s[k])) m = Math.max(m, s[k]);
+      top = niceMax(m);
+    }
+    const paths = fig.querySelectorAll("path");
+    let points = 0;
+    keys.forEach((k, i) => {
+      const [d, n] = pathOf(k, now, top);
+      paths[i].setAttribute("d", d);
+      points += n;
+    });
+    fig.dataset.points = String(points);
+    const last = samples[samples.length - 1];
+    fig.querySelector(".now").textContent = last ? keys.map((k) => fmt(last[k])).join(" / ") : "";
+    fig.querySelector(".max").textContent = "max " + fmt(top);
+  }
+
+  function recordSample(sample) {
+    samples.push(sample);
+    while (samples.length && samples[0].t < sample.t - WINDOW_MS) samples.shift();
+    $("history").dataset.samples = String(samples.length);
+    const p1 = (v) => (isFinite(v) ? (v >= 10 || v === 0 ? v.toFixed(0) : v.toFixed(1)) + "%" : "–");
+    const us = (v) => (isFinite(v) ? fmtUs(Math.round(v)) : "–");
+    drawChart("chart-rate", ["rate"], fmtRate);
+    drawChart("chart-hit", ["hit"], p1, 100);
+    drawChart("chart-latency", ["p50", "p99"], us);
+    drawChart("chart-origin", ["origin"], us);
+    drawChart("chart-pool", ["inuse", "quar"], p1, 100);
+  }
+
   function render(s) {
     const p = s.proxy;
     $("instance").textContent = s.instance + " · v" + s.version;
@@ -166,9 +232,11 @@
     if (isFinite(rate)) { rates.push(rate); if (rates.length > HISTORY) rates.shift(); }
     drawSpark();
 
+    const sample = { t: s.time_ms, rate, hit: NaN, p50: NaN, p99: NaN, origin: NaN, inuse: NaN, quar: NaN };
     const allTime = pct(hits(p), lookups(p));
     if (prev && dt > 0) {
       const h = hits(p) - hits(prev.proxy), l = lookups(p) - lookups(prev.proxy);
+      if (l > 0) sample.hit = (100 * h) / l;
       $("hit-ratio").textContent = l > 0 ? pct(h, l) : allTime;
     } else {
       $("hit-ratio").textContent = allTime;
@@ -186,6 +254,7 @@
     $("p90").textContent = fmtUs(percentile(buckets, 0.9));
     $("p99").textContent = fmtUs(percentile(buckets, 0.99));
     $("lat-sub").textContent = window ? "over the last update" : "all-time (no requests lately)";
+    if (window) { sample.p50 = percentile(buckets, 0.5); sample.p99 = percentile(buckets, 0.99); }
 
     $("bytes-out").textContent = dt > 0 ? fmtBytes(d("bytes_out") / dt) : "–";
     $("bytes-in").textContent = dt > 0 ? fmtBytes(d("bytes_in") / dt) : "–";
@@ -201,6 +270,7 @@
         const ue = (c.upstream_errors + c.upstream_timeouts) -
           (prev.cached.upstream_errors + prev.cached.upstream_timeouts);
         const ul = c.upstream_latency_us - prev.cached.upstream_latency_us;
+        if (ur > 0) sample.origin = ul / ur;
         up = fmtRate(ur / dt) + " req/s · " + fmtRate(ue / dt) + " err/s · " +
           (ur > 0 ? fmtUs(Math.round(ul / ur)) + " avg" : "idle");
       }
@@ -212,6 +282,11 @@
     }
 
     renderPool(s.pool);
+    if (s.pool && s.pool.segments > 0) {
+      sample.inuse = (100 * s.pool.in_use) / s.pool.segments;
+      sample.quar = (100 * s.pool.quarantined) / s.pool.segments;
+    }
+    if (dt > 0) recordSample(sample);
     renderUpstreams(s, dt);
 
     const wrows = s.workers.map((w) => {
@@ -309,6 +384,7 @@
 
   window.shmproxyDashboard = {
     get last() { return last; },
+    get samples() { return samples.slice(); },
     refresh,
     // Stops polling; resolves once no refresh is in flight.
     stop() {
