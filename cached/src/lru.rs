@@ -1,7 +1,7 @@
 //! The L2 cache: a byte-bounded LRU of complete objects. Entries are `Arc`s, so an object
 //! evicted while a receiver still streams it stays alive until that receiver is done.
 
-use crate::policy::{Staleness, Storable};
+use crate::policy::{self, RequestRules, Staleness, Storable, Use};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -71,6 +71,26 @@ impl Stored {
                 stale_while_revalidate,
                 stale_if_error,
             }),
+            Validity::File { .. } => None,
+        }
+    }
+
+    /// How this origin answer may serve a request with `rules` at `now` (RFC 9111 §4;
+    /// `None` for files, which are checked against the file instead).
+    pub fn usable(&self, now: SystemTime, rules: &RequestRules) -> Option<Use> {
+        match self.validity {
+            Validity::Http {
+                lifetime,
+                must_revalidate,
+                no_cache,
+                ..
+            } => Some(policy::usable(
+                self.age(now),
+                lifetime,
+                must_revalidate,
+                no_cache,
+                rules,
+            )),
             Validity::File { .. } => None,
         }
     }

@@ -220,18 +220,7 @@ fn screen(v: &View, prev: Option<&View>) -> String {
         "VALUE",
         if secs > 0.0 { "RATE/s" } else { "" }
     );
-    let regions = [
-        (
-            Daemon::Proxy,
-            v.proxy.as_ref(),
-            prev.and_then(|p| p.proxy.as_ref()),
-        ),
-        (
-            Daemon::Cached,
-            v.cached.as_ref().map(|c| &c.0),
-            prev.and_then(|p| p.cached.as_ref().map(|c| &c.0)),
-        ),
-    ];
+    let regions = regions(v, prev);
     for (region, now, before) in regions {
         let Some(now) = now else { continue };
         counters(&mut out, region, now, before, secs);
@@ -325,7 +314,7 @@ fn tables(out: &mut String, v: &View) {
 /// The full-screen `--watch` view on a terminal.
 mod tui {
     use super::read;
-    use common::stats::{self, Daemon, FieldKind, ServerState, Snapshot, View, FIELDS};
+    use common::stats::{self, FieldKind, ServerState, Snapshot, View, FIELDS};
     use common::Names;
     use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
     use crossterm::style::{Attribute, Print, SetAttribute};
@@ -668,18 +657,7 @@ mod tui {
     /// One line per counter that changed since `prev` (every non-zero one before that).
     pub(super) fn changed(v: &View, prev: Option<&View>) -> Vec<String> {
         let secs = prev.map_or(0.0, |p| v.time_ms.saturating_sub(p.time_ms) as f64 / 1000.0);
-        let regions = [
-            (
-                Daemon::Proxy,
-                v.proxy.as_ref(),
-                prev.and_then(|p| p.proxy.as_ref()),
-            ),
-            (
-                Daemon::Cached,
-                v.cached.as_ref().map(|c| &c.0),
-                prev.and_then(|p| p.cached.as_ref().map(|c| &c.0)),
-            ),
-        ];
+        let regions = super::regions(v, prev);
         let mut out = Vec::new();
         for (region, now, before) in regions {
             let Some(now) = now else { continue };
@@ -713,6 +691,25 @@ mod tui {
         }
         out
     }
+}
+
+/// Each daemon's counters now and at `prev` (for rates).
+fn regions<'a>(
+    v: &'a View,
+    prev: Option<&'a View>,
+) -> [(Daemon, Option<&'a Snapshot>, Option<&'a Snapshot>); 2] {
+    [
+        (
+            Daemon::Proxy,
+            v.proxy.as_ref(),
+            prev.and_then(|p| p.proxy.as_ref()),
+        ),
+        (
+            Daemon::Cached,
+            v.cached.as_ref().map(|c| &c.0),
+            prev.and_then(|p| p.cached.as_ref().map(|c| &c.0)),
+        ),
+    ]
 }
 
 #[cfg(test)]

@@ -107,45 +107,36 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         (s.stale_by <= keep).then_some((obj, s))
     });
     if let Some((obj, staleness)) = stored {
-        let Validity::Http {
-            lifetime,
-            must_revalidate,
-            no_cache,
-            ..
-        } = obj.validity
-        else {
-            unreachable!("origin objects are Http")
+        let usable = obj.usable(now, &rules).expect("origin objects are Http");
+        let outcome = match usable {
+            Use::Fresh => {
+                Counters::inc(&ctx.counters().l2_hits);
+                CacheOutcome::Hit
+            }
+            Use::StaleAllowed => {
+                Counters::inc(&ctx.counters().l2_stale);
+                CacheOutcome::Stale
+            }
+            Use::Revalidate if rules.only_if_cached => {
+                return respond::error(
+                    lease,
+                    504,
+                    "stored answer is stale (only-if-cached)",
+                    req.method == "HEAD",
+                )
+            }
+            Use::Revalidate
+                if staleness.while_revalidating(&rules)
+                    && refresh_in_background(ctx, site, req, &primary, &key, &obj) =>
+            {
+                Counters::inc(&ctx.counters().stale_while_revalidate);
+                Counters::inc(&ctx.counters().l2_stale);
+                CacheOutcome::Stale
+            }
+            Use::Revalidate => {
+                return revalidate(ctx, lease, req, origin, &primary, &obj, staleness)
+            }
         };
-        let outcome =
-            match policy::usable(obj.age(now), lifetime, must_revalidate, no_cache, &rules) {
-                Use::Fresh => {
-                    Counters::inc(&ctx.counters().l2_hits);
-                    CacheOutcome::Hit
-                }
-                Use::StaleAllowed => {
-                    Counters::inc(&ctx.counters().l2_stale);
-                    CacheOutcome::Stale
-                }
-                Use::Revalidate if rules.only_if_cached => {
-                    return respond::error(
-                        lease,
-                        504,
-                        "stored answer is stale (only-if-cached)",
-                        req.method == "HEAD",
-                    )
-                }
-                Use::Revalidate
-                    if staleness.while_revalidating(&rules)
-                        && refresh_in_background(ctx, site, req, &primary, &key, &obj) =>
-                {
-                    Counters::inc(&ctx.counters().stale_while_revalidate);
-                    Counters::inc(&ctx.counters().l2_stale);
-                    CacheOutcome::Stale
-                }
-                Use::Revalidate => {
-                    return revalidate(ctx, lease, req, origin, &primary, &obj, staleness)
-                }
-            };
         return super::serve_stored(ctx, lease, req, &obj, meta(site, outcome, 0));
     }
     if rules.only_if_cached {
@@ -1118,20 +1109,11 @@ fn serve_piece(
     let Some(obj) = ctx.cache.get(&crate::cache::partial_key(key)) else {
         return Ok(false);
     };
-    let Validity::Http {
-        lifetime,
-        must_revalidate,
-        no_cache,
-        ..
-    } = obj.validity
-    else {
-        return Ok(false);
-    };
     let now = SystemTime::now();
-    let age = obj.age(now);
-    if policy::usable(age, lifetime, must_revalidate, no_cache, rules) != Use::Fresh {
+    if obj.usable(now, rules) != Some(Use::Fresh) {
         return Ok(false);
     }
+    let age = obj.age(now);
     let Some((first, last, len)) = policy::content_range(&obj.headers) else {
         return Ok(false);
     };
