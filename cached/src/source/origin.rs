@@ -407,6 +407,14 @@ fn bad_framing(
     None
 }
 
+/// The `Content-Length` an answer announces (one valid value: `bad_framing` checked it).
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
 fn trim_ows(mut b: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = b {
         b = rest;
@@ -495,11 +503,7 @@ fn relay(
     }
     let status = parts.status.as_u16();
     let response_time = SystemTime::now();
-    let declared = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(&parts.headers);
     let head_only = req.method == "HEAD";
     let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
     let headers = end_to_end(&parts.headers, head_only);
@@ -534,28 +538,15 @@ fn relay(
         )
         .filter(|_| declared.is_none_or(|n| n <= limit))
     };
-    // What followers get and the store keeps: a Set-Cookie is the first client's alone
-    // unless the operator chose "store".
-    let mut shared = headers.clone();
-    if let Some(s) = &storable {
-        // Qualified private/no-cache: the named fields are the first client's alone.
-        policy::strip_fields(&mut shared, &s.strip);
-    }
-    // A cookie a qualified no-cache/private took out of the shared copy is no concern here.
-    let cookie = policy::header(&shared, "set-cookie").is_some();
-    if cookie && storable.is_some() {
-        match ctx.cfg.set_cookie {
-            SetCookie::Store => {}
-            SetCookie::Pass => {
-                Counters::inc(&ctx.counters().set_cookie_passed);
-                storable = None;
-            }
-            SetCookie::Strip => {
-                Counters::inc(&ctx.counters().set_cookie_stripped);
-                shared.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
-            }
+    // What followers get and the store keeps (the first client's own answer keeps all).
+    let shared = match storable.as_ref().map(|s| shared_copy(ctx, &headers, s)) {
+        Some(Some(shared)) => shared,
+        Some(None) => {
+            storable = None;
+            headers.clone()
         }
-    }
+        None => headers.clone(),
+    };
     if storable.is_none() {
         // Not shareable: followers fetch on their own, and we buffer nothing for them.
         if let Some(mut l) = lead.take() {
@@ -566,9 +557,9 @@ fn relay(
     }
     let initial_age = policy::initial_age(&headers, request_time, response_time);
     let l1_ttl = match &storable {
-        // Our answer keeps its Set-Cookie: a worker's L1 must not give it to others.
-        _ if cookie && ctx.cfg.set_cookie != SetCookie::Store => Duration::ZERO,
-        Some(s) if !s.strip.is_empty() => Duration::ZERO,
+        // Our answer keeps fields the shared copy lacks (a Set-Cookie, qualified fields):
+        // a worker's L1 must not give it to others.
+        Some(s) if !s.strip.is_empty() || shared.len() != headers.len() => Duration::ZERO,
         Some(s) if !s.no_cache && status == 200 && policy::header(&headers, "vary").is_none() => {
             s.lifetime.saturating_sub(initial_age)
         }
@@ -983,6 +974,29 @@ pub fn refresh(ctx: &Ctx, job: &crate::refresh::Refresh) {
     }
 }
 
+/// The copy of a storable answer's fields that collapsed followers get and the store keeps:
+/// without the fields a qualified `private`/`no-cache` names, and with its `Set-Cookie` as
+/// `cached.set_cookie` says (counted). `None`: the answer may not be shared after all
+/// (`set_cookie = "pass"`).
+fn shared_copy(ctx: &Ctx, headers: &Headers, s: &policy::Storable) -> Option<Headers> {
+    let mut shared = headers.clone();
+    policy::strip_fields(&mut shared, &s.strip);
+    if policy::header(&shared, "set-cookie").is_some() {
+        match ctx.cfg.set_cookie {
+            SetCookie::Store => {}
+            SetCookie::Pass => {
+                Counters::inc(&ctx.counters().set_cookie_passed);
+                return None;
+            }
+            SetCookie::Strip => {
+                Counters::inc(&ctx.counters().set_cookie_stripped);
+                shared.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
+            }
+        }
+    }
+    Some(shared)
+}
+
 /// An origin answer read whole into a stored object, if it may be stored (its Set-Cookie
 /// as `cached.set_cookie` says, at most `max_object_size`, complete).
 fn read_storable(
@@ -999,7 +1013,7 @@ fn read_storable(
     } = answer;
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
-    let mut headers = end_to_end(&parts.headers, false);
+    let headers = end_to_end(&parts.headers, false);
     let s = policy::storable(
         "GET",
         &req.headers,
@@ -1009,21 +1023,10 @@ fn read_storable(
         ctx.cfg.heuristic_floor,
         &ctx.cfg.targeted_cache_control,
     )?;
-    // Nobody receives this answer now: what the stored copy may not carry goes.
-    policy::strip_fields(&mut headers, &s.strip);
-    if policy::header(&headers, "set-cookie").is_some() {
-        match ctx.cfg.set_cookie {
-            SetCookie::Store => {}
-            SetCookie::Pass => return None,
-            SetCookie::Strip => headers.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie")),
-        }
-    }
+    // Nobody receives this answer now: only the shared copy is kept.
+    let mut headers = shared_copy(ctx, &headers, &s)?;
     let limit = ctx.cfg.max_object_size.min(ctx.cfg.capacity);
-    let declared = parts
-        .headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = declared_length(&parts.headers);
     let mut bytes = Vec::new();
     body.into_reader()
         .take(limit.saturating_add(1))

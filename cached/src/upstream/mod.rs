@@ -51,29 +51,26 @@ impl Upstreams {
     /// What `cached --check` verifies of the sites without starting anything: the trust
     /// store loads when a server is `https://`.
     pub fn check(cfg: &CachedConfig) -> anyhow::Result<()> {
-        if cfg
-            .sites
-            .iter()
-            .flat_map(|s| &s.origins)
-            .any(|o| o.scheme == Scheme::Https)
-        {
-            tls::Trust::load(cfg.tls_ca_file.as_deref())?;
-        }
-        Ok(())
+        Self::trust(cfg).map(drop)
     }
 
-    /// The servers of every site, each named in its row of `stats`' tables (sites and
-    /// servers past the tables' size work, unlisted).
-    pub fn new(cfg: &CachedConfig, stats: &Arc<StatsRegion>) -> anyhow::Result<Upstreams> {
+    /// The trust anchors, loaded once, when any server is `https://`.
+    fn trust(cfg: &CachedConfig) -> anyhow::Result<Option<tls::Trust>> {
         let needs_tls = cfg
             .sites
             .iter()
             .flat_map(|s| &s.origins)
             .any(|o| o.scheme == Scheme::Https);
-        let trust = match needs_tls {
-            true => Some(tls::Trust::load(cfg.tls_ca_file.as_deref())?),
-            false => None,
-        };
+        match needs_tls {
+            true => Ok(Some(tls::Trust::load(cfg.tls_ca_file.as_deref())?)),
+            false => Ok(None),
+        }
+    }
+
+    /// The servers of every site, each named in its row of `stats`' tables (sites and
+    /// servers past the tables' size work, unlisted).
+    pub fn new(cfg: &CachedConfig, stats: &Arc<StatsRegion>) -> anyhow::Result<Upstreams> {
+        let trust = Self::trust(cfg)?;
         let mut row = 0;
         let mut sites = Vec::with_capacity(cfg.sites.len());
         for (index, site) in cfg.sites.iter().enumerate() {
