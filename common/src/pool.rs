@@ -684,7 +684,15 @@ impl<'p> Lease<'p> {
             {
                 return self.check_state().map(|_| ());
             }
-            self.check()?;
+            if let Err(dead) = self.check() {
+                // A peer may post its last chunk between our timed-out slice and the check,
+                // then exit: what it posted before it died is still ours to take. Only a
+                // semaphore that is still empty once the peer is gone means the peer failed.
+                if sem.try_wait() {
+                    return self.check_state().map(|_| ());
+                }
+                return Err(dead);
+            }
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
