@@ -254,24 +254,14 @@ fn tokens(src: &str) -> Vec<Tok> {
                 out.push(Tok::Colons);
                 i += 2;
             }
-            b'{' => {
-                out.push(Tok::Open);
-                i += 1;
-            }
-            b'}' => {
-                out.push(Tok::Close);
-                i += 1;
-            }
-            b',' => {
-                out.push(Tok::Comma);
-                i += 1;
-            }
-            b';' => {
-                out.push(Tok::Semi);
-                i += 1;
-            }
-            b'*' => {
-                out.push(Tok::Star);
+            b'{' | b'}' | b',' | b';' | b'*' => {
+                out.push(match c {
+                    b'{' => Tok::Open,
+                    b'}' => Tok::Close,
+                    b',' => Tok::Comma,
+                    b';' => Tok::Semi,
+                    _ => Tok::Star,
+                });
                 i += 1;
             }
             c if c == b'_' || c.is_ascii_alphabetic() => {

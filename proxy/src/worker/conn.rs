@@ -286,7 +286,11 @@ impl Conn {
                         return Head::Request(req);
                     }
                     Parsed::Partial => {}
-                    Parsed::Error(status, msg) => return Head::Invalid(status, msg),
+                    Parsed::Error(status, msg) => {
+                        // Its answer is the only one: what the previous request got is done.
+                        self.reply = Reply::new();
+                        return Head::Invalid(status, msg);
+                    }
                 }
             }
             match self.stream.read(read) {
@@ -568,6 +572,8 @@ impl Conn {
         let mut total = 0u64;
         loop {
             let line = self.read_line(io)?;
+            // Not `httparse::parse_chunk_size`: it takes any octet in an extension (NUL,
+            // an unterminated quoted string), which RFC 9112's ABNF and our tests reject.
             let size = common::request::chunk_size_line(&line)
                 .ok_or(ClientError::BadChunk("chunk size line"))?;
             if size == 0 {

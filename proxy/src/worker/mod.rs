@@ -485,21 +485,10 @@ fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
 fn sweep(w: &Worker) {
     let cfg = &w.cx.shared.cfg;
     let now = Instant::now();
-    let expired: Vec<Conn> = {
-        let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let tokens: Vec<u64> = parked
-            .iter()
-            .filter(|(_, c)| match c.head_started {
-                Some(t) => now.duration_since(t) >= cfg.header_timeout,
-                None => now.duration_since(c.last_active) >= cfg.idle_timeout,
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        tokens
-            .into_iter()
-            .filter_map(|t| parked.remove(&t))
-            .collect()
-    };
+    let expired = take_parked(w, |c| match c.head_started {
+        Some(t) => now.duration_since(t) >= cfg.header_timeout,
+        None => now.duration_since(c.last_active) >= cfg.idle_timeout,
+    });
     for mut c in expired {
         if c.head_started.is_some() {
             Counters::inc(&w.counters().timeouts_header);
@@ -519,22 +508,24 @@ fn sweep(w: &Worker) {
 /// Closes parked connections idle for at least `idle` with no partial request.
 fn close_idle(w: &Worker, idle: Duration) {
     let now = Instant::now();
-    let victims: Vec<Conn> = {
-        let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let tokens: Vec<u64> = parked
-            .iter()
-            .filter(|(_, c)| {
-                idle.is_zero()
-                    || (c.head_started.is_none() && now.duration_since(c.last_active) >= idle)
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        tokens
-            .into_iter()
-            .filter_map(|t| parked.remove(&t))
-            .collect()
-    };
+    let victims = take_parked(w, |c| {
+        idle.is_zero() || (c.head_started.is_none() && now.duration_since(c.last_active) >= idle)
+    });
     for c in victims {
         w.close(c);
     }
+}
+
+/// Takes the parked connections `pick` chooses out of the map (for closing).
+fn take_parked(w: &Worker, pick: impl Fn(&Conn) -> bool) -> Vec<Conn> {
+    let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+    let tokens: Vec<u64> = parked
+        .iter()
+        .filter(|(_, c)| pick(c))
+        .map(|(t, _)| *t)
+        .collect();
+    tokens
+        .into_iter()
+        .filter_map(|t| parked.remove(&t))
+        .collect()
 }
