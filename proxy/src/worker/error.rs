@@ -122,7 +122,7 @@ impl FetchError {
     }
 
     /// May the connection serve another request after this failure was answered? Only when
-    /// nothing reached cached and the request had no body left unread.
+    /// nothing reached cached (and, as after any answer, the request's body was read).
     pub fn keeps_connection(&self) -> bool {
         matches!(self, FetchError::CachedAbsent | FetchError::PoolTimeout)
     }

@@ -12,7 +12,7 @@ use super::l1;
 use super::link::Peer;
 use super::respond;
 use common::http::CacheOutcome;
-use common::pool::Lease;
+use common::pool::{AcquireError, Lease};
 use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
 use common::request::{ClientBody, Request};
 use common::stats::Counters;
@@ -62,8 +62,13 @@ pub fn exchange(
         &cx.counters().pool_acquire_wait_us,
         waited.elapsed().as_micros() as u64,
     );
-    // Timed out or the semaphore failed: either way no segment in time.
-    let mut lease = acquired.map_err(|_| FetchError::PoolTimeout)?;
+    let mut lease = match acquired {
+        Ok(lease) => lease,
+        // Timed out or the semaphore failed: either way no segment in time.
+        Err(AcquireError::TimedOut(_) | AcquireError::Sem(_)) => {
+            return Err(FetchError::PoolTimeout)
+        }
+    };
     Counters::inc(&cx.counters().pool_acquires);
     lease.set_peer(Some(peer.id));
     lease.set_timeout(cfg.cached_timeout);
@@ -78,8 +83,9 @@ pub fn exchange(
         cx.cached.forget();
         return Err(FetchError::RingFailed(e));
     }
-    let done = send_request(io, conn, req, &head, &mut lease, scratch)
-        .and_then(|()| relay_answer(cx, io, conn, req, &peer, epoch, &mut lease, scratch));
+    let mut t = Transfer { lease, peer, epoch };
+    let done = send_request(io, conn, req, &head, &mut t.lease, scratch)
+        .and_then(|()| relay_answer(cx, io, conn, req, &mut t, scratch));
     if done.is_err() {
         Counters::inc(&cx.counters().transfers_aborted);
     }
@@ -109,19 +115,26 @@ fn send_request(
     lease.finish().map_err(FetchError::from_lease)
 }
 
+/// One leased exchange with cached.
+struct Transfer<'p> {
+    lease: Lease<'p>,
+    /// The cached that was rung (its stats region names the answer's site).
+    peer: Peer,
+    /// The pool's invalidation count before the request went out: an L1 copy is kept only
+    /// if nothing was invalidated since.
+    epoch: u64,
+}
+
 /// cached's answer to the client: its head, then the body chunk by chunk.
-#[allow(clippy::too_many_arguments)]
 fn relay_answer(
     cx: &Ctx,
     io: &Io,
     conn: &mut Conn,
     req: &Request,
-    peer: &Peer,
-    epoch: u64,
-    lease: &mut Lease,
+    t: &mut Transfer,
     scratch: &mut Scratch,
 ) -> Result<bool, FetchError> {
-    let raw = read_head(lease).map_err(FetchError::from_lease)?;
+    let raw = read_head(&mut t.lease).map_err(FetchError::from_lease)?;
     let answer = ResponseHead::decode(&raw).map_err(|e| FetchError::BadAnswer(e.to_string()))?;
     let head_request = req.method == "HEAD";
     let mut keep = req.keep_alive;
@@ -134,9 +147,10 @@ fn relay_answer(
     let out = respond::from_cached(cx.counters(), conn, &answer, outcome, req, keep, chunked);
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).
-    conn.reply.site = peer.stats.site_name(answer.site).map(Arc::from);
+    conn.reply.site = t.peer.stats.site_name(answer.site).map(Arc::from);
     // The site's row counts what cached answered for it (L1 hits count in `l1_hits`).
-    peer.stats
+    t.peer
+        .stats
         .site_answered(answer.site, outcome, answer.status);
     let mut l1_body = match answer.body {
         BodyLen::Exact(n)
@@ -155,13 +169,13 @@ fn relay_answer(
         head_request,
         chunked,
     };
-    stream_body(io, conn, lease, body, out, scratch, l1_body.as_mut())?;
-    if !lease.peer_finished() {
+    stream_body(io, conn, &mut t.lease, body, out, scratch, l1_body.as_mut())?;
+    if !t.lease.peer_finished() {
         return Ok(false);
     }
-    lease.complete();
+    t.lease.complete();
     if let Some(body) = l1_body {
-        remember(cx, epoch, req, &answer, body, conn.reply.site.clone());
+        remember(cx, t.epoch, req, &answer, body, conn.reply.site.clone());
     }
     Ok(keep)
 }
