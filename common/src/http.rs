@@ -1,6 +1,6 @@
-//! HTTP helpers both daemons need: hop-by-hop headers, reason phrases, dates (all three
-//! HTTP-date forms parsed, IMF-fixdate written),
-//! content types, the cache outcome shown in `X-Cache`, and safe path decoding.
+//! HTTP helpers both daemons need: the one header lookup, hop-by-hop headers, reason
+//! phrases, dates (all three HTTP-date forms parsed, IMF-fixdate written), content types,
+//! the cache outcome shown in `X-Cache`, and safe path decoding.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,18 @@ pub const CONDITIONAL: &[&str] = &[
     "if-unmodified-since",
     "if-range",
 ];
+
+/// A header list as the protocol heads carry it: names as received, raw values, in order.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// The first value of field `name` in a header list (names compare ASCII
+/// case-insensitively, RFC 9110 §5.1).
+pub fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
 
 /// True if `name` is hop-by-hop, or listed in the message's `Connection` header values.
 pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
@@ -408,6 +420,16 @@ fn percent_decode(s: &str) -> Result<String, PathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_finds_the_first_value_whatever_the_case() {
+        let h: Headers = vec![
+            ("Vary".into(), b"a".to_vec()),
+            ("vary".into(), b"b".to_vec()),
+        ];
+        assert_eq!(header(&h, "VARY"), Some(&b"a"[..]));
+        assert_eq!(header(&h, "etag"), None);
+    }
 
     #[test]
     fn cache_status_names_the_outcome_as_rfc_9211_does() {
