@@ -8,7 +8,8 @@
 //! in time (a waiter gives up after the upstream read timeout without progress).
 
 use crate::lru::{Lru, Stored};
-use crate::policy::{self, Headers};
+use common::cache_policy as policy;
+use common::http::Headers;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

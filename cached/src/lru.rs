@@ -1,7 +1,7 @@
 //! The L2 cache: a byte-bounded LRU of complete objects. Entries are `Arc`s, so an object
 //! evicted while a receiver still streams it stays alive until that receiver is done.
 
-use crate::policy::{self, RequestRules, Staleness, Storable, Use};
+use common::cache_policy::{self as policy, RequestRules, Staleness, Storable, Use};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -5,7 +5,6 @@
 mod cache;
 mod cli;
 mod lru;
-mod policy;
 mod receiver;
 mod refresh;
 mod respond;

@@ -5,7 +5,7 @@
 //! hit; larger ones stream from disk.
 
 use crate::lru::{Stored, Validity};
-use crate::policy;
+use common::cache_policy as policy;
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
 use common::http::{self, CacheOutcome, PathError};

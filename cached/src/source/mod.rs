@@ -5,7 +5,7 @@ pub mod disk;
 pub mod origin;
 
 use crate::lru::{Stored, Validity};
-use crate::policy::{self, RangeAnswer};
+use common::cache_policy::{self as policy, RangeAnswer};
 use crate::receiver::Ctx;
 use crate::respond;
 use common::http::CacheOutcome;
@@ -99,9 +99,9 @@ pub fn serve_stored(
             // operator chose to share cookies (`set_cookie = "store"`).
             let shareable = !no_cache
                 && obj.status == 200
-                && policy::header(&obj.headers, "vary").is_none()
+                && common::http::header(&obj.headers, "vary").is_none()
                 && (ctx.cfg.set_cookie == common::config::SetCookie::Store
-                    || policy::header(&obj.headers, "set-cookie").is_none());
+                    || common::http::header(&obj.headers, "set-cookie").is_none());
             if shareable {
                 lifetime.saturating_sub(age)
             } else {

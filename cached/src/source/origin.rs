@@ -11,7 +11,7 @@
 
 use crate::cache::{FillLead, FillRole, Progress};
 use crate::lru::{Stored, Validity};
-use crate::policy::{self, RequestRules, Use};
+use common::cache_policy::{self as policy, RequestRules, Use};
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
 use crate::upstream::{Answer, Failure, Outgoing, SendBody, SiteUp};
@@ -560,7 +560,7 @@ fn relay(
         // Our answer keeps fields the shared copy lacks (a Set-Cookie, qualified fields):
         // a worker's L1 must not give it to others.
         Some(s) if !s.strip.is_empty() || shared.len() != headers.len() => Duration::ZERO,
-        Some(s) if !s.no_cache && status == 200 && policy::header(&headers, "vary").is_none() => {
+        Some(s) if !s.no_cache && status == 200 && common::http::header(&headers, "vary").is_none() => {
             s.lifetime.saturating_sub(initial_age)
         }
         _ => Duration::ZERO,
@@ -746,10 +746,10 @@ fn follow(
 /// The conditional fields that ask whether `obj` changed (none without validators).
 fn validators(obj: &Stored) -> Vec<(&'static str, Vec<u8>)> {
     let mut v = Vec::new();
-    if let Some(etag) = policy::header(&obj.headers, "etag") {
+    if let Some(etag) = common::http::header(&obj.headers, "etag") {
         v.push(("If-None-Match", etag.to_vec()));
     }
-    if let Some(lm) = policy::header(&obj.headers, "last-modified") {
+    if let Some(lm) = common::http::header(&obj.headers, "last-modified") {
         v.push(("If-Modified-Since", lm.to_vec()));
     }
     v
@@ -812,7 +812,7 @@ fn revalidate(
         initial_age: Duration::ZERO,
         ..clone_meta(obj)
     };
-    if policy::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store {
+    if common::http::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store {
         // The 304's cookie is this client's: it gets the refreshed answer with it once;
         // "strip" refreshes the stored answer without it, "pass" leaves it as it was.
         if ctx.cfg.set_cookie == SetCookie::Pass {
@@ -948,7 +948,7 @@ pub fn refresh(ctx: &Ctx, job: &crate::refresh::Refresh) {
     let times = (answer.request_time, response_time);
     if status == 304 && !extra.is_empty() {
         let mut fresh = end_to_end(answer.response.headers(), true);
-        if policy::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store
+        if common::http::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store
         {
             // Nobody receives this 304: its cookie is nobody's to keep.
             fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
@@ -981,7 +981,7 @@ pub fn refresh(ctx: &Ctx, job: &crate::refresh::Refresh) {
 fn shared_copy(ctx: &Ctx, headers: &Headers, s: &policy::Storable) -> Option<Headers> {
     let mut shared = headers.clone();
     policy::strip_fields(&mut shared, &s.strip);
-    if policy::header(&shared, "set-cookie").is_some() {
+    if common::http::header(&shared, "set-cookie").is_some() {
         match ctx.cfg.set_cookie {
             SetCookie::Store => {}
             SetCookie::Pass => {
