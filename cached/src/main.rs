@@ -4,11 +4,11 @@
 
 mod cache;
 mod cli;
-mod lru;
 mod receiver;
 mod refresh;
 mod respond;
 mod source;
+mod stored;
 mod upstream;
 
 use std::process::ExitCode;

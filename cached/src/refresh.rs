@@ -3,8 +3,8 @@
 //! on a small pool of `cd-refresh` threads. A bounded queue: when it is full the request
 //! revalidates in the foreground instead, so a burst of stale keys never piles up threads.
 
-use crate::lru::Stored;
 use crate::receiver::Ctx;
+use crate::stored::Stored;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};

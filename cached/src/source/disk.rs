@@ -4,10 +4,10 @@
 //! `max_object_size` are kept in the LRU and checked against size, mtime and inode on each
 //! hit; larger ones stream from disk.
 
-use crate::lru::{Stored, Validity};
-use common::cache_policy as policy;
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
+use crate::stored::{Stored, Validity};
+use common::cache_policy as policy;
 use common::http::{self, CacheOutcome, PathError};
 use common::pool::Lease;
 use common::protocol::{BodyLen, RequestHead};

@@ -4,10 +4,10 @@
 pub mod disk;
 pub mod origin;
 
-use crate::lru::{Stored, Validity};
-use common::cache_policy::{self as policy, RangeAnswer};
 use crate::receiver::Ctx;
 use crate::respond;
+use crate::stored::{Stored, Validity};
+use common::cache_policy::{self as policy, RangeAnswer};
 use common::http::CacheOutcome;
 use common::pool::Lease;
 use common::protocol::{read_head, RequestHead};

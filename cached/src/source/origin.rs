@@ -10,11 +10,11 @@
 //! body is never stored and aborts every transfer that carried it.
 
 use crate::cache::{FillLead, FillRole, Progress};
-use crate::lru::{Stored, Validity};
-use common::cache_policy::{self as policy, RequestRules, Use};
 use crate::receiver::Ctx;
 use crate::respond::{self, Headers};
+use crate::stored::{Stored, Validity};
 use crate::upstream::{Answer, Failure, Outgoing, SendBody, SiteUp};
+use common::cache_policy::{self as policy, RequestRules, Use};
 use common::config::{SetCookie, Site};
 use common::http::{self as httpx, CacheOutcome};
 use common::pool::Lease;
@@ -560,7 +560,9 @@ fn relay(
         // Our answer keeps fields the shared copy lacks (a Set-Cookie, qualified fields):
         // a worker's L1 must not give it to others.
         Some(s) if !s.strip.is_empty() || shared.len() != headers.len() => Duration::ZERO,
-        Some(s) if !s.no_cache && status == 200 && common::http::header(&headers, "vary").is_none() => {
+        Some(s)
+            if !s.no_cache && status == 200 && common::http::header(&headers, "vary").is_none() =>
+        {
             s.lifetime.saturating_sub(initial_age)
         }
         _ => Duration::ZERO,
@@ -812,7 +814,9 @@ fn revalidate(
         initial_age: Duration::ZERO,
         ..clone_meta(obj)
     };
-    if common::http::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store {
+    if common::http::header(&fresh, "set-cookie").is_some()
+        && ctx.cfg.set_cookie != SetCookie::Store
+    {
         // The 304's cookie is this client's: it gets the refreshed answer with it once;
         // "strip" refreshes the stored answer without it, "pass" leaves it as it was.
         if ctx.cfg.set_cookie == SetCookie::Pass {
@@ -948,7 +952,8 @@ pub fn refresh(ctx: &Ctx, job: &crate::refresh::Refresh) {
     let times = (answer.request_time, response_time);
     if status == 304 && !extra.is_empty() {
         let mut fresh = end_to_end(answer.response.headers(), true);
-        if common::http::header(&fresh, "set-cookie").is_some() && ctx.cfg.set_cookie != SetCookie::Store
+        if common::http::header(&fresh, "set-cookie").is_some()
+            && ctx.cfg.set_cookie != SetCookie::Store
         {
             // Nobody receives this 304: its cookie is nobody's to keep.
             fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));
