@@ -1,8 +1,8 @@
 //! The worker's L1: a small byte-bounded cache (`common::lru`) of hot, complete, shareable
 //! answers, served without any segment round trip. An entry lives no longer than the
 //! lifetime `cached` granted it (`l1_ttl_ms`, never past the object's freshness), and the
-//! whole L1 is dropped
-//! whenever the pool's invalidation counter moves (a PURGE or an unsafe method anywhere).
+//! whole L1 is dropped whenever the pool's invalidation counter moves (a PURGE or an unsafe
+//! method anywhere).
 
 use common::lru::Lru;
 use std::sync::{Arc, Mutex};
