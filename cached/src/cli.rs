@@ -97,7 +97,7 @@ pub fn parse() -> anyhow::Result<Option<(CachedConfig, Source)>> {
 /// document root (disk mode) or the sites' TLS trust store (origin mode).
 fn check(cfg: &CachedConfig) -> anyhow::Result<()> {
     if cfg.sites.is_empty() {
-        crate::receiver::document_root(cfg)?;
+        crate::source::disk::document_root(cfg)?;
     } else {
         crate::upstream::Upstreams::check(cfg)?;
     }

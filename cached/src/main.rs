@@ -2,12 +2,20 @@
 //! document root (disk) or an origin URL, streaming each answer through the segment.
 #![forbid(unsafe_code)]
 
+mod answer;
 mod cache;
 mod cli;
+mod ctx;
+mod error;
+mod fill;
+mod phase;
 mod receiver;
 mod refresh;
 mod respond;
+mod revalidate;
+mod serve;
 mod source;
+mod store;
 mod stored;
 mod upstream;
 
