@@ -1,7 +1,7 @@
 //! Answers from a stored object, written into the segment: `Age`, the client's
 //! conditionals (`304`/`412`), `Range` (`206`/`416`) over stored bodies and pieces, HEAD,
-//! and the L1 lifetime a worker is granted. It decides nothing about freshness (that is
-//! `phase`) and fetches nothing.
+//! and the L1 lifetime a worker is granted. Whether the stored object may serve at all was
+//! decided by `phase`; this module only writes the answer, and fetches nothing.
 
 use crate::ctx::Ctx;
 use crate::phase::Piece;

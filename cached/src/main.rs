@@ -1,5 +1,8 @@
-//! `cached`: owns the L2 LRU and the request queue; answers the proxy's doorbells from a
-//! document root (disk) or an origin URL, streaming each answer through the segment.
+//! `cached`: owns the L2 cache and the request queue; answers the proxy's doorbells from a
+//! document root (disk) or the sites' origin servers, streaming each answer through the
+//! segment. The request path reads top to bottom: `receiver` (threads, doorbells) → `serve`
+//! (one request) → `phase` (its cache phase) → `answer`/`fill`/`revalidate`/`store` (carrying
+//! it out) → `source`/`upstream` (fetching); all of them share `ctx` and none calls back up.
 #![forbid(unsafe_code)]
 
 mod answer;

@@ -7,7 +7,8 @@
 //! the same function in [`Mode::Refresh`].
 //!
 //! Deciding may change the fill table (a leader registers its fill, a follower joins one)
-//! and the refresh queue (a stale-while-revalidate answer queues its refresh); nothing else.
+//! and the refresh queue (a stale-while-revalidate answer queues its refresh), and marks
+//! the entries it looked at as recently used; nothing else.
 
 use crate::cache::{partial_key, FillLead, FillRole, Follower};
 use crate::ctx::Ctx;
@@ -231,5 +232,201 @@ fn stored_piece(
             offset: from - first,
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::config::CachedConfig;
+    use common::stats::StatsRegion;
+    use common::Names;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    /// A context of its own (its stats region is unlinked when it drops), with `grace_ms`.
+    fn ctx(grace_ms: &str, n: u32) -> Ctx {
+        let flags = vec![("cached.grace_ms".to_string(), grace_ms.to_string())];
+        let cfg = CachedConfig::load(None, &flags).unwrap();
+        let name = format!("/t{}-phase{n}.stats", std::process::id());
+        let stats = Arc::new(StatsRegion::create(&name, 1).unwrap());
+        Ctx::new(
+            cfg,
+            Names::for_instance("unused"),
+            stats,
+            PathBuf::new(),
+            None,
+        )
+    }
+
+    fn head(method: &str, headers: &[(&str, &str)]) -> RequestHead {
+        RequestHead {
+            method: method.into(),
+            target: "/a".into(),
+            version: 11,
+            client: "127.0.0.1".into(),
+            body: BodyLen::None,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+        }
+    }
+
+    /// An origin answer received `age` seconds ago, fresh for `lifetime`, allowing
+    /// `swr` seconds of stale-while-revalidate.
+    fn answer(age: u64, lifetime: u64, swr: u64) -> Arc<Stored> {
+        Arc::new(Stored {
+            status: 200,
+            headers: vec![("ETag".into(), b"\"1\"".to_vec())],
+            body: Arc::new(b"body".to_vec()),
+            validity: Validity::Http {
+                lifetime: Duration::from_secs(lifetime),
+                must_revalidate: false,
+                no_cache: false,
+                stale_while_revalidate: Duration::from_secs(swr),
+                stale_if_error: Duration::ZERO,
+            },
+            response_time: SystemTime::now() - Duration::from_secs(age),
+            initial_age: Duration::ZERO,
+        })
+    }
+
+    const SITE: Check = Check::Origin { site: 0 };
+
+    fn client<'c>(ctx: &'c Ctx, req: &RequestHead) -> CachePhase<'c> {
+        decide(ctx, req, "k", &SITE, Mode::Client)
+    }
+
+    #[test]
+    fn unsafe_methods_and_bodies_pass() {
+        let ctx = ctx("0", 1);
+        assert!(matches!(client(&ctx, &head("POST", &[])), CachePhase::Pass));
+        let mut get = head("GET", &[]);
+        get.body = BodyLen::Exact(3);
+        assert!(matches!(client(&ctx, &get), CachePhase::Pass));
+    }
+
+    #[test]
+    fn a_miss_leads_a_fill_the_next_follows_and_head_or_range_go_alone() {
+        let ctx = ctx("0", 2);
+        let get = head("GET", &[]);
+        let CachePhase::Lead(_lead) = client(&ctx, &get) else {
+            panic!("the first miss leads")
+        };
+        assert!(matches!(client(&ctx, &get), CachePhase::Follow(_)));
+        assert!(matches!(client(&ctx, &head("HEAD", &[])), CachePhase::Miss));
+        let range = head("GET", &[("Range", "bytes=0-1")]);
+        assert!(matches!(client(&ctx, &range), CachePhase::Miss));
+        let cached_only = head("GET", &[("Cache-Control", "only-if-cached")]);
+        assert!(matches!(
+            client(&ctx, &cached_only),
+            CachePhase::Uncached(_)
+        ));
+    }
+
+    #[test]
+    fn a_stored_answer_is_a_hit_while_fresh_then_revalidated() {
+        let ctx = ctx("0", 3);
+        let get = head("GET", &[]);
+        ctx.cache.insert("k", &get.headers, answer(10, 60, 0));
+        assert!(matches!(client(&ctx, &get), CachePhase::Hit(_)));
+        ctx.cache.insert("k", &get.headers, answer(70, 60, 0));
+        assert!(matches!(
+            client(&ctx, &get),
+            CachePhase::Revalidate {
+                stale_if_error: false,
+                ..
+            }
+        ));
+        let tolerant = head("GET", &[("Cache-Control", "max-stale=60")]);
+        assert!(matches!(
+            client(&ctx, &tolerant),
+            CachePhase::StaleAllowed(_)
+        ));
+        let cached_only = head("GET", &[("Cache-Control", "only-if-cached")]);
+        assert!(matches!(
+            client(&ctx, &cached_only),
+            CachePhase::Uncached(_)
+        ));
+    }
+
+    #[test]
+    fn grace_lets_a_stale_answer_stand_in_for_a_failing_origin() {
+        let ctx = ctx("60000", 4);
+        let get = head("GET", &[]);
+        ctx.cache.insert("k", &get.headers, answer(70, 60, 0));
+        assert!(matches!(
+            client(&ctx, &get),
+            CachePhase::Revalidate {
+                stale_if_error: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn stale_while_revalidate_queues_one_refresh_which_decides_again() {
+        let ctx = ctx("0", 5);
+        let get = head("GET", &[("If-None-Match", "\"0\"")]);
+        ctx.cache.insert("k", &get.headers, answer(70, 60, 30));
+        assert!(matches!(
+            client(&ctx, &get),
+            CachePhase::StaleWhileRevalidate(_)
+        ));
+        // A second request finds the refresh queued: stale at once, no second job.
+        assert!(matches!(
+            client(&ctx, &get),
+            CachePhase::StaleWhileRevalidate(_)
+        ));
+        let (job, taken) = ctx.refreshes.next(Duration::ZERO).expect("one job");
+        assert!(ctx.refreshes.next(Duration::ZERO).is_none(), "only one");
+        assert!(
+            job.req.header("if-none-match").is_none(),
+            "the client's own conditions go"
+        );
+        let refresh = |ctx| decide(ctx, &job.req, &job.primary, &SITE, Mode::Refresh);
+        assert!(matches!(
+            refresh(&ctx),
+            CachePhase::Revalidate {
+                stale_if_error: false,
+                ..
+            }
+        ));
+        // Refreshed meanwhile: the refresh has nothing to do, and joins no fill when gone.
+        ctx.cache.insert("k", &get.headers, answer(0, 60, 30));
+        assert!(matches!(refresh(&ctx), CachePhase::Hit(_)));
+        ctx.cache.remove_all("k");
+        assert!(matches!(refresh(&ctx), CachePhase::Miss));
+        assert!(matches!(
+            client(&ctx, &head("GET", &[])),
+            CachePhase::Lead(_)
+        ));
+        drop(taken);
+    }
+
+    #[test]
+    fn a_file_is_a_hit_while_unchanged_and_passes_when_too_large_to_store() {
+        let ctx = ctx("0", 6);
+        let get = head("GET", &[]);
+        let validity = Validity::File {
+            len: 4,
+            mtime_ns: 1,
+            ino: 2,
+        };
+        let mut stored = Arc::into_inner(answer(0, 0, 0)).unwrap();
+        stored.validity = validity.clone();
+        ctx.cache.insert("file:/a", &get.headers, Arc::new(stored));
+        let file = |validity, len| Check::File { validity, len };
+        let phase = |check: &Check| decide(&ctx, &get, "file:/a", check, Mode::Client);
+        assert!(matches!(phase(&file(validity, 4)), CachePhase::Hit(_)));
+        let changed = Validity::File {
+            len: 4,
+            mtime_ns: 9,
+            ino: 2,
+        };
+        assert!(matches!(phase(&file(changed.clone(), 4)), CachePhase::Miss));
+        let huge = store_limit(&ctx) + 1;
+        assert!(matches!(phase(&file(changed, huge)), CachePhase::Pass));
     }
 }

@@ -1,10 +1,14 @@
-//! The daemon's frame: announces itself (stats region), creates the doorbell queue, runs
-//! the receiver threads (`cd-recvN`), and stops cleanly on SIGTERM/SIGINT/SIGQUIT, unlinking
-//! what it created. The signal handlers (`common::signals`) are installed before any IPC
-//! object exists; a `cd-signal` thread answers the others: SIGHUP re-reads the configuration
-//! and logs what changed (every key needs a restart), SIGUSR1 is logged (no log file to
-//! reopen), the rest are logged and ignored. A receiver takes a doorbell, validates it, joins the named segment and serves
-//! the request in it from start to end.
+//! The daemon's frame: announces itself (stats region), creates the doorbell queue, starts
+//! the threads, and stops cleanly on SIGTERM/SIGINT/SIGQUIT, unlinking what it created.
+//! The signal handlers (`common::signals`) are installed before any IPC object exists.
+//!
+//! Threads: two receivers (`cd-recv0`, the main thread, and `cd-recv1`) take doorbells off
+//! the queue and hand each to an idle worker (`cd-workN`, `cached.threads` of them), which
+//! validates it, joins the named segment and serves the request in it from start to end
+//! (`serve`); `cd-refreshN` run the queued background refreshes (`revalidate`); one
+//! `cd-health` per origin server checks it (`upstream::health`); `cd-signal` answers the
+//! other signals: SIGHUP re-reads the configuration and logs what changed (every key needs
+//! a restart), SIGUSR1 is logged (no log file to reopen), the rest are logged and ignored.
 
 use crate::cli::Source;
 use crate::ctx::Ctx;

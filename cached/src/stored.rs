@@ -1,8 +1,8 @@
 //! A complete stored answer and how it is checked before it is served again: an origin
 //! answer by its freshness (RFC 9111, through `common::cache_policy`), a file by its size,
 //! mtime and inode. Pure data and arithmetic over it; the cache (`cache`) holds these in
-//! `Arc`s, so an answer evicted while a receiver still streams it lives until that receiver
-//! is done.
+//! `Arc`s, so an answer evicted while a worker thread still streams it lives until that
+//! thread is done.
 
 use common::cache_policy::{self as policy, RequestRules, Staleness, Storable, Use};
 use std::sync::Arc;
