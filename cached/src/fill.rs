@@ -145,16 +145,8 @@ pub fn relay(
     {
         None
     } else {
-        policy::storable(
-            &req.method,
-            &req.headers,
-            status,
-            &headers,
-            response_time,
-            ctx.cfg.heuristic_floor,
-            &ctx.cfg.targeted_cache_control,
-        )
-        .filter(|_| declared.is_none_or(|n| n <= limit))
+        store::storable(ctx, &req.method, req, status, &headers, response_time)
+            .filter(|_| declared.is_none_or(|n| n <= limit))
     };
     // What followers get and the store keeps (the first client's own answer keeps all).
     let shared = match storable

@@ -86,24 +86,15 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
     // segment); a panic anywhere else in a thread's loop starts the loop again.
     let workers: Vec<_> = (0..ctx.cfg.threads)
         .map(|i| {
-            let (ctx, rx) = (ctx.clone(), rx.clone());
-            let name = format!("cd-work{i}");
-            std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    supervised(
-                        &name,
-                        || Counters::inc(&ctx.counters().threads_restarted),
-                        || {
-                            while let Ok(bell) = rx.recv() {
-                                if contain("a request", || handle(&ctx, bell)).is_none() {
-                                    Counters::inc(&ctx.counters().request_panics);
-                                    Counters::inc(&ctx.counters().transfers_aborted);
-                                }
-                            }
-                        },
-                    )
-                })
+            let rx = rx.clone();
+            spawn(&ctx, format!("cd-work{i}"), move |ctx| {
+                while let Ok(bell) = rx.recv() {
+                    if contain("a request", || handle(ctx, bell)).is_none() {
+                        Counters::inc(&ctx.counters().request_panics);
+                        Counters::inc(&ctx.counters().transfers_aborted);
+                    }
+                }
+            })
         })
         .collect::<Result<_, _>>()?;
     drop(rx);
@@ -133,6 +124,25 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Starts thread `name` running `body`, supervised: a panic in `body` counts a restart
+/// and runs it again.
+fn spawn(
+    ctx: &Arc<Ctx>,
+    name: String,
+    mut body: impl FnMut(&Ctx) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let ctx = Arc::clone(ctx);
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            supervised(
+                &name,
+                || Counters::inc(&ctx.counters().threads_restarted),
+                || body(&ctx),
+            )
+        })
+}
+
 /// Starts the `cd-refresh` threads, which run the queued background refreshes until
 /// `stop` is set.
 fn start_refreshers(
@@ -141,26 +151,15 @@ fn start_refreshers(
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     (0..refresh::THREADS)
         .map(|i| {
-            let (ctx, stop) = (Arc::clone(ctx), Arc::clone(stop));
-            let name = format!("cd-refresh{i}");
-            std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    supervised(
-                        &name,
-                        || Counters::inc(&ctx.counters().threads_restarted),
-                        || {
-                            while !stop.load(Ordering::Relaxed) {
-                                // The key is released when `_taken` drops, a panic included.
-                                if let Some((job, _taken)) =
-                                    ctx.refreshes.next(Duration::from_millis(200))
-                                {
-                                    revalidate::in_background(&ctx, &job);
-                                }
-                            }
-                        },
-                    )
-                })
+            let stop = Arc::clone(stop);
+            spawn(ctx, format!("cd-refresh{i}"), move |ctx| {
+                while !stop.load(Ordering::Relaxed) {
+                    // The key is released when `_taken` drops, a panic included.
+                    if let Some((job, _taken)) = ctx.refreshes.next(Duration::from_millis(200)) {
+                        revalidate::in_background(ctx, &job);
+                    }
+                }
+            })
         })
         .collect()
 }

@@ -18,6 +18,27 @@ use std::io::Read;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Whether an answer with `status` and `headers` to `req` (sent as `method`) may be stored,
+/// and how (`policy::storable` under this instance's heuristic floor and targeted fields).
+pub fn storable(
+    ctx: &Ctx,
+    method: &str,
+    req: &RequestHead,
+    status: u16,
+    headers: &Headers,
+    response_time: SystemTime,
+) -> Option<policy::Storable> {
+    policy::storable(
+        method,
+        &req.headers,
+        status,
+        headers,
+        response_time,
+        ctx.cfg.heuristic_floor,
+        &ctx.cfg.targeted_cache_control,
+    )
+}
+
 /// The copy of a storable answer's fields that collapsed followers get and the store keeps:
 /// without the fields a qualified `private`/`no-cache` names, and with its `Set-Cookie` as
 /// `cached.set_cookie` says (counted). `None`: the answer may not be shared after all
@@ -58,15 +79,7 @@ pub fn read_storable(
     let (parts, body) = response.into_parts();
     let status = parts.status.as_u16();
     let headers = end_to_end(&parts.headers, false);
-    let s = policy::storable(
-        "GET",
-        &req.headers,
-        status,
-        &headers,
-        response_time,
-        ctx.cfg.heuristic_floor,
-        &ctx.cfg.targeted_cache_control,
-    )?;
+    let s = storable(ctx, "GET", req, status, &headers, response_time)?;
     // Nobody receives this answer now: only the shared copy is kept.
     let mut headers = shared_copy(ctx, &headers, &s)?;
     let limit = store_limit(ctx);
@@ -111,15 +124,7 @@ pub fn store_refreshed(
     fresh: &Headers,
     (request_time, response_time): (SystemTime, SystemTime),
 ) -> Option<Arc<Stored>> {
-    let Some(s) = policy::storable(
-        "GET",
-        &req.headers,
-        obj.status,
-        &headers,
-        response_time,
-        ctx.cfg.heuristic_floor,
-        &ctx.cfg.targeted_cache_control,
-    ) else {
+    let Some(s) = storable(ctx, "GET", req, obj.status, &headers, response_time) else {
         ctx.remove(primary);
         return None;
     };
