@@ -61,6 +61,11 @@ impl Ctx {
         self.stats.slot(0)
     }
 
+    /// The largest body that may be stored.
+    pub fn store_limit(&self) -> u64 {
+        self.cfg.max_object_size.min(self.cfg.capacity)
+    }
+
     /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
     pub fn store(&self, primary: &str, req: &RequestHead, obj: Arc<Stored>) {
         let evicted = self.cache.insert(primary, &req.headers, obj);

@@ -8,7 +8,6 @@ use crate::answer;
 use crate::cache::{FillLead, Follower, Progress};
 use crate::ctx::Ctx;
 use crate::error::SourceError;
-use crate::phase::store_limit;
 use crate::respond;
 use crate::source::origin::{self, cache_key, declared_length, end_to_end, host_key};
 use crate::store;
@@ -133,7 +132,7 @@ pub fn relay(
         (false, Some(n)) => BodyLen::Exact(n),
         (false, None) => BodyLen::Unknown,
     };
-    let limit = store_limit(ctx);
+    let limit = ctx.store_limit();
     // What an unstored fill keeps for followers that lag behind the leader.
     let window = limit.min(usize::MAX as u64) as usize;
     // A 204 has no body by definition, and is stored as such (RFC 9111 §3).

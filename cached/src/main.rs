@@ -1,8 +1,9 @@
 //! `cached`: owns the L2 cache and the request queue; answers the proxy's doorbells from a
 //! document root (disk) or the sites' origin servers, streaming each answer through the
-//! segment. The request path reads top to bottom: `receiver` (threads, doorbells) → `serve`
-//! (one request) → `phase` (its cache phase) → `answer`/`fill`/`revalidate`/`store` (carrying
-//! it out) → `source`/`upstream` (fetching); all of them share `ctx` and none calls back up.
+//! segment. The request path reads top to bottom: `receiver` (threads, doorbells) →
+//! `serve` (one request) → `phase` (its cache phase) → `revalidate`, `fill`, `store`,
+//! `answer` (carrying it out) → `source`, `upstream` (fetching). They all share `ctx`;
+//! none calls back up.
 #![forbid(unsafe_code)]
 
 mod answer;

@@ -92,17 +92,12 @@ pub fn decide<'c>(
             let stored = ctx.cache.get(primary).filter(|o| o.validity == *validity);
             match stored {
                 Some(obj) => CachePhase::Hit(obj),
-                None if *len <= store_limit(ctx) => CachePhase::Miss,
+                None if *len <= ctx.store_limit() => CachePhase::Miss,
                 None => CachePhase::Pass,
             }
         }
         Check::Origin { site } => decide_origin(ctx, req, primary, *site, mode),
     }
-}
-
-/// The largest body that may be stored.
-pub fn store_limit(ctx: &Ctx) -> u64 {
-    ctx.cfg.max_object_size.min(ctx.cfg.capacity)
 }
 
 fn decide_origin<'c>(
@@ -426,7 +421,7 @@ mod tests {
             ino: 2,
         };
         assert!(matches!(phase(&file(changed.clone(), 4)), CachePhase::Miss));
-        let huge = store_limit(&ctx) + 1;
+        let huge = ctx.store_limit() + 1;
         assert!(matches!(phase(&file(changed, huge)), CachePhase::Pass));
     }
 }

@@ -5,7 +5,6 @@
 //! nothing to a segment.
 
 use crate::ctx::Ctx;
-use crate::phase::store_limit;
 use crate::source::origin::{cache_key, declared_length, end_to_end, site_of};
 use crate::stored::{Stored, Validity};
 use crate::upstream::Answer;
@@ -82,7 +81,7 @@ pub fn read_storable(
     let s = storable(ctx, "GET", req, status, &headers, response_time)?;
     // Nobody receives this answer now: only the shared copy is kept.
     let mut headers = shared_copy(ctx, &headers, &s)?;
-    let limit = store_limit(ctx);
+    let limit = ctx.store_limit();
     let declared = declared_length(&parts.headers);
     let mut bytes = Vec::new();
     body.into_reader()
@@ -147,7 +146,7 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
     let key = crate::cache::partial_key(&ctx.cache.full_key(primary, &req.headers));
     if let Some(old) = ctx.cache.get(&key) {
         let combined = policy::combine((&old.headers, &old.body), (&obj.headers, &obj.body));
-        let limit = store_limit(ctx);
+        let limit = ctx.store_limit();
         if let (Some((first, body)), Some((_, _, len))) = (
             combined.filter(|(_, b)| b.len() as u64 <= limit),
             policy::content_range(&obj.headers),
