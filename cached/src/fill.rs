@@ -55,6 +55,7 @@ pub fn fail(
     respond::failure(lease, ctx.counters(), site.index, e, req.method == "HEAD")
 }
 
+/// A miss: fetch and relay; a `lead` shares what arrives with the fill's followers.
 pub fn fetch(
     ctx: &Ctx,
     lease: &mut Lease,
