@@ -426,10 +426,8 @@ pub fn pool_layout(data: &[u8]) {
     }
 }
 
-/// `cached`'s caching rules, compiled in from their source (a binary crate has no library to
-/// depend on); they only need `common::http`.
-#[path = "../cached/src/policy.rs"]
-mod policy;
+/// The caching rules both daemons use.
+use common::cache_policy as policy;
 
 /// Latest instant an accepted HTTP date may name: 9999-12-31 23:59:60 (10000-01-01 00:00:00).
 const YEAR_10000: u64 = 253_402_300_800;
@@ -461,7 +459,7 @@ fn date_oracle(v: &str) {
 /// format), then header lines `name: value` — request headers, then after a line `--` the
 /// response headers.
 pub fn policy(data: &[u8]) {
-    use common::http::{http_date, parse_http_date, safe_path_segments, tokens};
+    use common::http::{http_date, parse_http_date, safe_path_segments, tokens, Headers};
     use policy::*;
     use std::time::{Duration, UNIX_EPOCH};
 

@@ -166,7 +166,7 @@ pub struct CachedConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// The sites' host patterns, indexed.
     routes: Routes,
-    /// Receiver threads (each serves one transfer at a time).
+    /// Worker threads of cached (each serves one transfer at a time).
     pub threads: u32,
     /// Bytes of the L2 cache.
     pub capacity: u64,

@@ -1,14 +1,17 @@
 //! Code shared by the `proxy` and `cached` daemons: configuration, IPC names, the wire
 //! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
-//! message queue, fd passing, the stats regions, process helpers and HTTP helpers.
+//! message queue, fd passing, the stats regions, process helpers, a cost-bounded LRU, HTTP
+//! helpers and the HTTP caching rules (`cache_policy`).
 //!
 //! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool` and `process`
 //! (and a `raise` in a test of `signals`).
 
+pub mod cache_policy;
 pub mod config;
 pub mod fdpass;
 pub mod http;
 pub mod logger;
+pub mod lru;
 pub mod mq;
 pub mod names;
 pub mod pool;
