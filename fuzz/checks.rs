@@ -42,12 +42,13 @@ pub fn request_head(data: &[u8]) {
             );
             return;
         }
-        Parsed::Error(code, why) => {
+        Parsed::Error(why) => {
+            let code = why.status();
             assert!(
                 matches!(code, 400 | 414 | 431),
                 "unexpected error status {code} ({why})"
             );
-            assert!(!why.is_empty());
+            assert!(!why.message().is_empty());
             return;
         }
     };

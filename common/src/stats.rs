@@ -23,6 +23,7 @@
 
 use crate::names::Names;
 use crate::pool::{Pool, SegmentState};
+use crate::request::{RejectCounter, RejectReason};
 use crate::shm::{ShmError, ShmRegion, ShmSafe};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,40 +248,6 @@ unsafe impl ShmSafe for Counters {}
 
 const SLOT_SIZE: usize = size_of::<Counters>().next_multiple_of(64);
 
-/// Why a request was rejected before forwarding (the `rejected_requests` family).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    /// 414: request line or target too long.
-    LineTooLong,
-    /// 431: head too large or too many header fields.
-    HeadTooLarge,
-    /// 400 on message framing: Content-Length/Transfer-Encoding conflicts (smuggling defences),
-    /// invalid Content-Length, unsupported Transfer-Encoding, malformed chunked body.
-    Framing,
-    /// 413: body larger than `max_body_bytes`.
-    BodyTooLarge,
-    /// Any other 400 (syntax, missing Host, control characters, not origin-form).
-    Malformed,
-}
-
-impl RejectReason {
-    /// Classifies an answer the proxy produced itself for a bad request (`status`, message).
-    pub fn classify(status: u16, msg: &str) -> RejectReason {
-        match status {
-            414 => RejectReason::LineTooLong,
-            431 => RejectReason::HeadTooLarge,
-            413 => RejectReason::BodyTooLarge,
-            _ if ["Content-Length", "Transfer-Encoding", "chunked", "body"]
-                .iter()
-                .any(|k| msg.contains(k)) =>
-            {
-                RejectReason::Framing
-            }
-            _ => RejectReason::Malformed,
-        }
-    }
-}
-
 impl Counters {
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
@@ -344,15 +311,15 @@ impl Counters {
         Self::inc(c);
     }
 
-    /// Counts a request rejected before forwarding (`bad_requests` and its reason).
-    pub fn rejected(&self, status: u16, msg: &str) {
+    /// Counts a request refused before forwarding (`bad_requests` and its reason).
+    pub fn rejected(&self, why: RejectReason) {
         Self::inc(&self.bad_requests);
-        let c = match RejectReason::classify(status, msg) {
-            RejectReason::LineTooLong => &self.rejected_line_too_long,
-            RejectReason::HeadTooLarge => &self.rejected_head_too_large,
-            RejectReason::Framing => &self.rejected_framing,
-            RejectReason::BodyTooLarge => &self.rejected_body_too_large,
-            RejectReason::Malformed => &self.rejected_malformed,
+        let c = match why.verdict().1 {
+            RejectCounter::LineTooLong => &self.rejected_line_too_long,
+            RejectCounter::HeadTooLarge => &self.rejected_head_too_large,
+            RejectCounter::Framing => &self.rejected_framing,
+            RejectCounter::BodyTooLarge => &self.rejected_body_too_large,
+            RejectCounter::Malformed => &self.rejected_malformed,
         };
         Self::inc(c);
     }
@@ -1140,32 +1107,27 @@ mod tests {
     }
 
     #[test]
-    fn reasons_are_classified() {
-        use RejectReason::*;
-        assert_eq!(
-            RejectReason::classify(414, "request line too long"),
-            LineTooLong
-        );
-        assert_eq!(
-            RejectReason::classify(431, "too many header fields"),
-            HeadTooLarge
-        );
-        assert_eq!(
-            RejectReason::classify(413, "request body too large"),
-            BodyTooLarge
-        );
-        for m in [
-            "both Content-Length and Transfer-Encoding",
-            "conflicting Content-Length values",
-            "invalid Content-Length",
-            "unsupported Transfer-Encoding (only chunked)",
-            "malformed request body",
+    fn refusals_count_in_their_reason() {
+        let name = format!("/stattest5-{}", std::process::id());
+        let r = StatsRegion::create(&name, 1).unwrap();
+        for why in [
+            RejectReason::LineTooLong,
+            RejectReason::TargetTooLongForSegment,
+            RejectReason::TooManyHeaders,
+            RejectReason::BodyTooLarge,
+            RejectReason::LengthAndChunked,
+            RejectReason::MalformedBody,
+            RejectReason::MissingHost,
         ] {
-            assert_eq!(RejectReason::classify(400, m), Framing, "{m}");
+            r.slot(0).rejected(why);
         }
-        for m in ["malformed request", "HTTP/1.1 request without Host"] {
-            assert_eq!(RejectReason::classify(400, m), Malformed, "{m}");
-        }
+        let s = r.snapshot();
+        assert_eq!(s.get("bad_requests"), 7);
+        assert_eq!(s.get("rejected_line_too_long"), 2);
+        assert_eq!(s.get("rejected_head_too_large"), 1);
+        assert_eq!(s.get("rejected_body_too_large"), 1);
+        assert_eq!(s.get("rejected_framing"), 2);
+        assert_eq!(s.get("rejected_malformed"), 1);
     }
 
     fn sample_view() -> View {

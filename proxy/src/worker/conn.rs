@@ -9,7 +9,7 @@
 
 use super::{accesslog, fetch, status, Worker};
 use common::http::CacheOutcome;
-use common::request::{parse_head, ClientBody, Parsed, Request};
+use common::request::{parse_head, ClientBody, Parsed, RejectReason, Request};
 use common::stats::Counters;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{sendmsg, MsgFlags};
@@ -465,9 +465,9 @@ pub fn serve_ready(w: &Worker, conn: &mut Conn, scratch: &mut Scratch) -> Next {
                     continue;
                 }
                 Parsed::Partial => {}
-                Parsed::Error(status, msg) => {
-                    w.counters().rejected(status, msg);
-                    send_simple(w, conn, status, msg);
+                Parsed::Error(why) => {
+                    w.counters().rejected(why);
+                    send_simple(w, conn, why.status(), why.message());
                     return Next::Close;
                 }
             }
@@ -502,8 +502,9 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
     common::supervise::test_panic(&req.target, "proxy");
     if let ClientBody::Length(n) = req.body {
         if n > w.shared.cfg.max_body_bytes {
-            w.counters().rejected(413, "request body too large");
-            send_simple(w, conn, 413, "request body too large");
+            let why = RejectReason::BodyTooLarge;
+            w.counters().rejected(why);
+            send_simple(w, conn, why.status(), why.message());
             return false;
         }
     }
@@ -601,12 +602,14 @@ pub fn body_failure(w: &Worker, conn: &mut Conn, e: &io::Error) {
     }
     match e.kind() {
         io::ErrorKind::FileTooLarge => {
-            w.counters().rejected(413, "request body too large");
-            send_simple(w, conn, 413, "request body too large");
+            let why = RejectReason::BodyTooLarge;
+            w.counters().rejected(why);
+            send_simple(w, conn, why.status(), why.message());
         }
         io::ErrorKind::InvalidData => {
-            w.counters().rejected(400, "malformed request body");
-            send_simple(w, conn, 400, "malformed request body");
+            let why = RejectReason::MalformedBody;
+            w.counters().rejected(why);
+            send_simple(w, conn, why.status(), why.message());
         }
         io::ErrorKind::TimedOut => Counters::inc(&w.counters().timeouts_send),
         _ => {}

@@ -11,7 +11,7 @@ use common::mq::Doorbells;
 use common::pool::AcquireError;
 use common::process::ProcId;
 use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
-use common::request::{ClientBody, Request};
+use common::request::{ClientBody, RejectReason, Request};
 use common::stats::{Counters, StatsRegion};
 use common::Names;
 use std::io::{self, Read, Write};
@@ -110,13 +110,13 @@ pub fn exchange(
     }
     .encode();
     if head.len() > w.shared.pool.segment_size() {
-        let (status, msg) = if req.target.len() * 2 > w.shared.pool.segment_size() {
-            (414, "request target too long for a segment")
+        let why = if req.target.len() * 2 > w.shared.pool.segment_size() {
+            RejectReason::TargetTooLongForSegment
         } else {
-            (431, "request head too large for a segment")
+            RejectReason::HeadTooLargeForSegment
         };
-        w.counters().rejected(status, msg);
-        conn::send_simple(w, conn, status, msg);
+        w.counters().rejected(why);
+        conn::send_simple(w, conn, why.status(), why.message());
         return false;
     }
     let Some(peer) = w.cached.current() else {
