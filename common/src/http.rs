@@ -57,42 +57,76 @@ pub fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// How a response was produced; the value of `X-Cache` and of the access log's cache field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CacheOutcome {
-    /// Answered from a stored object.
-    Hit = 1,
-    /// Fetched from the source, and stored if it could be.
-    Miss = 2,
-    /// Not cacheable by method or request: passed through.
-    Pass = 3,
-    /// Served stale (origin unreachable and staleness allowed).
-    Stale = 4,
-    /// Stored object revalidated with the origin (304).
-    Revalidated = 5,
-    /// Error produced by shmproxy itself (no source answer).
-    Error = 6,
-    /// Internal endpoint of the proxy.
-    Internal = 7,
-    /// Joined another request's fill in progress (request collapsing).
-    Collapsed = 8,
+/// The one list of cache outcomes, handed to the macro `$m` (with its own arguments after
+/// the list): variant, value on the wire ([`crate::protocol::ResponseHead`]), name (`X-Cache`,
+/// the access log, the `outcome` label of `responses_by_outcome`) and its stats counter.
+/// From it come [`CacheOutcome`] itself and the `outcome_*` fields of the stats slots; the
+/// order is the counters' order. A wire value is never reused for another outcome.
+macro_rules! with_cache_outcomes {
+    ($m:ident ! { $($args:tt)* }) => {
+        $m! {
+            [
+                /// Answered from a stored object.
+                Hit = 1, "HIT", outcome_hit;
+                /// Fetched from the source, and stored if it could be.
+                Miss = 2, "MISS", outcome_miss;
+                /// Not cacheable by method or request: passed through.
+                Pass = 3, "PASS", outcome_pass;
+                /// Served stale (origin unreachable and staleness allowed).
+                Stale = 4, "STALE", outcome_stale;
+                /// Stored object revalidated with the origin (304).
+                Revalidated = 5, "REVALIDATED", outcome_revalidated;
+                /// Joined another request's fill in progress (request collapsing).
+                Collapsed = 8, "COLLAPSED", outcome_collapsed;
+                /// Error produced by shmproxy itself (no source answer).
+                Error = 6, "ERROR", outcome_error;
+                /// Internal endpoint of the proxy.
+                Internal = 7, "INTERNAL", outcome_internal;
+            ]
+            $($args)*
+        }
+    };
+}
+pub(crate) use with_cache_outcomes;
+
+macro_rules! cache_outcome_enum {
+    ([ $( $(#[$doc:meta])* $variant:ident = $wire:literal, $name:literal, $counter:ident; )* ]) => {
+        /// How a response was produced; the value of `X-Cache` and of the access log's cache
+        /// field.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum CacheOutcome {
+            $( $(#[$doc])* $variant = $wire, )*
+        }
+
+        impl CacheOutcome {
+            /// Every outcome, in the counters' order.
+            pub const ALL: &[CacheOutcome] = &[ $( CacheOutcome::$variant ),* ];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( CacheOutcome::$variant => $name, )*
+                }
+            }
+
+            /// The outcome a wire value stands for (`None` for a value no outcome has).
+            pub const fn from_wire(v: u8) -> Option<CacheOutcome> {
+                match v {
+                    $( $wire => Some(CacheOutcome::$variant), )*
+                    _ => None,
+                }
+            }
+
+            pub const fn wire(self) -> u8 {
+                self as u8
+            }
+        }
+    };
 }
 
-impl CacheOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "HIT",
-            CacheOutcome::Miss => "MISS",
-            CacheOutcome::Pass => "PASS",
-            CacheOutcome::Stale => "STALE",
-            CacheOutcome::Revalidated => "REVALIDATED",
-            CacheOutcome::Error => "ERROR",
-            CacheOutcome::Internal => "INTERNAL",
-            CacheOutcome::Collapsed => "COLLAPSED",
-        }
-    }
+with_cache_outcomes!(cache_outcome_enum! {});
 
+impl CacheOutcome {
     /// The `Cache-Status` value (RFC 9211) of an answer with this outcome: `method` of the
     /// request, `fwd_status` the origin's status when the origin took part (0: it did not),
     /// `ttl` the remaining freshness in seconds when known.
@@ -132,20 +166,6 @@ impl CacheOutcome {
             v.push_str(&format!("; ttl={ttl}"));
         }
         v
-    }
-
-    pub fn from_u8(v: u8) -> Option<CacheOutcome> {
-        Some(match v {
-            1 => CacheOutcome::Hit,
-            2 => CacheOutcome::Miss,
-            3 => CacheOutcome::Pass,
-            4 => CacheOutcome::Stale,
-            5 => CacheOutcome::Revalidated,
-            6 => CacheOutcome::Error,
-            7 => CacheOutcome::Internal,
-            8 => CacheOutcome::Collapsed,
-            _ => return None,
-        })
     }
 }
 

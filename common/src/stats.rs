@@ -21,6 +21,7 @@
 //!
 //! Must never: take a lock, allocate or make a syscall on the update path.
 
+use crate::http::{with_cache_outcomes, CacheOutcome};
 use crate::names::Names;
 use crate::pool::{Pool, SegmentState};
 use crate::request::{RejectCounter, RejectReason};
@@ -112,6 +113,8 @@ impl Field {
     }
 }
 
+/// The stats field list: `{ fields }`, the cache outcomes' counters (one per
+/// [`CacheOutcome`], from [`with_cache_outcomes`]), `{ more fields }`.
 macro_rules! stats_fields {
     (@daemon) => { Daemon::Both };
     (@daemon proxy) => { Daemon::Proxy };
@@ -120,34 +123,70 @@ macro_rules! stats_fields {
     (@family $family:ident $label:ident $value:literal) => {
         Some(Family { name: stringify!($family), label: stringify!($label), value: $value })
     };
-    ($( $kind:ident $name:ident $(@ $daemon:ident)? $([$family:ident $label:ident = $value:literal])? : $help:literal ),* $(,)?) => {
-        /// One slot of counters. Layout is generated: a change bumps `STATS_VERSION`.
+    (
+        [ $( $(#[$odoc:meta])* $ovariant:ident = $owire:literal, $oname:literal, $ocounter:ident; )* ]
+        { $( $kind:ident $name:ident $(@ $daemon:ident)? $([$family:ident $label:ident = $value:literal])? : $help:literal ),* $(,)? }
+        outcomes @ $odaemon:ident [$ofamily:ident $olabel:ident] : $ohelp:literal;
+        { $( $kind2:ident $name2:ident $(@ $daemon2:ident)? $([$family2:ident $label2:ident = $value2:literal])? : $help2:literal ),* $(,)? }
+    ) => {
+        /// One slot of counters. Layout is generated; [`STATS_VERSION`] is derived from it.
         #[repr(C)]
         pub struct Counters {
             $( #[doc = $help] pub $name: AtomicU64, )*
+            $( #[doc = $ohelp] pub $ocounter: AtomicU64, )*
+            $( #[doc = $help2] pub $name2: AtomicU64, )*
             /// Request latency histogram (see `LATENCY_BUCKETS`).
             pub latency_us: [AtomicU64; LATENCY_BUCKETS],
         }
 
         /// Every field of [`Counters`], in layout order.
-        pub const FIELDS: &[Field] = &[ $( Field {
-            name: stringify!($name),
-            help: $help,
-            kind: FieldKind::$kind,
-            daemon: stats_fields!(@daemon $($daemon)?),
-            family: stats_fields!(@family $($family $label $value)?),
-        } ),* ];
+        pub const FIELDS: &[Field] = &[
+            $( Field {
+                name: stringify!($name),
+                help: $help,
+                kind: FieldKind::$kind,
+                daemon: stats_fields!(@daemon $($daemon)?),
+                family: stats_fields!(@family $($family $label $value)?),
+            }, )*
+            $( Field {
+                name: stringify!($ocounter),
+                help: $ohelp,
+                kind: FieldKind::Counter,
+                daemon: stats_fields!(@daemon $odaemon),
+                family: stats_fields!(@family $ofamily $olabel $oname),
+            }, )*
+            $( Field {
+                name: stringify!($name2),
+                help: $help2,
+                kind: FieldKind::$kind2,
+                daemon: stats_fields!(@daemon $($daemon2)?),
+                family: stats_fields!(@family $($family2 $label2 $value2)?),
+            }, )*
+        ];
 
         impl Counters {
             /// Current values in `FIELDS` order.
             pub fn values(&self) -> Vec<u64> {
-                vec![ $( self.$name.load(Ordering::Relaxed) ),* ]
+                vec![
+                    $( self.$name.load(Ordering::Relaxed), )*
+                    $( self.$ocounter.load(Ordering::Relaxed), )*
+                    $( self.$name2.load(Ordering::Relaxed), )*
+                ]
+            }
+
+            /// Counts one answered request by cache outcome.
+            pub fn outcome(&self, outcome: CacheOutcome) {
+                let c = match outcome {
+                    $( CacheOutcome::$ovariant => &self.$ocounter, )*
+                };
+                Self::inc(c);
             }
         }
     };
 }
 
-stats_fields! {
+with_cache_outcomes!(stats_fields! {
+{
     Counter requests @proxy: "Requests received from clients (complete request heads)",
     Counter requests_get @proxy [requests_by_method method = "GET"]: "Requests answered, by method",
     Counter requests_head @proxy [requests_by_method method = "HEAD"]: "Requests answered, by method",
@@ -163,14 +202,9 @@ stats_fields! {
     Counter responses_3xx @proxy [responses_by_class class = "3xx"]: "Responses sent, by status class",
     Counter responses_4xx @proxy [responses_by_class class = "4xx"]: "Responses sent, by status class",
     Counter responses_5xx @proxy [responses_by_class class = "5xx"]: "Responses sent, by status class",
-    Counter outcome_hit @proxy [responses_by_outcome outcome = "HIT"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_miss @proxy [responses_by_outcome outcome = "MISS"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_pass @proxy [responses_by_outcome outcome = "PASS"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_stale @proxy [responses_by_outcome outcome = "STALE"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_revalidated @proxy [responses_by_outcome outcome = "REVALIDATED"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_collapsed @proxy [responses_by_outcome outcome = "COLLAPSED"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_error @proxy [responses_by_outcome outcome = "ERROR"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_internal @proxy [responses_by_outcome outcome = "INTERNAL"]: "Requests answered, by cache outcome (the X-Cache value)",
+}
+outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache outcome (the X-Cache value)";
+{
     Counter latency_sum_us @proxy: "Sum of request durations (head received to answer sent), the latency histogram's sum",
     Counter bytes_in @proxy: "Request bytes read from clients",
     Counter bytes_out @proxy: "Response bytes written to clients",
@@ -242,6 +276,7 @@ stats_fields! {
     Counter upstream_server_down_events @cached: "Times an origin server was taken out of rotation (failed requests or health checks); the servers table has the current state",
     Counter misdirected_requests @cached: "Requests answered 421 Misdirected Request: their Host matched no site and there is no default site",
 }
+});
 
 // SAFETY: only atomics; repr(C); alignment 8.
 unsafe impl ShmSafe for Counters {}
@@ -291,22 +326,6 @@ impl Counters {
             "OPTIONS" => &self.requests_options,
             "PURGE" => &self.requests_purge,
             _ => &self.requests_other,
-        };
-        Self::inc(c);
-    }
-
-    /// Counts one answered request by cache outcome.
-    pub fn outcome(&self, outcome: crate::http::CacheOutcome) {
-        use crate::http::CacheOutcome as O;
-        let c = match outcome {
-            O::Hit => &self.outcome_hit,
-            O::Miss => &self.outcome_miss,
-            O::Pass => &self.outcome_pass,
-            O::Stale => &self.outcome_stale,
-            O::Revalidated => &self.outcome_revalidated,
-            O::Collapsed => &self.outcome_collapsed,
-            O::Error => &self.outcome_error,
-            O::Internal => &self.outcome_internal,
         };
         Self::inc(c);
     }

@@ -217,7 +217,7 @@ pub fn exchange(
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).
     conn.reply.site = peer.stats.site_name(answer.site).map(Arc::from);
-    let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
+    let outcome = answer.outcome;
     // The site's row counts what cached answered for it (L1 hits count in `l1_hits`).
     peer.stats
         .site_answered(answer.site, outcome, answer.status);
@@ -339,7 +339,7 @@ fn write_head(
         BodyLen::Unknown if chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         _ => {}
     }
-    let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
+    let outcome = answer.outcome;
     // A hit's remaining freshness is what the worker may keep it for (when it may).
     let ttl = (outcome == CacheOutcome::Hit && answer.l1_ttl_ms > 0)
         .then_some(u64::from(answer.l1_ttl_ms) / 1000);
