@@ -36,8 +36,56 @@ pub use upstream::{
 };
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
-/// Bumped whenever the field list changes (the slot layout is generated from it).
-pub const STATS_VERSION: u32 = 6;
+/// Bumped by hand only when a field keeps its name but changes its meaning; every change
+/// of the layout moves [`STATS_VERSION`] by itself.
+const STATS_SCHEMA: u32 = 7;
+/// The version a region is created with and opened against: a hash of everything its layout
+/// depends on (the slot's field list with names and kinds, the histogram, the header places,
+/// the sites and servers tables), so a reader built from another list refuses the region.
+pub const STATS_VERSION: u32 = layout_version();
+
+/// FNV-1a (32 bits) of `bytes`, continuing from `h`.
+const fn fnv1a(mut h: u32, bytes: &[u8]) -> u32 {
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+}
+
+/// `fnv1a` of a number's little-endian bytes.
+const fn fnv1a_usize(h: u32, n: usize) -> u32 {
+    fnv1a(h, &(n as u64).to_le_bytes())
+}
+
+/// A field's name and kind, then a separator (so `ab`,`c` and `a`,`bc` differ).
+const fn fnv1a_field(h: u32, name: &str, kind: FieldKind) -> u32 {
+    fnv1a(fnv1a(h, name.as_bytes()), &[kind as u8, 0])
+}
+
+/// Every field of `fields` in order, then their number.
+const fn fnv1a_fields(mut h: u32, fields: &[Field]) -> u32 {
+    let mut i = 0;
+    while i < fields.len() {
+        h = fnv1a_field(h, fields[i].name, fields[i].kind);
+        i += 1;
+    }
+    fnv1a_usize(h, fields.len())
+}
+
+const fn layout_version() -> u32 {
+    let mut h = fnv1a(0x811c_9dc5, &STATS_SCHEMA.to_le_bytes());
+    h = fnv1a_fields(h, FIELDS);
+    h = fnv1a_usize(h, LATENCY_BUCKETS);
+    h = fnv1a_usize(h, size_of::<Counters>());
+    h = fnv1a_usize(h, STATS_HEADER_OFFSET);
+    h = fnv1a_usize(h, size_of::<StatsHeader>());
+    h = fnv1a_usize(h, SLOTS_OFFSET);
+    upstream::layout_hash(h)
+}
+
 /// Where the [`StatsHeader`] lies (right after the region header).
 const STATS_HEADER_OFFSET: usize = 32;
 const SLOTS_OFFSET: usize = 64;
@@ -77,6 +125,7 @@ pub struct Family {
     pub value: &'static str,
 }
 
+#[derive(Clone, Copy)]
 pub struct Field {
     pub name: &'static str,
     pub help: &'static str,
@@ -1026,6 +1075,21 @@ mod tests {
         assert_eq!(offset_of!(StatsHeader, tables), 8);
         assert_eq!(offset_of!(Counters, requests), 0);
         assert_eq!(offset_of!(Counters, latency_us), FIELDS.len() * 8);
+        assert_eq!(size_of::<StatsHeader>(), 16);
+        // Each field lies where its place in FIELDS says (the generated outcome counters too).
+        let at = |name: &str| 8 * FIELDS.iter().position(|f| f.name == name).unwrap();
+        assert_eq!(offset_of!(Counters, responses_5xx), at("responses_5xx"));
+        assert_eq!(offset_of!(Counters, outcome_hit), at("outcome_hit"));
+        assert_eq!(
+            offset_of!(Counters, outcome_internal),
+            at("outcome_internal")
+        );
+        assert_eq!(offset_of!(Counters, latency_sum_us), at("latency_sum_us"));
+        assert_eq!(
+            offset_of!(Counters, misdirected_requests),
+            at("misdirected_requests")
+        );
+        assert_eq!(size_of::<Counters>(), (FIELDS.len() + LATENCY_BUCKETS) * 8);
         assert_eq!(SLOT_SIZE % 64, 0);
         let name = format!("/stattest3-{}", std::process::id());
         let r = StatsRegion::create_with_tables(&name, 2).unwrap();
@@ -1052,6 +1116,46 @@ mod tests {
         let plain = StatsRegion::create(&format!("/stattest4-{}", std::process::id()), 3).unwrap();
         assert_eq!((plain.slots(), plain.tables), (3, None));
         assert_eq!(plain.region.len(), SLOTS_OFFSET + 3 * SLOT_SIZE);
+    }
+
+    /// Renaming, reordering, adding or removing a field, or turning a counter into a gauge,
+    /// each moves the version, so a reader built from the old list refuses the region.
+    #[test]
+    fn version_follows_the_field_list() {
+        let base = fnv1a_fields(0x811c_9dc5, FIELDS);
+        let changed = |edit: fn(&mut Vec<Field>)| {
+            let mut v = FIELDS.to_vec();
+            edit(&mut v);
+            fnv1a_fields(0x811c_9dc5, &v)
+        };
+        let edits: [fn(&mut Vec<Field>); 5] = [
+            |v| v[3].name = "requests_brew",
+            |v| v.swap(1, 2),
+            |v| v.push(v[0]),
+            |v| v.truncate(v.len() - 1),
+            |v| v[0].kind = FieldKind::Gauge,
+        ];
+        let mut seen = vec![base];
+        for edit in edits {
+            let h = changed(edit);
+            assert!(!seen.contains(&h), "an edit kept the hash");
+            seen.push(h);
+        }
+        // Merging two names into one field keeps the bytes but not the hash.
+        assert_ne!(
+            fnv1a_field(
+                fnv1a_field(0, "ab", FieldKind::Counter),
+                "c",
+                FieldKind::Counter
+            ),
+            fnv1a_field(
+                fnv1a_field(0, "a", FieldKind::Counter),
+                "bc",
+                FieldKind::Counter
+            )
+        );
+        assert_eq!(STATS_VERSION, layout_version());
+        assert_ne!(STATS_VERSION, 0);
     }
 
     #[test]

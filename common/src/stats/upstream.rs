@@ -23,7 +23,7 @@
 //! (`SiteRow::answered`, `ServerRow::request`, the counters). A state change
 //! (`ServerRow::set_up`) reads the clock: it happens on health transitions only.
 
-use super::{json_escape, prom_help, prom_label, Counters, FieldKind};
+use super::{fnv1a_field, fnv1a_usize, json_escape, prom_help, prom_label, Counters, FieldKind};
 use crate::http::CacheOutcome;
 use crate::shm::ShmSafe;
 use std::fmt::Write as _;
@@ -387,6 +387,28 @@ pub struct Upstreams {
 // SAFETY: arrays of ShmSafe rows (only atomics); repr(C); alignment 8.
 unsafe impl ShmSafe for Upstreams {}
 
+/// Continues the stats region's layout hash ([`super::STATS_VERSION`]) with the tables'
+/// layout: row counts, text size, row sizes and both field lists.
+pub(super) const fn layout_hash(mut h: u32) -> u32 {
+    h = fnv1a_usize(h, MAX_SITES);
+    h = fnv1a_usize(h, MAX_SERVERS);
+    h = fnv1a_usize(h, TEXT_WORDS);
+    h = fnv1a_usize(h, size_of::<SiteRow>());
+    h = fnv1a_usize(h, size_of::<ServerRow>());
+    h = fnv1a_usize(h, size_of::<Upstreams>());
+    h = fnv1a_rows(h, SITE_FIELDS);
+    fnv1a_rows(h, SERVER_FIELDS)
+}
+
+const fn fnv1a_rows(mut h: u32, list: &[RowField]) -> u32 {
+    let mut i = 0;
+    while i < list.len() {
+        h = fnv1a_field(h, list[i].name, list[i].kind);
+        i += 1;
+    }
+    fnv1a_usize(h, list.len())
+}
+
 /// One published site row, read at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SiteView {
@@ -690,6 +712,28 @@ mod tests {
         assert_eq!(SERVER_FIELDS.len(), (232 - 168) / 8);
         assert_eq!(SERVER_FIELDS[4].name, "in_flight");
         assert_eq!(SERVER_FIELDS[4].kind, FieldKind::Gauge);
+    }
+
+    /// The tables' field lists move the region's version as the slot's list does.
+    #[test]
+    fn table_lists_move_the_version() {
+        let base = fnv1a_rows(1, SERVER_FIELDS);
+        let renamed: Vec<RowField> = SERVER_FIELDS
+            .iter()
+            .map(|f| RowField {
+                name: if f.name == "retries" {
+                    "retried"
+                } else {
+                    f.name
+                },
+                help: f.help,
+                kind: f.kind,
+            })
+            .collect();
+        assert_ne!(fnv1a_rows(1, &renamed), base);
+        assert_ne!(fnv1a_rows(1, &renamed[1..]), base);
+        assert_ne!(fnv1a_rows(1, SITE_FIELDS), base);
+        assert_ne!(layout_hash(1), layout_hash(2));
     }
 
     #[test]
