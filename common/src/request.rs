@@ -324,12 +324,23 @@ pub fn normalize_host(v: &[u8], default_port: &str) -> Option<String> {
 /// A chunk-size line without its CRLF (RFC 9112 §7.1.1): `1*HEXDIG *( BWS ";" BWS name
 /// [ BWS "=" BWS ( token / quoted-string ) ] )`. The size, or `None` for anything else
 /// (bare CR, NUL, other control bytes, a size over 15 hex digits).
+///
+/// `httparse::parse_chunk_size` reads the size; the extensions, which it lets through
+/// whatever their bytes, are checked here against the grammar.
 pub fn chunk_size_line(line: &[u8]) -> Option<u64> {
+    const MAX_DIGITS: usize = 15;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
+    if digits == 0 || digits > MAX_DIGITS {
         return None;
     }
-    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
+    let mut size_line = [0u8; MAX_DIGITS + 2];
+    size_line[..digits].copy_from_slice(&line[..digits]);
+    size_line[digits..digits + 2].copy_from_slice(b"\r\n");
+    let Ok(httparse::Status::Complete((_, size))) =
+        httparse::parse_chunk_size(&size_line[..digits + 2])
+    else {
+        return None;
+    };
     let mut rest = &line[digits..];
     let ows = |r: &mut &[u8]| {
         while let [b' ' | b'\t', tail @ ..] = *r {
