@@ -26,6 +26,7 @@ use crate::names::Names;
 use crate::pool::{Pool, SegmentState};
 use crate::request::{RejectCounter, RejectReason};
 use crate::shm::{ShmError, ShmRegion, ShmSafe};
+use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -711,52 +712,44 @@ impl View {
         }
     }
 
-    /// The JSON document of `/__shmproxy/stats`.
+    /// The JSON document of `/__shmproxy/stats` (keys in this order: readers such as the
+    /// e2e harness look for `{"instance":` first).
     pub fn json(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        let _ = write!(
-            out,
-            "{{\"instance\":\"{}\",\"version\":\"{}\",\"time_ms\":{},\"pool\":",
-            json_escape(&self.instance),
-            env!("CARGO_PKG_VERSION"),
-            self.time_ms
-        );
-        match &self.pool {
-            Some(p) => {
-                let _ = write!(
-                    out,
-                    "{{\"segments\":{},\"segment_size\":{},\"free\":{},\"in_use\":{},\"quarantined\":{},\"states\":\"{}\"}}",
-                    p.segments, p.segment_size, p.free, p.in_use, p.quarantined, p.states
-                );
-            }
-            None => out.push_str("null"),
-        }
-        out.push_str(",\"proxy\":");
-        match &self.proxy {
-            Some(s) => snapshot_json(&mut out, s, Daemon::Proxy, None),
-            None => out.push_str("null"),
-        }
-        out.push_str(",\"workers\":[");
-        for (k, w) in self.workers.iter().enumerate() {
-            let _ = write!(
-                out,
-                "{}{{\"worker\":{},\"connections_active\":{},\"connections_idle\":{},\"requests\":{},\"bytes_out\":{}}}",
-                if k > 0 { "," } else { "" },
-                w.worker,
-                w.connections_active,
-                w.connections_idle,
-                w.requests,
-                w.bytes_out
-            );
-        }
-        out.push_str("],\"cached\":");
-        match &self.cached {
-            Some((s, pid)) => snapshot_json(&mut out, s, Daemon::Cached, Some(*pid)),
-            None => out.push_str("null"),
-        }
-        upstream::tables_json(&mut out, &self.sites, &self.servers);
-        out.push('}');
-        out
+        let pool = self.pool.as_ref().map(|p| {
+            json!({
+                "segments": p.segments,
+                "segment_size": p.segment_size,
+                "free": p.free,
+                "in_use": p.in_use,
+                "quarantined": p.quarantined,
+                "states": p.states,
+            })
+        });
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "worker": w.worker,
+                    "connections_active": w.connections_active,
+                    "connections_idle": w.connections_idle,
+                    "requests": w.requests,
+                    "bytes_out": w.bytes_out,
+                })
+            })
+            .collect();
+        json!({
+            "instance": self.instance,
+            "version": env!("CARGO_PKG_VERSION"),
+            "time_ms": self.time_ms,
+            "pool": pool,
+            "proxy": self.proxy.as_ref().map(|s| snapshot_json(s, Daemon::Proxy, None)),
+            "workers": workers,
+            "cached": self.cached.as_ref().map(|(s, pid)| snapshot_json(s, Daemon::Cached, Some(*pid))),
+            "sites": upstream::sites_json(&self.sites),
+            "servers": upstream::servers_json(&self.servers),
+        })
+        .to_string()
     }
 
     /// The Prometheus text exposition (format 0.0.4) of `/__shmproxy/metrics`.
@@ -866,44 +859,37 @@ impl View {
     }
 }
 
-fn snapshot_json(out: &mut String, s: &Snapshot, region: Daemon, pid: Option<u32>) {
-    out.push('{');
-    let mut first = true;
-    for (i, f) in FIELDS.iter().enumerate() {
-        if !f.shown_in(region) {
-            continue;
-        }
-        let v = s.values[i];
-        let _ = match f.kind {
-            FieldKind::Counter => write!(out, "{}\"{}\":{v}", if first { "" } else { "," }, f.name),
-            FieldKind::Gauge => write!(
-                out,
-                "{}\"{}\":{}",
-                if first { "" } else { "," },
-                f.name,
-                v as i64
-            ),
-        };
-        first = false;
+/// A JSON number for a field's value: counters as they are, gauges as signed (a gauge's
+/// wrapping sum can be read between an increment and its decrement).
+fn json_value(kind: FieldKind, v: u64) -> Value {
+    match kind {
+        FieldKind::Counter => Value::from(v),
+        FieldKind::Gauge => Value::from(v as i64),
     }
+}
+
+fn snapshot_json(s: &Snapshot, region: Daemon, pid: Option<u32>) -> Value {
+    let mut m: Map<String, Value> = FIELDS
+        .iter()
+        .zip(&s.values)
+        .filter(|(f, _)| f.shown_in(region))
+        .map(|(f, &v)| (f.name.to_string(), json_value(f.kind, v)))
+        .collect();
     if region == Daemon::Proxy {
-        let _ = write!(
-            out,
-            ",\"latency_count\":{},\"latency_p50_us\":{},\"latency_p90_us\":{},\"latency_p99_us\":{},\"latency_buckets\":[",
-            s.latency_count(),
-            s.latency_percentile(0.5),
-            s.latency_percentile(0.9),
-            s.latency_percentile(0.99)
-        );
-        for (i, n) in s.latency.iter().enumerate() {
-            let _ = write!(out, "{}{n}", if i > 0 { "," } else { "" });
+        m.insert("latency_count".into(), s.latency_count().into());
+        for (key, q) in [
+            ("latency_p50_us", 0.5),
+            ("latency_p90_us", 0.9),
+            ("latency_p99_us", 0.99),
+        ] {
+            m.insert(key.into(), s.latency_percentile(q).into());
         }
-        out.push(']');
+        m.insert("latency_buckets".into(), s.latency.clone().into());
     }
     if let Some(pid) = pid {
-        let _ = write!(out, ",\"cached_pid\":{pid}");
+        m.insert("cached_pid".into(), pid.into());
     }
-    out.push('}');
+    Value::Object(m)
 }
 
 fn snapshot_prometheus(out: &mut String, s: &Snapshot, region: Daemon) {
@@ -965,21 +951,6 @@ fn histogram_prometheus(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
     let _ = writeln!(out, "{name}_sum {}", s.get("latency_sum_us") as f64 / 1e6);
     let _ = writeln!(out, "{name}_count {count}");
-}
-
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// HELP text: backslashes and line feeds escaped.

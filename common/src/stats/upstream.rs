@@ -23,9 +23,10 @@
 //! (`SiteRow::answered`, `ServerRow::request`, the counters). A state change
 //! (`ServerRow::set_up`) reads the clock: it happens on health transitions only.
 
-use super::{fnv1a_field, fnv1a_usize, json_escape, prom_help, prom_label, Counters, FieldKind};
+use super::{fnv1a_field, fnv1a_usize, json_value, prom_help, prom_label, Counters, FieldKind};
 use crate::http::CacheOutcome;
 use crate::shm::ShmSafe;
+use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -496,46 +497,42 @@ impl Upstreams {
 // Rendering (called by `View::json` and `View::prometheus`).
 // ---------------------------------------------------------------------------------------------
 
-fn values_json(out: &mut String, list: &[RowField], values: &[u64]) {
-    for (f, v) in list.iter().zip(values) {
-        let _ = match f.kind {
-            FieldKind::Counter => write!(out, ",\"{}\":{v}", f.name),
-            FieldKind::Gauge => write!(out, ",\"{}\":{}", f.name, *v as i64),
-        };
+/// A row as a JSON object: `head` (its identity), then its counters in list order.
+fn row_json(head: Vec<(&str, Value)>, list: &[RowField], values: &[u64]) -> Value {
+    let mut m: Map<String, Value> = head.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    for (f, &v) in list.iter().zip(values) {
+        m.insert(f.name.to_string(), json_value(f.kind, v));
     }
+    Value::Object(m)
 }
 
-/// `,"sites":[…],"servers":[…]` (always present; empty without cached or in disk mode).
-pub(super) fn tables_json(out: &mut String, sites: &[SiteView], servers: &[ServerView]) {
-    out.push_str(",\"sites\":[");
-    for (k, s) in sites.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}{{\"index\":{},\"name\":\"{}\"",
-            if k > 0 { "," } else { "" },
-            s.index,
-            json_escape(&s.name)
-        );
-        values_json(out, SITE_FIELDS, &s.values);
-        out.push('}');
-    }
-    out.push_str("],\"servers\":[");
-    for (k, s) in servers.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}{{\"index\":{},\"site\":\"{}\",\"site_index\":{},\"url\":\"{}\",\"state\":\"{}\",\"last_change\":{}",
-            if k > 0 { "," } else { "" },
-            s.index,
-            json_escape(&s.site_name),
-            s.site,
-            json_escape(&s.url),
-            s.state.as_str(),
-            s.last_change
-        );
-        values_json(out, SERVER_FIELDS, &s.values);
-        out.push('}');
-    }
-    out.push(']');
+/// The `sites` array of the stats JSON (empty without cached or in disk mode).
+pub(super) fn sites_json(sites: &[SiteView]) -> Value {
+    sites
+        .iter()
+        .map(|s| {
+            let head = vec![("index", s.index.into()), ("name", s.name.clone().into())];
+            row_json(head, SITE_FIELDS, &s.values)
+        })
+        .collect()
+}
+
+/// The `servers` array of the stats JSON.
+pub(super) fn servers_json(servers: &[ServerView]) -> Value {
+    servers
+        .iter()
+        .map(|s| {
+            let head = vec![
+                ("index", s.index.into()),
+                ("site", s.site_name.clone().into()),
+                ("site_index", s.site.into()),
+                ("url", s.url.clone().into()),
+                ("state", s.state.as_str().into()),
+                ("last_change", s.last_change.into()),
+            ];
+            row_json(head, SERVER_FIELDS, &s.values)
+        })
+        .collect()
 }
 
 /// Label sets, one per row, all different: a row whose set repeats an earlier one (the same
@@ -832,12 +829,9 @@ mod tests {
             (5, "blog")
         );
 
-        let mut json = String::new();
-        tables_json(&mut json, &sites, &servers);
+        let json = format!("{},{}", sites_json(&sites), servers_json(&servers));
         assert!(
-            json.starts_with(
-                ",\"sites\":[{\"index\":0,\"name\":\"shop\",\"requests\":4,\"hits\":1,"
-            ),
+            json.starts_with("[{\"index\":0,\"name\":\"shop\",\"requests\":4,\"hits\":1,"),
             "{json}"
         );
         assert!(json.contains(
