@@ -2,8 +2,11 @@
 //! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
 //! message queue, fd passing, the stats regions, process helpers and HTTP helpers.
 //!
-//! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool` and `process`
-//! (and a `raise` in a test of `signals`).
+//! All `unsafe` code of the project lives here: blocks in `shm`, `sem`, `pool`, `process`,
+//! `fdpass` (taking ownership of received or accepted descriptors, an `ioctl`) and `mq` (its
+//! descriptor borrowed for `poll`); the marker `ShmSafe` (declared in `shm`) implemented for
+//! the shared-memory types of `shm`, `sem`, `pool` and `stats`; and a `raise` in a test of
+//! `signals`.
 
 pub mod config;
 pub mod fdpass;

@@ -6,7 +6,10 @@
 //! being used as an open proxy (absolute-form targets for other hosts). `Host` is validated
 //! (RFC 9112 §3.2) and normalised: it is part of the cache key. The chunked-body grammar
 //! (size lines, extensions, trailer fields) is here too, for the worker's body reader.
-//! Pure: bytes in, a [`Request`] or a status out. The proxy's workers call it; so do the fuzzers.
+//! Every refusal is a [`RejectReason`], whose [`RejectReason::verdict`] is the one place that
+//! gives it a status and a `rejected_requests` counter.
+//! Pure: bytes in, a [`Request`] or a [`RejectReason`] out. The proxy's workers call it; so
+//! do the fuzzers.
 
 use crate::protocol::BodyLen;
 use std::mem::MaybeUninit;
