@@ -1,6 +1,8 @@
 //! Code shared by the `proxy` and `cached` daemons: configuration, IPC names, the wire
 //! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
-//! message queue, fd passing, the stats regions, process helpers and HTTP helpers.
+//! message queue, fd passing, the stats regions, the client request parser, HTTP helpers,
+//! process helpers, signal dispositions, thread supervision, the logger and systemd
+//! readiness notifications.
 //!
 //! All `unsafe` code of the project lives here: blocks in `shm`, `sem`, `pool`, `process`,
 //! `fdpass` (taking ownership of received or accepted descriptors, an `ioctl`) and `mq` (its
