@@ -18,7 +18,9 @@
 //! as `shmproxy_site_*`/`shmproxy_upstream_*` families in the Prometheus text.
 //!
 //! Layout: the region header (32 bytes), a [`StatsHeader`] (slot count, table offset), the
-//! slots from byte 64, then (cached only) the [`Upstreams`] table.
+//! slots from byte 64, then (cached only) the [`Upstreams`] table. The region's version,
+//! [`STATS_VERSION`], is a hash of all of it, so a reader built from another field list
+//! refuses the region instead of misreading it.
 //!
 //! Must never: take a lock, allocate or make a syscall on the update path.
 
