@@ -1724,6 +1724,20 @@ mod tests {
         assert!(!p.stats_allow.iter().any(|n| n.contains(lo("127.0.0.1"))));
         let all = IpNet::parse("0.0.0.0/0").unwrap();
         assert!(all.contains(lo("8.8.8.8")) && !all.contains(lo("2001:db8::1")));
+        // Host bits beside a prefix are allowed; the range is the network's.
+        assert!(IpNet::parse("10.1.2.3/8").unwrap().contains(lo("10.9.9.9")));
+        let v6 = IpNet::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(lo("2001:db8:ffff::1")) && !v6.contains(lo("2001:db9::1")));
+        assert!(!v6.contains(lo("10.0.0.1")));
+        for (bad, why) in [
+            ("x/8", "not an address"),
+            ("10.0.0.0/", "bad prefix length"),
+            ("::/129", "bad prefix length"),
+            ("10.0.0.0/8/8", "bad prefix length"),
+        ] {
+            let e = IpNet::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
         let e = ProxyConfig::load(None, &flags(&[("proxy.stats_allow", "10.0.0.0/33")]))
             .unwrap_err()
             .to_string();
