@@ -3,7 +3,7 @@
 //! slot 0, worker N in slot N), summed on read. No locks on the request path: counters are
 //! `fetch_add(Relaxed)`; gauges go up and down the same way (wrapping; the sum is what counts).
 //!
-//! One list, [`stats_fields!`] (its `outcomes` entry spelt out from the list of cache
+//! One list, `stats_fields!` (its `outcomes` entry spelt out from the list of cache
 //! outcomes, `with_cache_outcomes`), generates the slot layout, the names, kinds and help texts,
 //! and through them the JSON (`/__shmproxy/stats`, `proxy stats --json`), the Prometheus text
 //! (`/__shmproxy/metrics`), the `proxy stats` screen and the README's table of counters
