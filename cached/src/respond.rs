@@ -45,7 +45,7 @@ pub fn head(
     let h = ResponseHead {
         status,
         body,
-        outcome: meta.outcome as u8,
+        outcome: meta.outcome,
         l1_ttl_ms: meta.l1_ttl_ms,
         upstream_status: meta.upstream_status,
         site: meta.site,

@@ -899,6 +899,37 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// Both processes map these headers: a change here bumps `POOL_VERSION`.
+    #[test]
+    fn header_layout_is_pinned() {
+        use std::mem::offset_of;
+        assert_eq!(size_of::<SharedSem>(), 32);
+        assert_eq!(offset_of!(PoolHeader, region), 0);
+        assert_eq!(offset_of!(PoolHeader, pool_id), 32);
+        assert_eq!(offset_of!(PoolHeader, segments), 40);
+        assert_eq!(offset_of!(PoolHeader, slots), 44);
+        assert_eq!(offset_of!(PoolHeader, segment_size), 48);
+        assert_eq!(offset_of!(PoolHeader, data_offset), 56);
+        assert_eq!(offset_of!(PoolHeader, next_hint), 64);
+        assert_eq!(offset_of!(PoolHeader, invalidations), 72);
+        assert_eq!(offset_of!(PoolHeader, free), 80);
+        assert_eq!(size_of::<PoolHeader>(), 112);
+        assert_eq!(offset_of!(SegmentHeader, state), 0);
+        assert_eq!(offset_of!(SegmentHeader, request_id), 8);
+        assert_eq!(offset_of!(SegmentHeader, cached_pid), 16);
+        assert_eq!(offset_of!(SegmentHeader, cached_start), 24);
+        assert_eq!(offset_of!(SegmentHeader, acquired_ms), 32);
+        assert_eq!(offset_of!(SegmentHeader, free), 40);
+        assert_eq!(offset_of!(SegmentHeader, to_cached), 72);
+        assert_eq!(offset_of!(SegmentHeader, to_proxy), 104);
+        assert_eq!(offset_of!(SegmentHeader, slot_len), 136);
+        assert_eq!(offset_of!(SegmentHeader, slot_flags), 136 + 4 * MAX_SLOTS);
+        assert_eq!(offset_of!(SegmentHeader, slot_tag), 136 + 8 * MAX_SLOTS);
+        assert_eq!(size_of::<SegmentHeader>(), 136 + 12 * MAX_SLOTS);
+        assert_eq!(align_of::<PoolHeader>(), 8);
+        assert_eq!(align_of::<SegmentHeader>(), 8);
+    }
+
     fn names(tag: &str) -> Names {
         Names::for_instance(&format!("pt{}-{tag}", std::process::id()))
     }

@@ -12,7 +12,7 @@
 
 use common::config::ProxyConfig;
 use common::http::CacheOutcome;
-use common::request::{parse_head, ClientBody, Limits, Parsed, Request};
+use common::request::{parse_head, ClientBody, Limits, Parsed, RejectReason, Request};
 use common::stats::Counters;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{sendmsg, MsgFlags};
@@ -219,7 +219,7 @@ pub enum Next {
 pub enum Head {
     Request(Request),
     /// The head is invalid: answer with this status and close.
-    Invalid(u16, &'static str),
+    Invalid(RejectReason),
     /// Nothing complete yet and the socket has nothing more now.
     Park,
     /// The client closed, or the socket failed.
@@ -286,10 +286,10 @@ impl Conn {
                         return Head::Request(req);
                     }
                     Parsed::Partial => {}
-                    Parsed::Error(status, msg) => {
+                    Parsed::Error(why) => {
                         // Its answer is the only one: what the previous request got is done.
                         self.reply = Reply::new();
-                        return Head::Invalid(status, msg);
+                        return Head::Invalid(why);
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! `HTTPStatus`). Nothing here writes to a socket; `route` applies the answer.
 
 use super::conn::ClientError;
+use common::request::RejectReason;
 use common::stats::Counters;
 use std::fmt;
 use std::io;
@@ -11,7 +12,7 @@ use std::io;
 #[derive(Debug)]
 pub enum FetchError {
     /// The request is refused before it is forwarded (`bad_requests` and its reason).
-    Rejected { status: u16, why: &'static str },
+    Rejected(RejectReason),
     /// cached is not running.
     CachedAbsent,
     /// No free segment within `pool_wait`.
@@ -33,7 +34,9 @@ pub enum FetchError {
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FetchError::Rejected { status, why } => write!(f, "rejected ({status}): {why}"),
+            FetchError::Rejected(why) => {
+                write!(f, "rejected ({}): {}", why.status(), why.message())
+            }
             FetchError::CachedAbsent => f.write_str("cached is not running"),
             FetchError::PoolTimeout => f.write_str("no free segment in time"),
             FetchError::RingFailed(e) => write!(f, "ringing cached: {e}"),
@@ -69,10 +72,7 @@ impl FetchError {
     /// status and its counter.
     pub fn count(&self, c: &Counters) -> Option<(u16, &'static str)> {
         let (counter, answer) = match self {
-            FetchError::Rejected { status, why } => {
-                c.rejected(*status, why);
-                return Some((*status, why));
-            }
+            FetchError::Rejected(why) => return Some(reject(c, *why)),
             FetchError::CachedAbsent => (
                 Some(&c.cached_unavailable),
                 Some((503, "cached is not running; retry shortly")),
@@ -104,14 +104,10 @@ impl FetchError {
             }
             FetchError::Client(ClientError::TimedOut) => (Some(&c.timeouts_send), None),
             FetchError::Client(ClientError::BodyTooLarge) => {
-                let why = "request body too large";
-                c.rejected(413, why);
-                return Some((413, why));
+                return Some(reject(c, RejectReason::BodyTooLarge))
             }
             FetchError::Client(ClientError::BadChunk(_)) => {
-                let why = "malformed request body";
-                c.rejected(400, why);
-                return Some((400, why));
+                return Some(reject(c, RejectReason::MalformedBody))
             }
             FetchError::Client(ClientError::Closed | ClientError::Io(_)) => (None, None),
         };
@@ -126,4 +122,11 @@ impl FetchError {
     pub fn keeps_connection(&self) -> bool {
         matches!(self, FetchError::CachedAbsent | FetchError::PoolTimeout)
     }
+}
+
+/// A refused request: counted by its reason, answered with the status and text the reason
+/// maps to (`RejectReason::verdict`).
+fn reject(c: &Counters, why: RejectReason) -> (u16, &'static str) {
+    c.rejected(why);
+    (why.status(), why.message())
 }

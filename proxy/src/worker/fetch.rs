@@ -11,10 +11,9 @@ use super::error::FetchError;
 use super::l1;
 use super::link::Peer;
 use super::respond;
-use common::http::CacheOutcome;
 use common::pool::{AcquireError, Lease};
 use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
-use common::request::{ClientBody, Request};
+use common::request::{ClientBody, RejectReason, Request};
 use common::stats::Counters;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
@@ -46,12 +45,13 @@ pub fn exchange(
     }
     .encode();
     if head.len() > pool.segment_size() {
-        let (status, why) = if req.target.len() * 2 > pool.segment_size() {
-            (414, "request target too long for a segment")
-        } else {
-            (431, "request head too large for a segment")
-        };
-        return Err(FetchError::Rejected { status, why });
+        return Err(FetchError::Rejected(
+            if req.target.len() * 2 > pool.segment_size() {
+                RejectReason::TargetTooLongForSegment
+            } else {
+                RejectReason::HeadTooLargeForSegment
+            },
+        ));
     }
     let peer = cx.cached.current().ok_or(FetchError::CachedAbsent)?;
     let epoch = pool.invalidations();
@@ -143,7 +143,7 @@ fn relay_answer(
         keep = false; // HTTP/1.0: the body ends when the connection closes
     }
     let chunked = chunked && req.version == 11;
-    let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
+    let outcome = answer.outcome;
     let out = respond::from_cached(cx.counters(), conn, &answer, outcome, req, keep, chunked);
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).

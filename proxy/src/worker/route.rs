@@ -25,8 +25,8 @@ pub fn serve_ready(cx: &Ctx, io: &Io, conn: &mut Conn, scratch: &mut Scratch) ->
     loop {
         let mut req = match conn.next_head(io.counters, &cx.limits, &mut scratch.read) {
             Head::Request(req) => req,
-            Head::Invalid(status, why) => {
-                fail(io, conn, &FetchError::Rejected { status, why });
+            Head::Invalid(why) => {
+                fail(io, conn, &FetchError::Rejected(why));
                 return Next::Close;
             }
             Head::Park => return Next::Park,
