@@ -3,8 +3,8 @@
 //! per-worker L1, disk revalidation and `X-Cache`. Each test scripts the in-process origin
 //! and counts the requests it receives.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{pattern, sha256_hex, with_deadline, write_file, Instance};
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{pattern, sha256_hex, with_deadline, write_file, Instance};
 use crate::origin::{Framing, Origin, Route};
 use std::io::Read;
 use std::sync::{Arc, Barrier};
@@ -597,7 +597,7 @@ fn large_objects_stream_through_unstored_with_flat_memory() {
             "larger than max_object_size: not stored"
         );
         let proxy = inst.proxy_pid().unwrap();
-        let mut pids = crate::harness::descendants(proxy);
+        let mut pids = shmproxy_tests::harness::descendants(proxy);
         pids.extend([proxy, inst.cached_pid().unwrap()]);
         for pid in pids {
             let hwm = peak_rss_kib(pid);

@@ -13,8 +13,8 @@
 //! - IPC objects: mode 0600, a stale garbage pool replaced with a log line, a live instance's
 //!   objects never touched by a second daemon of the same name.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{
     bin_path, descendants, pattern, pid_alive, poll_until, send_signal, shm_objects, with_deadline,
     write_file, Instance,
 };
@@ -520,7 +520,7 @@ fn origin_refusing_connections_is_502() {
     with_deadline(T, || {
         // A port held by a bound socket that never listens: connecting is refused, and no
         // other test's daemon can take the port meanwhile.
-        let closed = crate::harness::ClosedPort::new();
+        let closed = shmproxy_tests::harness::ClosedPort::new();
         let port = closed.port();
         let inst = Instance::builder()
             .origin(&format!("http://127.0.0.1:{port}"))
@@ -800,7 +800,7 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
         );
         drop((a, b));
         let refused =
-            crate::harness::poll_until(Duration::from_secs(5), "connections_refused", || {
+            shmproxy_tests::harness::poll_until(Duration::from_secs(5), "connections_refused", || {
                 let n = inst.stats()["proxy"]["connections_refused"]
                     .as_u64()
                     .unwrap_or(0);

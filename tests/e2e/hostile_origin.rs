@@ -9,8 +9,8 @@
 // Some helpers serve only some tests.
 #![allow(dead_code)]
 
-use crate::client::{self, Conn};
-use crate::harness::{poll_until, with_deadline, Instance};
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{poll_until, with_deadline, Instance};
 use crate::origin::{Origin, Route};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -581,7 +581,7 @@ fn set_cookie_answers_are_not_shared_unless_the_operator_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[cached]\nset_cookie = \"sometimes\"\n").unwrap();
-        let out = std::process::Command::new(crate::harness::bin_path("cached"))
+        let out = std::process::Command::new(shmproxy_tests::harness::bin_path("cached"))
             .arg("--config")
             .arg(&file)
             .output()

@@ -6,8 +6,8 @@
 //! instead of being dropped; a burst of new connections is accepted whole, while a lone
 //! client's connections are accepted at once.
 
-use crate::client::{request_bytes, Conn, Expect};
-use crate::harness::{
+use shmproxy_tests::client::{request_bytes, Conn, Expect};
+use shmproxy_tests::harness::{
     pattern, raise_nofile_limit, send_signal, with_deadline, write_file, Instance,
 };
 use crate::origin::{Origin, Route};

@@ -1,8 +1,8 @@
 //! Start order, `cached` absent / restarted, graceful stop on SIGTERM and SIGINT, and two
 //! instances side by side.
 
-use crate::client::{self, Conn};
-use crate::harness::{
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{
     descendants, describe_status, pattern, pid_alive, poll_until, shm_objects, with_deadline,
     write_file, Instance, EXIT_BOUND,
 };
@@ -279,7 +279,7 @@ fn sigterm_lets_an_in_flight_request_finish() {
         inst.signal_cached(libc::SIGTERM);
         let r = client.join().expect("client thread");
         assert_eq!(r.status, 200, "{}", r.describe());
-        crate::harness::assert_same_body(&r.body, &body, "in-flight /slow");
+        shmproxy_tests::harness::assert_same_body(&r.body, &body, "in-flight /slow");
         let p = inst.wait_proxy_exit(EXIT_BOUND);
         let c = inst.wait_cached_exit(EXIT_BOUND.saturating_sub(t0.elapsed()));
         assert!(

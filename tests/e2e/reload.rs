@@ -2,8 +2,8 @@
 //! a request, and a new `proxy --upgrade` takes the listening socket over from the running
 //! master with no refused connection.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{
     bin_path, descendants, free_port, pid_alive, send_signal, with_deadline, write_file, Instance,
 };
 use std::process::{Command, Stdio};

@@ -4,8 +4,8 @@
 //! qualified `no-cache`/`private`, and `CDN-Cache-Control` with its config keys. The pure
 //! rules have unit tests in `cached/src/policy.rs` and `common/src/http.rs`.
 
-use crate::client::{self, Conn};
-use crate::harness::{with_deadline, Instance};
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{with_deadline, Instance};
 use crate::origin::{Origin, Route};
 use common::http::http_date;
 use std::io::{Read, Write};

@@ -4,7 +4,7 @@
 //! left in /dev/shm or the mqueue namespace, even when SIGTERM reaches a proxy master that
 //! is still starting.
 
-use crate::harness::{describe_status, poll_until, with_deadline, write_file, Instance};
+use shmproxy_tests::harness::{describe_status, poll_until, with_deadline, write_file, Instance};
 use std::os::unix::process::ExitStatusExt;
 use std::thread;
 use std::time::Duration;

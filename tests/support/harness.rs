@@ -12,8 +12,6 @@
 //!
 //! It never kills anything by name, only the pids it spawned (and their descendants).
 
-// A shared harness: not every test file uses every helper.
-#![allow(dead_code)]
 
 use crate::client::{self, Conn, Response};
 use sha2::{Digest, Sha256};

@@ -6,8 +6,6 @@
 //! then call [`Conn::read_response`] once per request. Every read and write has a timeout, so a
 //! silent server fails the test instead of hanging it.
 
-// A shared harness: not every test file uses every helper.
-#![allow(dead_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
