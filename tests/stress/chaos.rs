@@ -34,7 +34,7 @@
 
 use crate::daemons::{self, Daemons, PoolStats, Setup};
 use crate::files::{self, Doc, SplitMix64};
-use crate::http::Client;
+use shmproxy_tests::client::Client;
 use crate::{human_size, print_tail, Opts, Shape, WorkDir};
 use sha2::{Digest, Sha256};
 use std::fmt;

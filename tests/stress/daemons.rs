@@ -5,7 +5,7 @@
 //! killed stress run does not leave daemons behind. Logs go to one file per daemon; a daemon
 //! restarted by the chaos mode appends to its predecessor's file after a marker line.
 
-use crate::http::Client;
+use shmproxy_tests::client::Client;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};

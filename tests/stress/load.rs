@@ -8,7 +8,7 @@
 //! an error.
 
 use crate::files::{Doc, SplitMix64};
-use crate::http::Client;
+use shmproxy_tests::client::Client;
 use sha2::{Digest, Sha256};
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;

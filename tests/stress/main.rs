@@ -20,7 +20,6 @@
 mod chaos;
 mod daemons;
 mod files;
-mod http;
 mod load;
 
 use chaos::Victim;

@@ -1,11 +1,14 @@
-//! A small blocking HTTP/1.1 client over `std::net::TcpStream`, for the e2e tests.
+//! The one blocking HTTP/1.1 client of the tests, over `std::net::TcpStream`.
 //!
 //! It never normalises what it sends: tests write raw bytes (bad request lines, `..`, `%00`) and
 //! read back exactly one response at a time, framed by `Content-Length`, `chunked` or the close
-//! of the connection. Keep-alive and pipelining are the caller's business: send several requests,
-//! then call [`Conn::read_response`] once per request. Every read and write has a timeout, so a
-//! silent server fails the test instead of hanging it.
-
+//! of the connection; the head is parsed by `httparse`, and anything that does not parse is an
+//! `InvalidData` error (the stress tool's chaos mode counts those as foreign bytes). A [`Conn`]
+//! collects the body ([`Conn::read_response`]) or streams it into a sink
+//! ([`Conn::read_response_into`]); [`Client`] is the stress tool's reconnecting keep-alive GET
+//! client on top of it. Keep-alive and pipelining on a [`Conn`] are the caller's business: send
+//! several requests, then read one response per request. Every read and write has a timeout,
+//! so a silent server fails the test instead of hanging it.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -93,11 +96,107 @@ pub enum Expect {
     NoBody,
 }
 
+/// The status line and header fields of one response, and how its body is framed.
+#[derive(Debug, Clone)]
+pub struct Head {
+    /// e.g. `HTTP/1.1`.
+    pub version: String,
+    pub status: u16,
+    pub reason: String,
+    /// Header fields in arrival order, names as sent.
+    pub headers: Vec<(String, String)>,
+    /// `Content-Length`, if given (two different values are an error).
+    pub content_length: Option<u64>,
+    /// The last transfer coding is `chunked`.
+    pub chunked: bool,
+    /// The server closes after this response (`Connection: close`, or HTTP/1.0 without
+    /// `keep-alive`).
+    pub close: bool,
+}
+
+impl Head {
+    /// Whether a body follows this head, given the request that caused it.
+    pub fn has_body(&self, expect: Expect) -> bool {
+        !(expect == Expect::NoBody
+            || (100..200).contains(&self.status)
+            || self.status == 204
+            || self.status == 304)
+    }
+
+    /// Whether the body is framed by `Content-Length` or chunked coding (else it runs to the
+    /// close of the connection).
+    pub fn framed(&self) -> bool {
+        self.chunked || self.content_length.is_some()
+    }
+}
+
+/// Most header fields a response may carry before the client calls it malformed.
+const MAX_HEADERS: usize = 512;
+/// Largest response head accepted.
+const MAX_HEAD: usize = 1 << 20;
+/// The least free room in the read buffer before a read (it grows when a head needs more).
+const READ_ROOM: usize = 64 * 1024;
+
+/// A malformed response: bytes that are not the answer asked for.
+fn malformed(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Parses a complete head (status line and fields, without the final empty line).
+fn parse_head(bytes: &[u8]) -> io::Result<Head> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut r = httparse::Response::new(&mut fields);
+    let quoted = || String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned();
+    // httparse wants the empty line that ends the head.
+    let mut with_end = bytes.to_vec();
+    with_end.extend_from_slice(b"\r\n\r\n");
+    match r.parse(&with_end) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(malformed(format!("incomplete head {:?}", quoted()))),
+        Err(e) => return Err(malformed(format!("bad response head ({e}): {:?}", quoted()))),
+    }
+    let minor = r.version.unwrap_or(1);
+    let mut head = Head {
+        version: format!("HTTP/1.{minor}"),
+        status: r.code.unwrap_or_default(),
+        reason: r.reason.unwrap_or_default().to_string(),
+        headers: Vec::with_capacity(r.headers.len()),
+        content_length: None,
+        chunked: false,
+        close: minor == 0,
+    };
+    for f in r.headers.iter() {
+        let value = String::from_utf8_lossy(f.value).trim().to_string();
+        if f.name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .parse()
+                .map_err(|_| malformed(format!("bad Content-Length {value:?}")))?;
+            if head.content_length.is_some_and(|old| old != n) {
+                return Err(malformed("conflicting Content-Length headers".into()));
+            }
+            head.content_length = Some(n);
+        } else if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            head.chunked = value.to_ascii_lowercase().trim().ends_with("chunked");
+        } else if f.name.eq_ignore_ascii_case("connection") {
+            let v = value.to_ascii_lowercase();
+            if v.contains("close") {
+                head.close = true;
+            } else if v.contains("keep-alive") {
+                head.close = false;
+            }
+        }
+        head.headers.push((f.name.to_string(), value));
+    }
+    Ok(head)
+}
+
 /// A client connection with its own read buffer.
 pub struct Conn {
     stream: TcpStream,
+    /// Received bytes are `buf[pos..end]`; the rest is room for the next read.
     buf: Vec<u8>,
     pos: usize,
+    end: usize,
 }
 
 impl Conn {
@@ -107,14 +206,20 @@ impl Conn {
     }
 
     pub fn try_connect(addr: SocketAddr) -> io::Result<Conn> {
-        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        Conn::open(addr, Duration::from_secs(5), IO_TIMEOUT)
+    }
+
+    /// Connects within `connect`, with `io` as the timeout of every read and write.
+    pub fn open(addr: SocketAddr, connect: Duration, io: Duration) -> io::Result<Conn> {
+        let stream = TcpStream::connect_timeout(&addr, connect)?;
+        stream.set_read_timeout(Some(io))?;
+        stream.set_write_timeout(Some(io))?;
         stream.set_nodelay(true)?;
         Ok(Conn {
             stream,
-            buf: Vec::new(),
+            buf: vec![0; 4 * READ_ROOM],
             pos: 0,
+            end: 0,
         })
     }
 
@@ -160,131 +265,138 @@ impl Conn {
         self.request("GET", target, &[], b"")
     }
 
-    /// Reads one response. `1xx` interim responses are skipped.
+    /// Reads one response with its body collected. `1xx` interim responses are skipped.
     pub fn read_response(&mut self, expect: Expect) -> io::Result<Response> {
+        let mut body = Vec::new();
+        let head = self.read_response_into(expect, &mut |b| body.extend_from_slice(b))?;
+        Ok(Response {
+            version: head.version,
+            status: head.status,
+            reason: head.reason,
+            headers: head.headers,
+            body,
+            chunked: head.chunked,
+        })
+    }
+
+    /// Reads one response, feeding its body to `sink` as it arrives. `1xx` interim responses
+    /// (but `101`) are skipped.
+    pub fn read_response_into(
+        &mut self,
+        expect: Expect,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<Head> {
         loop {
-            let r = self.read_one(expect)?;
-            if (100..200).contains(&r.status) && r.status != 101 {
+            let head = self.read_head()?;
+            if (100..200).contains(&head.status) && head.status != 101 {
                 continue;
             }
-            return Ok(r);
+            self.read_body_into(&head, expect, sink)?;
+            return Ok(head);
         }
     }
 
-    fn read_one(&mut self, expect: Expect) -> io::Result<Response> {
+    /// Reads the next response head.
+    pub fn read_head(&mut self) -> io::Result<Head> {
         let head_end = loop {
-            if let Some(i) = find(&self.buf[self.pos..], b"\r\n\r\n") {
-                break self.pos + i + 4;
+            if let Some(i) = find(self.buffered(), b"\r\n\r\n") {
+                break self.pos + i;
             }
-            if self.buf.len() - self.pos > 1 << 20 {
-                return Err(io::Error::other("response head over 1 MiB"));
+            if self.end - self.pos > MAX_HEAD {
+                return Err(malformed(format!("response head over {MAX_HEAD} bytes")));
             }
             if self.fill()? == 0 {
+                let what = if self.pos == self.end {
+                    "before the answer".to_string()
+                } else {
+                    format!(
+                        "before a complete response head ({} bytes: {:?})",
+                        self.end - self.pos,
+                        String::from_utf8_lossy(self.buffered())
+                    )
+                };
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "connection closed before a complete response head ({} bytes: {:?})",
-                        self.buf.len() - self.pos,
-                        String::from_utf8_lossy(&self.buf[self.pos..])
-                    ),
+                    format!("connection closed {what}"),
                 ));
             }
         };
-        let head = String::from_utf8_lossy(&self.buf[self.pos..head_end - 4]).into_owned();
-        self.pos = head_end;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default().to_string();
-        let status = parts
-            .next()
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|_| version.starts_with("HTTP/"))
-            .ok_or_else(|| io::Error::other(format!("bad status line {status_line:?}")))?;
-        let reason = parts.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        for line in lines {
-            let (n, v) = line
-                .split_once(':')
-                .ok_or_else(|| io::Error::other(format!("bad header line {line:?}")))?;
-            headers.push((n.to_string(), v.trim().to_string()));
-        }
-        let mut resp = Response {
-            version,
-            status,
-            reason,
-            headers,
-            body: Vec::new(),
-            chunked: false,
-        };
-        let no_body = expect == Expect::NoBody
-            || (100..200).contains(&status)
-            || status == 204
-            || status == 304;
-        if no_body {
-            return Ok(resp);
-        }
-        let te = resp
-            .header("transfer-encoding")
-            .map(str::to_ascii_lowercase);
-        if te.as_deref().is_some_and(|t| t.trim().ends_with("chunked")) {
-            resp.chunked = true;
-            resp.body = self.read_chunked()?;
-        } else if let Some(n) = resp.content_length() {
-            resp.body = self.read_exact_n(n as usize)?;
+        let head = parse_head(&self.buf[self.pos..head_end]);
+        self.pos = head_end + 4;
+        head
+    }
+
+    /// Reads the body `head` frames (none for a HEAD, 1xx, 204 or 304) into `sink`; returns
+    /// its length.
+    pub fn read_body_into(
+        &mut self,
+        head: &Head,
+        expect: Expect,
+        sink: &mut dyn FnMut(&[u8]),
+    ) -> io::Result<u64> {
+        if !head.has_body(expect) {
+            Ok(0)
+        } else if head.chunked {
+            self.read_chunked(sink)
+        } else if let Some(n) = head.content_length {
+            self.read_exact_into(n, sink)?;
+            Ok(n)
         } else {
-            resp.body = self.read_to_close()?;
+            self.read_to_close(sink)
         }
-        Ok(resp)
     }
 
     /// Reads more bytes into the buffer; returns how many (0 = EOF).
     fn fill(&mut self) -> io::Result<usize> {
-        if self.pos > 0 && self.pos == self.buf.len() {
-            self.buf.clear();
-            self.pos = 0;
-        } else if self.pos > (1 << 20) {
-            self.buf.drain(..self.pos);
-            self.pos = 0;
+        if self.pos == self.end {
+            (self.pos, self.end) = (0, 0);
         }
-        let old = self.buf.len();
-        self.buf.resize(old + 256 * 1024, 0);
-        let n = loop {
-            match self.stream.read(&mut self.buf[old..]) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    self.buf.truncate(old);
-                    return Err(e);
-                }
+        if self.buf.len() - self.end < READ_ROOM {
+            self.buf.copy_within(self.pos..self.end, 0);
+            (self.pos, self.end) = (0, self.end - self.pos);
+            if self.buf.len() - self.end < READ_ROOM {
+                self.buf.resize(self.buf.len() * 2, 0);
             }
-        };
-        self.buf.truncate(old + n);
-        Ok(n)
+        }
+        loop {
+            match self.stream.read(&mut self.buf[self.end..]) {
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
     }
 
-    fn read_exact_n(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            if self.pos == self.buf.len() && self.fill()? == 0 {
+    fn read_exact_into(&mut self, n: u64, sink: &mut dyn FnMut(&[u8])) -> io::Result<()> {
+        let mut left = n;
+        while left > 0 {
+            if self.pos == self.end && self.fill()? == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
-                    format!("body truncated: got {} of {n} bytes", out.len()),
+                    format!("body truncated: got {} of {n} bytes", n - left),
                 ));
             }
-            let take = (n - out.len()).min(self.buf.len() - self.pos);
-            out.extend_from_slice(&self.buf[self.pos..self.pos + take]);
+            let take = (self.end - self.pos).min(usize::try_from(left).unwrap_or(usize::MAX));
+            sink(&self.buf[self.pos..self.pos + take]);
             self.pos += take;
+            left -= take as u64;
         }
-        Ok(out)
+        Ok(())
     }
 
-    fn read_line(&mut self) -> io::Result<String> {
+    /// The next CRLF-terminated line, CRLF included.
+    fn read_line(&mut self) -> io::Result<&[u8]> {
         loop {
-            if let Some(i) = find(&self.buf[self.pos..], b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[self.pos..self.pos + i]).into_owned();
+            if let Some(i) = find(self.buffered(), b"\r\n") {
+                let line = &self.buf[self.pos..self.pos + i + 2];
                 self.pos += i + 2;
                 return Ok(line);
+            }
+            if self.end - self.pos > MAX_HEAD {
+                return Err(malformed(format!("chunked framing line over {MAX_HEAD} bytes")));
             }
             if self.fill()? == 0 {
                 return Err(io::Error::new(
@@ -295,36 +407,44 @@ impl Conn {
         }
     }
 
-    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
+    fn read_chunked(&mut self, sink: &mut dyn FnMut(&[u8])) -> io::Result<u64> {
+        let mut total = 0;
         loop {
             let line = self.read_line()?;
-            let size = line.split(';').next().unwrap_or_default().trim();
-            let size = usize::from_str_radix(size, 16)
-                .map_err(|_| io::Error::other(format!("bad chunk size line {line:?}")))?;
+            let size = match httparse::parse_chunk_size(line) {
+                Ok(httparse::Status::Complete((_, size))) => size,
+                _ => {
+                    return Err(malformed(format!(
+                        "bad chunk size line {:?}",
+                        String::from_utf8_lossy(line)
+                    )))
+                }
+            };
             if size == 0 {
                 // Trailers, then the empty line.
-                while !self.read_line()?.is_empty() {}
-                return Ok(out);
+                while self.read_line()? != b"\r\n" {}
+                return Ok(total);
             }
-            out.extend_from_slice(&self.read_exact_n(size)?);
-            let crlf = self.read_exact_n(2)?;
-            if crlf != b"\r\n" {
-                return Err(io::Error::other("chunk not followed by CRLF"));
+            self.read_exact_into(size, sink)?;
+            total += size;
+            if self.read_line()? != b"\r\n" {
+                return Err(malformed("chunk not followed by CRLF".into()));
             }
         }
     }
 
-    fn read_to_close(&mut self) -> io::Result<Vec<u8>> {
-        let mut out = self.buf[self.pos..].to_vec();
-        self.pos = self.buf.len();
-        let mut tmp = vec![0u8; 64 * 1024];
+    fn read_to_close(&mut self, sink: &mut dyn FnMut(&[u8])) -> io::Result<u64> {
+        let mut total = 0;
         loop {
-            match self.stream.read(&mut tmp) {
-                Ok(0) => return Ok(out),
-                Ok(n) => out.extend_from_slice(&tmp[..n]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(out),
+            if self.pos < self.end {
+                sink(self.buffered());
+                total += (self.end - self.pos) as u64;
+                self.pos = self.end;
+            }
+            match self.fill() {
+                Ok(0) => return Ok(total),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Ok(total),
                 Err(e) => return Err(e),
             }
         }
@@ -332,15 +452,15 @@ impl Conn {
 
     /// Bytes received but not consumed by a response (e.g. a body after a HEAD response).
     pub fn buffered(&self) -> &[u8] {
-        &self.buf[self.pos..]
+        &self.buf[self.pos..self.end]
     }
 
     /// Reads for up to `within`: returns the bytes that arrived (plus unconsumed buffered ones)
     /// and whether the peer closed the connection.
     pub fn drain(&mut self, within: Duration) -> (Vec<u8>, bool) {
         self.stream.set_read_timeout(Some(within)).unwrap();
-        let mut extra = self.buf[self.pos..].to_vec();
-        self.pos = self.buf.len();
+        let mut extra = self.buffered().to_vec();
+        self.pos = self.end;
         let mut tmp = [0u8; 4096];
         loop {
             match self.stream.read(&mut tmp) {
@@ -368,6 +488,80 @@ impl Conn {
     /// Half-closes the write side.
     pub fn shutdown_write(&self) {
         let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// Keep-alive `GET`s to one address, the connection opened on demand and dropped after any
+/// error or a response that closes it; bodies are streamed into a sink (so a 16 MiB body is
+/// hashed, not buffered). Unlike [`Conn`], it is strict about keep-alive: a response that
+/// keeps the connection open without framing its body is an error. Used by the stress tool.
+pub struct Client {
+    addr: SocketAddr,
+    timeout: Duration,
+    /// Ask for `Connection: close` (one request per connection).
+    close: bool,
+    conn: Option<Conn>,
+}
+
+impl Client {
+    /// `timeout` bounds the connect and every read and write.
+    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+        Client {
+            addr,
+            timeout,
+            close: false,
+            conn: None,
+        }
+    }
+
+    /// Makes every request ask for `Connection: close`, so each one opens a fresh connection.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// `GET path`, feeding the body to `sink`; returns the head and the body length.
+    pub fn get(&mut self, path: &str, sink: &mut dyn FnMut(&[u8])) -> io::Result<(Head, u64)> {
+        let result = self.exchange(path, sink);
+        match &result {
+            Ok((head, _)) if !head.close && !self.close => {}
+            _ => self.conn = None,
+        }
+        result
+    }
+
+    /// `GET path` collecting the body (for small answers such as the stats JSON).
+    pub fn get_body(&mut self, path: &str) -> io::Result<(u16, Vec<u8>)> {
+        let mut body = Vec::new();
+        let (head, _) = self.get(path, &mut |b| body.extend_from_slice(b))?;
+        Ok((head.status, body))
+    }
+
+    fn exchange(&mut self, path: &str, sink: &mut dyn FnMut(&[u8])) -> io::Result<(Head, u64)> {
+        let mut headers = vec![("Host", "stress"), ("User-Agent", "shmproxy-stress")];
+        if self.close {
+            headers.push(("Connection", "close"));
+        }
+        let conn = match &mut self.conn {
+            Some(c) => c,
+            None => self
+                .conn
+                .insert(Conn::open(self.addr, self.timeout, self.timeout)?),
+        };
+        conn.try_send(&request_bytes("GET", path, &headers, b""))?;
+        let head = loop {
+            let head = conn.read_head()?;
+            if !(100..200).contains(&head.status) {
+                break head;
+            }
+        };
+        if head.has_body(Expect::Body) && !head.framed() && !head.close {
+            return Err(malformed(
+                "keep-alive answer without Content-Length or chunked framing".into(),
+            ));
+        }
+        let len = conn.read_body_into(&head, Expect::Body, sink)?;
+        Ok((head, len))
     }
 }
 
