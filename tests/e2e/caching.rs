@@ -3,9 +3,9 @@
 //! per-worker L1, disk revalidation and `X-Cache`. Each test scripts the in-process origin
 //! and counts the requests it receives.
 
+use crate::origin::{Framing, Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{pattern, sha256_hex, with_deadline, write_file, Instance};
-use crate::origin::{Framing, Origin, Route};
 use std::io::Read;
 use std::sync::{Arc, Barrier};
 use std::thread;

@@ -13,12 +13,12 @@
 //! - IPC objects: mode 0600, a stale garbage pool replaced with a log line, a live instance's
 //!   objects never touched by a second daemon of the same name.
 
+use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{
     bin_path, descendants, pattern, pid_alive, poll_until, send_signal, shm_objects, with_deadline,
     write_file, Instance,
 };
-use crate::origin::{Origin, Route};
 use std::collections::HashSet;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -799,13 +799,16 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
             "open connections keep working"
         );
         drop((a, b));
-        let refused =
-            shmproxy_tests::harness::poll_until(Duration::from_secs(5), "connections_refused", || {
+        let refused = shmproxy_tests::harness::poll_until(
+            Duration::from_secs(5),
+            "connections_refused",
+            || {
                 let n = inst.stats()["proxy"]["connections_refused"]
                     .as_u64()
                     .unwrap_or(0);
                 (n >= 1).then_some(n)
-            });
+            },
+        );
         assert!(refused >= 1);
     });
 }

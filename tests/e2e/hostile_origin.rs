@@ -9,9 +9,9 @@
 // Some helpers serve only some tests.
 #![allow(dead_code)]
 
+use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn};
 use shmproxy_tests::harness::{poll_until, with_deadline, Instance};
-use crate::origin::{Origin, Route};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

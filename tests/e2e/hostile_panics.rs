@@ -11,9 +11,9 @@
 //!   threads go on, `request_panics` counts it, `threads_restarted` is exported, and the pool
 //!   gets every segment back.
 
+use crate::origin::{Origin, Route};
 use shmproxy_tests::client::Conn;
 use shmproxy_tests::harness::{with_deadline, write_file, Instance};
-use crate::origin::{Origin, Route};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -39,7 +39,9 @@ fn hammer(inst: &Instance, target: &str, headers: &[(&str, &str)], n: usize, ok:
         let c = &mut conns[i % 4];
         c.set_read_timeout(PROMPT);
         let t = Instant::now();
-        c.send(&shmproxy_tests::client::request_bytes("GET", target, headers, b""));
+        c.send(&shmproxy_tests::client::request_bytes(
+            "GET", target, headers, b"",
+        ));
         let r = c
             .read_response(shmproxy_tests::client::Expect::Body)
             .unwrap_or_else(|e| {

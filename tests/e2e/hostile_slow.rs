@@ -5,9 +5,9 @@
 //! are budgeted as a whole (`min_rate_grace` + bytes / `min_send_rate` or `min_recv_rate`),
 //! and only `client_wait_threads` threads of a worker may wait on slow clients at once.
 
+use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{pattern, with_deadline, Instance};
-use crate::origin::{Origin, Route};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -6,11 +6,11 @@
 //! instead of being dropped; a burst of new connections is accepted whole, while a lone
 //! client's connections are accepted at once.
 
+use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{request_bytes, Conn, Expect};
 use shmproxy_tests::harness::{
     pattern, raise_nofile_limit, send_signal, with_deadline, write_file, Instance,
 };
-use crate::origin::{Origin, Route};
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;

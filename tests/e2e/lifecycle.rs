@@ -1,12 +1,12 @@
 //! Start order, `cached` absent / restarted, graceful stop on SIGTERM and SIGINT, and two
 //! instances side by side.
 
+use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn};
 use shmproxy_tests::harness::{
     descendants, describe_status, pattern, pid_alive, poll_until, shm_objects, with_deadline,
     write_file, Instance, EXIT_BOUND,
 };
-use crate::origin::{Origin, Route};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;

@@ -7,9 +7,9 @@
 //! installs them.
 
 use crate::accesslog::{parse_clf as parse_line, read_lines};
+use serde_json::Value;
 use shmproxy_tests::client;
 use shmproxy_tests::harness::{self, with_deadline, Instance};
-use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

@@ -4,9 +4,9 @@
 //! must-revalidate or no-cache forbid it; `keep` bounds how long an expired answer is kept
 //! for a conditional refresh.
 
+use crate::origin::{Origin, Route};
 use shmproxy_tests::client;
 use shmproxy_tests::harness::{poll_until, with_deadline, Instance};
-use crate::origin::{Origin, Route};
 use std::thread;
 use std::time::{Duration, Instant};
 

@@ -8,8 +8,8 @@
 //! an error.
 
 use crate::files::{Doc, SplitMix64};
-use shmproxy_tests::client::Client;
 use sha2::{Digest, Sha256};
+use shmproxy_tests::client::Client;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};

@@ -152,8 +152,15 @@ fn parse_head(bytes: &[u8]) -> io::Result<Head> {
     with_end.extend_from_slice(b"\r\n\r\n");
     match r.parse(&with_end) {
         Ok(httparse::Status::Complete(_)) => {}
-        Ok(httparse::Status::Partial) => return Err(malformed(format!("incomplete head {:?}", quoted()))),
-        Err(e) => return Err(malformed(format!("bad response head ({e}): {:?}", quoted()))),
+        Ok(httparse::Status::Partial) => {
+            return Err(malformed(format!("incomplete head {:?}", quoted())))
+        }
+        Err(e) => {
+            return Err(malformed(format!(
+                "bad response head ({e}): {:?}",
+                quoted()
+            )))
+        }
     }
     let minor = r.version.unwrap_or(1);
     let mut head = Head {
@@ -396,7 +403,9 @@ impl Conn {
                 return Ok(line);
             }
             if self.end - self.pos > MAX_HEAD {
-                return Err(malformed(format!("chunked framing line over {MAX_HEAD} bytes")));
+                return Err(malformed(format!(
+                    "chunked framing line over {MAX_HEAD} bytes"
+                )));
             }
             if self.fill()? == 0 {
                 return Err(io::Error::new(
