@@ -16,8 +16,8 @@
 use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{
-    bin_path, descendants, pattern, pid_alive, poll_until, send_signal, shm_objects, with_deadline,
-    write_file, Instance,
+    bin_path, children, pattern, poll_until, send_signal, shm_objects, wait_pids_gone,
+    with_deadline, write_file, Instance, PoolStats,
 };
 use std::collections::HashSet;
 use std::fs;
@@ -48,14 +48,6 @@ fn config_file(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("faults.toml");
     fs::write(&p, text).unwrap();
     p
-}
-
-/// The worker processes of the proxy master `master`.
-fn workers_of(master: i32) -> Vec<i32> {
-    let mut v = descendants(master);
-    v.retain(|p| pid_alive(*p));
-    v.sort();
-    v
 }
 
 /// Inode of the server side of the TCP connection between `server_port` and `client_port`
@@ -134,20 +126,15 @@ fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) 
 /// The pool back to all free (`free == segments`, nothing quarantined) within `limit`.
 #[track_caller]
 fn assert_pool_free_within(inst: &Instance, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = inst.pool();
-        if p.free == p.segments && p.in_use == 0 && p.quarantined == 0 {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{what}: pool not all free after {limit:?}: {p:?}\n{}",
-                inst.logs()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let all_free = |p: &PoolStats| p.free == p.segments && p.in_use == 0 && p.quarantined == 0;
+    let p = inst
+        .settle_pool(limit, all_free)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        all_free(&p),
+        "{what}: pool not all free after {limit:?}: {p:?}\n{}",
+        inst.logs()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,7 +153,7 @@ fn killed_worker_is_replaced_and_its_segment_reclaimed() {
         );
         let inst = Instance::builder().origin(&origin.url()).workers(2).start();
         let master = inst.proxy_pid().unwrap();
-        let before = workers_of(master);
+        let before = children(master);
         assert_eq!(before.len(), 2, "workers of {master}: {before:?}");
         let restarts0 = proxy_counter(&inst, "worker_restarts");
 
@@ -203,7 +190,7 @@ fn killed_worker_is_replaced_and_its_segment_reclaimed() {
 
         assert!(send_signal(victim, libc::SIGKILL));
         let after = poll_until(Duration::from_secs(10), "a replacement worker", || {
-            let w = workers_of(master);
+            let w = children(master);
             (w.len() == 2 && !w.contains(&victim)).then_some(w)
         });
         assert!(
@@ -309,7 +296,11 @@ fn killed_cached_mid_transfer_cuts_the_body_then_503_then_recovers() {
         // A new cached, same proxy. Each worker re-checks for cached every 100 ms
         // (`RECHECK`), so give every worker that long to notice before demanding 200s.
         inst.start_cached();
-        thread::sleep(Duration::from_millis(300));
+        poll_until(
+            Duration::from_secs(5),
+            "every worker reaching the new cached",
+            || (0..4).all(|_| inst.get("/ok").status == 200).then_some(()),
+        );
         for _ in 0..4 {
             let r = inst.get("/ok");
             assert_eq!(
@@ -341,23 +332,16 @@ fn killed_master_takes_its_workers_and_a_new_proxy_finds_the_cache_warm() {
         assert_eq!(origin.count("/warm"), 1);
 
         let master = inst.proxy_pid().unwrap();
-        let workers = workers_of(master);
+        let workers = children(master);
         assert!(!workers.is_empty());
         let shm_before = inst.shm_objects();
         assert!(send_signal(master, libc::SIGKILL));
         assert!(inst.wait_proxy_exit(Duration::from_secs(5)).is_some());
-        let t0 = Instant::now();
-        while workers.iter().any(|w| pid_alive(*w)) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "workers {:?} still alive 5 s after kill -9 of their master",
-                workers
-                    .iter()
-                    .filter(|w| pid_alive(**w))
-                    .collect::<Vec<_>>()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let left = wait_pids_gone(&workers, Duration::from_secs(5));
+        assert!(
+            left.is_empty(),
+            "workers {left:?} still alive 5 s after kill -9 of their master"
+        );
         assert!(inst.cached_alive(), "cached died with the proxy master");
         // The dead master could not unlink its objects.
         assert!(

@@ -4,7 +4,8 @@
 
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{
-    bin_path, descendants, free_port, pid_alive, send_signal, with_deadline, write_file, Instance,
+    bin_path, descendants, free_port, pid_alive, poll_until, send_signal, wait_pids_gone,
+    with_deadline, write_file, Instance,
 };
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,13 +17,14 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 /// Load: `clients` threads, half on fresh connections, half on keep-alive ones (which
 /// reconnect when an answer says `Connection: close`), until `stop`. Returns (ok, failed).
+/// `ok` counts the good answers as they come (for waiting on progress).
 fn load(
     addr: std::net::SocketAddr,
     clients: usize,
     stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
 ) -> thread::JoinHandle<(u64, Vec<String>)> {
     thread::spawn(move || {
-        let ok = Arc::new(AtomicU64::new(0));
         let handles: Vec<_> = (0..clients)
             .map(|i| {
                 let (stop, ok) = (stop.clone(), ok.clone());
@@ -81,12 +83,19 @@ fn twenty_reloads_under_load_fail_no_request() {
         let master = inst.proxy_pid().unwrap();
         let before = descendants(master);
         let stop = Arc::new(AtomicBool::new(false));
-        let running = load(inst.addr(), 8, stop.clone());
-        for _ in 0..20 {
-            thread::sleep(Duration::from_millis(150));
+        let served = Arc::new(AtomicU64::new(0));
+        let running = load(inst.addr(), 8, stop.clone(), served.clone());
+        let reloads = || inst.stats()["proxy"]["reloads"].as_u64().unwrap();
+        for n in 0..20 {
+            // Requests between two reloads (the subject: reloads under load), then the reload.
+            wait_served(&served, 8, &format!("requests before reload {n}"));
+            let before = reloads();
             assert!(send_signal(master, libc::SIGHUP));
+            poll_until(RELOAD_DONE, &format!("reload {n} counted"), || {
+                (reloads() > before).then_some(())
+            });
         }
-        thread::sleep(Duration::from_millis(300));
+        wait_served(&served, 16, "requests after the last reload");
         stop.store(true, Ordering::Relaxed);
         let (ok, failures) = running.join().unwrap();
         assert!(
@@ -100,20 +109,12 @@ fn twenty_reloads_under_load_fail_no_request() {
         let reloads = inst.stats()["proxy"]["reloads"].as_u64().unwrap();
         assert!(reloads >= 10, "reload counter {reloads}");
         // Every original worker was replaced (and the retired ones are gone).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while before.iter().any(|p| pid_alive(*p)) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        assert!(
-            before.iter().all(|p| !pid_alive(*p)),
-            "retired workers still running"
-        );
+        let left = wait_pids_gone(&before, Duration::from_secs(10));
+        assert!(left.is_empty(), "retired workers {left:?} still running");
         // The last retired workers finish draining too (within their 4 s drain): two remain.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while descendants(master).len() != 2 && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(descendants(master).len(), 2);
+        poll_until(Duration::from_secs(10), "two workers left", || {
+            (descendants(master).len() == 2).then_some(())
+        });
         inst.assert_pool_idle();
     });
 }
@@ -126,8 +127,9 @@ fn a_new_binary_takes_the_listener_over_without_refusing_a_connection() {
         let mut inst = Instance::builder().root(dir.path()).workers(2).start();
         let old_master = inst.proxy_pid().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
-        let running = load(inst.addr(), 8, stop.clone());
-        thread::sleep(Duration::from_millis(300));
+        let served = Arc::new(AtomicU64::new(0));
+        let running = load(inst.addr(), 8, stop.clone(), served.clone());
+        wait_served(&served, 16, "requests to the old master");
         let new = Command::new(bin_path("proxy"))
             .env("SHMPROXY_CONFIG", "")
             .args([
@@ -158,7 +160,7 @@ fn a_new_binary_takes_the_listener_over_without_refusing_a_connection() {
             .wait_proxy_exit(Duration::from_secs(10))
             .expect("old master exits after the handover");
         assert!(status.success(), "old master: {status:?}");
-        thread::sleep(Duration::from_millis(500));
+        wait_served(&served, 16, "requests to the new master alone");
         stop.store(true, Ordering::Relaxed);
         let (ok, failures) = running.join().unwrap();
         assert!(
@@ -223,6 +225,17 @@ fn every_listen_address_is_served_and_all_are_handed_over() {
         assert!(send_signal(new.0.id() as i32, libc::SIGTERM));
         let st = new.0.wait().unwrap();
         assert!(st.success(), "new master: {st:?}");
+    });
+}
+
+/// How long one SIGHUP may take to show in the reload counter.
+const RELOAD_DONE: Duration = Duration::from_secs(10);
+
+/// Waits until `n` more good answers than now have come in.
+fn wait_served(served: &AtomicU64, n: u64, what: &str) {
+    let from = served.load(Ordering::Relaxed);
+    poll_until(Duration::from_secs(10), what, || {
+        (served.load(Ordering::Relaxed) >= from + n).then_some(())
     });
 }
 
