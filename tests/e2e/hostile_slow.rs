@@ -239,7 +239,8 @@ fn slow_peers_vs_hits(sc: Scale) {
             ));
         }
         // While the slow peers are at it (their budgets last about 3 s): hits from another
-        // client, on fresh connections so both workers serve them.
+        // client, on fresh connections so both workers serve them (the pause lets the slow
+        // peers get going: the subject is the clients' speed during the attack).
         thread::sleep(Duration::from_millis(300));
         let mut lat = Vec::new();
         let t0 = Instant::now();

@@ -668,18 +668,30 @@ fn observability_stats_command_reads_shared_memory() {
             .spawn()
             .unwrap();
         let mut stdout = w.stdout.take().unwrap();
-        let reader = thread::spawn(move || {
-            let mut all = Vec::new();
-            let _ = stdout.read_to_end(&mut all);
-            all
-        });
-        for _ in 0..10 {
-            assert_eq!(c.get("/small.txt").status, 200);
-            thread::sleep(Duration::from_millis(100));
-        }
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let seen = seen.clone();
+            thread::spawn(move || {
+                let mut tmp = [0u8; 4096];
+                while let Ok(n @ 1..) = stdout.read(&mut tmp) {
+                    seen.lock().unwrap().extend_from_slice(&tmp[..n]);
+                }
+            })
+        };
+        // Traffic until three frames, with rates, have been drawn.
+        harness::poll_until(
+            Duration::from_secs(15),
+            "three --watch frames with rates",
+            || {
+                assert_eq!(c.get("/small.txt").status, 200);
+                let all = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+                (all.matches("\x1b[H\x1b[2J").count() >= 3 && all.contains("RATE/s")).then_some(())
+            },
+        );
         harness::send_signal(w.id() as i32, libc::SIGTERM);
         let _ = w.wait();
-        let all = String::from_utf8_lossy(&reader.join().unwrap()).to_string();
+        reader.join().unwrap();
+        let all = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
         let frames = all.matches("\x1b[H\x1b[2J").count();
         assert!(frames >= 3, "{frames} frames:\n{all}");
         assert!(all.contains("RATE/s"), "no rates in --watch:\n{all}");
@@ -1022,14 +1034,21 @@ fn observability_access_log_rotates_and_reopens_on_sigusr1() {
             .proxy_arg(cfg.to_str().unwrap())
             .start();
         let mut c = inst.conn();
+        let lines = || u(&inst.stats(), &["proxy", "access_log_lines"]);
         for round in 0..6 {
+            let before = lines();
             for i in 0..24 {
                 assert_eq!(
                     c.get(&format!("/small.txt?round={round}&i={i}")).status,
                     200
                 );
             }
-            thread::sleep(Duration::from_millis(700)); // one flush per round
+            // One flush per round.
+            harness::poll_until(
+                Duration::from_secs(5),
+                &format!("round {round} written"),
+                || (lines() >= before + 24).then_some(()),
+            );
         }
         let gen = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
         harness::poll_until(Duration::from_secs(5), "three rotations", || {
@@ -1407,10 +1426,13 @@ fn observability_dashboard_renders_live_in_chromium() {
         );
         let first = rendered_requests(&mut b);
         let sent_then = sent.load(Ordering::Relaxed);
-        thread::sleep(Duration::from_millis(2500));
-        let second = rendered_requests(&mut b);
+        let mut second = first;
+        let rose = harness::poll(Duration::from_secs(10), || {
+            second = rendered_requests(&mut b);
+            second > first
+        });
         assert!(
-            second > first,
+            rose,
             "the rendered counter did not increase ({first} → {second}) while {} requests were sent",
             sent.load(Ordering::Relaxed) - sent_then
         );
@@ -1523,8 +1545,12 @@ fn observability_dashboard_renders_live_in_chromium() {
         // Phone width: one column, nothing wider than the screen.
         b.eval("window.shmproxyDashboard.start()");
         b.viewport(390, 844, true);
-        thread::sleep(Duration::from_millis(1200));
-        let overflow = b.eval("document.documentElement.scrollWidth - window.innerWidth");
+        // The layout follows the new width (charts redraw on resize).
+        let mut overflow = serde_json::Value::Null;
+        harness::poll(Duration::from_secs(5), || {
+            overflow = b.eval("document.documentElement.scrollWidth - window.innerWidth");
+            overflow.as_i64().is_some_and(|o| o <= 0)
+        });
         assert!(
             overflow.as_i64().unwrap() <= 0,
             "horizontal overflow at phone width: {overflow}"

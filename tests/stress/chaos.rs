@@ -33,12 +33,13 @@
 //! failed recovery or leak fails the run (exit 1).
 
 use crate::files::{self, Doc, SplitMix64};
+use crate::progress::Progress;
 use crate::{human_size, print_tail, Opts, Shape, WorkDir};
 use sha2::{Digest, Sha256};
 use shmproxy_tests::client::Client;
 use shmproxy_tests::harness::{self, Instance, PoolStats};
 use std::fmt;
-use std::io::{ErrorKind, IsTerminal, Write};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -601,12 +602,8 @@ impl Chaos<'_> {
 /// refreshes the progress line, until `stop`.
 fn monitor(instance: &str, kills: u64, tally: &Tally, stop: &AtomicBool, start: Instant) {
     let allowed = [".pool", ".stats.proxy", ".stats.cached"].map(|s| format!("{instance}{s}"));
-    let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_millis(250)
-    } else {
-        Duration::from_secs(1)
-    };
+    let every = Duration::from_millis(250);
+    let mut progress = Progress::new(Some(kills), "kills");
     let mut next = Instant::now() + every;
     while !stop.load(Relaxed) {
         for name in harness::shm_objects(instance) {
@@ -624,25 +621,19 @@ fn monitor(instance: &str, kills: u64, tally: &Tally, stop: &AtomicBool, start: 
             continue;
         }
         next += every;
-        let line = progress_line(kills, tally, start);
-        let mut err = std::io::stderr().lock();
-        let _ = if tty {
-            write!(err, "\r{line}\x1b[K")
-        } else {
-            writeln!(err, "{line}")
-        };
+        let [w, c, m] = tally.kills();
+        let detail = progress_detail(tally, start);
+        let plain = || format!("chaos: {}/{kills} kills {detail}", w + c + m);
+        progress.update("chaos:", w + c + m, detail.clone(), plain);
     }
-    if tty {
-        let _ = write!(std::io::stderr(), "\r\x1b[K");
-    }
+    progress.finish();
 }
 
-fn progress_line(kills: u64, tally: &Tally, start: Instant) -> String {
+fn progress_detail(tally: &Tally, start: Instant) -> String {
     let [w, c, m] = tally.kills();
     format!(
-        "chaos: {}/{kills} kills (worker {w}, cached {c}, master {m}), {} requests, {} completed, \
-         {} aborted, {} mismatches, {:.0} s",
-        w + c + m,
+        "(worker {w}, cached {c}, master {m}), {} requests, {} completed, {} aborted, \
+         {} mismatches, {:.0} s",
         tally.requests.load(Relaxed),
         tally.completed.load(Relaxed),
         tally.aborted(),

@@ -20,6 +20,7 @@
 mod chaos;
 mod files;
 mod load;
+mod progress;
 
 use chaos::Victim;
 use files::Doc;

@@ -488,19 +488,34 @@ pub fn write_file(root: &Path, rel: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
-#[track_caller]
-pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `cond` every 20 ms until it holds (`true`) or `limit` has passed (`false`), for a
+/// wait whose failure the caller reports with its own assertion.
+pub fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(v) = f() {
-            return v;
+        if cond() {
+            return true;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
+            return false;
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
+#[track_caller]
+pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let mut got = None;
+    if poll(limit, || {
+        got = f();
+        got.is_some()
+    }) {
+        if let Some(v) = got {
+            return v;
+        }
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 // ---------------------------------------------------------------------------------------------
