@@ -16,8 +16,8 @@
 use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{
-    bin_path, children, pattern, poll_until, send_signal, shm_objects, wait_pids_gone,
-    with_deadline, write_file, Instance, PoolStats,
+    bin_path, children, mq_open_existing, pattern, poll_until, send_signal, shm_objects,
+    wait_pids_gone, with_deadline, write_file, Instance, PoolStats,
 };
 use std::collections::HashSet;
 use std::fs;
@@ -590,20 +590,11 @@ fn smuggling_attempts_get_400_and_a_close() {
 
 /// Mode bits of the message queue `/<name>.req` (an mq descriptor is an fd on Linux).
 fn mq_mode(name: &str) -> Option<u32> {
-    let n = std::ffi::CString::new(format!("/{name}.req")).unwrap();
-    // SAFETY: `n` is a valid NUL-terminated string that outlives the call; O_RDONLY without
-    // O_CREAT takes no variadic arguments.
-    let fd = unsafe { libc::mq_open(n.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is the descriptor mq_open returned; `st` is valid and writable.
-    let rc = unsafe { libc::fstat(fd, &mut st) };
-    // SAFETY: `fd` is open and closed once.
-    unsafe { libc::mq_close(fd) };
-    (rc == 0).then_some(st.st_mode & 0o777)
+    use std::os::fd::AsFd;
+    let q = mq_open_existing(name).ok()?;
+    let st = nix::sys::stat::fstat(q.as_fd());
+    let _ = nix::mqueue::mq_close(q);
+    st.ok().map(|st| st.st_mode & 0o777)
 }
 
 #[test]

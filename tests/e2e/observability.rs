@@ -517,33 +517,25 @@ fn observability_sites_and_servers_reach_json_metrics_and_proxy_stats() {
 
 /// Connects to `addr` from source address `from` (another loopback address).
 fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use std::os::fd::AsRawFd;
     let SocketAddr::V4(to) = addr else {
         panic!("IPv4 only")
     };
-    // SAFETY: plain socket(2); the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is the socket just created and owned here; it is moved into the TcpStream
-    // once, which closes it.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let local = sa(from, 0);
-    let remote = sa(*to.ip(), to.port());
-    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `local` is a valid sockaddr_in that outlives the call, `len` its size.
-    let rc = unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) };
-    assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
-    // SAFETY: as above for `remote`.
-    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
-    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
+    )
+    .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect: {e}"));
+    let stream = TcpStream::from(fd);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -1144,18 +1136,7 @@ struct Browser {
 }
 
 fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a writable array of two ints, as pipe2(2) requires.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
-    unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    }
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
 }
 
 impl Browser {
@@ -1188,16 +1169,20 @@ impl Browser {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         // SAFETY: runs in the child before exec and only calls async-signal-safe functions
-        // (fcntl, dup2, prctl) on fds that exist in the child.
+        // (fcntl, dup2, prctl, through nix's thin wrappers) on fds that exist in the child:
+        // `cr` and `ow` stay open in the parent until the spawn has returned, and the copies
+        // are plain ints borrowed only for the call.
         unsafe {
             cmd.pre_exec(move || {
+                use nix::fcntl::{fcntl, FcntlArg};
+                use std::os::fd::{BorrowedFd, IntoRawFd};
                 // Move both ends out of the way first (they could already be 3 or 4).
-                let a = libc::fcntl(cr, libc::F_DUPFD_CLOEXEC, 10);
-                let b = libc::fcntl(ow, libc::F_DUPFD_CLOEXEC, 10);
-                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                let a = fcntl(BorrowedFd::borrow_raw(cr), FcntlArg::F_DUPFD_CLOEXEC(10))?;
+                let b = fcntl(BorrowedFd::borrow_raw(ow), FcntlArg::F_DUPFD_CLOEXEC(10))?;
+                // Fds 3 and 4 must survive the exec: their owners are released, never dropped.
+                let _ = nix::unistd::dup2_raw(BorrowedFd::borrow_raw(a), 3)?.into_raw_fd();
+                let _ = nix::unistd::dup2_raw(BorrowedFd::borrow_raw(b), 4)?.into_raw_fd();
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                 Ok(())
             });
         }
@@ -1304,7 +1289,11 @@ impl Browser {
             "Page.captureScreenshot",
             serde_json::json!({"format": "png"}),
         );
-        let png = base64_decode(r["data"].as_str().unwrap());
+        let png = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            r["data"].as_str().unwrap(),
+        )
+        .expect("a base64 screenshot");
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         std::fs::write(path, png).unwrap();
     }
@@ -1326,35 +1315,6 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("bad base64 byte {c}"),
-        }
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && c != b'\n').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c) << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    out
 }
 
 /// `target/` of this build (the test binary lives in `target/<profile>/deps/`).

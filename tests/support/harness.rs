@@ -13,6 +13,11 @@
 //! It never kills anything by name, only the pids it spawned (and their descendants).
 
 use crate::client::{self, Conn, Response};
+use nix::errno::Errno;
+use nix::mqueue::{mq_close, mq_open, mq_unlink, MQ_OFlag, MqdT};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -91,15 +96,14 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnReq>> {
 
 fn spawn_child(mut cmd: Command) -> io::Result<Child> {
     // SAFETY: the closure runs in the forked child before exec and only calls `prctl` and
-    // `getppid`, both async-signal-safe; it touches no memory shared with the parent.
+    // `getppid` (through nix's thin wrappers), both async-signal-safe; it touches no memory
+    // shared with the parent.
     unsafe {
         cmd.pre_exec(|| {
             // SIGTERM, not SIGKILL: a daemon orphaned by a dying test process still gets the
             // chance to unlink its IPC objects.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() == 1 {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            if nix::unistd::getppid().as_raw() == 1 {
                 return Err(io::Error::other("test process already gone"));
             }
             Ok(())
@@ -185,8 +189,8 @@ pub fn with_deadline<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
 
 /// Sends `sig` to `pid`. Returns false if the process does not exist.
 pub fn send_signal(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a positive pid we spawned.
-    unsafe { libc::kill(pid, sig) == 0 }
+    let sig = Signal::try_from(sig).unwrap_or_else(|e| panic!("signal {sig}: {e}"));
+    nix::sys::signal::kill(Pid::from_raw(pid), sig).is_ok()
 }
 
 /// Pids whose parent is `pid`, recursively (read from /proc).
@@ -335,23 +339,31 @@ pub fn shm_objects(name: &str) -> Vec<String> {
     v
 }
 
-fn mq_name(name: &str) -> std::ffi::CString {
-    std::ffi::CString::new(format!("/{name}.req")).unwrap()
+/// The request queue's name of instance `name`.
+pub fn mq_name(name: &str) -> String {
+    format!("/{name}.req")
+}
+
+/// Opens instance `name`'s request queue read-only, without taking a message.
+pub fn mq_open_existing(name: &str) -> nix::Result<MqdT> {
+    mq_open(
+        mq_name(name).as_str(),
+        MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK,
+        Mode::empty(),
+        None,
+    )
 }
 
 /// Whether the POSIX message queue `/<name>.req` exists (it cannot be listed: /dev/mqueue is
 /// not mounted, so it is probed by name).
 pub fn mq_exists(name: &str) -> bool {
-    let n = mq_name(name);
-    // SAFETY: `n` is a valid NUL-terminated string that outlives the call; O_RDONLY without
-    // O_CREAT takes no variadic arguments.
-    let fd = unsafe { libc::mq_open(n.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
+    match mq_open_existing(name) {
+        Ok(q) => {
+            let _ = mq_close(q);
+            true
+        }
+        Err(e) => e != Errno::ENOENT,
     }
-    // SAFETY: `fd` is the descriptor mq_open just returned, closed once.
-    unsafe { libc::mq_close(fd) };
-    true
 }
 
 /// Removes whatever IPC objects instance `name` left behind.
@@ -359,9 +371,7 @@ fn remove_ipc_leftovers(name: &str) {
     for f in shm_objects(name) {
         let _ = fs::remove_file(Path::new("/dev/shm").join(f));
     }
-    let n = mq_name(name);
-    // SAFETY: `n` is a valid NUL-terminated string that outlives the call.
-    unsafe { libc::mq_unlink(n.as_ptr()) };
+    let _ = mq_unlink(mq_name(name).as_str());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -418,20 +428,12 @@ impl ClosedPort {
 
 /// Raises the soft RLIMIT_NOFILE of the test process to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid, writable rlimit for the duration of the call.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-    if rl.rlim_cur < rl.rlim_max {
-        rl.rlim_cur = rl.rlim_max;
-        // SAFETY: `rl` is a valid rlimit; raising the soft limit up to the hard one is allowed.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
-        // SAFETY: as above.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-    rl.rlim_cur
+    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), different for each `seed`.
