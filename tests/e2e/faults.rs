@@ -21,7 +21,7 @@ use shmproxy_tests::harness::{
 };
 use std::collections::HashSet;
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -80,26 +80,12 @@ fn worker_holding(conn: &Conn, proxy_port: u16, workers: &[i32]) -> Option<i32> 
 /// Sends a GET on a raw stream and reads the response head; returns (status, Content-Length,
 /// body bytes that came with the head).
 fn start_get(stream: &mut TcpStream, target: &str) -> (u16, Option<u64>, Vec<u8>) {
-    let req = format!("GET {target} HTTP/1.1\r\nHost: e2e.test\r\n\r\n");
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 16 * 1024];
-    let end = loop {
-        if let Some(i) = client::find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut tmp).expect("reading the response head");
-        assert!(n > 0, "closed before the response head");
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let status = head[9..12].parse().unwrap();
-    let cl = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse().unwrap())
-    });
-    (status, cl, buf[end..].to_vec())
+    // The head is read through a second handle of the socket; the caller goes on with
+    // `stream` after the bytes this returns.
+    let mut c = Conn::from_stream(stream.try_clone().expect("clone the stream"));
+    c.send(&client::request_bytes("GET", target, &[], b""));
+    let head = c.read_head().expect("reading the response head");
+    (head.status, head.content_length, c.buffered().to_vec())
 }
 
 /// Reads until EOF, reset or `limit`; returns the bytes and whether the peer closed.

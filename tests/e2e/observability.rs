@@ -517,23 +517,12 @@ fn observability_sites_and_servers_reach_json_metrics_and_proxy_stats() {
 
 /// Connects to `addr` from source address `from` (another loopback address).
 fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    use nix::sys::socket::{connect, SockaddrIn};
     use std::os::fd::AsRawFd;
     let SocketAddr::V4(to) = addr else {
         panic!("IPv4 only")
     };
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    bind(
-        fd.as_raw_fd(),
-        &SockaddrIn::from(std::net::SocketAddrV4::new(from, 0)),
-    )
-    .unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    let fd = harness::bound_socket(std::net::SocketAddrV4::new(from, 0));
     connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect: {e}"));
     let stream = TcpStream::from(fd);
     stream

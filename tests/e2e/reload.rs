@@ -5,7 +5,7 @@
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{
     bin_path, descendants, free_port, pid_alive, poll_until, send_signal, wait_pids_gone,
-    with_deadline, write_file, Instance,
+    with_deadline, write_file, Instance, CONFIG_ENV,
 };
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -96,15 +96,7 @@ fn twenty_reloads_under_load_fail_no_request() {
             });
         }
         wait_served(&served, 16, "requests after the last reload");
-        stop.store(true, Ordering::Relaxed);
-        let (ok, failures) = running.join().unwrap();
-        assert!(
-            failures.is_empty(),
-            "{} failed requests during reloads, e.g. {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
-        );
-        assert!(ok > 20, "only {ok} requests completed");
+        stop_load(&stop, running, "reloads");
         assert!(pid_alive(master), "the master survives reloads");
         let reloads = inst.stats()["proxy"]["reloads"].as_u64().unwrap();
         assert!(reloads >= 10, "reload counter {reloads}");
@@ -130,46 +122,15 @@ fn a_new_binary_takes_the_listener_over_without_refusing_a_connection() {
         let served = Arc::new(AtomicU64::new(0));
         let running = load(inst.addr(), 8, stop.clone(), served.clone());
         wait_served(&served, 16, "requests to the old master");
-        let new = Command::new(bin_path("proxy"))
-            .env("SHMPROXY_CONFIG", "")
-            .args([
-                "--instance",
-                &inst.name,
-                "--listen",
-                &inst.addr().to_string(),
-                "--workers",
-                "2",
-                "--upgrade",
-            ])
-            .args([
-                "--segments",
-                &inst.segments().to_string(),
-                "--segment-size",
-                &inst.segment_size().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(inst.dir().join("upgraded-proxy.stderr")).unwrap())
-            .env("SHMPROXY_LOG", "debug")
-            .spawn()
-            .unwrap();
-        // Stopped by this guard, even when an assertion fails (the harness only knows the
-        // old master); it drops before `inst`, whose teardown checks for leftovers.
-        let mut new = Stop(new);
-        // The old master hands over, drains and exits 0.
-        let status = inst
-            .wait_proxy_exit(Duration::from_secs(10))
-            .expect("old master exits after the handover");
-        assert!(status.success(), "old master: {status:?}");
-        wait_served(&served, 16, "requests to the new master alone");
-        stop.store(true, Ordering::Relaxed);
-        let (ok, failures) = running.join().unwrap();
-        assert!(
-            failures.is_empty(),
-            "{} failed requests during the upgrade, e.g. {:?}",
-            failures.len(),
-            &failures[..failures.len().min(5)]
+        let listen = inst.addr().to_string();
+        let mut new = upgrade(
+            &inst,
+            &["--listen", &listen, "--workers", "2"],
+            &[("SHMPROXY_LOG", "debug")],
         );
-        assert!(ok > 20, "only {ok} requests completed");
+        wait_handover(&mut inst);
+        wait_served(&served, 16, "requests to the new master alone");
+        stop_load(&stop, running, "the upgrade");
         assert!(!pid_alive(old_master));
         let r = client::get(inst.addr(), "/page.txt");
         assert_eq!((r.status, r.body.as_slice()), (200, &b"steady"[..]));
@@ -201,23 +162,8 @@ fn every_listen_address_is_served_and_all_are_handed_over() {
             let r = client::get(addr, "/page.txt");
             assert_eq!((r.status, r.body.as_slice()), (200, &b"both"[..]), "{addr}");
         }
-        let new = Command::new(bin_path("proxy"))
-            .args(["--instance", &inst.name, "--workers", "1", "--upgrade"])
-            .args([
-                "--segments",
-                &inst.segments().to_string(),
-                "--segment-size",
-                &inst.segment_size().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(inst.dir().join("upgraded-proxy.stderr")).unwrap())
-            .spawn()
-            .unwrap();
-        let mut new = Stop(new);
-        let status = inst
-            .wait_proxy_exit(Duration::from_secs(10))
-            .expect("old master exits after the handover");
-        assert!(status.success(), "old master: {status:?}");
+        let mut new = upgrade(&inst, &["--workers", "1"], &[]);
+        wait_handover(&mut inst);
         for addr in [inst.addr(), second] {
             let r = client::get(addr, "/page.txt");
             assert_eq!((r.status, r.body.as_slice()), (200, &b"both"[..]), "{addr}");
@@ -230,6 +176,50 @@ fn every_listen_address_is_served_and_all_are_handed_over() {
 
 /// How long one SIGHUP may take to show in the reload counter.
 const RELOAD_DONE: Duration = Duration::from_secs(10);
+
+/// Starts `proxy --upgrade` for `inst`'s instance and pool with `args` and `env` (its
+/// stderr in the instance's directory). The returned guard stops it even when an assertion
+/// fails (the harness only knows the old master); it drops before `inst`, whose teardown
+/// checks for leftovers.
+fn upgrade(inst: &Instance, args: &[&str], env: &[(&str, &str)]) -> Stop {
+    let new = Command::new(bin_path("proxy"))
+        .env(CONFIG_ENV, "")
+        .envs(env.iter().copied())
+        .args(["--instance", &inst.name, "--upgrade"])
+        .args([
+            "--segments",
+            &inst.segments().to_string(),
+            "--segment-size",
+            &inst.segment_size().to_string(),
+        ])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(inst.dir().join("upgraded-proxy.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    Stop(new)
+}
+
+/// The old master hands over, drains and exits 0.
+fn wait_handover(inst: &mut Instance) {
+    let status = inst
+        .wait_proxy_exit(Duration::from_secs(10))
+        .expect("old master exits after the handover");
+    assert!(status.success(), "old master: {status:?}");
+}
+
+/// Stops the load and asserts that no request failed `during` and more than 20 succeeded.
+fn stop_load(stop: &AtomicBool, running: thread::JoinHandle<(u64, Vec<String>)>, during: &str) {
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failures) = running.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} failed requests during {during}, e.g. {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(ok > 20, "only {ok} requests completed");
+}
 
 /// Waits until `n` more good answers than now have come in.
 fn wait_served(served: &AtomicU64, n: u64, what: &str) {

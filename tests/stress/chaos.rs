@@ -34,7 +34,7 @@
 
 use crate::files::{self, Doc, SplitMix64};
 use crate::progress::Progress;
-use crate::{human_size, print_tail, Opts, Shape, WorkDir};
+use crate::{human_size, pool_text, print_tail, Opts, Shape, WorkDir};
 use sha2::{Digest, Sha256};
 use shmproxy_tests::client::Client;
 use shmproxy_tests::harness::{self, Instance, PoolStats};
@@ -1016,16 +1016,6 @@ impl Report<'_> {
         } else {
             parts.join(", ")
         }
-    }
-}
-
-fn pool_text(pool: Option<PoolStats>) -> String {
-    match pool {
-        Some(p) => format!(
-            "{}/{} segments free (in use {}, quarantined {})",
-            p.free, p.segments, p.in_use, p.quarantined
-        ),
-        None => "unknown".into(),
     }
 }
 

@@ -31,22 +31,29 @@ pub struct Response {
     pub chunked: bool,
 }
 
+/// The first value of header `name` (case-insensitive) in a field list.
+pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    header_all(headers, name).into_iter().next()
+}
+
+/// Every value of header `name` (case-insensitive) in a field list, in order.
+pub fn header_all<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {
+    headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
 impl Response {
     /// The first value of header `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        header(&self.headers, name)
     }
 
     /// Every value of header `name`, in order.
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_all(&self.headers, name)
     }
 
     /// `Content-Length` parsed, if present.
@@ -216,18 +223,23 @@ impl Conn {
         Conn::open(addr, Duration::from_secs(5), IO_TIMEOUT)
     }
 
+    /// Wraps a connected stream as it is (its timeouts are the caller's).
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            buf: vec![0; 4 * READ_ROOM],
+            pos: 0,
+            end: 0,
+        }
+    }
+
     /// Connects within `connect`, with `io` as the timeout of every read and write.
     pub fn open(addr: SocketAddr, connect: Duration, io: Duration) -> io::Result<Conn> {
         let stream = TcpStream::connect_timeout(&addr, connect)?;
         stream.set_read_timeout(Some(io))?;
         stream.set_write_timeout(Some(io))?;
         stream.set_nodelay(true)?;
-        Ok(Conn {
-            stream,
-            buf: vec![0; 4 * READ_ROOM],
-            pos: 0,
-            end: 0,
-        })
+        Ok(Conn::from_stream(stream))
     }
 
     pub fn set_read_timeout(&self, t: Duration) {

@@ -401,20 +401,25 @@ impl Default for ClosedPort {
     }
 }
 
+/// A TCP socket bound to `addr` that neither listens nor connects yet (e.g. to connect from
+/// a chosen source address).
+pub fn bound_socket(addr: std::net::SocketAddrV4) -> OwnedFd {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    fd
+}
+
 impl ClosedPort {
     pub fn new() -> ClosedPort {
-        use nix::sys::socket::{
-            bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
-        };
-        use std::os::fd::AsRawFd;
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+        use nix::sys::socket::{getsockname, SockaddrIn};
+        let fd = bound_socket(std::net::SocketAddrV4::new([127, 0, 0, 1].into(), 0));
         let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
             .expect("getsockname")
             .port();
