@@ -17,7 +17,7 @@ use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{
     bin_path, children, mq_open_existing, pattern, poll_until, send_signal, shm_objects,
-    wait_pids_gone, with_deadline, write_file, Instance, PoolStats,
+    wait_pids_gone, wait_timeout, with_deadline, write_file, Instance, PoolStats,
 };
 use std::collections::HashSet;
 use std::fs;
@@ -26,7 +26,6 @@ use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -699,17 +698,10 @@ fn a_live_instance_is_never_touched_by_a_second_daemon_of_the_same_name() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let t0 = Instant::now();
-            let st = loop {
-                if let Some(st) = child.try_wait().unwrap() {
-                    break st;
-                }
-                if t0.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("a second {bin} of live instance {} kept running", inst.name);
-                }
-                thread::sleep(Duration::from_millis(20));
+            let Some(st) = wait_timeout(&mut child, Duration::from_secs(10)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a second {bin} of live instance {} kept running", inst.name);
             };
             let mut err = String::new();
             let _ = child.stderr.take().unwrap().read_to_string(&mut err);

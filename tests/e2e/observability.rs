@@ -729,13 +729,11 @@ impl Tmux {
 
     fn wait_for(&self, what: &str, mut ok: impl FnMut(&[String]) -> bool) -> Vec<String> {
         let mut last = Vec::new();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(15) {
+        if harness::poll(Duration::from_secs(15), || {
             last = self.screen();
-            if ok(&last) {
-                return last;
-            }
-            thread::sleep(Duration::from_millis(100));
+            ok(&last)
+        }) {
+            return last;
         }
         panic!("{what}: not on screen after 15 s:\n{}", last.join("\n"));
     }
@@ -1294,12 +1292,8 @@ impl Drop for Browser {
             serde_json::to_vec(&serde_json::json!({"id": 0, "method": "Browser.close"})).unwrap();
         bytes.push(0);
         let _ = self.to.write_all(&bytes);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        if harness::wait_timeout(&mut self.child, Duration::from_secs(5)).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

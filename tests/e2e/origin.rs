@@ -721,11 +721,10 @@ pub(crate) mod tests {
         assert_eq!(origin.requests().len(), 1, "the ClientHello is no request");
     }
 
-    fn poll(mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(Instant::now() < deadline, "condition not met within 5 s");
-            thread::sleep(Duration::from_millis(10));
-        }
+    fn poll(f: impl FnMut() -> bool) {
+        assert!(
+            shmproxy_tests::harness::poll(Duration::from_secs(5), f),
+            "condition not met within 5 s"
+        );
     }
 }

@@ -5,13 +5,13 @@
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{
     bin_path, descendants, free_port, pid_alive, poll_until, send_signal, wait_pids_gone,
-    with_deadline, write_file, Instance, CONFIG_ENV,
+    wait_timeout, with_deadline, write_file, Instance, CONFIG_ENV,
 };
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -236,10 +236,7 @@ impl Drop for Stop {
     fn drop(&mut self) {
         if matches!(self.0.try_wait(), Ok(None)) {
             send_signal(self.0.id() as i32, libc::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
+            let _ = wait_timeout(&mut self.0, Duration::from_secs(5));
             let _ = self.0.kill();
             let _ = self.0.wait();
         }

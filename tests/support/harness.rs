@@ -297,8 +297,8 @@ fn kill_tree(pid: i32, sig: i32) {
     }
 }
 
-/// Waits for `child` to exit, at most `limit`.
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+/// Waits for `child` to exit, at most `limit`; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
