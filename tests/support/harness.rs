@@ -1,14 +1,18 @@
-//! The e2e harness: starts the real `proxy` and `cached` binaries as one isolated instance.
+//! The daemon harness of the e2e tests and the stress tool: starts the real `proxy` and
+//! `cached` binaries as one isolated instance.
 //!
-//! Owns: unique instance names (`t{pid}-{n}`), free ports, the child processes (spawned from one
-//! long-lived thread with `PR_SET_PDEATHSIG`, so they die with the test process), their stderr
-//! (one file per spawn in the instance's temp dir, printed when a test fails), readiness polling
-//! that watches the child, and the per-test watchdog ([`with_deadline`]).
+//! Owns: unique instance names (`t{pid}-{n}`, or the caller's), free ports, the child
+//! processes (spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so they die with the
+//! test process), their stderr (one file per spawn in the instance's directory, printed when a
+//! test fails), readiness polling that watches the children, bounded waits ([`poll`],
+//! [`poll_until`]) and the per-test watchdog ([`with_deadline`]).
 //!
 //! Dropping an [`Instance`] stops both daemons with SIGTERM, by pid, and (unless the test is
 //! already panicking) asserts the contract: both exit with status 0 within 5 s, the proxy's
 //! worker processes are gone too, nothing named `/dev/shm/<name>.*` remains and the request
 //! queue `/<name>.req` is unlinked. Leftovers are removed after being reported.
+//! [`Instance::stop`] does the same and returns the breaches instead (the stress tool reports
+//! them); the `try_` methods return errors where the e2e ones panic.
 //!
 //! It never kills anything by name, only the pids it spawned (and their descendants).
 
