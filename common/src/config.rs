@@ -9,25 +9,16 @@
 //! 1..=4096 (got 0)`, `command line: --workers: expected an integer, got "four"`);
 //! binaries exit with status 2 on them.
 
+mod error;
 pub mod keys;
 
+pub use error::ConfigError;
 use keys::Doc;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-#[derive(Debug)]
-pub struct ConfigError(pub String);
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// An address range (`127.0.0.0/8`, `::1`, `10.1.2.3`), for access lists: an
 /// [`ipnet::IpNet`], a bare address being its own `/32` or `/128`.

@@ -34,10 +34,14 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub mod upstream;
+mod value;
+
 pub use upstream::{
     InFlight, ServerRow, ServerState, ServerView, SiteRow, SiteView, Upstreams, MAX_SERVERS,
     MAX_SITES, NO_SITE, SERVER_FIELDS, SITE_FIELDS,
 };
+pub use value::FieldKind;
+use value::{fnv1a, fnv1a_field, fnv1a_usize, json_value, prom_help, prom_label};
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
 /// Bumped by hand only when a field keeps its name but changes its meaning; every change
@@ -47,27 +51,6 @@ const STATS_SCHEMA: u32 = 7;
 /// depends on (the slot's field list with names and kinds, the histogram, the header places,
 /// the sites and servers tables), so a reader built from another list refuses the region.
 pub const STATS_VERSION: u32 = layout_version();
-
-/// FNV-1a (32 bits) of `bytes`, continuing from `h`.
-const fn fnv1a(mut h: u32, bytes: &[u8]) -> u32 {
-    let mut i = 0;
-    while i < bytes.len() {
-        h ^= bytes[i] as u32;
-        h = h.wrapping_mul(0x0100_0193);
-        i += 1;
-    }
-    h
-}
-
-/// `fnv1a` of a number's little-endian bytes.
-const fn fnv1a_usize(h: u32, n: usize) -> u32 {
-    fnv1a(h, &(n as u64).to_le_bytes())
-}
-
-/// A field's name and kind, then a separator (so `ab`,`c` and `a`,`bc` differ).
-const fn fnv1a_field(h: u32, name: &str, kind: FieldKind) -> u32 {
-    fnv1a(fnv1a(h, name.as_bytes()), &[kind as u8, 0])
-}
 
 /// Every field of `fields` in order, then their number.
 const fn fnv1a_fields(mut h: u32, fields: &[Field]) -> u32 {
@@ -96,12 +79,6 @@ const SLOTS_OFFSET: usize = 64;
 /// Latency histogram buckets: bucket i counts requests that took at most 2^i µs (and more than
 /// 2^(i-1) µs); the last one also takes everything slower (≈ 67 s and up).
 pub const LATENCY_BUCKETS: usize = 28;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FieldKind {
-    Counter,
-    Gauge,
-}
 
 /// Which daemon updates a field (and so in which region it is shown).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,16 +315,16 @@ const SLOT_SIZE: usize = size_of::<Counters>().next_multiple_of(64);
 
 impl Counters {
     pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
+        value::add(c, n);
     }
 
     pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
+        value::inc(c);
     }
 
     /// Gauges go down by wrapping subtraction; the sum over slots is what is read.
     pub fn dec(c: &AtomicU64) {
-        c.fetch_sub(1, Ordering::Relaxed);
+        value::dec(c);
     }
 
     pub fn status(&self, status: u16) {
@@ -862,15 +839,6 @@ impl View {
     }
 }
 
-/// A JSON number for a field's value: counters as they are, gauges as signed (a gauge's
-/// wrapping sum can be read between an increment and its decrement).
-fn json_value(kind: FieldKind, v: u64) -> Value {
-    match kind {
-        FieldKind::Counter => Value::from(v),
-        FieldKind::Gauge => Value::from(v as i64),
-    }
-}
-
 fn snapshot_json(s: &Snapshot, region: Daemon, pid: Option<u32>) -> Value {
     let mut m: Map<String, Value> = FIELDS
         .iter()
@@ -954,18 +922,6 @@ fn histogram_prometheus(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
     let _ = writeln!(out, "{name}_sum {}", s.get("latency_sum_us") as f64 / 1e6);
     let _ = writeln!(out, "{name}_count {count}");
-}
-
-/// HELP text: backslashes and line feeds escaped.
-fn prom_help(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('\n', "\\n")
-}
-
-/// Label value: backslashes, double quotes and line feeds escaped.
-fn prom_label(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// The README's table of counters (Markdown), generated from [`FIELDS`].

@@ -5,15 +5,16 @@
 //! `conn` into the worker's scheduler) shows up here as a circle.
 //!
 //! The graph is built from the source text (comments and literals removed); inline
-//! modules (`mod tests { … }`) count as part of their file's module, so a test module's
-//! `use super::*` is no edge. Run with `--nocapture` to print the graph.
+//! modules count as part of their file's module, and unit tests (`mod tests { … }`) are
+//! left out: a test may reach its parent's parent (`super::super::StatsRegion`) without the
+//! crate having a circle. Run with `--nocapture` to print the graph.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Crates whose module graph must be acyclic (directories under the workspace root).
 /// Adding one is adding its name here.
-const CRATES: &[&str] = &["proxy", "cached"];
+const CRATES: &[&str] = &["proxy", "cached", "common"];
 
 /// A module's path inside its crate (`[]` is the crate root).
 type ModPath = Vec<String>;
@@ -47,7 +48,7 @@ fn a_circle_is_found() {
         (
             PathBuf::from("a/c.rs"),
             "/* super::x */ pub struct Thing; pub fn other() { let _ = (\"crate::b\", r#\"super::x\"#, '\"'); super::super::b::g() }\n\
-             #[cfg(test)] mod tests { use super::*; }"
+             #[cfg(test)] mod tests { use super::*; use crate::a::f; }"
                 .to_string(),
         ),
         (PathBuf::from("b.rs"), "pub fn g() {}".to_string()),
@@ -333,6 +334,23 @@ fn paths(file_module: &ModPath, toks: &[Tok]) -> Vec<(ModPath, Vec<String>)> {
             }
             Tok::Ident(w) if w == "mod" => {
                 if let (Some(name), Some(Tok::Open)) = (ident(toks.get(i + 1)), toks.get(i + 2)) {
+                    if name == "tests" {
+                        // Unit tests are no part of the crate's shape: skip their block.
+                        let mut open = 0usize;
+                        i += 2;
+                        while i < toks.len() {
+                            match toks[i] {
+                                Tok::Open => open += 1,
+                                Tok::Close => open -= 1,
+                                _ => {}
+                            }
+                            i += 1;
+                            if open == 0 {
+                                break;
+                            }
+                        }
+                        continue;
+                    }
                     let mut inner = scope.clone();
                     inner.push(name);
                     depth += 1;

@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::ConfigError;
+use super::error::ConfigError;
 
 /// How a key's value is read.
 #[derive(Clone, Copy, Debug)]

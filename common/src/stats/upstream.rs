@@ -23,7 +23,7 @@
 //! (`SiteRow::answered`, `ServerRow::request`, the counters). A state change
 //! (`ServerRow::set_up`) reads the clock: it happens on health transitions only.
 
-use super::{fnv1a_field, fnv1a_usize, json_value, prom_help, prom_label, Counters, FieldKind};
+use super::value::{self, fnv1a_field, fnv1a_usize, json_value, prom_help, prom_label, FieldKind};
 use crate::http::CacheOutcome;
 use crate::shm::ShmSafe;
 use serde_json::{Map, Value};
@@ -263,7 +263,7 @@ impl SiteRow {
     /// Counts one answer cached wrote for this site: `requests`, its outcome, and `errors`
     /// for a 5xx cached produced itself (outcome `ERROR`).
     pub fn answered(&self, outcome: CacheOutcome, status: u16) {
-        Counters::inc(&self.requests);
+        value::inc(&self.requests);
         let c = match outcome {
             CacheOutcome::Hit => &self.hits,
             CacheOutcome::Miss => &self.misses,
@@ -274,7 +274,7 @@ impl SiteRow {
             CacheOutcome::Error if status >= 500 => &self.errors,
             CacheOutcome::Error | CacheOutcome::Internal => return,
         };
-        Counters::inc(c);
+        value::inc(c);
     }
 }
 
@@ -284,27 +284,27 @@ pub struct InFlight<'a>(&'a ServerRow);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        Counters::dec(&self.0.in_flight);
+        value::dec(&self.0.in_flight);
     }
 }
 
 impl InFlight<'_> {
     /// The attempt failed before a complete answer (counts `failures`).
     pub fn failed(&self) {
-        Counters::inc(&self.0.failures);
+        value::inc(&self.0.failures);
     }
 
     /// The attempt failed in its TLS handshake or certificate check (`failures` and
     /// `tls_errors`).
     pub fn tls_failed(&self) {
         self.failed();
-        Counters::inc(&self.0.tls_errors);
+        value::inc(&self.0.tls_errors);
     }
 
     /// The request goes on to a retry after this attempt failed before any response byte
     /// (counts `retries` here; call `failed` or `tls_failed` as well).
     pub fn retrying(&self) {
-        Counters::inc(&self.0.retries);
+        value::inc(&self.0.retries);
     }
 }
 
@@ -352,15 +352,15 @@ impl ServerRow {
         }
         self.last_change.store(now_unix(), Ordering::Relaxed);
         if !up {
-            Counters::inc(&self.down_events);
+            value::inc(&self.down_events);
         }
         true
     }
 
     /// Starts one attempt: counts `requests` and holds `in_flight` up until the guard drops.
     pub fn request(&self) -> InFlight<'_> {
-        Counters::inc(&self.requests);
-        Counters::inc(&self.in_flight);
+        value::inc(&self.requests);
+        value::inc(&self.in_flight);
         InFlight(self)
     }
 
@@ -371,9 +371,9 @@ impl ServerRow {
 
     /// One active health check, and its result.
     pub fn health_checked(&self, ok: bool) {
-        Counters::inc(&self.health_checks);
+        value::inc(&self.health_checks);
         if !ok {
-            Counters::inc(&self.health_failures);
+            value::inc(&self.health_failures);
         }
     }
 }
@@ -388,7 +388,7 @@ pub struct Upstreams {
 // SAFETY: arrays of ShmSafe rows (only atomics); repr(C); alignment 8.
 unsafe impl ShmSafe for Upstreams {}
 
-/// Continues the stats region's layout hash ([`super::STATS_VERSION`]) with the tables'
+/// Continues the stats region's layout hash (`STATS_VERSION`) with the tables'
 /// layout: row counts, text size, row sizes and both field lists.
 pub(super) const fn layout_hash(mut h: u32) -> u32 {
     h = fnv1a_usize(h, MAX_SITES);
