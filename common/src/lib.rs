@@ -2,9 +2,10 @@
 //! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
 //! message queue, fd passing, the stats regions, process helpers and HTTP helpers.
 //!
-//! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool` and `process`
+//! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool`, `arena` and `process`
 //! (and a `raise` in a test of `signals`).
 
+pub mod arena;
 pub mod config;
 pub mod fdpass;
 pub mod http;

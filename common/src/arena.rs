@@ -1,0 +1,2555 @@
+//! The cache arena: `/<instance>.arena`, a shared-memory index and object space that `cached`
+//! alone writes ([`ArenaOwner`]) and every proxy worker reads ([`ArenaReader`]), so a fresh hit
+//! costs no message and no wake-up of another process. The proxy master maps it too
+//! ([`Arena::release_worker`]) to release the pins of a worker it reaps.
+//!
+//! Must never: let a reader see a torn or reused object, reuse space a pin still names, trust
+//! a length, offset or checksum read from the mapping without checking it, or wait.
+//!
+//! ## Layout (every offset and size a multiple of 64)
+//! | bytes | what |
+//! |---|---|
+//! | 0..512 | [`ArenaHeader`]: [`RegionHeader`] (magic, version, owner pid + start time, length), hash seed, geometry and its checksum, `closed`, ring `head`/`tail`, next generation, usage and counters |
+//! | index | `index_entries` × 16 bytes, 8-way set-associative buckets of `{loc, key hash}` |
+//! | pins | `pin_rows` × (64-byte owner `{pid, start}` + `pin_slots` × 8-byte slots) |
+//! | space | `capacity` bytes: a ring of records `{64-byte ObjectHeader, key, metadata, body}` |
+//!
+//! A *loc* names one object: `generation (low 32 bits) << 32 | offset / 64`. 0 is "empty",
+//! `u64::MAX` marks a pin slot claimed by a thread that has not pinned yet; generations whose
+//! low 32 bits are 0 or `u32::MAX` are skipped, so no object has either loc.
+//!
+//! The object header holds the full 64-bit generation, the record state (`WRITING`, `LIVE`,
+//! `RETIRED`, `ABANDONED`, `PAD`), the reader-set `ACCESSED` bit, the lengths, the key hash, a
+//! checksum of the body and a checksum over every other field plus the key and metadata bytes.
+//! Records are immutable once `LIVE`, except `state` and `flags`, which the checksum excludes.
+//! Metadata is opaque here: the caller stores the response head and its freshness data.
+//!
+//! ## Why a ring with second chance, and a set-associative index
+//! The writer appends records at `tail` and reclaims at `head` (FIFO). A `LIVE` record at the
+//! head whose `ACCESSED` bit a reader set gets a second chance: it is copied to the tail (a new
+//! generation; the index entry moves to it in one store) and the bit starts clear. Readers thus
+//! keep recency with one relaxed bit write and never touch a list, which is what an LRU across
+//! processes would need. Inserting keeps a reserve of `max_record` bytes free, so a second
+//! chance always finds room. The price of a ring: a record at the head that is still pinned or
+//! still being filled stops reclamation until it is let go; the insert is then refused as
+//! [`ReserveError::Busy`] and the caller streams the answer through unstored (pins last as long
+//! as one response takes; fills are bounded by their timeouts).
+//!
+//! Buckets of 8 entries need no probing, tombstones or moving entries, so a reader's view of an
+//! entry is a single atomic word; a full bucket evicts its oldest object (counted). A reader
+//! that races the writer can at worst miss, and a miss takes the ordinary path to `cached`.
+//!
+//! ## Pin protocol (hazard pointers)
+//! | step | reader (worker thread)                               | writer (`cached`)                              |
+//! |------|------------------------------------------------------|------------------------------------------------|
+//! | 1    | claim a free slot of its process's row (CAS 0→`u64::MAX`) |                                           |
+//! | 2    | `l = entry.loc` (Acquire); skip unless the key hash matches | publish: write the record, then `entry.loc = l` (SeqCst) |
+//! | 3    | `slot = l` (SeqCst)                                  | unlink: `entry.loc = 0` or a new loc (SeqCst), then state `RETIRED` |
+//! | 4    | `entry.loc == l`? (SeqCst) else retry from 2         | reclaim at head: snapshot every slot (SeqCst); skip while a slot names an offset inside the record |
+//! | 5    | check the record: generation, `LIVE`, bounds, key    | before writing new bytes at `[a, b)`: no slot names an offset in `[a, b)` |
+//! | 6    | read metadata and body; `slot = 0` (Release) when done |                                              |
+//!
+//! Why it is safe: steps 3–4 of the reader and 3–4 of the writer are SeqCst, so they fall in one
+//! total order. If the reader's re-read (4) comes before the writer's unlink (3), its pin (3)
+//! does too, and the writer's later snapshot sees it (or sees the slot cleared by the reader's
+//! Release store, which makes every read of the reader happen before the writer's reuse). If the
+//! unlink comes first, the re-read sees a different loc (generations are unique) and the reader
+//! never reads the record. Bytes are only ever written where no pin points and where reclamation
+//! has passed (or, after an adoption dropped a corrupt tail, where step 5 checked), so a pinned
+//! record stays intact. `tests::pin_protocol_*` check every interleaving of a model of these
+//! steps, and that swapping the reader's 3 and 4, or the writer's 3 and 4, is caught.
+//!
+//! Pins are recorded per worker process: a row is claimed by `{pid, start time}`; the master calls
+//! [`Arena::release_worker`] when it reaps a worker, and a row whose owner is dead is also taken
+//! over by the next reader that attaches, so a crashed worker never leaks space.
+//!
+//! ## Lifetime
+//! The arena outlives a `cached` crash: workers keep serving from it, and the next `cached` calls
+//! [`ArenaOwner::open_or_adopt`], which validates the geometry checksum, every record's checksum
+//! and the index against the records, drops what fails (counted) and keeps the rest. A graceful
+//! stop (dropping the owner) sets `closed` and unlinks the name; readers that see `closed`
+//! reopen. Two `cached` adopting at once are told apart by a compare-and-swap on the owner pid.
+
+use crate::names::Names;
+use crate::process::ProcId;
+use crate::shm::{RegionHeader, ShmError, ShmRegion, ShmSafe};
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub const ARENA_MAGIC: u32 = u32::from_le_bytes(*b"SHAR");
+/// Layout version; any change to the structs or constants below bumps it.
+pub const ARENA_VERSION: u32 = 1;
+/// Most pin slots a row may have (threads of one worker that pin at once).
+pub const MAX_PIN_SLOTS: u32 = 1024;
+/// Most pin rows (worker processes).
+pub const MAX_PIN_ROWS: u32 = 4096;
+/// Records and offsets are multiples of this (one cache line).
+pub const ALIGN: u64 = 64;
+
+const HEADER_SIZE: usize = 512;
+const OBJ: u64 = 64;
+const WAYS: usize = 8;
+const ROW_HEAD: usize = 64;
+const RESERVED: u64 = u64::MAX;
+/// A reader whose entry moved under it looks again this many times before calling it a miss.
+const RETRIES: usize = 4;
+
+const WRITING: u32 = 1;
+const LIVE: u32 = 2;
+const RETIRED: u32 = 3;
+const ABANDONED: u32 = 4;
+const PAD: u32 = 5;
+const ACCESSED: u32 = 1;
+
+/// The arena's name for an instance (`/<instance>.arena`).
+pub fn arena_name(names: &Names) -> String {
+    format!("/{}.arena", names.instance)
+}
+
+fn pack(offset: u64, generation: u64) -> u64 {
+    ((generation & 0xffff_ffff) << 32) | (offset / ALIGN)
+}
+
+fn loc_offset(loc: u64) -> u64 {
+    (loc & 0xffff_ffff) * ALIGN
+}
+
+fn loc_gen(loc: u64) -> u32 {
+    (loc >> 32) as u32
+}
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// A streaming 64-bit checksum, eight bytes per step (not cryptographic: it detects torn or
+/// stale bytes, and seeded it spreads keys over buckets).
+#[derive(Clone)]
+struct Sum {
+    h: u64,
+    word: u64,
+    n: u32,
+    total: u64,
+}
+
+const K1: u64 = 0x9e37_79b9_7f4a_7c15;
+const K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+
+impl Sum {
+    fn new(seed: u64) -> Sum {
+        Sum {
+            h: seed ^ K2,
+            word: 0,
+            n: 0,
+            total: 0,
+        }
+    }
+
+    fn mix(&mut self, w: u64) {
+        self.h = (self.h ^ w).wrapping_mul(K1).rotate_left(31);
+    }
+
+    fn u64(&mut self, v: u64) -> &mut Sum {
+        self.update(&v.to_le_bytes());
+        self
+    }
+
+    fn update(&mut self, mut data: &[u8]) {
+        self.total += data.len() as u64;
+        while self.n != 0 && !data.is_empty() {
+            self.word |= u64::from(data[0]) << (8 * self.n);
+            self.n = (self.n + 1) % 8;
+            data = &data[1..];
+            if self.n == 0 {
+                let w = std::mem::take(&mut self.word);
+                self.mix(w);
+            }
+        }
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            self.mix(u64::from_le_bytes(w.try_into().expect("8 bytes")));
+        }
+        for &b in words.remainder() {
+            self.word |= u64::from(b) << (8 * self.n);
+            self.n += 1;
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = (self.h ^ self.word).wrapping_mul(K2) ^ self.total;
+        h ^= h >> 33;
+        h = h.wrapping_mul(K1);
+        h ^ (h >> 29)
+    }
+}
+
+/// Size and shape of an arena. `cached` derives it from its configuration; an arena left by a
+/// previous run is adopted only if its geometry is the same.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ArenaConfig {
+    /// Bytes of object space (a multiple of 64, at least 4 × `max_record`, at most 2^38).
+    pub capacity: u64,
+    /// Largest record stored: 64-byte header, key, metadata and body, rounded up to 64.
+    pub max_record: u64,
+    /// Index entries (a multiple of 8).
+    pub index_entries: u32,
+    /// Pin rows: the most worker processes that may read at once.
+    pub pin_rows: u32,
+    /// Pin slots per row: the most objects one worker keeps pinned at once.
+    pub pin_slots: u32,
+}
+
+impl ArenaConfig {
+    /// A geometry for `capacity` bytes with one index entry per 2 KiB (rounded to buckets).
+    pub fn for_capacity(capacity: u64, max_record: u64, pin_rows: u32, pin_slots: u32) -> Self {
+        let capacity = capacity / ALIGN * ALIGN;
+        let entries = (capacity / 2048).clamp(WAYS as u64, u64::from(u32::MAX) / 2) as u32;
+        ArenaConfig {
+            capacity,
+            max_record: align_up(max_record),
+            index_entries: entries.next_multiple_of(WAYS as u32),
+            pin_rows,
+            pin_slots,
+        }
+    }
+
+    /// Checks the geometry (never trust one read from the mapping without this).
+    pub fn check(&self) -> Result<(), &'static str> {
+        if self.max_record < 2 * OBJ || !self.max_record.is_multiple_of(ALIGN) {
+            return Err("max_record must be a multiple of 64 and at least 128");
+        }
+        if !self.capacity.is_multiple_of(ALIGN) || self.capacity / 4 < self.max_record {
+            return Err("capacity must be a multiple of 64 and at least 4 × max_record");
+        }
+        if self.capacity / ALIGN > u64::from(u32::MAX) {
+            return Err("capacity above 256 GiB");
+        }
+        if self.index_entries == 0 || !self.index_entries.is_multiple_of(WAYS as u32) {
+            return Err("index entries must be a positive multiple of 8");
+        }
+        if !(1..=MAX_PIN_ROWS).contains(&self.pin_rows)
+            || !(1..=MAX_PIN_SLOTS).contains(&self.pin_slots)
+        {
+            return Err("pin rows or slots out of range");
+        }
+        Ok(())
+    }
+
+    fn layout(&self) -> Layout {
+        let index_offset = HEADER_SIZE;
+        let pins_offset = index_offset + (self.index_entries as usize * 16).next_multiple_of(64);
+        let row_size = ROW_HEAD + (self.pin_slots as usize * 8).next_multiple_of(64);
+        let space_offset = (pins_offset + self.pin_rows as usize * row_size).next_multiple_of(4096);
+        Layout {
+            index_offset,
+            pins_offset,
+            row_size,
+            space_offset,
+            len: space_offset + self.capacity as usize,
+        }
+    }
+
+    fn checksum(&self, seed: u64) -> u64 {
+        Sum::new(seed)
+            .u64(self.capacity)
+            .u64(self.max_record)
+            .u64(u64::from(self.index_entries))
+            .u64(u64::from(self.pin_rows))
+            .u64(u64::from(self.pin_slots))
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Layout {
+    index_offset: usize,
+    pins_offset: usize,
+    row_size: usize,
+    space_offset: usize,
+    len: usize,
+}
+
+#[repr(C)]
+struct ArenaHeader {
+    region: RegionHeader,
+    seed: AtomicU64,
+    capacity: AtomicU64,
+    max_record: AtomicU64,
+    index_entries: AtomicU32,
+    pin_rows: AtomicU32,
+    pin_slots: AtomicU32,
+    /// 1 once the owner stopped gracefully and unlinked the name: readers reopen.
+    closed: AtomicU32,
+    geometry_check: AtomicU64,
+    /// Ring positions in bytes since the arena was created (physical offset = position mod
+    /// capacity); written by the owner only.
+    head: AtomicU64,
+    tail: AtomicU64,
+    next_generation: AtomicU64,
+    live_objects: AtomicU64,
+    live_bytes: AtomicU64,
+    insertions: AtomicU64,
+    evictions: AtomicU64,
+    second_chances: AtomicU64,
+    removals: AtomicU64,
+    bucket_evictions: AtomicU64,
+    refused_busy: AtomicU64,
+    corrupt_dropped: AtomicU64,
+    adoptions: AtomicU64,
+}
+
+// SAFETY: only atomics (and a RegionHeader, itself only atomics); repr(C); alignment 8.
+unsafe impl ShmSafe for ArenaHeader {}
+const _: () = assert!(size_of::<ArenaHeader>() <= HEADER_SIZE);
+
+#[repr(C)]
+struct IndexEntry {
+    loc: AtomicU64,
+    hash: AtomicU64,
+}
+
+// SAFETY: only atomics; repr(C); alignment 8.
+unsafe impl ShmSafe for IndexEntry {}
+const _: () = assert!(size_of::<IndexEntry>() == 16);
+
+#[repr(C)]
+struct RowHead {
+    owner_pid: AtomicU32,
+    _pad: AtomicU32,
+    /// Start time of the owner; 0 while a claimant has not written it yet.
+    owner_start: AtomicU64,
+}
+
+// SAFETY: only atomics; repr(C); alignment 8.
+unsafe impl ShmSafe for RowHead {}
+
+#[repr(C)]
+struct PinSlot(AtomicU64);
+
+// SAFETY: only an atomic; repr(C); alignment 8.
+unsafe impl ShmSafe for PinSlot {}
+
+#[repr(C)]
+struct ObjectHeader {
+    generation: AtomicU64,
+    state: AtomicU32,
+    flags: AtomicU32,
+    size: AtomicU64,
+    key_hash: AtomicU64,
+    body_len: AtomicU64,
+    key_len: AtomicU32,
+    meta_len: AtomicU32,
+    body_sum: AtomicU64,
+    check: AtomicU64,
+}
+
+// SAFETY: only atomics; repr(C); alignment 8.
+unsafe impl ShmSafe for ObjectHeader {}
+const _: () = assert!(size_of::<ObjectHeader>() == OBJ as usize);
+
+/// A record header as read (plain values), bounds already checked against the space.
+#[derive(Clone, Copy, Debug)]
+struct Rec {
+    phys: u64,
+    generation: u64,
+    state: u32,
+    size: u64,
+    key_hash: u64,
+    body_len: u64,
+    key_len: u32,
+    meta_len: u32,
+    body_sum: u64,
+    check: u64,
+}
+
+impl Rec {
+    fn loc(&self) -> u64 {
+        pack(self.phys, self.generation)
+    }
+
+    fn key_at(&self) -> u64 {
+        self.phys + OBJ
+    }
+
+    fn meta_at(&self) -> u64 {
+        self.key_at() + u64::from(self.key_len)
+    }
+
+    fn body_at(&self) -> u64 {
+        self.meta_at() + u64::from(self.meta_len)
+    }
+}
+
+/// One mapping of an arena, with its geometry validated.
+struct Map {
+    region: ShmRegion,
+    cfg: ArenaConfig,
+    layout: Layout,
+    seed: u64,
+}
+
+impl Map {
+    fn from_region(region: ShmRegion) -> Result<Map, ShmError> {
+        let invalid = |why: &str| ShmError::Invalid {
+            name: region.name().to_string(),
+            why: why.to_string(),
+        };
+        let h: &ArenaHeader = region.get(0);
+        let cfg = ArenaConfig {
+            capacity: h.capacity.load(Ordering::Relaxed),
+            max_record: h.max_record.load(Ordering::Relaxed),
+            index_entries: h.index_entries.load(Ordering::Relaxed),
+            pin_rows: h.pin_rows.load(Ordering::Relaxed),
+            pin_slots: h.pin_slots.load(Ordering::Relaxed),
+        };
+        let seed = h.seed.load(Ordering::Relaxed);
+        if cfg.checksum(seed) != h.geometry_check.load(Ordering::Relaxed) {
+            return Err(invalid("geometry checksum mismatch"));
+        }
+        cfg.check().map_err(invalid)?;
+        let layout = cfg.layout();
+        if layout.len != region.len() {
+            return Err(invalid("geometry does not match the region length"));
+        }
+        Ok(Map {
+            region,
+            cfg,
+            layout,
+            seed,
+        })
+    }
+
+    fn header(&self) -> &ArenaHeader {
+        self.region.get(0)
+    }
+
+    fn entry(&self, i: usize) -> &IndexEntry {
+        assert!(i < self.cfg.index_entries as usize);
+        self.region.get(self.layout.index_offset + i * 16)
+    }
+
+    fn bucket(&self, hash: u64) -> usize {
+        (hash % (u64::from(self.cfg.index_entries) / WAYS as u64)) as usize * WAYS
+    }
+
+    fn row(&self, r: u32) -> &RowHead {
+        assert!(r < self.cfg.pin_rows);
+        self.region
+            .get(self.layout.pins_offset + r as usize * self.layout.row_size)
+    }
+
+    fn slot(&self, r: u32, s: u32) -> &PinSlot {
+        assert!(r < self.cfg.pin_rows && s < self.cfg.pin_slots);
+        self.region.get(
+            self.layout.pins_offset + r as usize * self.layout.row_size + ROW_HEAD + s as usize * 8,
+        )
+    }
+
+    fn obj(&self, phys: u64) -> &ObjectHeader {
+        assert!(phys + OBJ <= self.cfg.capacity && phys.is_multiple_of(ALIGN));
+        self.region.get(self.layout.space_offset + phys as usize)
+    }
+
+    /// Raw pointer to `len` bytes of object space at `phys` (bounds checked).
+    fn ptr(&self, phys: u64, len: u64) -> *mut u8 {
+        assert!(phys
+            .checked_add(len)
+            .is_some_and(|e| e <= self.cfg.capacity));
+        self.region
+            .bytes_ptr(self.layout.space_offset + phys as usize, len as usize)
+    }
+
+    fn key_hash(&self, key: &[u8]) -> u64 {
+        let mut s = Sum::new(self.seed);
+        s.update(key);
+        s.finish()
+    }
+
+    /// Reads the header at `phys`, refusing any length that leaves the record or the space.
+    fn record(&self, phys: u64) -> Option<Rec> {
+        if !phys.is_multiple_of(ALIGN) || phys + OBJ > self.cfg.capacity {
+            return None;
+        }
+        let o = self.obj(phys);
+        let r = Rec {
+            phys,
+            generation: o.generation.load(Ordering::Relaxed),
+            state: o.state.load(Ordering::Relaxed),
+            size: o.size.load(Ordering::Relaxed),
+            key_hash: o.key_hash.load(Ordering::Relaxed),
+            body_len: o.body_len.load(Ordering::Relaxed),
+            key_len: o.key_len.load(Ordering::Relaxed),
+            meta_len: o.meta_len.load(Ordering::Relaxed),
+            body_sum: o.body_sum.load(Ordering::Relaxed),
+            check: o.check.load(Ordering::Relaxed),
+        };
+        let content = OBJ
+            .checked_add(u64::from(r.key_len) + u64::from(r.meta_len))
+            .and_then(|n| n.checked_add(r.body_len))?;
+        let fits = r.size.is_multiple_of(ALIGN)
+            && r.size >= OBJ
+            && r.size <= self.cfg.capacity - phys
+            && (r.state == PAD || content <= r.size);
+        fits.then_some(r)
+    }
+
+    /// Feeds `len` bytes at `phys` to `f` in pieces copied out of the mapping.
+    ///
+    /// Callers make sure nobody writes those bytes meanwhile: a reader holds a validated pin,
+    /// the owner reads only records it wrote or is adopting.
+    fn copy_out(&self, phys: u64, len: u64, mut f: impl FnMut(&[u8])) {
+        let mut buf = [0u8; 4096];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64);
+            let src = self.ptr(phys + done, n);
+            // SAFETY: `src..src+n` lies in the object space (`ptr` checks bounds); by the
+            // caller's guarantee no process writes these bytes during the copy; `buf` is our
+            // own stack memory of at least `n` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n as usize) };
+            f(&buf[..n as usize]);
+            done += n;
+        }
+    }
+
+    /// Copies `data` into object space at `phys`. Only the owner calls it, on bytes no pin
+    /// names and no reader can reach (not yet published, or checked by `check_range`).
+    fn copy_in(&self, phys: u64, data: &[u8]) {
+        let dst = self.ptr(phys, data.len() as u64);
+        // SAFETY: `dst..dst+len` lies in the object space (`ptr` checks bounds); the owner is
+        // the only writer of object bytes and writes only space no reader may read (see above);
+        // `data` is in our own memory, so the ranges do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+    }
+
+    fn key_eq(&self, r: &Rec, key: &[u8]) -> bool {
+        if r.key_len as usize != key.len() {
+            return false;
+        }
+        let mut at = 0;
+        let mut same = true;
+        self.copy_out(r.key_at(), key.len() as u64, |piece| {
+            same &= piece == &key[at..at + piece.len()];
+            at += piece.len();
+        });
+        same
+    }
+
+    /// The checksum over the fields fixed at reservation (all but `state`, `flags`, `body_sum`
+    /// and `check`), plus key and metadata: valid from the reservation on, so an adoption can
+    /// step over a fill the previous owner left unfinished. `body_sum` covers the body.
+    fn header_sum(&self, r: &Rec) -> u64 {
+        let mut s = Sum::new(self.seed);
+        s.u64(r.generation)
+            .u64(r.size)
+            .u64(r.key_hash)
+            .u64(r.body_len)
+            .u64((u64::from(r.key_len) << 32) | u64::from(r.meta_len))
+            .u64(u64::from(r.state == PAD));
+        if r.state != PAD {
+            self.copy_out(
+                r.key_at(),
+                u64::from(r.key_len) + u64::from(r.meta_len),
+                |p| s.update(p),
+            );
+        }
+        s.finish()
+    }
+
+    fn body_sum(&self, r: &Rec) -> u64 {
+        let mut s = Sum::new(self.seed);
+        self.copy_out(r.body_at(), r.body_len, |p| s.update(p));
+        s.finish()
+    }
+
+    /// Offsets named by every pin slot (sorted). Taken after the unlinks it must cover.
+    fn pinned_offsets(&self) -> Vec<u64> {
+        let mut v = Vec::new();
+        for r in 0..self.cfg.pin_rows {
+            for s in 0..self.cfg.pin_slots {
+                // ORDERING: SeqCst, the writer's side of the hazard-pointer handshake (module
+                // doc, step 4): ordered after our unlink stores in the single total order, so a
+                // reader whose re-validation succeeded has its pin visible here; a cleared slot
+                // read here was cleared with Release after the reader's last read.
+                let l = self.slot(r, s).0.load(Ordering::SeqCst);
+                if l != 0 && l != RESERVED {
+                    v.push(loc_offset(l));
+                }
+            }
+        }
+        v.sort_unstable();
+        v
+    }
+
+    fn usage(&self) -> Usage {
+        let h = self.header();
+        let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let used = c(&h.tail).saturating_sub(c(&h.head));
+        Usage {
+            capacity: self.cfg.capacity,
+            used,
+            live_objects: c(&h.live_objects),
+            live_bytes: c(&h.live_bytes),
+            insertions: c(&h.insertions),
+            evictions: c(&h.evictions),
+            second_chances: c(&h.second_chances),
+            removals: c(&h.removals),
+            bucket_evictions: c(&h.bucket_evictions),
+            refused_busy: c(&h.refused_busy),
+            corrupt_dropped: c(&h.corrupt_dropped),
+            adoptions: c(&h.adoptions),
+        }
+    }
+}
+
+fn any_in(pins: &[u64], start: u64, len: u64) -> bool {
+    let i = pins.partition_point(|&p| p < start);
+    pins.get(i).is_some_and(|&p| p < start + len)
+}
+
+/// Usage numbers and counters (counters only go up; the owner writes them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub capacity: u64,
+    /// Bytes between head and tail: live records, and garbage not yet reclaimed.
+    pub used: u64,
+    pub live_objects: u64,
+    pub live_bytes: u64,
+    pub insertions: u64,
+    pub evictions: u64,
+    /// Accessed objects copied to the tail instead of being evicted.
+    pub second_chances: u64,
+    pub removals: u64,
+    /// Objects evicted because their index bucket was full.
+    pub bucket_evictions: u64,
+    /// Reservations refused because a pin or a fill in progress held the head.
+    pub refused_busy: u64,
+    /// Records or index entries dropped by an adoption because they failed validation.
+    pub corrupt_dropped: u64,
+    pub adoptions: u64,
+}
+
+/// A mapping of the arena, for readers and for the master (which releases dead workers' pins).
+pub struct Arena {
+    map: Arc<Map>,
+}
+
+impl Arena {
+    /// Opens the published arena of `names` (a worker, or the master).
+    pub fn open(names: &Names) -> Result<Arena, ShmError> {
+        let region = ShmRegion::open(&arena_name(names), ARENA_MAGIC, ARENA_VERSION)?;
+        Ok(Arena {
+            map: Arc::new(Map::from_region(region)?),
+        })
+    }
+
+    /// True once the owner stopped gracefully: open the arena again to follow its successor.
+    pub fn is_closed(&self) -> bool {
+        // ORDERING: Acquire pairs with the owner's Release store in its Drop.
+        self.map.header().closed.load(Ordering::Acquire) != 0
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.map.usage()
+    }
+
+    /// Master: clears the pins of the dead worker `pid` and frees its row. Returns the number
+    /// of pins cleared. A row whose owner with that pid is still alive is left alone (the pid
+    /// was reused before the call).
+    pub fn release_worker(&self, pid: u32) -> u32 {
+        let map = &self.map;
+        let mut cleared = 0;
+        for r in 0..map.cfg.pin_rows {
+            let row = map.row(r);
+            // ORDERING: Acquire pairs with the claimant's Release of `owner_start`.
+            if row.owner_pid.load(Ordering::Acquire) != pid {
+                continue;
+            }
+            let owner = ProcId {
+                pid,
+                start: row.owner_start.load(Ordering::Relaxed),
+            };
+            if owner.alive() {
+                continue;
+            }
+            cleared += clear_row(map, r);
+        }
+        cleared
+    }
+
+    /// Claims a pin row for this process, taking over one whose owner is dead if none is free.
+    pub fn attach(&self) -> Result<ArenaReader, AttachError> {
+        let map = &self.map;
+        let me = ProcId::current();
+        for pass in 0..2 {
+            for r in 0..map.cfg.pin_rows {
+                let row = map.row(r);
+                let pid = row.owner_pid.load(Ordering::Acquire);
+                let free = pid == 0;
+                let stale = pass == 1 && pid != 0 && {
+                    let start = row.owner_start.load(Ordering::Relaxed);
+                    start != 0 && !ProcId { pid, start }.alive()
+                };
+                if !free && !stale {
+                    continue;
+                }
+                // ORDERING: AcqRel: Acquire sees the previous owner's (or the master's) clears
+                // of the slots; Release is paired with nothing (the start store below is).
+                if row
+                    .owner_pid
+                    .compare_exchange(pid, me.pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                if stale {
+                    clear_slots(map, r);
+                }
+                // ORDERING: Release: whoever sees our start time sees our pid claim.
+                row.owner_start.store(me.start, Ordering::Release);
+                return Ok(ArenaReader {
+                    map: Arc::clone(map),
+                    row: r,
+                    hint: AtomicU32::new(0),
+                });
+            }
+        }
+        Err(AttachError::NoFreeRow(map.cfg.pin_rows))
+    }
+}
+
+fn clear_slots(map: &Map, r: u32) -> u32 {
+    let mut n = 0;
+    for s in 0..map.cfg.pin_slots {
+        // ORDERING: Release (the reader's Drop does the same): the owner's SeqCst snapshot
+        // that sees 0 is ordered after this clear. The dead reader reads nothing any more.
+        if map.slot(r, s).0.swap(0, Ordering::Release) != 0 {
+            n += 1;
+        }
+    }
+    n
+}
+
+fn clear_row(map: &Map, r: u32) -> u32 {
+    let n = clear_slots(map, r);
+    let row = map.row(r);
+    row.owner_start.store(0, Ordering::Relaxed);
+    // ORDERING: Release: the next claimant (Acquire CAS) sees the cleared slots.
+    row.owner_pid.store(0, Ordering::Release);
+    n
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// Every pin row is held by a live process.
+    NoFreeRow(u32),
+}
+
+impl std::fmt::Display for AttachError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachError::NoFreeRow(n) => write!(f, "all {n} arena pin rows are in use"),
+        }
+    }
+}
+
+impl std::error::Error for AttachError {}
+
+/// A worker's reading handle: its own pin row. Dropping it frees the row.
+pub struct ArenaReader {
+    map: Arc<Map>,
+    row: u32,
+    hint: AtomicU32,
+}
+
+/// What a lookup found.
+pub enum Lookup<'r> {
+    Hit(Pinned<'r>),
+    Miss,
+    /// Every pin slot of this worker is in use: serve it the ordinary way (and count it).
+    NoPinSlot,
+}
+
+impl ArenaReader {
+    /// True once the owner stopped gracefully (see [`Arena::is_closed`]).
+    pub fn is_closed(&self) -> bool {
+        // ORDERING: Acquire pairs with the owner's Release store in its Drop.
+        self.map.header().closed.load(Ordering::Acquire) != 0
+    }
+
+    fn claim_slot(&self) -> Option<u32> {
+        let slots = self.map.cfg.pin_slots;
+        let start = self.hint.fetch_add(1, Ordering::Relaxed);
+        (0..slots)
+            .map(|k| start.wrapping_add(k) % slots)
+            .find(|&s| {
+                // Relaxed: the slot's value only matters to the owner from the SeqCst pin store on.
+                self.map
+                    .slot(self.row, s)
+                    .0
+                    .compare_exchange(0, RESERVED, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            })
+    }
+
+    /// Looks `key` up and pins the object found. The object stays intact until the
+    /// [`Pinned`] drops, whatever the owner does meanwhile.
+    pub fn lookup(&self, key: &[u8]) -> Lookup<'_> {
+        let map = &*self.map;
+        let hash = map.key_hash(key);
+        let Some(s) = self.claim_slot() else {
+            return Lookup::NoPinSlot;
+        };
+        let pin = &map.slot(self.row, s).0;
+        let base = map.bucket(hash);
+        for _ in 0..RETRIES {
+            let mut moved = false;
+            for way in 0..WAYS {
+                let e = map.entry(base + way);
+                // ORDERING: Acquire pairs with the owner's SeqCst (hence Release) store of the
+                // entry: the record's bytes, written before it, are visible to us.
+                let l = e.loc.load(Ordering::Acquire);
+                if l == 0 || e.hash.load(Ordering::Relaxed) != hash {
+                    continue;
+                }
+                // ORDERING: SeqCst, the reader's side of the hazard-pointer handshake (module
+                // doc, steps 3 and 4): the pin and the re-read are ordered in the single total
+                // order with the owner's unlink and snapshot.
+                pin.store(l, Ordering::SeqCst);
+                // ORDERING: SeqCst (see above).
+                if e.loc.load(Ordering::SeqCst) != l {
+                    moved = true;
+                    continue;
+                }
+                if let Some(r) = self.validate(l, hash, key) {
+                    let o = map.obj(r.phys);
+                    if o.flags.load(Ordering::Relaxed) & ACCESSED == 0 {
+                        o.flags.fetch_or(ACCESSED, Ordering::Relaxed);
+                    }
+                    return Lookup::Hit(Pinned {
+                        reader: self,
+                        slot: s,
+                        rec: r,
+                    });
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        // ORDERING: Release: our reads of any record happen before the owner's reuse of it.
+        pin.store(0, Ordering::Release);
+        Lookup::Miss
+    }
+
+    /// The record a pinned, still-linked loc names, if it is the live object for `key`.
+    fn validate(&self, l: u64, hash: u64, key: &[u8]) -> Option<Rec> {
+        let r = self.map.record(loc_offset(l))?;
+        (r.state == LIVE
+            && r.generation as u32 == loc_gen(l)
+            && r.key_hash == hash
+            && self.map.key_eq(&r, key))
+        .then_some(r)
+    }
+}
+
+impl Drop for ArenaReader {
+    fn drop(&mut self) {
+        // Every Pinned borrows us, so none is left: the row's slots are all 0.
+        clear_row(&self.map, self.row);
+    }
+}
+
+/// A pinned object: its metadata and body stay intact until this drops. The bytes are reached
+/// only through copies and raw pointers (never a `&[u8]` over the shared mapping).
+pub struct Pinned<'r> {
+    reader: &'r ArenaReader,
+    slot: u32,
+    rec: Rec,
+}
+
+impl Pinned<'_> {
+    /// Full generation of the object (changes whenever the object is stored again).
+    pub fn generation(&self) -> u64 {
+        self.rec.generation
+    }
+
+    pub fn meta_len(&self) -> usize {
+        self.rec.meta_len as usize
+    }
+
+    pub fn body_len(&self) -> u64 {
+        self.rec.body_len
+    }
+
+    /// A copy of the metadata (the stored head and freshness data: small).
+    pub fn meta(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.meta_len());
+        self.reader
+            .map
+            .copy_out(self.rec.meta_at(), u64::from(self.rec.meta_len), |p| {
+                v.extend_from_slice(p)
+            });
+        v
+    }
+
+    /// Copies body bytes from `offset` into `buf`; returns how many (0 at the end).
+    pub fn read_body(&self, offset: u64, buf: &mut [u8]) -> usize {
+        let n = (buf.len() as u64).min(self.rec.body_len.saturating_sub(offset));
+        let src = self.reader.map.ptr(self.rec.body_at() + offset, n);
+        // SAFETY: `src..src+n` lies inside this record's body (n is clamped to the body, `ptr`
+        // checks the space's bounds); the record is pinned and was validated as linked after the
+        // pin, so the owner writes none of its bytes until the pin is cleared; `buf` is ours.
+        unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n as usize) };
+        n as usize
+    }
+
+    /// Sends body bytes from `offset` straight from shared memory to a non-blocking socket:
+    /// what the socket took, `Ok(0)` at the end, `WouldBlock` when it is full.
+    pub fn send_body(&self, sock: BorrowedFd<'_>, offset: u64) -> io::Result<usize> {
+        let n = self.rec.body_len.saturating_sub(offset);
+        if n == 0 {
+            return Ok(0);
+        }
+        let src = self.reader.map.ptr(self.rec.body_at() + offset, n);
+        // SAFETY: `src..src+n` lies inside this pinned record's body (as in `read_body`), which
+        // nobody writes while we hold the pin; the kernel only reads it; `sock` is a live fd.
+        let sent = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                src.cast(),
+                n as usize,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sent as usize)
+    }
+
+    /// The body as a raw pointer and length, valid while this `Pinned` lives (for `writev`).
+    /// Never turn it into a `&[u8]`: the mapping is shared with other processes.
+    pub fn body_raw(&self) -> (*const u8, usize) {
+        (
+            self.reader
+                .map
+                .ptr(self.rec.body_at(), self.rec.body_len)
+                .cast_const(),
+            self.rec.body_len as usize,
+        )
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        // ORDERING: Release: every read of the record happens before the owner's reuse, which
+        // it starts only after a SeqCst snapshot that reads this 0.
+        self.reader
+            .map
+            .slot(self.reader.row, self.slot)
+            .0
+            .store(0, Ordering::Release);
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReserveError {
+    /// The record would exceed `max_record`: stream the answer through unstored.
+    TooLarge { record: u64, max: u64 },
+    /// A pin or a fill in progress holds the head of the ring (or the space to write into).
+    Busy,
+}
+
+impl std::fmt::Display for ReserveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReserveError::TooLarge { record, max } => {
+                write!(f, "record of {record} bytes exceeds the arena's {max}")
+            }
+            ReserveError::Busy => write!(f, "arena space is held by a pin or a fill"),
+        }
+    }
+}
+
+impl std::error::Error for ReserveError {}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishError {
+    /// Fewer body bytes were written than reserved; the space is freed.
+    Incomplete { written: u64, expected: u64 },
+}
+
+impl std::fmt::Display for PublishError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PublishError::Incomplete { written, expected } => {
+                write!(f, "body incomplete: {written} of {expected} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PublishError {}
+
+/// How the owner started.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Start {
+    /// A new, empty arena (none existed, or the old one was unusable: why).
+    Cold(String),
+    /// The arena of a previous owner, validated and repaired.
+    Adopted(Adoption),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Adoption {
+    /// Live objects kept.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Records and index entries that failed validation and were dropped.
+    pub dropped: u64,
+    /// Fills the previous owner left unfinished (their space is freed).
+    pub abandoned_fills: u64,
+}
+
+/// Space reserved for one object; fill the body with [`Reservation::write`], then
+/// [`ArenaOwner::publish`]. Readers see nothing of it before. Dropping it unpublished frees it.
+pub struct Reservation {
+    map: Arc<Map>,
+    rec: Rec,
+    key: Vec<u8>,
+    written: u64,
+    sum: Sum,
+    done: bool,
+}
+
+impl Reservation {
+    /// Appends body bytes; returns how many fitted (fewer than `data.len()` only at the end).
+    pub fn write(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min((self.rec.body_len - self.written) as usize);
+        self.map
+            .copy_in(self.rec.body_at() + self.written, &data[..n]);
+        self.sum.update(&data[..n]);
+        self.written += n as u64;
+        n
+    }
+
+    /// Body bytes still expected.
+    pub fn remaining(&self) -> u64 {
+        self.rec.body_len - self.written
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            self.map
+                .obj(self.rec.phys)
+                .state
+                .store(ABANDONED, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Result of [`ArenaOwner::audit`]: a walk over the ring, compared with the counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Audit {
+    pub live_objects: u64,
+    pub live_bytes: u64,
+    /// Retired, abandoned and padding records not yet reclaimed.
+    pub garbage_bytes: u64,
+    /// Fills in progress.
+    pub writing_bytes: u64,
+}
+
+/// The arena's only writer (`cached`). Methods take `&mut self`: the caller serialises them
+/// (its cache lock); body fills run outside it, through their [`Reservation`].
+pub struct ArenaOwner {
+    map: Arc<Map>,
+    unlink_on_drop: bool,
+}
+
+impl ArenaOwner {
+    /// Adopts the arena a previous owner left (validating it), or creates a new one.
+    pub fn open_or_adopt(names: &Names, cfg: ArenaConfig) -> Result<(ArenaOwner, Start), ShmError> {
+        let name = arena_name(names);
+        if let Err(why) = cfg.check() {
+            return Err(ShmError::Invalid {
+                name,
+                why: why.to_string(),
+            });
+        }
+        let reason = match ShmRegion::open(&name, ARENA_MAGIC, ARENA_VERSION) {
+            Ok(region) => {
+                let prev = region.header().owner();
+                if prev.alive() {
+                    return Err(ShmError::InUse {
+                        name,
+                        pid: prev.pid,
+                    });
+                }
+                match Map::from_region(region) {
+                    Ok(map) if map.cfg == cfg => match claim(&map, prev) {
+                        Ok(()) => {
+                            let mut owner = ArenaOwner {
+                                map: Arc::new(map),
+                                unlink_on_drop: true,
+                            };
+                            let report = owner.repair();
+                            return Ok((owner, Start::Adopted(report)));
+                        }
+                        Err(pid) => return Err(ShmError::InUse { name, pid }),
+                    },
+                    Ok(map) => {
+                        // ORDERING: Release pairs with readers' Acquire in `is_closed`.
+                        map.header().closed.store(1, Ordering::Release);
+                        "its geometry differs from the configuration".to_string()
+                    }
+                    Err(e) => e.to_string(),
+                }
+            }
+            Err(ShmError::Missing(_)) => "none existed".to_string(),
+            Err(ShmError::Invalid { why, .. }) => why,
+            Err(e) => return Err(e),
+        };
+        Ok((Self::create(&name, cfg)?, Start::Cold(reason)))
+    }
+
+    fn create(name: &str, cfg: ArenaConfig) -> Result<ArenaOwner, ShmError> {
+        let layout = cfg.layout();
+        let mut region = ShmRegion::create(name, layout.len, ARENA_MAGIC, ARENA_VERSION)?;
+        // We unlink ourselves, on a graceful stop only (see `Drop`).
+        region.disown();
+        let me = ProcId::current();
+        let seed = (me.start << 24) ^ u64::from(me.pid) ^ crate::process::monotonic_ms() << 40;
+        let h: &ArenaHeader = region.get(0);
+        h.seed.store(seed, Ordering::Relaxed);
+        h.capacity.store(cfg.capacity, Ordering::Relaxed);
+        h.max_record.store(cfg.max_record, Ordering::Relaxed);
+        h.index_entries.store(cfg.index_entries, Ordering::Relaxed);
+        h.pin_rows.store(cfg.pin_rows, Ordering::Relaxed);
+        h.pin_slots.store(cfg.pin_slots, Ordering::Relaxed);
+        h.geometry_check
+            .store(cfg.checksum(seed), Ordering::Relaxed);
+        let map = Map::from_region(region)?;
+        map.region.publish(ARENA_MAGIC);
+        Ok(ArenaOwner {
+            map: Arc::new(map),
+            unlink_on_drop: true,
+        })
+    }
+
+    /// A reading view of the same mapping (the owner's own lookups, stats).
+    pub fn arena(&self) -> Arena {
+        Arena {
+            map: Arc::clone(&self.map),
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        self.map.usage()
+    }
+
+    fn h(&self) -> &ArenaHeader {
+        self.map.header()
+    }
+
+    fn head(&self) -> u64 {
+        self.h().head.load(Ordering::Relaxed)
+    }
+
+    fn tail(&self) -> u64 {
+        self.h().tail.load(Ordering::Relaxed)
+    }
+
+    fn cap(&self) -> u64 {
+        self.map.cfg.capacity
+    }
+
+    fn free(&self) -> u64 {
+        self.cap() - (self.tail() - self.head())
+    }
+
+    /// Bytes an append of `size` consumes at the current tail (padding to the end included).
+    fn need(&self, size: u64) -> u64 {
+        let tp = self.tail() % self.cap();
+        if tp + size <= self.cap() {
+            size
+        } else {
+            self.cap() - tp + size
+        }
+    }
+
+    fn bump(counter: &AtomicU64, by: u64) {
+        counter.fetch_add(by, Ordering::Relaxed);
+    }
+
+    fn next_generation(&self) -> u64 {
+        let h = self.h();
+        let mut g = h.next_generation.load(Ordering::Relaxed);
+        loop {
+            g += 1;
+            if !matches!(g as u32, 0 | u32::MAX) {
+                break;
+            }
+        }
+        h.next_generation.store(g, Ordering::Relaxed);
+        g
+    }
+
+    /// Reserves space for an object of `key`, `meta` and a body of `body_len` bytes, making
+    /// room by eviction (with second chance).
+    pub fn reserve(
+        &mut self,
+        key: &[u8],
+        meta: &[u8],
+        body_len: u64,
+    ) -> Result<Reservation, ReserveError> {
+        let too_large = |record| ReserveError::TooLarge {
+            record,
+            max: self.map.cfg.max_record,
+        };
+        let content = (OBJ + key.len() as u64 + meta.len() as u64).saturating_add(body_len);
+        let size = align_up(content);
+        let long = |n: usize| u32::try_from(n).is_err();
+        if size > self.map.cfg.max_record || long(key.len()) || long(meta.len()) {
+            return Err(too_large(size));
+        }
+        let reserve = self.map.cfg.max_record;
+        let r = self
+            .make_room(|o| o.need(size) + reserve)
+            .and_then(|()| self.place(size));
+        let phys = match r {
+            Ok(p) => p,
+            Err(e) => {
+                Self::bump(&self.h().refused_busy, 1);
+                return Err(e);
+            }
+        };
+        let mut rec = Rec {
+            phys,
+            generation: self.next_generation(),
+            state: WRITING,
+            size,
+            key_hash: self.map.key_hash(key),
+            body_len,
+            key_len: key.len() as u32,
+            meta_len: meta.len() as u32,
+            body_sum: 0,
+            check: 0,
+        };
+        self.map.copy_in(rec.key_at(), key);
+        self.map.copy_in(rec.meta_at(), meta);
+        rec.check = self.map.header_sum(&rec);
+        self.write_header(&rec);
+        self.h().tail.store(self.tail() + size, Ordering::Relaxed);
+        Ok(Reservation {
+            map: Arc::clone(&self.map),
+            rec,
+            key: key.to_vec(),
+            written: 0,
+            sum: Sum::new(self.map.seed),
+            done: false,
+        })
+    }
+
+    fn write_header(&self, r: &Rec) {
+        let o = self.map.obj(r.phys);
+        o.generation.store(r.generation, Ordering::Relaxed);
+        o.state.store(r.state, Ordering::Relaxed);
+        o.flags.store(0, Ordering::Relaxed);
+        o.size.store(r.size, Ordering::Relaxed);
+        o.key_hash.store(r.key_hash, Ordering::Relaxed);
+        o.body_len.store(r.body_len, Ordering::Relaxed);
+        o.key_len.store(r.key_len, Ordering::Relaxed);
+        o.meta_len.store(r.meta_len, Ordering::Relaxed);
+        o.body_sum.store(r.body_sum, Ordering::Relaxed);
+        o.check.store(r.check, Ordering::Relaxed);
+    }
+
+    /// Makes `size` contiguous bytes writable at the tail (padding to the end of the space if
+    /// the record would cross it) and returns their physical offset. Refuses bytes a pin names.
+    fn place(&mut self, size: u64) -> Result<u64, ReserveError> {
+        let pins = self.map.pinned_offsets();
+        let mut tp = self.tail() % self.cap();
+        if tp + size > self.cap() {
+            let pad = self.cap() - tp;
+            if any_in(&pins, tp, pad) {
+                return Err(ReserveError::Busy);
+            }
+            let mut r = Rec {
+                phys: tp,
+                generation: 0,
+                state: PAD,
+                size: pad,
+                key_hash: 0,
+                body_len: 0,
+                key_len: 0,
+                meta_len: 0,
+                body_sum: 0,
+                check: 0,
+            };
+            r.check = self.map.header_sum(&r);
+            self.write_header(&r);
+            self.h().tail.store(self.tail() + pad, Ordering::Relaxed);
+            tp = 0;
+        }
+        if any_in(&pins, tp, size) {
+            return Err(ReserveError::Busy);
+        }
+        Ok(tp)
+    }
+
+    /// Reclaims at the head until `target(self)` bytes are free.
+    fn make_room(&mut self, target: impl Fn(&Self) -> u64) -> Result<(), ReserveError> {
+        // Second chances per call are bounded by one lap, so readers that keep touching every
+        // object cannot keep the writer copying forever.
+        let mut budget = self.cap();
+        while self.free() < target(self) {
+            self.reclaim_one(&mut budget)?;
+        }
+        Ok(())
+    }
+
+    /// One step at the head: evict or give a second chance to a live record, or free garbage.
+    fn reclaim_one(&mut self, budget: &mut u64) -> Result<(), ReserveError> {
+        let head = self.head();
+        if head == self.tail() {
+            return Err(ReserveError::Busy);
+        }
+        let Some(r) = self.map.record(head % self.cap()) else {
+            // Our own records were validated when adopted and are written by us alone.
+            log::error!("arena: unreadable record at the ring's head ({head})");
+            return Err(ReserveError::Busy);
+        };
+        match r.state {
+            LIVE => {
+                let accessed = self.map.obj(r.phys).flags.load(Ordering::Relaxed) & ACCESSED;
+                if accessed != 0 && *budget >= r.size && self.need(r.size) <= self.free() {
+                    *budget -= r.size;
+                    self.second_chance(&r)?;
+                } else {
+                    self.unlink(&r);
+                    Self::bump(&self.h().evictions, 1);
+                }
+                Ok(())
+            }
+            WRITING => Err(ReserveError::Busy),
+            _ => {
+                // Retired (unlinked before this snapshot), abandoned or padding.
+                if any_in(&self.map.pinned_offsets(), r.phys, r.size) {
+                    return Err(ReserveError::Busy);
+                }
+                self.h().head.store(head + r.size, Ordering::Relaxed);
+                Ok(())
+            }
+        }
+    }
+
+    /// Copies the live record `r` to the tail as a new generation and moves its index entry.
+    fn second_chance(&mut self, r: &Rec) -> Result<(), ReserveError> {
+        let phys = self.place(r.size)?;
+        let src = self.map.ptr(r.phys, r.size);
+        let dst = self.map.ptr(phys, r.size);
+        // SAFETY: both ranges lie in the object space (`ptr` checks); `src` is a record at the
+        // head that readers only read; `dst` is free space at the tail that `place` checked no
+        // pin names and that nobody can reach until we link it; head and tail space are
+        // disjoint because `need(size) <= free()`.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, r.size as usize) };
+        let mut n = Rec {
+            phys,
+            generation: self.next_generation(),
+            state: LIVE,
+            ..*r
+        };
+        n.check = self.map.header_sum(&n);
+        self.write_header(&n);
+        self.h().tail.store(self.tail() + r.size, Ordering::Relaxed);
+        if let Some(e) = self.entry_of(r) {
+            // ORDERING: SeqCst: the unlink of the old copy (module doc, writer step 3); a
+            // reader's Acquire load of the new loc sees the copy.
+            e.loc.store(n.loc(), Ordering::SeqCst);
+        }
+        self.map.obj(r.phys).state.store(RETIRED, Ordering::Relaxed);
+        Self::bump(&self.h().second_chances, 1);
+        Ok(())
+    }
+
+    /// The index entry naming record `r`, if any.
+    fn entry_of(&self, r: &Rec) -> Option<&IndexEntry> {
+        let base = self.map.bucket(r.key_hash);
+        let l = r.loc();
+        (base..base + WAYS)
+            .map(|i| self.map.entry(i))
+            .find(|e| e.loc.load(Ordering::Relaxed) == l)
+    }
+
+    /// Unlinks the live record `r` from the index and retires it (its space is reclaimed when
+    /// the head reaches it and no pin names it).
+    fn unlink(&self, r: &Rec) {
+        if let Some(e) = self.entry_of(r) {
+            // ORDERING: SeqCst: the unlink (module doc, writer step 3) precedes, in the single
+            // total order, the pin snapshot that decides when the space may be reused.
+            e.loc.store(0, Ordering::SeqCst);
+        }
+        self.retire(r);
+    }
+
+    fn retire(&self, r: &Rec) {
+        let h = self.h();
+        self.map.obj(r.phys).state.store(RETIRED, Ordering::Relaxed);
+        let sub = |a: &AtomicU64, n: u64| {
+            a.store(
+                a.load(Ordering::Relaxed).saturating_sub(n),
+                Ordering::Relaxed,
+            )
+        };
+        sub(&h.live_objects, 1);
+        sub(&h.live_bytes, r.size);
+    }
+
+    /// The entry and record of the live object stored for `key`, if any.
+    fn find(&self, key: &[u8], hash: u64) -> Option<(&IndexEntry, Rec)> {
+        let base = self.map.bucket(hash);
+        (base..base + WAYS).find_map(|i| {
+            let e = self.map.entry(i);
+            let l = e.loc.load(Ordering::Relaxed);
+            if l == 0 || e.hash.load(Ordering::Relaxed) != hash {
+                return None;
+            }
+            let r = self.map.record(loc_offset(l))?;
+            (r.loc() == l && self.map.key_eq(&r, key)).then_some((e, r))
+        })
+    }
+
+    /// Publishes a filled reservation: from now on readers find it, and it replaces the object
+    /// stored before under the same key. Returns the object's generation.
+    pub fn publish(&mut self, mut res: Reservation) -> Result<u64, PublishError> {
+        if res.written != res.rec.body_len {
+            return Err(PublishError::Incomplete {
+                written: res.written,
+                expected: res.rec.body_len,
+            });
+        }
+        let r = Rec {
+            state: LIVE,
+            body_sum: res.sum.finish(),
+            ..res.rec
+        };
+        let o = self.map.obj(r.phys);
+        o.body_sum.store(r.body_sum, Ordering::Relaxed);
+        o.state.store(LIVE, Ordering::Relaxed);
+        res.done = true;
+        let h = self.h();
+        Self::bump(&h.live_objects, 1);
+        Self::bump(&h.live_bytes, r.size);
+        Self::bump(&h.insertions, 1);
+        self.link(&res.key, &r);
+        Ok(r.generation)
+    }
+
+    /// Puts `r` into its bucket: over the same key's entry, a free way, or the oldest object.
+    fn link(&self, key: &[u8], r: &Rec) {
+        if let Some((e, old)) = self.find(key, r.key_hash) {
+            // ORDERING: SeqCst: publishes the record (Release) and unlinks the old one
+            // (module doc, writer steps 2 and 3) in one store.
+            e.loc.store(r.loc(), Ordering::SeqCst);
+            self.retire(&old);
+            return;
+        }
+        let base = self.map.bucket(r.key_hash);
+        let ways = (base..base + WAYS).map(|i| self.map.entry(i));
+        let e = match ways.clone().find(|e| e.loc.load(Ordering::Relaxed) == 0) {
+            Some(e) => e,
+            None => {
+                let e = ways
+                    .min_by_key(|e| {
+                        let l = e.loc.load(Ordering::Relaxed);
+                        self.map.record(loc_offset(l)).map_or(0, |v| v.generation)
+                    })
+                    .expect("a bucket has ways");
+                let l = e.loc.load(Ordering::Relaxed);
+                // ORDERING: SeqCst: the unlink of the victim (module doc, writer step 3).
+                e.loc.store(0, Ordering::SeqCst);
+                if let Some(v) = self.map.record(loc_offset(l)).filter(|v| v.loc() == l) {
+                    self.retire(&v);
+                }
+                Self::bump(&self.h().bucket_evictions, 1);
+                e
+            }
+        };
+        e.hash.store(r.key_hash, Ordering::Relaxed);
+        // ORDERING: SeqCst (a Release): a reader's Acquire load of the loc sees the hash and
+        // the record written before it.
+        e.loc.store(r.loc(), Ordering::SeqCst);
+    }
+
+    /// PURGE: removes the object stored for `key`; no reader finds it from now on (readers
+    /// already holding it finish their response). `true` if there was one.
+    pub fn remove(&mut self, key: &[u8]) -> bool {
+        let hash = self.map.key_hash(key);
+        match self.find(key, hash) {
+            Some((e, r)) => {
+                // ORDERING: SeqCst: the unlink (module doc, writer step 3).
+                e.loc.store(0, Ordering::SeqCst);
+                self.retire(&r);
+                Self::bump(&self.h().removals, 1);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Evicts (with second chance) and reclaims until `bytes` are free (at most the capacity).
+    pub fn evict_until(&mut self, bytes: u64) -> Result<(), ReserveError> {
+        let want = bytes.min(self.cap());
+        self.make_room(|_| want)
+    }
+
+    /// Walks the ring and the index and checks them against each other and the counters.
+    pub fn audit(&self) -> Result<Audit, String> {
+        let mut a = Audit::default();
+        let mut live = HashMap::new();
+        let (mut at, tail) = (self.head(), self.tail());
+        while at < tail {
+            let r = self
+                .map
+                .record(at % self.cap())
+                .ok_or(format!("bad record at {at}"))?;
+            match r.state {
+                LIVE => {
+                    if self.map.header_sum(&r) != r.check {
+                        return Err(format!("checksum mismatch at {at}"));
+                    }
+                    a.live_objects += 1;
+                    a.live_bytes += r.size;
+                    live.insert(r.loc(), r);
+                }
+                WRITING => a.writing_bytes += r.size,
+                RETIRED | ABANDONED | PAD => a.garbage_bytes += r.size,
+                s => return Err(format!("unknown state {s} at {at}")),
+            }
+            at += r.size;
+        }
+        if at != tail {
+            return Err("a record crosses the tail".into());
+        }
+        let mut linked = 0;
+        for i in 0..self.map.cfg.index_entries as usize {
+            let e = self.map.entry(i);
+            let l = e.loc.load(Ordering::Relaxed);
+            if l == 0 {
+                continue;
+            }
+            let r = live
+                .get(&l)
+                .ok_or(format!("index entry {i} names no live record"))?;
+            if self.map.bucket(r.key_hash) != i / WAYS * WAYS
+                || e.hash.load(Ordering::Relaxed) != r.key_hash
+            {
+                return Err(format!("index entry {i} is in the wrong bucket"));
+            }
+            linked += 1;
+        }
+        let u = self.usage();
+        if linked != live.len() || u.live_objects != a.live_objects || u.live_bytes != a.live_bytes
+        {
+            return Err(format!(
+                "{linked} linked, {} live records, counters say {} objects / {} bytes (walk: {})",
+                live.len(),
+                u.live_objects,
+                u.live_bytes,
+                a.live_bytes
+            ));
+        }
+        Ok(a)
+    }
+
+    /// Adoption: validates every record from head to tail and the index against them, drops
+    /// what fails, abandons fills the dead owner left, and resets the counters from the walk.
+    fn repair(&mut self) -> Adoption {
+        let mut rep = Adoption::default();
+        let cap = self.cap();
+        let (head, tail) = (self.head(), self.tail());
+        let sane = head.is_multiple_of(ALIGN)
+            && tail.is_multiple_of(ALIGN)
+            && head <= tail
+            && tail - head <= cap;
+        let mut newest: HashMap<Vec<u8>, Rec> = HashMap::new();
+        let mut max_gen = self.h().next_generation.load(Ordering::Relaxed);
+        let mut at = head;
+        if !sane {
+            rep.dropped += 1;
+            self.h().head.store(tail / ALIGN * ALIGN, Ordering::Relaxed);
+            self.h().tail.store(tail / ALIGN * ALIGN, Ordering::Relaxed);
+            at = self.tail();
+        }
+        let end = self.tail();
+        while at < end {
+            let r = match self.map.record(at % cap) {
+                Some(r) if at + r.size <= end && self.map.header_sum(&r) == r.check => r,
+                _ => {
+                    // Nothing after an unreadable record can be trusted to start where it
+                    // seems to: the tail moves back here. Bytes written there later are checked
+                    // against the pins (`place`), so readers of the old records are safe.
+                    rep.dropped += 1;
+                    self.h().tail.store(at, Ordering::Relaxed);
+                    break;
+                }
+            };
+            max_gen = max_gen.max(r.generation);
+            match r.state {
+                LIVE if self.map.body_sum(&r) == r.body_sum => {
+                    let mut key = Vec::new();
+                    self.map.copy_out(r.key_at(), u64::from(r.key_len), |p| {
+                        key.extend_from_slice(p)
+                    });
+                    // Two live copies of a key (a second chance cut short): the newest wins.
+                    let lose = match newest.get(&key) {
+                        Some(old) if old.generation > r.generation => r,
+                        old => {
+                            let old = old.copied();
+                            newest.insert(key, r);
+                            match old {
+                                Some(old) => old,
+                                None => {
+                                    at += r.size;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    self.map
+                        .obj(lose.phys)
+                        .state
+                        .store(RETIRED, Ordering::Relaxed);
+                }
+                LIVE => {
+                    rep.dropped += 1;
+                    self.map.obj(r.phys).state.store(RETIRED, Ordering::Relaxed);
+                }
+                WRITING => {
+                    rep.abandoned_fills += 1;
+                    self.map
+                        .obj(r.phys)
+                        .state
+                        .store(ABANDONED, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+            at += r.size;
+        }
+        self.h().next_generation.store(max_gen, Ordering::Relaxed);
+        // The index: keep an entry only if it names the newest live record of its key, in
+        // its bucket; clear the rest, then link what is missing.
+        let wanted: HashMap<u64, &Rec> = newest.values().map(|r| (r.loc(), r)).collect();
+        let mut present = std::collections::HashSet::new();
+        for i in 0..self.map.cfg.index_entries as usize {
+            let e = self.map.entry(i);
+            let l = e.loc.load(Ordering::Relaxed);
+            if l == 0 {
+                continue;
+            }
+            let ok = wanted.get(&l).is_some_and(|r| {
+                self.map.bucket(r.key_hash) == i / WAYS * WAYS
+                    && e.hash.load(Ordering::Relaxed) == r.key_hash
+            }) && present.insert(l);
+            if !ok {
+                rep.dropped += 1;
+                // ORDERING: SeqCst: an unlink (module doc, writer step 3).
+                e.loc.store(0, Ordering::SeqCst);
+            }
+        }
+        let h = self.h();
+        h.live_objects.store(0, Ordering::Relaxed);
+        h.live_bytes.store(0, Ordering::Relaxed);
+        for (key, r) in &newest {
+            Self::bump(&h.live_objects, 1);
+            Self::bump(&h.live_bytes, r.size);
+            if !present.contains(&r.loc()) {
+                self.link(key, r);
+            }
+        }
+        let u = self.usage();
+        rep.objects = u.live_objects;
+        rep.bytes = u.live_bytes;
+        Self::bump(&h.corrupt_dropped, rep.dropped);
+        Self::bump(&h.adoptions, 1);
+        // Rows of dead readers (their master died too, or never released them).
+        for row in 0..self.map.cfg.pin_rows {
+            let rh = self.map.row(row);
+            let pid = rh.owner_pid.load(Ordering::Acquire);
+            let start = rh.owner_start.load(Ordering::Relaxed);
+            if pid != 0 && start != 0 && !(ProcId { pid, start }).alive() {
+                clear_row(&self.map, row);
+            }
+        }
+        rep
+    }
+
+    /// For tests: leaves the arena as a crashed owner would (name kept, owner dead).
+    #[cfg(test)]
+    fn crash(mut self) {
+        self.unlink_on_drop = false;
+        self.h().region.owner_start.store(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes over the header's owner fields from the dead `prev` (CAS on the pid, so of two
+/// adopters racing, one wins). `Err(pid)` names the winner.
+fn claim(map: &Map, prev: ProcId) -> Result<(), u32> {
+    let me = ProcId::current();
+    let h = &map.header().region;
+    // ORDERING: AcqRel: Acquire sees the previous owner's last writes (it is dead, so they are
+    // all done); Release is paired with nothing the adopters rely on beyond the CAS itself.
+    h.owner_pid
+        .compare_exchange(prev.pid, me.pid, Ordering::AcqRel, Ordering::Acquire)?;
+    h.owner_start.store(me.start, Ordering::Relaxed);
+    Ok(())
+}
+
+impl Drop for ArenaOwner {
+    fn drop(&mut self) {
+        if self.unlink_on_drop {
+            // ORDERING: Release pairs with readers' Acquire in `is_closed`.
+            self.h().closed.store(1, Ordering::Release);
+            let _ = nix::sys::mman::shm_unlink(self.map.region.name());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, Read};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn names(tag: &str) -> Names {
+        Names::for_instance(&format!("ar{}-{tag}", std::process::id()))
+    }
+
+    fn cfg(capacity: u64) -> ArenaConfig {
+        ArenaConfig::for_capacity(capacity, 16 << 10, 4, 8)
+    }
+
+    fn owner(n: &Names, c: ArenaConfig) -> ArenaOwner {
+        let (o, start) = ArenaOwner::open_or_adopt(n, c).unwrap();
+        assert!(matches!(start, Start::Cold(_)), "{start:?}");
+        o
+    }
+
+    /// The body stored for `key` at `version`: every byte depends on both, so a torn, stale or
+    /// misplaced byte shows.
+    fn body(key: &[u8], version: u64, len: usize) -> Vec<u8> {
+        let mut s = Sum::new(version);
+        s.update(key);
+        let mut x = s.finish() | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    fn meta(version: u64, len: usize) -> Vec<u8> {
+        [version.to_le_bytes(), (len as u64).to_le_bytes()].concat()
+    }
+
+    fn key(i: u64) -> Vec<u8> {
+        format!("GET example.org /object/{i}").into_bytes()
+    }
+
+    fn put(o: &mut ArenaOwner, k: &[u8], version: u64, len: usize) -> Result<u64, ReserveError> {
+        let b = body(k, version, len);
+        let mut r = o.reserve(k, &meta(version, len), len as u64)?;
+        // In pieces, as a fill arrives.
+        for piece in b.chunks(1000) {
+            assert_eq!(r.write(piece), piece.len());
+        }
+        assert_eq!(r.write(b"extra"), 0);
+        Ok(o.publish(r).unwrap())
+    }
+
+    /// Reads a hit whole and checks it against `body()`; `None` on a miss.
+    fn get(reader: &ArenaReader, k: &[u8]) -> Option<u64> {
+        match reader.lookup(k) {
+            Lookup::Hit(p) => Some(verify(&p, k)),
+            Lookup::Miss => None,
+            Lookup::NoPinSlot => panic!("out of pin slots"),
+        }
+    }
+
+    fn verify(p: &Pinned<'_>, k: &[u8]) -> u64 {
+        let m = p.meta();
+        assert_eq!(m.len(), 16);
+        let version = u64::from_le_bytes(m[..8].try_into().unwrap());
+        let len = u64::from_le_bytes(m[8..].try_into().unwrap());
+        assert_eq!(p.body_len(), len);
+        let mut got = vec![0u8; len as usize];
+        let mut at = 0;
+        while at < got.len() {
+            let n = p.read_body(at as u64, &mut got[at..(at + 777).min(len as usize)]);
+            assert!(n > 0);
+            at += n;
+        }
+        assert_eq!(p.read_body(len, &mut [0u8; 8]), 0);
+        assert!(got == body(k, version, len as usize), "body mismatch");
+        version
+    }
+
+    #[test]
+    fn layout_is_pinned() {
+        assert_eq!(std::mem::offset_of!(ArenaHeader, seed), 32);
+        assert_eq!(std::mem::offset_of!(ArenaHeader, head), 80);
+        assert_eq!(std::mem::offset_of!(ObjectHeader, state), 8);
+        assert_eq!(std::mem::offset_of!(ObjectHeader, check), 56);
+        let c = ArenaConfig::for_capacity(1 << 20, 4096, 2, 3);
+        let l = c.layout();
+        assert_eq!(l.index_offset, 512);
+        assert_eq!(l.pins_offset, 512 + 512 * 16);
+        assert_eq!(l.row_size, 128);
+        assert_eq!(l.space_offset % 4096, 0);
+        assert_eq!(l.len, l.space_offset + (1 << 20));
+        assert_eq!(loc_offset(pack(4096, 7)), 4096);
+        assert_eq!(loc_gen(pack(4096, (1 << 32) + 7)), 7);
+    }
+
+    #[test]
+    fn geometries_are_checked() {
+        assert!(cfg(1 << 20).check().is_ok());
+        let bad = [
+            ArenaConfig {
+                max_record: 100,
+                ..cfg(1 << 20)
+            },
+            ArenaConfig {
+                capacity: (1 << 20) + 1,
+                ..cfg(1 << 20)
+            },
+            ArenaConfig {
+                capacity: 32 << 10,
+                ..cfg(1 << 20)
+            },
+            ArenaConfig {
+                index_entries: 12,
+                ..cfg(1 << 20)
+            },
+            ArenaConfig {
+                pin_rows: 0,
+                ..cfg(1 << 20)
+            },
+            ArenaConfig {
+                pin_slots: MAX_PIN_SLOTS + 1,
+                ..cfg(1 << 20)
+            },
+        ];
+        for c in bad {
+            assert!(c.check().is_err(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_published_object_is_found_whole_and_nothing_before() {
+        let n = names("basic");
+        let mut o = owner(&n, cfg(1 << 20));
+        let arena = Arena::open(&n).unwrap();
+        let reader = arena.attach().unwrap();
+        let k = key(1);
+        let mut r = o.reserve(&k, &meta(1, 5000), 5000).unwrap();
+        r.write(&body(&k, 1, 5000));
+        assert_eq!(get(&reader, &k), None, "visible before publish");
+        o.publish(r).unwrap();
+        assert_eq!(get(&reader, &k), Some(1));
+        assert_eq!(get(&reader, &key(2)), None);
+        put(&mut o, &key(3), 1, 0).unwrap();
+        assert_eq!(get(&reader, &key(3)), Some(1), "an empty body");
+        let u = o.usage();
+        assert_eq!((u.live_objects, u.insertions), (2, 2));
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn a_body_is_sent_to_a_socket_straight_from_the_arena() {
+        let n = names("send");
+        let mut o = owner(&n, cfg(1 << 20));
+        let reader = o.arena().attach().unwrap();
+        put(&mut o, &key(1), 9, 12_000).unwrap();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let Lookup::Hit(p) = reader.lookup(&key(1)) else {
+            panic!("miss")
+        };
+        let mut at = 0;
+        use std::os::fd::AsFd;
+        let mut got = Vec::new();
+        while at < p.body_len() {
+            at += p.send_body(a.as_fd(), at).unwrap() as u64;
+            let mut buf = [0u8; 65536];
+            let n = b.read(&mut buf).unwrap();
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(p.send_body(a.as_fd(), at).unwrap(), 0);
+        assert!(got == body(&key(1), 9, 12_000));
+        let (ptr, len) = p.body_raw();
+        assert_eq!(len, 12_000);
+        assert!(!ptr.is_null());
+    }
+
+    #[test]
+    fn unfinished_reservations_free_their_space() {
+        let n = names("abandon");
+        let mut o = owner(&n, cfg(256 << 10));
+        let mut r = o.reserve(&key(1), b"m", 100).unwrap();
+        r.write(&[1; 60]);
+        assert_eq!(
+            o.publish(r).err(),
+            Some(PublishError::Incomplete {
+                written: 60,
+                expected: 100
+            })
+        );
+        let r = o.reserve(&key(2), b"m", 100).unwrap();
+        // A fill in progress holds the head.
+        assert_eq!(o.evict_until(256 << 10), Err(ReserveError::Busy));
+        drop(r);
+        o.evict_until(256 << 10).unwrap();
+        assert_eq!(o.usage().used, 0);
+        let reader = o.arena().attach().unwrap();
+        assert_eq!(get(&reader, &key(1)), None);
+        assert_eq!(get(&reader, &key(2)), None);
+        assert!(matches!(
+            o.reserve(&key(3), b"", 16 << 10),
+            Err(ReserveError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn the_ring_wraps_and_evicts_oldest_first() {
+        let n = names("ring");
+        let c = cfg(128 << 10);
+        let mut o = owner(&n, c);
+        let reader = o.arena().attach().unwrap();
+        let mut sizes = Sum::new(3);
+        for i in 0..400u64 {
+            sizes.u64(i);
+            let len = (sizes.finish() % 9000) as usize;
+            put(&mut o, &key(i), i, len).unwrap();
+            o.audit().unwrap();
+            assert_eq!(get(&reader, &key(i)), Some(i), "the newest is stored");
+        }
+        let u = o.usage();
+        assert!(o.tail() > 3 * c.capacity, "wrapped several times");
+        assert!(u.evictions > 300);
+        assert!(u.used <= c.capacity - c.max_record + c.max_record);
+        // FIFO without accesses: what is left is a suffix of the insertion order.
+        let present: Vec<bool> = (0..400).map(|i| get(&reader, &key(i)).is_some()).collect();
+        let first = present.iter().position(|&p| p).unwrap();
+        assert!(present[first..].iter().all(|&p| p), "{present:?}");
+        assert_eq!((400 - first) as u64, o.usage().live_objects);
+    }
+
+    #[test]
+    fn accessed_objects_get_a_second_chance() {
+        let n = names("clock");
+        let c = ArenaConfig {
+            index_entries: 1024,
+            ..cfg(128 << 10)
+        };
+        let mut o = owner(&n, c);
+        let reader = o.arena().attach().unwrap();
+        // 27 records of 4160 bytes fill the space but for the reserve; touch the even ones.
+        for i in 0..27 {
+            put(&mut o, &key(i), 1, 4000).unwrap();
+        }
+        assert_eq!(o.usage().evictions, 0);
+        for i in (0..20).step_by(2) {
+            assert!(get(&reader, &key(i)).is_some());
+        }
+        // Ten more inserts force about ten evictions from the head.
+        for i in 100..110 {
+            put(&mut o, &key(i), 1, 4000).unwrap();
+        }
+        let u = o.usage();
+        assert!(u.evictions >= 8 && u.second_chances >= 8, "{u:?}");
+        for i in (0..20).step_by(2) {
+            assert_eq!(get(&reader, &key(i)), Some(1), "touched object {i} evicted");
+        }
+        // Only untouched objects went, oldest first.
+        let gone: Vec<u64> = (0..27)
+            .filter(|&i| get(&reader, &key(i)).is_none())
+            .collect();
+        assert_eq!(gone.len() as u64, u.evictions);
+        assert!(
+            gone.iter().enumerate().all(|(n, &i)| i == 2 * n as u64 + 1),
+            "{gone:?}"
+        );
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn remove_hides_at_once_and_pinned_readers_finish() {
+        let n = names("purge");
+        let c = cfg(128 << 10);
+        let mut o = owner(&n, c);
+        let reader = o.arena().attach().unwrap();
+        put(&mut o, &key(1), 1, 6000).unwrap();
+        put(&mut o, &key(2), 1, 6000).unwrap();
+        let Lookup::Hit(p) = reader.lookup(&key(1)) else {
+            panic!("miss")
+        };
+        assert!(o.remove(&key(1)));
+        assert!(!o.remove(&key(1)));
+        assert_eq!(get(&reader, &key(1)), None, "purged but still found");
+        // The pinned copy is intact, and its space is not reused.
+        // It is at the head: reclamation stops there, and so does eviction.
+        assert_eq!(o.evict_until(c.capacity), Err(ReserveError::Busy));
+        assert_eq!(get(&reader, &key(2)), Some(1));
+        let stored = (10..40).filter(|&i| put(&mut o, &key(i), 1, 6000).is_ok());
+        assert!(stored.count() < 30, "the ring went past a pinned record");
+        assert!(o.usage().refused_busy > 0);
+        assert_eq!(verify(&p, &key(1)), 1);
+        drop(p);
+        o.evict_until(c.capacity).unwrap();
+        assert_eq!(o.usage().used, 0);
+        assert_eq!(o.usage().removals, 1);
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn storing_a_key_again_replaces_it() {
+        let n = names("replace");
+        let mut o = owner(&n, cfg(256 << 10));
+        let reader = o.arena().attach().unwrap();
+        put(&mut o, &key(1), 1, 3000).unwrap();
+        let Lookup::Hit(old) = reader.lookup(&key(1)) else {
+            panic!("miss")
+        };
+        put(&mut o, &key(1), 2, 5000).unwrap();
+        assert_eq!(get(&reader, &key(1)), Some(2));
+        assert_eq!(
+            verify(&old, &key(1)),
+            1,
+            "the reader of the old copy finishes it"
+        );
+        drop(old);
+        assert_eq!(o.usage().live_objects, 1);
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn a_full_bucket_evicts_its_oldest() {
+        let n = names("bucket");
+        let c = ArenaConfig {
+            index_entries: WAYS as u32,
+            ..cfg(256 << 10)
+        };
+        let mut o = owner(&n, c);
+        let reader = o.arena().attach().unwrap();
+        for i in 0..=WAYS as u64 {
+            put(&mut o, &key(i), 1, 100).unwrap();
+        }
+        assert_eq!(get(&reader, &key(0)), None);
+        assert!((1..=WAYS as u64).all(|i| get(&reader, &key(i)).is_some()));
+        assert_eq!(o.usage().bucket_evictions, 1);
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn pin_rows_and_slots_are_bounded_and_freed() {
+        let n = names("rows");
+        let c = ArenaConfig {
+            pin_rows: 1,
+            pin_slots: 2,
+            ..cfg(256 << 10)
+        };
+        let mut o = owner(&n, c);
+        put(&mut o, &key(1), 1, 10).unwrap();
+        let arena = o.arena();
+        let reader = arena.attach().unwrap();
+        assert_eq!(arena.attach().err(), Some(AttachError::NoFreeRow(1)));
+        let a = reader.lookup(&key(1));
+        let b = reader.lookup(&key(1));
+        assert!(matches!(reader.lookup(&key(1)), Lookup::NoPinSlot));
+        assert!(matches!((&a, &b), (Lookup::Hit(_), Lookup::Hit(_))));
+        drop((a, b));
+        assert!(matches!(reader.lookup(&key(1)), Lookup::Hit(_)));
+        drop(reader);
+        let reader = arena.attach().unwrap();
+        // A row whose owner is dead is taken over.
+        arena.map.row(0).owner_start.store(1, Ordering::Relaxed);
+        std::mem::forget(reader);
+        let again = arena.attach().unwrap();
+        assert_eq!(again.row, 0);
+    }
+
+    #[test]
+    fn a_live_owner_is_never_adopted() {
+        let n = names("live");
+        let _o = owner(&n, cfg(256 << 10));
+        assert!(matches!(
+            ArenaOwner::open_or_adopt(&n, cfg(256 << 10)),
+            Err(ShmError::InUse { .. })
+        ));
+    }
+
+    #[test]
+    fn adoption_keeps_valid_objects_and_drops_corrupt_ones() {
+        let n = names("adopt");
+        let c = cfg(256 << 10);
+        let mut o = owner(&n, c);
+        for i in 0..10 {
+            put(&mut o, &key(i), 7, 2000 + i as usize).unwrap();
+        }
+        // An unfinished fill, as a crash leaves it.
+        let mut r = o.reserve(&key(50), b"m", 1000).unwrap();
+        r.write(&[0; 10]);
+        std::mem::forget(r);
+        // Flip one body byte of object 3.
+        let hash = o.map.key_hash(&key(3));
+        let (_, rec) = o.find(&key(3), hash).unwrap();
+        o.map
+            .copy_in(rec.body_at() + 5, &[0x5a ^ body(&key(3), 7, 2003)[5]]);
+        let reader_before = o.arena().attach().unwrap();
+        o.crash();
+        assert!(!reader_before.is_closed());
+        let (mut o, start) = ArenaOwner::open_or_adopt(&n, c).unwrap();
+        assert_eq!(
+            start,
+            Start::Adopted(Adoption {
+                objects: 9,
+                bytes: o.usage().live_bytes,
+                dropped: 2, // the record and its index entry
+                abandoned_fills: 1,
+            })
+        );
+        let reader = o.arena().attach().unwrap();
+        for i in 0..10 {
+            assert_eq!(get(&reader, &key(i)), (i != 3).then_some(7), "object {i}");
+        }
+        assert_eq!(get(&reader_before, &key(4)), Some(7), "old readers go on");
+        o.audit().unwrap();
+        assert_eq!(o.usage().adoptions, 1);
+        // The adopter goes on inserting over the abandoned fill's space.
+        for i in 100..200 {
+            put(&mut o, &key(i), 1, 3000).unwrap();
+        }
+        o.audit().unwrap();
+        drop(reader_before);
+        drop(reader);
+        drop(o);
+        assert!(matches!(Arena::open(&n), Err(ShmError::Missing(_))));
+    }
+
+    #[test]
+    fn adoption_cuts_the_ring_at_a_corrupt_header() {
+        let n = names("cut");
+        let c = cfg(256 << 10);
+        let mut o = owner(&n, c);
+        for i in 0..10 {
+            put(&mut o, &key(i), 7, 3000).unwrap();
+        }
+        let hash = o.map.key_hash(&key(6));
+        let (_, rec) = o.find(&key(6), hash).unwrap();
+        o.map.obj(rec.phys).meta_len.store(17, Ordering::Relaxed);
+        // A reader holds object 8, which lies beyond the cut.
+        let reader = o.arena().attach().unwrap();
+        let Lookup::Hit(p8) = reader.lookup(&key(8)) else {
+            panic!("miss")
+        };
+        o.crash();
+        let (mut o, start) = ArenaOwner::open_or_adopt(&n, c).unwrap();
+        let Start::Adopted(a) = start else {
+            panic!("{start:?}")
+        };
+        assert_eq!(a.objects, 6);
+        assert_eq!(a.dropped, 1 + 4, "the cut and the entries of objects 6..10");
+        for i in 0..10 {
+            assert_eq!(get(&reader, &key(i)), (i < 6).then_some(7), "object {i}");
+        }
+        // New objects are written over the dropped tail, but never over the pinned one.
+        let mut refused = 0;
+        for i in 100..140 {
+            if put(&mut o, &key(i), 1, 3000).is_err() {
+                refused += 1;
+            }
+        }
+        assert!(refused > 0);
+        assert_eq!(verify(&p8, &key(8)), 7);
+        drop(p8);
+        for i in 200..240 {
+            put(&mut o, &key(i), 1, 3000).unwrap();
+        }
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn another_geometry_starts_cold_and_closes_the_old_arena() {
+        let n = names("geom");
+        let o = owner(&n, cfg(256 << 10));
+        let old = o.arena();
+        o.crash();
+        let (_o, start) = ArenaOwner::open_or_adopt(&n, cfg(512 << 10)).unwrap();
+        assert!(matches!(start, Start::Cold(ref why) if why.contains("geometry")));
+        assert!(old.is_closed());
+        assert_eq!(Arena::open(&n).unwrap().usage().capacity, 512 << 10);
+    }
+
+    // ---- model check of the pin protocol -----------------------------------------------
+
+    /// One reader (two lookups) and the writer (two unlink-and-reuse cycles of one offset),
+    /// each step one shared-memory access, under sequential consistency (the protocol's
+    /// accesses are SeqCst). Values are generations; the offset holds `mem`'s bytes.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+    struct M {
+        entry: u8,
+        pin: u8,
+        mem: u8,
+        w: u8,
+        cycle: u8,
+        snap: u8,
+        r: u8,
+        l: u8,
+        tries: u8,
+        lookups: u8,
+    }
+
+    const DONE: u8 = 99;
+    const CYCLES: u8 = 2;
+
+    /// The writer's next step; `scan_first` swaps its unlink and snapshot (a broken writer).
+    fn writer_step(m: &mut M, scan_first: bool) {
+        let (unlink, scan) = if scan_first { (1, 0) } else { (0, 1) };
+        match m.w {
+            w if w == unlink => {
+                m.entry = 0;
+                m.w += 1;
+            }
+            w if w == scan => {
+                m.snap = m.pin;
+                m.w += 1;
+            }
+            2 => m.w = if m.snap != 0 { scan } else { 3 },
+            3 => {
+                m.mem = m.cycle + 2;
+                m.w = 4;
+            }
+            _ => {
+                m.entry = m.cycle + 2;
+                m.cycle += 1;
+                m.w = if m.cycle == CYCLES { DONE } else { 0 };
+            }
+        }
+        if scan_first && m.w == 2 && m.snap != 0 {
+            m.w = 0; // retry the whole cycle: snapshot again, then unlink (already done)
+        }
+    }
+
+    /// The reader's next step; `check_first` re-validates before pinning (a broken reader).
+    /// Returns false if it read bytes of another generation than it pinned.
+    fn reader_step(m: &mut M, check_first: bool) -> bool {
+        let (pin, check) = if check_first { (2, 1) } else { (1, 2) };
+        match m.r {
+            0 => {
+                m.l = m.entry;
+                if m.l == 0 {
+                    m.pin = 0;
+                    m.r = 5;
+                } else {
+                    m.r = 1;
+                }
+            }
+            r if r == pin => {
+                m.pin = m.l;
+                m.r += 1;
+            }
+            r if r == check => {
+                if m.entry != m.l {
+                    m.tries += 1;
+                    m.r = 0;
+                    if m.tries == 3 {
+                        m.pin = 0;
+                        m.r = 5;
+                    }
+                } else {
+                    m.r += 1;
+                }
+            }
+            3 | 4 => {
+                if m.mem != m.l {
+                    return false;
+                }
+                m.r += 1;
+                if m.r == 5 {
+                    m.pin = 0;
+                }
+            }
+            _ => {
+                m.lookups += 1;
+                m.tries = 0;
+                m.r = if m.lookups == 2 { DONE } else { 0 };
+            }
+        }
+        true
+    }
+
+    /// Explores every interleaving; returns (states seen, whether a torn read is reachable).
+    fn explore(check_first: bool, scan_first: bool) -> (usize, bool) {
+        let start = M {
+            entry: 1,
+            pin: 0,
+            mem: 1,
+            w: 0,
+            cycle: 0,
+            snap: 0,
+            r: 0,
+            l: 0,
+            tries: 0,
+            lookups: 0,
+        };
+        let mut seen = std::collections::HashSet::from([start]);
+        let mut todo = vec![start];
+        let mut torn = false;
+        while let Some(m) = todo.pop() {
+            let mut next = Vec::new();
+            if m.r != DONE {
+                let mut n = m;
+                if reader_step(&mut n, check_first) {
+                    next.push(n);
+                } else {
+                    torn = true;
+                }
+            }
+            if m.w != DONE {
+                let mut n = m;
+                writer_step(&mut n, scan_first);
+                next.push(n);
+            }
+            if next.is_empty() && !torn {
+                // Neither side is stuck, and a finished reader leaves no pin behind.
+                assert_eq!((m.r, m.w, m.pin), (DONE, DONE, 0), "{m:?}");
+            }
+            for n in next {
+                if seen.insert(n) {
+                    todo.push(n);
+                }
+            }
+        }
+        (seen.len(), torn)
+    }
+
+    #[test]
+    fn pin_protocol_is_safe_in_every_interleaving() {
+        let (states, torn) = explore(false, false);
+        assert!(!torn, "the reader read a reused object");
+        assert!(states > 100, "explored only {states} states");
+    }
+
+    #[test]
+    fn pin_protocol_check_catches_a_reader_that_validates_before_pinning() {
+        assert!(explore(true, false).1);
+    }
+
+    #[test]
+    fn pin_protocol_check_catches_a_writer_that_scans_before_unlinking() {
+        assert!(explore(false, true).1);
+    }
+
+    // ---- other processes ---------------------------------------------------------------
+
+    const CHILD_ENV: &str = "SHMPROXY_ARENA_CHILD";
+    const DEADLINE: Duration = Duration::from_secs(60);
+
+    /// Runs the ignored test `name` of this binary as a child process for `instance`.
+    fn spawn_child(name: &str, instance: &str, arg: &str) -> std::process::Child {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                name,
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, format!("{instance} {arg}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    }
+
+    fn child_args() -> (Names, u64) {
+        let v = std::env::var(CHILD_ENV).expect("run by a parent test, not alone");
+        let (inst, arg) = v.split_once(' ').unwrap();
+        (Names::for_instance(inst), arg.parse().unwrap())
+    }
+
+    /// Waits a bounded time for a child; kills it past the deadline.
+    fn wait_child(mut c: std::process::Child) -> (std::process::ExitStatus, String) {
+        let t = Instant::now();
+        let status = loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                break s;
+            }
+            if t.elapsed() > DEADLINE {
+                let _ = c.kill();
+                break c.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut out = String::new();
+        c.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        (status, out)
+    }
+
+    const KEYS: u64 = 48;
+
+    /// Child: looks up random keys for `arg` ms, verifying every hit's body.
+    #[test]
+    #[ignore = "a child process of readers_in_other_processes_see_only_whole_objects"]
+    fn reader_child() {
+        let (n, ms) = child_args();
+        let arena = Arena::open(&n).unwrap();
+        let reader = arena.attach().unwrap();
+        let t = Instant::now();
+        let (mut hits, mut misses) = (0u64, 0u64);
+        let mut x = u64::from(std::process::id()) | 1;
+        while t.elapsed() < Duration::from_millis(ms) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match get(&reader, &key(x % KEYS)) {
+                Some(_) => hits += 1,
+                None => misses += 1,
+            }
+        }
+        println!("hits {hits} misses {misses}");
+    }
+
+    #[test]
+    fn readers_in_other_processes_see_only_whole_objects() {
+        let n = names("xproc");
+        let c = ArenaConfig::for_capacity(192 << 10, 16 << 10, 4, 4);
+        let mut o = owner(&n, c);
+        for i in 0..KEYS {
+            put(&mut o, &key(i), 0, 1000).unwrap();
+        }
+        let run_ms = 1500;
+        let children: Vec<_> = (0..2)
+            .map(|_| {
+                spawn_child(
+                    "arena::tests::reader_child",
+                    &n.instance,
+                    &run_ms.to_string(),
+                )
+            })
+            .collect();
+        // The writer inserts (with evictions and second chances), replaces and removes
+        // meanwhile; a pinned head makes some inserts Busy, which is fine.
+        let t = Instant::now();
+        let mut x = 7u64;
+        let mut version = 1;
+        let (mut busy, mut removed) = (0, 0);
+        while t.elapsed() < Duration::from_millis(run_ms + 300) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = key(x % KEYS);
+            match x % 10 {
+                0 => removed += u64::from(o.remove(&k)),
+                1 => {
+                    let _ = o.evict_until(c.capacity / 2);
+                }
+                _ => {
+                    version += 1;
+                    if put(&mut o, &k, version, (x >> 8) as usize % 12_000).is_err() {
+                        busy += 1;
+                    }
+                }
+            }
+        }
+        let u = o.usage();
+        assert!(u.evictions > 100 && removed > 10, "{u:?}");
+        eprintln!("writer: {version} versions, {busy} busy, {u:?}");
+        for child in children {
+            let (status, out) = wait_child(child);
+            assert!(status.success(), "reader failed: {status} {out}");
+            let hits: u64 = out
+                .split_whitespace()
+                .skip_while(|w| *w != "hits")
+                .nth(1)
+                .and_then(|h| h.parse().ok())
+                .unwrap_or_else(|| panic!("no report in {out:?}"));
+            assert!(hits > 100, "{out}");
+        }
+        o.audit().unwrap();
+    }
+
+    /// Child: pins every object it finds, reports how many, then waits to be killed.
+    #[test]
+    #[ignore = "a child process of a_killed_readers_pins_are_released"]
+    fn pinning_child() {
+        let (n, keys) = child_args();
+        let arena = Arena::open(&n).unwrap();
+        let reader = arena.attach().unwrap();
+        let pins: Vec<_> = (0..keys)
+            .filter_map(|i| match reader.lookup(&key(i)) {
+                Lookup::Hit(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        println!("pinned {}", pins.len());
+        std::thread::sleep(DEADLINE);
+    }
+
+    #[test]
+    fn a_killed_readers_pins_are_released() {
+        let n = names("kill");
+        let c = ArenaConfig::for_capacity(256 << 10, 16 << 10, 4, 8);
+        let mut o = owner(&n, c);
+        let arena = Arena::open(&n).unwrap();
+        for round in 0..3 {
+            for i in 0..8 {
+                put(&mut o, &key(i), round, 5000).unwrap();
+            }
+            let mut child = spawn_child("arena::tests::pinning_child", &n.instance, "8");
+            let out = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            // The test harness of the child prints lines of its own: forward them all (reading
+            // on until the child dies, so it never writes into a closed pipe).
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(out).lines() {
+                    let _ = tx.send(line.unwrap_or_default());
+                }
+            });
+            let t = Instant::now();
+            let line = loop {
+                let left = DEADLINE.saturating_sub(t.elapsed());
+                let line = rx.recv_timeout(left).expect("child reports its pins");
+                // The harness's "test … " may begin the same line.
+                if let Some(at) = line.find("pinned ") {
+                    break line[at..].to_string();
+                }
+            };
+            assert_eq!(line.trim(), "pinned 8");
+            for i in 0..8 {
+                assert!(o.remove(&key(i)));
+            }
+            assert_eq!(o.evict_until(c.capacity), Err(ReserveError::Busy));
+            assert!(o.usage().used >= 8 * 5000);
+            let pid = child.id();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            assert_eq!(arena.release_worker(pid), 8);
+            assert_eq!(arena.release_worker(pid), 0);
+            o.evict_until(c.capacity).unwrap();
+            let u = o.usage();
+            assert_eq!((u.used, u.live_objects, u.live_bytes), (0, 0, 0), "{u:?}");
+            assert_eq!(o.audit().unwrap(), Audit::default());
+        }
+    }
+}
