@@ -565,8 +565,10 @@ impl Map {
         s.finish()
     }
 
-    /// Offsets named by every pin slot (sorted). Taken after the unlinks it must cover.
-    fn pinned_offsets(&self) -> Vec<u64> {
+    /// The byte ranges of the records every pin slot names. Taken after the unlinks it must
+    /// cover. The owner reads the pinned records' sizes (headers only it writes); a stale pin
+    /// whose header is unreadable counts as one header's worth.
+    fn pinned_ranges(&self) -> Vec<(u64, u64)> {
         let mut v = Vec::new();
         for r in 0..self.cfg.pin_rows {
             for s in 0..self.cfg.pin_slots {
@@ -576,11 +578,12 @@ impl Map {
                 // read here was cleared with Release after the reader's last read.
                 let l = self.slot(r, s).0.load(Ordering::SeqCst);
                 if l != 0 && l != RESERVED {
-                    v.push(loc_offset(l));
+                    let at = loc_offset(l);
+                    let size = self.record(at).map_or(OBJ, |r| r.size);
+                    v.push((at, at.saturating_add(size)));
                 }
             }
         }
-        v.sort_unstable();
         v
     }
 
@@ -605,9 +608,9 @@ impl Map {
     }
 }
 
-fn any_in(pins: &[u64], start: u64, len: u64) -> bool {
-    let i = pins.partition_point(|&p| p < start);
-    pins.get(i).is_some_and(|&p| p < start + len)
+/// Does any pinned record overlap `[start, start + len)`?
+fn any_in(pins: &[(u64, u64)], start: u64, len: u64) -> bool {
+    pins.iter().any(|&(a, b)| a < start + len && b > start)
 }
 
 /// Usage numbers and counters (counters only go up; the owner writes them).
@@ -660,24 +663,9 @@ impl Arena {
     /// of pins cleared. A row whose owner with that pid is still alive is left alone (the pid
     /// was reused before the call).
     pub fn release_worker(&self, pid: u32) -> u32 {
-        let map = &self.map;
-        let mut cleared = 0;
-        for r in 0..map.cfg.pin_rows {
-            let row = map.row(r);
-            // ORDERING: Acquire pairs with the claimant's Release of `owner_start`.
-            if row.owner_pid.load(Ordering::Acquire) != pid {
-                continue;
-            }
-            let owner = ProcId {
-                pid,
-                start: row.owner_start.load(Ordering::Relaxed),
-            };
-            if owner.alive() {
-                continue;
-            }
-            cleared += clear_row(map, r);
-        }
-        cleared
+        (0..self.map.cfg.pin_rows)
+            .filter_map(|r| release_dead_row(&self.map, r, Some(pid)))
+            .sum()
     }
 
     /// Claims a pin row for this process, taking over one whose owner is dead if none is free.
@@ -686,39 +674,57 @@ impl Arena {
         let me = ProcId::current();
         for pass in 0..2 {
             for r in 0..map.cfg.pin_rows {
-                let row = map.row(r);
-                let pid = row.owner_pid.load(Ordering::Acquire);
-                let free = pid == 0;
-                let stale = pass == 1 && pid != 0 && {
-                    let start = row.owner_start.load(Ordering::Relaxed);
-                    start != 0 && !ProcId { pid, start }.alive()
-                };
-                if !free && !stale {
-                    continue;
+                if pass == 1 {
+                    release_dead_row(map, r, None);
                 }
-                // ORDERING: AcqRel: Acquire sees the previous owner's (or the master's) clears
-                // of the slots; Release is paired with nothing (the start store below is).
+                let row = map.row(r);
+                // ORDERING: AcqRel: Acquire sees the clears of the slots by the row's previous
+                // owner (or by whoever released it); Release publishes our claim.
                 if row
                     .owner_pid
-                    .compare_exchange(pid, me.pid, Ordering::AcqRel, Ordering::Relaxed)
+                    .compare_exchange(0, me.pid, Ordering::AcqRel, Ordering::Relaxed)
                     .is_err()
                 {
                     continue;
                 }
-                if stale {
-                    clear_slots(map, r);
-                }
                 // ORDERING: Release: whoever sees our start time sees our pid claim.
                 row.owner_start.store(me.start, Ordering::Release);
                 return Ok(ArenaReader {
-                    map: Arc::clone(map),
-                    row: r,
-                    hint: AtomicU32::new(0),
+                    row: Arc::new(PinRow {
+                        map: Arc::clone(map),
+                        row: r,
+                        hint: AtomicU32::new(0),
+                    }),
                 });
             }
         }
         Err(AttachError::NoFreeRow(map.cfg.pin_rows))
     }
+}
+
+/// A row's owner pid while someone releases it: no process has it, so nobody claims it then.
+const RELEASING: u32 = u32::MAX;
+
+/// Frees row `r` if its owner (`pid`, if given) is dead: clears its pins and makes it
+/// claimable. Returns the number of pins cleared, or `None` if the row was not released.
+fn release_dead_row(map: &Map, r: u32, pid: Option<u32>) -> Option<u32> {
+    let row = map.row(r);
+    // ORDERING: Acquire pairs with the claimant's Release of `owner_start`.
+    let owner = row.owner_pid.load(Ordering::Acquire);
+    if owner == 0 || owner == RELEASING || pid.is_some_and(|p| p != owner) {
+        return None;
+    }
+    let start = row.owner_start.load(Ordering::Relaxed);
+    // A start of 0 is a claim under way: only the master, naming a pid it reaped, may end it.
+    if (start == 0 && pid.is_none()) || (ProcId { pid: owner, start }).alive() {
+        return None;
+    }
+    // ORDERING: AcqRel: of the master, an adopting owner and attaching readers releasing the
+    // same dead row at once, one wins; Acquire sees the dead owner's last pin stores.
+    row.owner_pid
+        .compare_exchange(owner, RELEASING, Ordering::AcqRel, Ordering::Relaxed)
+        .ok()?;
+    Some(clear_row(map, r))
 }
 
 fn clear_slots(map: &Map, r: u32) -> u32 {
@@ -758,16 +764,29 @@ impl std::fmt::Display for AttachError {
 
 impl std::error::Error for AttachError {}
 
-/// A worker's reading handle: its own pin row. Dropping it frees the row.
+/// A worker's reading handle: its own pin row, freed when the handle and every [`Pinned`]
+/// taken through it are gone.
 pub struct ArenaReader {
+    row: Arc<PinRow>,
+}
+
+/// One claimed pin row in one mapping.
+struct PinRow {
     map: Arc<Map>,
     row: u32,
     hint: AtomicU32,
 }
 
+impl Drop for PinRow {
+    fn drop(&mut self) {
+        // Every Pinned holds the row, so none is left: its slots are all 0.
+        clear_row(&self.map, self.row);
+    }
+}
+
 /// What a lookup found.
-pub enum Lookup<'r> {
-    Hit(Pinned<'r>),
+pub enum Lookup {
+    Hit(Pinned),
     Miss,
     /// Every pin slot of this worker is in use: serve it the ordinary way (and count it).
     NoPinSlot,
@@ -777,18 +796,19 @@ impl ArenaReader {
     /// True once the owner stopped gracefully (see [`Arena::is_closed`]).
     pub fn is_closed(&self) -> bool {
         // ORDERING: Acquire pairs with the owner's Release store in its Drop.
-        self.map.header().closed.load(Ordering::Acquire) != 0
+        self.row.map.header().closed.load(Ordering::Acquire) != 0
     }
 
     fn claim_slot(&self) -> Option<u32> {
-        let slots = self.map.cfg.pin_slots;
-        let start = self.hint.fetch_add(1, Ordering::Relaxed);
+        let slots = self.row.map.cfg.pin_slots;
+        let start = self.row.hint.fetch_add(1, Ordering::Relaxed);
         (0..slots)
             .map(|k| start.wrapping_add(k) % slots)
             .find(|&s| {
                 // Relaxed: the slot's value only matters to the owner from the SeqCst pin store on.
-                self.map
-                    .slot(self.row, s)
+                self.row
+                    .map
+                    .slot(self.row.row, s)
                     .0
                     .compare_exchange(0, RESERVED, Ordering::Relaxed, Ordering::Relaxed)
                     .is_ok()
@@ -797,13 +817,13 @@ impl ArenaReader {
 
     /// Looks `key` up and pins the object found. The object stays intact until the
     /// [`Pinned`] drops, whatever the owner does meanwhile.
-    pub fn lookup(&self, key: &[u8]) -> Lookup<'_> {
-        let map = &*self.map;
+    pub fn lookup(&self, key: &[u8]) -> Lookup {
+        let map = &*self.row.map;
         let hash = map.key_hash(key);
         let Some(s) = self.claim_slot() else {
             return Lookup::NoPinSlot;
         };
-        let pin = &map.slot(self.row, s).0;
+        let pin = &map.slot(self.row.row, s).0;
         let base = map.bucket(hash);
         for _ in 0..RETRIES {
             let mut moved = false;
@@ -830,7 +850,7 @@ impl ArenaReader {
                         o.flags.fetch_or(ACCESSED, Ordering::Relaxed);
                     }
                     return Lookup::Hit(Pinned {
-                        reader: self,
+                        row: Arc::clone(&self.row),
                         slot: s,
                         rec: r,
                     });
@@ -847,31 +867,25 @@ impl ArenaReader {
 
     /// The record a pinned, still-linked loc names, if it is the live object for `key`.
     fn validate(&self, l: u64, hash: u64, key: &[u8]) -> Option<Rec> {
-        let r = self.map.record(loc_offset(l))?;
+        let map = &self.row.map;
+        let r = map.record(loc_offset(l))?;
         (r.state == LIVE
             && r.generation as u32 == loc_gen(l)
             && r.key_hash == hash
-            && self.map.key_eq(&r, key))
+            && map.key_eq(&r, key))
         .then_some(r)
-    }
-}
-
-impl Drop for ArenaReader {
-    fn drop(&mut self) {
-        // Every Pinned borrows us, so none is left: the row's slots are all 0.
-        clear_row(&self.map, self.row);
     }
 }
 
 /// A pinned object: its metadata and body stay intact until this drops. The bytes are reached
 /// only through copies and raw pointers (never a `&[u8]` over the shared mapping).
-pub struct Pinned<'r> {
-    reader: &'r ArenaReader,
+pub struct Pinned {
+    row: Arc<PinRow>,
     slot: u32,
     rec: Rec,
 }
 
-impl Pinned<'_> {
+impl Pinned {
     /// Full generation of the object (changes whenever the object is stored again).
     pub fn generation(&self) -> u64 {
         self.rec.generation
@@ -888,7 +902,7 @@ impl Pinned<'_> {
     /// A copy of the metadata (the stored head and freshness data: small).
     pub fn meta(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.meta_len());
-        self.reader
+        self.row
             .map
             .copy_out(self.rec.meta_at(), u64::from(self.rec.meta_len), |p| {
                 v.extend_from_slice(p)
@@ -899,7 +913,7 @@ impl Pinned<'_> {
     /// Copies body bytes from `offset` into `buf`; returns how many (0 at the end).
     pub fn read_body(&self, offset: u64, buf: &mut [u8]) -> usize {
         let n = (buf.len() as u64).min(self.rec.body_len.saturating_sub(offset));
-        let src = self.reader.map.ptr(self.rec.body_at() + offset, n);
+        let src = self.row.map.ptr(self.rec.body_at() + offset, n);
         // SAFETY: `src..src+n` lies inside this record's body (n is clamped to the body, `ptr`
         // checks the space's bounds); the record is pinned and was validated as linked after the
         // pin, so the owner writes none of its bytes until the pin is cleared; `buf` is ours.
@@ -914,7 +928,7 @@ impl Pinned<'_> {
         if n == 0 {
             return Ok(0);
         }
-        let src = self.reader.map.ptr(self.rec.body_at() + offset, n);
+        let src = self.row.map.ptr(self.rec.body_at() + offset, n);
         // SAFETY: `src..src+n` lies inside this pinned record's body (as in `read_body`), which
         // nobody writes while we hold the pin; the kernel only reads it; `sock` is a live fd.
         let sent = unsafe {
@@ -935,7 +949,7 @@ impl Pinned<'_> {
     /// Never turn it into a `&[u8]`: the mapping is shared with other processes.
     pub fn body_raw(&self) -> (*const u8, usize) {
         (
-            self.reader
+            self.row
                 .map
                 .ptr(self.rec.body_at(), self.rec.body_len)
                 .cast_const(),
@@ -944,13 +958,13 @@ impl Pinned<'_> {
     }
 }
 
-impl Drop for Pinned<'_> {
+impl Drop for Pinned {
     fn drop(&mut self) {
         // ORDERING: Release: every read of the record happens before the owner's reuse, which
         // it starts only after a SeqCst snapshot that reads this 0.
-        self.reader
+        self.row
             .map
-            .slot(self.reader.row, self.slot)
+            .slot(self.row.row, self.slot)
             .0
             .store(0, Ordering::Release);
     }
@@ -1273,7 +1287,7 @@ impl ArenaOwner {
     /// Makes `size` contiguous bytes writable at the tail (padding to the end of the space if
     /// the record would cross it) and returns their physical offset. Refuses bytes a pin names.
     fn place(&mut self, size: u64) -> Result<u64, ReserveError> {
-        let pins = self.map.pinned_offsets();
+        let pins = self.map.pinned_ranges();
         let mut tp = self.tail() % self.cap();
         if tp + size > self.cap() {
             let pad = self.cap() - tp;
@@ -1340,7 +1354,7 @@ impl ArenaOwner {
             WRITING => Err(ReserveError::Busy),
             _ => {
                 // Retired (unlinked before this snapshot), abandoned or padding.
-                if any_in(&self.map.pinned_offsets(), r.phys, r.size) {
+                if any_in(&self.map.pinned_ranges(), r.phys, r.size) {
                     return Err(ReserveError::Busy);
                 }
                 self.h().head.store(head + r.size, Ordering::Relaxed);
@@ -1428,6 +1442,10 @@ impl ArenaOwner {
     /// Publishes a filled reservation: from now on readers find it, and it replaces the object
     /// stored before under the same key. Returns the object's generation.
     pub fn publish(&mut self, mut res: Reservation) -> Result<u64, PublishError> {
+        assert!(
+            Arc::ptr_eq(&res.map, &self.map),
+            "a reservation of another arena"
+        );
         if res.written != res.rec.body_len {
             return Err(PublishError::Incomplete {
                 written: res.written,
@@ -1680,13 +1698,11 @@ impl ArenaOwner {
         Self::bump(&h.adoptions, 1);
         // Rows of dead readers (their master died too, or never released them).
         for row in 0..self.map.cfg.pin_rows {
-            let rh = self.map.row(row);
-            let pid = rh.owner_pid.load(Ordering::Acquire);
-            let start = rh.owner_start.load(Ordering::Relaxed);
-            if pid != 0 && start != 0 && !(ProcId { pid, start }).alive() {
-                clear_row(&self.map, row);
-            }
+            release_dead_row(&self.map, row, None);
         }
+        // A predecessor that stopped but died before unlinking: readers that reopen find us.
+        // ORDERING: Release pairs with readers' Acquire in `is_closed`.
+        h.closed.store(0, Ordering::Release);
         rep
     }
 
@@ -1786,7 +1802,7 @@ mod tests {
         }
     }
 
-    fn verify(p: &Pinned<'_>, k: &[u8]) -> u64 {
+    fn verify(p: &Pinned, k: &[u8]) -> u64 {
         let m = p.meta();
         assert_eq!(m.len(), 16);
         let version = u64::from_le_bytes(m[..8].try_into().unwrap());
@@ -1873,6 +1889,23 @@ mod tests {
         let u = o.usage();
         assert_eq!((u.live_objects, u.insertions), (2, 2));
         o.audit().unwrap();
+        // A pin outlives the handle it was taken through; the row is freed after both.
+        let Lookup::Hit(p) = reader.lookup(&k) else {
+            panic!("miss")
+        };
+        drop(reader);
+        assert_eq!(
+            arena.map.row(0).owner_pid.load(Ordering::Relaxed),
+            std::process::id()
+        );
+        assert_eq!(verify(&p, &k), 1);
+        drop(p);
+        assert_eq!(arena.map.row(0).owner_pid.load(Ordering::Relaxed), 0);
+        // A graceful stop tells readers to reopen.
+        assert!(!arena.is_closed());
+        drop(o);
+        assert!(arena.is_closed());
+        assert!(matches!(Arena::open(&n), Err(ShmError::Missing(_))));
     }
 
     #[test]
@@ -2077,6 +2110,9 @@ mod tests {
         let b = reader.lookup(&key(1));
         assert!(matches!(reader.lookup(&key(1)), Lookup::NoPinSlot));
         assert!(matches!((&a, &b), (Lookup::Hit(_), Lookup::Hit(_))));
+        // The master never releases the row of a live process, even when told its pid.
+        assert_eq!(arena.release_worker(std::process::id()), 0);
+        assert!(matches!(reader.lookup(&key(1)), Lookup::NoPinSlot));
         drop((a, b));
         assert!(matches!(reader.lookup(&key(1)), Lookup::Hit(_)));
         drop(reader);
@@ -2085,7 +2121,7 @@ mod tests {
         arena.map.row(0).owner_start.store(1, Ordering::Relaxed);
         std::mem::forget(reader);
         let again = arena.attach().unwrap();
-        assert_eq!(again.row, 0);
+        assert_eq!(again.row.row, 0);
     }
 
     #[test]
