@@ -9,10 +9,10 @@
 //! ## Layout (every offset and size a multiple of 64)
 //! | bytes | what |
 //! |---|---|
-//! | 0..512 | [`ArenaHeader`]: [`RegionHeader`] (magic, version, owner pid + start time, length), hash seed, geometry and its checksum, `closed`, ring `head`/`tail`, next generation, usage and counters |
+//! | 0..512 | `ArenaHeader`: `RegionHeader` (magic, version, owner pid + start time, length), hash seed, geometry and its checksum, `closed`, next generation, usage and counters, `head`/`tail` of each ring |
 //! | index | `index_entries` × 16 bytes, 8-way set-associative buckets of `{loc, key hash}` |
 //! | pins | `pin_rows` × (64-byte owner `{pid, start}` + `pin_slots` × 8-byte slots) |
-//! | space | `capacity` bytes: a ring of records `{64-byte ObjectHeader, key, metadata, body}` |
+//! | space | `capacity` bytes in `rings` equal rings of records `{64-byte ObjectHeader, key, metadata, body}` |
 //!
 //! A *loc* names one object: `generation (low 32 bits) << 32 | offset / 64`. 0 is "empty",
 //! `u64::MAX` marks a pin slot claimed by a thread that has not pinned yet; generations whose
@@ -24,16 +24,22 @@
 //! Records are immutable once `LIVE`, except `state` and `flags`, which the checksum excludes.
 //! Metadata is opaque here: the caller stores the response head and its freshness data.
 //!
-//! ## Why a ring with second chance, and a set-associative index
-//! The writer appends records at `tail` and reclaims at `head` (FIFO). A `LIVE` record at the
-//! head whose `ACCESSED` bit a reader set gets a second chance: it is copied to the tail (a new
-//! generation; the index entry moves to it in one store) and the bit starts clear. Readers thus
-//! keep recency with one relaxed bit write and never touch a list, which is what an LRU across
-//! processes would need. Inserting keeps a reserve of `max_record` bytes free, so a second
-//! chance always finds room. The price of a ring: a record at the head that is still pinned or
-//! still being filled stops reclamation until it is let go; the insert is then refused as
-//! [`ReserveError::Busy`] and the caller streams the answer through unstored (pins last as long
-//! as one response takes; fills are bounded by their timeouts).
+//! ## Why rings with second chance, and a set-associative index
+//! In each ring the writer appends records at `tail` and reclaims at `head` (FIFO); successive
+//! reservations take the rings in turn. A `LIVE` record at a head whose `ACCESSED` bit a reader
+//! set gets a second chance: it is copied to its ring's tail (a new generation; the index entry
+//! moves to it in one store) and the bit starts clear. Readers thus keep recency with one
+//! relaxed bit write and never touch a list, which is what an LRU across processes would need;
+//! the copying per reservation is bounded by twice the bytes it needs. Each ring keeps a reserve
+//! of `max_record` bytes free, so a second chance always finds room.
+//!
+//! The price of a ring: a record at the head that is still pinned or still being filled stops
+//! that ring's reclamation until it is let go. Several rings make that a local matter — a
+//! reservation passes a held ring over for the next — and only when every ring is held is it
+//! refused as [`ReserveError::Busy`]: the caller then streams the answer through unstored. Pins
+//! last as long as one response takes; fills are bounded by their timeouts. (Size classes with
+//! per-slot reuse would avoid head-of-line waits entirely, at the cost of internal
+//! fragmentation and of a free list readers' pins must be checked against per slot.)
 //!
 //! Buckets of 8 entries need no probing, tombstones or moving entries, so a reader's view of an
 //! entry is a single atomic word; a full bucket evicts its oldest object (counted). A reader
@@ -88,6 +94,8 @@ pub const MAX_PIN_SLOTS: u32 = 1024;
 pub const MAX_PIN_ROWS: u32 = 4096;
 /// Records and offsets are multiples of this (one cache line).
 pub const ALIGN: u64 = 64;
+/// Most rings the object space is split into.
+pub const MAX_RINGS: u32 = 16;
 
 const HEADER_SIZE: usize = 512;
 const OBJ: u64 = 64;
@@ -200,20 +208,32 @@ pub struct ArenaConfig {
     pub pin_rows: u32,
     /// Pin slots per row: the most objects one worker keeps pinned at once.
     pub pin_slots: u32,
+    /// Independent rings the space is split into (1..=16), so a pinned head holds up one.
+    pub rings: u32,
 }
 
 impl ArenaConfig {
-    /// A geometry for `capacity` bytes with one index entry per 2 KiB (rounded to buckets).
+    /// A geometry for `capacity` bytes: one index entry per 2 KiB (rounded to buckets), and
+    /// as many rings (up to 16) as leave each at least 16 × `max_record` bytes.
     pub fn for_capacity(capacity: u64, max_record: u64, pin_rows: u32, pin_slots: u32) -> Self {
-        let capacity = capacity / ALIGN * ALIGN;
+        let max_record = align_up(max_record);
+        let rings = (capacity / max_record.max(1) / 16).clamp(1, u64::from(MAX_RINGS)) as u32;
+        let unit = ALIGN * u64::from(rings);
+        let capacity = capacity / unit * unit;
         let entries = (capacity / 2048).clamp(WAYS as u64, u64::from(u32::MAX) / 2) as u32;
         ArenaConfig {
             capacity,
-            max_record: align_up(max_record),
+            max_record,
             index_entries: entries.next_multiple_of(WAYS as u32),
             pin_rows,
             pin_slots,
+            rings,
         }
+    }
+
+    /// Bytes of one ring.
+    fn ring_capacity(&self) -> u64 {
+        self.capacity / u64::from(self.rings)
     }
 
     /// Checks the geometry (never trust one read from the mapping without this).
@@ -221,8 +241,12 @@ impl ArenaConfig {
         if self.max_record < 2 * OBJ || !self.max_record.is_multiple_of(ALIGN) {
             return Err("max_record must be a multiple of 64 and at least 128");
         }
-        if !self.capacity.is_multiple_of(ALIGN) || self.capacity / 4 < self.max_record {
-            return Err("capacity must be a multiple of 64 and at least 4 × max_record");
+        if !(1..=MAX_RINGS).contains(&self.rings) {
+            return Err("rings must be 1 to 16");
+        }
+        let unit = ALIGN * u64::from(self.rings);
+        if !self.capacity.is_multiple_of(unit) || self.ring_capacity() / 4 < self.max_record {
+            return Err("capacity must be a multiple of 64 × rings, each ring ≥ 4 × max_record");
         }
         if self.capacity / ALIGN > u64::from(u32::MAX) {
             return Err("capacity above 256 GiB");
@@ -259,6 +283,7 @@ impl ArenaConfig {
             .u64(u64::from(self.index_entries))
             .u64(u64::from(self.pin_rows))
             .u64(u64::from(self.pin_slots))
+            .u64(u64::from(self.rings))
             .finish()
     }
 }
@@ -283,11 +308,9 @@ struct ArenaHeader {
     pin_slots: AtomicU32,
     /// 1 once the owner stopped gracefully and unlinked the name: readers reopen.
     closed: AtomicU32,
+    rings: AtomicU32,
+    _pad: AtomicU32,
     geometry_check: AtomicU64,
-    /// Ring positions in bytes since the arena was created (physical offset = position mod
-    /// capacity); written by the owner only.
-    head: AtomicU64,
-    tail: AtomicU64,
     next_generation: AtomicU64,
     live_objects: AtomicU64,
     live_bytes: AtomicU64,
@@ -299,6 +322,15 @@ struct ArenaHeader {
     refused_busy: AtomicU64,
     corrupt_dropped: AtomicU64,
     adoptions: AtomicU64,
+    ring: [RingPos; MAX_RINGS as usize],
+}
+
+/// Positions of one ring in bytes since the arena was created (physical offset = ring base +
+/// position mod ring capacity); written by the owner only.
+#[repr(C)]
+struct RingPos {
+    head: AtomicU64,
+    tail: AtomicU64,
 }
 
 // SAFETY: only atomics (and a RegionHeader, itself only atomics); repr(C); alignment 8.
@@ -404,6 +436,7 @@ impl Map {
             index_entries: h.index_entries.load(Ordering::Relaxed),
             pin_rows: h.pin_rows.load(Ordering::Relaxed),
             pin_slots: h.pin_slots.load(Ordering::Relaxed),
+            rings: h.rings.load(Ordering::Relaxed),
         };
         let seed = h.seed.load(Ordering::Relaxed);
         if cfg.checksum(seed) != h.geometry_check.load(Ordering::Relaxed) {
@@ -590,7 +623,10 @@ impl Map {
     fn usage(&self) -> Usage {
         let h = self.header();
         let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let used = c(&h.tail).saturating_sub(c(&h.head));
+        let used = h.ring[..self.cfg.rings as usize]
+            .iter()
+            .map(|g| c(&g.tail).saturating_sub(c(&g.head)))
+            .sum();
         Usage {
             capacity: self.cfg.capacity,
             used,
@@ -1084,6 +1120,8 @@ pub struct Audit {
 pub struct ArenaOwner {
     map: Arc<Map>,
     unlink_on_drop: bool,
+    /// The ring the next reservation tries first (they take turns).
+    cursor: usize,
 }
 
 impl ArenaOwner {
@@ -1111,6 +1149,7 @@ impl ArenaOwner {
                             let mut owner = ArenaOwner {
                                 map: Arc::new(map),
                                 unlink_on_drop: true,
+                                cursor: 0,
                             };
                             let report = owner.repair();
                             return Ok((owner, Start::Adopted(report)));
@@ -1146,6 +1185,7 @@ impl ArenaOwner {
         h.index_entries.store(cfg.index_entries, Ordering::Relaxed);
         h.pin_rows.store(cfg.pin_rows, Ordering::Relaxed);
         h.pin_slots.store(cfg.pin_slots, Ordering::Relaxed);
+        h.rings.store(cfg.rings, Ordering::Relaxed);
         h.geometry_check
             .store(cfg.checksum(seed), Ordering::Relaxed);
         let map = Map::from_region(region)?;
@@ -1153,6 +1193,7 @@ impl ArenaOwner {
         Ok(ArenaOwner {
             map: Arc::new(map),
             unlink_on_drop: true,
+            cursor: 0,
         })
     }
 
@@ -1171,29 +1212,51 @@ impl ArenaOwner {
         self.map.header()
     }
 
-    fn head(&self) -> u64 {
-        self.h().head.load(Ordering::Relaxed)
+    fn rings(&self) -> usize {
+        self.map.cfg.rings as usize
     }
 
-    fn tail(&self) -> u64 {
-        self.h().tail.load(Ordering::Relaxed)
+    fn head(&self, g: usize) -> u64 {
+        self.h().ring[g].head.load(Ordering::Relaxed)
     }
 
-    fn cap(&self) -> u64 {
-        self.map.cfg.capacity
+    fn tail(&self, g: usize) -> u64 {
+        self.h().ring[g].tail.load(Ordering::Relaxed)
     }
 
-    fn free(&self) -> u64 {
-        self.cap() - (self.tail() - self.head())
+    fn set_head(&self, g: usize, at: u64) {
+        self.h().ring[g].head.store(at, Ordering::Relaxed);
     }
 
-    /// Bytes an append of `size` consumes at the current tail (padding to the end included).
-    fn need(&self, size: u64) -> u64 {
-        let tp = self.tail() % self.cap();
-        if tp + size <= self.cap() {
+    fn set_tail(&self, g: usize, at: u64) {
+        self.h().ring[g].tail.store(at, Ordering::Relaxed);
+    }
+
+    /// Bytes of one ring.
+    fn rc(&self) -> u64 {
+        self.map.cfg.ring_capacity()
+    }
+
+    /// Physical offset of ring `g`'s position `at`.
+    fn phys(&self, g: usize, at: u64) -> u64 {
+        g as u64 * self.rc() + at % self.rc()
+    }
+
+    fn free(&self, g: usize) -> u64 {
+        self.rc() - (self.tail(g) - self.head(g))
+    }
+
+    fn total_free(&self) -> u64 {
+        (0..self.rings()).map(|g| self.free(g)).sum()
+    }
+
+    /// Bytes an append of `size` consumes at ring `g`'s tail (padding to its end included).
+    fn need(&self, g: usize, size: u64) -> u64 {
+        let tp = self.tail(g) % self.rc();
+        if tp + size <= self.rc() {
             size
         } else {
-            self.cap() - tp + size
+            self.rc() - tp + size
         }
     }
 
@@ -1232,17 +1295,21 @@ impl ArenaOwner {
         if size > self.map.cfg.max_record || long(key.len()) || long(meta.len()) {
             return Err(too_large(size));
         }
+        // Rings take turns; one whose head is held is passed over for the next.
         let reserve = self.map.cfg.max_record;
-        let r = self
-            .make_room(|o| o.need(size) + reserve)
-            .and_then(|()| self.place(size));
-        let phys = match r {
-            Ok(p) => p,
-            Err(e) => {
-                Self::bump(&self.h().refused_busy, 1);
-                return Err(e);
-            }
+        let placed = (0..self.rings()).find_map(|k| {
+            let g = (self.cursor + k) % self.rings();
+            let mut budget = 2 * size;
+            self.make_room(g, |o| o.need(g, size) + reserve, &mut budget)
+                .and_then(|()| self.place(g, size))
+                .ok()
+                .map(|phys| (g, phys))
+        });
+        let Some((g, phys)) = placed else {
+            Self::bump(&self.h().refused_busy, 1);
+            return Err(ReserveError::Busy);
         };
+        self.cursor = (g + 1) % self.rings();
         let mut rec = Rec {
             phys,
             generation: self.next_generation(),
@@ -1259,7 +1326,7 @@ impl ArenaOwner {
         self.map.copy_in(rec.meta_at(), meta);
         rec.check = self.map.header_sum(&rec);
         self.write_header(&rec);
-        self.h().tail.store(self.tail() + size, Ordering::Relaxed);
+        self.set_tail(g, self.tail(g) + size);
         Ok(Reservation {
             map: Arc::clone(&self.map),
             rec,
@@ -1284,18 +1351,19 @@ impl ArenaOwner {
         o.check.store(r.check, Ordering::Relaxed);
     }
 
-    /// Makes `size` contiguous bytes writable at the tail (padding to the end of the space if
+    /// Makes `size` contiguous bytes writable at ring `g`'s tail (padding to the ring's end if
     /// the record would cross it) and returns their physical offset. Refuses bytes a pin names.
-    fn place(&mut self, size: u64) -> Result<u64, ReserveError> {
+    fn place(&mut self, g: usize, size: u64) -> Result<u64, ReserveError> {
         let pins = self.map.pinned_ranges();
-        let mut tp = self.tail() % self.cap();
-        if tp + size > self.cap() {
-            let pad = self.cap() - tp;
-            if any_in(&pins, tp, pad) {
+        let base = g as u64 * self.rc();
+        let mut tp = self.tail(g) % self.rc();
+        if tp + size > self.rc() {
+            let pad = self.rc() - tp;
+            if any_in(&pins, base + tp, pad) {
                 return Err(ReserveError::Busy);
             }
             let mut r = Rec {
-                phys: tp,
+                phys: base + tp,
                 generation: 0,
                 state: PAD,
                 size: pad,
@@ -1308,33 +1376,38 @@ impl ArenaOwner {
             };
             r.check = self.map.header_sum(&r);
             self.write_header(&r);
-            self.h().tail.store(self.tail() + pad, Ordering::Relaxed);
+            self.set_tail(g, self.tail(g) + pad);
             tp = 0;
         }
-        if any_in(&pins, tp, size) {
+        if any_in(&pins, base + tp, size) {
             return Err(ReserveError::Busy);
         }
-        Ok(tp)
+        Ok(base + tp)
     }
 
-    /// Reclaims at the head until `target(self)` bytes are free.
-    fn make_room(&mut self, target: impl Fn(&Self) -> u64) -> Result<(), ReserveError> {
-        // Second chances per call are bounded by one lap, so readers that keep touching every
-        // object cannot keep the writer copying forever.
-        let mut budget = self.cap();
-        while self.free() < target(self) {
-            self.reclaim_one(&mut budget)?;
+    /// Reclaims at ring `g`'s head until `target(self)` bytes are free in it. Second chances
+    /// copy at most `budget` bytes (twice what the caller needs), so readers that keep touching
+    /// every object cannot make the writer copy the whole cache for one insert.
+    fn make_room(
+        &mut self,
+        g: usize,
+        target: impl Fn(&Self) -> u64,
+        budget: &mut u64,
+    ) -> Result<(), ReserveError> {
+        while self.free(g) < target(self) {
+            self.reclaim_one(g, budget)?;
         }
         Ok(())
     }
 
-    /// One step at the head: evict or give a second chance to a live record, or free garbage.
-    fn reclaim_one(&mut self, budget: &mut u64) -> Result<(), ReserveError> {
-        let head = self.head();
-        if head == self.tail() {
+    /// One step at ring `g`'s head: evict or give a second chance to a live record, or free
+    /// garbage.
+    fn reclaim_one(&mut self, g: usize, budget: &mut u64) -> Result<(), ReserveError> {
+        let head = self.head(g);
+        if head == self.tail(g) {
             return Err(ReserveError::Busy);
         }
-        let Some(r) = self.map.record(head % self.cap()) else {
+        let Some(r) = self.map.record(self.phys(g, head)) else {
             // Our own records were validated when adopted and are written by us alone.
             log::error!("arena: unreadable record at the ring's head ({head})");
             return Err(ReserveError::Busy);
@@ -1342,9 +1415,9 @@ impl ArenaOwner {
         match r.state {
             LIVE => {
                 let accessed = self.map.obj(r.phys).flags.load(Ordering::Relaxed) & ACCESSED;
-                if accessed != 0 && *budget >= r.size && self.need(r.size) <= self.free() {
+                if accessed != 0 && *budget >= r.size && self.need(g, r.size) <= self.free(g) {
                     *budget -= r.size;
-                    self.second_chance(&r)?;
+                    self.second_chance(g, &r)?;
                 } else {
                     self.unlink(&r);
                     Self::bump(&self.h().evictions, 1);
@@ -1357,15 +1430,15 @@ impl ArenaOwner {
                 if any_in(&self.map.pinned_ranges(), r.phys, r.size) {
                     return Err(ReserveError::Busy);
                 }
-                self.h().head.store(head + r.size, Ordering::Relaxed);
+                self.set_head(g, head + r.size);
                 Ok(())
             }
         }
     }
 
     /// Copies the live record `r` to the tail as a new generation and moves its index entry.
-    fn second_chance(&mut self, r: &Rec) -> Result<(), ReserveError> {
-        let phys = self.place(r.size)?;
+    fn second_chance(&mut self, g: usize, r: &Rec) -> Result<(), ReserveError> {
+        let phys = self.place(g, r.size)?;
         let src = self.map.ptr(r.phys, r.size);
         let dst = self.map.ptr(phys, r.size);
         // SAFETY: both ranges lie in the object space (`ptr` checks); `src` is a record at the
@@ -1381,7 +1454,7 @@ impl ArenaOwner {
         };
         n.check = self.map.header_sum(&n);
         self.write_header(&n);
-        self.h().tail.store(self.tail() + r.size, Ordering::Relaxed);
+        self.set_tail(g, self.tail(g) + r.size);
         if let Some(e) = self.entry_of(r) {
             // ORDERING: SeqCst: the unlink of the old copy (module doc, writer step 3); a
             // reader's Acquire load of the new loc sees the copy.
@@ -1521,39 +1594,55 @@ impl ArenaOwner {
         }
     }
 
-    /// Evicts (with second chance) and reclaims until `bytes` are free (at most the capacity).
+    /// Evicts (with second chance) and reclaims until `bytes` are free in all (at most the
+    /// capacity), a step per ring in turn; `Busy` once every ring that could give more is held.
     pub fn evict_until(&mut self, bytes: u64) -> Result<(), ReserveError> {
-        let want = bytes.min(self.cap());
-        self.make_room(|_| want)
+        let want = bytes.min(self.map.cfg.capacity);
+        let mut budget = 2 * want;
+        let mut held = vec![false; self.rings()];
+        while self.total_free() < want {
+            if held.iter().all(|&h| h) {
+                return Err(ReserveError::Busy);
+            }
+            for (g, held) in held.iter_mut().enumerate() {
+                if !*held && self.reclaim_one(g, &mut budget).is_err() {
+                    *held = true;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Walks the ring and the index and checks them against each other and the counters.
     pub fn audit(&self) -> Result<Audit, String> {
         let mut a = Audit::default();
         let mut live = HashMap::new();
-        let (mut at, tail) = (self.head(), self.tail());
-        while at < tail {
-            let r = self
-                .map
-                .record(at % self.cap())
-                .ok_or(format!("bad record at {at}"))?;
-            match r.state {
-                LIVE => {
-                    if self.map.header_sum(&r) != r.check {
-                        return Err(format!("checksum mismatch at {at}"));
+        for g in 0..self.rings() {
+            let (mut at, tail) = (self.head(g), self.tail(g));
+            while at < tail {
+                let r = self
+                    .map
+                    .record(self.phys(g, at))
+                    .filter(|r| at % self.rc() + r.size <= self.rc())
+                    .ok_or(format!("bad record at {at} of ring {g}"))?;
+                match r.state {
+                    LIVE => {
+                        if self.map.header_sum(&r) != r.check {
+                            return Err(format!("checksum mismatch at {at} of ring {g}"));
+                        }
+                        a.live_objects += 1;
+                        a.live_bytes += r.size;
+                        live.insert(r.loc(), r);
                     }
-                    a.live_objects += 1;
-                    a.live_bytes += r.size;
-                    live.insert(r.loc(), r);
+                    WRITING => a.writing_bytes += r.size,
+                    RETIRED | ABANDONED | PAD => a.garbage_bytes += r.size,
+                    s => return Err(format!("unknown state {s} at {at} of ring {g}")),
                 }
-                WRITING => a.writing_bytes += r.size,
-                RETIRED | ABANDONED | PAD => a.garbage_bytes += r.size,
-                s => return Err(format!("unknown state {s} at {at}")),
+                at += r.size;
             }
-            at += r.size;
-        }
-        if at != tail {
-            return Err("a record crosses the tail".into());
+            if at != tail {
+                return Err(format!("a record crosses the tail of ring {g}"));
+            }
         }
         let mut linked = 0;
         for i in 0..self.map.cfg.index_entries as usize {
@@ -1586,39 +1675,62 @@ impl ArenaOwner {
         Ok(a)
     }
 
-    /// Adoption: validates every record from head to tail and the index against them, drops
-    /// what fails, abandons fills the dead owner left, and resets the counters from the walk.
+    /// Adoption: validates every record from head to tail of every ring and the index against
+    /// them, drops what fails, abandons fills the dead owner left, and resets the counters from
+    /// the walk.
     fn repair(&mut self) -> Adoption {
         let mut rep = Adoption::default();
-        let cap = self.cap();
-        let (head, tail) = (self.head(), self.tail());
+        let mut newest: HashMap<Vec<u8>, Rec> = HashMap::new();
+        let mut max_gen = self.h().next_generation.load(Ordering::Relaxed);
+        for g in 0..self.rings() {
+            self.repair_ring(g, &mut rep, &mut newest, &mut max_gen);
+        }
+        self.after_repair(rep, newest, max_gen)
+    }
+
+    /// Walks ring `g`, collecting the newest live record of each key into `newest`.
+    fn repair_ring(
+        &mut self,
+        g: usize,
+        rep: &mut Adoption,
+        newest: &mut HashMap<Vec<u8>, Rec>,
+        max_gen: &mut u64,
+    ) {
+        let (head, tail) = (self.head(g), self.tail(g));
         let sane = head.is_multiple_of(ALIGN)
             && tail.is_multiple_of(ALIGN)
             && head <= tail
-            && tail - head <= cap;
-        let mut newest: HashMap<Vec<u8>, Rec> = HashMap::new();
-        let mut max_gen = self.h().next_generation.load(Ordering::Relaxed);
+            && tail - head <= self.rc();
         let mut at = head;
         if !sane {
+            // Positions we cannot trust: the ring restarts empty (bytes written into it later
+            // are checked against the pins by `place`, so readers of old records are safe).
             rep.dropped += 1;
-            self.h().head.store(tail / ALIGN * ALIGN, Ordering::Relaxed);
-            self.h().tail.store(tail / ALIGN * ALIGN, Ordering::Relaxed);
-            at = self.tail();
+            let restart = tail / ALIGN * ALIGN;
+            self.set_head(g, restart);
+            self.set_tail(g, restart);
+            at = restart;
         }
-        let end = self.tail();
+        let end = self.tail(g);
         while at < end {
-            let r = match self.map.record(at % cap) {
-                Some(r) if at + r.size <= end && self.map.header_sum(&r) == r.check => r,
+            let r = match self.map.record(self.phys(g, at)) {
+                Some(r)
+                    if at + r.size <= end
+                        && at % self.rc() + r.size <= self.rc()
+                        && self.map.header_sum(&r) == r.check =>
+                {
+                    r
+                }
                 _ => {
                     // Nothing after an unreadable record can be trusted to start where it
                     // seems to: the tail moves back here. Bytes written there later are checked
                     // against the pins (`place`), so readers of the old records are safe.
                     rep.dropped += 1;
-                    self.h().tail.store(at, Ordering::Relaxed);
+                    self.set_tail(g, at);
                     break;
                 }
             };
-            max_gen = max_gen.max(r.generation);
+            *max_gen = (*max_gen).max(r.generation);
             match r.state {
                 LIVE if self.map.body_sum(&r) == r.body_sum => {
                     let mut key = Vec::new();
@@ -1660,6 +1772,15 @@ impl ArenaOwner {
             }
             at += r.size;
         }
+    }
+
+    /// Adoption, after the walk: the index, the counters and the pin rows.
+    fn after_repair(
+        &mut self,
+        mut rep: Adoption,
+        newest: HashMap<Vec<u8>, Rec>,
+        max_gen: u64,
+    ) -> Adoption {
         self.h().next_generation.store(max_gen, Ordering::Relaxed);
         // The index: keep an entry only if it names the newest live record of its key, in
         // its bucket; clear the rest, then link what is missing.
@@ -1793,6 +1914,11 @@ mod tests {
         Ok(o.publish(r).unwrap())
     }
 
+    /// Is `k` stored? (Asked of the owner's index: no reader access bit is set.)
+    fn stored(o: &ArenaOwner, k: &[u8]) -> bool {
+        o.find(k, o.map.key_hash(k)).is_some()
+    }
+
     /// Reads a hit whole and checks it against `body()`; `None` on a miss.
     fn get(reader: &ArenaReader, k: &[u8]) -> Option<u64> {
         match reader.lookup(k) {
@@ -1823,7 +1949,8 @@ mod tests {
     #[test]
     fn layout_is_pinned() {
         assert_eq!(std::mem::offset_of!(ArenaHeader, seed), 32);
-        assert_eq!(std::mem::offset_of!(ArenaHeader, head), 80);
+        assert_eq!(std::mem::offset_of!(ArenaHeader, ring), 176);
+        assert_eq!(size_of::<ArenaHeader>(), 176 + 16 * 16);
         assert_eq!(std::mem::offset_of!(ObjectHeader, state), 8);
         assert_eq!(std::mem::offset_of!(ObjectHeader, check), 56);
         let c = ArenaConfig::for_capacity(1 << 20, 4096, 2, 3);
@@ -1974,17 +2101,21 @@ mod tests {
             let len = (sizes.finish() % 9000) as usize;
             put(&mut o, &key(i), i, len).unwrap();
             o.audit().unwrap();
-            assert_eq!(get(&reader, &key(i)), Some(i), "the newest is stored");
+            assert!(stored(&o, &key(i)), "the newest is stored");
         }
         let u = o.usage();
-        assert!(o.tail() > 3 * c.capacity, "wrapped several times");
+        assert_eq!(c.rings, 1);
+        assert!(o.tail(0) > 3 * c.capacity, "wrapped several times");
         assert!(u.evictions > 300);
         assert!(u.used <= c.capacity - c.max_record + c.max_record);
         // FIFO without accesses: what is left is a suffix of the insertion order.
-        let present: Vec<bool> = (0..400).map(|i| get(&reader, &key(i)).is_some()).collect();
+        let present: Vec<bool> = (0..400).map(|i| stored(&o, &key(i))).collect();
         let first = present.iter().position(|&p| p).unwrap();
         assert!(present[first..].iter().all(|&p| p), "{present:?}");
         assert_eq!((400 - first) as u64, o.usage().live_objects);
+        for i in first as u64..400 {
+            assert_eq!(get(&reader, &key(i)), Some(i));
+        }
     }
 
     #[test]
@@ -2051,6 +2182,42 @@ mod tests {
         o.evict_until(c.capacity).unwrap();
         assert_eq!(o.usage().used, 0);
         assert_eq!(o.usage().removals, 1);
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn a_pinned_head_holds_up_its_ring_only() {
+        let n = names("rings");
+        let c = ArenaConfig {
+            rings: 4,
+            ..ArenaConfig::for_capacity(256 << 10, 16 << 10, 4, 8)
+        };
+        let mut o = owner(&n, c);
+        let reader = o.arena().attach().unwrap();
+        // The first object opens ring 0; pin it and purge everything.
+        for i in 0..8 {
+            put(&mut o, &key(i), 1, 5000).unwrap();
+        }
+        let Lookup::Hit(p) = reader.lookup(&key(0)) else {
+            panic!("miss")
+        };
+        assert_eq!(p.rec.phys, 0);
+        for i in 0..8 {
+            o.remove(&key(i));
+        }
+        // Many laps of the other rings later, inserts still succeed and the pin is intact.
+        for i in 100..300 {
+            put(&mut o, &key(i), 1, 5000).unwrap();
+        }
+        assert_eq!(o.usage().refused_busy, 0);
+        assert_eq!(verify(&p, &key(0)), 1);
+        assert!(o.tail(1) > 4 * c.ring_capacity());
+        assert_eq!(o.head(0), 0, "ring 0 waits for the pin");
+        drop(p);
+        for i in 300..400 {
+            put(&mut o, &key(i), 1, 5000).unwrap();
+        }
+        assert!(o.head(0) > 0);
         o.audit().unwrap();
     }
 
@@ -2444,17 +2611,17 @@ mod tests {
 
     const KEYS: u64 = 48;
 
-    /// Child: looks up random keys for `arg` ms, verifying every hit's body.
+    /// Child: looks up random keys, verifying every hit's body, until the owner stops.
     #[test]
     #[ignore = "a child process of readers_in_other_processes_see_only_whole_objects"]
     fn reader_child() {
-        let (n, ms) = child_args();
+        let (n, _) = child_args();
         let arena = Arena::open(&n).unwrap();
         let reader = arena.attach().unwrap();
         let t = Instant::now();
         let (mut hits, mut misses) = (0u64, 0u64);
         let mut x = u64::from(std::process::id()) | 1;
-        while t.elapsed() < Duration::from_millis(ms) {
+        while !reader.is_closed() && t.elapsed() < DEADLINE {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -2469,28 +2636,33 @@ mod tests {
     #[test]
     fn readers_in_other_processes_see_only_whole_objects() {
         let n = names("xproc");
-        let c = ArenaConfig::for_capacity(192 << 10, 16 << 10, 4, 4);
+        let c = ArenaConfig::for_capacity(256 << 10, 8 << 10, 4, 4);
+        assert_eq!(c.rings, 2);
         let mut o = owner(&n, c);
         for i in 0..KEYS {
             put(&mut o, &key(i), 0, 1000).unwrap();
         }
-        let run_ms = 1500;
         let children: Vec<_> = (0..2)
-            .map(|_| {
-                spawn_child(
-                    "arena::tests::reader_child",
-                    &n.instance,
-                    &run_ms.to_string(),
-                )
-            })
+            .map(|_| spawn_child("arena::tests::reader_child", &n.instance, "0"))
             .collect();
+        let attached = || {
+            (0..c.pin_rows)
+                .filter(|&r| o.map.row(r).owner_pid.load(Ordering::Relaxed) != 0)
+                .count()
+        };
+        let t = Instant::now();
+        while attached() < 2 && t.elapsed() < DEADLINE {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         // The writer inserts (with evictions and second chances), replaces and removes
-        // meanwhile; a pinned head makes some inserts Busy, which is fine.
+        // meanwhile (a pinned head makes some inserts Busy, which is fine), for a fixed amount
+        // of work and at least a second; dropping the owner then tells the readers to stop.
         let t = Instant::now();
         let mut x = 7u64;
         let mut version = 1;
-        let (mut busy, mut removed) = (0, 0);
-        while t.elapsed() < Duration::from_millis(run_ms + 300) {
+        let (mut busy, mut removed, mut ops) = (0, 0, 0);
+        while ops < 3000 || t.elapsed() < Duration::from_secs(1) {
+            ops += 1;
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
@@ -2502,7 +2674,7 @@ mod tests {
                 }
                 _ => {
                     version += 1;
-                    if put(&mut o, &k, version, (x >> 8) as usize % 12_000).is_err() {
+                    if put(&mut o, &k, version, (x >> 8) as usize % 7000).is_err() {
                         busy += 1;
                     }
                 }
@@ -2511,6 +2683,8 @@ mod tests {
         let u = o.usage();
         assert!(u.evictions > 100 && removed > 10, "{u:?}");
         eprintln!("writer: {version} versions, {busy} busy, {u:?}");
+        o.audit().unwrap();
+        drop(o);
         for child in children {
             let (status, out) = wait_child(child);
             assert!(status.success(), "reader failed: {status} {out}");
@@ -2520,9 +2694,8 @@ mod tests {
                 .nth(1)
                 .and_then(|h| h.parse().ok())
                 .unwrap_or_else(|| panic!("no report in {out:?}"));
-            assert!(hits > 100, "{out}");
+            assert!(hits > 10, "{out}");
         }
-        o.audit().unwrap();
     }
 
     /// Child: pins every object it finds, reports how many, then waits to be killed.
