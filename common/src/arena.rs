@@ -311,6 +311,9 @@ struct ArenaHeader {
     rings: AtomicU32,
     _pad: AtomicU32,
     geometry_check: AtomicU64,
+    /// The owner as one word, `pid << 32 | start time mod 2^32` ([`claim_word`]), so that an
+    /// adopter checks and takes it in one compare-and-swap.
+    claim: AtomicU64,
     next_generation: AtomicU64,
     live_objects: AtomicU64,
     live_bytes: AtomicU64,
@@ -1136,16 +1139,19 @@ impl ArenaOwner {
         }
         let reason = match ShmRegion::open(&name, ARENA_MAGIC, ARENA_VERSION) {
             Ok(region) => {
-                let prev = region.header().owner();
-                if prev.alive() {
-                    return Err(ShmError::InUse {
-                        name,
-                        pid: prev.pid,
-                    });
-                }
                 match Map::from_region(region) {
-                    Ok(map) if map.cfg == cfg => match claim(&map, prev) {
-                        Ok(()) => {
+                    Ok(map) => {
+                        // ORDERING: Acquire pairs with the claim of the previous owner.
+                        let prev = map.header().claim.load(Ordering::Acquire);
+                        if claim_alive(prev) {
+                            let pid = (prev >> 32) as u32;
+                            return Err(ShmError::InUse { name, pid });
+                        }
+                        if map.cfg == cfg {
+                            claim(&map, prev).map_err(|pid| ShmError::InUse {
+                                name: name.clone(),
+                                pid,
+                            })?;
                             let mut owner = ArenaOwner {
                                 map: Arc::new(map),
                                 unlink_on_drop: true,
@@ -1154,13 +1160,11 @@ impl ArenaOwner {
                             let report = owner.repair();
                             return Ok((owner, Start::Adopted(report)));
                         }
-                        Err(pid) => return Err(ShmError::InUse { name, pid }),
-                    },
-                    Ok(map) => {
                         // ORDERING: Release pairs with readers' Acquire in `is_closed`.
                         map.header().closed.store(1, Ordering::Release);
                         "its geometry differs from the configuration".to_string()
                     }
+                    // A live owner of an unusable arena still refuses us (in `create`).
                     Err(e) => e.to_string(),
                 }
             }
@@ -1188,6 +1192,7 @@ impl ArenaOwner {
         h.rings.store(cfg.rings, Ordering::Relaxed);
         h.geometry_check
             .store(cfg.checksum(seed), Ordering::Relaxed);
+        h.claim.store(claim_word(me), Ordering::Relaxed);
         let map = Map::from_region(region)?;
         map.region.publish(ARENA_MAGIC);
         Ok(ArenaOwner {
@@ -1831,20 +1836,42 @@ impl ArenaOwner {
     #[cfg(test)]
     fn crash(mut self) {
         self.unlink_on_drop = false;
+        let me = ProcId::current();
+        let dead = claim_word(ProcId {
+            pid: me.pid,
+            start: me.start + 1,
+        });
+        self.h().claim.store(dead, Ordering::Relaxed);
         self.h().region.owner_start.store(1, Ordering::Relaxed);
     }
 }
 
-/// Takes over the header's owner fields from the dead `prev` (CAS on the pid, so of two
-/// adopters racing, one wins). `Err(pid)` names the winner.
-fn claim(map: &Map, prev: ProcId) -> Result<(), u32> {
+fn claim_word(p: ProcId) -> u64 {
+    (u64::from(p.pid) << 32) | (p.start & 0xffff_ffff)
+}
+
+/// Is the process a claim word names alive (same pid, same start time mod 2^32, no zombie)?
+fn claim_alive(word: u64) -> bool {
+    let pid = (word >> 32) as u32;
+    pid != 0
+        && crate::process::start_time(pid).is_some_and(|start| {
+            claim_word(ProcId { pid, start }) == word && ProcId { pid, start }.alive()
+        })
+}
+
+/// Takes the arena over from the dead owner whose claim word is `prev` (of adopters racing, the
+/// one compare-and-swap that succeeds wins), then records us in the region header too (which
+/// `ShmRegion::create` consults). `Err(pid)` names the winner.
+fn claim(map: &Map, prev: u64) -> Result<(), u32> {
     let me = ProcId::current();
-    let h = &map.header().region;
+    let h = map.header();
     // ORDERING: AcqRel: Acquire sees the previous owner's last writes (it is dead, so they are
-    // all done); Release is paired with nothing the adopters rely on beyond the CAS itself.
-    h.owner_pid
-        .compare_exchange(prev.pid, me.pid, Ordering::AcqRel, Ordering::Acquire)?;
-    h.owner_start.store(me.start, Ordering::Relaxed);
+    // all done); Release publishes our claim to later adopters' Acquire load.
+    h.claim
+        .compare_exchange(prev, claim_word(me), Ordering::AcqRel, Ordering::Acquire)
+        .map_err(|now| (now >> 32) as u32)?;
+    h.region.owner_pid.store(me.pid, Ordering::Relaxed);
+    h.region.owner_start.store(me.start, Ordering::Relaxed);
     Ok(())
 }
 
@@ -1949,8 +1976,9 @@ mod tests {
     #[test]
     fn layout_is_pinned() {
         assert_eq!(std::mem::offset_of!(ArenaHeader, seed), 32);
-        assert_eq!(std::mem::offset_of!(ArenaHeader, ring), 176);
-        assert_eq!(size_of::<ArenaHeader>(), 176 + 16 * 16);
+        assert_eq!(std::mem::offset_of!(ArenaHeader, claim), 88);
+        assert_eq!(std::mem::offset_of!(ArenaHeader, ring), 184);
+        assert_eq!(size_of::<ArenaHeader>(), 184 + 16 * 16);
         assert_eq!(std::mem::offset_of!(ObjectHeader, state), 8);
         assert_eq!(std::mem::offset_of!(ObjectHeader, check), 56);
         let c = ArenaConfig::for_capacity(1 << 20, 4096, 2, 3);
@@ -1962,6 +1990,20 @@ mod tests {
         assert_eq!(l.len, l.space_offset + (1 << 20));
         assert_eq!(loc_offset(pack(4096, 7)), 4096);
         assert_eq!(loc_gen(pack(4096, (1 << 32) + 7)), 7);
+    }
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        // cached fills reservations on other threads than the one holding the owner; worker
+        // threads share a reader and keep pins in connection state.
+        send::<ArenaOwner>();
+        send::<Reservation>();
+        send::<ArenaReader>();
+        sync::<ArenaReader>();
+        send::<Pinned>();
+        sync::<Arena>();
     }
 
     #[test]
