@@ -1946,6 +1946,14 @@ mod tests {
         o.find(k, o.map.key_hash(k)).is_some()
     }
 
+    /// The pinned object stored for `k` (it must be there).
+    fn pin(reader: &ArenaReader, k: &[u8]) -> Pinned {
+        match reader.lookup(k) {
+            Lookup::Hit(p) => p,
+            _ => panic!("{} is not stored", String::from_utf8_lossy(k)),
+        }
+    }
+
     /// Reads a hit whole and checks it against `body()`; `None` on a miss.
     fn get(reader: &ArenaReader, k: &[u8]) -> Option<u64> {
         match reader.lookup(k) {
@@ -2084,9 +2092,7 @@ mod tests {
         let reader = o.arena().attach().unwrap();
         put(&mut o, &key(1), 9, 12_000).unwrap();
         let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
-        let Lookup::Hit(p) = reader.lookup(&key(1)) else {
-            panic!("miss")
-        };
+        let p = pin(&reader, &key(1));
         let mut at = 0;
         use std::os::fd::AsFd;
         let mut got = Vec::new();
@@ -2206,9 +2212,7 @@ mod tests {
         let reader = o.arena().attach().unwrap();
         put(&mut o, &key(1), 1, 6000).unwrap();
         put(&mut o, &key(2), 1, 6000).unwrap();
-        let Lookup::Hit(p) = reader.lookup(&key(1)) else {
-            panic!("miss")
-        };
+        let p = pin(&reader, &key(1));
         assert!(o.remove(&key(1)));
         assert!(!o.remove(&key(1)));
         assert_eq!(get(&reader, &key(1)), None, "purged but still found");
@@ -2240,9 +2244,7 @@ mod tests {
         for i in 0..8 {
             put(&mut o, &key(i), 1, 5000).unwrap();
         }
-        let Lookup::Hit(p) = reader.lookup(&key(0)) else {
-            panic!("miss")
-        };
+        let p = pin(&reader, &key(0));
         assert_eq!(p.rec.phys, 0);
         for i in 0..8 {
             o.remove(&key(i));
@@ -2269,9 +2271,7 @@ mod tests {
         let mut o = owner(&n, cfg(256 << 10));
         let reader = o.arena().attach().unwrap();
         put(&mut o, &key(1), 1, 3000).unwrap();
-        let Lookup::Hit(old) = reader.lookup(&key(1)) else {
-            panic!("miss")
-        };
+        let old = pin(&reader, &key(1));
         put(&mut o, &key(1), 2, 5000).unwrap();
         assert_eq!(get(&reader, &key(1)), Some(2));
         assert_eq!(
@@ -2404,9 +2404,7 @@ mod tests {
         o.map.obj(rec.phys).meta_len.store(17, Ordering::Relaxed);
         // A reader holds object 8, which lies beyond the cut.
         let reader = o.arena().attach().unwrap();
-        let Lookup::Hit(p8) = reader.lookup(&key(8)) else {
-            panic!("miss")
-        };
+        let p8 = pin(&reader, &key(8));
         o.crash();
         let (mut o, start) = ArenaOwner::open_or_adopt(&n, c).unwrap();
         let Start::Adopted(a) = start else {
