@@ -537,17 +537,22 @@ impl Map {
     /// Callers make sure nobody writes those bytes meanwhile: a reader holds a validated pin,
     /// the owner reads only records it wrote or is adopting.
     fn copy_out(&self, phys: u64, len: u64, mut f: impl FnMut(&[u8])) {
-        let mut buf = [0u8; 4096];
+        // Not zeroed: this runs for every key compared on every hit.
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(buf.len() as u64);
-            let src = self.ptr(phys + done, n);
+            let n = (len - done).min(buf.len() as u64) as usize;
+            let src = self.ptr(phys + done, n as u64);
             // SAFETY: `src..src+n` lies in the object space (`ptr` checks bounds); by the
             // caller's guarantee no process writes these bytes during the copy; `buf` is our
-            // own stack memory of at least `n` bytes.
-            unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n as usize) };
-            f(&buf[..n as usize]);
-            done += n;
+            // own stack memory of at least `n` bytes. The slice covers exactly the `n` bytes
+            // just written, so it is initialised, and it lives in our memory only.
+            let piece = unsafe {
+                std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr().cast::<u8>(), n);
+                std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n)
+            };
+            f(piece);
+            done += n as u64;
         }
     }
 
