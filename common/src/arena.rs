@@ -2237,6 +2237,58 @@ mod tests {
     }
 
     #[test]
+    fn threads_of_one_worker_share_its_pin_row() {
+        let n = names("threads");
+        let c = ArenaConfig {
+            pin_slots: 3,
+            ..ArenaConfig::for_capacity(512 << 10, 16 << 10, 2, 3)
+        };
+        let mut o = owner(&n, c);
+        let reader = o.arena().attach().unwrap();
+        for i in 0..32 {
+            put(&mut o, &key(i), 0, 3000).unwrap();
+        }
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (hits, no_slot) = (AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|sc| {
+            for t in 0..4u64 {
+                let (reader, stop, hits, no_slot) = (&reader, &stop, &hits, &no_slot);
+                sc.spawn(move || {
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        i = (i * 7 + 3) % 32;
+                        match reader.lookup(&key(i)) {
+                            Lookup::Hit(p) => {
+                                verify(&p, &key(i));
+                                hits.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Lookup::NoPinSlot => {
+                                no_slot.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Lookup::Miss => {}
+                        }
+                    }
+                });
+            }
+            let t = Instant::now();
+            let mut v = 1;
+            while v < 2000 || t.elapsed() < Duration::from_millis(300) {
+                v += 1;
+                let _ = put(&mut o, &key(v % 32), v, (v as usize * 37) % 9000);
+            }
+            stop.store(true, Ordering::Relaxed);
+        });
+        assert!(hits.load(Ordering::Relaxed) > 100);
+        // Four threads, three slots: some lookups find none free, and say so.
+        eprintln!("no free slot {} times", no_slot.load(Ordering::Relaxed));
+        o.audit().unwrap();
+        assert!(
+            (0..3).all(|s| o.map.slot(0, s).0.load(Ordering::Relaxed) == 0),
+            "a pin was left behind"
+        );
+    }
+
+    #[test]
     fn a_pinned_head_holds_up_its_ring_only() {
         let n = names("rings");
         let c = ArenaConfig {
