@@ -11,6 +11,7 @@ pub mod http;
 pub mod logger;
 pub mod mq;
 pub mod names;
+pub mod node;
 pub mod pool;
 pub mod process;
 pub mod protocol;

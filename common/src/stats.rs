@@ -215,6 +215,8 @@ stats_fields! {
     Counter request_bodies_discarded @proxy: "Request bodies read and thrown away before an answer that did not need them (L1 hit, /__shmproxy/), so the next request is parsed where it starts",
     Counter forwarding_headers_dropped @proxy: "Client-supplied X-Forwarded-*/Forwarded fields dropped (the peer is not in trusted_proxies)",
     Counter l1_flushes @proxy: "Times a worker dropped its L1 after a purge or invalidation",
+    Counter loops_refused @proxy: "Requests refused with 508 Loop Detected: their Via already named this node",
+    Gauge draining @proxy: "1 while a stopping proxy drains (proxy.drain_ms): /__shmproxy/health answers 503 and requests are still served",
     Counter l2_hits @cached: "Requests answered from the cached LRU",
     Counter l2_misses @cached: "Cacheable requests not found in the LRU",
     Counter l2_stale @cached: "Stale stored answers served (max-stale, or origin unreachable)",
@@ -230,6 +232,8 @@ stats_fields! {
     Gauge stored_bytes @cached: "Bytes stored in the LRU",
     Counter disk_reads @cached: "Files read from the document root",
     Counter upstream_requests @cached: "Requests sent to the origin",
+    Counter purges_forwarded @cached: "PURGE requests also sent to the origin (cached.purge_forward)",
+    Counter purge_forward_failures @cached: "Forwarded PURGE requests the origin did not answer",
     Counter upstream_errors @cached: "Origin requests that failed (refused, reset, bad answer)",
     Counter upstream_timeouts @cached: "Origin requests that timed out",
     Counter upstream_bad_framing @cached: "Origin answers refused with 502: framing that cannot be reproduced exactly (Transfer-Encoding with Content-Length, a coding other than chunked, a bad or repeated Content-Length, an unsolicited 101)",
@@ -613,6 +617,9 @@ pub struct WorkerView {
 #[derive(Clone, Debug, Default)]
 pub struct View {
     pub instance: String,
+    /// The node name (`node`), when the reader knows it (the proxy's endpoints do; `proxy
+    /// stats` reading shared memory does not).
+    pub node: Option<String>,
     /// Wall-clock time of the reading, in ms since the Unix epoch (for rates).
     pub time_ms: u64,
     pub pool: Option<PoolView>,
@@ -664,6 +671,7 @@ impl View {
             .unwrap_or_default();
         View {
             instance: names.instance.clone(),
+            node: None,
             time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -681,11 +689,15 @@ impl View {
         let mut out = String::with_capacity(8192);
         let _ = write!(
             out,
-            "{{\"instance\":\"{}\",\"version\":\"{}\",\"time_ms\":{},\"pool\":",
+            "{{\"instance\":\"{}\",\"version\":\"{}\",\"time_ms\":{},",
             json_escape(&self.instance),
             env!("CARGO_PKG_VERSION"),
             self.time_ms
         );
+        if let Some(node) = &self.node {
+            let _ = write!(out, "\"node\":\"{}\",", json_escape(node));
+        }
+        out.push_str("\"pool\":");
         match &self.pool {
             Some(p) => {
                 let _ = write!(
@@ -735,11 +747,16 @@ impl View {
             &mut out,
             "shmproxy_info",
             "gauge",
-            "Always 1; labels name the shmproxy instance (`name`, not `instance`, which Prometheus sets at scrape time) and the version",
+            "Always 1; labels name the shmproxy instance (`name`, not `instance`, which Prometheus sets at scrape time), the cluster node and the version",
         );
+        let node = self
+            .node
+            .as_ref()
+            .map(|n| format!("node=\"{}\",", prom_label(n)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "shmproxy_info{{name=\"{}\",version=\"{}\"}} 1",
+            "shmproxy_info{{name=\"{}\",{node}version=\"{}\"}} 1",
             prom_label(&self.instance),
             env!("CARGO_PKG_VERSION")
         );
@@ -1188,6 +1205,7 @@ mod tests {
         set(&mut cached, "upstream_latency_us", 1_500_000);
         View {
             instance: "i\"x".into(),
+            node: Some("edge\"1".into()),
             time_ms: 1,
             pool: Some(PoolView {
                 segments: 3,
@@ -1263,7 +1281,7 @@ mod tests {
         assert!(text.contains("shmproxy_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 7\n"));
         assert!(text.contains("shmproxy_proxy_request_duration_seconds_sum 2.5\n"));
         assert!(text.contains("shmproxy_pool_segments_by_state{state=\"quarantined\"} 1\n"));
-        assert!(text.contains("shmproxy_info{name=\"i\\\"x\",version="));
+        assert!(text.contains("shmproxy_info{name=\"i\\\"x\",node=\"edge\\\"1\",version="));
         assert!(
             !text.contains("instance="),
             "Prometheus sets `instance` at scrape time"

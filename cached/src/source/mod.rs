@@ -37,7 +37,8 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     }
 }
 
-/// `PURGE`: drops every stored variant of the request target, here and in every L1.
+/// `PURGE`: drops every stored variant of the request target, here and in every L1, and with
+/// `cached.purge_forward` at the origin too (200 when either had it).
 pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
@@ -45,7 +46,9 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
         Some(_) => origin::site_of(ctx, &req).map(|i| origin::cache_key(&ctx.cfg.sites[i], &req)),
         None => disk::cache_key(ctx, &req.target),
     };
-    let removed = key.is_some_and(|k| ctx.cache.remove_all(&k));
+    // The origin first: a miss here between the two would refill from its old copy.
+    let upstream_had = ctx.cfg.purge_forward && origin::forward_purge(ctx, &req) == Some(true);
+    let removed = key.is_some_and(|k| ctx.cache.remove_all(&k)) | upstream_had;
     ctx.invalidated();
     publish_store_gauges(ctx);
     if removed {

@@ -182,6 +182,35 @@ fn fetch(
     }
 }
 
+/// Sends a PURGE on to a server of the request's site (`cached.purge_forward`: an edge purges
+/// its shield too). `Some(true)`: the server had the object (2xx); `Some(false)`: it answered
+/// otherwise; `None`: it could not be reached (counted, logged).
+pub fn forward_purge(ctx: &Ctx, req: &RequestHead) -> Option<bool> {
+    let ups = ctx.upstreams.as_ref()?;
+    let site = ups.site(site_of(ctx, req)?);
+    Counters::inc(&ctx.counters().purges_forwarded);
+    match upstream(None, req, site, &[]) {
+        Ok(mut answer) => {
+            let _ = answer
+                .response
+                .body_mut()
+                .with_config()
+                .limit(64 << 10)
+                .read_to_vec();
+            Some(answer.response.status().is_success())
+        }
+        Err(e) => {
+            Counters::inc(&ctx.counters().purge_forward_failures);
+            log::warn!(
+                "site {}: PURGE {} not forwarded: {e}",
+                site.site.name,
+                req.target
+            );
+            None
+        }
+    }
+}
+
 /// Sends the request to a server of the site (with its body from the segment, if any),
 /// as a reverse proxy forwards it: `X-Forwarded-For` gets the client appended,
 /// `X-Forwarded-Host` and `X-Forwarded-Proto` say what the client asked for (a trusted
@@ -226,12 +255,10 @@ fn upstream<'u>(
         .unwrap_or_default();
     xff.extend_from_slice(req.client.as_bytes());
     headers.push(("X-Forwarded-For".into(), xff));
-    let via: &[u8] = if req.version == 10 {
-        b"1.0 shmproxy"
-    } else {
-        b"1.1 shmproxy"
-    };
-    headers.push(("Via".into(), via.to_vec()));
+    headers.push((
+        "Via".into(),
+        common::node::via(req.version, &site.node).into_bytes(),
+    ));
     let primary = cache_key(&site.site, req);
     let out = Outgoing {
         method: &req.method,

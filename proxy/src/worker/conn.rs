@@ -507,6 +507,9 @@ fn handle(w: &Worker, conn: &mut Conn, req: &Request, scratch: &mut Scratch) -> 
             return false;
         }
     }
+    if super::tier::refuse_loop(w, conn, req) {
+        return false;
+    }
     if req.target.starts_with("/__shmproxy/") && req.method == "GET"
         || req.method == "HEAD" && req.target.starts_with("/__shmproxy/")
     {
@@ -632,10 +635,18 @@ fn serve_l1(
     out.extend_from_slice(&e.fixed_headers);
     let _ = write!(
         out,
-        "Age: {}\r\nContent-Length: {}\r\nVia: 1.1 shmproxy\r\nX-Cache: HIT\r\nCache-Status: {}; detail=l1\r\n",
+        "Age: {}\r\nContent-Length: {}\r\n{}",
         e.age(),
         e.body.len(),
-        CacheOutcome::Hit.cache_status(&req.method, 0, Some(e.ttl_secs()))
+        super::tier::fields(
+            w,
+            CacheOutcome::Hit,
+            &req.method,
+            0,
+            Some(e.ttl_secs()),
+            "; detail=l1",
+            b""
+        )
     );
     match (req.version, req.keep_alive) {
         (10, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -677,10 +688,11 @@ pub fn send_simple_nowait(w: &Worker, conn: &mut Conn, status: u16, msg: &str) {
 fn simple_answer(w: &Worker, conn: &mut Conn, status: u16, msg: &str) -> Vec<u8> {
     let body = format!("{status} {}: {msg}\n", common::http::reason(status));
     let head = format!(
-        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nX-Cache: ERROR\r\nCache-Status: shmproxy; detail=error\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}Connection: close\r\n\r\n",
         common::http::reason(status),
         common::http::http_date(std::time::SystemTime::now()),
-        body.len()
+        body.len(),
+        super::tier::fields(w, CacheOutcome::Error, "", 0, None, "", b"")
     );
     let head_len = head.len() as u64;
     let mut out = head.into_bytes();

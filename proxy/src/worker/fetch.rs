@@ -206,6 +206,7 @@ pub fn exchange(
     }
     let mut out = Vec::with_capacity(512);
     write_head(
+        w,
         &mut out,
         &answer,
         &req.method,
@@ -301,6 +302,7 @@ fn forwarded_headers(w: &Worker, conn: &Conn, req: &Request) -> Vec<(String, Vec
 }
 
 fn write_head(
+    w: &Worker,
     out: &mut Vec<u8>,
     answer: &ResponseHead,
     method: &str,
@@ -315,11 +317,13 @@ fn write_head(
         http::reason(answer.status)
     );
     let mut has_date = false;
-    // RFC 9211 §2: our entry goes in front of those of caches nearer the origin.
+    // RFC 9211 §2: the members of caches nearer the origin come first, ours last.
     let mut upstream_status = Vec::new();
     for (k, v) in &answer.headers {
         if k.eq_ignore_ascii_case("cache-status") {
-            upstream_status.extend_from_slice(b", ");
+            if !upstream_status.is_empty() {
+                upstream_status.extend_from_slice(b", ");
+            }
             upstream_status.extend_from_slice(v);
             continue;
         }
@@ -343,14 +347,16 @@ fn write_head(
     // A hit's remaining freshness is what the worker may keep it for (when it may).
     let ttl = (outcome == CacheOutcome::Hit && answer.l1_ttl_ms > 0)
         .then_some(u64::from(answer.l1_ttl_ms) / 1000);
-    let _ = write!(
-        out,
-        "Via: 1.1 shmproxy\r\nX-Cache: {}\r\nCache-Status: {}",
-        outcome.as_str(),
-        outcome.cache_status(method, answer.upstream_status, ttl)
+    let node = super::tier::fields(
+        w,
+        outcome,
+        method,
+        answer.upstream_status,
+        ttl,
+        "",
+        &upstream_status,
     );
-    out.extend_from_slice(&upstream_status);
-    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(node.as_bytes());
     match (version, keep) {
         (10, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
         (11, false) | (10, false) => out.extend_from_slice(b"Connection: close\r\n"),

@@ -10,8 +10,10 @@
 mod accesslog;
 mod conn;
 mod fetch;
+mod health;
 pub mod l1;
 mod status;
+mod tier;
 
 use crate::master::Shared;
 use common::stats::Counters;

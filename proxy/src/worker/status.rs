@@ -1,6 +1,7 @@
 //! The proxy's own endpoints under `/__shmproxy/`, for clients in `stats_allow` (loopback by
 //! default): `stats` (JSON of both daemons' counters and the segment pool), `metrics`
-//! (Prometheus text exposition 0.0.4) and the live dashboard (`/__shmproxy/` or
+//! (Prometheus text exposition 0.0.4), `health` (for a load balancer: [`super::health`]) and
+//! the live dashboard (`/__shmproxy/` or
 //! `/__shmproxy/dashboard`, with its two assets), whose files live in `www/dashboard/` and are
 //! compiled into the binary. Every answer is counted like any other (status, bytes, outcome
 //! `INTERNAL`). Never touches the pool or cached beyond reading their state words and counters.
@@ -51,6 +52,10 @@ pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
                 &body,
             )
         }
+        "/__shmproxy/health" => {
+            let (status, body) = super::health::answer(w);
+            answer(w, conn, req, status, "text/plain; charset=utf-8", &body)
+        }
         "/__shmproxy/" | "/__shmproxy/dashboard" => answer(
             w,
             conn,
@@ -76,7 +81,7 @@ pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
             req,
             404,
             "text/plain; charset=utf-8",
-            "404 Not Found: try /__shmproxy/stats, /__shmproxy/metrics or /__shmproxy/\n",
+            "404 Not Found: try /__shmproxy/stats, /__shmproxy/metrics, /__shmproxy/health or /__shmproxy/\n",
         ),
     }
 }
@@ -84,7 +89,9 @@ pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
 /// Both daemons' counters and the pool, read now.
 pub fn view(w: &Worker) -> View {
     let shared = w.shared;
-    View::collect(&shared.names, Some(&shared.stats), Some(&shared.pool))
+    let mut v = View::collect(&shared.names, Some(&shared.stats), Some(&shared.pool));
+    v.node = Some(shared.cfg.node.clone());
+    v
 }
 
 fn answer(
@@ -98,12 +105,11 @@ fn answer(
     // The body, if any, was read before (`conn::discard_body`).
     let keep = req.keep_alive;
     let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\nX-Cache: {}\r\nCache-Status: {}\r\n{}\r\n",
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{}{}\r\n",
         common::http::reason(status),
         common::http::http_date(std::time::SystemTime::now()),
         body.len(),
-        CacheOutcome::Internal.as_str(),
-        CacheOutcome::Internal.cache_status(&req.method, 0, None),
+        super::tier::fields(w, CacheOutcome::Internal, &req.method, 0, None, "", b""),
         match (req.version, keep) {
             (10, true) => "Connection: keep-alive\r\n",
             (_, false) => "Connection: close\r\n",
