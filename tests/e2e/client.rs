@@ -120,6 +120,19 @@ impl Conn {
         })
     }
 
+    /// Wraps a stream connected elsewhere (from another source address, or in another
+    /// network namespace), with the timeouts of [`Conn::try_connect`].
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
     pub fn set_read_timeout(&self, t: Duration) {
         self.stream.set_read_timeout(Some(t)).unwrap();
     }
