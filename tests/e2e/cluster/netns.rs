@@ -111,7 +111,7 @@ impl Sandbox {
             eprintln!("SKIPPED: cannot create a network namespace here ({e}); run as root");
             return None;
         }
-        let mut sb = Sandbox {
+        let sb = Sandbox {
             tag,
             namespaces: vec![hub.clone()],
             nodes: Vec::new(),
