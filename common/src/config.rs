@@ -1677,6 +1677,36 @@ mod tests {
     }
 
     #[test]
+    fn node_defaults_to_the_host_name_and_cluster_keys_load() {
+        let p = ProxyConfig::load(None, &[]).unwrap();
+        assert_eq!(p.node, crate::node::default_name());
+        assert_eq!(p.drain, Duration::ZERO);
+        let c = CachedConfig::load(None, &[]).unwrap();
+        assert_eq!((c.node.as_str(), c.purge_forward), (p.node.as_str(), false));
+        let f = flags(&[("node", "edge-1.a"), ("proxy.drain_ms", "3s")]);
+        let p = ProxyConfig::load(None, &f).unwrap();
+        assert_eq!(
+            (p.node.as_str(), p.drain),
+            ("edge-1.a", Duration::from_secs(3))
+        );
+        let c = CachedConfig::load(
+            None,
+            &flags(&[("node", "edge-1.a"), ("cached.purge_forward", "true")]),
+        )
+        .unwrap();
+        assert_eq!((c.node.as_str(), c.purge_forward), ("edge-1.a", true));
+        for bad in ["", "a b", "a,b", "edge(1)"] {
+            let e = ProxyConfig::load(None, &flags(&[("node", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("node") && e.contains("[A-Za-z0-9._-]"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn set_cookie_policy_defaults_to_pass_and_names_key_and_file() {
         assert_eq!(
             CachedConfig::load(None, &[]).unwrap().set_cookie,
