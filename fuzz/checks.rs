@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use common::http::CacheOutcome;
 use common::pool::{check_layout, MAX_SEGMENT_SIZE, MAX_SLOTS, MIN_SEGMENT_SIZE};
 use common::protocol::{BodyLen, Doorbell, RequestHead, ResponseHead, DOORBELL_LEN};
 use common::request::{parse_head, ClientBody, Limits, Parsed, MAX_REQUEST_LINE};
@@ -42,12 +43,13 @@ pub fn request_head(data: &[u8]) {
             );
             return;
         }
-        Parsed::Error(code, why) => {
+        Parsed::Error(why) => {
+            let code = why.status();
             assert!(
                 matches!(code, 400 | 414 | 431),
                 "unexpected error status {code} ({why})"
             );
-            assert!(!why.is_empty());
+            assert!(!why.message().is_empty());
             return;
         }
     };
@@ -330,7 +332,7 @@ pub fn stream_heads(data: &[u8]) {
         let s = ResponseHead {
             status: 100 + u16::from(data[1]) * 3,
             body,
-            outcome: data[2],
+            outcome: CacheOutcome::ALL[usize::from(data[2]) % CacheOutcome::ALL.len()],
             l1_ttl_ms: u32::from(data[3]) << 8,
             upstream_status: u16::from(data[4]),
             site: u16::from(data[5]) << 8 | u16::from(data[3]),
@@ -426,10 +428,8 @@ pub fn pool_layout(data: &[u8]) {
     }
 }
 
-/// `cached`'s caching rules, compiled in from their source (a binary crate has no library to
-/// depend on); they only need `common::http`.
-#[path = "../cached/src/policy.rs"]
-mod policy;
+/// The caching rules both daemons use.
+use common::cache_policy as policy;
 
 /// Latest instant an accepted HTTP date may name: 9999-12-31 23:59:60 (10000-01-01 00:00:00).
 const YEAR_10000: u64 = 253_402_300_800;
@@ -461,7 +461,7 @@ fn date_oracle(v: &str) {
 /// format), then header lines `name: value` — request headers, then after a line `--` the
 /// response headers.
 pub fn policy(data: &[u8]) {
-    use common::http::{http_date, parse_http_date, safe_path_segments, tokens};
+    use common::http::{http_date, parse_http_date, safe_path_segments, tokens, Headers};
     use policy::*;
     use std::time::{Duration, UNIX_EPOCH};
 

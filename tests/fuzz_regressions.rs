@@ -98,7 +98,7 @@ fn oracles_reject_what_they_should() {
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n";
     assert!(matches!(
         common::request::parse_head(&checks::LIMITS, smuggle),
-        common::request::Parsed::Error(400, _)
+        common::request::Parsed::Error(common::request::RejectReason::LengthAndChunked)
     ));
     // A corrupted doorbell is refused.
     let mut d = common::protocol::Doorbell {

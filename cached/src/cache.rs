@@ -1,14 +1,17 @@
-//! The L2 cache as HTTP sees it: the LRU plus `Vary` bookkeeping (several variants of one
-//! URL side by side, all dropped together by PURGE or invalidation) plus the table of fills
-//! in progress that collapses concurrent misses of one key into one upstream fetch.
+//! The L2 cache as HTTP sees it: a byte-bounded LRU (`common::lru`) of stored answers, plus
+//! `Vary` bookkeeping (several variants of one URL side by side, all dropped together by
+//! PURGE or invalidation), plus the table of fills in progress that collapses concurrent
+//! misses of one key into one upstream fetch.
 //!
 //! A fill streams: its leader appends body bytes as they come from the origin, and every
 //! waiter copies them on to its own segment as they arrive, so all clients get bytes while
 //! the origin is still sending. The waiting list is bounded in length (`max_waiters`) and
 //! in time (a waiter gives up after the upstream read timeout without progress).
 
-use crate::lru::{Lru, Stored};
-use crate::policy::{self, Headers};
+use crate::stored::Stored;
+use common::cache_policy as policy;
+use common::http::Headers;
+use common::lru::Lru;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,7 +23,7 @@ pub struct Cache {
 }
 
 struct Inner {
-    lru: Lru,
+    lru: Lru<Arc<Stored>>,
     /// Primary key → the request headers its answers vary on (latest seen).
     vary: HashMap<String, Vec<String>>,
     /// Primary key → every full key stored under it.
@@ -61,7 +64,7 @@ impl Cache {
     }
 
     pub fn get(&self, full_key: &str) -> Option<Arc<Stored>> {
-        lock(&self.inner).lru.get(full_key)
+        lock(&self.inner).lru.get(full_key).cloned()
     }
 
     /// Stores an answer; its `Vary` decides the secondary key. Returns evictions.
@@ -83,7 +86,8 @@ impl Cache {
             .entry(primary.to_string())
             .or_default()
             .insert(key.clone());
-        let evicted = inner.lru.insert(key, obj).unwrap_or(0);
+        let cost = obj.cost(&key);
+        let evicted = inner.lru.insert(key, obj, cost).unwrap_or(0);
         // Forget bookkeeping for keys the LRU evicted (bounded clean-up of this primary only).
         let Inner { lru, variants, .. } = &mut *inner;
         if let Some(set) = variants.get_mut(primary) {
@@ -99,9 +103,9 @@ impl Cache {
         inner.vary.remove(primary);
         let mut any = false;
         for k in keys {
-            any |= inner.lru.remove(&k);
+            any |= inner.lru.remove(&k).is_some();
         }
-        any | inner.lru.remove(primary)
+        any | inner.lru.remove(primary).is_some()
     }
 
     /// (objects, bytes) stored.
@@ -405,7 +409,7 @@ impl Drop for FillLead<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lru::Validity;
+    use crate::stored::Validity;
     use common::protocol::BodyLen;
     use std::time::SystemTime;
 
@@ -456,6 +460,17 @@ mod tests {
         assert!(c.remove_all("/a"));
         assert!(c.get(&c.full_key("/a", &en)).is_none());
         assert!(!c.remove_all("/a"));
+    }
+
+    #[test]
+    fn an_evicted_answer_lives_on_under_its_reader() {
+        let c = Cache::new(1500, 10);
+        c.insert("a", &[], obj(&[], &[0; 1000]));
+        let held = c.get("a").unwrap();
+        assert_eq!(c.insert("b", &[], obj(&[], &[0; 1000])), 1);
+        assert!(c.get("a").is_none());
+        assert_eq!(held.body.len(), 1000);
+        assert_eq!(c.usage().0, 1);
     }
 
     #[test]

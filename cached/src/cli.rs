@@ -20,7 +20,7 @@ Options (each is also a key in the config file; flags win):
                           default [[site]] (the one without hosts) or adds a default site
   --tls-ca-file FILE      PEM file of extra CA certificates for https:// servers
                           (added to the system's trust store)
-  --threads N             receiver threads                           [256]
+  --threads N             worker threads (one transfer each)         [256]
   --capacity SIZE         LRU capacity                               [256MiB]
   --max-object-size SIZE  larger objects stream through unstored     [8MiB]
   --set-cookie POLICY     storable answers with Set-Cookie: pass | store | strip [pass]
@@ -100,7 +100,7 @@ pub fn parse() -> anyhow::Result<Option<(CachedConfig, Source)>> {
 /// document root (disk mode) or the sites' TLS trust store (origin mode).
 fn check(cfg: &CachedConfig) -> anyhow::Result<()> {
     if cfg.sites.is_empty() {
-        crate::receiver::document_root(cfg)?;
+        crate::source::disk::document_root(cfg)?;
     } else {
         crate::upstream::Upstreams::check(cfg)?;
     }

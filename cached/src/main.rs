@@ -1,15 +1,26 @@
-//! `cached`: owns the L2 LRU and the request queue; answers the proxy's doorbells from a
-//! document root (disk) or an origin URL, streaming each answer through the segment.
+//! `cached`: owns the L2 cache and the request queue; answers the proxy's doorbells from a
+//! document root (disk) or the sites' origin servers, streaming each answer through the
+//! segment. The request path reads top to bottom: `receiver` (threads, doorbells) →
+//! `serve` (one request) → `phase` (its cache phase) → `revalidate`, `fill`, `store`,
+//! `answer` (carrying it out) → `source`, `upstream` (fetching). They all share `ctx`;
+//! none calls back up.
 #![forbid(unsafe_code)]
 
+mod answer;
 mod cache;
 mod cli;
-mod lru;
-mod policy;
+mod ctx;
+mod error;
+mod fill;
+mod phase;
 mod receiver;
 mod refresh;
 mod respond;
+mod revalidate;
+mod serve;
 mod source;
+mod store;
+mod stored;
 mod upstream;
 
 use std::process::ExitCode;

@@ -1,19 +1,25 @@
-//! The daemon's frame: announces itself (stats region), creates the doorbell queue, runs
-//! the receiver threads (`cd-recvN`), and stops cleanly on SIGTERM/SIGINT/SIGQUIT, unlinking
-//! what it created. The signal handlers (`common::signals`) are installed before any IPC
-//! object exists; a `cd-signal` thread answers the others: SIGHUP re-reads the configuration
-//! and logs what changed (every key needs a restart), SIGUSR1 is logged (no log file to
-//! reopen), the rest are logged and ignored. A receiver takes a doorbell, validates it, joins the named segment and serves
-//! the request in it from start to end.
+//! The daemon's frame: announces itself (stats region), creates the doorbell queue, starts
+//! the threads, and stops cleanly on SIGTERM/SIGINT/SIGQUIT, unlinking what it created.
+//! The signal handlers (`common::signals`) are installed before any IPC object exists.
+//!
+//! Threads: two receivers (`cd-recv0`, the main thread, and `cd-recv1`) take doorbells off
+//! the queue and hand each to an idle worker (`cd-workN`, `cached.threads` of them), which
+//! validates it, joins the named segment and serves the request in it from start to end
+//! (`serve`); `cd-refreshN` run the queued background refreshes (`revalidate`); one
+//! `cd-health` per origin server checks it (`upstream::health`); `cd-signal` answers the
+//! other signals: SIGHUP re-reads the configuration and logs what changed (every key needs
+//! a restart), SIGUSR1 is logged (no log file to reopen), the rest are logged and ignored.
 
-use crate::cache::Cache;
 use crate::cli::Source;
-use crate::source;
+use crate::ctx::Ctx;
+use crate::refresh;
+use crate::revalidate;
+use crate::serve;
+use crate::source::disk;
 use crate::upstream::{self, Upstreams};
 use anyhow::Context as _;
 use common::config::CachedConfig;
 use common::mq::Doorbells;
-use common::pool::Pool;
 use common::protocol::{Doorbell, Kind, MSG_SIZE};
 use common::signals::Signals;
 use common::stats::{Counters, StatsRegion};
@@ -21,74 +27,9 @@ use common::supervise::{contain, supervised};
 use common::Names;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-
-/// Pools kept mapped (the current one and those of masters still draining).
-const KEEP_POOLS: usize = 4;
-
-/// Everything the receiver threads share.
-pub struct Ctx {
-    pub cfg: CachedConfig,
-    pub names: Names,
-    pub stats: Arc<StatsRegion>,
-    pub cache: Cache,
-    /// Canonical document root (disk mode).
-    pub root: PathBuf,
-    /// The sites' origin servers (origin mode).
-    pub upstreams: Option<Arc<Upstreams>>,
-    /// Background refreshes of stale answers.
-    pub refreshes: crate::refresh::Refreshes,
-    /// Mapped pools, newest first.
-    pools: Mutex<Vec<Arc<Pool>>>,
-}
-
-impl Ctx {
-    pub fn counters(&self) -> &Counters {
-        self.stats.slot(0)
-    }
-
-    /// A stored object was purged or invalidated: every worker drops its L1.
-    pub fn invalidated(&self) {
-        for p in self.pools.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            p.bump_invalidations();
-        }
-    }
-
-    /// The pool the doorbell refers to, mapped on first use. A few recent pools stay mapped,
-    /// so the draining workers of a master that handed over (upgrade) still get answers.
-    fn pool_for(&self, bell: &Doorbell) -> Option<Arc<Pool>> {
-        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = pools.iter().find(|p| p.id() == bell.pool_id) {
-            return Some(p.clone());
-        }
-        match Pool::open(&self.names) {
-            Ok(p) if p.id() == bell.pool_id => {
-                log::info!(
-                    "mapped segment pool {} ({} × {} bytes)",
-                    self.names.pool,
-                    p.segments(),
-                    p.segment_size()
-                );
-                let p = Arc::new(p);
-                pools.insert(0, p.clone());
-                pools.truncate(KEEP_POOLS);
-                Some(p)
-            }
-            Ok(_) => None,
-            Err(e) => {
-                log::warn!("cannot map the segment pool: {e}");
-                None
-            }
-        }
-    }
-}
-
-/// The canonical document root (disk mode), or why it cannot be served.
-pub fn document_root(cfg: &CachedConfig) -> anyhow::Result<PathBuf> {
-    std::fs::canonicalize(&cfg.root)
-        .with_context(|| format!("document root {}", cfg.root.display()))
-}
 
 pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
     // First: from here on a signal is a flag, never a death that leaves objects behind.
@@ -96,7 +37,7 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
     let shutdown = signals.stop.clone();
     let names = Names::for_instance(&cfg.instance);
     let root = if cfg.sites.is_empty() {
-        document_root(&cfg)?
+        disk::document_root(&cfg)?
     } else {
         PathBuf::new()
     };
@@ -134,17 +75,8 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
         .as_ref()
         .map(|u| upstream::health::start(u, &shutdown))
         .unwrap_or_default();
-    let ctx = Arc::new(Ctx {
-        cache: Cache::new(cfg.capacity, cfg.max_waiters),
-        names,
-        stats,
-        root,
-        upstreams,
-        refreshes: Default::default(),
-        pools: Mutex::new(Vec::new()),
-        cfg,
-    });
-    let refreshers = crate::refresh::start(&ctx, &shutdown)?;
+    let ctx = Arc::new(Ctx::new(cfg, names, stats, root, upstreams));
+    let refreshers = start_refreshers(&ctx, &shutdown)?;
     let queue = Arc::new(queue);
     // Two threads wait on the queue and hand each doorbell to an idle worker thread: a
     // doorbell wakes one worker, not every thread of the pool polling the queue.
@@ -154,24 +86,15 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
     // segment); a panic anywhere else in a thread's loop starts the loop again.
     let workers: Vec<_> = (0..ctx.cfg.threads)
         .map(|i| {
-            let (ctx, rx) = (ctx.clone(), rx.clone());
-            let name = format!("cd-work{i}");
-            std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    supervised(
-                        &name,
-                        || Counters::inc(&ctx.counters().threads_restarted),
-                        || {
-                            while let Ok(bell) = rx.recv() {
-                                if contain("a request", || handle(&ctx, bell)).is_none() {
-                                    Counters::inc(&ctx.counters().request_panics);
-                                    Counters::inc(&ctx.counters().transfers_aborted);
-                                }
-                            }
-                        },
-                    )
-                })
+            let rx = rx.clone();
+            spawn(&ctx, format!("cd-work{i}"), move |ctx| {
+                while let Ok(bell) = rx.recv() {
+                    if contain("a request", || handle(ctx, bell)).is_none() {
+                        Counters::inc(&ctx.counters().request_panics);
+                        Counters::inc(&ctx.counters().transfers_aborted);
+                    }
+                }
+            })
         })
         .collect::<Result<_, _>>()?;
     drop(rx);
@@ -199,6 +122,46 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
     }
     log::info!("stopped");
     Ok(())
+}
+
+/// Starts thread `name` running `body`, supervised: a panic in `body` counts a restart
+/// and runs it again.
+fn spawn(
+    ctx: &Arc<Ctx>,
+    name: String,
+    mut body: impl FnMut(&Ctx) + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let ctx = Arc::clone(ctx);
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            supervised(
+                &name,
+                || Counters::inc(&ctx.counters().threads_restarted),
+                || body(&ctx),
+            )
+        })
+}
+
+/// Starts the `cd-refresh` threads, which run the queued background refreshes until
+/// `stop` is set.
+fn start_refreshers(
+    ctx: &Arc<Ctx>,
+    stop: &Arc<AtomicBool>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    (0..refresh::THREADS)
+        .map(|i| {
+            let stop = Arc::clone(stop);
+            spawn(ctx, format!("cd-refresh{i}"), move |ctx| {
+                while !stop.load(Ordering::Relaxed) {
+                    // The key is released when `_taken` drops, a panic included.
+                    if let Some((job, _taken)) = ctx.refreshes.next(Duration::from_millis(200)) {
+                        revalidate::in_background(ctx, &job);
+                    }
+                }
+            })
+        })
+        .collect()
 }
 
 /// The `cd-signal` thread: answers SIGHUP, SIGUSR1 and the ignored signals within 100 ms,
@@ -356,8 +319,8 @@ fn handle(ctx: &Ctx, bell: Doorbell) {
     };
     lease.set_timeout(ctx.cfg.read_timeout.max(Duration::from_secs(5)));
     let result = match bell.kind {
-        Kind::Request => source::serve(ctx, &mut lease),
-        Kind::Purge => source::purge(ctx, &mut lease),
+        Kind::Request => serve::serve(ctx, &mut lease),
+        Kind::Purge => serve::purge(ctx, &mut lease),
     };
     match result {
         Ok(()) => lease.complete(),

@@ -1,19 +1,16 @@
-//! Background refreshes of stale stored answers (stale-while-revalidate, RFC 5861 §3):
-//! the request that finds the answer stale gets it at once, and one refresh per key runs
-//! on a small pool of `cd-refresh` threads. A bounded queue: when it is full the request
-//! revalidates in the foreground instead, so a burst of stale keys never piles up threads.
+//! The queue of background refreshes of stale stored answers (stale-while-revalidate,
+//! RFC 5861 §3): the request that finds an answer stale gets it at once (`phase` queues the
+//! refresh), and one refresh per key runs on the `cd-refresh` threads the receiver starts
+//! (`revalidate::in_background` carries it out). The queue is bounded: when it is full the
+//! request revalidates in the foreground instead, so a burst of stale keys never piles up.
 
-use crate::lru::Stored;
-use crate::receiver::Ctx;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Mutex;
 use std::time::Duration;
 
-/// Refresh threads.
-const THREADS: usize = 4;
+/// Threads that run refreshes.
+pub const THREADS: usize = 4;
 /// Refreshes waiting for a thread, at most.
 const QUEUE: usize = 256;
 
@@ -26,7 +23,6 @@ pub struct Refresh {
     /// Primary cache key (where the answer is stored) and full key (the variant).
     pub primary: String,
     pub key: String,
-    pub obj: Arc<Stored>,
 }
 
 /// The queue and the keys whose refresh is queued or running.
@@ -66,46 +62,30 @@ impl Refreshes {
         }
     }
 
-    fn done(&self, key: &str) {
-        self.running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+    /// The next refresh to run, waiting at most `wait`. Its key stays taken until the
+    /// returned guard drops (whatever happens to the refresh, a panic included).
+    pub fn next(&self, wait: Duration) -> Option<(Refresh, Taken<'_>)> {
+        let job = self.rx.recv_timeout(wait).ok()?;
+        let taken = Taken {
+            queue: self,
+            key: job.key.clone(),
+        };
+        Some((job, taken))
     }
 }
 
-/// Starts the refresh threads; they stop soon after `stop` is set.
-pub fn start(ctx: &Arc<Ctx>, stop: &Arc<AtomicBool>) -> std::io::Result<Vec<JoinHandle<()>>> {
-    (0..THREADS)
-        .map(|i| {
-            let (ctx, stop) = (Arc::clone(ctx), Arc::clone(stop));
-            let name = format!("cd-refresh{i}");
-            std::thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || {
-                    common::supervise::supervised(
-                        &name,
-                        || common::stats::Counters::inc(&ctx.counters().threads_restarted),
-                        || run(&ctx, &stop),
-                    )
-                })
-        })
-        .collect()
+/// A running refresh's hold on its key; dropping it lets the key be refreshed again.
+pub struct Taken<'q> {
+    queue: &'q Refreshes,
+    key: String,
 }
 
-fn run(ctx: &Ctx, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(job) = ctx.refreshes.rx.recv_timeout(Duration::from_millis(200)) else {
-            continue;
-        };
-        // The key is released whatever happens, a panic included.
-        struct Release<'a>(&'a Refreshes, &'a str);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.done(self.1);
-            }
-        }
-        let _release = Release(&ctx.refreshes, &job.key);
-        crate::source::origin::refresh(ctx, &job);
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        self.queue
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
     }
 }

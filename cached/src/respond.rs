@@ -1,12 +1,15 @@
-//! Writing answers into a segment: the response head, then the body, then LAST.
+//! Writing answers into a segment: the response head, then the body, then LAST; and the
+//! one writer of error answers (a source's failures through [`SourceError::answer`]).
 
+use crate::error::SourceError;
 use common::http::CacheOutcome;
 use common::pool::Lease;
 use common::protocol::{BodyLen, ResponseHead};
+use common::stats::Counters;
 pub use common::stats::NO_SITE;
 use std::io::{self, Read, Write};
 
-pub type Headers = Vec<(String, Vec<u8>)>;
+use common::http::Headers;
 
 /// What the worker is told besides status and headers.
 #[derive(Clone, Copy, Debug)]
@@ -42,7 +45,7 @@ pub fn head(
     let h = ResponseHead {
         status,
         body,
-        outcome: meta.outcome as u8,
+        outcome: meta.outcome,
         l1_ttl_ms: meta.l1_ttl_ms,
         upstream_status: meta.upstream_status,
         site: meta.site,
@@ -114,6 +117,19 @@ pub fn error_for(
         ..Meta::of(CacheOutcome::Error)
     };
     full_meta(lease, status, meta, headers, body.as_bytes(), head_only)
+}
+
+/// A source's failure on behalf of site row `site`: [`SourceError::answer`] counts it and
+/// gives the status and the text.
+pub fn failure(
+    lease: &mut Lease,
+    counters: &Counters,
+    site: u16,
+    e: &SourceError,
+    head_only: bool,
+) -> io::Result<()> {
+    let (status, text) = e.answer(counters);
+    error_for(lease, site, status, text, head_only)
 }
 
 /// Reads and discards the rest of the request stream (the protocol requires draining it

@@ -169,7 +169,7 @@ fn cached_side(names: &Names, object: usize, parent: Pid) -> i32 {
         let head = ResponseHead {
             status: 200,
             body: BodyLen::Exact(payload.len() as u64),
-            outcome: 1,
+            outcome: common::http::CacheOutcome::Hit,
             l1_ttl_ms: 0,
             upstream_status: 0,
             site: common::stats::NO_SITE,

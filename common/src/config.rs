@@ -29,53 +29,34 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// An address range (`127.0.0.0/8`, `::1`, `10.1.2.3`), for access lists.
+/// An address range (`127.0.0.0/8`, `::1`, `10.1.2.3`), for access lists: an
+/// [`ipnet::IpNet`], a bare address being its own `/32` or `/128`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IpNet {
-    pub addr: std::net::IpAddr,
-    pub prefix: u8,
-}
+pub struct IpNet(pub ipnet::IpNet);
 
 impl IpNet {
     pub fn parse(s: &str) -> Result<IpNet, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
+        if let Ok(addr) = s.parse::<std::net::IpAddr>() {
+            return Ok(IpNet(addr.into()));
+        }
+        let Some((a, _)) = s.split_once('/') else {
+            return Err(format!("not an address or CIDR range: {s:?}"));
         };
-        let addr: std::net::IpAddr = a
-            .parse()
-            .map_err(|_| format!("not an address or CIDR range: {s:?}"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            None => max,
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("bad prefix length in {s:?}"))?,
-        };
-        Ok(IpNet { addr, prefix })
+        if a.parse::<std::net::IpAddr>().is_err() {
+            return Err(format!("not an address or CIDR range: {s:?}"));
+        }
+        s.parse::<ipnet::IpNet>()
+            .map(IpNet)
+            .map_err(|_| format!("bad prefix length in {s:?}"))
     }
 
     /// Whether `ip` lies in the range (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr;
         let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
             v4 => v4,
         };
-        let bits = |a: IpAddr| -> (u128, u32) {
-            match a {
-                IpAddr::V4(v) => (u128::from(u32::from(v)), 32),
-                IpAddr::V6(v) => (u128::from(v), 128),
-            }
-        };
-        let ((net, w1), (x, w2)) = (bits(self.addr), bits(ip));
-        if w1 != w2 {
-            return false;
-        }
-        let shift = w1 - u32::from(self.prefix);
-        shift >= w1 || (net >> shift) == (x >> shift)
+        self.0.contains(&ip)
     }
 }
 
@@ -176,7 +157,7 @@ pub struct CachedConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// The sites' host patterns, indexed.
     routes: Routes,
-    /// Receiver threads (each serves one transfer at a time).
+    /// Worker threads of cached (each serves one transfer at a time).
     pub threads: u32,
     /// Bytes of the L2 cache.
     pub capacity: u64,
@@ -1802,6 +1783,20 @@ mod tests {
         assert!(!p.stats_allow.iter().any(|n| n.contains(lo("127.0.0.1"))));
         let all = IpNet::parse("0.0.0.0/0").unwrap();
         assert!(all.contains(lo("8.8.8.8")) && !all.contains(lo("2001:db8::1")));
+        // Host bits beside a prefix are allowed; the range is the network's.
+        assert!(IpNet::parse("10.1.2.3/8").unwrap().contains(lo("10.9.9.9")));
+        let v6 = IpNet::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains(lo("2001:db8:ffff::1")) && !v6.contains(lo("2001:db9::1")));
+        assert!(!v6.contains(lo("10.0.0.1")));
+        for (bad, why) in [
+            ("x/8", "not an address"),
+            ("10.0.0.0/", "bad prefix length"),
+            ("::/129", "bad prefix length"),
+            ("10.0.0.0/8/8", "bad prefix length"),
+        ] {
+            let e = IpNet::parse(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
         let e = ProxyConfig::load(None, &flags(&[("proxy.stats_allow", "10.0.0.0/33")]))
             .unwrap_err()
             .to_string();

@@ -1,5 +1,9 @@
-//! Passing accepted connections from the master to a worker: `SCM_RIGHTS` over a
-//! `SOCK_SEQPACKET` socketpair (one message = one fd, never merged or split).
+//! Descriptors between processes and the socket calls around them: accepted connections
+//! from the master to a worker as `SCM_RIGHTS` over a `SOCK_SEQPACKET` socketpair (a message
+//! carries up to [`MAX_FDS`] of them and is never merged with another or split), the
+//! listening sockets handed from a running master to its successor (zero-downtime upgrade),
+//! `accept4` of a non-blocking connection, and how much of an answer a client has not yet
+//! acknowledged (`SIOCOUTQ`).
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,

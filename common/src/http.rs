@@ -1,6 +1,7 @@
-//! HTTP helpers both daemons need: hop-by-hop headers, reason phrases, dates (all three
-//! HTTP-date forms parsed, IMF-fixdate written),
-//! content types, the cache outcome shown in `X-Cache`, and safe path decoding.
+//! HTTP helpers both daemons need: the one header lookup, hop-by-hop headers, reason phrases
+//! (`http` crate), dates (all three HTTP-date forms parsed and IMF-fixdate written, through
+//! `httpdate`), content types (`mime_guess`), the cache outcome shown in `X-Cache`, and safe
+//! path decoding (`percent-encoding`, with the checks that keep a path under the document root).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,18 @@ pub const CONDITIONAL: &[&str] = &[
     "if-unmodified-since",
     "if-range",
 ];
+
+/// A header list as the protocol heads carry it: names as received, raw values, in order.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// The first value of field `name` in a header list (names compare ASCII
+/// case-insensitively, RFC 9110 §5.1).
+pub fn header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_slice())
+}
 
 /// True if `name` is hop-by-hop, or listed in the message's `Connection` header values.
 pub fn is_hop_by_hop(name: &str, connection_tokens: &[String]) -> bool {
@@ -57,44 +70,78 @@ pub fn trim_ows(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// How a response was produced; the value of `X-Cache` and of the access log's cache field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum CacheOutcome {
-    /// Answered from a stored object.
-    Hit = 1,
-    /// Fetched from the source, and stored if it could be.
-    Miss = 2,
-    /// Not cacheable by method or request: passed through.
-    Pass = 3,
-    /// Served stale (origin unreachable and staleness allowed).
-    Stale = 4,
-    /// Stored object revalidated with the origin (304).
-    Revalidated = 5,
-    /// Error produced by shmproxy itself (no source answer).
-    Error = 6,
-    /// Internal endpoint of the proxy.
-    Internal = 7,
-    /// Joined another request's fill in progress (request collapsing).
-    Collapsed = 8,
+/// The one list of cache outcomes, handed to the macro `$m` (with its own arguments after
+/// the list): variant, value on the wire ([`crate::protocol::ResponseHead`]), name (`X-Cache`,
+/// the access log, the `outcome` label of `responses_by_outcome`) and its stats counter.
+/// From it come [`CacheOutcome`] itself and the `outcome_*` fields of the stats slots; the
+/// order is the counters' order. A wire value is never reused for another outcome.
+macro_rules! with_cache_outcomes {
+    ($m:ident ! { $($args:tt)* }) => {
+        $m! {
+            [
+                /// Answered from a stored object.
+                Hit = 1, "HIT", outcome_hit;
+                /// Fetched from the source, and stored if it could be.
+                Miss = 2, "MISS", outcome_miss;
+                /// Not cacheable by method or request: passed through.
+                Pass = 3, "PASS", outcome_pass;
+                /// Served stale (origin unreachable and staleness allowed).
+                Stale = 4, "STALE", outcome_stale;
+                /// Stored object revalidated with the origin (304).
+                Revalidated = 5, "REVALIDATED", outcome_revalidated;
+                /// Joined another request's fill in progress (request collapsing).
+                Collapsed = 8, "COLLAPSED", outcome_collapsed;
+                /// Error produced by shmproxy itself (no source answer).
+                Error = 6, "ERROR", outcome_error;
+                /// Internal endpoint of the proxy.
+                Internal = 7, "INTERNAL", outcome_internal;
+            ]
+            $($args)*
+        }
+    };
+}
+pub(crate) use with_cache_outcomes;
+
+macro_rules! cache_outcome_enum {
+    ([ $( $(#[$doc:meta])* $variant:ident = $wire:literal, $name:literal, $counter:ident; )* ]) => {
+        /// How a response was produced; the value of `X-Cache` and of the access log's cache
+        /// field.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[repr(u8)]
+        pub enum CacheOutcome {
+            $( $(#[$doc])* $variant = $wire, )*
+        }
+
+        impl CacheOutcome {
+            /// Every outcome, in the counters' order.
+            pub const ALL: &[CacheOutcome] = &[ $( CacheOutcome::$variant ),* ];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $( CacheOutcome::$variant => $name, )*
+                }
+            }
+
+            /// The outcome a wire value stands for (`None` for a value no outcome has).
+            pub const fn from_wire(v: u8) -> Option<CacheOutcome> {
+                match v {
+                    $( $wire => Some(CacheOutcome::$variant), )*
+                    _ => None,
+                }
+            }
+
+            pub const fn wire(self) -> u8 {
+                self as u8
+            }
+        }
+    };
 }
 
-impl CacheOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheOutcome::Hit => "HIT",
-            CacheOutcome::Miss => "MISS",
-            CacheOutcome::Pass => "PASS",
-            CacheOutcome::Stale => "STALE",
-            CacheOutcome::Revalidated => "REVALIDATED",
-            CacheOutcome::Error => "ERROR",
-            CacheOutcome::Internal => "INTERNAL",
-            CacheOutcome::Collapsed => "COLLAPSED",
-        }
-    }
+with_cache_outcomes!(cache_outcome_enum! {});
 
-    /// The `Cache-Status` member (RFC 9211) of the cache `name` for an answer with this
-    /// outcome: `method` of the request, `fwd_status` the origin's status when the origin took part (0: it did not),
+impl CacheOutcome {
+    /// The `Cache-Status` value (RFC 9211) of an answer with this outcome: `method` of the
+    /// request, `fwd_status` the origin's status when the origin took part (0: it did not),
     /// `ttl` the remaining freshness in seconds when known.
     pub fn cache_status(
         self,
@@ -139,70 +186,22 @@ impl CacheOutcome {
         }
         v
     }
-
-    pub fn from_u8(v: u8) -> Option<CacheOutcome> {
-        Some(match v {
-            1 => CacheOutcome::Hit,
-            2 => CacheOutcome::Miss,
-            3 => CacheOutcome::Pass,
-            4 => CacheOutcome::Stale,
-            5 => CacheOutcome::Revalidated,
-            6 => CacheOutcome::Error,
-            7 => CacheOutcome::Internal,
-            8 => CacheOutcome::Collapsed,
-            _ => return None,
-        })
-    }
 }
 
+/// The reason phrase of `status` (the `http` crate's table; "Unknown" for a code it lacks).
 pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        204 => "No Content",
-        206 => "Partial Content",
-        301 => "Moved Permanently",
-        302 => "Found",
-        303 => "See Other",
-        304 => "Not Modified",
-        307 => "Temporary Redirect",
-        308 => "Permanent Redirect",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        416 => "Range Not Satisfiable",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        505 => "HTTP Version Not Supported",
-        508 => "Loop Detected",
-        _ => "Unknown",
-    }
+    ::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Unknown")
 }
 
-/// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+/// Formats a time as an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) with `httpdate`; a
+/// time before 1970 is written as the epoch and one after [`MAX_YEAR`] as its last second
+/// (both only come from odd file times, and `httpdate` takes neither).
 pub fn http_date(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs();
-    let days = secs / 86_400;
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
-    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    let (y, mo, d) = civil_from_days(days as i64);
-    let month = MONTHS[mo as usize - 1];
-    format!("{weekday}, {d:02} {month} {y} {h:02}:{m:02}:{s:02} GMT")
+    let last = UNIX_EPOCH + Duration::from_secs(END_OF_MAX_YEAR - 1);
+    httpdate::fmt_http_date(t.clamp(UNIX_EPOCH, last))
 }
 
 /// Latest year a parsed date may name. RFC 9110 dates have four-digit years; anything
@@ -337,30 +336,17 @@ pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
-/// Content type by file extension.
-pub fn content_type(path: &str) -> &'static str {
-    let ext = path
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
-    match ext.as_str() {
-        "html" | "htm" => "text/html; charset=utf-8",
-        "css" => "text/css; charset=utf-8",
-        "js" | "mjs" => "text/javascript; charset=utf-8",
-        "json" => "application/json",
-        "txt" | "md" => "text/plain; charset=utf-8",
-        "xml" => "application/xml",
-        "svg" => "image/svg+xml",
-        "png" => "image/png",
-        "jpg" | "jpeg" => "image/jpeg",
-        "gif" => "image/gif",
-        "webp" => "image/webp",
-        "ico" => "image/x-icon",
-        "wasm" => "application/wasm",
-        "pdf" => "application/pdf",
-        "woff2" => "font/woff2",
-        "mp4" => "video/mp4",
-        _ => "application/octet-stream",
+/// Content type by file extension (`mime_guess`'s table), `application/octet-stream` when
+/// it has none. Text types, and JavaScript, say `charset=utf-8`: files are served as they
+/// are, and UTF-8 is what a document root is expected to hold.
+pub fn content_type(path: &str) -> String {
+    let media = mime_guess::from_path(path)
+        .first_raw()
+        .unwrap_or("application/octet-stream");
+    if media.starts_with("text/") || media == "application/javascript" {
+        format!("{media}; charset=utf-8")
+    } else {
+        media.to_string()
     }
 }
 
@@ -394,27 +380,37 @@ pub fn safe_path_segments(target: &str) -> Result<Vec<String>, PathError> {
     Ok(out)
 }
 
+/// Percent-decodes one segment (`percent-encoding`), refusing what that crate lets through:
+/// a `%` not followed by two hex digits, and bytes that are not UTF-8.
 fn percent_decode(s: &str) -> Result<String, PathError> {
     let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| PathError::BadEncoding)?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
+    let well_formed = b.iter().enumerate().all(|(i, &c)| {
+        c != b'%'
+            || b.get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return Err(PathError::BadEncoding);
     }
-    String::from_utf8(out).map_err(|_| PathError::BadEncoding)
+    percent_encoding::percent_decode(b)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| PathError::BadEncoding)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_finds_the_first_value_whatever_the_case() {
+        let h: Headers = vec![
+            ("Vary".into(), b"a".to_vec()),
+            ("vary".into(), b"b".to_vec()),
+        ];
+        assert_eq!(header(&h, "VARY"), Some(&b"a"[..]));
+        assert_eq!(header(&h, "etag"), None);
+    }
 
     #[test]
     fn cache_status_names_the_outcome_as_rfc_9211_does() {
@@ -481,6 +477,15 @@ mod tests {
         // Found by fuzzing: its leap second would format as the year 10000.
         assert_eq!(parse_http_date("Fri, 31 Dec 9999 23:59:60 GMT"), None);
         assert!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT") == Some(UNIX_EPOCH));
+        // Formatting never panics: odd file times are clamped to what the format holds.
+        assert_eq!(
+            http_date(UNIX_EPOCH - Duration::from_secs(1)),
+            "Thu, 01 Jan 1970 00:00:00 GMT"
+        );
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(END_OF_MAX_YEAR + 86_400)),
+            "Fri, 31 Dec 9999 23:59:59 GMT"
+        );
     }
 
     /// RFC 9110 §5.6.7: all three forms, names in any case (RFC 9111 §4.2), the day name
@@ -573,6 +578,36 @@ mod tests {
         assert_eq!(safe_path_segments("/a%2fb"), Err(PathError::Forbidden));
         assert_eq!(safe_path_segments("/a%00b"), Err(PathError::Forbidden));
         assert_eq!(safe_path_segments("/a%zz"), Err(PathError::BadEncoding));
+    }
+
+    #[test]
+    fn reasons_and_content_types() {
+        assert_eq!(reason(200), "OK");
+        assert_eq!(reason(431), "Request Header Fields Too Large");
+        assert_eq!(reason(421), "Misdirected Request");
+        assert_eq!(reason(508), "Loop Detected");
+        assert_eq!(reason(299), "Unknown");
+        assert_eq!(reason(1000), "Unknown");
+        assert_eq!(content_type("/a/b.HTML"), "text/html; charset=utf-8");
+        assert_eq!(content_type("x.css"), "text/css; charset=utf-8");
+        assert_eq!(content_type("x.js"), "text/javascript; charset=utf-8");
+        assert_eq!(content_type("x.txt"), "text/plain; charset=utf-8");
+        assert_eq!(content_type("x.json"), "application/json");
+        assert_eq!(content_type("x.png"), "image/png");
+        assert_eq!(content_type("x.svg"), "image/svg+xml");
+        assert_eq!(content_type("noext"), "application/octet-stream");
+        assert_eq!(content_type("x.unknownext"), "application/octet-stream");
+    }
+
+    #[test]
+    fn bad_percent_encodings_are_refused() {
+        assert_eq!(safe_path_segments("/a%4"), Err(PathError::BadEncoding));
+        assert_eq!(safe_path_segments("/a%"), Err(PathError::BadEncoding));
+        assert_eq!(safe_path_segments("/a%+1b"), Err(PathError::BadEncoding));
+        assert_eq!(safe_path_segments("/%ff"), Err(PathError::BadEncoding));
+        assert_eq!(safe_path_segments("/%C3%A9").unwrap(), vec!["é"]);
+        assert_eq!(safe_path_segments("/%2e").unwrap(), Vec::<String>::new());
+        assert_eq!(safe_path_segments("/a%5cb"), Err(PathError::Forbidden));
     }
 
     #[test]

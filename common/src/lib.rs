@@ -1,14 +1,21 @@
 //! Code shared by the `proxy` and `cached` daemons: configuration, IPC names, the wire
 //! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
-//! message queue, fd passing, the stats regions, process helpers and HTTP helpers.
+//! message queue, fd passing, the stats regions, the client request parser, HTTP helpers and
+//! the HTTP caching rules (`cache_policy`), a cost-bounded LRU, process helpers, signal
+//! dispositions, thread supervision, the logger and systemd readiness notifications.
 //!
-//! All `unsafe` code of the project lives here, in `shm`, `sem`, `pool` and `process`
-//! (and a `raise` in a test of `signals`).
+//! All `unsafe` code of the project lives here: blocks in `shm`, `sem`, `pool`, `process`,
+//! `fdpass` (taking ownership of received or accepted descriptors, an `ioctl`) and `mq` (its
+//! descriptor borrowed for `poll`); the marker `ShmSafe` (declared in `shm`) implemented for
+//! the shared-memory types of `shm`, `sem`, `pool` and `stats`; and a `raise` in a test of
+//! `signals`.
 
+pub mod cache_policy;
 pub mod config;
 pub mod fdpass;
 pub mod http;
 pub mod logger;
+pub mod lru;
 pub mod mq;
 pub mod names;
 pub mod node;

@@ -684,7 +684,15 @@ impl<'p> Lease<'p> {
             {
                 return self.check_state().map(|_| ());
             }
-            self.check()?;
+            if let Err(dead) = self.check() {
+                // A peer may post its last chunk between our timed-out slice and the check,
+                // then exit: what it posted before it died is still ours to take. Only a
+                // semaphore that is still empty once the peer is gone means the peer failed.
+                if sem.try_wait() {
+                    return self.check_state().map(|_| ());
+                }
+                return Err(dead);
+            }
             if left.is_zero() {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -890,6 +898,37 @@ impl Drop for Lease<'_> {
 mod tests {
     use super::*;
     use std::io::{Read, Write};
+
+    /// Both processes map these headers: a change here bumps `POOL_VERSION`.
+    #[test]
+    fn header_layout_is_pinned() {
+        use std::mem::offset_of;
+        assert_eq!(size_of::<SharedSem>(), 32);
+        assert_eq!(offset_of!(PoolHeader, region), 0);
+        assert_eq!(offset_of!(PoolHeader, pool_id), 32);
+        assert_eq!(offset_of!(PoolHeader, segments), 40);
+        assert_eq!(offset_of!(PoolHeader, slots), 44);
+        assert_eq!(offset_of!(PoolHeader, segment_size), 48);
+        assert_eq!(offset_of!(PoolHeader, data_offset), 56);
+        assert_eq!(offset_of!(PoolHeader, next_hint), 64);
+        assert_eq!(offset_of!(PoolHeader, invalidations), 72);
+        assert_eq!(offset_of!(PoolHeader, free), 80);
+        assert_eq!(size_of::<PoolHeader>(), 112);
+        assert_eq!(offset_of!(SegmentHeader, state), 0);
+        assert_eq!(offset_of!(SegmentHeader, request_id), 8);
+        assert_eq!(offset_of!(SegmentHeader, cached_pid), 16);
+        assert_eq!(offset_of!(SegmentHeader, cached_start), 24);
+        assert_eq!(offset_of!(SegmentHeader, acquired_ms), 32);
+        assert_eq!(offset_of!(SegmentHeader, free), 40);
+        assert_eq!(offset_of!(SegmentHeader, to_cached), 72);
+        assert_eq!(offset_of!(SegmentHeader, to_proxy), 104);
+        assert_eq!(offset_of!(SegmentHeader, slot_len), 136);
+        assert_eq!(offset_of!(SegmentHeader, slot_flags), 136 + 4 * MAX_SLOTS);
+        assert_eq!(offset_of!(SegmentHeader, slot_tag), 136 + 8 * MAX_SLOTS);
+        assert_eq!(size_of::<SegmentHeader>(), 136 + 12 * MAX_SLOTS);
+        assert_eq!(align_of::<PoolHeader>(), 8);
+        assert_eq!(align_of::<SegmentHeader>(), 8);
+    }
 
     fn names(tag: &str) -> Names {
         Names::for_instance(&format!("pt{}-{tag}", std::process::id()))

@@ -7,6 +7,7 @@
 //! Heads are length-prefixed (`u32`), so a reader knows how many bytes to collect across
 //! chunks before decoding; the body follows immediately.
 
+use crate::http::CacheOutcome;
 use std::io::{self, Read};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPX");
@@ -20,8 +21,13 @@ pub const MAX_HEAD: usize = 1 << 20;
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
     BadMagic(u32),
-    BadVersion { found: u16, expected: u16 },
+    BadVersion {
+        found: u16,
+        expected: u16,
+    },
     BadKind(u16),
+    /// A cache outcome value no [`CacheOutcome`] has.
+    BadOutcome(u8),
     Truncated,
     TooLong(usize),
     BadField(&'static str),
@@ -35,6 +41,7 @@ impl std::fmt::Display for DecodeError {
                 write!(f, "protocol version {found}, expected {expected}")
             }
             DecodeError::BadKind(k) => write!(f, "unknown message kind {k}"),
+            DecodeError::BadOutcome(o) => write!(f, "unknown cache outcome {o}"),
             DecodeError::Truncated => write!(f, "truncated message"),
             DecodeError::TooLong(n) => write!(f, "head of {n} bytes is too long"),
             DecodeError::BadField(what) => write!(f, "invalid {what}"),
@@ -135,8 +142,8 @@ pub struct RequestHead {
 pub struct ResponseHead {
     pub status: u16,
     pub body: BodyLen,
-    /// Cache outcome (see `http::CacheOutcome`), the value of `X-Cache`.
-    pub outcome: u8,
+    /// How cached produced the answer: the value of `X-Cache`.
+    pub outcome: CacheOutcome,
     /// How long a worker may answer this from its L1 (0: never). Set only for complete,
     /// shareable, fresh answers without `Vary`; the worker also drops its L1 whenever the
     /// pool's invalidation counter moves.
@@ -241,6 +248,10 @@ impl<'a> Dec<'a> {
             _ => Err(DecodeError::BadField("body framing")),
         }
     }
+    fn outcome(&mut self) -> Result<CacheOutcome, DecodeError> {
+        let v = self.u8()?;
+        CacheOutcome::from_wire(v).ok_or(DecodeError::BadOutcome(v))
+    }
     fn headers(&mut self) -> Result<Vec<(String, Vec<u8>)>, DecodeError> {
         let n = self.u32()? as usize;
         // Each header needs at least 8 bytes: bound the allocation by what is there.
@@ -342,7 +353,7 @@ impl ResponseHead {
         let mut e = Enc(Vec::with_capacity(256));
         e.u16(self.status);
         e.body(self.body);
-        e.u8(self.outcome);
+        e.u8(self.outcome.wire());
         e.u32(self.l1_ttl_ms);
         e.u16(self.upstream_status);
         e.u16(self.site);
@@ -359,7 +370,7 @@ impl ResponseHead {
         let head = ResponseHead {
             status,
             body: d.body()?,
-            outcome: d.u8()?,
+            outcome: d.outcome()?,
             l1_ttl_ms: d.u32()?,
             upstream_status: d.u16()?,
             site: d.u16()?,
@@ -451,7 +462,7 @@ mod tests {
         let resp = ResponseHead {
             status: 200,
             body: BodyLen::Unknown,
-            outcome: 2,
+            outcome: CacheOutcome::Miss,
             l1_ttl_ms: 5,
             upstream_status: 304,
             site: 0x0102,
@@ -466,6 +477,42 @@ mod tests {
         assert_eq!(ResponseHead::decode(&b), Ok(resp));
         for n in 0..b.len() {
             assert!(ResponseHead::decode(&b[..n]).is_err());
+        }
+    }
+
+    /// Every byte value of the outcome field: the outcomes' own values decode to them, any
+    /// other is refused.
+    #[test]
+    fn outcome_decode_is_checked_for_every_value() {
+        let mut head = ResponseHead {
+            status: 200,
+            body: BodyLen::None,
+            outcome: CacheOutcome::Hit,
+            l1_ttl_ms: 0,
+            upstream_status: 0,
+            site: 0,
+            headers: Vec::new(),
+        };
+        let mut seen = Vec::new();
+        for &o in CacheOutcome::ALL {
+            head.outcome = o;
+            assert_eq!(ResponseHead::decode(&head.encode()), Ok(head.clone()));
+            assert_eq!(CacheOutcome::from_wire(o.wire()), Some(o));
+            assert!(!seen.contains(&o.wire()), "wire value {} reused", o.wire());
+            seen.push(o.wire());
+        }
+        let mut b = head.encode();
+        // length (4), status (2), framing (9): then the outcome.
+        let at = 4 + 2 + 9;
+        for v in 0..=u8::MAX {
+            b[at] = v;
+            match ResponseHead::decode(&b) {
+                Ok(h) => assert!(seen.contains(&v) && h.outcome.wire() == v, "{v}"),
+                Err(e) => {
+                    assert!(!seen.contains(&v), "{v}");
+                    assert_eq!(e, DecodeError::BadOutcome(v));
+                }
+            }
         }
     }
 

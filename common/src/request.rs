@@ -6,7 +6,10 @@
 //! being used as an open proxy (absolute-form targets for other hosts). `Host` is validated
 //! (RFC 9112 §3.2) and normalised: it is part of the cache key. The chunked-body grammar
 //! (size lines, extensions, trailer fields) is here too, for the worker's body reader.
-//! Pure: bytes in, a [`Request`] or a status out. The proxy's workers call it; so do the fuzzers.
+//! Every refusal is a [`RejectReason`], whose [`RejectReason::verdict`] is the one place that
+//! gives it a status and a `rejected_requests` counter.
+//! Pure: bytes in, a [`Request`] or a [`RejectReason`] out. The proxy's workers call it; so
+//! do the fuzzers.
 
 use crate::protocol::BodyLen;
 use std::mem::MaybeUninit;
@@ -66,8 +69,147 @@ pub enum Parsed {
     Complete(Request, usize),
     /// Need more bytes.
     Partial,
-    /// Answer with this status and close.
-    Error(u16, &'static str),
+    /// Refused: answer with [`RejectReason::status`] and close.
+    Error(RejectReason),
+}
+
+/// The `rejected_requests` counter a refusal counts in (one per `reason` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectCounter {
+    /// 414: request line or target too long.
+    LineTooLong,
+    /// 431: head too large or too many header fields.
+    HeadTooLarge,
+    /// 400 on message framing: Content-Length/Transfer-Encoding conflicts (smuggling
+    /// defences), invalid Content-Length, unsupported Transfer-Encoding, malformed chunked body.
+    Framing,
+    /// 413: body larger than `max_body_bytes`.
+    BodyTooLarge,
+    /// Any other 400 (syntax, missing Host, control characters, not origin-form).
+    Malformed,
+}
+
+/// Every way a request is refused before it is forwarded: by the head parser
+/// ([`parse_head`]), by the worker's body reader, or because the head does not fit a segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RejectReason {
+    /// The request line is longer than [`MAX_REQUEST_LINE`].
+    LineTooLong,
+    /// The head is larger than `max_header_bytes`.
+    HeadTooLarge,
+    /// More header fields than `max_headers`.
+    TooManyHeaders,
+    /// Not an HTTP/1.x request head (`httparse` refused it).
+    Malformed,
+    /// A line ends in LF without CR.
+    BareLf,
+    /// A control byte other than HTAB in a field value (obs-fold included).
+    ControlInValue,
+    /// `Content_Length`, `Transfer_Encoding` or `Host` spelt with `_`.
+    UnderscoreFraming,
+    DuplicateHost,
+    /// HTTP/1.1 without `Host`.
+    MissingHost,
+    /// `Host` is not `uri-host [":" port]`.
+    InvalidHost,
+    /// The authority of an absolute-form target is not `uri-host [":" port]`.
+    InvalidAuthority,
+    /// An absolute-form target names another host than `Host` (not an open proxy).
+    ForeignAuthority,
+    /// Neither origin-form nor `OPTIONS *`.
+    TargetForm,
+    /// `Transfer-Encoding` in an HTTP/1.0 request (RFC 9112 §6.1).
+    ChunkedHttp10,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    LengthAndChunked,
+    /// A transfer coding other than exactly one `chunked`.
+    UnsupportedCoding,
+    DuplicateLength,
+    /// `Content-Length` that is not 1*DIGIT fitting a u64.
+    InvalidLength,
+    /// The body is larger than `max_body_bytes` (declared or read).
+    BodyTooLarge,
+    /// A chunked body that breaks the grammar (size line, trailer section).
+    MalformedBody,
+    /// The encoded head would not fit a segment, and the target is most of it.
+    TargetTooLongForSegment,
+    /// The encoded head would not fit a segment.
+    HeadTooLargeForSegment,
+}
+
+impl RejectReason {
+    /// The answer's status and the counter the refusal counts in: the one place both are
+    /// decided.
+    pub const fn verdict(self) -> (u16, RejectCounter) {
+        use RejectCounter as C;
+        use RejectReason as R;
+        match self {
+            R::LineTooLong | R::TargetTooLongForSegment => (414, C::LineTooLong),
+            R::HeadTooLarge | R::TooManyHeaders | R::HeadTooLargeForSegment => {
+                (431, C::HeadTooLarge)
+            }
+            R::BodyTooLarge => (413, C::BodyTooLarge),
+            R::ChunkedHttp10
+            | R::LengthAndChunked
+            | R::UnsupportedCoding
+            | R::DuplicateLength
+            | R::InvalidLength
+            | R::UnderscoreFraming
+            | R::MalformedBody => (400, C::Framing),
+            R::Malformed
+            | R::BareLf
+            | R::ControlInValue
+            | R::DuplicateHost
+            | R::MissingHost
+            | R::InvalidHost
+            | R::InvalidAuthority
+            | R::ForeignAuthority
+            | R::TargetForm => (400, C::Malformed),
+        }
+    }
+
+    pub const fn status(self) -> u16 {
+        self.verdict().0
+    }
+
+    /// The text of the answer's body (after the status and its reason phrase).
+    pub const fn message(self) -> &'static str {
+        use RejectReason as R;
+        match self {
+            R::LineTooLong => "request line too long",
+            R::HeadTooLarge => "request head too large",
+            R::TooManyHeaders => "too many header fields",
+            R::Malformed => "malformed request",
+            R::BareLf => "bare LF in the request head (CRLF required)",
+            R::ControlInValue => "control character in a header value",
+            R::UnderscoreFraming => {
+                "'_' in a framing header name (Content-Length, Transfer-Encoding, Host)"
+            }
+            R::DuplicateHost => "more than one Host header",
+            R::MissingHost => "HTTP/1.1 request without Host",
+            R::InvalidHost => "invalid Host (RFC 9112 §3.2)",
+            R::InvalidAuthority => "invalid authority in an absolute-form target",
+            R::ForeignAuthority => {
+                "absolute-form target for another host (this is not an open proxy)"
+            }
+            R::TargetForm => "unsupported request target form",
+            R::ChunkedHttp10 => "Transfer-Encoding in an HTTP/1.0 request",
+            R::LengthAndChunked => "both Content-Length and Transfer-Encoding",
+            R::UnsupportedCoding => "unsupported Transfer-Encoding (only a single chunked)",
+            R::DuplicateLength => "duplicate Content-Length",
+            R::InvalidLength => "invalid Content-Length",
+            R::BodyTooLarge => "request body too large",
+            R::MalformedBody => "malformed request body",
+            R::TargetTooLongForSegment => "request target too long for a segment",
+            R::HeadTooLargeForSegment => "request head too large for a segment",
+        }
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
 }
 
 /// Bare LF, or any control byte other than HTAB inside a field line.
@@ -185,12 +327,23 @@ pub fn normalize_host(v: &[u8], default_port: &str) -> Option<String> {
 /// A chunk-size line without its CRLF (RFC 9112 §7.1.1): `1*HEXDIG *( BWS ";" BWS name
 /// [ BWS "=" BWS ( token / quoted-string ) ] )`. The size, or `None` for anything else
 /// (bare CR, NUL, other control bytes, a size over 15 hex digits).
+///
+/// `httparse::parse_chunk_size` reads the size; the extensions, which it lets through
+/// whatever their bytes, are checked here against the grammar.
 pub fn chunk_size_line(line: &[u8]) -> Option<u64> {
+    const MAX_DIGITS: usize = 15;
     let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 15 {
+    if digits == 0 || digits > MAX_DIGITS {
         return None;
     }
-    let size = u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()?;
+    let mut size_line = [0u8; MAX_DIGITS + 2];
+    size_line[..digits].copy_from_slice(&line[..digits]);
+    size_line[digits..digits + 2].copy_from_slice(b"\r\n");
+    let Ok(httparse::Status::Complete((_, size))) =
+        httparse::parse_chunk_size(&size_line[..digits + 2])
+    else {
+        return None;
+    };
     let mut rest = &line[digits..];
     let ows = |r: &mut &[u8]| {
         while let [b' ' | b'\t', tail @ ..] = *r {
@@ -249,7 +402,7 @@ pub fn trailer_field_line(line: &[u8]) -> bool {
 pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
     let line_end = buf.iter().position(|&b| b == b'\n');
     if line_end.unwrap_or(buf.len()) > MAX_REQUEST_LINE {
-        return Parsed::Error(414, "request line too long");
+        return Parsed::Error(RejectReason::LineTooLong);
     }
     // Uninitialised header slots: no per-request memset of the whole array.
     let mut stack = [const { MaybeUninit::<httparse::Header>::uninit() }; 128];
@@ -265,21 +418,19 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => {
             return if buf.len() > limits.max_header_bytes {
-                Parsed::Error(431, "request head too large")
+                Parsed::Error(RejectReason::HeadTooLarge)
             } else {
                 Parsed::Partial
             };
         }
-        Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Error(431, "too many header fields")
-        }
-        Err(_) => return Parsed::Error(400, "malformed request"),
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Error(RejectReason::TooManyHeaders),
+        Err(_) => return Parsed::Error(RejectReason::Malformed),
     };
     if head_len > limits.max_header_bytes {
-        return Parsed::Error(431, "request head too large");
+        return Parsed::Error(RejectReason::HeadTooLarge);
     }
     if bad_line_endings(&buf[..head_len]) {
-        return Parsed::Error(400, "bare LF in the request head (CRLF required)");
+        return Parsed::Error(RejectReason::BareLf);
     }
     let method = req.method.unwrap_or_default().to_string();
     let mut target = req.path.unwrap_or_default().to_string();
@@ -293,13 +444,10 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
     for h in req.headers.iter() {
         let name = h.name;
         if bad_value(h.value) {
-            return Parsed::Error(400, "control character in a header value");
+            return Parsed::Error(RejectReason::ControlInValue);
         }
         if name.contains('_') && FRAMING.iter().any(|f| underscore_alias(name, f)) {
-            return Parsed::Error(
-                400,
-                "'_' in a framing header name (Content-Length, Transfer-Encoding, Host)",
-            );
+            return Parsed::Error(RejectReason::UnderscoreFraming);
         }
         if name.eq_ignore_ascii_case("connection") {
             connection.extend(crate::http::tokens(h.value));
@@ -316,15 +464,15 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
         }
     }
     if hosts > 1 {
-        return Parsed::Error(400, "more than one Host header");
+        return Parsed::Error(RejectReason::DuplicateHost);
     }
     if version == 11 && host.is_none() {
-        return Parsed::Error(400, "HTTP/1.1 request without Host");
+        return Parsed::Error(RejectReason::MissingHost);
     }
     let mut norm_host = match host {
         Some(h) => match normalize_host(h, "80") {
             Some(n) => n,
-            None => return Parsed::Error(400, "invalid Host (RFC 9112 §3.2)"),
+            None => return Parsed::Error(RejectReason::InvalidHost),
         },
         None => String::new(),
     };
@@ -341,13 +489,10 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
         let end = rest.find(['/', '?']).unwrap_or(rest.len());
         let (authority, path) = rest.split_at(end);
         let Some(auth) = normalize_host(authority.as_bytes(), "80") else {
-            return Parsed::Error(400, "invalid authority in an absolute-form target");
+            return Parsed::Error(RejectReason::InvalidAuthority);
         };
         if host.is_some() && auth != norm_host {
-            return Parsed::Error(
-                400,
-                "absolute-form target for another host (this is not an open proxy)",
-            );
+            return Parsed::Error(RejectReason::ForeignAuthority);
         }
         norm_host = auth;
         target = if path.is_empty() {
@@ -359,22 +504,18 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
         };
     }
     if !(target.starts_with('/') || (target == "*" && method == "OPTIONS")) {
-        return Parsed::Error(400, "unsupported request target form");
+        return Parsed::Error(RejectReason::TargetForm);
     }
     if te.is_some() && version == 10 {
         // RFC 9112 §6.1: faulty framing, whatever else the message says.
-        return Parsed::Error(400, "Transfer-Encoding in an HTTP/1.0 request");
+        return Parsed::Error(RejectReason::ChunkedHttp10);
     }
     let body = match (te, lengths.as_slice()) {
-        (Some(_), [_, ..]) => {
-            return Parsed::Error(400, "both Content-Length and Transfer-Encoding")
-        }
+        (Some(_), [_, ..]) => return Parsed::Error(RejectReason::LengthAndChunked),
         (Some(codings), []) if codings == ["chunked"] => ClientBody::Chunked,
-        (Some(_), []) => {
-            return Parsed::Error(400, "unsupported Transfer-Encoding (only a single chunked)")
-        }
+        (Some(_), []) => return Parsed::Error(RejectReason::UnsupportedCoding),
         (None, []) => ClientBody::None,
-        (None, [_, _, ..]) => return Parsed::Error(400, "duplicate Content-Length"),
+        (None, [_, _, ..]) => return Parsed::Error(RejectReason::DuplicateLength),
         (None, [one]) => {
             let s = std::str::from_utf8(one).unwrap_or("");
             match s.parse::<u64>() {
@@ -382,7 +523,7 @@ pub fn parse_head(limits: &Limits, buf: &[u8]) -> Parsed {
                 Ok(n) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
                     ClientBody::Length(n)
                 }
-                _ => return Parsed::Error(400, "invalid Content-Length"),
+                _ => return Parsed::Error(RejectReason::InvalidLength),
             }
         }
     };
@@ -442,7 +583,7 @@ mod tests {
 
     fn status(s: &str) -> u16 {
         match parse(s) {
-            Parsed::Error(code, _) => code,
+            Parsed::Error(why) => why.status(),
             Parsed::Complete(..) => 0,
             Parsed::Partial => 1,
         }
@@ -495,6 +636,46 @@ mod tests {
             status("GET / HTTP/1.1\r\nHost: x\r\nX: a\x7fb\r\n\r\n"),
             400
         );
+    }
+
+    fn reason(s: &str) -> Option<RejectReason> {
+        match parse(s) {
+            Parsed::Error(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Each refusal names its reason; the reason decides the status and the counter.
+    #[test]
+    fn refusals_are_typed() {
+        use RejectCounter as C;
+        use RejectReason as R;
+        for (req, why) in [
+            ("GET / HTTP/1.1\r\n\r\n", R::MissingHost),
+            ("GET / HTTP/1.1\nHost: x\n\n", R::BareLf),
+            ("GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", R::DuplicateHost),
+            ("GET / HTTP/1.1\r\nHost: a b\r\n\r\n", R::InvalidHost),
+            ("GET http://a b/ HTTP/1.1\r\nHost: x\r\n\r\n", R::Malformed),
+            ("GET http://a:x/ HTTP/1.1\r\nHost: x\r\n\r\n", R::InvalidAuthority),
+            ("GET http://y/ HTTP/1.1\r\nHost: x\r\n\r\n", R::ForeignAuthority),
+            ("GET x HTTP/1.1\r\nHost: x\r\n\r\n", R::TargetForm),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent_Length: 1\r\n\r\n", R::UnderscoreFraming),
+            ("GET / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", R::ChunkedHttp10),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", R::LengthAndChunked),
+            ("GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n", R::UnsupportedCoding),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", R::DuplicateLength),
+            ("GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", R::InvalidLength),
+        ] {
+            assert_eq!(reason(req), Some(why), "{req:?}");
+        }
+        assert_eq!(R::MissingHost.verdict(), (400, C::Malformed));
+        assert_eq!(R::LengthAndChunked.verdict(), (400, C::Framing));
+        assert_eq!(R::MalformedBody.verdict(), (400, C::Framing));
+        assert_eq!(R::TooManyHeaders.verdict(), (431, C::HeadTooLarge));
+        assert_eq!(R::HeadTooLargeForSegment.verdict(), (431, C::HeadTooLarge));
+        assert_eq!(R::TargetTooLongForSegment.verdict(), (414, C::LineTooLong));
+        assert_eq!(R::BodyTooLarge.verdict(), (413, C::BodyTooLarge));
+        assert_eq!(R::BareLf.to_string(), R::BareLf.message());
     }
 
     #[test]

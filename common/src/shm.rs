@@ -301,6 +301,19 @@ impl Drop for ShmRegion {
 mod tests {
     use super::*;
 
+    /// Every region starts with this header, read before its version is known: it never moves.
+    #[test]
+    fn region_header_layout_is_pinned() {
+        use std::mem::offset_of;
+        assert_eq!(offset_of!(RegionHeader, magic), 0);
+        assert_eq!(offset_of!(RegionHeader, version), 4);
+        assert_eq!(offset_of!(RegionHeader, owner_pid), 8);
+        assert_eq!(offset_of!(RegionHeader, owner_start), 16);
+        assert_eq!(offset_of!(RegionHeader, len), 24);
+        assert_eq!(size_of::<RegionHeader>(), 32);
+        assert_eq!(align_of::<RegionHeader>(), 8);
+    }
+
     fn unique(tag: &str) -> String {
         format!("/shmtest-{}-{tag}", std::process::id())
     }

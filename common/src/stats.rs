@@ -3,7 +3,8 @@
 //! slot 0, worker N in slot N), summed on read. No locks on the request path: counters are
 //! `fetch_add(Relaxed)`; gauges go up and down the same way (wrapping; the sum is what counts).
 //!
-//! One list, [`stats_fields!`], generates the slot layout, the names, kinds and help texts,
+//! One list, `stats_fields!` (its `outcomes` entry spelt out from the list of cache
+//! outcomes, `with_cache_outcomes`), generates the slot layout, the names, kinds and help texts,
 //! and through them the JSON (`/__shmproxy/stats`, `proxy stats --json`), the Prometheus text
 //! (`/__shmproxy/metrics`), the `proxy stats` screen and the README's table of counters
 //! ([`markdown_table`]). A field may name the daemon that updates it (`@proxy`, `@cached`;
@@ -17,13 +18,18 @@
 //! as `shmproxy_site_*`/`shmproxy_upstream_*` families in the Prometheus text.
 //!
 //! Layout: the region header (32 bytes), a [`StatsHeader`] (slot count, table offset), the
-//! slots from byte 64, then (cached only) the [`Upstreams`] table.
+//! slots from byte 64, then (cached only) the [`Upstreams`] table. The region's version,
+//! [`STATS_VERSION`], is a hash of all of it, so a reader built from another field list
+//! refuses the region instead of misreading it.
 //!
 //! Must never: take a lock, allocate or make a syscall on the update path.
 
+use crate::http::{with_cache_outcomes, CacheOutcome};
 use crate::names::Names;
 use crate::pool::{Pool, SegmentState};
+use crate::request::{RejectCounter, RejectReason};
 use crate::shm::{ShmError, ShmRegion, ShmSafe};
+use serde_json::{json, Map, Value};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,8 +40,56 @@ pub use upstream::{
 };
 
 pub const STATS_MAGIC: u32 = u32::from_le_bytes(*b"SHST");
-/// Bumped whenever the field list changes (the slot layout is generated from it).
-pub const STATS_VERSION: u32 = 6;
+/// Bumped by hand only when a field keeps its name but changes its meaning; every change
+/// of the layout moves [`STATS_VERSION`] by itself.
+const STATS_SCHEMA: u32 = 7;
+/// The version a region is created with and opened against: a hash of everything its layout
+/// depends on (the slot's field list with names and kinds, the histogram, the header places,
+/// the sites and servers tables), so a reader built from another list refuses the region.
+pub const STATS_VERSION: u32 = layout_version();
+
+/// FNV-1a (32 bits) of `bytes`, continuing from `h`.
+const fn fnv1a(mut h: u32, bytes: &[u8]) -> u32 {
+    let mut i = 0;
+    while i < bytes.len() {
+        h ^= bytes[i] as u32;
+        h = h.wrapping_mul(0x0100_0193);
+        i += 1;
+    }
+    h
+}
+
+/// `fnv1a` of a number's little-endian bytes.
+const fn fnv1a_usize(h: u32, n: usize) -> u32 {
+    fnv1a(h, &(n as u64).to_le_bytes())
+}
+
+/// A field's name and kind, then a separator (so `ab`,`c` and `a`,`bc` differ).
+const fn fnv1a_field(h: u32, name: &str, kind: FieldKind) -> u32 {
+    fnv1a(fnv1a(h, name.as_bytes()), &[kind as u8, 0])
+}
+
+/// Every field of `fields` in order, then their number.
+const fn fnv1a_fields(mut h: u32, fields: &[Field]) -> u32 {
+    let mut i = 0;
+    while i < fields.len() {
+        h = fnv1a_field(h, fields[i].name, fields[i].kind);
+        i += 1;
+    }
+    fnv1a_usize(h, fields.len())
+}
+
+const fn layout_version() -> u32 {
+    let mut h = fnv1a(0x811c_9dc5, &STATS_SCHEMA.to_le_bytes());
+    h = fnv1a_fields(h, FIELDS);
+    h = fnv1a_usize(h, LATENCY_BUCKETS);
+    h = fnv1a_usize(h, size_of::<Counters>());
+    h = fnv1a_usize(h, STATS_HEADER_OFFSET);
+    h = fnv1a_usize(h, size_of::<StatsHeader>());
+    h = fnv1a_usize(h, SLOTS_OFFSET);
+    upstream::layout_hash(h)
+}
+
 /// Where the [`StatsHeader`] lies (right after the region header).
 const STATS_HEADER_OFFSET: usize = 32;
 const SLOTS_OFFSET: usize = 64;
@@ -75,6 +129,7 @@ pub struct Family {
     pub value: &'static str,
 }
 
+#[derive(Clone, Copy)]
 pub struct Field {
     pub name: &'static str,
     pub help: &'static str,
@@ -111,6 +166,8 @@ impl Field {
     }
 }
 
+/// The stats field list: `{ fields }`, the cache outcomes' counters (one per
+/// [`CacheOutcome`], from [`with_cache_outcomes`]), `{ more fields }`.
 macro_rules! stats_fields {
     (@daemon) => { Daemon::Both };
     (@daemon proxy) => { Daemon::Proxy };
@@ -119,34 +176,70 @@ macro_rules! stats_fields {
     (@family $family:ident $label:ident $value:literal) => {
         Some(Family { name: stringify!($family), label: stringify!($label), value: $value })
     };
-    ($( $kind:ident $name:ident $(@ $daemon:ident)? $([$family:ident $label:ident = $value:literal])? : $help:literal ),* $(,)?) => {
-        /// One slot of counters. Layout is generated: a change bumps `STATS_VERSION`.
+    (
+        [ $( $(#[$odoc:meta])* $ovariant:ident = $owire:literal, $oname:literal, $ocounter:ident; )* ]
+        { $( $kind:ident $name:ident $(@ $daemon:ident)? $([$family:ident $label:ident = $value:literal])? : $help:literal ),* $(,)? }
+        outcomes @ $odaemon:ident [$ofamily:ident $olabel:ident] : $ohelp:literal;
+        { $( $kind2:ident $name2:ident $(@ $daemon2:ident)? $([$family2:ident $label2:ident = $value2:literal])? : $help2:literal ),* $(,)? }
+    ) => {
+        /// One slot of counters. Layout is generated; [`STATS_VERSION`] is derived from it.
         #[repr(C)]
         pub struct Counters {
             $( #[doc = $help] pub $name: AtomicU64, )*
+            $( #[doc = $ohelp] pub $ocounter: AtomicU64, )*
+            $( #[doc = $help2] pub $name2: AtomicU64, )*
             /// Request latency histogram (see `LATENCY_BUCKETS`).
             pub latency_us: [AtomicU64; LATENCY_BUCKETS],
         }
 
         /// Every field of [`Counters`], in layout order.
-        pub const FIELDS: &[Field] = &[ $( Field {
-            name: stringify!($name),
-            help: $help,
-            kind: FieldKind::$kind,
-            daemon: stats_fields!(@daemon $($daemon)?),
-            family: stats_fields!(@family $($family $label $value)?),
-        } ),* ];
+        pub const FIELDS: &[Field] = &[
+            $( Field {
+                name: stringify!($name),
+                help: $help,
+                kind: FieldKind::$kind,
+                daemon: stats_fields!(@daemon $($daemon)?),
+                family: stats_fields!(@family $($family $label $value)?),
+            }, )*
+            $( Field {
+                name: stringify!($ocounter),
+                help: $ohelp,
+                kind: FieldKind::Counter,
+                daemon: stats_fields!(@daemon $odaemon),
+                family: stats_fields!(@family $ofamily $olabel $oname),
+            }, )*
+            $( Field {
+                name: stringify!($name2),
+                help: $help2,
+                kind: FieldKind::$kind2,
+                daemon: stats_fields!(@daemon $($daemon2)?),
+                family: stats_fields!(@family $($family2 $label2 $value2)?),
+            }, )*
+        ];
 
         impl Counters {
             /// Current values in `FIELDS` order.
             pub fn values(&self) -> Vec<u64> {
-                vec![ $( self.$name.load(Ordering::Relaxed) ),* ]
+                vec![
+                    $( self.$name.load(Ordering::Relaxed), )*
+                    $( self.$ocounter.load(Ordering::Relaxed), )*
+                    $( self.$name2.load(Ordering::Relaxed), )*
+                ]
+            }
+
+            /// Counts one answered request by cache outcome.
+            pub fn outcome(&self, outcome: CacheOutcome) {
+                let c = match outcome {
+                    $( CacheOutcome::$ovariant => &self.$ocounter, )*
+                };
+                Self::inc(c);
             }
         }
     };
 }
 
-stats_fields! {
+with_cache_outcomes!(stats_fields! {
+{
     Counter requests @proxy: "Requests received from clients (complete request heads)",
     Counter requests_get @proxy [requests_by_method method = "GET"]: "Requests answered, by method",
     Counter requests_head @proxy [requests_by_method method = "HEAD"]: "Requests answered, by method",
@@ -162,14 +255,9 @@ stats_fields! {
     Counter responses_3xx @proxy [responses_by_class class = "3xx"]: "Responses sent, by status class",
     Counter responses_4xx @proxy [responses_by_class class = "4xx"]: "Responses sent, by status class",
     Counter responses_5xx @proxy [responses_by_class class = "5xx"]: "Responses sent, by status class",
-    Counter outcome_hit @proxy [responses_by_outcome outcome = "HIT"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_miss @proxy [responses_by_outcome outcome = "MISS"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_pass @proxy [responses_by_outcome outcome = "PASS"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_stale @proxy [responses_by_outcome outcome = "STALE"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_revalidated @proxy [responses_by_outcome outcome = "REVALIDATED"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_collapsed @proxy [responses_by_outcome outcome = "COLLAPSED"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_error @proxy [responses_by_outcome outcome = "ERROR"]: "Requests answered, by cache outcome (the X-Cache value)",
-    Counter outcome_internal @proxy [responses_by_outcome outcome = "INTERNAL"]: "Requests answered, by cache outcome (the X-Cache value)",
+}
+outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache outcome (the X-Cache value)";
+{
     Counter latency_sum_us @proxy: "Sum of request durations (head received to answer sent), the latency histogram's sum",
     Counter bytes_in @proxy: "Request bytes read from clients",
     Counter bytes_out @proxy: "Response bytes written to clients",
@@ -245,45 +333,12 @@ stats_fields! {
     Counter upstream_server_down_events @cached: "Times an origin server was taken out of rotation (failed requests or health checks); the servers table has the current state",
     Counter misdirected_requests @cached: "Requests answered 421 Misdirected Request: their Host matched no site and there is no default site",
 }
+});
 
 // SAFETY: only atomics; repr(C); alignment 8.
 unsafe impl ShmSafe for Counters {}
 
 const SLOT_SIZE: usize = size_of::<Counters>().next_multiple_of(64);
-
-/// Why a request was rejected before forwarding (the `rejected_requests` family).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RejectReason {
-    /// 414: request line or target too long.
-    LineTooLong,
-    /// 431: head too large or too many header fields.
-    HeadTooLarge,
-    /// 400 on message framing: Content-Length/Transfer-Encoding conflicts (smuggling defences),
-    /// invalid Content-Length, unsupported Transfer-Encoding, malformed chunked body.
-    Framing,
-    /// 413: body larger than `max_body_bytes`.
-    BodyTooLarge,
-    /// Any other 400 (syntax, missing Host, control characters, not origin-form).
-    Malformed,
-}
-
-impl RejectReason {
-    /// Classifies an answer the proxy produced itself for a bad request (`status`, message).
-    pub fn classify(status: u16, msg: &str) -> RejectReason {
-        match status {
-            414 => RejectReason::LineTooLong,
-            431 => RejectReason::HeadTooLarge,
-            413 => RejectReason::BodyTooLarge,
-            _ if ["Content-Length", "Transfer-Encoding", "chunked", "body"]
-                .iter()
-                .any(|k| msg.contains(k)) =>
-            {
-                RejectReason::Framing
-            }
-            _ => RejectReason::Malformed,
-        }
-    }
-}
 
 impl Counters {
     pub fn add(c: &AtomicU64, n: u64) {
@@ -332,31 +387,15 @@ impl Counters {
         Self::inc(c);
     }
 
-    /// Counts one answered request by cache outcome.
-    pub fn outcome(&self, outcome: crate::http::CacheOutcome) {
-        use crate::http::CacheOutcome as O;
-        let c = match outcome {
-            O::Hit => &self.outcome_hit,
-            O::Miss => &self.outcome_miss,
-            O::Pass => &self.outcome_pass,
-            O::Stale => &self.outcome_stale,
-            O::Revalidated => &self.outcome_revalidated,
-            O::Collapsed => &self.outcome_collapsed,
-            O::Error => &self.outcome_error,
-            O::Internal => &self.outcome_internal,
-        };
-        Self::inc(c);
-    }
-
-    /// Counts a request rejected before forwarding (`bad_requests` and its reason).
-    pub fn rejected(&self, status: u16, msg: &str) {
+    /// Counts a request refused before forwarding (`bad_requests` and its reason).
+    pub fn rejected(&self, why: RejectReason) {
         Self::inc(&self.bad_requests);
-        let c = match RejectReason::classify(status, msg) {
-            RejectReason::LineTooLong => &self.rejected_line_too_long,
-            RejectReason::HeadTooLarge => &self.rejected_head_too_large,
-            RejectReason::Framing => &self.rejected_framing,
-            RejectReason::BodyTooLarge => &self.rejected_body_too_large,
-            RejectReason::Malformed => &self.rejected_malformed,
+        let c = match why.verdict().1 {
+            RejectCounter::LineTooLong => &self.rejected_line_too_long,
+            RejectCounter::HeadTooLarge => &self.rejected_head_too_large,
+            RejectCounter::Framing => &self.rejected_framing,
+            RejectCounter::BodyTooLarge => &self.rejected_body_too_large,
+            RejectCounter::Malformed => &self.rejected_malformed,
         };
         Self::inc(c);
     }
@@ -684,56 +723,51 @@ impl View {
         }
     }
 
-    /// The JSON document of `/__shmproxy/stats`.
+    /// The JSON document of `/__shmproxy/stats` (keys in this order: readers such as the
+    /// e2e harness look for `{"instance":` first).
     pub fn json(&self) -> String {
-        let mut out = String::with_capacity(8192);
-        let _ = write!(
-            out,
-            "{{\"instance\":\"{}\",\"version\":\"{}\",\"time_ms\":{},",
-            json_escape(&self.instance),
-            env!("CARGO_PKG_VERSION"),
-            self.time_ms
-        );
+        let pool = self.pool.as_ref().map(|p| {
+            json!({
+                "segments": p.segments,
+                "segment_size": p.segment_size,
+                "free": p.free,
+                "in_use": p.in_use,
+                "quarantined": p.quarantined,
+                "states": p.states,
+            })
+        });
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .map(|w| {
+                json!({
+                    "worker": w.worker,
+                    "connections_active": w.connections_active,
+                    "connections_idle": w.connections_idle,
+                    "requests": w.requests,
+                    "bytes_out": w.bytes_out,
+                })
+            })
+            .collect();
+        let mut doc = Map::new();
+        doc.insert("instance".into(), json!(self.instance));
+        doc.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        doc.insert("time_ms".into(), json!(self.time_ms));
         if let Some(node) = &self.node {
-            let _ = write!(out, "\"node\":\"{}\",", json_escape(node));
+            doc.insert("node".into(), json!(node));
         }
-        out.push_str("\"pool\":");
-        match &self.pool {
-            Some(p) => {
-                let _ = write!(
-                    out,
-                    "{{\"segments\":{},\"segment_size\":{},\"free\":{},\"in_use\":{},\"quarantined\":{},\"states\":\"{}\"}}",
-                    p.segments, p.segment_size, p.free, p.in_use, p.quarantined, p.states
-                );
-            }
-            None => out.push_str("null"),
+        let rest = json!({
+            "pool": pool,
+            "proxy": self.proxy.as_ref().map(|s| snapshot_json(s, Daemon::Proxy, None)),
+            "workers": workers,
+            "cached": self.cached.as_ref().map(|(s, pid)| snapshot_json(s, Daemon::Cached, Some(*pid))),
+            "sites": upstream::sites_json(&self.sites),
+            "servers": upstream::servers_json(&self.servers),
+        });
+        if let Value::Object(rest) = rest {
+            doc.extend(rest);
         }
-        out.push_str(",\"proxy\":");
-        match &self.proxy {
-            Some(s) => snapshot_json(&mut out, s, Daemon::Proxy, None),
-            None => out.push_str("null"),
-        }
-        out.push_str(",\"workers\":[");
-        for (k, w) in self.workers.iter().enumerate() {
-            let _ = write!(
-                out,
-                "{}{{\"worker\":{},\"connections_active\":{},\"connections_idle\":{},\"requests\":{},\"bytes_out\":{}}}",
-                if k > 0 { "," } else { "" },
-                w.worker,
-                w.connections_active,
-                w.connections_idle,
-                w.requests,
-                w.bytes_out
-            );
-        }
-        out.push_str("],\"cached\":");
-        match &self.cached {
-            Some((s, pid)) => snapshot_json(&mut out, s, Daemon::Cached, Some(*pid)),
-            None => out.push_str("null"),
-        }
-        upstream::tables_json(&mut out, &self.sites, &self.servers);
-        out.push('}');
-        out
+        Value::Object(doc).to_string()
     }
 
     /// The Prometheus text exposition (format 0.0.4) of `/__shmproxy/metrics`.
@@ -848,44 +882,37 @@ impl View {
     }
 }
 
-fn snapshot_json(out: &mut String, s: &Snapshot, region: Daemon, pid: Option<u32>) {
-    out.push('{');
-    let mut first = true;
-    for (i, f) in FIELDS.iter().enumerate() {
-        if !f.shown_in(region) {
-            continue;
-        }
-        let v = s.values[i];
-        let _ = match f.kind {
-            FieldKind::Counter => write!(out, "{}\"{}\":{v}", if first { "" } else { "," }, f.name),
-            FieldKind::Gauge => write!(
-                out,
-                "{}\"{}\":{}",
-                if first { "" } else { "," },
-                f.name,
-                v as i64
-            ),
-        };
-        first = false;
+/// A JSON number for a field's value: counters as they are, gauges as signed (a gauge's
+/// wrapping sum can be read between an increment and its decrement).
+fn json_value(kind: FieldKind, v: u64) -> Value {
+    match kind {
+        FieldKind::Counter => Value::from(v),
+        FieldKind::Gauge => Value::from(v as i64),
     }
+}
+
+fn snapshot_json(s: &Snapshot, region: Daemon, pid: Option<u32>) -> Value {
+    let mut m: Map<String, Value> = FIELDS
+        .iter()
+        .zip(&s.values)
+        .filter(|(f, _)| f.shown_in(region))
+        .map(|(f, &v)| (f.name.to_string(), json_value(f.kind, v)))
+        .collect();
     if region == Daemon::Proxy {
-        let _ = write!(
-            out,
-            ",\"latency_count\":{},\"latency_p50_us\":{},\"latency_p90_us\":{},\"latency_p99_us\":{},\"latency_buckets\":[",
-            s.latency_count(),
-            s.latency_percentile(0.5),
-            s.latency_percentile(0.9),
-            s.latency_percentile(0.99)
-        );
-        for (i, n) in s.latency.iter().enumerate() {
-            let _ = write!(out, "{}{n}", if i > 0 { "," } else { "" });
+        m.insert("latency_count".into(), s.latency_count().into());
+        for (key, q) in [
+            ("latency_p50_us", 0.5),
+            ("latency_p90_us", 0.9),
+            ("latency_p99_us", 0.99),
+        ] {
+            m.insert(key.into(), s.latency_percentile(q).into());
         }
-        out.push(']');
+        m.insert("latency_buckets".into(), s.latency.clone().into());
     }
     if let Some(pid) = pid {
-        let _ = write!(out, ",\"cached_pid\":{pid}");
+        m.insert("cached_pid".into(), pid.into());
     }
-    out.push('}');
+    Value::Object(m)
 }
 
 fn snapshot_prometheus(out: &mut String, s: &Snapshot, region: Daemon) {
@@ -947,21 +974,6 @@ fn histogram_prometheus(out: &mut String, s: &Snapshot) {
     let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
     let _ = writeln!(out, "{name}_sum {}", s.get("latency_sum_us") as f64 / 1e6);
     let _ = writeln!(out, "{name}_count {count}");
-}
-
-fn json_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// HELP text: backslashes and line feeds escaped.
@@ -1057,6 +1069,21 @@ mod tests {
         assert_eq!(offset_of!(StatsHeader, tables), 8);
         assert_eq!(offset_of!(Counters, requests), 0);
         assert_eq!(offset_of!(Counters, latency_us), FIELDS.len() * 8);
+        assert_eq!(size_of::<StatsHeader>(), 16);
+        // Each field lies where its place in FIELDS says (the generated outcome counters too).
+        let at = |name: &str| 8 * FIELDS.iter().position(|f| f.name == name).unwrap();
+        assert_eq!(offset_of!(Counters, responses_5xx), at("responses_5xx"));
+        assert_eq!(offset_of!(Counters, outcome_hit), at("outcome_hit"));
+        assert_eq!(
+            offset_of!(Counters, outcome_internal),
+            at("outcome_internal")
+        );
+        assert_eq!(offset_of!(Counters, latency_sum_us), at("latency_sum_us"));
+        assert_eq!(
+            offset_of!(Counters, misdirected_requests),
+            at("misdirected_requests")
+        );
+        assert_eq!(size_of::<Counters>(), (FIELDS.len() + LATENCY_BUCKETS) * 8);
         assert_eq!(SLOT_SIZE % 64, 0);
         let name = format!("/stattest3-{}", std::process::id());
         let r = StatsRegion::create_with_tables(&name, 2).unwrap();
@@ -1083,6 +1110,46 @@ mod tests {
         let plain = StatsRegion::create(&format!("/stattest4-{}", std::process::id()), 3).unwrap();
         assert_eq!((plain.slots(), plain.tables), (3, None));
         assert_eq!(plain.region.len(), SLOTS_OFFSET + 3 * SLOT_SIZE);
+    }
+
+    /// Renaming, reordering, adding or removing a field, or turning a counter into a gauge,
+    /// each moves the version, so a reader built from the old list refuses the region.
+    #[test]
+    fn version_follows_the_field_list() {
+        let base = fnv1a_fields(0x811c_9dc5, FIELDS);
+        let changed = |edit: fn(&mut Vec<Field>)| {
+            let mut v = FIELDS.to_vec();
+            edit(&mut v);
+            fnv1a_fields(0x811c_9dc5, &v)
+        };
+        let edits: [fn(&mut Vec<Field>); 5] = [
+            |v| v[3].name = "requests_brew",
+            |v| v.swap(1, 2),
+            |v| v.push(v[0]),
+            |v| v.truncate(v.len() - 1),
+            |v| v[0].kind = FieldKind::Gauge,
+        ];
+        let mut seen = vec![base];
+        for edit in edits {
+            let h = changed(edit);
+            assert!(!seen.contains(&h), "an edit kept the hash");
+            seen.push(h);
+        }
+        // Merging two names into one field keeps the bytes but not the hash.
+        assert_ne!(
+            fnv1a_field(
+                fnv1a_field(0, "ab", FieldKind::Counter),
+                "c",
+                FieldKind::Counter
+            ),
+            fnv1a_field(
+                fnv1a_field(0, "a", FieldKind::Counter),
+                "bc",
+                FieldKind::Counter
+            )
+        );
+        assert_eq!(STATS_VERSION, layout_version());
+        assert_ne!(STATS_VERSION, 0);
     }
 
     #[test]
@@ -1157,32 +1224,27 @@ mod tests {
     }
 
     #[test]
-    fn reasons_are_classified() {
-        use RejectReason::*;
-        assert_eq!(
-            RejectReason::classify(414, "request line too long"),
-            LineTooLong
-        );
-        assert_eq!(
-            RejectReason::classify(431, "too many header fields"),
-            HeadTooLarge
-        );
-        assert_eq!(
-            RejectReason::classify(413, "request body too large"),
-            BodyTooLarge
-        );
-        for m in [
-            "both Content-Length and Transfer-Encoding",
-            "conflicting Content-Length values",
-            "invalid Content-Length",
-            "unsupported Transfer-Encoding (only chunked)",
-            "malformed request body",
+    fn refusals_count_in_their_reason() {
+        let name = format!("/stattest5-{}", std::process::id());
+        let r = StatsRegion::create(&name, 1).unwrap();
+        for why in [
+            RejectReason::LineTooLong,
+            RejectReason::TargetTooLongForSegment,
+            RejectReason::TooManyHeaders,
+            RejectReason::BodyTooLarge,
+            RejectReason::LengthAndChunked,
+            RejectReason::MalformedBody,
+            RejectReason::MissingHost,
         ] {
-            assert_eq!(RejectReason::classify(400, m), Framing, "{m}");
+            r.slot(0).rejected(why);
         }
-        for m in ["malformed request", "HTTP/1.1 request without Host"] {
-            assert_eq!(RejectReason::classify(400, m), Malformed, "{m}");
-        }
+        let s = r.snapshot();
+        assert_eq!(s.get("bad_requests"), 7);
+        assert_eq!(s.get("rejected_line_too_long"), 2);
+        assert_eq!(s.get("rejected_head_too_large"), 1);
+        assert_eq!(s.get("rejected_body_too_large"), 1);
+        assert_eq!(s.get("rejected_framing"), 2);
+        assert_eq!(s.get("rejected_malformed"), 1);
     }
 
     fn sample_view() -> View {
@@ -1301,6 +1363,7 @@ mod tests {
     fn json_is_shaped_as_documented() {
         let j = sample_view().json();
         assert!(j.starts_with("{\"instance\":\"i\\\"x\""), "{j}");
+        assert!(j.contains(",\"time_ms\":1,\"node\":\"edge\\\"1\",\"pool\":"), "{j}");
         assert!(j.contains("\"states\":\".UQ\""));
         assert!(j.contains("\"requests\":7,"));
         assert!(j.contains("\"latency_count\":7,"));
@@ -1311,6 +1374,11 @@ mod tests {
         assert!(j.contains(",\"sites\":[{\"index\":0,\"name\":\"shop \\\"a\\\"\",\"requests\":1,"));
         assert!(j.contains(",\"state\":\"down\",\"last_change\":1700000000,\"requests\":3,"));
         assert!(j.ends_with("}]}"));
+        let unnamed = View {
+            node: None,
+            ..sample_view()
+        };
+        assert!(unnamed.json().contains(",\"time_ms\":1,\"pool\":"));
     }
 
     /// When the README carries the counters table between its markers, it must be the

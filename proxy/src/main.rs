@@ -4,6 +4,7 @@
 
 mod cli;
 mod master;
+mod shared;
 mod stats_cmd;
 mod worker;
 

@@ -14,6 +14,7 @@
 //! over `SCM_RIGHTS`, and this one hands over its IPC names, drains and exits.
 
 use crate::cli::Source;
+use crate::shared::Shared;
 use crate::worker;
 use anyhow::Context as _;
 use common::config::ProxyConfig;
@@ -63,13 +64,6 @@ impl WorkerSlot {
             respawn_at: None,
         }
     }
-}
-
-pub struct Shared {
-    pub cfg: ProxyConfig,
-    pub names: Names,
-    pub pool: Pool,
-    pub stats: StatsRegion,
 }
 
 /// The master's own state.
@@ -352,8 +346,8 @@ impl Master {
     }
 
     /// Accepts a burst. Under a storm of short connections every wake-up of the master, and
-    /// of the worker it passes to, costs more than the connection it brings (on this VM: a
-    /// wake-up per connection made the master alone take 28 % of a CPU at 8k connections/s).
+    /// of the worker it passes to, costs more than the connection it brings (README, "Where
+    /// the time goes").
     /// So once one wake-up finds [`COALESCE_ENTER`] or more connections queued (that many
     /// clients arrive at once), each later wake-up first waits `proxy.accept_coalesce_us`
     /// for the burst to gather, then takes it whole and passes it in one message per

@@ -5,10 +5,10 @@
 //!
 //! [`parse_clf`] is shared with the other tests that read the log (observability, sites).
 
-use crate::client;
-use crate::harness::{self, poll_until, with_deadline, Instance};
 use regex::Regex;
 use serde_json::Value;
+use shmproxy_tests::client;
+use shmproxy_tests::harness::{self, poll_until, with_deadline, Instance};
 use std::path::Path;
 use std::sync::OnceLock;
 use std::thread;

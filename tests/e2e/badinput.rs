@@ -3,8 +3,8 @@
 //! `%2e%2e`, `%2f`, NUL, symlinks), which must never serve the outside file. After every case
 //! both daemons are alive and still serve.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{with_deadline, write_file, Instance};
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{with_deadline, write_file, Instance};
 use std::os::unix::fs::symlink;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

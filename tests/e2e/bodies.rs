@@ -5,9 +5,9 @@
 //! debug build). Each object is fetched twice on one keep-alive connection (the second time it
 //! may come from the cache), and the pool must be all free afterwards.
 
-use crate::client::Conn;
-use crate::harness::{assert_same_body, pattern, with_deadline, write_file, Instance};
 use crate::origin::{Framing, Origin, Route};
+use shmproxy_tests::client::Conn;
+use shmproxy_tests::harness::{assert_same_body, pattern, with_deadline, write_file, Instance};
 use std::time::Duration;
 
 const KIB: usize = 1 << 10;

@@ -3,9 +3,9 @@
 //! per-worker L1, disk revalidation and `X-Cache`. Each test scripts the in-process origin
 //! and counts the requests it receives.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{pattern, sha256_hex, with_deadline, write_file, Instance};
 use crate::origin::{Framing, Origin, Route};
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{pattern, sha256_hex, with_deadline, write_file, Instance};
 use std::io::Read;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -205,7 +205,7 @@ fn request_cache_control_is_honoured() {
         // max-stale lets a stale answer through without asking the origin.
         origin.route("/st", Route::ok("st").header("Cache-Control", "max-age=1"));
         get_with(&inst, "/st", &[]);
-        thread::sleep(Duration::from_millis(2100));
+        thread::sleep(Duration::from_millis(2100)); // the subject: max-age=1 runs out
         let r = get_with(&inst, "/st", &[("Cache-Control", "max-stale=60")]);
         assert_eq!(
             (x_cache(&r).as_str(), origin.count("/st")),
@@ -273,7 +273,7 @@ fn stale_answers_are_revalidated_and_a_304_refreshes_them() {
                 .header("ETag", "\"m\""),
         );
         get_with(&inst, "/mr", &[]);
-        thread::sleep(Duration::from_millis(2100));
+        thread::sleep(Duration::from_millis(2100)); // the subject: max-age=1 runs out
         origin.route("/mr", Route::ok("down").status(503));
         let r = get_with(&inst, "/mr", &[("Cache-Control", "max-stale=60")]);
         assert_eq!(r.status, 503, "{}", r.describe());
@@ -597,7 +597,7 @@ fn large_objects_stream_through_unstored_with_flat_memory() {
             "larger than max_object_size: not stored"
         );
         let proxy = inst.proxy_pid().unwrap();
-        let mut pids = crate::harness::descendants(proxy);
+        let mut pids = shmproxy_tests::harness::descendants(proxy);
         pids.extend([proxy, inst.cached_pid().unwrap()]);
         for pid in pids {
             let hwm = peak_rss_kib(pid);
@@ -646,7 +646,7 @@ fn hot_objects_come_from_the_workers_l1_within_their_lifetime() {
             0,
             "without reaching cached"
         );
-        // Never past freshness.
+        // Never past freshness (the subject: the time runs out).
         thread::sleep(Duration::from_millis(2200));
         c.get("/hot");
         assert_eq!(origin.count("/hot"), 2);
@@ -671,7 +671,7 @@ fn disk_objects_are_validated_and_refreshed_when_the_file_changes() {
         assert_eq!(nm.status, 304);
         let r = get_with(&inst, "/page.txt", &[("Range", "bytes=8-10")]);
         assert_eq!((r.status, r.body.as_slice()), (206, &b"one"[..]));
-        thread::sleep(Duration::from_millis(20));
+        thread::sleep(Duration::from_millis(20)); // a later mtime than the first version's
         write_file(dir.path(), "page.txt", b"version two!");
         thread::sleep(Duration::from_millis(1200)); // the default revalidation interval is 1 s
         let b = inst.get("/page.txt");
@@ -722,7 +722,7 @@ fn cache_status_accompanies_every_answer_with_ours_last() {
             Route::ok("s").header("Cache-Control", "max-age=1, stale-if-error=60"),
         );
         get_with(&inst, "/se", &[]);
-        thread::sleep(Duration::from_millis(1300));
+        thread::sleep(Duration::from_millis(1300)); // the subject: max-age=1 runs out
         origin.route("/se", Route::ok("down").status(503));
         let se = get_with(&inst, "/se", &[]);
         assert_eq!(

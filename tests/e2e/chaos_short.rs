@@ -4,7 +4,7 @@
 //! entirely free afterwards, `/dev/shm` holding only the live instance's objects during the run
 //! and nothing after the stop (the tool checks all of it and exits non-zero otherwise).
 
-use crate::harness::with_deadline;
+use shmproxy_tests::harness::with_deadline;
 use std::process::Command;
 use std::time::Duration;
 

@@ -7,9 +7,9 @@
 
 mod netns;
 
-use crate::client::{self, Conn, Response};
-use crate::harness::{poll_until, with_deadline, Instance};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, Conn, Response};
+use shmproxy_tests::harness::{poll_until, with_deadline, Instance};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Barrier};
@@ -138,7 +138,10 @@ fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
         panic!("IPv4 expected")
     };
     connect(fd.as_raw_fd(), &SockaddrIn::from(to)).expect("connect");
-    TcpStream::from(fd)
+    let stream = TcpStream::from(fd);
+    stream.set_read_timeout(Some(client::IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(client::IO_TIMEOUT)).unwrap();
+    stream
 }
 
 #[test]

@@ -13,20 +13,19 @@
 //! - IPC objects: mode 0600, a stale garbage pool replaced with a log line, a live instance's
 //!   objects never touched by a second daemon of the same name.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{
-    bin_path, descendants, pattern, pid_alive, poll_until, send_signal, shm_objects, with_deadline,
-    write_file, Instance,
-};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{
+    bin_path, children, mq_open_existing, pattern, poll_until, send_signal, shm_objects,
+    wait_pids_gone, wait_timeout, with_deadline, write_file, Instance, PoolStats,
+};
 use std::collections::HashSet;
 use std::fs;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -48,14 +47,6 @@ fn config_file(dir: &Path, text: &str) -> PathBuf {
     let p = dir.join("faults.toml");
     fs::write(&p, text).unwrap();
     p
-}
-
-/// The worker processes of the proxy master `master`.
-fn workers_of(master: i32) -> Vec<i32> {
-    let mut v = descendants(master);
-    v.retain(|p| pid_alive(*p));
-    v.sort();
-    v
 }
 
 /// Inode of the server side of the TCP connection between `server_port` and `client_port`
@@ -88,26 +79,12 @@ fn worker_holding(conn: &Conn, proxy_port: u16, workers: &[i32]) -> Option<i32> 
 /// Sends a GET on a raw stream and reads the response head; returns (status, Content-Length,
 /// body bytes that came with the head).
 fn start_get(stream: &mut TcpStream, target: &str) -> (u16, Option<u64>, Vec<u8>) {
-    let req = format!("GET {target} HTTP/1.1\r\nHost: e2e.test\r\n\r\n");
-    stream.write_all(req.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    let mut tmp = [0u8; 16 * 1024];
-    let end = loop {
-        if let Some(i) = client::find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut tmp).expect("reading the response head");
-        assert!(n > 0, "closed before the response head");
-        buf.extend_from_slice(&tmp[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-    let status = head[9..12].parse().unwrap();
-    let cl = head.lines().find_map(|l| {
-        let (k, v) = l.split_once(':')?;
-        k.eq_ignore_ascii_case("content-length")
-            .then(|| v.trim().parse().unwrap())
-    });
-    (status, cl, buf[end..].to_vec())
+    // The head is read through a second handle of the socket; the caller goes on with
+    // `stream` after the bytes this returns.
+    let mut c = Conn::from_stream(stream.try_clone().expect("clone the stream"));
+    c.send(&client::request_bytes("GET", target, &[], b""));
+    let head = c.read_head().expect("reading the response head");
+    (head.status, head.content_length, c.buffered().to_vec())
 }
 
 /// Reads until EOF, reset or `limit`; returns the bytes and whether the peer closed.
@@ -134,20 +111,15 @@ fn read_until_close(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) 
 /// The pool back to all free (`free == segments`, nothing quarantined) within `limit`.
 #[track_caller]
 fn assert_pool_free_within(inst: &Instance, limit: Duration, what: &str) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = inst.pool();
-        if p.free == p.segments && p.in_use == 0 && p.quarantined == 0 {
-            return;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{what}: pool not all free after {limit:?}: {p:?}\n{}",
-                inst.logs()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+    let all_free = |p: &PoolStats| p.free == p.segments && p.in_use == 0 && p.quarantined == 0;
+    let p = inst
+        .settle_pool(limit, all_free)
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        all_free(&p),
+        "{what}: pool not all free after {limit:?}: {p:?}\n{}",
+        inst.logs()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -166,7 +138,7 @@ fn killed_worker_is_replaced_and_its_segment_reclaimed() {
         );
         let inst = Instance::builder().origin(&origin.url()).workers(2).start();
         let master = inst.proxy_pid().unwrap();
-        let before = workers_of(master);
+        let before = children(master);
         assert_eq!(before.len(), 2, "workers of {master}: {before:?}");
         let restarts0 = proxy_counter(&inst, "worker_restarts");
 
@@ -203,7 +175,7 @@ fn killed_worker_is_replaced_and_its_segment_reclaimed() {
 
         assert!(send_signal(victim, libc::SIGKILL));
         let after = poll_until(Duration::from_secs(10), "a replacement worker", || {
-            let w = workers_of(master);
+            let w = children(master);
             (w.len() == 2 && !w.contains(&victim)).then_some(w)
         });
         assert!(
@@ -309,7 +281,11 @@ fn killed_cached_mid_transfer_cuts_the_body_then_503_then_recovers() {
         // A new cached, same proxy. Each worker re-checks for cached every 100 ms
         // (`RECHECK`), so give every worker that long to notice before demanding 200s.
         inst.start_cached();
-        thread::sleep(Duration::from_millis(300));
+        poll_until(
+            Duration::from_secs(5),
+            "every worker reaching the new cached",
+            || (0..4).all(|_| inst.get("/ok").status == 200).then_some(()),
+        );
         for _ in 0..4 {
             let r = inst.get("/ok");
             assert_eq!(
@@ -341,23 +317,16 @@ fn killed_master_takes_its_workers_and_a_new_proxy_finds_the_cache_warm() {
         assert_eq!(origin.count("/warm"), 1);
 
         let master = inst.proxy_pid().unwrap();
-        let workers = workers_of(master);
+        let workers = children(master);
         assert!(!workers.is_empty());
         let shm_before = inst.shm_objects();
         assert!(send_signal(master, libc::SIGKILL));
         assert!(inst.wait_proxy_exit(Duration::from_secs(5)).is_some());
-        let t0 = Instant::now();
-        while workers.iter().any(|w| pid_alive(*w)) {
-            assert!(
-                t0.elapsed() < Duration::from_secs(5),
-                "workers {:?} still alive 5 s after kill -9 of their master",
-                workers
-                    .iter()
-                    .filter(|w| pid_alive(**w))
-                    .collect::<Vec<_>>()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let left = wait_pids_gone(&workers, Duration::from_secs(5));
+        assert!(
+            left.is_empty(),
+            "workers {left:?} still alive 5 s after kill -9 of their master"
+        );
         assert!(inst.cached_alive(), "cached died with the proxy master");
         // The dead master could not unlink its objects.
         assert!(
@@ -520,7 +489,7 @@ fn origin_refusing_connections_is_502() {
     with_deadline(T, || {
         // A port held by a bound socket that never listens: connecting is refused, and no
         // other test's daemon can take the port meanwhile.
-        let closed = crate::harness::ClosedPort::new();
+        let closed = shmproxy_tests::harness::ClosedPort::new();
         let port = closed.port();
         let inst = Instance::builder()
             .origin(&format!("http://127.0.0.1:{port}"))
@@ -606,20 +575,11 @@ fn smuggling_attempts_get_400_and_a_close() {
 
 /// Mode bits of the message queue `/<name>.req` (an mq descriptor is an fd on Linux).
 fn mq_mode(name: &str) -> Option<u32> {
-    let n = std::ffi::CString::new(format!("/{name}.req")).unwrap();
-    // SAFETY: `n` is a valid NUL-terminated string that outlives the call; O_RDONLY without
-    // O_CREAT takes no variadic arguments.
-    let fd = unsafe { libc::mq_open(n.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: an all-zero `stat` is a valid value of this plain C struct.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `fd` is the descriptor mq_open returned; `st` is valid and writable.
-    let rc = unsafe { libc::fstat(fd, &mut st) };
-    // SAFETY: `fd` is open and closed once.
-    unsafe { libc::mq_close(fd) };
-    (rc == 0).then_some(st.st_mode & 0o777)
+    use std::os::fd::AsFd;
+    let q = mq_open_existing(name).ok()?;
+    let st = nix::sys::stat::fstat(q.as_fd());
+    let _ = nix::mqueue::mq_close(q);
+    st.ok().map(|st| st.st_mode & 0o777)
 }
 
 #[test]
@@ -738,17 +698,10 @@ fn a_live_instance_is_never_touched_by_a_second_daemon_of_the_same_name() {
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap();
-            let t0 = Instant::now();
-            let st = loop {
-                if let Some(st) = child.try_wait().unwrap() {
-                    break st;
-                }
-                if t0.elapsed() > Duration::from_secs(10) {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("a second {bin} of live instance {} kept running", inst.name);
-                }
-                thread::sleep(Duration::from_millis(20));
+            let Some(st) = wait_timeout(&mut child, Duration::from_secs(10)) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("a second {bin} of live instance {} kept running", inst.name);
             };
             let mut err = String::new();
             let _ = child.stderr.take().unwrap().read_to_string(&mut err);
@@ -799,13 +752,16 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
             "open connections keep working"
         );
         drop((a, b));
-        let refused =
-            crate::harness::poll_until(Duration::from_secs(5), "connections_refused", || {
+        let refused = shmproxy_tests::harness::poll_until(
+            Duration::from_secs(5),
+            "connections_refused",
+            || {
                 let n = inst.stats()["proxy"]["connections_refused"]
                     .as_u64()
                     .unwrap_or(0);
                 (n >= 1).then_some(n)
-            });
+            },
+        );
         assert!(refused >= 1);
     });
 }

@@ -9,9 +9,9 @@
 // Some helpers serve only some tests.
 #![allow(dead_code)]
 
-use crate::client::{self, Conn};
-use crate::harness::{poll_until, with_deadline, Instance};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{poll, poll_until, with_deadline, Instance};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -404,8 +404,8 @@ fn an_endless_origin_body_keeps_cached_memory_bounded_and_stops_when_clients_go(
             gone.elapsed()
         );
         // And the daemon is fine.
-        thread::sleep(Duration::from_millis(200));
-        assert!(rss(pid) < capacity + (64 << 20));
+        let fine = poll(Duration::from_secs(5), || rss(pid) < capacity + (64 << 20));
+        assert!(fine, "cached's RSS {} ≥ capacity + 64 MiB", rss(pid));
     });
 }
 
@@ -441,7 +441,18 @@ fn collapsing_and_secondary_keys_honour_vary_byte_exact() {
                 b"",
             )
         });
-        thread::sleep(Duration::from_millis(500));
+        // The second joins while the first's fill waits on the origin (1.5 s).
+        poll_until(
+            Duration::from_secs(5),
+            "the first /cookie at the origin",
+            || {
+                origin
+                    .heads()
+                    .iter()
+                    .any(|h| h.contains("/cookie"))
+                    .then_some(())
+            },
+        );
         let b = client::fetch(addr, "GET", "/cookie", &[("Cookie", "session=B")], b"");
         let a = a.join().unwrap();
         assert_eq!(a.body, b"for session=A-secret\n", "{}", a.describe());
@@ -500,6 +511,8 @@ fn cookie_origin(delay: Duration) -> RawOrigin {
 fn three_cookie_requests(inst: &Instance) -> Vec<(Option<String>, String)> {
     let addr = inst.addr();
     let first = thread::spawn(move || client::fetch(addr, "GET", "/sc", &[], b""));
+    // The second comes while the first's fill waits on the origin's delay (the subject: a
+    // follower of a fill).
     thread::sleep(Duration::from_millis(400));
     let second = client::fetch(addr, "GET", "/sc", &[], b"");
     let first = first.join().unwrap();
@@ -581,7 +594,7 @@ fn set_cookie_answers_are_not_shared_unless_the_operator_says_so() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("bad.toml");
         std::fs::write(&file, "[cached]\nset_cookie = \"sometimes\"\n").unwrap();
-        let out = std::process::Command::new(crate::harness::bin_path("cached"))
+        let out = std::process::Command::new(shmproxy_tests::harness::bin_path("cached"))
             .arg("--config")
             .arg(&file)
             .output()

@@ -11,9 +11,9 @@
 //!   threads go on, `request_panics` counts it, `threads_restarted` is exported, and the pool
 //!   gets every segment back.
 
-use crate::client::Conn;
-use crate::harness::{with_deadline, write_file, Instance};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::Conn;
+use shmproxy_tests::harness::{with_deadline, write_file, Instance};
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(120);
@@ -39,9 +39,11 @@ fn hammer(inst: &Instance, target: &str, headers: &[(&str, &str)], n: usize, ok:
         let c = &mut conns[i % 4];
         c.set_read_timeout(PROMPT);
         let t = Instant::now();
-        c.send(&crate::client::request_bytes("GET", target, headers, b""));
+        c.send(&shmproxy_tests::client::request_bytes(
+            "GET", target, headers, b"",
+        ));
         let r = c
-            .read_response(crate::client::Expect::Body)
+            .read_response(shmproxy_tests::client::Expect::Body)
             .unwrap_or_else(|e| {
                 panic!(
                     "request {i} of {target} {headers:?}: no answer within {PROMPT:?} ({e}): \
@@ -268,7 +270,7 @@ fn a_panicking_request_costs_only_itself_and_is_counted() {
             let mut c = inst.conn();
             c.set_read_timeout(PROMPT);
             c.send(b"GET /__test-panic-proxy HTTP/1.1\r\nHost: x\r\n\r\n");
-            match c.read_response(crate::client::Expect::Body) {
+            match c.read_response(shmproxy_tests::client::Expect::Body) {
                 Ok(r) => assert_eq!(r.status, 500, "panic {i} in the proxy: {}", r.describe()),
                 Err(e) => panic!("panic {i} in the proxy: no answer ({e})"),
             }

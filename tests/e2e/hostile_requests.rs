@@ -6,9 +6,9 @@
 //! fields); `Host` is validated and part of the cache key; client-supplied forwarding fields
 //! are replaced; a directory redirect is never protocol-relative.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{with_deadline, write_file, Instance};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{with_deadline, write_file, Instance};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};

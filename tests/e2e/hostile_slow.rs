@@ -5,9 +5,9 @@
 //! are budgeted as a whole (`min_rate_grace` + bytes / `min_send_rate` or `min_recv_rate`),
 //! and only `client_wait_threads` threads of a worker may wait on slow clients at once.
 
-use crate::client::{self, Conn, Expect};
-use crate::harness::{pattern, with_deadline, Instance};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, Conn, Expect};
+use shmproxy_tests::harness::{pattern, with_deadline, Instance};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -161,7 +161,7 @@ fn slow_readers_and_uploaders_do_not_delay_hits() {
 #[test]
 #[ignore = "400 client threads; run by hand"]
 fn full_scale_slow_readers_and_uploaders_do_not_delay_hits() {
-    crate::harness::raise_nofile_limit();
+    shmproxy_tests::harness::raise_nofile_limit();
     slow_peers_vs_hits(Scale {
         readers: 200,
         uploaders: 200,
@@ -239,7 +239,8 @@ fn slow_peers_vs_hits(sc: Scale) {
             ));
         }
         // While the slow peers are at it (their budgets last about 3 s): hits from another
-        // client, on fresh connections so both workers serve them.
+        // client, on fresh connections so both workers serve them (the pause lets the slow
+        // peers get going: the subject is the clients' speed during the attack).
         thread::sleep(Duration::from_millis(300));
         let mut lat = Vec::new();
         let t0 = Instant::now();

@@ -3,9 +3,11 @@
 //! directory index, header forwarding to the origin (hop-by-hop removed, `X-Forwarded-For` and
 //! `Via` added) and request bodies (`Content-Length` and chunked) for unsafe methods.
 
-use crate::client::{chunk_encode, request_bytes, Expect};
-use crate::harness::{assert_same_body, pattern, sha256_hex, with_deadline, write_file, Instance};
 use crate::origin::{unhex, Origin, Route};
+use shmproxy_tests::client::{chunk_encode, request_bytes, Expect};
+use shmproxy_tests::harness::{
+    assert_same_body, pattern, sha256_hex, with_deadline, write_file, Instance,
+};
 use std::fs;
 use std::time::{Duration, SystemTime};
 

@@ -6,11 +6,11 @@
 //! instead of being dropped; a burst of new connections is accepted whole, while a lone
 //! client's connections are accepted at once.
 
-use crate::client::{request_bytes, Conn, Expect};
-use crate::harness::{
-    pattern, raise_nofile_limit, send_signal, with_deadline, write_file, Instance,
-};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{request_bytes, Conn, Expect};
+use shmproxy_tests::harness::{
+    pattern, poll_until, raise_nofile_limit, send_signal, with_deadline, write_file, Instance,
+};
 use std::io::Write;
 use std::net::TcpStream;
 use std::thread;
@@ -64,8 +64,15 @@ fn idle_connections_do_not_block_other_clients() {
         for _ in USED_THEN_IDLE..IDLE {
             silent.push(connect_retry(addr));
         }
-        // Let the master hand them all to workers.
-        thread::sleep(Duration::from_millis(500));
+        // The master has handed them all to workers.
+        poll_until(
+            Duration::from_secs(20),
+            "every connection open in a worker",
+            || {
+                let open = inst.stats()["proxy"]["connections_active"].as_u64();
+                open.is_some_and(|n| n >= IDLE as u64).then_some(())
+            },
+        );
 
         // Fresh connections.
         for i in 0..25 {
@@ -179,7 +186,12 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
             .flat_map(|_| request_bytes("GET", "/mid", &[], b""))
             .collect();
         stalled_l1.write_all(&pipelined).unwrap();
-        thread::sleep(Duration::from_millis(500));
+        poll_until(Duration::from_secs(5), "the first pipelined hits", || {
+            (l1_hits() - hits_before >= 2).then_some(())
+        });
+        // The subject: given time, a thread that does not wait on the full socket would answer
+        // all 32.
+        thread::sleep(Duration::from_millis(300));
         let answered = l1_hits() - hits_before;
         assert!(
             (2..32).contains(&answered),
@@ -253,7 +265,9 @@ fn a_burst_beyond_a_busy_workers_channel_waits_in_the_master_and_is_answered() {
         let addr = inst.addr();
         // The worker's one thread waits on the origin: nobody reads the channel meanwhile.
         let slow = thread::spawn(move || Conn::connect(addr).get("/slow").status);
-        thread::sleep(Duration::from_millis(300));
+        poll_until(Duration::from_secs(5), "/slow reaching the origin", || {
+            (origin.count("/slow") == 1).then_some(())
+        });
         let burst: Vec<TcpStream> = (0..BURST)
             .map(|_| {
                 let mut s = connect_retry(addr);

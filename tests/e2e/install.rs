@@ -2,7 +2,7 @@
 //! how the configuration file is found without `--config`, and the systemd units of
 //! `contrib/` (`systemd-analyze verify`, where it exists).
 
-use crate::harness::{bin_path, shm_objects, CONFIG_ENV};
+use shmproxy_tests::harness::{bin_path, shm_objects, CONFIG_ENV};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -85,7 +85,7 @@ fn issue_14_check_validates_the_file_and_flags_and_starts_nothing() {
         "--check created IPC objects"
     );
     assert!(
-        !crate::harness::mq_exists(&instance),
+        !shmproxy_tests::harness::mq_exists(&instance),
         "--check created the queue"
     );
 
@@ -197,7 +197,7 @@ fn issue_14_systemd_units_verify() {
 /// SIGHUP, and STOPPING=1 on SIGTERM.
 #[test]
 fn issue_14_readiness_reaches_the_notify_socket() {
-    use crate::harness::{with_deadline, write_file, Instance};
+    use shmproxy_tests::harness::{with_deadline, write_file, Instance};
     use std::os::unix::net::UnixDatagram;
     use std::time::{Duration, Instant};
     with_deadline(Duration::from_secs(60), || {

@@ -1,12 +1,12 @@
 //! Start order, `cached` absent / restarted, graceful stop on SIGTERM and SIGINT, and two
 //! instances side by side.
 
-use crate::client::{self, Conn};
-use crate::harness::{
-    descendants, describe_status, pattern, pid_alive, poll_until, shm_objects, with_deadline,
-    write_file, Instance, EXIT_BOUND,
-};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{
+    descendants, describe_status, pattern, pid_alive, poll_until, shm_objects, with_deadline,
+    write_file, Instance, EXIT_BOUND, READY_TIMEOUT,
+};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
@@ -34,6 +34,22 @@ fn unique(prefix: &str) -> String {
 
 /// GET of a never-requested path on a fresh connection; asserts 503 within the bound.
 #[track_caller]
+/// Waits until cached, started alone, is up: its request queue and stats region exist.
+fn wait_cached_up(inst: &mut Instance) {
+    poll_until(
+        READY_TIMEOUT,
+        "cached's request queue and stats region",
+        || {
+            assert!(inst.cached_alive(), "cached exited:\n{}", inst.logs());
+            let stats = inst
+                .shm_objects()
+                .iter()
+                .any(|o| o.ends_with(".stats.cached"));
+            (stats && inst.mq_exists()).then_some(())
+        },
+    );
+}
+
 fn assert_503_quickly(inst: &Instance, what: &str) {
     let t0 = Instant::now();
     let r = inst.get(&unique("absent"));
@@ -96,8 +112,8 @@ fn cached_first_then_proxy() {
         let root = site("b");
         let mut inst = Instance::builder().root(root.path()).build();
         inst.spawn_cached();
-        // Give cached time to come up alone (it cannot be reached without a proxy).
-        thread::sleep(Duration::from_millis(500));
+        // cached comes up alone (it cannot be reached without a proxy): its queue and stats.
+        wait_cached_up(&mut inst);
         assert!(
             inst.cached_alive(),
             "cached exited without a proxy:\n{}",
@@ -233,7 +249,7 @@ fn each_daemon_alone_stops_cleanly() {
         assert_eq!(inst.shm_objects(), Vec::<String>::new(), "proxy alone left");
         // cached without ever having seen a proxy.
         inst.spawn_cached();
-        thread::sleep(Duration::from_millis(300));
+        wait_cached_up(&mut inst);
         assert!(inst.cached_alive(), "cached exited alone:\n{}", inst.logs());
         inst.stop_cached();
         assert_eq!(
@@ -273,13 +289,17 @@ fn sigterm_lets_an_in_flight_request_finish() {
             "the request reaching the origin",
             || (origin.count("/slow") == 1).then_some(()),
         );
-        thread::sleep(Duration::from_millis(200));
+        poll_until(
+            Duration::from_secs(5),
+            "the answer crossing the pool",
+            || (inst.pool().in_use > 0).then_some(()),
+        );
         let t0 = Instant::now();
         inst.signal_proxy(libc::SIGTERM);
         inst.signal_cached(libc::SIGTERM);
         let r = client.join().expect("client thread");
         assert_eq!(r.status, 200, "{}", r.describe());
-        crate::harness::assert_same_body(&r.body, &body, "in-flight /slow");
+        shmproxy_tests::harness::assert_same_body(&r.body, &body, "in-flight /slow");
         let p = inst.wait_proxy_exit(EXIT_BOUND);
         let c = inst.wait_cached_exit(EXIT_BOUND.saturating_sub(t0.elapsed()));
         assert!(

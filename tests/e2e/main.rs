@@ -2,12 +2,11 @@
 //! first: `cargo build --workspace --bins`), each test with its own instance name, free port,
 //! temp document root or in-process origin, and a watchdog deadline.
 //!
-//! Layout: `harness` (instances, watchdog), `client` (blocking HTTP/1.1 client), `origin`
-//! (scriptable origin server, plain or TLS), `tls` (a CA and certificates made at test time);
+//! Layout: the harness (instances, watchdog) and the blocking HTTP/1.1 client come from the
+//! package's library (`tests/support/`, shared with the `stress` tool); `origin` (scriptable
+//! origin server, plain or TLS) and `tls` (a CA and certificates made at test time) are local;
 //! one file per acceptance area of the pipeline issue.
 
-mod client;
-mod harness;
 mod origin;
 mod tls;
 

@@ -2,7 +2,7 @@
 //! (`fs.mqueue.msg_max` 10, `RLIMIT_MSGQUEUE` 819,200 bytes): 24 instances, each with its own
 //! queue, are alive at once and all serve. With 10 × 8 KiB messages per queue only 9 would fit.
 
-use crate::harness::{with_deadline, write_file, Instance};
+use shmproxy_tests::harness::{with_deadline, write_file, Instance};
 use std::time::Duration;
 
 const INSTANCES: usize = 24;

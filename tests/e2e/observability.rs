@@ -7,9 +7,9 @@
 //! installs them.
 
 use crate::accesslog::{parse_clf as parse_line, read_lines};
-use crate::client;
-use crate::harness::{self, with_deadline, Instance};
 use serde_json::Value;
+use shmproxy_tests::client;
+use shmproxy_tests::harness::{self, with_deadline, Instance};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -517,33 +517,14 @@ fn observability_sites_and_servers_reach_json_metrics_and_proxy_stats() {
 
 /// Connects to `addr` from source address `from` (another loopback address).
 fn connect_from(from: std::net::Ipv4Addr, addr: SocketAddr) -> TcpStream {
-    use std::os::fd::FromRawFd;
-    let sa = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
+    use nix::sys::socket::{connect, SockaddrIn};
+    use std::os::fd::AsRawFd;
     let SocketAddr::V4(to) = addr else {
         panic!("IPv4 only")
     };
-    // SAFETY: plain socket(2); the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0);
-    // SAFETY: `fd` is the socket just created and owned here; it is moved into the TcpStream
-    // once, which closes it.
-    let stream = unsafe { TcpStream::from_raw_fd(fd) };
-    let local = sa(from, 0);
-    let remote = sa(*to.ip(), to.port());
-    let len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: `local` is a valid sockaddr_in that outlives the call, `len` its size.
-    let rc = unsafe { libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) };
-    assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
-    // SAFETY: as above for `remote`.
-    let rc = unsafe { libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) };
-    assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+    let fd = harness::bound_socket(std::net::SocketAddrV4::new(from, 0));
+    connect(fd.as_raw_fd(), &SockaddrIn::from(to)).unwrap_or_else(|e| panic!("connect: {e}"));
+    let stream = TcpStream::from(fd);
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -668,18 +649,30 @@ fn observability_stats_command_reads_shared_memory() {
             .spawn()
             .unwrap();
         let mut stdout = w.stdout.take().unwrap();
-        let reader = thread::spawn(move || {
-            let mut all = Vec::new();
-            let _ = stdout.read_to_end(&mut all);
-            all
-        });
-        for _ in 0..10 {
-            assert_eq!(c.get("/small.txt").status, 200);
-            thread::sleep(Duration::from_millis(100));
-        }
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let reader = {
+            let seen = seen.clone();
+            thread::spawn(move || {
+                let mut tmp = [0u8; 4096];
+                while let Ok(n @ 1..) = stdout.read(&mut tmp) {
+                    seen.lock().unwrap().extend_from_slice(&tmp[..n]);
+                }
+            })
+        };
+        // Traffic until three frames, with rates, have been drawn.
+        harness::poll_until(
+            Duration::from_secs(15),
+            "three --watch frames with rates",
+            || {
+                assert_eq!(c.get("/small.txt").status, 200);
+                let all = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
+                (all.matches("\x1b[H\x1b[2J").count() >= 3 && all.contains("RATE/s")).then_some(())
+            },
+        );
         harness::send_signal(w.id() as i32, libc::SIGTERM);
         let _ = w.wait();
-        let all = String::from_utf8_lossy(&reader.join().unwrap()).to_string();
+        reader.join().unwrap();
+        let all = String::from_utf8_lossy(&seen.lock().unwrap()).to_string();
         let frames = all.matches("\x1b[H\x1b[2J").count();
         assert!(frames >= 3, "{frames} frames:\n{all}");
         assert!(all.contains("RATE/s"), "no rates in --watch:\n{all}");
@@ -736,13 +729,11 @@ impl Tmux {
 
     fn wait_for(&self, what: &str, mut ok: impl FnMut(&[String]) -> bool) -> Vec<String> {
         let mut last = Vec::new();
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(15) {
+        if harness::poll(Duration::from_secs(15), || {
             last = self.screen();
-            if ok(&last) {
-                return last;
-            }
-            thread::sleep(Duration::from_millis(100));
+            ok(&last)
+        }) {
+            return last;
         }
         panic!("{what}: not on screen after 15 s:\n{}", last.join("\n"));
     }
@@ -1022,14 +1013,21 @@ fn observability_access_log_rotates_and_reopens_on_sigusr1() {
             .proxy_arg(cfg.to_str().unwrap())
             .start();
         let mut c = inst.conn();
+        let lines = || u(&inst.stats(), &["proxy", "access_log_lines"]);
         for round in 0..6 {
+            let before = lines();
             for i in 0..24 {
                 assert_eq!(
                     c.get(&format!("/small.txt?round={round}&i={i}")).status,
                     200
                 );
             }
-            thread::sleep(Duration::from_millis(700)); // one flush per round
+            // One flush per round.
+            harness::poll_until(
+                Duration::from_secs(5),
+                &format!("round {round} written"),
+                || (lines() >= before + 24).then_some(()),
+            );
         }
         let gen = |n: u32| PathBuf::from(format!("{}.{n}", log.display()));
         harness::poll_until(Duration::from_secs(5), "three rotations", || {
@@ -1125,18 +1123,7 @@ struct Browser {
 }
 
 fn pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a writable array of two ints, as pipe2(2) requires.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
-    assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-    // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
-    unsafe {
-        (
-            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
-            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
-        )
-    }
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe2")
 }
 
 impl Browser {
@@ -1169,16 +1156,20 @@ impl Browser {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         // SAFETY: runs in the child before exec and only calls async-signal-safe functions
-        // (fcntl, dup2, prctl) on fds that exist in the child.
+        // (fcntl, dup2, prctl, through nix's thin wrappers) on fds that exist in the child:
+        // `cr` and `ow` stay open in the parent until the spawn has returned, and the copies
+        // are plain ints borrowed only for the call.
         unsafe {
             cmd.pre_exec(move || {
+                use nix::fcntl::{fcntl, FcntlArg};
+                use std::os::fd::{BorrowedFd, IntoRawFd};
                 // Move both ends out of the way first (they could already be 3 or 4).
-                let a = libc::fcntl(cr, libc::F_DUPFD_CLOEXEC, 10);
-                let b = libc::fcntl(ow, libc::F_DUPFD_CLOEXEC, 10);
-                if a < 0 || b < 0 || libc::dup2(a, 3) < 0 || libc::dup2(b, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+                let a = fcntl(BorrowedFd::borrow_raw(cr), FcntlArg::F_DUPFD_CLOEXEC(10))?;
+                let b = fcntl(BorrowedFd::borrow_raw(ow), FcntlArg::F_DUPFD_CLOEXEC(10))?;
+                // Fds 3 and 4 must survive the exec: their owners are released, never dropped.
+                let _ = nix::unistd::dup2_raw(BorrowedFd::borrow_raw(a), 3)?.into_raw_fd();
+                let _ = nix::unistd::dup2_raw(BorrowedFd::borrow_raw(b), 4)?.into_raw_fd();
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
                 Ok(())
             });
         }
@@ -1285,7 +1276,11 @@ impl Browser {
             "Page.captureScreenshot",
             serde_json::json!({"format": "png"}),
         );
-        let png = base64_decode(r["data"].as_str().unwrap());
+        let png = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            r["data"].as_str().unwrap(),
+        )
+        .expect("a base64 screenshot");
         assert!(png.starts_with(b"\x89PNG"), "not a PNG");
         std::fs::write(path, png).unwrap();
     }
@@ -1297,45 +1292,12 @@ impl Drop for Browser {
             serde_json::to_vec(&serde_json::json!({"id": 0, "method": "Browser.close"})).unwrap();
         bytes.push(0);
         let _ = self.to.write_all(&bytes);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(20));
+        if harness::wait_timeout(&mut self.child, Duration::from_secs(5)).is_some() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    let val = |c: u8| -> u32 {
-        match c {
-            b'A'..=b'Z' => (c - b'A') as u32,
-            b'a'..=b'z' => (c - b'a' + 26) as u32,
-            b'0'..=b'9' => (c - b'0' + 52) as u32,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("bad base64 byte {c}"),
-        }
-    };
-    let bytes: Vec<u8> = s.bytes().filter(|&c| c != b'=' && c != b'\n').collect();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut n = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c) << (18 - 6 * i);
-        }
-        out.push((n >> 16) as u8);
-        if chunk.len() > 2 {
-            out.push((n >> 8) as u8);
-        }
-        if chunk.len() > 3 {
-            out.push(n as u8);
-        }
-    }
-    out
 }
 
 /// `target/` of this build (the test binary lives in `target/<profile>/deps/`).
@@ -1407,10 +1369,13 @@ fn observability_dashboard_renders_live_in_chromium() {
         );
         let first = rendered_requests(&mut b);
         let sent_then = sent.load(Ordering::Relaxed);
-        thread::sleep(Duration::from_millis(2500));
-        let second = rendered_requests(&mut b);
+        let mut second = first;
+        let rose = harness::poll(Duration::from_secs(10), || {
+            second = rendered_requests(&mut b);
+            second > first
+        });
         assert!(
-            second > first,
+            rose,
             "the rendered counter did not increase ({first} → {second}) while {} requests were sent",
             sent.load(Ordering::Relaxed) - sent_then
         );
@@ -1523,8 +1488,12 @@ fn observability_dashboard_renders_live_in_chromium() {
         // Phone width: one column, nothing wider than the screen.
         b.eval("window.shmproxyDashboard.start()");
         b.viewport(390, 844, true);
-        thread::sleep(Duration::from_millis(1200));
-        let overflow = b.eval("document.documentElement.scrollWidth - window.innerWidth");
+        // The layout follows the new width (charts redraw on resize).
+        let mut overflow = serde_json::Value::Null;
+        harness::poll(Duration::from_secs(5), || {
+            overflow = b.eval("document.documentElement.scrollWidth - window.innerWidth");
+            overflow.as_i64().is_some_and(|o| o <= 0)
+        });
         assert!(
             overflow.as_i64().unwrap() <= 0,
             "horizontal overflow at phone width: {overflow}"

@@ -24,6 +24,7 @@
 // A shared harness: not every test file uses every helper.
 #![allow(dead_code)]
 
+use shmproxy_tests::client;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -109,18 +110,11 @@ pub struct Recorded {
 
 impl Recorded {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        client::header(&self.headers, name)
     }
 
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        client::header_all(&self.headers, name)
     }
 
     /// The path part of the target (before `?`).
@@ -486,10 +480,10 @@ fn read_request<S: Read>(r: &mut BufReader<S>) -> io::Result<Option<Recorded>> {
         loop {
             let mut size = String::new();
             r.read_line(&mut size)?;
-            let size = size.trim_end_matches(['\r', '\n']);
-            let size = size.split(';').next().unwrap_or_default().trim();
-            let n = usize::from_str_radix(size, 16)
-                .map_err(|_| io::Error::other(format!("origin: bad chunk size {size:?}")))?;
+            let n = match httparse::parse_chunk_size(size.as_bytes()) {
+                Ok(httparse::Status::Complete((_, n))) => n as usize,
+                _ => return Err(io::Error::other(format!("origin: bad chunk size {size:?}"))),
+            };
             if n == 0 {
                 loop {
                     let mut t = String::new();
@@ -737,11 +731,10 @@ pub(crate) mod tests {
         assert_eq!(origin.requests().len(), 1, "the ClientHello is no request");
     }
 
-    fn poll(mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !f() {
-            assert!(Instant::now() < deadline, "condition not met within 5 s");
-            thread::sleep(Duration::from_millis(10));
-        }
+    fn poll(f: impl FnMut() -> bool) {
+        assert!(
+            shmproxy_tests::harness::poll(Duration::from_secs(5), f),
+            "condition not met within 5 s"
+        );
     }
 }

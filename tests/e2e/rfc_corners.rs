@@ -2,12 +2,12 @@
 //! stored (any final status with explicit freshness, a bodyless 204, never a 1xx), dates in
 //! every form, `If-Modified-Since` against `Date`, a `HEAD` 200 updating the stored `GET`,
 //! qualified `no-cache`/`private`, and `CDN-Cache-Control` with its config keys. The pure
-//! rules have unit tests in `cached/src/policy.rs` and `common/src/http.rs`.
+//! rules have unit tests in `common/src/cache_policy.rs` and `common/src/http.rs`.
 
-use crate::client::{self, Conn};
-use crate::harness::{with_deadline, Instance};
 use crate::origin::{Origin, Route};
 use common::http::http_date;
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{with_deadline, Instance};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};

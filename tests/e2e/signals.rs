@@ -4,7 +4,7 @@
 //! left in /dev/shm or the mqueue namespace, even when SIGTERM reaches a proxy master that
 //! is still starting.
 
-use crate::harness::{describe_status, poll_until, with_deadline, write_file, Instance};
+use shmproxy_tests::harness::{describe_status, poll_until, with_deadline, write_file, Instance};
 use std::os::unix::process::ExitStatusExt;
 use std::thread;
 use std::time::Duration;
@@ -80,6 +80,7 @@ fn issue_14_each_signal_leaves_both_daemons_serving_then_sigterm_leaves_nothing(
                         || (inst.last_log(daemon).matches(line).count() > before).then_some(()),
                     );
                 } else {
+                    // No line to wait for: the subject is that nothing happens meanwhile.
                     thread::sleep(Duration::from_millis(100));
                 }
                 assert!(
@@ -140,7 +141,7 @@ fn issue_14_sigterm_while_the_proxy_starts_leaves_nothing() {
             let delay = Duration::from_micros((i % 11) * 2000);
             let mut inst = Instance::builder().root(dir.path()).workers(1).build();
             inst.spawn_proxy();
-            thread::sleep(delay);
+            thread::sleep(delay); // the subject: SIGTERM at every moment of the start-up
             inst.signal_proxy(libc::SIGTERM);
             let st = inst
                 .wait_proxy_exit(Duration::from_secs(5))

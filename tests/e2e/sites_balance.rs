@@ -7,9 +7,9 @@
 //! read too) with `url` (the server's URL, matched here by `:PORT`) and `state` (`"up"` /
 //! `"down"`); the cached counter `upstream_retries`.
 
-use crate::client::{self, Conn};
-use crate::harness::{pattern, poll_until, with_deadline, ClosedPort, Instance};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{pattern, poll_until, with_deadline, ClosedPort, Instance};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 

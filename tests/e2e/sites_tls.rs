@@ -6,10 +6,12 @@
 //! The origin is [`Origin::start_tls`] with a certificate from a [`TestCa`] made at test time;
 //! cached trusts the CA through `--tls-ca-file`.
 
-use crate::client::{self, Conn};
-use crate::harness::{assert_same_body, pattern, poll_until, sha256_hex, with_deadline, Instance};
 use crate::origin::{Origin, Route};
 use crate::tls::{TestCa, TestCert};
+use shmproxy_tests::client::{self, Conn};
+use shmproxy_tests::harness::{
+    assert_same_body, pattern, poll_until, sha256_hex, with_deadline, Instance,
+};
 use std::io::Read;
 use std::path::Path;
 use std::time::{Duration, Instant};

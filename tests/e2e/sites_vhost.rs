@@ -7,10 +7,10 @@
 //! looked for inside `cached`: see [`Instance::sites`]); the access log line, given a format
 //! that ends with `$site`, ends with the site's name.
 
-use crate::client::{self, Response};
-use crate::harness::{poll_until, with_deadline, Instance};
 use crate::origin::{Origin, Route};
 use serde_json::Value;
+use shmproxy_tests::client::{self, Response};
+use shmproxy_tests::harness::{poll_until, with_deadline, Instance};
 use std::path::Path;
 use std::time::Duration;
 

@@ -4,9 +4,9 @@
 //! must-revalidate or no-cache forbid it; `keep` bounds how long an expired answer is kept
 //! for a conditional refresh.
 
-use crate::client;
-use crate::harness::{poll_until, with_deadline, Instance};
 use crate::origin::{Origin, Route};
+use shmproxy_tests::client;
+use shmproxy_tests::harness::{poll_until, with_deadline, Instance};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,8 @@ fn with_keys(origin: &str, keys: &str) -> Instance {
         .start()
 }
 
-/// Waits until the stored answer is past its 1-second lifetime.
+/// Waits until the stored answer is past its 1-second lifetime (time is the subject: there
+/// is nothing to poll).
 fn expire() {
     thread::sleep(Duration::from_millis(1300));
 }
@@ -76,6 +77,7 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background()
         poll_until(Duration::from_secs(10), "the background refresh", || {
             (counter(&inst, "background_refreshes") >= 1 && origin.count("/swr") == 2).then_some(())
         });
+        // The subject: no second refresh comes, however long the clients keep asking.
         thread::sleep(Duration::from_millis(1700));
         assert_eq!(origin.count("/swr"), 2, "one refresh for the key");
         assert_eq!(
@@ -93,7 +95,7 @@ fn stale_while_revalidate_answers_at_once_and_refreshes_once_in_the_background()
             Route::ok("old").header("Cache-Control", "max-age=1, stale-while-revalidate=1"),
         );
         get(&inst, "/short");
-        thread::sleep(Duration::from_millis(2300));
+        thread::sleep(Duration::from_millis(2300)); // the subject: past max-age and the window
         origin.route(
             "/short",
             Route::ok("new").header("Cache-Control", "max-age=60"),

@@ -2,7 +2,7 @@
 //! 0 B to 16 MiB plus a missing one, every body verified by SHA-256, the pool all free and
 //! nothing left in /dev/shm afterwards (the tool checks and exits non-zero otherwise).
 
-use crate::harness::with_deadline;
+use shmproxy_tests::harness::with_deadline;
 use std::process::Command;
 use std::time::Duration;
 

@@ -32,13 +32,14 @@
 //! may remain in `/dev/shm` or the mqueue namespace. Any mismatch, unexpected status, crash,
 //! failed recovery or leak fails the run (exit 1).
 
-use crate::daemons::{self, Daemons, PoolStats, Setup};
 use crate::files::{self, Doc, SplitMix64};
-use crate::http::Client;
-use crate::{human_size, print_tail, Opts, Shape, WorkDir};
+use crate::progress::Progress;
+use crate::{human_size, pool_text, print_tail, Opts, Shape, WorkDir};
 use sha2::{Digest, Sha256};
+use shmproxy_tests::client::Client;
+use shmproxy_tests::harness::{self, Instance, PoolStats};
 use std::fmt;
-use std::io::{ErrorKind, IsTerminal, Write};
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -398,15 +399,13 @@ fn judge(
 
 /// The pair under fire and how to restore it.
 struct Chaos<'a> {
-    setup: &'a Setup<'a>,
-    daemons: Daemons,
-    probe: &'a str,
+    daemons: Instance,
     opts: &'a ChaosOpts,
     workers: usize,
     rng: SplitMix64,
     /// Workers alive after the last recovery: any of them gone before the next kill died on
     /// its own.
-    known_workers: Vec<u32>,
+    known_workers: Vec<i32>,
     /// Recovery time of every kill.
     recoveries: Vec<(Victim, Duration)>,
     problems: Vec<String>,
@@ -502,7 +501,7 @@ impl Chaos<'_> {
             return Err(what.join(", "));
         }
         let now = self.daemons.workers();
-        let lost: Vec<u32> = self
+        let lost: Vec<i32> = self
             .known_workers
             .iter()
             .copied()
@@ -518,7 +517,7 @@ impl Chaos<'_> {
 
     /// The pool still has its configured size (it never shrinks).
     fn check_pool_size(&self) -> Result<(), String> {
-        let pool = self.daemons.pool_stats()?;
+        let pool = self.daemons.try_pool()?;
         if pool.segments != self.opts.shape.segments {
             return Err(format!(
                 "the pool has {} segments, expected {}",
@@ -529,13 +528,16 @@ impl Chaos<'_> {
     }
 
     fn kill_worker(&mut self, n: u64, tally: &Tally) -> Result<(), String> {
-        let master = self.daemons.master_pid();
+        let master = self
+            .daemons
+            .proxy_pid()
+            .ok_or("the proxy master is not running")?;
         let workers = self.daemons.workers();
         if workers.is_empty() {
             return Err("the master has no worker to kill".into());
         }
         let pid = workers[self.rng.below(workers.len() as u64) as usize];
-        if !daemons::kill_child_of(master, pid)? {
+        if !harness::kill_child_of(master, pid)? {
             return Err(format!("worker {pid} vanished before its kill"));
         }
         tally.kills[Victim::Worker.index()].fetch_add(1, Relaxed);
@@ -559,36 +561,36 @@ impl Chaos<'_> {
             thread::sleep(Duration::from_millis(5));
         }
         self.daemons
-            .wait_ready(self.probe)
+            .try_wait_ready()
             .map_err(|e| format!("after the kill of worker {pid} (kill #{n}): {e}"))
     }
 
     fn kill_cached(&mut self, n: u64, tally: &Tally) -> Result<(), String> {
-        self.daemons.kill_cached()?;
+        self.daemons.try_kill_cached()?;
         tally.kills[Victim::Cached.index()].fetch_add(1, Relaxed);
-        // Stay down a moment: the proxy must answer 503 meanwhile, then reconnect by itself.
+        // Stay down a moment (the subject: the proxy must answer 503 meanwhile, then
+        // reconnect by itself).
         let down = self.jitter(self.opts.interval) / 2;
         thread::sleep(down);
+        self.daemons.spawn_cached();
         self.daemons
-            .restart_cached(self.setup, &format!("restart after kill -9 #{n}"))?;
-        self.daemons.wait_ready(self.probe)
+            .try_wait_ready()
+            .map_err(|e| format!("restarted cached (kill #{n}): {e}"))
     }
 
     fn kill_master(&mut self, n: u64, tally: &Tally) -> Result<(), String> {
-        let workers = self.daemons.kill_master()?;
+        let workers = self.daemons.kill_proxy_master()?;
         tally.kills[Victim::Master.index()].fetch_add(1, Relaxed);
         // Its workers must follow it (PR_SET_PDEATHSIG); they hold the port until they go.
-        let left = daemons::wait_gone(&workers, ORPHAN_EXIT_BOUND);
+        let left = harness::wait_pids_gone(&workers, ORPHAN_EXIT_BOUND);
         if !left.is_empty() {
             return Err(format!(
                 "workers {left:?} of the killed master still running {ORPHAN_EXIT_BOUND:?} later"
             ));
         }
-        self.daemons.restart_proxy(
-            self.setup,
-            &format!("restart after kill -9 #{n}"),
-            self.probe,
-        )
+        self.daemons
+            .try_restart_proxy()
+            .map_err(|e| format!("kill #{n}: {e}"))
     }
 }
 
@@ -600,15 +602,11 @@ impl Chaos<'_> {
 /// refreshes the progress line, until `stop`.
 fn monitor(instance: &str, kills: u64, tally: &Tally, stop: &AtomicBool, start: Instant) {
     let allowed = [".pool", ".stats.proxy", ".stats.cached"].map(|s| format!("{instance}{s}"));
-    let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_millis(250)
-    } else {
-        Duration::from_secs(1)
-    };
+    let every = Duration::from_millis(250);
+    let mut progress = Progress::new(Some(kills), "kills");
     let mut next = Instant::now() + every;
     while !stop.load(Relaxed) {
-        for name in daemons::shm_names(instance) {
+        for name in harness::shm_objects(instance) {
             if !allowed.contains(&name) {
                 if let Ok(mut v) = tally.shm_violations.lock() {
                     if !v.contains(&name) {
@@ -623,25 +621,19 @@ fn monitor(instance: &str, kills: u64, tally: &Tally, stop: &AtomicBool, start: 
             continue;
         }
         next += every;
-        let line = progress_line(kills, tally, start);
-        let mut err = std::io::stderr().lock();
-        let _ = if tty {
-            write!(err, "\r{line}\x1b[K")
-        } else {
-            writeln!(err, "{line}")
-        };
+        let [w, c, m] = tally.kills();
+        let detail = progress_detail(tally, start);
+        let plain = || format!("chaos: {}/{kills} kills {detail}", w + c + m);
+        progress.update("chaos:", w + c + m, detail.clone(), plain);
     }
-    if tty {
-        let _ = write!(std::io::stderr(), "\r\x1b[K");
-    }
+    progress.finish();
 }
 
-fn progress_line(kills: u64, tally: &Tally, start: Instant) -> String {
+fn progress_detail(tally: &Tally, start: Instant) -> String {
     let [w, c, m] = tally.kills();
     format!(
-        "chaos: {}/{kills} kills (worker {w}, cached {c}, master {m}), {} requests, {} completed, \
-         {} aborted, {} mismatches, {:.0} s",
-        w + c + m,
+        "(worker {w}, cached {c}, master {m}), {} requests, {} completed, {} aborted, \
+         {} mismatches, {:.0} s",
         tally.requests.load(Relaxed),
         tally.completed.load(Relaxed),
         tally.aborted(),
@@ -676,34 +668,24 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
         .map_err(|e| format!("writing files: {e}"))?;
     let probe = crate::probe_url(&docs);
     let instance = format!("chaos{}", std::process::id());
-    let setup = Setup {
-        bin_dir: &opts.bin_dir,
-        instance: instance.clone(),
-        root: &work.root,
-        log_dir: &work.logs,
-        workers: opts.workers,
-        segments: shape.segments,
-        segment_size: shape.segment_size,
-        probe,
-    };
+    let dir = work.logs.join(&instance);
     let started = Instant::now();
-    let daemons = match setup.start() {
+    let daemons = match crate::instance_builder(opts, &work, shape, &instance, &dir)
+        .probe(probe)
+        .try_start()
+    {
         Ok(d) => d,
         Err(e) => {
             println!("chaos: FAILED to start the daemons: {e}");
-            for leak in daemons::leaks(&instance) {
-                println!("  ! {leak}");
-            }
-            for log in crate::logs_of(&work.logs, &instance) {
+            for log in crate::last_logs(&dir) {
                 print_tail(&log);
             }
             work.finish(false, opts.keep);
             return Ok(false);
         }
     };
-    let logs = daemons.logs.clone();
     let mut before = Vec::new();
-    let not_found_sha = match learn_not_found(daemons.addr, &docs, opts.timeout) {
+    let not_found_sha = match learn_not_found(daemons.addr(), &docs, opts.timeout) {
         Ok(sha) => sha,
         Err(e) => {
             before.push(format!("before the chaos: {e}"));
@@ -711,7 +693,7 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
         }
     };
     let load = Load {
-        addr: daemons.addr,
+        addr: daemons.addr(),
         docs: &docs,
         timeout: opts.timeout,
         seed: opts.seed,
@@ -720,9 +702,7 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
     let tally = Tally::default();
     let deadline = opts.max_time.map(|t| started + t);
     let mut killer = Chaos {
-        setup: &setup,
         daemons,
-        probe,
         opts: chaos,
         workers: opts.workers as usize,
         rng: SplitMix64(opts.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xc4a05),
@@ -742,8 +722,8 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
                 s.spawn(move || client_loop(id, load, tally, stop))
             })
             .collect();
-        // Kills and restarts happen on this thread: the daemons' PR_SET_PDEATHSIG is tied to
-        // the thread that spawned them, which must outlive them.
+        // Kills and restarts happen on this thread (the harness forks every daemon from one
+        // long-lived thread of its own, so their PR_SET_PDEATHSIG does not depend on this one).
         if killer.problems.is_empty() {
             killer.run(&tally, deadline);
         }
@@ -775,8 +755,8 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
     };
     let ok = report.print();
     if !ok {
-        for log in &logs {
-            print_tail(log);
+        for log in crate::last_logs(&dir) {
+            print_tail(&log);
         }
     }
     work.finish(ok, opts.keep);
@@ -810,7 +790,7 @@ fn learn_not_found(
 /// within the settle time, only the live instance's objects in `/dev/shm`, then SIGTERM and
 /// nothing left.
 fn settle_and_stop(
-    mut daemons: Daemons,
+    mut daemons: Instance,
     docs: &[Doc],
     chaos: &ChaosOpts,
     opts: &Opts,
@@ -825,7 +805,7 @@ fn settle_and_stop(
             .push(format!("{name} is not running after the chaos ({how})"));
     }
     if exited.is_empty() {
-        let mut client = Client::new(daemons.addr, opts.timeout);
+        let mut client = Client::new(daemons.addr(), opts.timeout);
         let mut good = 0;
         for doc in docs {
             match fetch_once(&mut client, doc, not_found_sha) {
@@ -841,25 +821,13 @@ fn settle_and_stop(
         }
         after.final_pass = Some(good);
         let start = Instant::now();
-        let deadline = start + chaos.settle;
-        loop {
-            match daemons.pool_stats() {
-                Ok(p) => {
-                    after.pool = Some(p);
-                    if p.free == p.segments && p.in_use == 0 && p.quarantined == 0 {
-                        after.settled_in = Some(start.elapsed());
-                        break;
-                    }
-                }
-                Err(e) => {
-                    after.problems.push(format!("pool stats: {e}"));
-                    break;
-                }
+        let idle = |p: &PoolStats| p.free == p.segments && p.in_use == 0 && p.quarantined == 0;
+        match daemons.settle_pool(chaos.settle, idle) {
+            Ok(p) => {
+                after.pool = Some(p);
+                after.settled_in = idle(&p).then(|| start.elapsed());
             }
-            if Instant::now() >= deadline {
-                break;
-            }
-            thread::sleep(Duration::from_millis(50));
+            Err(e) => after.problems.push(format!("pool stats: {e}")),
         }
         match after.pool {
             Some(p) if after.settled_in.is_none() => after.problems.push(format!(
@@ -872,7 +840,7 @@ fn settle_and_stop(
             )),
             _ => {}
         }
-        let names = daemons::shm_names(instance);
+        let names = harness::shm_objects(instance);
         let expected: Vec<String> = [".pool", ".stats.cached", ".stats.proxy"]
             .iter()
             .map(|s| format!("{instance}{s}"))
@@ -1048,16 +1016,6 @@ impl Report<'_> {
         } else {
             parts.join(", ")
         }
-    }
-}
-
-fn pool_text(pool: Option<PoolStats>) -> String {
-    match pool {
-        Some(p) => format!(
-            "{}/{} segments free (in use {}, quarantined {})",
-            p.free, p.segments, p.in_use, p.quarantined
-        ),
-        None => "unknown".into(),
     }
 }
 

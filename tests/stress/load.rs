@@ -1,16 +1,17 @@
 //! The load of one pool shape: C client threads, each on its own keep-alive connection, draw
 //! request tickets from a shared counter (until the request count or the duration is reached),
 //! fetch a file chosen by weight (the first tickets cover every file once), and verify its
-//! status, length and SHA-256. A progress line on stderr is refreshed while they run.
+//! status, length and SHA-256. A progress line on stderr (`progress.rs`) is refreshed while
+//! they run.
 //!
 //! A `503` (pool exhausted, `cached` busy) is a legitimate, bounded answer: it is counted as
 //! "busy" and retried with a back-off; only a request still refused after [`BUSY_GIVE_UP`] is
 //! an error.
 
 use crate::files::{Doc, SplitMix64};
-use crate::http::Client;
+use crate::progress::Progress;
 use sha2::{Digest, Sha256};
-use std::io::{IsTerminal, Write};
+use shmproxy_tests::client::Client;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
@@ -273,8 +274,11 @@ fn record(tally: &Tally, counter: &AtomicU64, msg: String) {
     }
 }
 
-/// Refreshes a progress line on stderr until `stop` (in place on a terminal, one line per
-/// second otherwise), and runs `watch` with each refresh; its first error aborts the load.
+/// How often the progress line is refreshed and `watch` runs.
+const REFRESH: Duration = Duration::from_millis(250);
+
+/// Refreshes the progress line on stderr until `stop`, and runs `watch` with each refresh;
+/// its first error aborts the load.
 fn show_progress(
     label: &str,
     plan: &Plan,
@@ -283,47 +287,36 @@ fn show_progress(
     start: Instant,
     watch: &mut Watch,
 ) {
-    let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_millis(250)
-    } else {
-        Duration::from_secs(1)
-    };
-    let mut next = Instant::now() + every;
+    let mut progress = Progress::new(plan.requests, "requests");
+    let mut next = Instant::now() + REFRESH;
     while !stop.load(Relaxed) {
         thread::sleep(Duration::from_millis(50));
         if Instant::now() < next {
             continue;
         }
-        next += every;
+        next += REFRESH;
         if let Err(e) = watch() {
             if !tally.abort.swap(true, Relaxed) {
                 record(tally, &tally.errors, format!("aborted: {e}"));
             }
         }
-        let line = progress_line(label, plan, tally, start);
-        let mut err = std::io::stderr().lock();
-        let _ = if tty {
-            write!(err, "\r{line}\x1b[K")
-        } else {
-            writeln!(err, "{line}")
-        };
+        let done = tally.done.load(Relaxed);
+        let detail = progress_detail(plan, tally, start);
+        let total = plan.requests.map_or("?".into(), |n| n.to_string());
+        let plain = || format!("{label}: {done}/{total} requests, {detail}");
+        progress.update(label, done, detail.clone(), plain);
     }
-    if tty {
-        let _ = write!(std::io::stderr(), "\r\x1b[K");
-    }
+    progress.finish();
 }
 
-fn progress_line(label: &str, plan: &Plan, tally: &Tally, start: Instant) -> String {
-    let done = tally.done.load(Relaxed);
-    let total = plan.requests.map_or("?".into(), |n| n.to_string());
+fn progress_detail(plan: &Plan, tally: &Tally, start: Instant) -> String {
     let elapsed = start.elapsed().as_secs_f64();
     let time = match plan.duration {
         Some(d) => format!("{elapsed:.0}/{:.0} s", d.as_secs_f64()),
         None => format!("{elapsed:.0} s"),
     };
     format!(
-        "{label}: {done}/{total} requests, {} errors, {} mismatches, {} busy, {:.1} MiB, {time}",
+        "{} errors, {} mismatches, {} busy, {:.1} MiB, {time}",
         tally.errors.load(Relaxed),
         tally.mismatches.load(Relaxed),
         tally.busy.load(Relaxed),

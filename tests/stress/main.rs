@@ -18,15 +18,14 @@
 //! every completed response by SHA-256, then the pool and `/dev/shm`.
 
 mod chaos;
-mod daemons;
 mod files;
-mod http;
 mod load;
+mod progress;
 
 use chaos::Victim;
-use daemons::{PoolStats, Setup};
 use files::Doc;
 use load::{Outcome, Plan};
+use shmproxy_tests::harness::{self, Instance, PoolStats};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -449,26 +448,16 @@ fn run_shape(
         Ok(extra) => docs.extend(extra),
         Err(e) => return report.with_problem(format!("writing files: {e}")),
     }
-    let setup = Setup {
-        bin_dir: &opts.bin_dir,
-        instance: format!("stress{}-{index}", std::process::id()),
-        root: &work.root,
-        log_dir: &work.logs,
-        workers: opts.workers,
-        segments: shape.segments,
-        segment_size: shape.segment_size,
-        probe: probe_url(&docs),
-    };
-    let mut daemons = match setup.start() {
+    let instance = format!("stress{}-{index}", std::process::id());
+    let dir = work.logs.join(&instance);
+    let started = instance_builder(opts, work, shape, &instance, &dir)
+        .probe(probe_url(&docs))
+        .try_start();
+    report.logs = last_logs(&dir);
+    let mut daemons = match started {
         Ok(d) => d,
-        Err(e) => {
-            report.problems.push(format!("start: {e}"));
-            report.problems.extend(daemons::leaks(&setup.instance));
-            report.logs = logs_of(&work.logs, &setup.instance);
-            return report;
-        }
+        Err(e) => return report.with_problem(format!("start: {e}")),
     };
-    report.logs = daemons.logs.clone();
     let plan = Plan {
         docs: &docs,
         clients: opts.clients,
@@ -477,7 +466,7 @@ fn run_shape(
         seed: opts.seed.wrapping_add(index as u64),
         timeout: opts.timeout,
     };
-    let addr = daemons.addr;
+    let addr = daemons.addr();
     let mut watch = || {
         daemons.check_alive()?;
         match deadline {
@@ -489,7 +478,7 @@ fn run_shape(
     if let Err(e) = daemons.check_alive() {
         report.problems.push(e);
     }
-    match daemons.settled_pool(SETTLE) {
+    match daemons.settle_pool(SETTLE, |p| p.free == p.segments) {
         Ok(pool) => report.pool = Some(pool),
         Err(e) => report.problems.push(format!("pool stats: {e}")),
     }
@@ -500,21 +489,41 @@ fn run_shape(
         ));
     }
     report.problems.extend(daemons.stop());
+    report.logs = last_logs(&dir);
     report
 }
 
-/// The log files of `instance` in `dir`.
-fn logs_of(dir: &Path, instance: &str) -> Vec<PathBuf> {
-    let prefix = format!("{instance}.");
-    let mut logs: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    logs.retain(|p| {
-        p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with(&prefix))
-    });
-    logs.sort();
-    logs
+/// The daemons of one run: `cached` serving the document root and the proxy with the pool
+/// `shape`, both with their own thread defaults, named `instance`, logs in `dir`.
+fn instance_builder(
+    opts: &Opts,
+    work: &WorkDir,
+    shape: Shape,
+    instance: &str,
+    dir: &Path,
+) -> harness::Builder {
+    Instance::builder()
+        .name(instance)
+        .dir(dir)
+        .bin_dir(&opts.bin_dir)
+        .root(&work.root)
+        .workers(opts.workers)
+        .segments(u32::try_from(shape.segments).unwrap_or(u32::MAX))
+        .segment_size(usize::try_from(shape.segment_size).unwrap_or(usize::MAX))
+        .default_threads()
+}
+
+/// The stderr of the latest `cached` and the latest proxy of an instance's log directory.
+fn last_logs(dir: &Path) -> Vec<PathBuf> {
+    let logs = harness::log_files(dir);
+    ["-cached.stderr", "-proxy.stderr"]
+        .iter()
+        .filter_map(|end| {
+            logs.iter()
+                .rfind(|p| p.to_string_lossy().ends_with(end))
+                .cloned()
+        })
+        .collect()
 }
 
 /// A small existing file, fetched to tell that `cached` is ready.

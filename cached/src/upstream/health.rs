@@ -98,9 +98,7 @@ fn check(agent: &ureq::Agent, server: &Server, host: &str, path: &str) -> Result
         .header("User-Agent", "shmproxy-health")
         .body(())
         .map_err(|e| e.to_string())?;
-    let mut resp = agent
-        .run(req)
-        .map_err(|e| super::Failure::of(e).to_string())?;
+    let mut resp = agent.run(req).map_err(|e| super::failure(e).to_string())?;
     // Read (a bounded part of) the body so the check ends cleanly.
     let _ = resp.body_mut().with_config().limit(64 << 10).read_to_vec();
     match resp.status().as_u16() {

@@ -17,6 +17,7 @@ mod balance;
 pub mod health;
 mod tls;
 
+use crate::error::SourceError;
 use common::config::{CachedConfig, Health, HostHeader, Origin, Scheme, Site};
 use common::stats::upstream::{InFlight, ServerRow};
 use common::stats::{Counters, StatsRegion};
@@ -404,65 +405,31 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Why no answer came.
-#[derive(Debug)]
-pub enum Failure {
-    /// The connection could not be made (refused, unreachable, connect timeout).
-    Connect(String),
-    /// The TLS handshake or the certificate check failed.
-    Tls(String),
-    /// The connection failed before any answer byte (reset, closed).
-    Io(String),
-    /// The origin took longer than the read timeout.
-    Timeout(String),
-    /// The origin's answer could not be read as HTTP, or the request could not be built.
-    Protocol(String),
-}
-
-impl Failure {
-    pub fn status(&self) -> u16 {
-        match self {
-            Failure::Timeout(_) => 504,
-            _ => 502,
-        }
+/// What a failed exchange with a server was, classified by the error's type and kind
+/// (never its message).
+pub fn failure(e: ureq::Error) -> SourceError {
+    if let Some(why) = tls::tls_failure(&e) {
+        return SourceError::Tls(why);
     }
-
-    fn of(e: ureq::Error) -> Failure {
-        if let Some(why) = tls::tls_failure(&e) {
-            return Failure::Tls(why);
+    match e {
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+            SourceError::Connect(format!("connect timed out ({e})"))
         }
-        match e {
-            ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
-                Failure::Connect(format!("connect timed out ({e})"))
+        ureq::Error::Timeout(_) => SourceError::Timeout(e.to_string()),
+        ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
+            SourceError::Connect(e.to_string())
+        }
+        ureq::Error::Io(io) => match io.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                SourceError::Timeout(io.to_string())
             }
-            ureq::Error::Timeout(_) => Failure::Timeout(e.to_string()),
-            ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => {
-                Failure::Connect(e.to_string())
-            }
-            ureq::Error::Io(io) => match io.kind() {
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
-                    Failure::Timeout(io.to_string())
-                }
-                io::ErrorKind::ConnectionRefused
-                | io::ErrorKind::HostUnreachable
-                | io::ErrorKind::NetworkUnreachable
-                | io::ErrorKind::AddrNotAvailable => Failure::Connect(io.to_string()),
-                _ => Failure::Io(io.to_string()),
-            },
-            other => Failure::Protocol(other.to_string()),
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Failure::Connect(s) => write!(f, "cannot connect: {s}"),
-            Failure::Tls(s) => write!(f, "TLS: {s}"),
-            Failure::Io(s) => write!(f, "connection failed: {s}"),
-            Failure::Timeout(s) => write!(f, "timed out: {s}"),
-            Failure::Protocol(s) => write!(f, "bad answer: {s}"),
-        }
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+            | io::ErrorKind::AddrNotAvailable => SourceError::Connect(io.to_string()),
+            _ => SourceError::Io(io.to_string()),
+        },
+        other => SourceError::Protocol(other.to_string()),
     }
 }
 
@@ -501,7 +468,7 @@ impl SiteUp {
     }
 
     /// Sends `out` to a server of this site, retrying once as the module doc says.
-    pub fn send(&self, out: &Outgoing, body: Option<SendBody>) -> Result<Answer<'_>, Failure> {
+    pub fn send(&self, out: &Outgoing, body: Option<SendBody>) -> Result<Answer<'_>, SourceError> {
         let counters = self.stats.slot(0);
         let first = self.pick(out.key, None);
         let retriable = body.is_none() && idempotent(out.method);
@@ -513,11 +480,11 @@ impl SiteUp {
         let again = match (&e, other != first) {
             _ if !retriable => None,
             // Another server may do better; the same one would fail the same way.
-            (Failure::Connect(_) | Failure::Tls(_), true) => Some((other, false)),
+            (SourceError::Connect(_) | SourceError::Tls(_), true) => Some((other, false)),
             // The connection died under the request: a reused one the origin had just
             // closed, or a server that is going away.
-            (Failure::Io(_), true) => Some((other, false)),
-            (Failure::Io(_), false) => Some((first, true)),
+            (SourceError::Io(_), true) => Some((other, false)),
+            (SourceError::Io(_), false) => Some((first, true)),
             _ => None,
         };
         let Some((server, fresh)) = again else {
@@ -546,7 +513,7 @@ impl SiteUp {
         out: &Outgoing,
         body: Option<SendBody>,
         fresh: bool,
-    ) -> Result<Answer<'_>, Failure> {
+    ) -> Result<Answer<'_>, SourceError> {
         let server = &self.servers[index];
         let host: &[u8] = match &self.site.host_header {
             HostHeader::Client => out.client_host,
@@ -609,18 +576,18 @@ impl SiteUp {
                 let failure = match (stage, server.origin.scheme) {
                     // TCP was up but the handshake did not finish (a timeout, a close, a
                     // server that does not speak TLS): a TLS failure, whatever the error.
-                    (Stage::Connected, Scheme::Https) => match Failure::of(e) {
-                        tls @ Failure::Tls(_) => tls,
-                        other => Failure::Tls(format!("handshake did not complete ({other})")),
+                    (Stage::Connected, Scheme::Https) => match failure(e) {
+                        tls @ SourceError::Tls(_) => tls,
+                        other => SourceError::Tls(format!("handshake did not complete ({other})")),
                     },
-                    _ => Failure::of(e),
+                    _ => failure(e),
                 };
                 match &failure {
-                    Failure::Tls(_) => {
+                    SourceError::Tls(_) => {
                         Counters::inc(&counters.upstream_tls_errors);
                         busy.row.as_ref().map(InFlight::tls_failed);
                     }
-                    Failure::Connect(why) => {
+                    SourceError::Connect(why) => {
                         busy.row.as_ref().map(InFlight::failed);
                         self.server_failed(index, why);
                     }
@@ -677,24 +644,22 @@ mod tests {
     fn failures_are_classified() {
         let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
         assert!(matches!(
-            Failure::of(ureq::Error::Io(refused)),
-            Failure::Connect(_)
+            failure(ureq::Error::Io(refused)),
+            SourceError::Connect(_)
         ));
         let reset = io::Error::from(io::ErrorKind::ConnectionReset);
         assert!(matches!(
-            Failure::of(ureq::Error::Io(reset)),
-            Failure::Io(_)
+            failure(ureq::Error::Io(reset)),
+            SourceError::Io(_)
         ));
         let tls = io::Error::new(
             io::ErrorKind::InvalidData,
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
         );
-        assert!(matches!(Failure::of(ureq::Error::Io(tls)), Failure::Tls(_)));
+        assert!(matches!(failure(ureq::Error::Io(tls)), SourceError::Tls(_)));
         assert!(matches!(
-            Failure::of(ureq::Error::Timeout(ureq::Timeout::RecvResponse)),
-            Failure::Timeout(_)
+            failure(ureq::Error::Timeout(ureq::Timeout::RecvResponse)),
+            SourceError::Timeout(_)
         ));
-        assert_eq!(Failure::Timeout(String::new()).status(), 504);
-        assert_eq!(Failure::Tls(String::new()).status(), 502);
     }
 }

@@ -23,9 +23,10 @@
 //! (`SiteRow::answered`, `ServerRow::request`, the counters). A state change
 //! (`ServerRow::set_up`) reads the clock: it happens on health transitions only.
 
-use super::{json_escape, prom_help, prom_label, Counters, FieldKind};
+use super::{fnv1a_field, fnv1a_usize, json_value, prom_help, prom_label, Counters, FieldKind};
 use crate::http::CacheOutcome;
 use crate::shm::ShmSafe;
+use serde_json::{Map, Value};
 use std::fmt::Write as _;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
@@ -387,6 +388,28 @@ pub struct Upstreams {
 // SAFETY: arrays of ShmSafe rows (only atomics); repr(C); alignment 8.
 unsafe impl ShmSafe for Upstreams {}
 
+/// Continues the stats region's layout hash ([`super::STATS_VERSION`]) with the tables'
+/// layout: row counts, text size, row sizes and both field lists.
+pub(super) const fn layout_hash(mut h: u32) -> u32 {
+    h = fnv1a_usize(h, MAX_SITES);
+    h = fnv1a_usize(h, MAX_SERVERS);
+    h = fnv1a_usize(h, TEXT_WORDS);
+    h = fnv1a_usize(h, size_of::<SiteRow>());
+    h = fnv1a_usize(h, size_of::<ServerRow>());
+    h = fnv1a_usize(h, size_of::<Upstreams>());
+    h = fnv1a_rows(h, SITE_FIELDS);
+    fnv1a_rows(h, SERVER_FIELDS)
+}
+
+const fn fnv1a_rows(mut h: u32, list: &[RowField]) -> u32 {
+    let mut i = 0;
+    while i < list.len() {
+        h = fnv1a_field(h, list[i].name, list[i].kind);
+        i += 1;
+    }
+    fnv1a_usize(h, list.len())
+}
+
 /// One published site row, read at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct SiteView {
@@ -474,46 +497,42 @@ impl Upstreams {
 // Rendering (called by `View::json` and `View::prometheus`).
 // ---------------------------------------------------------------------------------------------
 
-fn values_json(out: &mut String, list: &[RowField], values: &[u64]) {
-    for (f, v) in list.iter().zip(values) {
-        let _ = match f.kind {
-            FieldKind::Counter => write!(out, ",\"{}\":{v}", f.name),
-            FieldKind::Gauge => write!(out, ",\"{}\":{}", f.name, *v as i64),
-        };
+/// A row as a JSON object: `head` (its identity), then its counters in list order.
+fn row_json(head: Vec<(&str, Value)>, list: &[RowField], values: &[u64]) -> Value {
+    let mut m: Map<String, Value> = head.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    for (f, &v) in list.iter().zip(values) {
+        m.insert(f.name.to_string(), json_value(f.kind, v));
     }
+    Value::Object(m)
 }
 
-/// `,"sites":[…],"servers":[…]` (always present; empty without cached or in disk mode).
-pub(super) fn tables_json(out: &mut String, sites: &[SiteView], servers: &[ServerView]) {
-    out.push_str(",\"sites\":[");
-    for (k, s) in sites.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}{{\"index\":{},\"name\":\"{}\"",
-            if k > 0 { "," } else { "" },
-            s.index,
-            json_escape(&s.name)
-        );
-        values_json(out, SITE_FIELDS, &s.values);
-        out.push('}');
-    }
-    out.push_str("],\"servers\":[");
-    for (k, s) in servers.iter().enumerate() {
-        let _ = write!(
-            out,
-            "{}{{\"index\":{},\"site\":\"{}\",\"site_index\":{},\"url\":\"{}\",\"state\":\"{}\",\"last_change\":{}",
-            if k > 0 { "," } else { "" },
-            s.index,
-            json_escape(&s.site_name),
-            s.site,
-            json_escape(&s.url),
-            s.state.as_str(),
-            s.last_change
-        );
-        values_json(out, SERVER_FIELDS, &s.values);
-        out.push('}');
-    }
-    out.push(']');
+/// The `sites` array of the stats JSON (empty without cached or in disk mode).
+pub(super) fn sites_json(sites: &[SiteView]) -> Value {
+    sites
+        .iter()
+        .map(|s| {
+            let head = vec![("index", s.index.into()), ("name", s.name.clone().into())];
+            row_json(head, SITE_FIELDS, &s.values)
+        })
+        .collect()
+}
+
+/// The `servers` array of the stats JSON.
+pub(super) fn servers_json(servers: &[ServerView]) -> Value {
+    servers
+        .iter()
+        .map(|s| {
+            let head = vec![
+                ("index", s.index.into()),
+                ("site", s.site_name.clone().into()),
+                ("site_index", s.site.into()),
+                ("url", s.url.clone().into()),
+                ("state", s.state.as_str().into()),
+                ("last_change", s.last_change.into()),
+            ];
+            row_json(head, SERVER_FIELDS, &s.values)
+        })
+        .collect()
 }
 
 /// Label sets, one per row, all different: a row whose set repeats an earlier one (the same
@@ -692,6 +711,28 @@ mod tests {
         assert_eq!(SERVER_FIELDS[4].kind, FieldKind::Gauge);
     }
 
+    /// The tables' field lists move the region's version as the slot's list does.
+    #[test]
+    fn table_lists_move_the_version() {
+        let base = fnv1a_rows(1, SERVER_FIELDS);
+        let renamed: Vec<RowField> = SERVER_FIELDS
+            .iter()
+            .map(|f| RowField {
+                name: if f.name == "retries" {
+                    "retried"
+                } else {
+                    f.name
+                },
+                help: f.help,
+                kind: f.kind,
+            })
+            .collect();
+        assert_ne!(fnv1a_rows(1, &renamed), base);
+        assert_ne!(fnv1a_rows(1, &renamed[1..]), base);
+        assert_ne!(fnv1a_rows(1, SITE_FIELDS), base);
+        assert_ne!(layout_hash(1), layout_hash(2));
+    }
+
     #[test]
     fn text_is_cut_at_a_character_boundary() {
         let name = format!("/stattab1-{}", std::process::id());
@@ -788,12 +829,9 @@ mod tests {
             (5, "blog")
         );
 
-        let mut json = String::new();
-        tables_json(&mut json, &sites, &servers);
+        let json = format!("{},{}", sites_json(&sites), servers_json(&servers));
         assert!(
-            json.starts_with(
-                ",\"sites\":[{\"index\":0,\"name\":\"shop\",\"requests\":4,\"hits\":1,"
-            ),
+            json.starts_with("[{\"index\":0,\"name\":\"shop\",\"requests\":4,\"hits\":1,"),
             "{json}"
         );
         assert!(json.contains(

@@ -29,10 +29,9 @@
 //!
 //! Must never: block a request on anything but one buffered `write(2)`, or write a partial line.
 
-use super::conn::Conn;
-use super::Worker;
+use crate::shared::Shared;
 use common::config::{LogFormat, LogPart, LogVar};
-use common::request::Request;
+use common::http::CacheOutcome;
 use common::stats::{Counters, StatsRegion};
 use nix::fcntl::{Flock, FlockArg};
 use std::borrow::Cow;
@@ -54,38 +53,14 @@ const IDLE: Duration = Duration::from_millis(100);
 static LOG: OnceLock<Option<AccessLog>> = OnceLock::new();
 
 /// Records one answered request: counters by method and outcome, then the log line.
-pub fn record(w: &Worker, conn: &Conn, req: &Request, took: Duration) {
-    let c = w.counters();
-    c.method(&req.method);
-    c.outcome(conn.reply.outcome);
-    let log = LOG.get_or_init(|| AccessLog::start(w));
+/// `shared` and `index` name the worker (its config, its stats slot).
+pub fn record(shared: &Shared, index: usize, outcome: CacheOutcome, entry: &Entry) {
+    let c = shared.stats.slot(index);
+    c.method(entry.method);
+    c.outcome(outcome);
+    let log = LOG.get_or_init(|| AccessLog::start(shared, index));
     if let Some(log) = log {
-        let header = |name: &str| {
-            req.headers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.as_slice())
-        };
-        let r = &conn.reply;
-        let entry = Entry {
-            peer: conn.peer(),
-            method: &req.method,
-            target: &req.target,
-            version: req.version,
-            host: &req.host,
-            status: r.status,
-            body_bytes: r.body_bytes(),
-            bytes: r.bytes,
-            referer: header("referer"),
-            user_agent: header("user-agent"),
-            cache: r.outcome.as_str(),
-            upstream_status: r.upstream_status,
-            took,
-            site: r.site.as_deref(),
-            node: &w.shared.cfg.node,
-            now: SystemTime::now(),
-        };
-        log.push(format_line(&log.format, &entry).as_bytes());
+        log.push(format_line(&log.format, entry).as_bytes());
     }
 }
 
@@ -97,7 +72,7 @@ pub fn flush() {
     }
 }
 
-/// What one line is made of.
+/// What one line is made of: a plain record of the request and its answer.
 pub struct Entry<'a> {
     pub peer: &'a str,
     pub method: &'a str,
@@ -322,11 +297,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl AccessLog {
-    /// Opens the log of `w`'s config (if any) and starts the flusher thread.
-    fn start(w: &Worker) -> Option<AccessLog> {
-        let cfg = &w.shared.cfg;
+    /// Opens the log of worker `index`'s config (if any) and starts the flusher thread.
+    fn start(shared: &Shared, index: usize) -> Option<AccessLog> {
+        let cfg = &shared.cfg;
         let path = cfg.access_log.clone()?;
-        let stats = match StatsRegion::open(&w.shared.names.stats_proxy) {
+        let stats = match StatsRegion::open(&shared.names.stats_proxy) {
             Ok(s) => s,
             Err(e) => {
                 log::error!("access log disabled: cannot map the stats region: {e}");
@@ -343,7 +318,7 @@ impl AccessLog {
             max_bytes: cfg.access_log_max_bytes,
             keep: cfg.access_log_keep,
             stats,
-            slot: w.index,
+            slot: index,
             stopping,
             pending: Mutex::new(Pending {
                 buf: Vec::with_capacity(FLUSH_BYTES + 4096),
@@ -360,7 +335,7 @@ impl AccessLog {
             }),
         };
         log.reopen(&mut lock(&log.out));
-        let name = format!("w{}-alog", w.index);
+        let name = format!("w{index}-alog");
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {

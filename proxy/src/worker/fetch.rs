@@ -1,146 +1,75 @@
-//! The segment client: one request through `cached`. Lease a segment, ring the doorbell,
-//! write the request head and body into the segment, then stream the answer to the client
-//! chunk by chunk. Every failure before the first response byte becomes a clear status
-//! (503 cached absent or pool exhausted, 504 cached too slow, 502 bad answer); a failure
-//! after it closes the connection, so a client never mistakes a short body for a whole one.
+//! The exchange with `cached` for one request: lease a segment, ring the doorbell, write
+//! the request head and body into the segment, then stream the answer to the client chunk
+//! by chunk (and keep a copy for the L1 when cached allows it). Every failure is a
+//! [`FetchError`] for `route` to answer: before the first response byte a clear status
+//! (503 cached absent or pool exhausted, 504 cached too slow, 502 bad answer); after it the
+//! connection closes, so a client never mistakes a short body for a whole one.
 
-use super::conn::{self, Conn, Scratch};
-use super::Worker;
-use common::http::{self, CacheOutcome};
-use common::mq::Doorbells;
-use common::pool::AcquireError;
-use common::process::ProcId;
+use super::conn::{BodyError, Conn, Io, Scratch};
+use super::ctx::Ctx;
+use super::error::FetchError;
+use super::l1;
+use super::link::Peer;
+use super::respond;
+use common::pool::{AcquireError, Lease};
 use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
-use common::request::{ClientBody, Request};
-use common::stats::{Counters, StatsRegion};
-use common::Names;
+use common::request::{ClientBody, RejectReason, Request};
+use common::stats::Counters;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// How long a doorbell may wait for room in the queue.
 const RING_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often the liveness of `cached` is re-checked.
-const RECHECK: Duration = Duration::from_millis(100);
 
-/// The worker's view of `cached`: who it is (pid + start time, from its stats region), its
-/// queue and its stats region (for the names of its sites), rediscovered lazily after it
-/// restarts.
-pub struct CachedLink {
-    names: Names,
-    state: Mutex<Link>,
-}
-
-#[derive(Default)]
-struct Link {
-    peer: Option<Peer>,
-    checked: Option<Instant>,
-}
-
-/// A live cached as a worker reaches it.
-#[derive(Clone)]
-pub struct Peer {
-    pub id: ProcId,
-    pub queue: Arc<Doorbells>,
-    /// Its stats region: the site table an answer's `site` index points into.
-    pub stats: Arc<StatsRegion>,
-}
-
-impl CachedLink {
-    pub fn new(names: &Names) -> CachedLink {
-        CachedLink {
-            names: names.clone(),
-            state: Mutex::new(Link::default()),
-        }
-    }
-
-    /// The live cached, or `None` if it is not running.
-    pub fn current(&self) -> Option<Peer> {
-        let mut link = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        // A live peer is trusted for RECHECK; an absent one is looked for on every request,
-        // so a restarted cached is used at once.
-        if link.peer.is_some() && link.checked.is_some_and(|t| t.elapsed() < RECHECK) {
-            return link.peer.clone();
-        }
-        link.checked = Some(Instant::now());
-        if link.peer.as_ref().is_some_and(|p| p.id.alive()) {
-            return link.peer.clone();
-        }
-        link.peer = StatsRegion::open(&self.names.stats_cached)
-            .ok()
-            .filter(|r| r.owner().alive())
-            .and_then(|stats| {
-                Doorbells::open(&self.names.queue).ok().map(|q| Peer {
-                    id: stats.owner(),
-                    queue: Arc::new(q),
-                    stats: Arc::new(stats),
-                })
-            });
-        link.peer.clone()
-    }
-
-    /// Forgets the current peer (after a failed ring), so the next request looks again.
-    fn forget(&self) {
-        let mut link = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        link.peer = None;
-        link.checked = None;
-    }
-}
-
-/// Runs one request through cached; returns whether the connection may continue.
+/// Runs one request through cached; `Ok`: whether the connection may continue.
 pub fn exchange(
-    w: &Worker,
+    cx: &Ctx,
+    io: &Io,
     conn: &mut Conn,
     req: &Request,
     kind: Kind,
     scratch: &mut Scratch,
-) -> bool {
-    let cfg = &w.shared.cfg;
-    // A request whose body we do not read must end the connection.
-    let can_continue = req.body == ClientBody::None;
+) -> Result<bool, FetchError> {
+    let cfg = &cx.shared.cfg;
+    let pool = &cx.shared.pool;
     let head = RequestHead {
         method: req.method.clone(),
         target: req.target.clone(),
         version: req.version,
         client: conn.peer().to_string(),
         body: req.body.framing(),
-        headers: forwarded_headers(w, conn, req),
+        headers: forwarded_headers(cx, conn, req),
     }
     .encode();
-    if head.len() > w.shared.pool.segment_size() {
-        let (status, msg) = if req.target.len() * 2 > w.shared.pool.segment_size() {
-            (414, "request target too long for a segment")
-        } else {
-            (431, "request head too large for a segment")
-        };
-        w.counters().rejected(status, msg);
-        conn::send_simple(w, conn, status, msg);
-        return false;
+    if head.len() > pool.segment_size() {
+        return Err(FetchError::Rejected(
+            if req.target.len() * 2 > pool.segment_size() {
+                RejectReason::TargetTooLongForSegment
+            } else {
+                RejectReason::HeadTooLargeForSegment
+            },
+        ));
     }
-    let Some(peer) = w.cached.current() else {
-        Counters::inc(&w.counters().cached_unavailable);
-        conn::send_simple(w, conn, 503, "cached is not running; retry shortly");
-        return can_continue && req.keep_alive;
-    };
-    let epoch = w.shared.pool.invalidations();
-    let request_id = w.next_request_id.fetch_add(1, Ordering::Relaxed);
+    let peer = cx.cached.current().ok_or(FetchError::CachedAbsent)?;
+    let epoch = pool.invalidations();
+    let request_id = cx.next_request_id.fetch_add(1, Ordering::Relaxed);
     let waited = Instant::now();
-    let acquired = w.shared.pool.acquire(cfg.pool_wait, request_id);
+    let acquired = pool.acquire(cfg.pool_wait, request_id);
     Counters::add(
-        &w.counters().pool_acquire_wait_us,
+        &cx.counters().pool_acquire_wait_us,
         waited.elapsed().as_micros() as u64,
     );
     let mut lease = match acquired {
-        Ok(l) => l,
-        Err(AcquireError::TimedOut(_)) | Err(AcquireError::Sem(_)) => {
-            Counters::inc(&w.counters().pool_acquire_timeouts);
-            conn::send_simple(w, conn, 503, "no free shared-memory segment in time");
-            return can_continue && req.keep_alive;
+        Ok(lease) => lease,
+        // Timed out or the semaphore failed: either way no segment in time.
+        Err(AcquireError::TimedOut(_) | AcquireError::Sem(_)) => {
+            return Err(FetchError::PoolTimeout)
         }
     };
-    Counters::inc(&w.counters().pool_acquires);
+    Counters::inc(&cx.counters().pool_acquires);
     lease.set_peer(Some(peer.id));
     lease.set_timeout(cfg.cached_timeout);
     let bell = Doorbell {
@@ -148,133 +77,112 @@ pub fn exchange(
         index: lease.index(),
         generation: lease.generation(),
         request_id,
-        pool_id: w.shared.pool.id(),
+        pool_id: pool.id(),
     };
     if let Err(e) = peer.queue.send(&bell.encode(), RING_TIMEOUT) {
-        log::warn!("ringing cached: {e}");
-        w.cached.forget();
-        Counters::inc(&w.counters().cached_unavailable);
-        conn::send_simple(w, conn, 503, "cached is not answering; retry shortly");
-        return false;
+        cx.cached.forget();
+        return Err(FetchError::RingFailed(e));
     }
-
-    // Request: head, then body straight from the client. A failure on the cached side is
-    // told apart from one on the client side: nothing has been answered yet, so the client
-    // gets a status for the former.
-    let mut cached_failed = false;
-    let sent = lease
-        .write_all(&head)
-        .map_err(|e| (true, e))
-        .and_then(|()| {
-            if req.expect_continue && req.body != ClientBody::None {
-                conn.write_all_timeout(w, b"HTTP/1.1 100 Continue\r\n\r\n", cfg.send_timeout)
-                    .map_err(|e| (false, e))?;
-            }
-            let lease = &mut lease;
-            conn::read_body(w, conn, req.body, &mut scratch.io, |chunk| {
-                lease.write_all(chunk).inspect_err(|_| cached_failed = true)
-            })
-            .map_err(|e| (cached_failed, e))?;
-            lease.finish().map_err(|e| (true, e))
-        });
-    if let Err((on_cached_side, e)) = sent {
-        Counters::inc(&w.counters().transfers_aborted);
-        if on_cached_side {
-            cached_failure(w, conn, &e);
-        } else {
-            conn::body_failure(w, conn, &e);
-        }
-        return false;
+    let mut t = Transfer { lease, peer, epoch };
+    let done = send_request(io, conn, req, &head, &mut t.lease, scratch)
+        .and_then(|()| relay_answer(cx, io, conn, req, &mut t, scratch));
+    if done.is_err() {
+        Counters::inc(&cx.counters().transfers_aborted);
     }
+    done
+}
 
-    // Answer: head, then the body chunk by chunk.
-    let answer = match read_head(&mut lease).and_then(|raw| {
-        ResponseHead::decode(&raw).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
-    }) {
-        Ok(h) => h,
-        Err(e) => {
-            Counters::inc(&w.counters().transfers_aborted);
-            cached_failure(w, conn, &e);
-            return false;
-        }
-    };
+/// The request into the segment: its head, then its body straight from the client.
+fn send_request(
+    io: &Io,
+    conn: &mut Conn,
+    req: &Request,
+    head: &[u8],
+    lease: &mut Lease,
+    scratch: &mut Scratch,
+) -> Result<(), FetchError> {
+    lease.write_all(head).map_err(FetchError::from_lease)?;
+    if req.expect_continue && req.body != ClientBody::None {
+        respond::send_continue(io, conn)?;
+    }
+    conn.read_body(io, req.body, &mut scratch.io, |chunk| {
+        lease.write_all(chunk)
+    })
+    .map_err(|e| match e {
+        BodyError::Client(e) => FetchError::Client(e),
+        BodyError::Sink(e) => FetchError::from_lease(e),
+    })?;
+    lease.finish().map_err(FetchError::from_lease)
+}
+
+/// One leased exchange with cached.
+struct Transfer<'p> {
+    lease: Lease<'p>,
+    /// The cached that was rung (its stats region names the answer's site).
+    peer: Peer,
+    /// The pool's invalidation count before the request went out: an L1 copy is kept only
+    /// if nothing was invalidated since.
+    epoch: u64,
+}
+
+/// cached's answer to the client: its head, then the body chunk by chunk.
+fn relay_answer(
+    cx: &Ctx,
+    io: &Io,
+    conn: &mut Conn,
+    req: &Request,
+    t: &mut Transfer,
+    scratch: &mut Scratch,
+) -> Result<bool, FetchError> {
+    let raw = read_head(&mut t.lease).map_err(FetchError::from_lease)?;
+    let answer = ResponseHead::decode(&raw).map_err(|e| FetchError::BadAnswer(e.to_string()))?;
     let head_request = req.method == "HEAD";
     let mut keep = req.keep_alive;
     let chunked = answer.body == BodyLen::Unknown && !head_request;
     if chunked && req.version == 10 {
         keep = false; // HTTP/1.0: the body ends when the connection closes
     }
-    let mut out = Vec::with_capacity(512);
-    write_head(
-        w,
-        &mut out,
-        &answer,
-        &req.method,
-        req.version,
-        keep,
-        chunked && req.version == 11,
-    );
-    conn.reply.head_bytes = out.len() as u64;
+    let chunked = chunked && req.version == 11;
+    let outcome = answer.outcome;
+    let out = respond::from_cached(io, conn, &answer, outcome, req, keep, chunked);
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).
-    conn.reply.site = peer.stats.site_name(answer.site).map(Arc::from);
-    let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
+    conn.reply.site = t.peer.stats.site_name(answer.site).map(Arc::from);
     // The site's row counts what cached answered for it (L1 hits count in `l1_hits`).
-    peer.stats
+    t.peer
+        .stats
         .site_answered(answer.site, outcome, answer.status);
-    conn.answered(w, answer.status, outcome);
     let mut l1_body = match answer.body {
         BodyLen::Exact(n)
             if answer.l1_ttl_ms > 0
                 && answer.status == 200
                 && req.method == "GET"
-                && w.l1.accepts(n as usize)
-                && super::l1::eligible(&req.method, &req.headers) =>
+                && cx.l1.accepts(n as usize)
+                && l1::eligible(&req.method, &req.headers) =>
         {
             Some(Vec::with_capacity(n as usize))
         }
         _ => None,
     };
-    let result = stream_body(
-        w,
-        conn,
-        &mut lease,
-        &answer,
+    let body = Body {
+        len: answer.body,
         head_request,
-        chunked && req.version == 11,
-        out,
-        scratch,
-        l1_body.as_mut(),
-    );
-    match result {
-        Ok(()) if lease.peer_finished() => {
-            lease.complete();
-            if let Some(body) = l1_body {
-                remember(w, epoch, req, &answer, body, conn.reply.site.clone());
-            }
-            keep
-        }
-        Ok(()) => false,
-        Err(e) => {
-            Counters::inc(&w.counters().transfers_aborted);
-            if e.kind() == io::ErrorKind::TimedOut && conn::ClientWait::of(&e).is_none() {
-                Counters::inc(&w.counters().timeouts_send);
-            }
-            if e.kind() == io::ErrorKind::InvalidData {
-                // A chunk that failed validation: never passed on, always worth a look.
-                Counters::inc(&w.counters().messages_rejected);
-                log::warn!("response aborted: {e}");
-            } else {
-                log::debug!("response aborted: {e}");
-            }
-            false
-        }
+        chunked,
+    };
+    stream_body(io, conn, &mut t.lease, body, out, scratch, l1_body.as_mut())?;
+    if !t.lease.peer_finished() {
+        return Ok(false);
     }
+    t.lease.complete();
+    if let Some(body) = l1_body {
+        remember(cx, t.epoch, req, &answer, body, conn.reply.site.clone());
+    }
+    Ok(keep)
 }
 
 /// The request's fields as cached gets them: a client's `X-Forwarded-*`/`Forwarded` are
 /// kept only from a `trusted_proxies` peer (cached adds its own from the connection).
-fn forwarded_headers(w: &Worker, conn: &Conn, req: &Request) -> Vec<(String, Vec<u8>)> {
+fn forwarded_headers(cx: &Ctx, conn: &Conn, req: &Request) -> Vec<(String, Vec<u8>)> {
     let is_forwarding = |k: &str| {
         common::request::FORWARDING
             .iter()
@@ -284,7 +192,7 @@ fn forwarded_headers(w: &Worker, conn: &Conn, req: &Request) -> Vec<(String, Vec
         return req.headers.clone();
     }
     let trusted = conn.stream.peer_addr().is_ok_and(|a| {
-        w.shared
+        cx.shared
             .cfg
             .trusted_proxies
             .iter()
@@ -293,7 +201,7 @@ fn forwarded_headers(w: &Worker, conn: &Conn, req: &Request) -> Vec<(String, Vec
     if trusted {
         return req.headers.clone();
     }
-    Counters::inc(&w.counters().forwarding_headers_dropped);
+    Counters::inc(&cx.counters().forwarding_headers_dropped);
     req.headers
         .iter()
         .filter(|(k, _)| !is_forwarding(k))
@@ -301,103 +209,49 @@ fn forwarded_headers(w: &Worker, conn: &Conn, req: &Request) -> Vec<(String, Vec
         .collect()
 }
 
-fn write_head(
-    w: &Worker,
-    out: &mut Vec<u8>,
-    answer: &ResponseHead,
-    method: &str,
-    version: u8,
-    keep: bool,
+/// How the answer's body goes to the client.
+#[derive(Clone, Copy)]
+struct Body {
+    /// What cached announced.
+    len: BodyLen,
+    /// The request was HEAD: no body may come.
+    head_request: bool,
+    /// Sent with chunked framing (HTTP/1.1, length unknown).
     chunked: bool,
-) {
-    let _ = write!(
-        out,
-        "HTTP/1.1 {} {}\r\n",
-        answer.status,
-        http::reason(answer.status)
-    );
-    let mut has_date = false;
-    // RFC 9211 §2: the members of caches nearer the origin come first, ours last.
-    let mut upstream_status = Vec::new();
-    for (k, v) in &answer.headers {
-        if k.eq_ignore_ascii_case("cache-status") {
-            if !upstream_status.is_empty() {
-                upstream_status.extend_from_slice(b", ");
-            }
-            upstream_status.extend_from_slice(v);
-            continue;
-        }
-        has_date |= k.eq_ignore_ascii_case("date");
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(v);
-        out.extend_from_slice(b"\r\n");
-    }
-    if !has_date {
-        let _ = write!(out, "Date: {}\r\n", http::http_date(SystemTime::now()));
-    }
-    match answer.body {
-        BodyLen::Exact(n) => {
-            let _ = write!(out, "Content-Length: {n}\r\n");
-        }
-        BodyLen::Unknown if chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        _ => {}
-    }
-    let outcome = CacheOutcome::from_u8(answer.outcome).unwrap_or(CacheOutcome::Pass);
-    // A hit's remaining freshness is what the worker may keep it for (when it may).
-    let ttl = (outcome == CacheOutcome::Hit && answer.l1_ttl_ms > 0)
-        .then_some(u64::from(answer.l1_ttl_ms) / 1000);
-    let node = super::tier::fields(
-        w,
-        outcome,
-        method,
-        answer.upstream_status,
-        ttl,
-        "",
-        &upstream_status,
-    );
-    out.extend_from_slice(node.as_bytes());
-    match (version, keep) {
-        (10, true) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        (11, false) | (10, false) => out.extend_from_slice(b"Connection: close\r\n"),
-        _ => {}
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Sends the head (already in `out`) and the body, checking the length cached announced.
-#[allow(clippy::too_many_arguments)]
 fn stream_body(
-    w: &Worker,
+    io: &Io,
     conn: &mut Conn,
-    lease: &mut common::pool::Lease,
-    answer: &ResponseHead,
-    head_request: bool,
-    chunked: bool,
+    lease: &mut Lease,
+    body: Body,
     mut out: Vec<u8>,
     scratch: &mut Scratch,
     mut collect: Option<&mut Vec<u8>>,
-) -> io::Result<()> {
+) -> Result<(), FetchError> {
     let mut total = 0u64;
     // Once the head is out, a plain body goes from the segment to the socket directly.
-    let direct = !chunked && collect.is_none() && !head_request;
+    let direct = !body.chunked && collect.is_none() && !body.head_request;
     loop {
         if direct && out.is_empty() {
             match lease.send_to(conn.stream.as_fd()) {
                 Ok(0) => break,
                 Ok(n) => {
                     total += n as u64;
-                    conn.account(w, n);
+                    conn.account(io.counters, n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.wait_writable(w, w.shared.cfg.send_timeout)?
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => conn.wait_writable(io)?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                // The socket's errors are the kernel's (errno); the lease's are its own.
+                Err(e) if e.raw_os_error().is_some() => return Err(FetchError::Client(e.into())),
+                Err(e) => return Err(FetchError::from_lease(e)),
             }
             continue;
         }
-        let n = lease.read(&mut scratch.io)?;
+        let n = lease
+            .read(&mut scratch.io)
+            .map_err(FetchError::from_lease)?;
         if n == 0 {
             break;
         }
@@ -405,75 +259,50 @@ fn stream_body(
         if let Some(c) = collect.as_mut() {
             c.extend_from_slice(&scratch.io[..n]);
         }
-        if head_request {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "body in an answer to HEAD",
-            ));
+        if body.head_request {
+            return Err(FetchError::BadAnswer("body in an answer to HEAD".into()));
         }
-        if chunked {
+        if body.chunked {
             let _ = write!(out, "{n:x}\r\n");
             out.extend_from_slice(&scratch.io[..n]);
             out.extend_from_slice(b"\r\n");
         } else if out.is_empty() {
-            conn.send(w, &scratch.io[..n])?;
+            conn.send(io, &scratch.io[..n])?;
             continue;
         } else {
             out.extend_from_slice(&scratch.io[..n]);
         }
-        conn.send(w, &out)?;
+        conn.send(io, &out)?;
         out.clear();
     }
-    if let BodyLen::Exact(n) = answer.body {
+    if let BodyLen::Exact(n) = body.len {
         if n != total {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "body length differs from Content-Length",
-            ));
+            return Err(FetchError::ShortBody);
         }
     }
-    if chunked {
+    if body.chunked {
         out.extend_from_slice(b"0\r\n\r\n");
     }
     if !out.is_empty() {
-        conn.send(w, &out)?;
+        conn.send(io, &out)?;
     }
     Ok(())
 }
 
 /// Keeps a complete answer in the worker's L1 for the lifetime cached granted.
 fn remember(
-    w: &Worker,
+    cx: &Ctx,
     epoch: u64,
     req: &Request,
     answer: &ResponseHead,
     body: Vec<u8>,
     site: Option<Arc<str>>,
 ) {
-    let mut fixed = Vec::with_capacity(256);
-    let mut age = 0;
-    let mut has_date = false;
-    for (k, v) in &answer.headers {
-        if k.eq_ignore_ascii_case("age") {
-            age = std::str::from_utf8(v)
-                .ok()
-                .and_then(|a| a.trim().parse().ok())
-                .unwrap_or(0);
-            continue;
-        }
-        has_date |= k.eq_ignore_ascii_case("date");
-        fixed.extend_from_slice(k.as_bytes());
-        fixed.extend_from_slice(b": ");
-        fixed.extend_from_slice(v);
-        fixed.extend_from_slice(b"\r\n");
-    }
-    if !has_date {
-        let _ = write!(fixed, "Date: {}\r\n", http::http_date(SystemTime::now()));
-    }
+    let (fixed, age) = respond::stored_fields(answer);
     let ttl = Duration::from_millis(u64::from(answer.l1_ttl_ms));
-    w.l1.insert(
+    cx.l1.insert(
         epoch,
-        super::l1::key(&req.host, &req.target),
+        l1::key(&req.host, &req.target),
         answer.status,
         fixed,
         body,
@@ -481,20 +310,4 @@ fn remember(
         ttl,
         site,
     );
-}
-
-/// Answers a transfer that failed on the cached side before any response byte was sent.
-fn cached_failure(w: &Worker, conn: &mut Conn, e: &io::Error) {
-    let (status, msg) = match e.kind() {
-        io::ErrorKind::TimedOut => {
-            Counters::inc(&w.counters().cached_timeouts);
-            (504, "cached did not answer in time")
-        }
-        io::ErrorKind::InvalidData => {
-            Counters::inc(&w.counters().messages_rejected);
-            (502, "invalid answer from cached")
-        }
-        _ => (503, "cached went away; retry shortly"),
-    };
-    conn::send_simple(w, conn, status, msg);
 }

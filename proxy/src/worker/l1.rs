@@ -1,9 +1,10 @@
-//! The worker's L1: a small byte-bounded cache of hot, complete, shareable answers, served
-//! without any segment round trip. An entry lives no longer than the lifetime `cached`
-//! granted it (`l1_ttl_ms`, never past the object's freshness), and the whole L1 is dropped
-//! whenever the pool's invalidation counter moves (a PURGE or an unsafe method anywhere).
+//! The worker's L1: a small byte-bounded cache (`common::lru`) of hot, complete, shareable
+//! answers, served without any segment round trip. An entry lives no longer than the
+//! lifetime `cached` granted it (`l1_ttl_ms`, never past the object's freshness), and the
+//! whole L1 is dropped whenever the pool's invalidation counter moves (a PURGE or an unsafe
+//! method anywhere).
 
-use std::collections::{BTreeMap, HashMap};
+use common::lru::Lru;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,10 +44,7 @@ pub struct L1 {
 
 struct Inner {
     epoch: u64,
-    used: u64,
-    tick: u64,
-    map: HashMap<String, (Arc<Entry>, u64)>,
-    order: BTreeMap<u64, String>,
+    lru: Lru<Arc<Entry>>,
 }
 
 /// Is this request one the L1 may answer (no conditionals or ranges, credentials or
@@ -84,10 +82,7 @@ impl L1 {
             max_object,
             inner: Mutex::new(Inner {
                 epoch: 0,
-                used: 0,
-                tick: 0,
-                map: HashMap::new(),
-                order: BTreeMap::new(),
+                lru: Lru::new(capacity),
             }),
         }
     }
@@ -103,29 +98,16 @@ impl L1 {
             return false;
         }
         inner.epoch = epoch;
-        inner.map.clear();
-        inner.order.clear();
-        inner.used = 0;
+        inner.lru.clear();
         true
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
         let mut inner = self.lock();
-        inner.tick += 1;
-        let tick = inner.tick;
-        let (entry, t) = inner.map.get_mut(key)?;
+        let entry = inner.lru.get(key)?.clone();
         if Instant::now() >= entry.expires {
-            let old = *t;
-            inner.order.remove(&old);
-            if let Some((e, _)) = inner.map.remove(key) {
-                inner.used -= cost(key, &e);
-            }
+            inner.lru.remove(key);
             return None;
-        }
-        let entry = entry.clone();
-        let old = std::mem::replace(t, tick);
-        if let Some(k) = inner.order.remove(&old) {
-            inner.order.insert(tick, k);
         }
         Some(entry)
     }
@@ -160,26 +142,11 @@ impl L1 {
         };
         let c = cost(&key, &entry);
         let mut inner = self.lock();
-        if inner.epoch != epoch || c > self.capacity {
+        if inner.epoch != epoch {
             return;
         }
-        if let Some((old, t)) = inner.map.remove(&key) {
-            inner.order.remove(&t);
-            inner.used -= cost(&key, &old);
-        }
-        while inner.used + c > self.capacity {
-            let Some((_, victim)) = inner.order.pop_first() else {
-                break;
-            };
-            if let Some((e, _)) = inner.map.remove(&victim) {
-                inner.used -= cost(&victim, &e);
-            }
-        }
-        inner.tick += 1;
-        let tick = inner.tick;
-        inner.order.insert(tick, key.clone());
-        inner.map.insert(key, (Arc::new(entry), tick));
-        inner.used += c;
+        // An entry larger than the whole L1 is not stored (`Lru::insert` refuses it).
+        inner.lru.insert(key, Arc::new(entry), c);
     }
 }
 

@@ -6,23 +6,34 @@
 //! and serves their first requests itself (a new connection's request is usually there
 //! already), with no wake-up of another thread. The control thread enforces the header and
 //! idle timeouts and leads the drain when the worker is retired or stopped.
+//!
+//! One request's path goes down, never back up: this scheduler hands a ready connection
+//! to `route` (routing of each request), which uses `status` (own endpoints), the L1,
+//! `fetch` (the exchange with cached) and `respond` (the one writer of answer heads), all
+//! over `conn` (socket I/O and budgets). What they need of the worker is `ctx::Ctx`; a
+//! thread about to block tells the scheduler through the `conn::Blocking` hook it gets
+//! here, so nothing below calls up into this module.
 
 mod accesslog;
 mod conn;
+mod ctx;
+mod error;
 mod fetch;
-mod health;
 pub mod l1;
+mod link;
+mod respond;
+mod route;
 mod status;
-mod tier;
 
-use crate::master::Shared;
+use crate::shared::Shared;
 use common::stats::Counters;
 use common::supervise::{contain, supervised};
 use common::{fdpass, process};
-use conn::{Conn, Next};
+use conn::{Blocking, Conn, Io, Next, Scratch};
+use ctx::Ctx;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::unistd::Pid;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -39,10 +50,10 @@ const CHAN_TOKEN: u64 = 0;
 /// before re-arming it for the others.
 const CHAN_BATCHES: usize = 4;
 
-/// What the poll thread and the exec threads share.
-pub struct Worker<'a> {
-    pub shared: &'a Shared,
-    pub index: usize,
+/// What the control thread and the exec threads share: the scheduler's state, and what
+/// serving a request may use ([`Ctx`]).
+struct Worker<'a> {
+    cx: Ctx<'a>,
     /// Readiness of parked client connections and of the channel (one-shot).
     epoll: Epoll,
     /// The master's end passes connections on this.
@@ -53,29 +64,13 @@ pub struct Worker<'a> {
     parked: Mutex<HashMap<u64, Conn>>,
     /// Connections taken out of `parked` and being served (changed under its lock).
     busy: AtomicUsize,
-    /// Exec threads waiting on a slow client now (at most `client_wait_threads`).
-    pub client_waits: AtomicUsize,
     /// Set when the exec threads must leave.
     exit: AtomicBool,
-    /// Set once the worker drains: every answer closes its connection.
-    pub draining: AtomicBool,
-    pub cached: fetch::CachedLink,
-    pub l1: l1::L1,
-    pub limits: common::request::Limits,
-    pub next_request_id: AtomicU64,
 }
 
 impl Worker<'_> {
-    pub fn counters(&self) -> &Counters {
-        self.shared.stats.slot(self.index)
-    }
-
-    /// The L1 entry for `target`, after dropping the L1 if anything was invalidated.
-    pub fn l1_lookup(&self, host: &str, target: &str) -> Option<Arc<l1::Entry>> {
-        if self.l1.sync_epoch(self.shared.pool.invalidations()) {
-            Counters::inc(&self.counters().l1_flushes);
-        }
-        self.l1.get(&l1::key(host, target))
+    fn counters(&self) -> &Counters {
+        self.cx.counters()
     }
 
     /// Parks a connection until it is readable again. The map stays locked while the fd is
@@ -130,24 +125,14 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         }
     };
     let w = Worker {
-        shared,
-        index,
+        cx: Ctx::new(shared, index),
         epoll,
         chan,
         chan_closed: AtomicBool::new(false),
         next_token: AtomicU64::new(CHAN_TOKEN + 1),
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
-        client_waits: AtomicUsize::new(0),
         exit: AtomicBool::new(false),
-        draining: AtomicBool::new(false),
-        cached: fetch::CachedLink::new(&shared.names),
-        l1: l1::L1::new(shared.cfg.l1_capacity, shared.cfg.l1_max_object_size),
-        limits: common::request::Limits {
-            max_header_bytes: shared.cfg.max_header_bytes,
-            max_headers: shared.cfg.max_headers,
-        },
-        next_request_id: AtomicU64::new((index as u64) << 48),
     };
     if let Err(e) = w
         .epoll
@@ -195,7 +180,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
 /// Poll permits: at most this many exec threads of the worker take readiness events at once.
 /// The others wait for a permit, so a ready connection goes to a thread that is already
 /// running (which takes it in its next batch) instead of waking a sleeping one per event;
-/// a thread about to block on anything but epoll hands its permit on ([`before_blocking`]),
+/// a thread about to block on anything but epoll hands its permit on ([`give_back`]),
 /// so many requests can still wait on cached or on slow clients at the same time.
 ///
 /// Connections a thread took but must leave unserved (it is about to block) are handed
@@ -282,12 +267,6 @@ impl Permits {
     }
 }
 
-/// Called by an exec thread before it may block on anything but epoll (cached, a slow
-/// client): another thread takes over taking readiness events meanwhile.
-pub fn before_blocking() {
-    PERMITS.release();
-}
-
 /// Takes the parked connection `token` for serving (counted busy under the map's lock).
 fn take(w: &Worker, token: u64) -> Option<Conn> {
     let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
@@ -302,10 +281,21 @@ fn take(w: &Worker, token: u64) -> Option<Conn> {
 const BATCH: usize = 16;
 
 fn exec_loop(w: &Worker) {
-    let mut scratch = conn::Scratch::new(w.shared.cfg.segment_size);
+    let cx = &w.cx;
+    let mut scratch = Scratch::new(cx.shared.cfg.segment_size);
+    let taken = Taken {
+        w,
+        deferred: RefCell::new(Vec::with_capacity(BATCH)),
+    };
+    let io = Io {
+        cfg: &cx.shared.cfg,
+        counters: cx.counters(),
+        slow_waits: &cx.slow_waits,
+        blocking: &taken,
+    };
     let mut events = [EpollEvent::empty(); BATCH];
     while !w.exit.load(Ordering::Relaxed) {
-        scratch.deferred.clear();
+        taken.deferred.borrow_mut().clear();
         match PERMITS.next_turn(Duration::from_millis(200)) {
             Turn::Poll => {
                 let n = match w.epoll.wait(&mut events, EpollTimeout::from(200u16)) {
@@ -320,16 +310,20 @@ fn exec_loop(w: &Worker) {
                     }
                 };
                 // Served from the end: keep the kernel's order.
-                scratch
+                taken
                     .deferred
+                    .borrow_mut()
                     .extend(events[..n].iter().rev().map(|ev| ev.data()));
             }
-            Turn::Serve(token) => scratch.deferred.push(token),
+            Turn::Serve(token) => taken.deferred.borrow_mut().push(token),
             Turn::Idle => continue,
         }
-        while let Some(token) = scratch.deferred.pop() {
+        loop {
+            // Borrowed for the pop only: serving may hand the rest off (`Taken::will_block`).
+            let next = taken.deferred.borrow_mut().pop();
+            let Some(token) = next else { break };
             if token == CHAN_TOKEN {
-                receive_connections(w, &mut scratch.deferred);
+                receive_connections(w, &mut taken.deferred.borrow_mut());
                 continue;
             }
             let Some(mut conn) = take(w, token) else {
@@ -339,7 +333,7 @@ fn exec_loop(w: &Worker) {
             // was answered yet, then is closed (a segment it leased was dropped on the way
             // out, which aborts that transfer); the thread goes on with the next one.
             match contain("a connection", || {
-                conn::serve_ready(w, &mut conn, &mut scratch)
+                route::serve_ready(cx, &io, &mut conn, &mut scratch)
             }) {
                 Some(Next::Park) => w.park(conn),
                 Some(Next::Close) => w.close(conn),
@@ -347,7 +341,7 @@ fn exec_loop(w: &Worker) {
                     Counters::inc(&w.counters().request_panics);
                     if conn.reply.status == 0 {
                         let _ = contain("a 500 answer", || {
-                            conn::send_simple(w, &mut conn, 500, "internal error")
+                            respond::simple(&io, &mut conn, 500, "internal error")
                         });
                     }
                     w.close(conn);
@@ -361,11 +355,24 @@ fn exec_loop(w: &Worker) {
     }
 }
 
+/// The ready connections an exec thread took and has not served yet; as the thread's
+/// [`Blocking`] hook it passes them on (with its poll permit) before the thread blocks.
+struct Taken<'w> {
+    w: &'w Worker<'w>,
+    deferred: RefCell<Vec<u64>>,
+}
+
+impl Blocking for Taken<'_> {
+    fn will_block(&self) {
+        give_back(self.w, &mut self.deferred.borrow_mut());
+    }
+}
+
 /// Passes on what this thread took but has not served yet, before it may block (on cached,
 /// or on a slow client): its poll permit, the connections (each to a waiting thread, in
 /// order) and the channel (re-armed in epoll).
-pub fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
-    before_blocking();
+fn give_back(w: &Worker, deferred: &mut Vec<u64>) {
+    PERMITS.release();
     if deferred.is_empty() {
         return;
     }
@@ -389,7 +396,7 @@ fn control_loop(w: &Worker, stop: &AtomicBool) {
             // Retired (reload, upgrade) or stopping: answer what comes on open connections
             // with `Connection: close`, close idle ones, leave when nothing is left.
             drain_deadline = Some(Instant::now() + DRAIN_DEADLINE);
-            w.draining.store(true, Ordering::Relaxed);
+            w.cx.draining.store(true, Ordering::Relaxed);
         }
         if let Some(deadline) = drain_deadline {
             close_idle(w, DRAIN_IDLE);
@@ -462,7 +469,7 @@ fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
     Counters::dec(&w.counters().fds_in_flight);
     Counters::inc(&w.counters().connections_active);
     let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-    if parked.len() >= w.shared.cfg.max_connections {
+    if parked.len() >= w.cx.shared.cfg.max_connections {
         drop(parked);
         Counters::dec(&w.counters().connections_active);
         Counters::inc(&w.counters().connections_refused);
@@ -476,27 +483,22 @@ fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
 
 /// Closes parked connections past their header or idle timeout (slowloris gets a 408).
 fn sweep(w: &Worker) {
-    let cfg = &w.shared.cfg;
+    let cfg = &w.cx.shared.cfg;
     let now = Instant::now();
-    let expired: Vec<Conn> = {
-        let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let tokens: Vec<u64> = parked
-            .iter()
-            .filter(|(_, c)| match c.head_started {
-                Some(t) => now.duration_since(t) >= cfg.header_timeout,
-                None => now.duration_since(c.last_active) >= cfg.idle_timeout,
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        tokens
-            .into_iter()
-            .filter_map(|t| parked.remove(&t))
-            .collect()
-    };
+    let expired = take_parked(w, |c| match c.head_started {
+        Some(t) => now.duration_since(t) >= cfg.header_timeout,
+        None => now.duration_since(c.last_active) >= cfg.idle_timeout,
+    });
     for mut c in expired {
         if c.head_started.is_some() {
             Counters::inc(&w.counters().timeouts_header);
-            conn::send_simple_nowait(w, &mut c, 408, "request head not received in time");
+            respond::simple_nowait(
+                &cfg.node,
+                w.counters(),
+                &mut c,
+                408,
+                "request head not received in time",
+            );
         } else {
             Counters::inc(&w.counters().timeouts_idle);
         }
@@ -507,22 +509,24 @@ fn sweep(w: &Worker) {
 /// Closes parked connections idle for at least `idle` with no partial request.
 fn close_idle(w: &Worker, idle: Duration) {
     let now = Instant::now();
-    let victims: Vec<Conn> = {
-        let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-        let tokens: Vec<u64> = parked
-            .iter()
-            .filter(|(_, c)| {
-                idle.is_zero()
-                    || (c.head_started.is_none() && now.duration_since(c.last_active) >= idle)
-            })
-            .map(|(t, _)| *t)
-            .collect();
-        tokens
-            .into_iter()
-            .filter_map(|t| parked.remove(&t))
-            .collect()
-    };
+    let victims = take_parked(w, |c| {
+        idle.is_zero() || (c.head_started.is_none() && now.duration_since(c.last_active) >= idle)
+    });
     for c in victims {
         w.close(c);
     }
+}
+
+/// Takes the parked connections `pick` chooses out of the map (for closing).
+fn take_parked(w: &Worker, pick: impl Fn(&Conn) -> bool) -> Vec<Conn> {
+    let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
+    let tokens: Vec<u64> = parked
+        .iter()
+        .filter(|(_, c)| pick(c))
+        .map(|(t, _)| *t)
+        .collect();
+    tokens
+        .into_iter()
+        .filter_map(|t| parked.remove(&t))
+        .collect()
 }

@@ -1,35 +1,37 @@
 //! The proxy's own endpoints under `/__shmproxy/`, for clients in `stats_allow` (loopback by
 //! default): `stats` (JSON of both daemons' counters and the segment pool), `metrics`
-//! (Prometheus text exposition 0.0.4), `health` (for a load balancer: [`super::health`]) and
-//! the live dashboard (`/__shmproxy/` or
-//! `/__shmproxy/dashboard`, with its two assets), whose files live in `www/dashboard/` and are
-//! compiled into the binary. Every answer is counted like any other (status, bytes, outcome
+//! (Prometheus text exposition 0.0.4), `health` (for a load balancer: [`health`]) and the
+//! live dashboard (`/__shmproxy/` or `/__shmproxy/dashboard`, with its two assets), whose
+//! files live in `www/dashboard/` and are compiled into the binary. Every answer is counted like any other (status, bytes, outcome
 //! `INTERNAL`). Never touches the pool or cached beyond reading their state words and counters.
 
-use super::conn::Conn;
-use super::Worker;
-use common::http::CacheOutcome;
+use super::conn::{Conn, Io};
+use super::ctx::Ctx;
+use super::respond;
 use common::request::Request;
 use common::stats::View;
+use std::sync::atomic::Ordering;
 
 const DASHBOARD_HTML: &str = include_str!("../../../www/dashboard/index.html");
 const DASHBOARD_CSS: &str = include_str!("../../../www/dashboard/dashboard.css");
 const DASHBOARD_JS: &str = include_str!("../../../www/dashboard/dashboard.js");
 
-/// Answers a GET or HEAD for `/__shmproxy/…`; returns whether the connection may continue.
 /// Is the client in `stats_allow` (the endpoints here and PURGE)?
-pub fn allowed(w: &Worker, conn: &Conn) -> bool {
+pub fn allowed(cx: &Ctx, conn: &Conn) -> bool {
     conn.stream
         .peer_addr()
-        .is_ok_and(|a| w.shared.cfg.stats_allow.iter().any(|n| n.contains(a.ip())))
+        .is_ok_and(|a| cx.shared.cfg.stats_allow.iter().any(|n| n.contains(a.ip())))
 }
 
-pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
-    if !allowed(w, conn) {
+/// Answers a GET or HEAD for `/__shmproxy/…` (its body, if any, was read before); returns
+/// whether the connection may continue.
+pub fn serve(cx: &Ctx, io: &Io, conn: &mut Conn, req: &Request) -> bool {
+    let answer = |conn: &mut Conn, status, content_type, body: &str| {
+        respond::internal(io, conn, req, status, content_type, body)
+    };
+    if !allowed(cx, conn) {
         return answer(
-            w,
             conn,
-            req,
             403,
             "text/plain; charset=utf-8",
             "403 Forbidden: /__shmproxy/ is served to the addresses in stats_allow only\n",
@@ -38,47 +40,26 @@ pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
     let path = req.target.split('?').next().unwrap_or("");
     match path {
         "/__shmproxy/stats" => {
-            let body = view(w).json();
-            answer(w, conn, req, 200, "application/json", &body)
+            let body = view(cx).json();
+            answer(conn, 200, "application/json", &body)
         }
         "/__shmproxy/metrics" => {
-            let body = view(w).prometheus();
-            answer(
-                w,
-                conn,
-                req,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-            )
+            let body = view(cx).prometheus();
+            answer(conn, 200, "text/plain; version=0.0.4; charset=utf-8", &body)
         }
         "/__shmproxy/health" => {
-            let (status, body) = super::health::answer(w);
-            answer(w, conn, req, status, "text/plain; charset=utf-8", &body)
+            let (status, body) = health(cx);
+            answer(conn, status, "text/plain; charset=utf-8", &body)
         }
-        "/__shmproxy/" | "/__shmproxy/dashboard" => answer(
-            w,
-            conn,
-            req,
-            200,
-            "text/html; charset=utf-8",
-            DASHBOARD_HTML,
-        ),
-        "/__shmproxy/dashboard.css" => {
-            answer(w, conn, req, 200, "text/css; charset=utf-8", DASHBOARD_CSS)
+        "/__shmproxy/" | "/__shmproxy/dashboard" => {
+            answer(conn, 200, "text/html; charset=utf-8", DASHBOARD_HTML)
         }
-        "/__shmproxy/dashboard.js" => answer(
-            w,
-            conn,
-            req,
-            200,
-            "text/javascript; charset=utf-8",
-            DASHBOARD_JS,
-        ),
+        "/__shmproxy/dashboard.css" => answer(conn, 200, "text/css; charset=utf-8", DASHBOARD_CSS),
+        "/__shmproxy/dashboard.js" => {
+            answer(conn, 200, "text/javascript; charset=utf-8", DASHBOARD_JS)
+        }
         _ => answer(
-            w,
             conn,
-            req,
             404,
             "text/plain; charset=utf-8",
             "404 Not Found: try /__shmproxy/stats, /__shmproxy/metrics, /__shmproxy/health or /__shmproxy/\n",
@@ -87,41 +68,37 @@ pub fn serve(w: &Worker, conn: &mut Conn, req: &Request) -> bool {
 }
 
 /// Both daemons' counters and the pool, read now.
-pub fn view(w: &Worker) -> View {
-    let shared = w.shared;
+pub fn view(cx: &Ctx) -> View {
+    let shared = cx.shared;
     let mut v = View::collect(&shared.names, Some(&shared.stats), Some(&shared.pool));
     v.node = Some(shared.cfg.node.clone());
     v
 }
 
-fn answer(
-    w: &Worker,
-    conn: &mut Conn,
-    req: &Request,
-    status: u16,
-    content_type: &str,
-    body: &str,
-) -> bool {
-    // The body, if any, was read before (`conn::discard_body`).
-    let keep = req.keep_alive;
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nCache-Control: no-store\r\nContent-Length: {}\r\n{}{}\r\n",
-        common::http::reason(status),
-        common::http::http_date(std::time::SystemTime::now()),
-        body.len(),
-        super::tier::fields(w, CacheOutcome::Internal, &req.method, 0, None, "", b""),
-        match (req.version, keep) {
-            (10, true) => "Connection: keep-alive\r\n",
-            (_, false) => "Connection: close\r\n",
-            _ => "",
-        }
-    )
-    .into_bytes();
-    let head_len = out.len() as u64;
-    if req.method != "HEAD" {
-        out.extend_from_slice(body.as_bytes());
+/// The answer a load balancer's check reads (HAProxy `option httpchk GET
+/// /__shmproxy/health`): `200 ok` while this node can serve, `503 <reason>` when it cannot
+/// (cached not running, the segment pool exhausted) and while a stopping proxy drains
+/// (`proxy.drain_ms`: the master raises the `draining` gauge and keeps serving). Reads state
+/// words only; never leases a segment or rings cached.
+fn health(cx: &Ctx) -> (u16, String) {
+    match unready(cx) {
+        None => (200, "ok\n".into()),
+        Some(why) => (503, format!("{why}\n")),
     }
-    conn.answered(w, status, CacheOutcome::Internal);
-    conn.reply.head_bytes = head_len;
-    conn.send(w, &out).is_ok() && keep
+}
+
+/// Why this node cannot take new requests now, or `None` when it can.
+fn unready(cx: &Ctx) -> Option<&'static str> {
+    let shared = cx.shared;
+    // The master (slot 0) raises it from the start of a graceful stop.
+    if shared.stats.slot(0).draining.load(Ordering::Relaxed) != 0 {
+        return Some("draining: the node is stopping");
+    }
+    if cx.cached.current().is_none() {
+        return Some("cached is not running");
+    }
+    if shared.pool.free_count() <= 0 {
+        return Some("the segment pool is exhausted");
+    }
+    None
 }

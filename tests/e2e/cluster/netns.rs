@@ -9,12 +9,12 @@
 //! HAProxy it fails (`scripts/test.sh` installs it). [`Sandbox`]'s `Drop` stops every process by
 //! pid and deletes the namespaces, on a panic too.
 
-use crate::client::{request_bytes, Conn, Expect};
-use crate::harness::{
+use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{request_bytes, Conn, Expect};
+use shmproxy_tests::harness::{
     bin_path, descendants, pid_alive, poll_until, remove_ipc, send_signal, spawn_tracked,
     with_deadline,
 };
-use crate::origin::{Origin, Route};
 use std::collections::HashMap;
 use std::fs;
 use std::net::SocketAddr;
@@ -165,7 +165,7 @@ impl Sandbox {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns, program])
             .args(args)
-            .env(crate::harness::CONFIG_ENV, "")
+            .env(shmproxy_tests::harness::CONFIG_ENV, "")
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())

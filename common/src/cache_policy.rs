@@ -4,18 +4,13 @@
 //! `Cache-Control` allows, the `Vary` secondary key, conditional requests and ranges, the
 //! targeted fields of RFC 9213 (`CDN-Cache-Control`), `HEAD` freshening and the combining
 //! of partial (`206`) pieces.
+//!
+//! It lives in `common` so that whoever serves a stored answer decides with the same code:
+//! `cached` today, and a proxy worker serving hits itself once the cache is shared. It does
+//! no I/O and keeps no state.
 
-use common::http::{parse_http_date, tokens, trim_ows};
+use crate::http::{header, parse_http_date, tokens, trim_ows, Headers};
 use std::time::{Duration, SystemTime};
-
-pub type Headers = Vec<(String, Vec<u8>)>;
-
-/// First value of a header (case-insensitive).
-pub fn header<'a>(h: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    h.iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_slice())
-}
 
 fn header_str(h: &[(String, Vec<u8>)], name: &str) -> Option<String> {
     header(h, name).map(|v| String::from_utf8_lossy(v).trim().to_string())
@@ -833,7 +828,7 @@ pub fn update_from_304(stored: &mut Headers, fresh: &[(String, Vec<u8>)]) {
         if matches!(
             n.as_str(),
             "content-length" | "content-range" | "transfer-encoding"
-        ) || common::http::HOP_BY_HOP.contains(&n.as_str())
+        ) || crate::http::HOP_BY_HOP.contains(&n.as_str())
         {
             continue;
         }
@@ -844,7 +839,7 @@ pub fn update_from_304(stored: &mut Headers, fresh: &[(String, Vec<u8>)]) {
         if matches!(
             n.as_str(),
             "content-length" | "content-range" | "transfer-encoding"
-        ) || common::http::HOP_BY_HOP.contains(&n.as_str())
+        ) || crate::http::HOP_BY_HOP.contains(&n.as_str())
         {
             continue;
         }
@@ -927,7 +922,7 @@ pub fn head_matches(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use common::http::http_date;
+    use crate::http::http_date;
 
     fn h(v: &[(&str, &str)]) -> Headers {
         v.iter()

@@ -1,27 +1,34 @@
-//! The e2e harness: starts the real `proxy` and `cached` binaries as one isolated instance.
+//! The daemon harness of the e2e tests and the stress tool: starts the real `proxy` and
+//! `cached` binaries as one isolated instance.
 //!
-//! Owns: unique instance names (`t{pid}-{n}`), free ports, the child processes (spawned from one
-//! long-lived thread with `PR_SET_PDEATHSIG`, so they die with the test process), their stderr
-//! (one file per spawn in the instance's temp dir, printed when a test fails), readiness polling
-//! that watches the child, and the per-test watchdog ([`with_deadline`]).
+//! Owns: unique instance names (`t{pid}-{n}`, or the caller's), free ports, the child
+//! processes (spawned from one long-lived thread with `PR_SET_PDEATHSIG`, so they die with the
+//! test process), their stderr (one file per spawn in the instance's directory, printed when a
+//! test fails), readiness polling that watches the children, bounded waits ([`poll`],
+//! [`poll_until`]) and the per-test watchdog ([`with_deadline`]).
 //!
 //! Dropping an [`Instance`] stops both daemons with SIGTERM, by pid, and (unless the test is
 //! already panicking) asserts the contract: both exit with status 0 within 5 s, the proxy's
 //! worker processes are gone too, nothing named `/dev/shm/<name>.*` remains and the request
 //! queue `/<name>.req` is unlinked. Leftovers are removed after being reported.
+//! [`Instance::stop`] does the same and returns the breaches instead (the stress tool reports
+//! them); the `try_` methods return errors where the e2e ones panic.
 //!
 //! It never kills anything by name, only the pids it spawned (and their descendants).
 
-// A shared harness: not every test file uses every helper.
-#![allow(dead_code)]
-
 use crate::client::{self, Conn, Response};
+use nix::errno::Errno;
+use nix::mqueue::{mq_close, mq_open, mq_unlink, MQ_OFlag, MqdT};
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -37,9 +44,13 @@ pub const CONFIG_ENV: &str = "SHMPROXY_CONFIG";
 
 /// How long a daemon may take to exit after SIGTERM/SIGINT (contract).
 pub const EXIT_BOUND: Duration = Duration::from_secs(5);
-/// How long start-up may take before the harness gives up (generous: CI has 2 cores and runs
-/// tests in parallel).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long start-up may take before the harness gives up (generous: debug builds on 2 busy
+/// cores, tests in parallel, the stress tool's load running).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// A restarted proxy whose port is still held (by a dying worker of its predecessor) is
+/// started again this many times, [`RESTART_PAUSE`] apart.
+const RESTART_ATTEMPTS: usize = 50;
+const RESTART_PAUSE: Duration = Duration::from_millis(100);
 
 // ---------------------------------------------------------------------------------------------
 // Binaries
@@ -89,15 +100,14 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnReq>> {
 
 fn spawn_child(mut cmd: Command) -> io::Result<Child> {
     // SAFETY: the closure runs in the forked child before exec and only calls `prctl` and
-    // `getppid`, both async-signal-safe; it touches no memory shared with the parent.
+    // `getppid` (through nix's thin wrappers), both async-signal-safe; it touches no memory
+    // shared with the parent.
     unsafe {
         cmd.pre_exec(|| {
             // SIGTERM, not SIGKILL: a daemon orphaned by a dying test process still gets the
             // chance to unlink its IPC objects.
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() == 1 {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
+            if nix::unistd::getppid().as_raw() == 1 {
                 return Err(io::Error::other("test process already gone"));
             }
             Ok(())
@@ -201,8 +211,8 @@ pub fn with_deadline<F: FnOnce() + Send + 'static>(limit: Duration, body: F) {
 
 /// Sends `sig` to `pid`. Returns false if the process does not exist.
 pub fn send_signal(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2) has no memory-safety preconditions; `pid` is a positive pid we spawned.
-    unsafe { libc::kill(pid, sig) == 0 }
+    let sig = Signal::try_from(sig).unwrap_or_else(|e| panic!("signal {sig}: {e}"));
+    nix::sys::signal::kill(Pid::from_raw(pid), sig).is_ok()
 }
 
 /// Pids whose parent is `pid`, recursively (read from /proc).
@@ -246,6 +256,60 @@ pub fn pid_alive(pid: i32) -> bool {
     matches!(proc_stat(pid), Some((_, st)) if st != 'Z' && st != 'X')
 }
 
+/// Direct children of `pid` that are running (for the proxy master: its workers), sorted.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|&p| pid_alive(p))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// `kill -9` of `pid` if it is still a running child of `parent`: the process is pinned with a
+/// pidfd first and its parent checked through /proc, so a recycled pid is never signalled.
+/// `Ok(false)` if it is no longer a running child of `parent`.
+pub fn kill_child_of(parent: i32, pid: i32) -> Result<bool, String> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no memory is passed.
+    // (Neither std nor nix wraps pidfd_open.)
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(false),
+            _ => Err(format!("pidfd_open({pid}): {e}")),
+        };
+    }
+    // SAFETY: `fd` is the descriptor pidfd_open just returned; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    // The pidfd names the process that had `pid` when it was opened; if that process is our
+    // child, /proc/<pid> describes it as long as it has not been reaped, and once it has been,
+    // the signal below fails with ESRCH instead of reaching a newcomer.
+    if !(proc_stat(pid).is_some_and(|(ppid, _)| ppid == parent) && pid_alive(pid)) {
+        return Ok(false);
+    }
+    // SAFETY: `fd` is the pidfd opened above; a null siginfo is allowed; no other memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => Ok(false),
+        _ => Err(format!("pidfd_send_signal({pid}): {e}")),
+    }
+}
+
 /// Sends `sig` to `pid` and all its descendants (children first collected, then signalled).
 fn kill_tree(pid: i32, sig: i32) {
     let kids = descendants(pid);
@@ -255,8 +319,8 @@ fn kill_tree(pid: i32, sig: i32) {
     }
 }
 
-/// Waits for `child` to exit, at most `limit`.
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+/// Waits for `child` to exit, at most `limit`; `None` if it is still running.
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         if let Ok(Some(st)) = child.try_wait() {
@@ -297,23 +361,31 @@ pub fn shm_objects(name: &str) -> Vec<String> {
     v
 }
 
-fn mq_name(name: &str) -> std::ffi::CString {
-    std::ffi::CString::new(format!("/{name}.req")).unwrap()
+/// The request queue's name of instance `name`.
+pub fn mq_name(name: &str) -> String {
+    format!("/{name}.req")
+}
+
+/// Opens instance `name`'s request queue read-only, without taking a message.
+pub fn mq_open_existing(name: &str) -> nix::Result<MqdT> {
+    mq_open(
+        mq_name(name).as_str(),
+        MQ_OFlag::O_RDONLY | MQ_OFlag::O_NONBLOCK,
+        Mode::empty(),
+        None,
+    )
 }
 
 /// Whether the POSIX message queue `/<name>.req` exists (it cannot be listed: /dev/mqueue is
 /// not mounted, so it is probed by name).
 pub fn mq_exists(name: &str) -> bool {
-    let n = mq_name(name);
-    // SAFETY: `n` is a valid NUL-terminated string that outlives the call; O_RDONLY without
-    // O_CREAT takes no variadic arguments.
-    let fd = unsafe { libc::mq_open(n.as_ptr(), libc::O_RDONLY | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT);
+    match mq_open_existing(name) {
+        Ok(q) => {
+            let _ = mq_close(q);
+            true
+        }
+        Err(e) => e != Errno::ENOENT,
     }
-    // SAFETY: `fd` is the descriptor mq_open just returned, closed once.
-    unsafe { libc::mq_close(fd) };
-    true
 }
 
 /// Removes whatever IPC objects instance `name` left behind.
@@ -321,9 +393,7 @@ fn remove_ipc_leftovers(name: &str) {
     for f in shm_objects(name) {
         let _ = fs::remove_file(Path::new("/dev/shm").join(f));
     }
-    let n = mq_name(name);
-    // SAFETY: `n` is a valid NUL-terminated string that outlives the call.
-    unsafe { libc::mq_unlink(n.as_ptr()) };
+    let _ = mq_unlink(mq_name(name).as_str());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,20 +417,31 @@ pub struct ClosedPort {
     port: u16,
 }
 
+impl Default for ClosedPort {
+    fn default() -> ClosedPort {
+        ClosedPort::new()
+    }
+}
+
+/// A TCP socket bound to `addr` that neither listens nor connects yet (e.g. to connect from
+/// a chosen source address).
+pub fn bound_socket(addr: std::net::SocketAddrV4) -> OwnedFd {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr)).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    fd
+}
+
 impl ClosedPort {
     pub fn new() -> ClosedPort {
-        use nix::sys::socket::{
-            bind, getsockname, socket, AddressFamily, SockFlag, SockType, SockaddrIn,
-        };
-        use std::os::fd::AsRawFd;
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind 127.0.0.1:0");
+        use nix::sys::socket::{getsockname, SockaddrIn};
+        let fd = bound_socket(std::net::SocketAddrV4::new([127, 0, 0, 1].into(), 0));
         let port = getsockname::<SockaddrIn>(fd.as_raw_fd())
             .expect("getsockname")
             .port();
@@ -374,20 +455,12 @@ impl ClosedPort {
 
 /// Raises the soft RLIMIT_NOFILE of the test process to the hard limit; returns the new soft limit.
 pub fn raise_nofile_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `rl` is a valid, writable rlimit for the duration of the call.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
-    if rl.rlim_cur < rl.rlim_max {
-        rl.rlim_cur = rl.rlim_max;
-        // SAFETY: `rl` is a valid rlimit; raising the soft limit up to the hard one is allowed.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
-        // SAFETY: as above.
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
-    rl.rlim_cur
+    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit").0
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), different for each `seed`.
@@ -444,19 +517,34 @@ pub fn write_file(root: &Path, rel: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
-/// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
-#[track_caller]
-pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+/// Polls `cond` every 20 ms until it holds (`true`) or `limit` has passed (`false`), for a
+/// wait whose failure the caller reports with its own assertion.
+pub fn poll(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     loop {
-        if let Some(v) = f() {
-            return v;
+        if cond() {
+            return true;
         }
         if Instant::now() >= deadline {
-            panic!("timed out after {limit:?} waiting for {what}");
+            return false;
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, or panics after `limit` with `what`.
+#[track_caller]
+pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let mut got = None;
+    if poll(limit, || {
+        got = f();
+        got.is_some()
+    }) {
+        if let Some(v) = got {
+            return v;
+        }
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -464,7 +552,7 @@ pub fn poll_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<
 // ---------------------------------------------------------------------------------------------
 
 /// The segment pool as `/__shmproxy/stats` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStats {
     pub segments: u64,
     pub segment_size: u64,
@@ -484,12 +572,23 @@ pub struct Builder {
     segments: u32,
     segment_size: usize,
     workers: u32,
-    threads: u32,
-    cached_threads: u32,
+    /// `proxy --threads`; `None` leaves the daemon's default.
+    threads: Option<u32>,
+    /// `cached --threads`; `None` leaves the daemon's default.
+    cached_threads: Option<u32>,
     proxy_extra: Vec<String>,
     cached_extra: Vec<String>,
     /// Environment variables set for both daemons.
     env: Vec<(String, String)>,
+    /// The instance name instead of `t{pid}-{n}`.
+    name: Option<String>,
+    /// A directory of the caller's for the logs (kept) instead of a temporary one.
+    dir: Option<PathBuf>,
+    /// Where `proxy` and `cached` are instead of next to the running executable.
+    bin_dir: Option<PathBuf>,
+    /// Fetched through the proxy to tell that cached is ready, and the status that says so
+    /// (`None`: anything but 503).
+    probe: (String, Option<u16>),
     scope: u64,
 }
 
@@ -536,13 +635,45 @@ impl Builder {
 
     /// `proxy --threads`.
     pub fn threads(mut self, n: u32) -> Builder {
-        self.threads = n;
+        self.threads = Some(n);
         self
     }
 
     /// `cached --threads`.
     pub fn cached_threads(mut self, n: u32) -> Builder {
-        self.cached_threads = n;
+        self.cached_threads = Some(n);
+        self
+    }
+
+    /// No `--threads` for either daemon: their own defaults (the stress tool's load).
+    pub fn default_threads(mut self) -> Builder {
+        (self.threads, self.cached_threads) = (None, None);
+        self
+    }
+
+    /// Names the instance `name` instead of `t{pid}-{n}` (it must be unique on the machine).
+    pub fn name(mut self, name: &str) -> Builder {
+        self.name = Some(name.to_string());
+        self
+    }
+
+    /// Keeps the logs (and the daemons' cwd) in `dir`, created if missing and never removed,
+    /// instead of a temporary directory.
+    pub fn dir(mut self, dir: &Path) -> Builder {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Runs `proxy` and `cached` from `dir` instead of the running executable's directory.
+    pub fn bin_dir(mut self, dir: &Path) -> Builder {
+        self.bin_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Tells that cached is ready when `GET target` through the proxy answers 200 (by default
+    /// `/__e2e_ready` answered by anything but 503).
+    pub fn probe(mut self, target: &str) -> Builder {
+        self.probe = (target.to_string(), Some(200));
         self
     }
 
@@ -565,25 +696,37 @@ impl Builder {
     /// An instance with nothing started yet.
     pub fn build(self) -> Instance {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "t{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed) + 1
-        );
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("shmproxy-e2e-{name}-"))
-            .tempdir()
-            .expect("tempdir");
+        let name = self.name.clone().unwrap_or_else(|| {
+            format!(
+                "t{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed) + 1
+            )
+        });
+        let (path, dir) = match &self.dir {
+            Some(d) => {
+                fs::create_dir_all(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+                (d.clone(), None)
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix(&format!("shmproxy-e2e-{name}-"))
+                    .tempdir()
+                    .expect("tempdir");
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
         let port = free_port();
         Instance {
             name,
             port,
-            path: dir.path().to_path_buf(),
-            dir: Some(dir),
+            path,
+            dir,
             cfg: self,
             proxy: None,
             cached: None,
             spawns: 0,
+            stopped: false,
         }
     }
 
@@ -594,6 +737,24 @@ impl Builder {
         i.start_proxy();
         i.wait_cached_ready();
         i
+    }
+
+    /// [`Builder::start`] that reports a failed start instead of panicking; what was started
+    /// is stopped again (and its leftovers removed) before the error returns.
+    pub fn try_start(self) -> Result<Instance, String> {
+        let mut i = self.build();
+        i.spawn_cached();
+        match i.try_start_proxy().and_then(|()| i.try_wait_cached_ready()) {
+            Ok(()) => Ok(i),
+            Err(e) => {
+                let problems = i.stop();
+                Err(if problems.is_empty() {
+                    e
+                } else {
+                    format!("{e}; then: {}", problems.join("; "))
+                })
+            }
+        }
     }
 }
 
@@ -608,6 +769,8 @@ pub struct Instance {
     proxy: Option<Child>,
     cached: Option<Child>,
     spawns: u32,
+    /// [`Instance::stop`] ran: the drop has nothing left to do.
+    stopped: bool,
 }
 
 impl Instance {
@@ -620,11 +783,15 @@ impl Instance {
             segments: 8,
             segment_size: 64 * 1024,
             workers: 2,
-            threads: 4,
-            cached_threads: 8,
+            threads: Some(4),
+            cached_threads: Some(8),
             proxy_extra: Vec::new(),
             cached_extra: Vec::new(),
             env: Vec::new(),
+            name: None,
+            dir: None,
+            bin_dir: None,
+            probe: ("/__e2e_ready".into(), None),
             scope: SCOPE.with(|s| s.get()),
         }
     }
@@ -669,25 +836,24 @@ impl Instance {
             self.addr().to_string(),
             "--workers".into(),
             c.workers.to_string(),
-            "--threads".into(),
-            c.threads.to_string(),
             "--segments".into(),
             c.segments.to_string(),
             "--segment-size".into(),
             c.segment_size.to_string(),
         ];
+        if let Some(n) = c.threads {
+            a.extend(["--threads".into(), n.to_string()]);
+        }
         a.extend(c.proxy_extra.iter().cloned());
         a
     }
 
     fn cached_args(&self) -> Vec<String> {
         let c = &self.cfg;
-        let mut a = vec![
-            "--instance".into(),
-            self.name.clone(),
-            "--threads".into(),
-            c.cached_threads.to_string(),
-        ];
+        let mut a = vec!["--instance".into(), self.name.clone()];
+        if let Some(n) = c.cached_threads {
+            a.extend(["--threads".into(), n.to_string()]);
+        }
         if let Some(text) = &c.config {
             let p = self
                 .dir()
@@ -719,7 +885,11 @@ impl Instance {
         self.spawns += 1;
         let log = self.dir().join(format!("{:02}-{bin}.stderr", self.spawns));
         let err = fs::File::create(&log).expect("create log file");
-        let mut cmd = Command::new(bin_path(bin));
+        let exe = match &self.cfg.bin_dir {
+            Some(d) => d.join(bin),
+            None => bin_path(bin),
+        };
+        let mut cmd = Command::new(exe);
         cmd.args(&args)
             // Without `--config` a daemon would read /etc/shmproxy/shmproxy.toml: never in a
             // test (a test that wants a file passes `--config` or sets this itself).
@@ -758,22 +928,57 @@ impl Instance {
     /// Starts the proxy and waits until it is ready (retrying on another port if the one picked
     /// was taken meanwhile).
     pub fn start_proxy(&mut self) {
+        if let Err(msg) = self.try_start_proxy() {
+            panic!("{msg}\n{}", self.logs());
+        }
+    }
+
+    fn try_start_proxy(&mut self) -> Result<(), String> {
         for attempt in 0..3 {
             self.spawn_proxy();
             match self.try_wait_proxy_ready() {
-                Ok(()) => return,
-                Err(msg) => {
-                    let log = self.last_log("proxy");
-                    let in_use = log.contains("in use") || log.contains("EADDRINUSE");
-                    if in_use && attempt < 2 {
-                        self.proxy = None;
-                        self.port = free_port();
-                        continue;
-                    }
-                    panic!("{msg}\n{}", self.logs());
+                Ok(()) => return Ok(()),
+                Err(_) if attempt < 2 && self.port_taken() => {
+                    self.reap_proxy();
+                    self.port = free_port();
                 }
+                Err(msg) => return Err(msg),
             }
         }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Whether the latest proxy has exited saying its port is in use.
+    fn port_taken(&mut self) -> bool {
+        let log = self.last_log("proxy");
+        !self.proxy_alive() && (log.contains("in use") || log.contains("EADDRINUSE"))
+    }
+
+    /// Reaps an exited proxy and clears its slot.
+    fn reap_proxy(&mut self) {
+        if let Some(mut c) = self.proxy.take() {
+            let _ = c.wait();
+            Instance::forget(c.id());
+        }
+    }
+
+    /// Starts a new proxy master on the same port (clients keep their address) after the old
+    /// one was stopped or killed and reaped, and waits until requests reach cached again.
+    /// Starts it again while its log says the port is still taken (a dying worker of the old
+    /// master may hold it for a moment).
+    pub fn try_restart_proxy(&mut self) -> Result<(), String> {
+        for attempt in 1..=RESTART_ATTEMPTS {
+            self.spawn_proxy();
+            match self.try_wait_ready() {
+                Ok(()) => return Ok(()),
+                Err(_) if attempt < RESTART_ATTEMPTS && self.port_taken() => {
+                    self.reap_proxy();
+                    thread::sleep(RESTART_PAUSE);
+                }
+                Err(e) => return Err(format!("restarted proxy: {e}")),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// Starts cached and waits until requests through the proxy reach it.
@@ -789,9 +994,14 @@ impl Instance {
         }
     }
 
+    /// Waits until the proxy serves its stats and requests through it reach cached.
+    pub fn try_wait_ready(&mut self) -> Result<(), String> {
+        self.try_wait_proxy_ready()?;
+        self.try_wait_cached_ready()
+    }
+
     fn try_wait_proxy_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
-        let own = format!("{{\"instance\":\"{}\"", self.name);
         let mut last;
         loop {
             let child = self.proxy.as_mut().expect("proxy not started");
@@ -808,11 +1018,16 @@ impl Instance {
                     self.addr(),
                     b"GET /__shmproxy/stats HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n",
                 ) {
-                    // Another instance's proxy may have taken the port between `free_port`
-                    // and our bind: only our own instance's stats count as ready.
-                    Ok(r) if r.status == 200 && r.text().contains(&own) => return Ok(()),
                     Ok(r) if r.status == 200 => {
-                        last = "the port answers for another instance".into()
+                        // Another instance's proxy may have taken the port between
+                        // `free_port` and our bind: only our own instance's stats count.
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&r.body).unwrap_or_default();
+                        match v["instance"].as_str() {
+                            Some(n) if n == self.name => return Ok(()),
+                            Some(n) => last = format!("the port answers for instance {n}"),
+                            None => last = format!("stats without an instance: {}", r.text()),
+                        }
                     }
                     Ok(r) => last = format!("stats answered {}", r.status),
                     Err(e) => last = format!("stats: {e}"),
@@ -833,45 +1048,71 @@ impl Instance {
     /// Waits until a request through the proxy is answered by cached (anything but 503),
     /// checking that neither daemon has exited.
     pub fn wait_cached_ready(&mut self) {
+        if let Err(msg) = self.try_wait_cached_ready() {
+            panic!("{msg}\n{}", self.logs());
+        }
+    }
+
+    fn try_wait_cached_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
+        let (target, want) = self.cfg.probe.clone();
+        let request = format!("GET {target} HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n");
         let mut last;
         loop {
-            let mut exited = None;
             for (what, child) in [("cached", &mut self.cached), ("proxy", &mut self.proxy)] {
-                let c = child
-                    .as_mut()
-                    .unwrap_or_else(|| panic!("{what} not started"));
+                let Some(c) = child.as_mut() else {
+                    return Err(format!("{what} of {} is not running", self.name));
+                };
                 if let Ok(Some(st)) = c.try_wait() {
                     Instance::forget(c.id());
                     *child = None;
-                    exited = Some((what, st));
+                    return Err(format!(
+                        "{what} of {} exited while waiting for cached: {}",
+                        self.name,
+                        describe_status(&st),
+                    ));
                 }
             }
-            if let Some((what, st)) = exited {
-                panic!(
-                    "{what} of {} exited while waiting for cached: {}\n{}",
-                    self.name,
-                    describe_status(&st),
-                    self.logs()
-                );
-            }
-            match client::raw(
-                self.addr(),
-                b"GET /__e2e_ready HTTP/1.1\r\nHost: e2e\r\nConnection: close\r\n\r\n",
-            ) {
-                Ok(r) if r.status != 503 => return,
-                Ok(r) => last = format!("answered {}", r.status),
-                Err(e) => last = format!("{e}"),
+            match client::raw(self.addr(), request.as_bytes()) {
+                Ok(r) if want.map_or(r.status != 503, |w| r.status == w) => return Ok(()),
+                Ok(r) => last = format!("{target} answered {}", r.status),
+                Err(e) => last = format!("{target}: {e}"),
             }
             if Instant::now() >= deadline {
-                panic!(
-                    "cached of {} not reachable through the proxy within {READY_TIMEOUT:?} (last: {last})\n{}",
+                return Err(format!(
+                    "cached of {} not reachable through the proxy within {READY_TIMEOUT:?} (last: {last})",
                     self.name,
-                    self.logs()
-                );
+                ));
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Fails if either daemon is not running (it exited on its own, say).
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        match self.exited().into_iter().next() {
+            Some((what, how)) => Err(format!("{what} exited early: {how}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The daemons that are not running, with how they ended (a slot already cleared says
+    /// "not running").
+    pub fn exited(&mut self) -> Vec<(&'static str, String)> {
+        let mut gone = Vec::new();
+        for (what, slot) in [("proxy", &mut self.proxy), ("cached", &mut self.cached)] {
+            match slot.as_mut().map(Child::try_wait) {
+                None => gone.push((what, "not running".to_string())),
+                Some(Ok(Some(st))) => gone.push((what, describe_status(&st))),
+                Some(_) => {}
+            }
+        }
+        gone
+    }
+
+    /// The proxy master's running workers, sorted.
+    pub fn workers(&self) -> Vec<i32> {
+        self.proxy_pid().map(children).unwrap_or_default()
     }
 
     pub fn proxy_pid(&self) -> Option<i32> {
@@ -982,12 +1223,59 @@ impl Instance {
         assert!(self.wait_proxy_exit(EXIT_BOUND).is_some());
     }
 
+    /// `kill -9` of the proxy master alone (its workers are left to notice), reaped; returns
+    /// the workers it had just before.
+    pub fn kill_proxy_master(&mut self) -> Result<Vec<i32>, String> {
+        let workers = self.workers();
+        Instance::kill_slot("proxy", &mut self.proxy)?;
+        Ok(workers)
+    }
+
+    /// `kill -9` of cached, reaped; an error if it had already exited.
+    pub fn try_kill_cached(&mut self) -> Result<(), String> {
+        Instance::kill_slot("cached", &mut self.cached)
+    }
+
+    fn kill_slot(what: &str, slot: &mut Option<Child>) -> Result<(), String> {
+        let child = slot
+            .as_mut()
+            .ok_or_else(|| format!("{what} is not running"))?;
+        match child.try_wait() {
+            Ok(None) => {
+                // A child not reaped yet: its pid cannot name another process.
+                child.kill().map_err(|e| format!("kill -9 {what}: {e}"))?;
+                child.wait().map_err(|e| format!("reaping {what}: {e}"))?;
+            }
+            Ok(Some(st)) => {
+                return Err(format!(
+                    "{what} had already exited: {}",
+                    describe_status(&st)
+                ))
+            }
+            Err(e) => return Err(format!("waiting for {what}: {e}")),
+        }
+        Instance::forget(child.id());
+        *slot = None;
+        Ok(())
+    }
+
     /// `/__shmproxy/stats` as JSON.
     pub fn stats(&self) -> serde_json::Value {
-        let r = self.get("/__shmproxy/stats");
-        assert_eq!(r.status, 200, "stats: {}", r.describe());
+        self.try_stats().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `/__shmproxy/stats` as JSON, or why not.
+    pub fn try_stats(&self) -> Result<serde_json::Value, String> {
+        let r = client::raw(
+            self.addr(),
+            b"GET /__shmproxy/stats HTTP/1.1\r\nHost: e2e.test\r\nConnection: close\r\n\r\n",
+        )
+        .map_err(|e| format!("GET /__shmproxy/stats: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("stats: {}", r.describe()));
+        }
         serde_json::from_slice(&r.body)
-            .unwrap_or_else(|e| panic!("stats is not JSON ({e}): {}", r.text()))
+            .map_err(|e| format!("stats is not JSON ({e}): {}", r.text()))
     }
 
     /// A counter of the cached region of the stats (`stats.cached.NAME`), if present.
@@ -1035,18 +1323,40 @@ impl Instance {
     }
 
     pub fn pool(&self) -> PoolStats {
-        let s = self.stats();
+        self.try_pool().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The pool figures of the stats, or why not.
+    pub fn try_pool(&self) -> Result<PoolStats, String> {
+        let s = self.try_stats()?;
         let p = &s["pool"];
         let f = |k: &str| {
             p[k].as_u64()
-                .unwrap_or_else(|| panic!("stats: pool.{k} missing in {s}"))
+                .ok_or_else(|| format!("stats: pool.{k} missing in {s}"))
         };
-        PoolStats {
-            segments: f("segments"),
-            segment_size: f("segment_size"),
-            free: f("free"),
-            in_use: f("in_use"),
-            quarantined: f("quarantined"),
+        Ok(PoolStats {
+            segments: f("segments")?,
+            segment_size: f("segment_size")?,
+            free: f("free")?,
+            in_use: f("in_use")?,
+            quarantined: f("quarantined")?,
+        })
+    }
+
+    /// Reads the pool until `done` holds or `limit` has passed; returns the last figures
+    /// (whether `done` holds for them is the caller's to check).
+    pub fn settle_pool(
+        &self,
+        limit: Duration,
+        done: impl Fn(&PoolStats) -> bool,
+    ) -> Result<PoolStats, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let p = self.try_pool()?;
+            if done(&p) || Instant::now() >= deadline {
+                return Ok(p);
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -1055,22 +1365,20 @@ impl Instance {
     #[track_caller]
     pub fn assert_pool_idle(&self) {
         let want = (self.cfg.segments as u64, self.cfg.segment_size as u64);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let p = self.pool();
-            assert_eq!(
-                (p.segments, p.segment_size),
-                want,
-                "pool shape differs from the flags"
-            );
-            if p.free == p.segments && p.in_use == 0 {
-                return;
-            }
-            if Instant::now() >= deadline {
-                panic!("pool not idle 5 s after the last transfer: {p:?}");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let p = self
+            .settle_pool(Duration::from_secs(5), |p| {
+                (p.segments, p.segment_size) != want || (p.free == p.segments && p.in_use == 0)
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (p.segments, p.segment_size),
+            want,
+            "pool shape differs from the flags"
+        );
+        assert!(
+            p.free == p.segments && p.in_use == 0,
+            "pool not idle 5 s after the last transfer: {p:?}"
+        );
     }
 
     /// /dev/shm entries of this instance.
@@ -1083,23 +1391,19 @@ impl Instance {
     }
 
     fn log_files(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = fs::read_dir(self.dir())
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "stderr"))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        log_files(self.dir())
+    }
+
+    /// The stderr file of the latest spawn of `bin` ("proxy" or "cached").
+    pub fn last_log_path(&self, bin: &str) -> Option<PathBuf> {
+        self.log_files()
+            .into_iter()
+            .rfind(|p| p.to_string_lossy().ends_with(&format!("-{bin}.stderr")))
     }
 
     /// The stderr of the latest spawn of `bin` ("proxy" or "cached").
     pub fn last_log(&self, bin: &str) -> String {
-        self.log_files()
-            .into_iter()
-            .rfind(|p| p.to_string_lossy().ends_with(&format!("-{bin}.stderr")))
+        self.last_log_path(bin)
             .and_then(|p| fs::read_to_string(p).ok())
             .unwrap_or_default()
     }
@@ -1125,8 +1429,23 @@ impl Instance {
     }
 }
 
+/// The daemons' stderr files in an instance directory (`NN-proxy.stderr`, `NN-cached.stderr`,
+/// one per spawn), in spawn order.
+pub fn log_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "stderr"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
 /// Waits until none of `pids` is alive; returns the survivors.
-fn wait_pids_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
+pub fn wait_pids_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
     let deadline = Instant::now() + limit;
     loop {
         let alive: Vec<i32> = pids.iter().copied().filter(|p| pid_alive(*p)).collect();
@@ -1137,13 +1456,25 @@ fn wait_pids_gone(pids: &[i32], limit: Duration) -> Vec<i32> {
     }
 }
 
-impl Drop for Instance {
-    fn drop(&mut self) {
+impl Instance {
+    /// Stops both daemons as the drop does (SIGTERM, at most 5 s, then SIGKILL; the workers
+    /// must follow; IPC leftovers reported and removed) and returns every breach of that
+    /// contract instead of panicking. The logs stay where they are.
+    pub fn stop(mut self) -> Vec<String> {
+        self.stopped = true;
+        self.teardown()
+    }
+
+    fn teardown(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
         let workers = self.proxy_pid().map(descendants).unwrap_or_default();
         let t0 = Instant::now();
-        for pid in [self.proxy_pid(), self.cached_pid()].into_iter().flatten() {
-            send_signal(pid, libc::SIGTERM);
+        for child in [&mut self.proxy, &mut self.cached].into_iter().flatten() {
+            // Only a child not reaped yet may be signalled: a reaped pid may name another
+            // process.
+            if let Ok(None) = child.try_wait() {
+                send_signal(child.id() as i32, libc::SIGTERM);
+            }
         }
         for (what, slot) in [("proxy", &mut self.proxy), ("cached", &mut self.cached)] {
             let Some(child) = slot.as_mut() else { continue };
@@ -1183,7 +1514,16 @@ impl Drop for Instance {
             problems.push(format!("message queue /{}.req not unlinked", self.name));
         }
         remove_ipc_leftovers(&self.name);
+        problems
+    }
+}
 
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        let problems = self.teardown();
         if thread::panicking() {
             // Keep the logs for diagnosis and show them next to the test's own failure.
             if let Some(d) = self.dir.take() {

@@ -1,0 +1,124 @@
+//! What every thread of cached shares ([`Ctx`]): the configuration, the stats slot, the
+//! cache, the document root or the sites' upstream servers, the queue of background
+//! refreshes and the mapped segment pools. `receiver::run` builds it once; the sources and
+//! the request path below the receiver take it by reference. It calls nothing above it.
+
+use crate::cache::Cache;
+use crate::refresh::Refreshes;
+use crate::stored::Stored;
+use crate::upstream::Upstreams;
+use common::config::CachedConfig;
+use common::pool::Pool;
+use common::protocol::{Doorbell, RequestHead};
+use common::stats::{Counters, StatsRegion};
+use common::Names;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+/// Pools kept mapped (the current one and those of masters still draining).
+const KEEP_POOLS: usize = 4;
+
+/// Everything the threads of cached share.
+pub struct Ctx {
+    pub cfg: CachedConfig,
+    pub names: Names,
+    pub stats: Arc<StatsRegion>,
+    pub cache: Cache,
+    /// Canonical document root (disk mode).
+    pub root: PathBuf,
+    /// The sites' origin servers (origin mode).
+    pub upstreams: Option<Arc<Upstreams>>,
+    /// Background refreshes of stale answers.
+    pub refreshes: Refreshes,
+    /// Mapped pools, newest first.
+    pools: Mutex<Vec<Arc<Pool>>>,
+}
+
+impl Ctx {
+    pub fn new(
+        cfg: CachedConfig,
+        names: Names,
+        stats: Arc<StatsRegion>,
+        root: PathBuf,
+        upstreams: Option<Arc<Upstreams>>,
+    ) -> Ctx {
+        Ctx {
+            cache: Cache::new(cfg.capacity, cfg.max_waiters),
+            names,
+            stats,
+            root,
+            upstreams,
+            refreshes: Refreshes::default(),
+            pools: Mutex::new(Vec::new()),
+            cfg,
+        }
+    }
+}
+
+impl Ctx {
+    pub fn counters(&self) -> &Counters {
+        self.stats.slot(0)
+    }
+
+    /// The largest body that may be stored.
+    pub fn store_limit(&self) -> u64 {
+        self.cfg.max_object_size.min(self.cfg.capacity)
+    }
+
+    /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
+    pub fn store(&self, primary: &str, req: &RequestHead, obj: Arc<Stored>) {
+        let evicted = self.cache.insert(primary, &req.headers, obj);
+        Counters::add(&self.counters().evictions, evicted);
+        self.publish_store_gauges();
+    }
+
+    /// Drops every variant stored under `primary`; `true` if anything was there.
+    pub fn remove(&self, primary: &str) -> bool {
+        let removed = self.cache.remove_all(primary);
+        self.publish_store_gauges();
+        removed
+    }
+
+    pub fn publish_store_gauges(&self) {
+        let (n, bytes) = self.cache.usage();
+        // cached has a single stats slot, so its gauges are plain stores.
+        self.counters().stored_objects.store(n, Ordering::Relaxed);
+        self.counters().stored_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// A stored object was purged or invalidated: every worker drops its L1.
+    pub fn invalidated(&self) {
+        for p in self.pools.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            p.bump_invalidations();
+        }
+    }
+
+    /// The pool the doorbell refers to, mapped on first use. A few recent pools stay mapped,
+    /// so the draining workers of a master that handed over (upgrade) still get answers.
+    pub fn pool_for(&self, bell: &Doorbell) -> Option<Arc<Pool>> {
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pools.iter().find(|p| p.id() == bell.pool_id) {
+            return Some(p.clone());
+        }
+        match Pool::open(&self.names) {
+            Ok(p) if p.id() == bell.pool_id => {
+                log::info!(
+                    "mapped segment pool {} ({} × {} bytes)",
+                    self.names.pool,
+                    p.segments(),
+                    p.segment_size()
+                );
+                let p = Arc::new(p);
+                pools.insert(0, p.clone());
+                pools.truncate(KEEP_POOLS);
+                Some(p)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                log::warn!("cannot map the segment pool: {e}");
+                None
+            }
+        }
+    }
+}

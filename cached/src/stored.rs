@@ -1,0 +1,177 @@
+//! A complete stored answer and how it is checked before it is served again: an origin
+//! answer by its freshness (RFC 9111, through `common::cache_policy`), a file by its size,
+//! mtime and inode. Pure data and arithmetic over it; the cache (`cache`) holds these in
+//! `Arc`s, so an answer evicted while a worker thread still streams it lives until that
+//! thread is done.
+
+use common::cache_policy::{self as policy, RequestRules, Staleness, Storable, Use};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// How a stored object is checked before it is served again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Validity {
+    /// A file: served while its size, mtime and inode are unchanged.
+    File { len: u64, mtime_ns: i128, ino: u64 },
+    /// An origin answer: fresh for `lifetime` from its (corrected) initial age.
+    Http {
+        lifetime: Duration,
+        must_revalidate: bool,
+        no_cache: bool,
+        /// How long past `lifetime` it may be served while one refresh runs in the
+        /// background (`stale-while-revalidate`, RFC 5861 §3).
+        stale_while_revalidate: Duration,
+        /// How long past `lifetime` it may be served when the origin fails
+        /// (`stale-if-error`, RFC 5861 §4).
+        stale_if_error: Duration,
+    },
+}
+
+/// A complete stored answer.
+#[derive(Debug)]
+pub struct Stored {
+    pub status: u16,
+    /// End-to-end headers, without framing (`Content-Length`/`Transfer-Encoding`).
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Shared, so a refresh after a 304 keeps the bytes without copying them.
+    pub body: Arc<Vec<u8>>,
+    pub validity: Validity,
+    /// When the answer was received (RFC 9111 `response_time`).
+    pub response_time: SystemTime,
+    /// Its corrected initial age (RFC 9111 §4.2.3).
+    pub initial_age: Duration,
+}
+
+impl Validity {
+    /// The validity of an origin answer `policy::storable` accepted.
+    pub fn http(s: &Storable) -> Validity {
+        Validity::Http {
+            lifetime: s.lifetime,
+            must_revalidate: s.must_revalidate,
+            no_cache: s.no_cache,
+            stale_while_revalidate: s.stale_while_revalidate,
+            stale_if_error: s.stale_if_error,
+        }
+    }
+}
+
+impl Stored {
+    /// How stale an origin answer is at `now`, and what its directives allow then (`None`
+    /// for files).
+    pub fn staleness(&self, now: SystemTime) -> Option<Staleness> {
+        match self.validity {
+            Validity::Http {
+                lifetime,
+                must_revalidate,
+                no_cache,
+                stale_while_revalidate,
+                stale_if_error,
+            } => Some(Staleness {
+                stale_by: self.age(now).saturating_sub(lifetime),
+                must_revalidate,
+                no_cache,
+                stale_while_revalidate,
+                stale_if_error,
+            }),
+            Validity::File { .. } => None,
+        }
+    }
+
+    /// How this origin answer may serve a request with `rules` at `now` (RFC 9111 §4;
+    /// `None` for files, which are checked against the file instead).
+    pub fn usable(&self, now: SystemTime, rules: &RequestRules) -> Option<Use> {
+        match self.validity {
+            Validity::Http {
+                lifetime,
+                must_revalidate,
+                no_cache,
+                ..
+            } => Some(policy::usable(
+                self.age(now),
+                lifetime,
+                must_revalidate,
+                no_cache,
+                rules,
+            )),
+            Validity::File { .. } => None,
+        }
+    }
+
+    /// What keeping this answer under `key` costs the cache's capacity: body, fields, key
+    /// and a fixed overhead for the entry's bookkeeping.
+    pub fn cost(&self, key: &str) -> u64 {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 16)
+            .sum();
+        (self.body.len() + headers + key.len() + 128) as u64
+    }
+
+    /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age.saturating_add(
+            now.duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(lifetime: u64, initial_age: u64, headers: &[(&str, &str)]) -> Stored {
+        Stored {
+            status: 200,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect(),
+            body: Arc::new(vec![0; 1000]),
+            validity: Validity::Http {
+                lifetime: Duration::from_secs(lifetime),
+                must_revalidate: false,
+                no_cache: false,
+                stale_while_revalidate: Duration::from_secs(30),
+                stale_if_error: Duration::ZERO,
+            },
+            response_time: SystemTime::UNIX_EPOCH,
+            initial_age: Duration::from_secs(initial_age),
+        }
+    }
+
+    #[test]
+    fn age_and_staleness_count_from_the_corrected_initial_age() {
+        let s = stored(60, 10, &[]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(70);
+        assert_eq!(s.age(now), Duration::from_secs(80));
+        let st = s.staleness(now).unwrap();
+        assert_eq!(st.stale_by, Duration::from_secs(20));
+        assert_eq!(st.stale_while_revalidate, Duration::from_secs(30));
+        let rules = RequestRules::of(&[]);
+        assert_eq!(s.usable(now, &rules), Some(Use::Revalidate));
+        let early = SystemTime::UNIX_EPOCH + Duration::from_secs(5);
+        assert_eq!(s.usable(early, &rules), Some(Use::Fresh));
+    }
+
+    #[test]
+    fn the_cost_counts_body_fields_and_key() {
+        let bare = stored(1, 0, &[]).cost("k");
+        assert_eq!(bare, 1000 + 1 + 128);
+        assert_eq!(stored(1, 0, &[("ab", "cd")]).cost("k"), bare + 2 + 2 + 16);
+    }
+
+    #[test]
+    fn files_have_no_http_freshness() {
+        let mut s = stored(1, 0, &[]);
+        s.validity = Validity::File {
+            len: 1,
+            mtime_ns: 2,
+            ino: 3,
+        };
+        let now = SystemTime::now();
+        assert!(s.staleness(now).is_none());
+        assert!(s.usable(now, &RequestRules::of(&[])).is_none());
+    }
+}

@@ -1,0 +1,257 @@
+//! The one writer of response heads: the status line, `Date`, `Connection`, `Age` and the
+//! fields that name this node (`Via`, `X-Served-By`, `X-Cache`, `Cache-Status`: [`Head::tier`]),
+//! for every kind of answer a worker gives (one from cached, an L1 hit, the proxy's own
+//! endpoints, its simple error answers). Each answer's head is
+//! recorded on the connection ([`Conn::answered`]) where it is made. Called by `route` and
+//! `fetch`; it only writes through `conn`.
+
+use super::conn::{ClientError, Conn, Io};
+use super::l1;
+use common::http::{self, CacheOutcome};
+use common::node;
+use common::protocol::{BodyLen, ResponseHead};
+use common::request::Request;
+use common::stats::Counters;
+use std::fmt::Display;
+use std::io::Write as _;
+use std::time::SystemTime;
+
+/// The interim answer to `Expect: 100-continue`, before the client sends its body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Answers of this size or more go to a socket with a raised send buffer.
+const LARGE_ANSWER: usize = 256 << 10;
+
+/// A response head being written, field by field.
+struct Head(Vec<u8>);
+
+impl Head {
+    fn new(status: u16, capacity: usize) -> Head {
+        let mut out = Vec::with_capacity(capacity + 256);
+        let _ = write!(out, "HTTP/1.1 {status} {}\r\n", http::reason(status));
+        Head(out)
+    }
+
+    fn field(&mut self, name: &str, value: impl Display) {
+        let _ = write!(self.0, "{name}: {value}\r\n");
+    }
+
+    /// Field lines as they came (`name: value`), e.g. the origin's.
+    fn raw(&mut self, name: &str, value: &[u8]) {
+        self.0.extend_from_slice(name.as_bytes());
+        self.0.extend_from_slice(b": ");
+        self.0.extend_from_slice(value);
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    fn date_now(&mut self) {
+        self.field("Date", http::http_date(SystemTime::now()));
+    }
+
+    /// The fields that name the node `name` in every answer: `Via` (RFC 9110 §7.6.3),
+    /// `X-Served-By`, `X-Cache` and the `Cache-Status` field, whose members are `upstream`'s
+    /// (those of the caches nearer the origin, a shield's, comma-separated; empty: none) and
+    /// then ours, last (RFC 9211 §2), which `member` makes from our cache name. The fields
+    /// of the same names that a shield sent are among the answer's own, before these.
+    fn tier(
+        &mut self,
+        name: &str,
+        outcome: CacheOutcome,
+        upstream: &[u8],
+        member: impl FnOnce(&str) -> String,
+    ) {
+        self.field("Via", node::via(11, name));
+        self.field("X-Served-By", name);
+        self.field("X-Cache", outcome.as_str());
+        self.0.extend_from_slice(b"Cache-Status: ");
+        if !upstream.is_empty() {
+            self.0.extend_from_slice(upstream);
+            self.0.extend_from_slice(b", ");
+        }
+        self.0
+            .extend_from_slice(member(&node::cache_name(name)).as_bytes());
+        self.0.extend_from_slice(b"\r\n");
+    }
+
+    /// `Connection` where the version's default is not what happens (HTTP/1.0 keeps the
+    /// connection only if told, HTTP/1.1 closes it only if told).
+    fn connection(&mut self, version: u8, keep: bool) {
+        match (version, keep) {
+            (10, true) => self.field("Connection", "keep-alive"),
+            (_, false) => self.field("Connection", "close"),
+            _ => {}
+        }
+    }
+
+    fn end(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(b"\r\n");
+        self.0
+    }
+}
+
+/// A complete small answer made by the proxy itself (errors, 408, 503, …); it always says
+/// `Connection: close`.
+pub fn simple(io: &Io, conn: &mut Conn, status: u16, msg: &str) {
+    let out = simple_bytes(&io.cfg.node, io.counters, conn, status, msg);
+    let _ = conn.send(io, &out);
+}
+
+/// The same without waiting: what the socket takes at once, for the control thread. `node`:
+/// this node's name (`node`).
+pub fn simple_nowait(node: &str, counters: &Counters, conn: &mut Conn, status: u16, msg: &str) {
+    let out = simple_bytes(node, counters, conn, status, msg);
+    conn.send_nowait(counters, &out);
+}
+
+/// The bytes of a small answer (`Connection: close`), recorded as answered.
+fn simple_bytes(
+    node: &str,
+    counters: &Counters,
+    conn: &mut Conn,
+    status: u16,
+    msg: &str,
+) -> Vec<u8> {
+    let body = format!("{status} {}: {msg}\n", http::reason(status));
+    let mut h = Head::new(status, body.len());
+    h.date_now();
+    h.field("Content-Type", "text/plain; charset=utf-8");
+    h.field("Content-Length", body.len());
+    let outcome = CacheOutcome::Error;
+    h.tier(node, outcome, b"", |cache| {
+        outcome.cache_status(cache, "", 0, None)
+    });
+    h.connection(11, false);
+    let mut out = h.end();
+    conn.answered(counters, status, outcome, out.len());
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// An answer of the proxy's own endpoints (`/__shmproxy/…`); returns whether the
+/// connection may continue.
+pub fn internal(
+    io: &Io,
+    conn: &mut Conn,
+    req: &Request,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> bool {
+    let keep = req.keep_alive;
+    let outcome = CacheOutcome::Internal;
+    let mut h = Head::new(status, body.len());
+    h.date_now();
+    h.field("Content-Type", content_type);
+    h.field("Cache-Control", "no-store");
+    h.field("Content-Length", body.len());
+    h.tier(&io.cfg.node, outcome, b"", |cache| {
+        outcome.cache_status(cache, &req.method, 0, None)
+    });
+    h.connection(req.version, keep);
+    let mut out = h.end();
+    conn.answered(io.counters, status, outcome, out.len());
+    if req.method != "HEAD" {
+        out.extend_from_slice(body.as_bytes());
+    }
+    conn.send(io, &out).is_ok() && keep
+}
+
+/// Answers a fresh hit from the worker's L1 (no segment, no cached); returns whether the
+/// connection may continue.
+pub fn hit(io: &Io, conn: &mut Conn, req: &Request, e: &l1::Entry) -> bool {
+    let outcome = CacheOutcome::Hit;
+    let mut h = Head::new(e.status, e.fixed_headers.len());
+    h.0.extend_from_slice(&e.fixed_headers);
+    h.field("Age", e.age());
+    h.field("Content-Length", e.body.len());
+    h.tier(&io.cfg.node, outcome, b"", |cache| {
+        outcome.cache_status(cache, &req.method, 0, Some(e.ttl_secs())) + "; detail=l1"
+    });
+    h.connection(req.version, req.keep_alive);
+    let out = h.end();
+    conn.answered(io.counters, e.status, outcome, out.len());
+    conn.reply.site = e.site.clone();
+    let body = if req.method == "HEAD" {
+        &[][..]
+    } else {
+        &e.body[..]
+    };
+    if body.len() >= LARGE_ANSWER {
+        conn.raise_send_buffer();
+    }
+    conn.send2(io, &out, body, !req.keep_alive).is_ok() && req.keep_alive
+}
+
+/// The head of an answer from cached, recorded as answered: its fields (our `Date` if it
+/// has none), the framing (`Content-Length`, or `Transfer-Encoding: chunked` when
+/// `chunked`), then ours. `keep`: the connection continues after it.
+pub fn from_cached(
+    io: &Io,
+    conn: &mut Conn,
+    answer: &ResponseHead,
+    outcome: CacheOutcome,
+    req: &Request,
+    keep: bool,
+    chunked: bool,
+) -> Vec<u8> {
+    let mut h = Head::new(answer.status, 256);
+    let mut has_date = false;
+    let mut upstream_status = Vec::new();
+    for (k, v) in &answer.headers {
+        if k.eq_ignore_ascii_case("cache-status") {
+            if !upstream_status.is_empty() {
+                upstream_status.extend_from_slice(b", ");
+            }
+            upstream_status.extend_from_slice(v);
+            continue;
+        }
+        has_date |= k.eq_ignore_ascii_case("date");
+        h.raw(k, v);
+    }
+    if !has_date {
+        h.date_now();
+    }
+    match answer.body {
+        BodyLen::Exact(n) => h.field("Content-Length", n),
+        BodyLen::Unknown if chunked => h.field("Transfer-Encoding", "chunked"),
+        _ => {}
+    }
+    // A hit's remaining freshness is what the worker may keep it for (when it may).
+    let ttl = (outcome == CacheOutcome::Hit && answer.l1_ttl_ms > 0)
+        .then_some(u64::from(answer.l1_ttl_ms) / 1000);
+    h.tier(&io.cfg.node, outcome, &upstream_status, |cache| {
+        outcome.cache_status(cache, &req.method, answer.upstream_status, ttl)
+    });
+    h.connection(req.version, keep);
+    let out = h.end();
+    conn.answered(io.counters, answer.status, outcome, out.len());
+    out
+}
+
+/// The fields of an answer as the L1 keeps them (everything but `Age`, which it returns,
+/// with our `Date` if it has none).
+pub fn stored_fields(answer: &ResponseHead) -> (Vec<u8>, u64) {
+    let mut h = Head(Vec::with_capacity(256));
+    let mut age = 0;
+    let mut has_date = false;
+    for (k, v) in &answer.headers {
+        if k.eq_ignore_ascii_case("age") {
+            age = std::str::from_utf8(v)
+                .ok()
+                .and_then(|a| a.trim().parse().ok())
+                .unwrap_or(0);
+            continue;
+        }
+        has_date |= k.eq_ignore_ascii_case("date");
+        h.raw(k, v);
+    }
+    if !has_date {
+        h.date_now();
+    }
+    (h.0, age)
+}
+
+/// Sends the `100 Continue` a client waits for before it sends its body.
+pub fn send_continue(io: &Io, conn: &mut Conn) -> Result<(), ClientError> {
+    conn.write_all_timeout(io, CONTINUE, io.cfg.send_timeout)
+}
