@@ -1363,7 +1363,10 @@ mod tests {
     fn json_is_shaped_as_documented() {
         let j = sample_view().json();
         assert!(j.starts_with("{\"instance\":\"i\\\"x\""), "{j}");
-        assert!(j.contains(",\"time_ms\":1,\"node\":\"edge\\\"1\",\"pool\":"), "{j}");
+        assert!(
+            j.contains(",\"time_ms\":1,\"node\":\"edge\\\"1\",\"pool\":"),
+            "{j}"
+        );
         assert!(j.contains("\"states\":\".UQ\""));
         assert!(j.contains("\"requests\":7,"));
         assert!(j.contains("\"latency_count\":7,"));

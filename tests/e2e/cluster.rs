@@ -9,8 +9,8 @@ mod netns;
 
 use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, Conn, Response};
-use shmproxy_tests::harness::{poll_until, with_deadline, Instance};
-use std::net::{SocketAddr, TcpStream};
+use shmproxy_tests::harness::{self, poll_until, with_deadline, Instance};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Barrier};
 use std::thread;
@@ -124,16 +124,8 @@ fn issue_13_a_request_that_comes_round_a_loop_gets_508() {
 
 /// A connection to `to` from the local address `from` (another loopback address).
 fn connect_from(from: [u8; 4], to: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{bind, connect, socket, AddressFamily, SockFlag, SockType, SockaddrIn};
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )
-    .expect("socket");
-    let [a, b, c, d] = from;
-    bind(fd.as_raw_fd(), &SockaddrIn::new(a, b, c, d, 0)).expect("bind the source address");
+    use nix::sys::socket::{connect, SockaddrIn};
+    let fd = harness::bound_socket(SocketAddrV4::new(from.into(), 0));
     let SocketAddr::V4(to) = to else {
         panic!("IPv4 expected")
     };
