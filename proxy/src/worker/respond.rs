@@ -1,8 +1,8 @@
 //! The one writer of response heads: the status line, `Date`, `Connection`, `Age` and the
-//! fields that name this node (`Via`, `X-Served-By`, `X-Cache`, `Cache-Status`: [`Head::tier`]),
-//! for every kind of answer a worker gives (one from cached, an L1 hit, the proxy's own
-//! endpoints, its simple error answers). Each answer's head is
-//! recorded on the connection ([`Conn::answered`]) where it is made. Called by `route` and
+//! fields that name this node (`Via`, `X-Served-By`, `X-Cache`, `Cache-Status`:
+//! [`Head::tier`]), for every kind of answer a worker gives (one from cached, an L1 hit, the
+//! proxy's own endpoints, its simple error answers). Each answer's head is recorded on the
+//! connection ([`Conn::answered`]) where it is made. Called by `route` and
 //! `fetch`; it only writes through `conn`.
 
 use super::conn::{ClientError, Conn, Io};

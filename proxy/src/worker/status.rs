@@ -2,8 +2,9 @@
 //! default): `stats` (JSON of both daemons' counters and the segment pool), `metrics`
 //! (Prometheus text exposition 0.0.4), `health` (for a load balancer: [`health`]) and the
 //! live dashboard (`/__shmproxy/` or `/__shmproxy/dashboard`, with its two assets), whose
-//! files live in `www/dashboard/` and are compiled into the binary. Every answer is counted like any other (status, bytes, outcome
-//! `INTERNAL`). Never touches the pool or cached beyond reading their state words and counters.
+//! files live in `www/dashboard/` and are compiled into the binary. Every answer is counted
+//! like any other (status, bytes, outcome `INTERNAL`). Never touches the pool or cached
+//! beyond reading their state words and counters.
 
 use super::conn::{Conn, Io};
 use super::ctx::Ctx;
