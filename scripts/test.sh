@@ -8,12 +8,13 @@
 set -euo pipefail
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."
-# Tools the tests drive: chromium (the dashboard test), promtool (the metrics test) and tmux
-# (the pseudo-terminal of the `proxy stats --watch` test).
+# Tools the tests drive: chromium (the dashboard test), promtool (the metrics test), tmux
+# (the pseudo-terminal of the `proxy stats --watch` test) and haproxy (the cluster test).
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v tmux >/dev/null || need+=(tmux)
+command -v haproxy >/dev/null || need+=(haproxy)
 if ((${#need[@]})); then
   echo "test.sh: installing ${need[*]} (apt-get)"
   apt-get update -qq

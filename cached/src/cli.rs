@@ -12,6 +12,8 @@ Options (each is also a key in the config file; flags win):
                           [$SHMPROXY_CONFIG, else /etc/shmproxy/shmproxy.toml if it
                           exists, else built-in defaults]
   --instance NAME         instance name shared with the proxy        [shmproxy]
+  --node NAME             this pair's name in the Via sent to the origin (the proxy's
+                          --node); default: the host name
   --root DIR              document root served when no site is set   [/var/www/shmproxy]
   --origin URL            a server of the default site: http(s)://host[:port][/prefix];
                           repeat for several servers. Replaces the servers of the file's
@@ -41,6 +43,7 @@ logged and ignored.
 /// Flags and the config keys they set.
 const KEYS: &[(&str, &str)] = &[
     ("instance", "instance"),
+    ("node", "node"),
     ("root", "cached.root"),
     ("origin", "cached.origin"),
     ("tls-ca-file", "cached.tls_ca_file"),

@@ -42,7 +42,8 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     }
 }
 
-/// `PURGE`: drops every stored variant of the request target, here and in every L1.
+/// `PURGE`: drops every stored variant of the request target, here and in every L1, and with
+/// `cached.purge_forward` at the origin too (200 when either had it).
 pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
@@ -50,7 +51,9 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
         Some(_) => origin::site_of(ctx, &req).map(|i| origin::cache_key(&ctx.cfg.sites[i], &req)),
         None => disk::cache_key(ctx, &req.target),
     };
-    let removed = key.is_some_and(|k| ctx.remove(&k));
+    // The origin first: a miss here between the two would refill from its old copy.
+    let upstream_had = ctx.cfg.purge_forward && forward_purge(ctx, &req);
+    let removed = key.is_some_and(|k| ctx.remove(&k)) | upstream_had;
     ctx.invalidated();
     if removed {
         respond::full(
@@ -63,6 +66,30 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
         )
     } else {
         respond::error(lease, 404, "not in cache", false)
+    }
+}
+
+/// Sends the PURGE on to the request's site (counted); whether the origin had the object. A
+/// failure is counted and logged, and the purge here goes on.
+fn forward_purge(ctx: &Ctx, req: &RequestHead) -> bool {
+    let Some(site) = (ctx.upstreams.as_ref())
+        .zip(origin::site_of(ctx, req))
+        .map(|(ups, i)| ups.site(i))
+    else {
+        return false;
+    };
+    Counters::inc(&ctx.counters().purges_forwarded);
+    match origin::forward_purge(req, site) {
+        Ok(had) => had,
+        Err(e) => {
+            Counters::inc(&ctx.counters().purge_forward_failures);
+            log::warn!(
+                "site {}: PURGE {} not forwarded: {e}",
+                site.site.name,
+                req.target
+            );
+            false
+        }
     }
 }
 

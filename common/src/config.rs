@@ -55,6 +55,9 @@ impl IpNet {
 #[derive(Clone, Debug)]
 pub struct ProxyConfig {
     pub instance: String,
+    /// This pair's name in a cluster (`Via`, `X-Served-By`, `Cache-Status`, stats, access
+    /// log); default: the host name.
+    pub node: String,
     /// Addresses to listen on (at least one; the master binds each).
     pub listen: Vec<SocketAddr>,
     /// Worker processes.
@@ -122,12 +125,19 @@ pub struct ProxyConfig {
     /// Front ends whose `X-Forwarded-*`/`Forwarded` fields are passed on; from any other
     /// client they are dropped (the origin gets shmproxy's own). Empty by default.
     pub trusted_proxies: Vec<IpNet>,
+    /// How long a stopping proxy keeps serving while `/__shmproxy/health` answers 503, so a
+    /// load balancer takes it out before it closes its listener (0: stops at once).
+    pub drain: Duration,
 }
 
 /// `cached`'s settings.
 #[derive(Clone, Debug)]
 pub struct CachedConfig {
     pub instance: String,
+    /// This pair's name in the `Via` sent to the origin (the proxy's `node`).
+    pub node: String,
+    /// A PURGE is also sent to the origin (an edge purges its shield too).
+    pub purge_forward: bool,
     /// Document root served when no site is set.
     pub root: PathBuf,
     /// The sites fronted (`[[site]]` tables, and `cached.origin` as a default site); empty:
@@ -230,6 +240,8 @@ pub enum LogVar {
     RequestTime,
     /// The site that answered (its name in cached's site table), `-` for none.
     Site,
+    /// This node's name (`node`).
+    Node,
 }
 
 impl LogVar {
@@ -252,6 +264,7 @@ impl LogVar {
         ("upstream_status", LogVar::UpstreamStatus),
         ("request_time", LogVar::RequestTime),
         ("site", LogVar::Site),
+        ("node", LogVar::Node),
     ];
 
     /// The members of a `json` line, in order (`time_local` is left out: `time_iso8601`).
@@ -272,6 +285,7 @@ impl LogVar {
         LogVar::UpstreamStatus,
         LogVar::RequestTime,
         LogVar::Site,
+        LogVar::Node,
     ];
 
     pub fn name(self) -> &'static str {
@@ -731,6 +745,17 @@ impl Routes {
     }
 }
 
+fn node(doc: &Doc) -> Result<String, ConfigError> {
+    match doc.opt_str("node")? {
+        None => Ok(crate::node::default_name()),
+        Some(n) if crate::node::valid(&n) => Ok(n),
+        Some(n) => Err(doc.err(
+            "node",
+            format!("must be 1..=64 of [A-Za-z0-9._-] (got {n:?})"),
+        )),
+    }
+}
+
 fn instance(doc: &Doc) -> Result<String, ConfigError> {
     let instance = doc.str("instance")?;
     if !crate::names::valid_instance(&instance) {
@@ -773,6 +798,7 @@ impl ProxyConfig {
         };
         Ok(ProxyConfig {
             instance: instance(d)?,
+            node: node(d)?,
             listen: d.addrs("proxy.listen")?,
             workers,
             threads,
@@ -806,6 +832,7 @@ impl ProxyConfig {
             access_log_keep: d.int("proxy.access_log_keep")? as u32,
             stats_allow: nets(d, "proxy.stats_allow")?,
             trusted_proxies: nets(d, "proxy.trusted_proxies")?,
+            drain: d.ms("proxy.drain_ms")?,
         })
     }
 }
@@ -851,6 +878,8 @@ impl CachedConfig {
             .map_err(|e| d.err("cached.set_cookie", e))?;
         Ok(CachedConfig {
             instance: instance(d)?,
+            node: node(d)?,
+            purge_forward: d.bool("cached.purge_forward")?,
             root: PathBuf::from(d.str("cached.root")?),
             routes: Routes::new(&sites),
             sites,
@@ -1617,6 +1646,36 @@ mod tests {
             rows += 1;
         }
         assert!(rows >= 15, "{rows} rows checked");
+    }
+
+    #[test]
+    fn node_defaults_to_the_host_name_and_cluster_keys_load() {
+        let p = ProxyConfig::load(None, &[]).unwrap();
+        assert_eq!(p.node, crate::node::default_name());
+        assert_eq!(p.drain, Duration::ZERO);
+        let c = CachedConfig::load(None, &[]).unwrap();
+        assert_eq!((c.node.as_str(), c.purge_forward), (p.node.as_str(), false));
+        let f = flags(&[("node", "edge-1.a"), ("proxy.drain_ms", "3s")]);
+        let p = ProxyConfig::load(None, &f).unwrap();
+        assert_eq!(
+            (p.node.as_str(), p.drain),
+            ("edge-1.a", Duration::from_secs(3))
+        );
+        let c = CachedConfig::load(
+            None,
+            &flags(&[("node", "edge-1.a"), ("cached.purge_forward", "true")]),
+        )
+        .unwrap();
+        assert_eq!((c.node.as_str(), c.purge_forward), ("edge-1.a", true));
+        for bad in ["", "a b", "a,b", "edge(1)"] {
+            let e = ProxyConfig::load(None, &flags(&[("node", bad)]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("node") && e.contains("[A-Za-z0-9._-]"),
+                "{bad:?}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -143,8 +143,14 @@ impl CacheOutcome {
     /// The `Cache-Status` value (RFC 9211) of an answer with this outcome: `method` of the
     /// request, `fwd_status` the origin's status when the origin took part (0: it did not),
     /// `ttl` the remaining freshness in seconds when known.
-    pub fn cache_status(self, method: &str, fwd_status: u16, ttl: Option<u64>) -> String {
-        let mut v = String::from("shmproxy");
+    pub fn cache_status(
+        self,
+        name: &str,
+        method: &str,
+        fwd_status: u16,
+        ttl: Option<u64>,
+    ) -> String {
+        let mut v = String::from(name);
         let fwd = |v: &mut String, why: &str| {
             v.push_str("; fwd=");
             v.push_str(why);
@@ -408,7 +414,8 @@ mod tests {
 
     #[test]
     fn cache_status_names_the_outcome_as_rfc_9211_does() {
-        let cs = |o: CacheOutcome, m: &str, s: u16, t: Option<u64>| o.cache_status(m, s, t);
+        let cs =
+            |o: CacheOutcome, m: &str, s: u16, t: Option<u64>| o.cache_status("shmproxy", m, s, t);
         assert_eq!(
             cs(CacheOutcome::Hit, "GET", 0, Some(42)),
             "shmproxy; hit; ttl=42"
@@ -578,6 +585,7 @@ mod tests {
         assert_eq!(reason(200), "OK");
         assert_eq!(reason(431), "Request Header Fields Too Large");
         assert_eq!(reason(421), "Misdirected Request");
+        assert_eq!(reason(508), "Loop Detected");
         assert_eq!(reason(299), "Unknown");
         assert_eq!(reason(1000), "Unknown");
         assert_eq!(content_type("/a/b.HTML"), "text/html; charset=utf-8");

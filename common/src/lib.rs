@@ -20,6 +20,7 @@ pub mod logger;
 pub mod lru;
 pub mod mq;
 pub mod names;
+pub mod node;
 pub mod pool;
 pub mod process;
 pub mod protocol;

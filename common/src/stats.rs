@@ -280,6 +280,8 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Counter request_bodies_discarded @proxy: "Request bodies read and thrown away before an answer that did not need them (L1 hit, /__shmproxy/), so the next request is parsed where it starts",
     Counter forwarding_headers_dropped @proxy: "Client-supplied X-Forwarded-*/Forwarded fields dropped (the peer is not in trusted_proxies)",
     Counter l1_flushes @proxy: "Times a worker dropped its L1 after a purge or invalidation",
+    Counter loops_refused @proxy: "Requests refused with 508 Loop Detected: their Via already named this node",
+    Gauge draining @proxy: "1 while a stopping proxy drains (proxy.drain_ms): /__shmproxy/health answers 503 and requests are still served",
     Counter l2_hits @cached: "Requests answered from the cached LRU",
     Counter l2_misses @cached: "Cacheable requests not found in the LRU",
     Counter l2_stale @cached: "Stale stored answers served (max-stale, or origin unreachable)",
@@ -295,6 +297,8 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Gauge stored_bytes @cached: "Bytes stored in the LRU",
     Counter disk_reads @cached: "Files read from the document root",
     Counter upstream_requests @cached: "Requests sent to the origin",
+    Counter purges_forwarded @cached: "PURGE requests also sent to the origin (cached.purge_forward)",
+    Counter purge_forward_failures @cached: "Forwarded PURGE requests the origin did not answer",
     Counter upstream_errors @cached: "Origin requests that failed (refused, reset, bad answer)",
     Counter upstream_timeouts @cached: "Origin requests that timed out",
     Counter upstream_bad_framing @cached: "Origin answers refused with 502: framing that cannot be reproduced exactly (Transfer-Encoding with Content-Length, a coding other than chunked, a bad or repeated Content-Length, an unsolicited 101)",
@@ -629,6 +633,9 @@ pub struct WorkerView {
 #[derive(Clone, Debug, Default)]
 pub struct View {
     pub instance: String,
+    /// The node name (`node`), when the reader knows it (the proxy's endpoints do; `proxy
+    /// stats` reading shared memory does not).
+    pub node: Option<String>,
     /// Wall-clock time of the reading, in ms since the Unix epoch (for rates).
     pub time_ms: u64,
     pub pool: Option<PoolView>,
@@ -680,6 +687,7 @@ impl View {
             .unwrap_or_default();
         View {
             instance: names.instance.clone(),
+            node: None,
             time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
@@ -718,18 +726,25 @@ impl View {
                 })
             })
             .collect();
-        json!({
-            "instance": self.instance,
-            "version": env!("CARGO_PKG_VERSION"),
-            "time_ms": self.time_ms,
+        let mut doc = Map::new();
+        doc.insert("instance".into(), json!(self.instance));
+        doc.insert("version".into(), json!(env!("CARGO_PKG_VERSION")));
+        doc.insert("time_ms".into(), json!(self.time_ms));
+        if let Some(node) = &self.node {
+            doc.insert("node".into(), json!(node));
+        }
+        let rest = json!({
             "pool": pool,
             "proxy": self.proxy.as_ref().map(|s| snapshot_json(s, Daemon::Proxy, None)),
             "workers": workers,
             "cached": self.cached.as_ref().map(|(s, pid)| snapshot_json(s, Daemon::Cached, Some(*pid))),
             "sites": upstream::sites_json(&self.sites),
             "servers": upstream::servers_json(&self.servers),
-        })
-        .to_string()
+        });
+        if let Value::Object(rest) = rest {
+            doc.extend(rest);
+        }
+        Value::Object(doc).to_string()
     }
 
     /// The Prometheus text exposition (format 0.0.4) of `/__shmproxy/metrics`.
@@ -743,11 +758,16 @@ impl View {
             &mut out,
             "shmproxy_info",
             "gauge",
-            "Always 1; labels name the shmproxy instance (`name`, not `instance`, which Prometheus sets at scrape time) and the version",
+            "Always 1; labels name the shmproxy instance (`name`, not `instance`, which Prometheus sets at scrape time), the cluster node and the version",
         );
+        let node = self
+            .node
+            .as_ref()
+            .map(|n| format!("node=\"{}\",", prom_label(n)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "shmproxy_info{{name=\"{}\",version=\"{}\"}} 1",
+            "shmproxy_info{{name=\"{}\",{node}version=\"{}\"}} 1",
             prom_label(&self.instance),
             env!("CARGO_PKG_VERSION")
         );
@@ -1203,6 +1223,7 @@ mod tests {
         set(&mut cached, "upstream_latency_us", 1_500_000);
         View {
             instance: "i\"x".into(),
+            node: Some("edge\"1".into()),
             time_ms: 1,
             pool: Some(PoolView {
                 segments: 3,
@@ -1278,7 +1299,7 @@ mod tests {
         assert!(text.contains("shmproxy_proxy_request_duration_seconds_bucket{le=\"+Inf\"} 7\n"));
         assert!(text.contains("shmproxy_proxy_request_duration_seconds_sum 2.5\n"));
         assert!(text.contains("shmproxy_pool_segments_by_state{state=\"quarantined\"} 1\n"));
-        assert!(text.contains("shmproxy_info{name=\"i\\\"x\",version="));
+        assert!(text.contains("shmproxy_info{name=\"i\\\"x\",node=\"edge\\\"1\",version="));
         assert!(
             !text.contains("instance="),
             "Prometheus sets `instance` at scrape time"
@@ -1298,6 +1319,10 @@ mod tests {
     fn json_is_shaped_as_documented() {
         let j = sample_view().json();
         assert!(j.starts_with("{\"instance\":\"i\\\"x\""), "{j}");
+        assert!(
+            j.contains(",\"time_ms\":1,\"node\":\"edge\\\"1\",\"pool\":"),
+            "{j}"
+        );
         assert!(j.contains("\"states\":\".UQ\""));
         assert!(j.contains("\"requests\":7,"));
         assert!(j.contains("\"latency_count\":7,"));
@@ -1308,6 +1333,11 @@ mod tests {
         assert!(j.contains(",\"sites\":[{\"index\":0,\"name\":\"shop \\\"a\\\"\",\"requests\":1,"));
         assert!(j.contains(",\"state\":\"down\",\"last_change\":1700000000,\"requests\":3,"));
         assert!(j.ends_with("}]}"));
+        let unnamed = View {
+            node: None,
+            ..sample_view()
+        };
+        assert!(unnamed.json().contains(",\"time_ms\":1,\"pool\":"));
     }
 
     /// When the README carries the counters table between its markers, it must be the

@@ -14,6 +14,8 @@ Options (each is also a key in the config file; flags win):
                           [$SHMPROXY_CONFIG, else /etc/shmproxy/shmproxy.toml if it
                           exists, else built-in defaults]
   --instance NAME         instance name shared with cached           [shmproxy]
+  --node NAME             this pair's name in Via, X-Served-By, Cache-Status and
+                          stats (a cluster node); default: the host name
   --listen ADDR           address to listen on; repeat or use commas for several;
                           :PORT = every IPv4 address, localhost = 127.0.0.1 [127.0.0.1:8080]
   --workers N             worker processes                           [2]
@@ -25,6 +27,8 @@ Options (each is also a key in the config file; flags win):
                           '$remote_addr $status $body_bytes_sent $cache'  [combined]
   --stats-allow LIST      CIDRs that may read /__shmproxy/ (commas)  [127.0.0.0/8,::1]
   --trusted-proxies LIST  CIDRs whose X-Forwarded-*/Forwarded are kept (commas)  []
+  --drain-ms DURATION     on SIGTERM, keep serving this long while /__shmproxy/health
+                          answers 503 (load balancer drain)           [0]
   --upgrade               take the listening sockets over from the running master of
                           this instance (zero-downtime binary upgrade), which then
                           drains and exits
@@ -45,6 +49,8 @@ SIGALRM and the other signals that would kill by default are logged and ignored.
 /// Flags and the config keys they set.
 const KEYS: &[(&str, &str)] = &[
     ("instance", "instance"),
+    ("node", "node"),
+    ("drain-ms", "proxy.drain_ms"),
     ("listen", "proxy.listen"),
     ("workers", "proxy.workers"),
     ("threads", "proxy.threads"),

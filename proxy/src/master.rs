@@ -75,6 +75,8 @@ struct Master {
     listeners: Vec<TcpListener>,
     upgrade: Option<OwnedFd>,
     workers: Vec<WorkerSlot>,
+    /// When a drain before a stop ends (`proxy.drain_ms`), once the stop was requested.
+    drain_until: Option<Instant>,
     /// Replaced workers still draining.
     retiring: Vec<Pid>,
     /// Accepted connections not yet passed to a worker (every channel was full), in order.
@@ -141,6 +143,7 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
         listeners,
         upgrade: None,
         retiring: Vec::new(),
+        drain_until: None,
         waiting: std::collections::VecDeque::new(),
         rr: 0,
         coalescing: false,
@@ -165,10 +168,33 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
 }
 
 impl Master {
+    /// Has a requested stop come due? With `proxy.drain_ms`, a stop first raises the
+    /// `draining` gauge (health answers 503, so a load balancer takes this node out) and
+    /// comes due once the drain time has passed, the node serving all along.
+    fn stop_due(&mut self, signals: &Signals) -> bool {
+        if !signals.stop_requested() {
+            return false;
+        }
+        let drain = self.shared.cfg.drain;
+        if drain.is_zero() {
+            return true;
+        }
+        let until = *self.drain_until.get_or_insert_with(|| {
+            log::info!("stopping: draining for {drain:?} (health answers 503), still serving");
+            self.shared
+                .stats
+                .slot(0)
+                .draining
+                .store(1, Ordering::Relaxed);
+            Instant::now() + drain
+        });
+        Instant::now() >= until
+    }
+
     /// The main loop; returns `true` when the listener was handed to a new master.
     fn serve(&mut self, signals: &Signals) -> anyhow::Result<bool> {
         let mut last_housekeeping = Instant::now();
-        while !signals.stop_requested() {
+        while !self.stop_due(signals) {
             let (accept, upgrade) = self.wait_ready();
             if accept {
                 self.accept_burst();

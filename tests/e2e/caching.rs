@@ -681,11 +681,13 @@ fn disk_objects_are_validated_and_refreshed_when_the_file_changes() {
 }
 
 #[test]
-fn cache_status_accompanies_every_answer_with_ours_first() {
+fn cache_status_accompanies_every_answer_with_ours_last() {
     with_deadline(LIMIT, || {
         let origin = Origin::start();
         let inst = instance(&origin);
-        let cs = |r: &client::Response| r.header("cache-status").unwrap_or("-").to_string();
+        // The node defaults to the host name; RFC 9211 §2: ours is the last member.
+        let me = common::node::cache_name(&common::node::default_name());
+        let cs = |r: &client::Response| r.header_all("cache-status").join(", ").replace(&me, "ME");
         origin.route(
             "/cs",
             Route::ok("a")
@@ -695,12 +697,16 @@ fn cache_status_accompanies_every_answer_with_ours_first() {
         let miss = get_with(&inst, "/cs", &[]);
         assert_eq!(
             cs(&miss),
-            "shmproxy; fwd=uri-miss; fwd-status=200; stored, origin-cache; hit"
+            "origin-cache; hit, ME; fwd=uri-miss; fwd-status=200; stored"
         );
         let hit = get_with(&inst, "/cs", &[]);
-        assert!(cs(&hit).starts_with("shmproxy; hit; ttl="), "{}", cs(&hit));
+        assert!(
+            cs(&hit).starts_with("origin-cache; hit, ME; hit; ttl="),
+            "{}",
+            cs(&hit)
+        );
         let post = client::fetch(inst.addr(), "POST", "/echo", &[], b"x");
-        assert_eq!(cs(&post), "shmproxy; fwd=method; fwd-status=200");
+        assert_eq!(cs(&post), "ME; fwd=method; fwd-status=200");
         origin.route(
             "/rv",
             Route::ok("r")
@@ -710,7 +716,7 @@ fn cache_status_accompanies_every_answer_with_ours_first() {
         get_with(&inst, "/rv", &[]);
         origin.route("/rv", Route::ok("").status(304).header("ETag", "\"r\""));
         let rv = get_with(&inst, "/rv", &[]);
-        assert_eq!(cs(&rv), "shmproxy; fwd=stale; fwd-status=304");
+        assert_eq!(cs(&rv), "ME; fwd=stale; fwd-status=304");
         origin.route(
             "/se",
             Route::ok("s").header("Cache-Control", "max-age=1, stale-if-error=60"),
@@ -721,11 +727,11 @@ fn cache_status_accompanies_every_answer_with_ours_first() {
         let se = get_with(&inst, "/se", &[]);
         assert_eq!(
             cs(&se),
-            "shmproxy; fwd=stale; fwd-status=503; detail=stale-if-error"
+            "ME; fwd=stale; fwd-status=503; detail=stale-if-error"
         );
         let stats = get_with(&inst, "/__shmproxy/stats", &[]);
-        assert_eq!(cs(&stats), "shmproxy; fwd=bypass");
+        assert_eq!(cs(&stats), "ME; fwd=bypass");
         let none = get_with(&inst, "/nothing-here", &[]);
-        assert_eq!(cs(&none), "shmproxy; fwd=uri-miss; fwd-status=404");
+        assert_eq!(cs(&none), "ME; fwd=uri-miss; fwd-status=404");
     });
 }

@@ -15,6 +15,7 @@ mod badinput;
 mod bodies;
 mod caching;
 mod chaos_short;
+mod cluster;
 mod faults;
 mod hostile_origin;
 mod hostile_panics;

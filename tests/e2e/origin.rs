@@ -152,6 +152,8 @@ struct Options {
 pub struct OriginBuilder {
     opts: Options,
     url_host: Option<String>,
+    /// Listen on this address instead of 127.0.0.1.
+    bind_ip: Option<std::net::IpAddr>,
 }
 
 impl OriginBuilder {
@@ -165,6 +167,13 @@ impl OriginBuilder {
     /// The host [`Origin::url`] names (the listener is always on 127.0.0.1).
     pub fn url_host(mut self, host: &str) -> OriginBuilder {
         self.url_host = Some(host.to_string());
+        self
+    }
+
+    /// Listen on `ip` (e.g. an address of a network namespace the calling thread entered);
+    /// the URL names it too.
+    pub fn bind_ip(mut self, ip: std::net::IpAddr) -> OriginBuilder {
+        self.bind_ip = Some(ip);
         self
     }
 
@@ -194,7 +203,8 @@ impl OriginBuilder {
 
     /// Binds 127.0.0.1 on a free port and starts accepting.
     pub fn start(self) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin: bind");
+        let ip = self.bind_ip.unwrap_or([127, 0, 0, 1].into());
+        let listener = TcpListener::bind((ip, 0)).expect("origin: bind");
         let addr = listener.local_addr().unwrap();
         let tls = self.opts.tls.is_some();
         let state = Arc::new(State {
@@ -224,7 +234,7 @@ impl OriginBuilder {
             if tls {
                 "localhost".into()
             } else {
-                "127.0.0.1".into()
+                ip.to_string()
             }
         });
         let scheme = if tls { "https" } else { "http" };

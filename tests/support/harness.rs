@@ -122,6 +122,24 @@ fn spawn_child(mut cmd: Command) -> io::Result<Child> {
     rx.recv().expect("spawner reply")
 }
 
+/// Spawns `cmd` as the daemons are spawned (dies with the test process) and puts it under the
+/// current watchdog scope by `label`, for children a test runs itself (e.g. through `ip netns
+/// exec`). The caller stops it; the watchdog kills it if the test hangs.
+pub fn spawn_tracked(cmd: Command, label: &str) -> io::Result<Child> {
+    let child = spawn_child(cmd)?;
+    live().lock().unwrap().push((
+        SCOPE.with(|s| s.get()),
+        label.to_string(),
+        child.id() as i32,
+    ));
+    Ok(child)
+}
+
+/// Removes what instance `name` left in /dev/shm and its request queue (after a SIGKILL).
+pub fn remove_ipc(name: &str) {
+    remove_ipc_leftovers(name);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Watchdog
 // ---------------------------------------------------------------------------------------------

@@ -88,12 +88,10 @@ pub fn send<'u>(
         .unwrap_or_default();
     xff.extend_from_slice(req.client.as_bytes());
     headers.push(("X-Forwarded-For".into(), xff));
-    let via: &[u8] = if req.version == 10 {
-        b"1.0 shmproxy"
-    } else {
-        b"1.1 shmproxy"
-    };
-    headers.push(("Via".into(), via.to_vec()));
+    headers.push((
+        "Via".into(),
+        common::node::via(req.version, &site.node).into_bytes(),
+    ));
     let primary = cache_key(&site.site, req);
     let out = Outgoing {
         method: &req.method,
@@ -129,6 +127,21 @@ pub fn send<'u>(
         return Err(SourceError::BadFraming(why));
     }
     Ok(answer)
+}
+
+/// Sends a PURGE on to a server of the site (`cached.purge_forward`: an edge purges its
+/// shield too) and reads the short answer; `Ok(true)` when the server had the object (2xx).
+pub fn forward_purge(req: &RequestHead, site: &SiteUp) -> Result<bool, SourceError> {
+    let mut answer = send(None, req, site, &[])?;
+    let had = answer.response.status().is_success();
+    // Read (bounded) so the connection can be reused; a failure here only costs it.
+    let _ = answer
+        .response
+        .body_mut()
+        .with_config()
+        .limit(64 << 10)
+        .read_to_vec();
+    Ok(had)
 }
 
 /// The request body, read from the segment. A body of known length that ends early (or

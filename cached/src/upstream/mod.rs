@@ -94,6 +94,7 @@ impl Upstreams {
                 servers,
                 next: AtomicUsize::new(0),
                 stats: Arc::clone(stats),
+                node: cfg.node.clone(),
             });
         }
         Ok(Upstreams { sites })
@@ -117,6 +118,8 @@ pub struct SiteUp {
     /// Round-robin position (also breaks least-connections ties).
     next: AtomicUsize,
     stats: Arc<StatsRegion>,
+    /// This node's name, for the `Via` sent to the servers.
+    pub node: String,
 }
 
 /// One origin server of a site.

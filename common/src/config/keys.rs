@@ -94,6 +94,7 @@ const fn ms(lo: u64, hi: u64) -> Ty {
 /// Every key both daemons know, with its default.
 pub const KEYS: &[Key] = &[
     key("instance", Ty::Str, Some("\"shmproxy\"")),
+    key("node", Ty::Str, None),
     key("proxy", Ty::Table, None),
     key("proxy.listen", Ty::Listen, Some("\"127.0.0.1:8080\"")),
     key("proxy.workers", int(1, 64), Some("2")),
@@ -147,6 +148,7 @@ pub const KEYS: &[Key] = &[
         Ty::List { split: true },
         Some("[]"),
     ),
+    key("proxy.drain_ms", ms(0, DAY_MS), Some("0")),
     key("cached", Ty::Table, None),
     key("cached.root", Ty::Str, Some("\"/var/www/shmproxy\"")),
     key("cached.origin", Ty::List { split: false }, None),
@@ -172,6 +174,7 @@ pub const KEYS: &[Key] = &[
     ),
     key("cached.strip_targeted", Ty::Bool, Some("false")),
     key("cached.set_cookie", Ty::Str, Some("\"pass\"")),
+    key("cached.purge_forward", Ty::Bool, Some("false")),
     key("site", Ty::Tables, None),
     key("site.name", Ty::Str, None),
     key("site.hosts", Ty::List { split: false }, None),
@@ -190,7 +193,12 @@ pub const KEYS: &[Key] = &[
 ];
 
 /// Keys whose default is computed from other keys (documented in words).
-pub const COMPUTED: &[&str] = &["proxy.client_wait_threads", "site.name", "site.host_header"];
+pub const COMPUTED: &[&str] = &[
+    "node",
+    "proxy.client_wait_threads",
+    "site.name",
+    "site.host_header",
+];
 
 /// Flags that may be given more than once: their values make one list, in order, which
 /// replaces the file's value.

@@ -91,6 +91,7 @@ pub struct Entry<'a> {
     pub upstream_status: u16,
     pub took: Duration,
     pub site: Option<&'a str>,
+    pub node: &'a str,
     pub now: SystemTime,
 }
 
@@ -142,6 +143,7 @@ fn value<'a>(v: LogVar, e: &Entry<'a>) -> Val<'a> {
             Val::Num(format!("{}.{:06}", us / 1_000_000, us % 1_000_000))
         }
         LogVar::Site => str_or_absent(e.site.map(str::as_bytes)),
+        LogVar::Node => Val::Str(Cow::Borrowed(e.node.as_bytes())),
     }
 }
 
@@ -559,6 +561,7 @@ mod tests {
             upstream_status: 0,
             took: Duration::from_micros(1_000_412),
             site: Some("my shop"),
+            node: "edge1",
             // 2026-11-22 08:01:42 UTC
             now: UNIX_EPOCH + Duration::from_secs(1_795_334_502),
         }
@@ -620,7 +623,7 @@ mod tests {
                 r#""body_bytes_sent":18,"bytes_sent":315,"http_referer":null,"#,
                 r#""http_user_agent":"curl/8.5 \"x\" é\n","host":"www.example.com","#,
                 r#""cache":"HIT","upstream_status":null,"request_time":1.000412,"#,
-                r#""site":"my shop"}"#,
+                r#""site":"my shop","node":"edge1"}"#,
                 "\n"
             )
         );

@@ -13,6 +13,8 @@ use std::io;
 pub enum FetchError {
     /// The request is refused before it is forwarded (`bad_requests` and its reason).
     Rejected(RejectReason),
+    /// The request's `Via` already names this node: it has come back round a loop of caches.
+    Loop,
     /// cached is not running.
     CachedAbsent,
     /// No free segment within `pool_wait`.
@@ -37,6 +39,7 @@ impl fmt::Display for FetchError {
             FetchError::Rejected(why) => {
                 write!(f, "rejected ({}): {}", why.status(), why.message())
             }
+            FetchError::Loop => f.write_str("loop: the request's Via names this node"),
             FetchError::CachedAbsent => f.write_str("cached is not running"),
             FetchError::PoolTimeout => f.write_str("no free segment in time"),
             FetchError::RingFailed(e) => write!(f, "ringing cached: {e}"),
@@ -73,6 +76,13 @@ impl FetchError {
     pub fn count(&self, c: &Counters) -> Option<(u16, &'static str)> {
         let (counter, answer) = match self {
             FetchError::Rejected(why) => return Some(reject(c, *why)),
+            FetchError::Loop => (
+                Some(&c.loops_refused),
+                Some((
+                    508,
+                    "this request has already passed this node (its Via names it): a loop of caches",
+                )),
+            ),
             FetchError::CachedAbsent => (
                 Some(&c.cached_unavailable),
                 Some((503, "cached is not running; retry shortly")),

@@ -144,7 +144,7 @@ fn relay_answer(
     }
     let chunked = chunked && req.version == 11;
     let outcome = answer.outcome;
-    let out = respond::from_cached(cx.counters(), conn, &answer, outcome, req, keep, chunked);
+    let out = respond::from_cached(io, conn, &answer, outcome, req, keep, chunked);
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).
     conn.reply.site = t.peer.stats.site_name(answer.site).map(Arc::from);

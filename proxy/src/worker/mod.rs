@@ -493,6 +493,7 @@ fn sweep(w: &Worker) {
         if c.head_started.is_some() {
             Counters::inc(&w.counters().timeouts_header);
             respond::simple_nowait(
+                &cfg.node,
                 w.counters(),
                 &mut c,
                 408,

@@ -1,12 +1,14 @@
-//! The one writer of response heads: the status line, `Date`, `Connection`, `Via`, `Age`,
-//! `X-Cache` and `Cache-Status`, for every kind of answer a worker gives (one from cached,
-//! an L1 hit, the proxy's own endpoints, its simple error answers). Each answer's head is
-//! recorded on the connection ([`Conn::answered`]) where it is made. Called by `route` and
+//! The one writer of response heads: the status line, `Date`, `Connection`, `Age` and the
+//! fields that name this node (`Via`, `X-Served-By`, `X-Cache`, `Cache-Status`:
+//! [`Head::tier`]), for every kind of answer a worker gives (one from cached, an L1 hit, the
+//! proxy's own endpoints, its simple error answers). Each answer's head is recorded on the
+//! connection ([`Conn::answered`]) where it is made. Called by `route` and
 //! `fetch`; it only writes through `conn`.
 
 use super::conn::{ClientError, Conn, Io};
 use super::l1;
 use common::http::{self, CacheOutcome};
+use common::node;
 use common::protocol::{BodyLen, ResponseHead};
 use common::request::Request;
 use common::stats::Counters;
@@ -46,16 +48,28 @@ impl Head {
         self.field("Date", http::http_date(SystemTime::now()));
     }
 
-    fn via(&mut self) {
-        self.field("Via", "1.1 shmproxy");
-    }
-
-    /// `X-Cache` and `Cache-Status` (RFC 9211: ours first, then `upstream`, the entries of
-    /// caches nearer the origin, each preceded by `, `).
-    fn cache(&mut self, outcome: CacheOutcome, cache_status: &str, upstream: &[u8]) {
+    /// The fields that name the node `name` in every answer: `Via` (RFC 9110 §7.6.3),
+    /// `X-Served-By`, `X-Cache` and the `Cache-Status` field, whose members are `upstream`'s
+    /// (those of the caches nearer the origin, a shield's, comma-separated; empty: none) and
+    /// then ours, last (RFC 9211 §2), which `member` makes from our cache name. The fields
+    /// of the same names that a shield sent are among the answer's own, before these.
+    fn tier(
+        &mut self,
+        name: &str,
+        outcome: CacheOutcome,
+        upstream: &[u8],
+        member: impl FnOnce(&str) -> String,
+    ) {
+        self.field("Via", node::via(11, name));
+        self.field("X-Served-By", name);
         self.field("X-Cache", outcome.as_str());
-        let _ = write!(self.0, "Cache-Status: {cache_status}");
-        self.0.extend_from_slice(upstream);
+        self.0.extend_from_slice(b"Cache-Status: ");
+        if !upstream.is_empty() {
+            self.0.extend_from_slice(upstream);
+            self.0.extend_from_slice(b", ");
+        }
+        self.0
+            .extend_from_slice(member(&node::cache_name(name)).as_bytes());
         self.0.extend_from_slice(b"\r\n");
     }
 
@@ -78,25 +92,34 @@ impl Head {
 /// A complete small answer made by the proxy itself (errors, 408, 503, …); it always says
 /// `Connection: close`.
 pub fn simple(io: &Io, conn: &mut Conn, status: u16, msg: &str) {
-    let out = simple_bytes(io.counters, conn, status, msg);
+    let out = simple_bytes(&io.cfg.node, io.counters, conn, status, msg);
     let _ = conn.send(io, &out);
 }
 
-/// The same without waiting: what the socket takes at once, for the control thread.
-pub fn simple_nowait(counters: &Counters, conn: &mut Conn, status: u16, msg: &str) {
-    let out = simple_bytes(counters, conn, status, msg);
+/// The same without waiting: what the socket takes at once, for the control thread. `node`:
+/// this node's name (`node`).
+pub fn simple_nowait(node: &str, counters: &Counters, conn: &mut Conn, status: u16, msg: &str) {
+    let out = simple_bytes(node, counters, conn, status, msg);
     conn.send_nowait(counters, &out);
 }
 
 /// The bytes of a small answer (`Connection: close`), recorded as answered.
-fn simple_bytes(counters: &Counters, conn: &mut Conn, status: u16, msg: &str) -> Vec<u8> {
+fn simple_bytes(
+    node: &str,
+    counters: &Counters,
+    conn: &mut Conn,
+    status: u16,
+    msg: &str,
+) -> Vec<u8> {
     let body = format!("{status} {}: {msg}\n", http::reason(status));
     let mut h = Head::new(status, body.len());
     h.date_now();
     h.field("Content-Type", "text/plain; charset=utf-8");
     h.field("Content-Length", body.len());
     let outcome = CacheOutcome::Error;
-    h.cache(outcome, &outcome.cache_status("", 0, None), b"");
+    h.tier(node, outcome, b"", |cache| {
+        outcome.cache_status(cache, "", 0, None)
+    });
     h.connection(11, false);
     let mut out = h.end();
     conn.answered(counters, status, outcome, out.len());
@@ -121,7 +144,9 @@ pub fn internal(
     h.field("Content-Type", content_type);
     h.field("Cache-Control", "no-store");
     h.field("Content-Length", body.len());
-    h.cache(outcome, &outcome.cache_status(&req.method, 0, None), b"");
+    h.tier(&io.cfg.node, outcome, b"", |cache| {
+        outcome.cache_status(cache, &req.method, 0, None)
+    });
     h.connection(req.version, keep);
     let mut out = h.end();
     conn.answered(io.counters, status, outcome, out.len());
@@ -139,9 +164,9 @@ pub fn hit(io: &Io, conn: &mut Conn, req: &Request, e: &l1::Entry) -> bool {
     h.0.extend_from_slice(&e.fixed_headers);
     h.field("Age", e.age());
     h.field("Content-Length", e.body.len());
-    h.via();
-    let status = outcome.cache_status(&req.method, 0, Some(e.ttl_secs())) + "; detail=l1";
-    h.cache(outcome, &status, b"");
+    h.tier(&io.cfg.node, outcome, b"", |cache| {
+        outcome.cache_status(cache, &req.method, 0, Some(e.ttl_secs())) + "; detail=l1"
+    });
     h.connection(req.version, req.keep_alive);
     let out = h.end();
     conn.answered(io.counters, e.status, outcome, out.len());
@@ -161,7 +186,7 @@ pub fn hit(io: &Io, conn: &mut Conn, req: &Request, e: &l1::Entry) -> bool {
 /// has none), the framing (`Content-Length`, or `Transfer-Encoding: chunked` when
 /// `chunked`), then ours. `keep`: the connection continues after it.
 pub fn from_cached(
-    counters: &Counters,
+    io: &Io,
     conn: &mut Conn,
     answer: &ResponseHead,
     outcome: CacheOutcome,
@@ -174,7 +199,9 @@ pub fn from_cached(
     let mut upstream_status = Vec::new();
     for (k, v) in &answer.headers {
         if k.eq_ignore_ascii_case("cache-status") {
-            upstream_status.extend_from_slice(b", ");
+            if !upstream_status.is_empty() {
+                upstream_status.extend_from_slice(b", ");
+            }
             upstream_status.extend_from_slice(v);
             continue;
         }
@@ -189,15 +216,15 @@ pub fn from_cached(
         BodyLen::Unknown if chunked => h.field("Transfer-Encoding", "chunked"),
         _ => {}
     }
-    h.via();
     // A hit's remaining freshness is what the worker may keep it for (when it may).
     let ttl = (outcome == CacheOutcome::Hit && answer.l1_ttl_ms > 0)
         .then_some(u64::from(answer.l1_ttl_ms) / 1000);
-    let status = outcome.cache_status(&req.method, answer.upstream_status, ttl);
-    h.cache(outcome, &status, &upstream_status);
+    h.tier(&io.cfg.node, outcome, &upstream_status, |cache| {
+        outcome.cache_status(cache, &req.method, answer.upstream_status, ttl)
+    });
     h.connection(req.version, keep);
     let out = h.end();
-    conn.answered(counters, answer.status, outcome, out.len());
+    conn.answered(io.counters, answer.status, outcome, out.len());
     out
 }
 

@@ -1,5 +1,6 @@
 //! Routing of the requests of one ready connection, each top to bottom: take the next head
-//! (`conn`), then the proxy's own endpoints under `/__shmproxy/` (`status`), a fresh hit
+//! (`conn`), refuse one that came round a loop of caches (its `Via` names this node), then
+//! the proxy's own endpoints under `/__shmproxy/` (`status`), a fresh hit
 //! (the L1, through `Ctx::fresh_hit`), PURGE's permission, and everything else through
 //! cached (`fetch`); answers are written by `respond`, failures answered here from
 //! [`FetchError::count`], and every request ends in the access log. Called by the worker's
@@ -59,6 +60,10 @@ fn handle(cx: &Ctx, io: &Io, conn: &mut Conn, req: &Request, scratch: &mut Scrat
             return false;
         }
     }
+    if looped(cx, req) {
+        fail(io, conn, &FetchError::Loop);
+        return false;
+    }
     if req.target.starts_with("/__shmproxy/") && (req.method == "GET" || req.method == "HEAD") {
         return discard_body(io, conn, req, scratch) && status::serve(cx, io, conn, req);
     }
@@ -87,6 +92,17 @@ fn handle(cx: &Ctx, io: &Io, conn: &mut Conn, req: &Request, scratch: &mut Scrat
         Ok(keep) => keep,
         Err(e) => fail(io, conn, &e) && e.keeps_connection() && req.keep_alive,
     }
+}
+
+/// Has the request passed this node before (a `Via` member names it)? A shield whose origin
+/// is its own edge would otherwise forward it round and round.
+fn looped(cx: &Ctx, req: &Request) -> bool {
+    let vias = req
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("via"))
+        .map(|(_, v)| v.as_slice());
+    common::node::loop_detected(vias, &cx.shared.cfg.node)
 }
 
 /// Counts a failure and, if nothing was answered yet, answers it; returns whether the
@@ -164,6 +180,7 @@ fn log(cx: &Ctx, conn: &Conn, req: &Request, took: Duration) {
         upstream_status: r.upstream_status,
         took,
         site: r.site.as_deref(),
+        node: &cx.shared.cfg.node,
         now: SystemTime::now(),
     };
     accesslog::record(cx.shared, cx.index, r.outcome, &entry);
