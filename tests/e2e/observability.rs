@@ -117,6 +117,32 @@ fn stats_exact(addr: SocketAddr) -> (Value, u64) {
     (serde_json::from_slice(&e.body).expect("stats JSON"), e.wire)
 }
 
+/// Polls the stats until every earlier request is answered in the counters. A request is
+/// counted in `requests` when its head is read, and by method, outcome, status, bytes and
+/// latency once answered, so a poll's own request is the one not yet answered in its
+/// snapshot. Returns the last snapshot, the wire bytes of the last poll, the number of polls,
+/// and the wire bytes of the polls before the last one (answered in the last snapshot).
+fn settled_stats(addr: SocketAddr) -> (Value, u64, u64, u64) {
+    let mut earlier_wire = 0u64;
+    let mut polls = 0u64;
+    loop {
+        let (s, wire) = stats_exact(addr);
+        polls += 1;
+        let px = &s["proxy"];
+        let answered = u(px, &["requests"]) - 1;
+        if sum_fields(px, "requests_") == answered
+            && sum_fields(px, "outcome_") == answered
+            && sum_fields(px, "responses_") == answered
+            && u(px, &["latency_count"]) == answered
+        {
+            return (s, wire, polls, earlier_wire);
+        }
+        assert!(polls < 100, "counters never settled: {s}");
+        earlier_wire += wire;
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn u(v: &Value, path: &[&str]) -> u64 {
     let mut x = v;
     for p in path {
@@ -145,7 +171,9 @@ fn observability_counters_add_up_exactly_under_concurrency() {
         let addr = inst.addr();
         const CLIENTS: u64 = 8;
         const PER_CLIENT: u64 = 36;
-        let (before, before_wire) = stats_exact(addr);
+        // Settled like `after` below: what came before (the harness's readiness probe) is
+        // answered in the counters, so only this poll's own late fields fall in the deltas.
+        let (before, before_wire, _, _) = settled_stats(addr);
 
         #[derive(Default)]
         struct Seen {
@@ -195,27 +223,7 @@ fn observability_counters_add_up_exactly_under_concurrency() {
         let class = |c: u16| total(&|s| s.classes.get(&c).copied().unwrap_or(0));
         let outcome = |o: &str| total(&|s| s.outcomes.get(o).copied().unwrap_or(0));
 
-        // A request is counted in `requests` when its head is read, and by method, outcome,
-        // status, bytes and latency once answered: poll until every earlier request is
-        // answered in the counters (`p` stats requests in all, the last one not yet answered).
-        let mut polls_wire = 0u64; // wire bytes of the polls before the last one
-        let mut p = 0u64;
-        let after = loop {
-            let (s, wire) = stats_exact(addr);
-            p += 1;
-            let px = &s["proxy"];
-            let answered = u(px, &["requests"]) - 1;
-            if sum_fields(px, "requests_") == answered
-                && sum_fields(px, "outcome_") == answered
-                && sum_fields(px, "responses_") == answered
-                && u(px, &["latency_count"]) == answered
-            {
-                break s;
-            }
-            assert!(p < 100, "counters never settled: {s}");
-            polls_wire += wire;
-            thread::sleep(Duration::from_millis(20));
-        };
+        let (after, _, p, polls_wire) = settled_stats(addr);
         let (b, a) = (&before["proxy"], &after["proxy"]);
         let d = |k: &str| u(a, &[k]) - u(b, &[k]);
         assert_eq!(d("requests"), n + p, "requests");
