@@ -42,7 +42,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     }
 }
 
-/// `PURGE`: drops every stored variant of the request target, here and in every L1.
+/// `PURGE`: drops every stored variant of the request target, here and in the arena.
 pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
@@ -51,7 +51,6 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
         None => disk::cache_key(ctx, &req.target),
     };
     let removed = key.is_some_and(|k| ctx.remove(&k));
-    ctx.invalidated();
     if removed {
         respond::full(
             lease,

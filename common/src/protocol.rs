@@ -144,10 +144,10 @@ pub struct ResponseHead {
     pub body: BodyLen,
     /// How cached produced the answer: the value of `X-Cache`.
     pub outcome: CacheOutcome,
-    /// How long a worker may answer this from its L1 (0: never). Set only for complete,
-    /// shareable, fresh answers without `Vary`; the worker also drops its L1 whenever the
-    /// pool's invalidation counter moves.
-    pub l1_ttl_ms: u32,
+    /// The remaining freshness of a hit everyone may reuse as it is, which its
+    /// `Cache-Status` shows as `ttl=` (0: none shown). Set only for complete, shareable,
+    /// fresh answers without `Vary`.
+    pub ttl_ms: u32,
     /// The origin's status when the origin took part in this answer (0: it did not).
     pub upstream_status: u16,
     /// Row of the site that answered in cached's table of sites (`stats::NO_SITE`: none, as
@@ -354,7 +354,7 @@ impl ResponseHead {
         e.u16(self.status);
         e.body(self.body);
         e.u8(self.outcome.wire());
-        e.u32(self.l1_ttl_ms);
+        e.u32(self.ttl_ms);
         e.u16(self.upstream_status);
         e.u16(self.site);
         e.headers(&self.headers);
@@ -371,7 +371,7 @@ impl ResponseHead {
             status,
             body: d.body()?,
             outcome: d.outcome()?,
-            l1_ttl_ms: d.u32()?,
+            ttl_ms: d.u32()?,
             upstream_status: d.u16()?,
             site: d.u16()?,
             headers: d.headers()?,
@@ -463,13 +463,13 @@ mod tests {
             status: 200,
             body: BodyLen::Unknown,
             outcome: CacheOutcome::Miss,
-            l1_ttl_ms: 5,
+            ttl_ms: 5,
             upstream_status: 304,
             site: 0x0102,
             headers: vec![("ETag".into(), b"\"x\"".to_vec())],
         };
         let b = resp.encode();
-        // Pinned: length, status, framing (9), outcome, l1_ttl_ms, upstream_status, site.
+        // Pinned: length, status, framing (9), outcome, ttl_ms, upstream_status, site.
         assert_eq!(&b[4..6], &200u16.to_le_bytes());
         assert_eq!(&b[16..20], &5u32.to_le_bytes());
         assert_eq!(&b[20..22], &304u16.to_le_bytes());
@@ -488,7 +488,7 @@ mod tests {
             status: 200,
             body: BodyLen::None,
             outcome: CacheOutcome::Hit,
-            l1_ttl_ms: 0,
+            ttl_ms: 0,
             upstream_status: 0,
             site: 0,
             headers: Vec::new(),

@@ -1,0 +1,231 @@
+//! The cache as the workers see it: every complete stored origin answer is also published
+//! in the shared arena (`common::arena`, owned here), with the metadata a worker needs to
+//! serve it as a fresh hit itself (`common::hit`); PURGE and invalidation remove it there,
+//! which every worker sees at once. The arena outlives this process: a restarted `cached`
+//! adopts it (what it held stays served), and workers keep serving fresh hits from it while
+//! `cached` is down. Called by `Ctx::store` and `Ctx::remove`; nothing else writes the arena.
+
+use crate::stored::{Stored, Validity};
+use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Start};
+use common::config::{CachedConfig, SetCookie};
+use common::hit::{self, Meta, Object};
+use common::http::header;
+use common::protocol::RequestHead;
+use common::stats::Counters;
+use common::Names;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, MutexGuard};
+
+/// Room in a record for the key and the metadata besides a body of `max_object_size`.
+const HEAD_ALLOWANCE: u64 = 64 << 10;
+/// Pin rows: every worker of two masters at once (an upgrade), the most workers each, and
+/// this process. A constant, so a change of `proxy.workers` keeps the arena adoptable.
+const PIN_ROWS: u32 = 2 * 64 + 2;
+
+pub struct Published {
+    owner: Mutex<ArenaOwner>,
+    /// Our own pin row, to read the `Vary` stubs.
+    reader: ArenaReader,
+}
+
+/// The arena geometry for `cfg`: capacity as configured, records up to `max_object_size`
+/// plus head room (never more than a ring allows). `None`: too small for an arena.
+pub fn geometry(cfg: &CachedConfig) -> Option<ArenaConfig> {
+    let quarter = cfg.capacity / 4 / arena::ALIGN * arena::ALIGN;
+    let max_record = (cfg.max_object_size.min(cfg.capacity) + HEAD_ALLOWANCE).min(quarter);
+    let geo = ArenaConfig::for_capacity(cfg.capacity, max_record, PIN_ROWS, arena::MAX_PIN_SLOTS);
+    geo.check().ok().map(|()| geo)
+}
+
+fn lock(m: &Mutex<ArenaOwner>) -> MutexGuard<'_, ArenaOwner> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The arena key of a primary cache key of origin mode (`SITE http://HOST TARGET`) and the
+/// site's name; `None` for other keys (files are checked against the disk on every hit,
+/// which only `cached` can do).
+fn split(primary: &str) -> Option<(&str, &str)> {
+    let (site, key) = primary.split_once(' ')?;
+    key.starts_with("http://").then_some((site, key))
+}
+
+impl Published {
+    /// Adopts the arena a previous `cached` left, or creates one; `None` (logged) when the
+    /// capacity is too small for one or it cannot be mapped: then every hit goes through
+    /// `cached`.
+    pub fn open(names: &Names, cfg: &CachedConfig, counters: &Counters) -> Option<Published> {
+        let geo = geometry(cfg)?;
+        let (owner, start) = match ArenaOwner::open_or_adopt(names, geo) {
+            Ok(o) => o,
+            Err(e) => {
+                log::warn!("no cache arena ({}): {e}", names.arena);
+                return None;
+            }
+        };
+        match start {
+            Start::Cold(why) => log::info!("cache arena {} started cold: {why}", names.arena),
+            Start::Adopted(a) => {
+                log::info!(
+                    "cache arena {} adopted: {} objects, {} bytes kept, {} dropped, {} unfinished fills freed",
+                    names.arena,
+                    a.objects,
+                    a.bytes,
+                    a.dropped,
+                    a.abandoned_fills
+                );
+                Counters::inc(&counters.arena_adoptions);
+            }
+        }
+        let reader = match owner.arena().attach() {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("cache arena {}: {e}", names.arena);
+                return None;
+            }
+        };
+        Some(Published {
+            owner: Mutex::new(owner),
+            reader,
+        })
+    }
+
+    /// Publishes the stored answer `obj` of `primary` for `req`: files, pieces (`206`) and
+    /// answers larger than a record are not (they stay served by `cached`). A refusal of
+    /// the arena (its space held by pins) is counted; the answer is still served by `cached`.
+    pub fn publish(
+        &self,
+        cfg: &CachedConfig,
+        primary: &str,
+        req: &RequestHead,
+        obj: &Stored,
+        counters: &Counters,
+    ) {
+        let Some((site, key)) = split(primary) else {
+            return;
+        };
+        let Validity::Http {
+            lifetime,
+            must_revalidate,
+            no_cache,
+            ..
+        } = obj.validity
+        else {
+            return;
+        };
+        if obj.status == 206 {
+            return;
+        }
+        let mut headers = obj.headers.clone();
+        if cfg.strip_targeted {
+            common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
+        }
+        let vary = common::cache_policy::all_tokens(&obj.headers, "vary");
+        // As `answer::stored` grants: only answers everyone may reuse as they are.
+        let show_ttl = !no_cache
+            && obj.status == 200
+            && vary.is_empty()
+            && (cfg.set_cookie == SetCookie::Store || header(&obj.headers, "set-cookie").is_none());
+        let meta = Meta::Object(Object {
+            status: obj.status,
+            headers,
+            response_time: obj.response_time,
+            initial_age: obj.initial_age,
+            lifetime,
+            must_revalidate,
+            no_cache,
+            show_ttl,
+            site: site.to_string(),
+        })
+        .encode();
+        let mut owner = lock(&self.owner);
+        let full_key = if vary.is_empty() {
+            key.to_string()
+        } else {
+            match self.stub(&mut owner, key, &vary) {
+                Some(stub) => hit::variant_key(key, stub, &vary, &req.headers),
+                None => {
+                    Counters::inc(&counters.arena_refused);
+                    return;
+                }
+            }
+        };
+        let mut res = match owner.reserve(full_key.as_bytes(), &meta, obj.body.len() as u64) {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("not published in the arena: {e}");
+                Counters::inc(&counters.arena_refused);
+                return;
+            }
+        };
+        // The copy runs without the lock: other publishes and removals go on meanwhile.
+        drop(owner);
+        res.write(&obj.body);
+        if let Err(e) = lock(&self.owner).publish(res) {
+            log::warn!("arena publish failed: {e}");
+        }
+    }
+
+    /// The generation of the `Vary` stub of `key` naming `vary`, published now if there is
+    /// none or it names other fields (which makes the variants stored under it unreachable).
+    fn stub(&self, owner: &mut ArenaOwner, key: &str, vary: &[String]) -> Option<u64> {
+        if let Lookup::Hit(p) = self.reader.lookup(key.as_bytes()) {
+            if Meta::decode(&p.meta()).is_ok_and(|m| m == Meta::Vary(vary.to_vec())) {
+                return Some(p.generation());
+            }
+        }
+        let meta = Meta::Vary(vary.to_vec()).encode();
+        let res = owner.reserve(key.as_bytes(), &meta, 0).ok()?;
+        owner.publish(res).ok()
+    }
+
+    /// Removes what is published for `primary` (an object, or the `Vary` stub that leads to
+    /// every variant); `true` if there was something.
+    pub fn remove(&self, primary: &str) -> bool {
+        split(primary).is_some_and(|(_, key)| lock(&self.owner).remove(key.as_bytes()))
+    }
+
+    /// The arena's gauges and counters, into cached's stats slot (a single slot: stores).
+    pub fn publish_gauges(&self, counters: &Counters) {
+        let u = lock(&self.owner).usage();
+        counters
+            .arena_objects
+            .store(u.live_objects, Ordering::Relaxed);
+        counters.arena_bytes.store(u.live_bytes, Ordering::Relaxed);
+        counters
+            .arena_evictions
+            .store(u.evictions + u.bucket_evictions, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn primary_keys_split_into_site_and_arena_key() {
+        assert_eq!(
+            split("shop http://a.test/x?y"),
+            Some(("shop", "http://a.test/x?y"))
+        );
+        assert_eq!(split("file:/srv/a b"), None);
+        assert_eq!(split("file:/srv/a"), None);
+    }
+
+    #[test]
+    fn the_geometry_follows_capacity_and_object_size() {
+        let cfg = CachedConfig::load(None, &[]).unwrap();
+        let g = geometry(&cfg).expect("the defaults have an arena");
+        assert!(g.capacity <= cfg.capacity && g.capacity > cfg.capacity - (1 << 20));
+        assert!(g.max_record >= cfg.max_object_size + 4096);
+        let flags = |c: &str, m: &str| {
+            vec![
+                ("cached.capacity".to_string(), c.to_string()),
+                ("cached.max_object_size".to_string(), m.to_string()),
+            ]
+        };
+        let small = CachedConfig::load(None, &flags("1m", "8m")).unwrap();
+        let g = geometry(&small).expect("records shrink to a quarter");
+        assert!(g.max_record <= small.capacity / 4);
+        assert!(geometry(&CachedConfig::load(None, &flags("0", "1m")).unwrap()).is_none());
+    }
+}
