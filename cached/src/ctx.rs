@@ -79,11 +79,12 @@ impl Ctx {
 
     /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
     pub fn store(&self, primary: &str, req: &RequestHead, obj: Arc<Stored>) {
+        // Stored here first: requests that come while the arena copy is made are hits here.
+        let evicted = self.cache.insert(primary, &req.headers, Arc::clone(&obj));
+        Counters::add(&self.counters().evictions, evicted);
         if let Some(a) = &self.arena {
             a.publish(&self.cfg, primary, req, &obj, self.counters());
         }
-        let evicted = self.cache.insert(primary, &req.headers, obj);
-        Counters::add(&self.counters().evictions, evicted);
         self.publish_store_gauges();
     }
 

@@ -93,12 +93,12 @@ pub fn variant_key(key: &str, stub: u64, vary: &[String], req: &[(String, Vec<u8
     format!("{key}\n{stub}\n{}", policy::vary_key(vary, req))
 }
 
-/// Whether a worker may answer this request from the arena: a GET or HEAD without a body,
-/// conditionals, `Range` or credentials (those go to `cached`, which has the full rules).
-pub fn answerable(method: &str, has_body: bool, headers: &[(String, Vec<u8>)]) -> bool {
+/// Whether a worker may answer this request from the arena: a GET or HEAD without
+/// conditionals, `Range` or credentials (those go to `cached`, which has the full rules). A
+/// body does not select a stored answer: the worker reads it and throws it away.
+pub fn answerable(method: &str, headers: &[(String, Vec<u8>)]) -> bool {
     const BYPASS: &[&str] = &["authorization", "range", "if-range"];
     (method == "GET" || method == "HEAD")
-        && !has_body
         && !headers.iter().any(|(k, _)| {
             BYPASS
                 .iter()
@@ -426,20 +426,16 @@ mod tests {
         let k = |stub, req: &[(String, Vec<u8>)]| variant_key("k", stub, &vary, req);
         assert_ne!(k(1, &gz), k(1, &br));
         assert_ne!(k(1, &gz), k(2, &gz), "a new stub hides older variants");
-        assert!(answerable("GET", false, &gz));
-        assert!(answerable("HEAD", false, &[]));
-        assert!(!answerable("GET", true, &[]));
-        assert!(!answerable("POST", false, &[]));
+        assert!(answerable("GET", &gz));
+        assert!(answerable("HEAD", &[]));
+        assert!(!answerable("POST", &[]));
         for h in [
             "Range",
             "If-None-Match",
             "Authorization",
             "if-modified-since",
         ] {
-            assert!(
-                !answerable("GET", false, &[(h.to_string(), b"x".to_vec())]),
-                "{h}"
-            );
+            assert!(!answerable("GET", &[(h.to_string(), b"x".to_vec())]), "{h}");
         }
     }
 }

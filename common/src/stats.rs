@@ -279,7 +279,7 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Counter arena_hits @proxy: "Fresh hits a worker answered from the shared cache arena, without a message to cached",
     Counter arena_misses @proxy: "Arena lookups that went on to cached (not stored, not fresh for the request, no pin slot, or no arena)",
     Counter arena_bad_meta @proxy: "Arena objects whose metadata failed to decode (answered through cached instead)",
-    Counter request_bodies_discarded @proxy: "Request bodies read and thrown away before an answer that did not need them (/__shmproxy/), so the next request is parsed where it starts",
+    Counter request_bodies_discarded @proxy: "Request bodies read and thrown away before an answer that did not need them (arena hit, /__shmproxy/), so the next request is parsed where it starts",
     Counter forwarding_headers_dropped @proxy: "Client-supplied X-Forwarded-*/Forwarded fields dropped (the peer is not in trusted_proxies)",
     Counter l2_hits @cached: "Requests answered from the cached LRU",
     Counter l2_misses @cached: "Cacheable requests not found in the LRU",

@@ -9,7 +9,7 @@
 use common::arena::{Arena, ArenaReader, Lookup, Pinned};
 use common::cache_policy::RequestRules;
 use common::hit::{self, Meta, Object};
-use common::request::{ClientBody, Request};
+use common::request::Request;
 use common::stats::Counters;
 use common::Names;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,7 +74,7 @@ impl ArenaView {
     /// The fresh stored answer for `req`, pinned, or `None` (counted as an arena hit or
     /// miss for the requests an arena may answer at all).
     pub fn fresh_hit(&self, counters: &Counters, req: &Request) -> Option<Hit> {
-        if !hit::answerable(&req.method, req.body != ClientBody::None, &req.headers) {
+        if !hit::answerable(&req.method, &req.headers) {
             return None;
         }
         let found = self.reader().and_then(|r| find(&r, counters, req));

@@ -63,7 +63,7 @@ fn handle(cx: &Ctx, io: &Io, conn: &mut Conn, req: &Request, scratch: &mut Scrat
         return discard_body(io, conn, req, scratch) && status::serve(cx, io, conn, req);
     }
     if let Some(hit) = cx.arena.fresh_hit(cx.counters(), req) {
-        return respond::arena_hit(io, conn, req, hit);
+        return discard_body(io, conn, req, scratch) && respond::arena_hit(io, conn, req, hit);
     }
     // Everything below may block (on cached or on the client): let other threads serve the
     // connections this one took events for.
@@ -107,7 +107,7 @@ fn fail(io: &Io, conn: &mut Conn, e: &FetchError) -> bool {
     }
 }
 
-/// Before an answer the proxy makes itself (its own endpoints): reads the request's
+/// Before an answer the proxy makes itself (an arena hit, its own endpoints): reads the request's
 /// body and throws it away, so the connection can serve the next request. Bounded by
 /// `max_body_bytes` and by `send_timeout` for the whole body; a body that fails either, or
 /// is malformed, gets its status and the connection closes (`false`). A client that waits

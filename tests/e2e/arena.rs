@@ -1,0 +1,251 @@
+//! Hits from the shared cache arena (issue 11): a worker answers a fresh hit from the arena
+//! `cached` publishes in, without a message to `cached` — so fresh hits outlive a `kill -9`
+//! of `cached`, and a restarted `cached` adopts what the arena holds; a worker killed while it
+//! sends a hit has its pins released by the master, so its space is reused; `Vary` variants
+//! are told apart; a PURGE is seen by every worker at once.
+
+use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, request_bytes, Response};
+use shmproxy_tests::harness::{pattern, poll_until, sha256_hex, with_deadline, Instance};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+fn counter(inst: &Instance, section: &str, name: &str) -> u64 {
+    inst.stats()[section][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats: {section}.{name} missing"))
+}
+
+fn get_as(inst: &Instance, target: &str, headers: &[(&str, &str)]) -> Response {
+    client::fetch(inst.addr(), "GET", target, headers, b"")
+}
+
+/// Waits until `target` is published: the arena copy of a large object is made after
+/// `cached` stored it (requests meanwhile are hits in `cached`).
+fn until_published(inst: &Instance, target: &str) {
+    poll_until(Duration::from_secs(10), "the object in the arena", || {
+        let r = inst.get(target);
+        r.header("cache-status")
+            .is_some_and(|s| s.contains("detail=arena"))
+            .then_some(())
+    });
+}
+
+/// A hit the worker answered from the arena itself.
+#[track_caller]
+fn assert_arena_hit(r: &Response, body: &[u8]) {
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (200, Some("HIT")),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.header("cache-status")
+            .is_some_and(|s| s.starts_with("shmproxy; hit") && s.contains("detail=arena")),
+        "not answered from the arena: {}",
+        r.describe()
+    );
+    assert!(r.body == body, "wrong body: {}", r.describe());
+}
+
+#[test]
+fn fresh_hits_outlive_a_killed_cached_and_its_successor_adopts_them() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        origin.route(
+            "/kept",
+            Route::ok("kept\n").header("Cache-Control", "max-age=600"),
+        );
+        let mut inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        assert_eq!(inst.get("/kept").header("x-cache"), Some("MISS"));
+        assert_arena_hit(&inst.get("/kept"), b"kept\n");
+
+        inst.kill_cached();
+        // Fresh connections: both workers answer, neither asks cached.
+        for _ in 0..10 {
+            assert_arena_hit(&inst.get("/kept"), b"kept\n");
+        }
+        // What is not stored still needs cached.
+        let r = inst.get("/never-stored");
+        assert_eq!(r.status, 503, "{}", r.describe());
+
+        inst.start_cached();
+        assert_eq!(counter(&inst, "cached", "arena_adoptions"), 1);
+        for _ in 0..4 {
+            assert_arena_hit(&inst.get("/kept"), b"kept\n");
+        }
+        assert_eq!(
+            origin.count("/kept"),
+            1,
+            "stored before the kill: no new fetch"
+        );
+        // The successor knows the adopted object: a PURGE removes it from the arena.
+        let p = client::fetch(inst.addr(), "PURGE", "/kept", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        assert_eq!(inst.get("/kept").header("x-cache"), Some("MISS"));
+        assert_eq!(origin.count("/kept"), 2);
+    });
+}
+
+#[test]
+fn a_worker_killed_while_sending_a_hit_has_its_pins_released_and_the_space_reused() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let max_age = ("Cache-Control", "max-age=600");
+        // Larger than the socket buffers of both ends: the send stalls with the object pinned.
+        let big = pattern(15 << 20, 3);
+        origin.route("/big", Route::ok(big.clone()).header(max_age.0, max_age.1));
+        let fill = pattern(12 << 20, 4);
+        for i in 0..4 {
+            origin.route(
+                &format!("/fill-{i}"),
+                Route::ok(fill.clone()).header(max_age.0, max_age.1),
+            );
+        }
+        // One ring of 64 MiB: the first object stored is at its head, and every later one
+        // needs its space once it is gone.
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .workers(1)
+            .cached_arg("--capacity")
+            .cached_arg(&(64u64 << 20).to_string())
+            .cached_arg("--max-object-size")
+            .cached_arg(&(16u64 << 20).to_string())
+            .start();
+        assert_eq!(inst.get("/big").status, 200);
+        until_published(&inst, "/big");
+        assert_arena_hit(&inst.get("/big"), &big);
+
+        for round in 0..3 {
+            let released = counter(&inst, "proxy", "arena_pins_released");
+            let mut s = TcpStream::connect(inst.addr()).unwrap();
+            s.write_all(&request_bytes("GET", "/big", &[], b""))
+                .unwrap();
+            let mut head = [0u8; 4096];
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert!(s.read(&mut head).unwrap() > 0, "round {round}: no answer");
+            // The reader stops reading: the worker's send fills the buffers and waits.
+            thread::sleep(Duration::from_millis(500));
+            let worker = inst.workers()[0];
+            assert!(shmproxy_tests::harness::send_signal(worker, libc::SIGKILL));
+            poll_until(
+                Duration::from_secs(10),
+                "the master releasing the dead worker's pin",
+                || {
+                    // While the replacement starts, the stats may not answer.
+                    let now = inst.try_stats().ok()?["proxy"]["arena_pins_released"].as_u64()?;
+                    (now > released).then_some(())
+                },
+            );
+            drop(s);
+            poll_until(Duration::from_secs(10), "a replacement worker", || {
+                (inst.workers().len() == 1 && !inst.workers().contains(&worker)).then_some(())
+            });
+            let r = inst.get("/big");
+            assert_eq!(sha256_hex(&r.body), sha256_hex(&big), "round {round}");
+        }
+
+        // Its space is not leaked: once purged, the objects that follow reclaim it.
+        let p = client::fetch(inst.addr(), "PURGE", "/big", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        for i in 0..4 {
+            let path = format!("/fill-{i}");
+            assert_eq!(inst.get(&path).status, 200);
+            until_published(&inst, &path);
+            assert_arena_hit(&inst.get(&path), &fill);
+        }
+        assert_eq!(
+            counter(&inst, "cached", "arena_refused"),
+            0,
+            "a publish found the arena's space held"
+        );
+        assert!(counter(&inst, "cached", "arena_evictions") >= 1);
+    });
+}
+
+#[test]
+fn vary_variants_come_from_the_arena_each_to_its_own_requests() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let route = |user: &str| {
+            Route::ok(format!("for {user}"))
+                .header("Cache-Control", "max-age=600")
+                .header("Vary", "X-User")
+        };
+        let inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        origin.route("/me", route("alice"));
+        assert_eq!(
+            get_as(&inst, "/me", &[("X-User", "alice")]).body,
+            b"for alice"
+        );
+        origin.route("/me", route("bob"));
+        assert_eq!(get_as(&inst, "/me", &[("X-User", "bob")]).body, b"for bob");
+        for _ in 0..6 {
+            assert_arena_hit(&get_as(&inst, "/me", &[("X-User", "alice")]), b"for alice");
+            assert_arena_hit(&get_as(&inst, "/me", &[("X-User", "bob")]), b"for bob");
+        }
+        assert_eq!(origin.count("/me"), 2);
+        // Another user, and none at all, are other variants: fetched, never someone's answer.
+        origin.route("/me", route("carol"));
+        let r = get_as(&inst, "/me", &[("X-User", "carol")]);
+        assert_eq!(
+            (r.body.as_slice(), r.header("x-cache")),
+            (&b"for carol"[..], Some("MISS"))
+        );
+        origin.route("/me", route("nobody"));
+        let r = get_as(&inst, "/me", &[]);
+        assert_eq!(
+            (r.body.as_slice(), r.header("x-cache")),
+            (&b"for nobody"[..], Some("MISS"))
+        );
+        assert_eq!(origin.count("/me"), 4);
+        // A PURGE of the URL reaches every variant.
+        let p = client::fetch(inst.addr(), "PURGE", "/me", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        origin.route("/me", route("alice again"));
+        let r = get_as(&inst, "/me", &[("X-User", "alice")]);
+        assert_eq!(
+            (r.body.as_slice(), r.header("x-cache")),
+            (&b"for alice again"[..], Some("MISS"))
+        );
+        origin.route("/me", route("bob again"));
+        let r = get_as(&inst, "/me", &[("X-User", "bob")]);
+        assert_eq!(
+            (r.body.as_slice(), r.header("x-cache")),
+            (&b"for bob again"[..], Some("MISS"))
+        );
+    });
+}
+
+#[test]
+fn a_purge_is_seen_by_every_worker_at_once() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let route = |v: &str| Route::ok(v.to_string()).header("Cache-Control", "max-age=600");
+        origin.route("/p", route("v1"));
+        let inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        assert_eq!(inst.get("/p").body, b"v1");
+        // Fresh connections reach both workers.
+        for _ in 0..6 {
+            assert_arena_hit(&inst.get("/p"), b"v1");
+        }
+        origin.route("/p", route("v2"));
+        let p = client::fetch(inst.addr(), "PURGE", "/p", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        // No worker answers the purged object again, not even once.
+        let r = inst.get("/p");
+        assert_eq!(
+            (r.body.as_slice(), r.header("x-cache")),
+            (&b"v2"[..], Some("MISS"))
+        );
+        for _ in 0..6 {
+            assert_arena_hit(&inst.get("/p"), b"v2");
+        }
+        assert_eq!(origin.count("/p"), 2);
+    });
+}
