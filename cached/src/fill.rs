@@ -121,7 +121,7 @@ pub fn relay(
     let response_time = SystemTime::now();
     let declared = declared_length(&parts.headers);
     let head_only = req.method == "HEAD";
-    let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
+    let no_body = head_only || common::http::bodiless(status);
     let headers = end_to_end(&parts.headers, head_only);
     if head_only && status == 200 && outcome != CacheOutcome::Pass {
         store::freshen_from_head(ctx, req, &headers, (request_time, response_time));

@@ -75,7 +75,7 @@ pub fn full_meta(
     body: &[u8],
     head_only: bool,
 ) -> io::Result<()> {
-    let no_body = status == 304 || status == 204 || (100..200).contains(&status);
+    let no_body = common::http::bodiless(status);
     let framing = if head_only {
         if !no_body {
             headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));

@@ -164,10 +164,17 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
     let Hit { pinned, object } = hit;
     let outcome = CacheOutcome::Hit;
     let age = object.age(SystemTime::now());
-    let len = pinned.body_len();
+    // A 204 or 304 stored has no body and announces none (as cached frames it).
+    let len = if http::bodiless(object.status) {
+        0
+    } else {
+        pinned.body_len()
+    };
     let mut h = Head::new(object.status, 256);
     let upstream = h.fields(&object.fields(age));
-    h.field("Content-Length", len);
+    if !http::bodiless(object.status) {
+        h.field("Content-Length", len);
+    }
     h.via();
     let status = outcome.cache_status(&req.method, 0, object.shown_ttl(age)) + "; detail=arena";
     h.cache(outcome, &status, &upstream);
