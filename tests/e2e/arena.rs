@@ -249,3 +249,82 @@ fn a_purge_is_seen_by_every_worker_at_once() {
         assert_eq!(origin.count("/p"), 2);
     });
 }
+
+/// The fields of an answer in order, with the values that change from one answer to the next
+/// (`Date`, `Age`) blanked and `Cache-Status` without what tells the two paths apart.
+fn comparable(r: &Response) -> Vec<(String, String)> {
+    r.headers
+        .iter()
+        .map(|(k, v)| {
+            let v = match k.to_ascii_lowercase().as_str() {
+                "date" | "age" => String::new(),
+                "cache-status" => without_ttl(&v.replace("; detail=arena", "")),
+                _ => v.clone(),
+            };
+            (k.to_ascii_lowercase(), v)
+        })
+        .collect()
+}
+
+/// `v` without its `; ttl=N` parameters.
+fn without_ttl(v: &str) -> String {
+    let mut out = v.to_string();
+    while let Some(at) = out.find("; ttl=") {
+        let end = out[at + 6..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(out.len(), |n| at + 6 + n);
+        out.replace_range(at..end, "");
+    }
+    out
+}
+
+#[test]
+fn an_arena_hit_has_the_head_cached_writes_for_the_same_hit() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        origin.route(
+            "/h",
+            Route::ok("same head")
+                .header("Cache-Control", "max-age=600")
+                .header("ETag", "\"v1\"")
+                .header("X-Custom", "kept")
+                .header("Cache-Status", "origin-cache; hit"),
+        );
+        let inst = Instance::builder().origin(&origin.url()).start();
+        assert_eq!(inst.get("/h").status, 200);
+        for method in ["GET", "HEAD"] {
+            let arena = client::fetch(inst.addr(), method, "/h", &[], b"");
+            // A condition that does not hold: cached answers the full hit itself.
+            let from_cached = client::fetch(
+                inst.addr(),
+                method,
+                "/h",
+                &[("If-None-Match", "\"other\"")],
+                b"",
+            );
+            assert!(
+                arena
+                    .header("cache-status")
+                    .is_some_and(|s| s.contains("detail=arena")),
+                "{}",
+                arena.describe()
+            );
+            assert!(
+                from_cached
+                    .header("cache-status")
+                    .is_some_and(|s| !s.contains("detail=arena")),
+                "{}",
+                from_cached.describe()
+            );
+            assert_eq!(
+                comparable(&arena),
+                comparable(&from_cached),
+                "{method}: arena\n{}\ncached\n{}",
+                arena.describe(),
+                from_cached.describe()
+            );
+            assert_eq!(arena.body, from_cached.body);
+        }
+        assert_eq!(origin.count("/h"), 1);
+    });
+}

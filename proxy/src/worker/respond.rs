@@ -164,15 +164,18 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
     let Hit { pinned, object } = hit;
     let outcome = CacheOutcome::Hit;
     let age = object.age(SystemTime::now());
-    // A 204 or 304 stored has no body and announces none (as cached frames it).
-    let len = if http::bodiless(object.status) {
-        0
-    } else {
-        pinned.body_len()
-    };
+    // A 204 or 304 stored has no body and announces none; the length of a HEAD's answer is
+    // one of its fields (before our `Date`): as cached frames them.
+    let framed = !http::bodiless(object.status);
+    let len = if framed { pinned.body_len() } else { 0 };
+    let head_only = req.method == "HEAD";
+    let mut fields = object.fields(age);
+    if framed && head_only {
+        fields.push(("Content-Length".into(), len.to_string().into_bytes()));
+    }
     let mut h = Head::new(object.status, 256);
-    let upstream = h.fields(&object.fields(age));
-    if !http::bodiless(object.status) {
+    let upstream = h.fields(&fields);
+    if framed && !head_only {
         h.field("Content-Length", len);
     }
     h.via();
@@ -182,7 +185,7 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
     let mut out = h.end();
     conn.answered(io.counters, object.status, outcome, out.len());
     conn.reply.site = (!object.site.is_empty()).then(|| Arc::from(object.site.as_str()));
-    let body = if req.method == "HEAD" { 0 } else { len };
+    let body = if head_only { 0 } else { len };
     if body >= LARGE_ANSWER as u64 {
         conn.raise_send_buffer();
     }
