@@ -91,7 +91,8 @@ impl Published {
 
     /// Publishes the stored answer `obj` of `primary` for `req`: files, pieces (`206`) and
     /// answers larger than a record are not (they stay served by `cached`). A refusal of
-    /// the arena (its space held by pins) is counted; the answer is still served by `cached`.
+    /// the arena (too large, or its space held by pins) is counted, and whatever the arena
+    /// held under the key goes: it must not outlive the answer that replaced it here.
     pub fn publish(
         &self,
         cfg: &CachedConfig,
@@ -144,6 +145,8 @@ impl Published {
             match self.stub(&mut owner, key, &vary) {
                 Some(stub) => hit::variant_key(key, stub, &vary, &req.headers),
                 None => {
+                    // No stub: the URL's variants (and any object under its key) go.
+                    owner.remove(key.as_bytes());
                     Counters::inc(&counters.arena_refused);
                     return;
                 }
@@ -153,6 +156,7 @@ impl Published {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("not published in the arena: {e}");
+                owner.remove(full_key.as_bytes());
                 Counters::inc(&counters.arena_refused);
                 return;
             }
@@ -160,8 +164,10 @@ impl Published {
         // The copy runs without the lock: other publishes and removals go on meanwhile.
         drop(owner);
         res.write(&obj.body);
-        if let Err(e) = lock(&self.owner).publish(res) {
+        let mut owner = lock(&self.owner);
+        if let Err(e) = owner.publish(res) {
             log::warn!("arena publish failed: {e}");
+            owner.remove(full_key.as_bytes());
         }
     }
 

@@ -328,3 +328,34 @@ fn an_arena_hit_has_the_head_cached_writes_for_the_same_hit() {
         assert_eq!(origin.count("/h"), 1);
     });
 }
+
+#[test]
+fn a_refetched_answer_replaces_the_arena_copy_even_when_it_cannot_be_published() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let route = |body: Vec<u8>| Route::ok(body).header("Cache-Control", "max-age=600");
+        origin.route("/r", route(b"v1".to_vec()));
+        // Records of at most a quarter of the capacity: 256 KiB.
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .cached_arg("--capacity")
+            .cached_arg(&(1u64 << 20).to_string())
+            .start();
+        assert_eq!(inst.get("/r").body, b"v1");
+        assert_arena_hit(&inst.get("/r"), b"v1");
+        let no_cache = [("Cache-Control", "no-cache")];
+        // A client's no-cache makes cached fetch and store the answer again.
+        origin.route("/r", route(b"v2".to_vec()));
+        assert_eq!(get_as(&inst, "/r", &no_cache).body, b"v2");
+        assert_arena_hit(&inst.get("/r"), b"v2");
+        // Stored by cached, too large for the arena: the arena's copy must not stand in.
+        let large = pattern(600 << 10, 5);
+        origin.route("/r", route(large.clone()));
+        assert!(get_as(&inst, "/r", &no_cache).body == large);
+        let r = inst.get("/r");
+        assert_eq!(r.header("x-cache"), Some("HIT"), "{}", r.describe());
+        assert!(r.body == large, "an older copy answered: {}", r.describe());
+        assert_eq!(origin.count("/r"), 3);
+        assert!(counter(&inst, "cached", "arena_refused") >= 1);
+    });
+}
