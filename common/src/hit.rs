@@ -15,6 +15,7 @@
 
 use crate::cache_policy::{self as policy, RequestRules, Use};
 use crate::http::Headers;
+use crate::protocol::{Dec, DecodeError, Enc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// First byte of every metadata record.
@@ -57,26 +58,6 @@ pub enum Meta {
     /// variant's key ([`variant_key`]).
     Vary(Vec<String>),
 }
-
-/// Why metadata did not decode.
-#[derive(Debug, PartialEq, Eq)]
-pub enum MetaError {
-    Truncated,
-    Version(u8),
-    Bad(&'static str),
-}
-
-impl std::fmt::Display for MetaError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            MetaError::Truncated => write!(f, "arena metadata truncated"),
-            MetaError::Version(v) => write!(f, "arena metadata of version {v}"),
-            MetaError::Bad(what) => write!(f, "arena metadata: bad {what}"),
-        }
-    }
-}
-
-impl std::error::Error for MetaError {}
 
 /// The arena key of the answer for `target` on `host` (the normalised host).
 pub fn key(host: &str, target: &str) -> String {
@@ -156,88 +137,19 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().min(u128::from(u64::MAX)) as u64
 }
 
-struct Enc(Vec<u8>);
-
-impl Enc {
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.u32(v.len() as u32);
-        self.0.extend_from_slice(v);
-    }
-}
-
-struct Dec<'a>(&'a [u8]);
-
-impl<'a> Dec<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], MetaError> {
-        if self.0.len() < n {
-            return Err(MetaError::Truncated);
-        }
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, MetaError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, MetaError> {
-        Ok(u16::from_le_bytes(
-            self.take(2)?.try_into().expect("2 bytes"),
-        ))
-    }
-    fn u32(&mut self) -> Result<u32, MetaError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
-    }
-    fn u64(&mut self) -> Result<u64, MetaError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
-    }
-    fn bytes(&mut self) -> Result<&'a [u8], MetaError> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-    /// A field name: a non-empty token.
-    fn name(&mut self) -> Result<String, MetaError> {
-        let b = self.bytes()?;
-        if b.is_empty() || !b.iter().all(|&c| crate::request::is_tchar(c)) {
-            return Err(MetaError::Bad("field name"));
-        }
-        Ok(String::from_utf8(b.to_vec()).expect("tokens are ASCII"))
-    }
-    /// A count of items of at least `min` bytes each, bounded by what is left.
-    fn count(&mut self, min: usize) -> Result<usize, MetaError> {
-        let n = self.u32()? as usize;
-        if n > self.0.len() / min {
-            return Err(MetaError::Truncated);
-        }
-        Ok(n)
-    }
-}
-
 impl Meta {
     pub fn encode(&self) -> Vec<u8> {
         let mut e = Enc(vec![MAGIC, META_VERSION]);
         match self {
             Meta::Vary(names) => {
-                e.0.push(VARY);
+                e.u8(VARY);
                 e.u32(names.len() as u32);
                 for n in names {
                     e.bytes(n.as_bytes());
                 }
             }
             Meta::Object(o) => {
-                e.0.push(OBJECT);
+                e.u8(OBJECT);
                 e.u16(o.status);
                 let flags = (if o.must_revalidate {
                     MUST_REVALIDATE
@@ -245,7 +157,7 @@ impl Meta {
                     0
                 }) | (if o.no_cache { NO_CACHE } else { 0 })
                     | (if o.show_ttl { SHOW_TTL } else { 0 });
-                e.0.push(flags);
+                e.u8(flags);
                 let since = o
                     .response_time
                     .duration_since(UNIX_EPOCH)
@@ -254,59 +166,59 @@ impl Meta {
                 e.u64(millis(o.initial_age));
                 e.u64(millis(o.lifetime));
                 e.bytes(o.site.as_bytes());
-                e.u32(o.headers.len() as u32);
-                for (k, v) in &o.headers {
-                    e.bytes(k.as_bytes());
-                    e.bytes(v);
-                }
+                e.headers(&o.headers);
             }
         }
         e.0
     }
 
-    pub fn decode(b: &[u8]) -> Result<Meta, MetaError> {
+    pub fn decode(b: &[u8]) -> Result<Meta, DecodeError> {
         let mut d = Dec(b);
-        if d.u8()? != MAGIC {
-            return Err(MetaError::Bad("magic"));
+        let magic = d.u8()?;
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic(magic.into()));
         }
         let version = d.u8()?;
         if version != META_VERSION {
-            return Err(MetaError::Version(version));
+            return Err(DecodeError::BadVersion {
+                found: version.into(),
+                expected: META_VERSION.into(),
+            });
         }
         let meta = match d.u8()? {
             VARY => {
-                let n = d.count(5)?;
-                let names = (0..n).map(|_| d.name()).collect::<Result<Vec<_>, _>>()?;
-                if names.is_empty() {
-                    return Err(MetaError::Bad("Vary without fields"));
+                let n = d.u32()? as usize;
+                // Each name needs at least 5 bytes: bound the allocation by what is there.
+                if n == 0 || n > d.0.len() / 5 {
+                    return Err(DecodeError::BadField("Vary field count"));
                 }
+                let names = (0..n)
+                    .map(|_| d.string("Vary field name").and_then(token))
+                    .collect::<Result<Vec<_>, _>>()?;
                 Meta::Vary(names)
             }
             OBJECT => {
                 let status = d.u16()?;
                 if !(100..=999).contains(&status) {
-                    return Err(MetaError::Bad("status"));
+                    return Err(DecodeError::BadField("status"));
                 }
                 let flags = d.u8()?;
                 if flags & !(MUST_REVALIDATE | NO_CACHE | SHOW_TTL) != 0 {
-                    return Err(MetaError::Bad("flags"));
+                    return Err(DecodeError::BadField("flags"));
                 }
                 let response_time = UNIX_EPOCH
                     .checked_add(Duration::from_millis(d.u64()?))
-                    .ok_or(MetaError::Bad("response time"))?;
+                    .ok_or(DecodeError::BadField("response time"))?;
                 let initial_age = Duration::from_millis(d.u64()?);
                 let lifetime = Duration::from_millis(d.u64()?);
-                let site =
-                    String::from_utf8(d.bytes()?.to_vec()).map_err(|_| MetaError::Bad("site"))?;
-                let n = d.count(9)?;
-                let mut headers = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let k = d.name()?;
-                    let v = d.bytes()?;
+                let site = d.string("site")?;
+                let headers = d.headers()?;
+                for (k, v) in &headers {
+                    token(k.clone())?;
+                    // A line break would split the head the worker writes.
                     if v.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
-                        return Err(MetaError::Bad("field value"));
+                        return Err(DecodeError::BadField("field value"));
                     }
-                    headers.push((k, v.to_vec()));
                 }
                 Meta::Object(Object {
                     status,
@@ -320,13 +232,19 @@ impl Meta {
                     site,
                 })
             }
-            _ => return Err(MetaError::Bad("kind")),
+            k => return Err(DecodeError::BadKind(k.into())),
         };
-        if !d.0.is_empty() {
-            return Err(MetaError::Bad("length (trailing bytes)"));
-        }
+        d.end()?;
         Ok(meta)
     }
+}
+
+/// `name` if it is a field name (a non-empty token).
+fn token(name: String) -> Result<String, DecodeError> {
+    if name.is_empty() || !name.bytes().all(crate::request::is_tchar) {
+        return Err(DecodeError::BadField("field name"));
+    }
+    Ok(name)
 }
 
 #[cfg(test)]
@@ -373,7 +291,10 @@ mod tests {
         version[1] = META_VERSION + 1;
         assert_eq!(
             Meta::decode(&version),
-            Err(MetaError::Version(META_VERSION + 1))
+            Err(DecodeError::BadVersion {
+                found: (META_VERSION + 1).into(),
+                expected: META_VERSION.into()
+            })
         );
         let mut kind = good.clone();
         kind[2] = 9;

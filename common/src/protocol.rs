@@ -156,22 +156,24 @@ pub struct ResponseHead {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-struct Enc(Vec<u8>);
+/// The little-endian, length-prefixed encoding of the wire messages (also of the arena's
+/// metadata, `hit`).
+pub(crate) struct Enc(pub(crate) Vec<u8>);
 
 impl Enc {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v)
     }
-    fn u16(&mut self, v: u16) {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes())
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes())
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes())
     }
-    fn bytes(&mut self, v: &[u8]) {
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
         self.u32(v.len() as u32);
         self.0.extend_from_slice(v)
     }
@@ -191,7 +193,7 @@ impl Enc {
             }
         }
     }
-    fn headers(&mut self, h: &[(String, Vec<u8>)]) {
+    pub(crate) fn headers(&mut self, h: &[(String, Vec<u8>)]) {
         self.u32(h.len() as u32);
         for (k, v) in h {
             self.bytes(k.as_bytes());
@@ -207,10 +209,10 @@ impl Enc {
     }
 }
 
-struct Dec<'a>(&'a [u8]);
+pub(crate) struct Dec<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Dec<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -218,23 +220,23 @@ impl<'a> Dec<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u32()? as usize;
         self.take(n)
     }
-    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError::BadField(what))
     }
     fn body(&mut self) -> Result<BodyLen, DecodeError> {
@@ -252,7 +254,7 @@ impl<'a> Dec<'a> {
         let v = self.u8()?;
         CacheOutcome::from_wire(v).ok_or(DecodeError::BadOutcome(v))
     }
-    fn headers(&mut self) -> Result<Vec<(String, Vec<u8>)>, DecodeError> {
+    pub(crate) fn headers(&mut self) -> Result<Vec<(String, Vec<u8>)>, DecodeError> {
         let n = self.u32()? as usize;
         // Each header needs at least 8 bytes: bound the allocation by what is there.
         if n > self.0.len() / 8 {
@@ -265,7 +267,7 @@ impl<'a> Dec<'a> {
         }
         Ok(h)
     }
-    fn end(&self) -> Result<(), DecodeError> {
+    pub(crate) fn end(&self) -> Result<(), DecodeError> {
         if self.0.is_empty() {
             Ok(())
         } else {

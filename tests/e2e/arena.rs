@@ -190,35 +190,27 @@ fn vary_variants_come_from_the_arena_each_to_its_own_requests() {
             assert_arena_hit(&get_as(&inst, "/me", &[("X-User", "bob")]), b"for bob");
         }
         assert_eq!(origin.count("/me"), 2);
-        // Another user, and none at all, are other variants: fetched, never someone's answer.
-        origin.route("/me", route("carol"));
-        let r = get_as(&inst, "/me", &[("X-User", "carol")]);
-        assert_eq!(
-            (r.body.as_slice(), r.header("x-cache")),
-            (&b"for carol"[..], Some("MISS"))
-        );
-        origin.route("/me", route("nobody"));
-        let r = get_as(&inst, "/me", &[]);
-        assert_eq!(
-            (r.body.as_slice(), r.header("x-cache")),
-            (&b"for nobody"[..], Some("MISS"))
-        );
+        // The origin's next answer goes to `headers`' request, fetched (a MISS), never
+        // someone else's stored variant.
+        let fetched = |user: &str, headers: &[(&str, &str)]| {
+            origin.route("/me", route(user));
+            let r = get_as(&inst, "/me", headers);
+            assert_eq!(
+                (r.body.as_slice(), r.header("x-cache")),
+                (format!("for {user}").as_bytes(), Some("MISS")),
+                "{}",
+                r.describe()
+            );
+        };
+        // Another user, and none at all, are other variants.
+        fetched("carol", &[("X-User", "carol")]);
+        fetched("nobody", &[]);
         assert_eq!(origin.count("/me"), 4);
         // A PURGE of the URL reaches every variant.
         let p = client::fetch(inst.addr(), "PURGE", "/me", &[], b"");
         assert_eq!(p.status, 200, "{}", p.describe());
-        origin.route("/me", route("alice again"));
-        let r = get_as(&inst, "/me", &[("X-User", "alice")]);
-        assert_eq!(
-            (r.body.as_slice(), r.header("x-cache")),
-            (&b"for alice again"[..], Some("MISS"))
-        );
-        origin.route("/me", route("bob again"));
-        let r = get_as(&inst, "/me", &[("X-User", "bob")]);
-        assert_eq!(
-            (r.body.as_slice(), r.header("x-cache")),
-            (&b"for bob again"[..], Some("MISS"))
-        );
+        fetched("alice again", &[("X-User", "alice")]);
+        fetched("bob again", &[("X-User", "bob")]);
     });
 }
 
