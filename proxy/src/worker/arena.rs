@@ -95,6 +95,14 @@ fn find(r: &ArenaReader, counters: &Counters, req: &Request) -> Option<Hit> {
     let (pinned, object) = match decoded(r, counters, &key)? {
         (p, Meta::Object(o)) => (p, o),
         (stub, Meta::Vary(names)) => {
+            // cached keys variants by the fields as forwarded to it, which may lack the
+            // client's `X-Forwarded-*` (see `fetch`): such a variant is cached's to pick.
+            if names
+                .iter()
+                .any(|n| common::request::FORWARDING.contains(&n.as_str()))
+            {
+                return None;
+            }
             let variant = hit::variant_key(&key, stub.generation(), &names, &req.headers);
             drop(stub);
             match decoded(r, counters, &variant)? {
@@ -124,5 +132,144 @@ fn decoded(r: &ArenaReader, counters: &Counters, key: &str) -> Option<(Pinned, M
             Counters::inc(&counters.arena_bad_meta);
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::arena::{ArenaConfig, ArenaOwner};
+    use common::request::{parse_head, Limits, Parsed};
+    use common::stats::StatsRegion;
+    use std::time::Duration;
+
+    fn request(lines: &str) -> Request {
+        let limits = Limits {
+            max_header_bytes: 16384,
+            max_headers: 100,
+        };
+        let head = format!("GET {lines}\r\n\r\n").replace('|', "\r\n");
+        match parse_head(&limits, head.as_bytes()) {
+            Parsed::Complete(r, _) => r,
+            _ => panic!("not a request: {head:?}"),
+        }
+    }
+
+    fn object(body: &str, age: u64) -> Vec<u8> {
+        Meta::Object(Object {
+            status: 200,
+            headers: vec![("X-Body".into(), body.as_bytes().to_vec())],
+            response_time: SystemTime::now() - Duration::from_secs(age),
+            initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(60),
+            must_revalidate: false,
+            no_cache: false,
+            show_ttl: true,
+            site: "s".into(),
+        })
+        .encode()
+    }
+
+    fn publish(owner: &mut ArenaOwner, key: &str, meta: &[u8], body: &[u8]) -> u64 {
+        let mut res = owner
+            .reserve(key.as_bytes(), meta, body.len() as u64)
+            .unwrap();
+        res.write(body);
+        owner.publish(res).unwrap()
+    }
+
+    fn body(h: &Hit) -> Vec<u8> {
+        let mut b = vec![0; h.pinned.body_len() as usize];
+        h.pinned.read_body(0, &mut b);
+        b
+    }
+
+    #[test]
+    fn hits_follow_vary_stubs_and_freshness_and_corrupt_metadata_is_a_counted_miss() {
+        let tag = format!("t{}-warena", std::process::id());
+        let names = Names::for_instance(&tag);
+        let cfg = ArenaConfig::for_capacity(1 << 20, 64 << 10, 4, 16);
+        let (mut owner, _) = ArenaOwner::open_or_adopt(&names, cfg).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let counters = stats.slot(0);
+        let view = ArenaView::new(&names);
+        let hit = |target: &str| view.fresh_hit(counters, &request(target));
+
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/o"),
+            &object("o", 0),
+            b"plain",
+        );
+        let h = hit("/o HTTP/1.1|Host: a.test").expect("a fresh object");
+        assert_eq!((body(&h), h.object.site.as_str()), (b"plain".to_vec(), "s"));
+        assert!(
+            hit("/o HTTP/1.1|Host: b.test").is_none(),
+            "another host's key"
+        );
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/aged"),
+            &object("a", 5),
+            b"aged",
+        );
+        assert!(hit("/aged HTTP/1.1|Host: a.test").is_some());
+        assert!(
+            hit("/aged HTTP/1.1|Host: a.test|Cache-Control: max-age=3").is_none(),
+            "older than the request accepts"
+        );
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/stale"),
+            &object("s", 61),
+            b"old",
+        );
+        assert!(
+            hit("/stale HTTP/1.1|Host: a.test").is_none(),
+            "stale: cached's"
+        );
+        assert!(hit("/o HTTP/1.1|Host: a.test|If-None-Match: \"x\"").is_none());
+
+        let key = hit::key("a.test", "/v");
+        let vary = vec!["x-user".to_string()];
+        let stub = publish(&mut owner, &key, &Meta::Vary(vary.clone()).encode(), b"");
+        let alice = [("X-User".to_string(), b"alice".to_vec())];
+        let variant = hit::variant_key(&key, stub, &vary, &alice);
+        publish(&mut owner, &variant, &object("alice", 0), b"for alice");
+        let h = hit("/v HTTP/1.1|Host: a.test|X-User: alice").expect("alice's variant");
+        assert_eq!(body(&h), b"for alice");
+        drop(h);
+        assert!(hit("/v HTTP/1.1|Host: a.test|X-User: bob").is_none());
+        assert!(hit("/v HTTP/1.1|Host: a.test").is_none());
+        // A new stub (other fields, or after a PURGE) hides the old variants at once.
+        publish(&mut owner, &key, &Meta::Vary(vary.clone()).encode(), b"");
+        assert!(hit("/v HTTP/1.1|Host: a.test|X-User: alice").is_none());
+        // Variants by a forwarding field are cached's to pick.
+        let key = hit::key("a.test", "/xff");
+        let xff = vec!["x-forwarded-for".to_string()];
+        let stub = publish(&mut owner, &key, &Meta::Vary(xff.clone()).encode(), b"");
+        let fields = [("X-Forwarded-For".to_string(), b"1.2.3.4".to_vec())];
+        let variant = hit::variant_key(&key, stub, &xff, &fields);
+        publish(&mut owner, &variant, &object("x", 0), b"x");
+        assert!(hit("/xff HTTP/1.1|Host: a.test|X-Forwarded-For: 1.2.3.4").is_none());
+
+        let bad = counters.arena_bad_meta.load(Ordering::Relaxed);
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/bad"),
+            b"not metadata",
+            b"x",
+        );
+        assert!(hit("/bad HTTP/1.1|Host: a.test").is_none());
+        assert_eq!(counters.arena_bad_meta.load(Ordering::Relaxed), bad + 1);
+        assert!(counters.arena_hits.load(Ordering::Relaxed) >= 2);
+
+        // Removed (PURGE): no worker finds it any more.
+        assert!(owner.remove(hit::key("a.test", "/o").as_bytes()));
+        assert!(hit("/o HTTP/1.1|Host: a.test").is_none());
+        // The owner stopped: the view lets go of the closed arena.
+        drop(owner);
+        assert!(hit("/aged HTTP/1.1|Host: a.test").is_none());
+        assert!(view.reader().is_none());
     }
 }
