@@ -80,10 +80,11 @@ impl Ctx {
     /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
     pub fn store(&self, primary: &str, req: &RequestHead, obj: Arc<Stored>) {
         // Stored here first: requests that come while the arena copy is made are hits here.
+        let ticket = self.arena.as_ref().map(Published::ticket);
         let evicted = self.cache.insert(primary, &req.headers, Arc::clone(&obj));
         Counters::add(&self.counters().evictions, evicted);
-        if let Some(a) = &self.arena {
-            a.publish(&self.cfg, primary, req, &obj, self.counters());
+        if let (Some(a), Some(ticket)) = (&self.arena, ticket) {
+            a.publish(ticket, &self.cfg, primary, req, &obj, self.counters());
         }
         self.publish_store_gauges();
     }

@@ -23,7 +23,9 @@ const HEAD_ALLOWANCE: u64 = 64 << 10;
 const PIN_ROWS: u32 = 2 * 64 + 2;
 
 pub struct Published {
-    owner: Mutex<ArenaOwner>,
+    /// The owner, and the number of removals so far: a publish that a removal overtook
+    /// (it was stored before a PURGE ran, and copied after) is dropped.
+    owner: Mutex<(ArenaOwner, u64)>,
     /// Our own pin row, to read the `Vary` stubs.
     reader: ArenaReader,
 }
@@ -37,7 +39,7 @@ pub fn geometry(cfg: &CachedConfig) -> Option<ArenaConfig> {
     geo.check().ok().map(|()| geo)
 }
 
-fn lock(m: &Mutex<ArenaOwner>) -> MutexGuard<'_, ArenaOwner> {
+fn lock(m: &Mutex<(ArenaOwner, u64)>) -> MutexGuard<'_, (ArenaOwner, u64)> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -84,17 +86,25 @@ impl Published {
             }
         };
         Some(Published {
-            owner: Mutex::new(owner),
+            owner: Mutex::new((owner, 0)),
             reader,
         })
     }
 
-    /// Publishes the stored answer `obj` of `primary` for `req`: files, pieces (`206`) and
+    /// What to pass to [`Published::publish`] for an answer about to be stored: taken
+    /// before, it tells whether anything was removed since.
+    pub fn ticket(&self) -> u64 {
+        lock(&self.owner).1
+    }
+
+    /// Publishes the stored answer `obj` of `primary` for `req`, unless something was
+    /// removed since `ticket` (the answer may predate a PURGE): files, pieces (`206`) and
     /// answers larger than a record are not (they stay served by `cached`). A refusal of
     /// the arena (too large, or its space held by pins) is counted, and whatever the arena
     /// held under the key goes: it must not outlive the answer that replaced it here.
     pub fn publish(
         &self,
+        ticket: u64,
         cfg: &CachedConfig,
         primary: &str,
         req: &RequestHead,
@@ -138,11 +148,15 @@ impl Published {
             site: site.to_string(),
         })
         .encode();
-        let mut owner = lock(&self.owner);
+        let mut guard = lock(&self.owner);
+        if guard.1 != ticket {
+            return;
+        }
+        let owner = &mut guard.0;
         let full_key = if vary.is_empty() {
             key.to_string()
         } else {
-            match self.stub(&mut owner, key, &vary) {
+            match self.stub(owner, key, &vary) {
                 Some(stub) => hit::variant_key(key, stub, &vary, &req.headers),
                 None => {
                     // No stub: the URL's variants (and any object under its key) go.
@@ -162,12 +176,16 @@ impl Published {
             }
         };
         // The copy runs without the lock: other publishes and removals go on meanwhile.
-        drop(owner);
+        drop(guard);
         res.write(&obj.body);
-        let mut owner = lock(&self.owner);
-        if let Err(e) = owner.publish(res) {
+        let mut guard = lock(&self.owner);
+        if guard.1 != ticket {
+            // Removed meanwhile: dropping the reservation frees it.
+            return;
+        }
+        if let Err(e) = guard.0.publish(res) {
             log::warn!("arena publish failed: {e}");
-            owner.remove(full_key.as_bytes());
+            guard.0.remove(full_key.as_bytes());
         }
     }
 
@@ -187,12 +205,17 @@ impl Published {
     /// Removes what is published for `primary` (an object, or the `Vary` stub that leads to
     /// every variant); `true` if there was something.
     pub fn remove(&self, primary: &str) -> bool {
-        split(primary).is_some_and(|(_, key)| lock(&self.owner).remove(key.as_bytes()))
+        let Some((_, key)) = split(primary) else {
+            return false;
+        };
+        let mut guard = lock(&self.owner);
+        guard.1 += 1;
+        guard.0.remove(key.as_bytes())
     }
 
     /// The arena's gauges and counters, into cached's stats slot (a single slot: stores).
     pub fn publish_gauges(&self, counters: &Counters) {
-        let u = lock(&self.owner).usage();
+        let u = lock(&self.owner).0.usage();
         counters
             .arena_objects
             .store(u.live_objects, Ordering::Relaxed);

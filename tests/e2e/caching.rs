@@ -629,6 +629,13 @@ fn hot_objects_come_from_the_arena_within_their_lifetime() {
         );
         let mut c = inst.conn();
         assert_eq!(x_cache(&c.get("/hot")), "MISS");
+        // cached publishes it in the arena right after it answered.
+        shmproxy_tests::harness::poll_until(Duration::from_secs(5), "/hot in the arena", || {
+            let r = c.get("/hot");
+            r.header("cache-status")
+                .is_some_and(|s| s.ends_with("; detail=arena"))
+                .then_some(())
+        });
         let before = counter(&inst, "proxy", "arena_hits");
         for _ in 0..20 {
             let r = c.get("/hot");

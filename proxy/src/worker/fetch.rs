@@ -1,9 +1,9 @@
 //! The exchange with `cached` for one request: lease a segment, ring the doorbell, write
 //! the request head and body into the segment, then stream the answer to the client chunk
-//! by chunk. Every failure is a
-//! [`FetchError`] for `route` to answer: before the first response byte a clear status
-//! (503 cached absent or pool exhausted, 504 cached too slow, 502 bad answer); after it the
-//! connection closes, so a client never mistakes a short body for a whole one.
+//! by chunk. Every failure is a [`FetchError`] for `route` to answer: before the first
+//! response byte a clear status (503 cached absent or pool exhausted, 504 cached too slow,
+//! 502 bad answer); after it the connection closes, so a client never mistakes a short body
+//! for a whole one.
 
 use super::conn::{BodyError, Conn, Io, Scratch};
 use super::ctx::Ctx;

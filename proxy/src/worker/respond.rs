@@ -1,8 +1,8 @@
 //! The one writer of response heads: the status line, `Date`, `Connection`, `Via`, `Age`,
 //! `X-Cache` and `Cache-Status`, for every kind of answer a worker gives (one from cached,
-//! a fresh hit from the arena, the proxy's own endpoints, its simple error answers). Each answer's head is
-//! recorded on the connection ([`Conn::answered`]) where it is made. Called by `route` and
-//! `fetch`; it only writes through `conn`.
+//! a fresh hit from the arena, the proxy's own endpoints, its simple error answers). Each
+//! answer's head is recorded on the connection ([`Conn::answered`]) where it is made.
+//! Called by `route` and `fetch`; it only writes through `conn`.
 
 use super::arena::Hit;
 use super::conn::{ClientError, Conn, Io};
