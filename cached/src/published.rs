@@ -213,6 +213,11 @@ impl Published {
         guard.0.remove(key.as_bytes())
     }
 
+    #[cfg(test)]
+    fn live_objects(&self) -> u64 {
+        lock(&self.owner).0.usage().live_objects
+    }
+
     /// The arena's gauges and counters, into cached's stats slot (a single slot: stores).
     pub fn publish_gauges(&self, counters: &Counters) {
         let u = lock(&self.owner).0.usage();
@@ -238,6 +243,64 @@ mod tests {
         );
         assert_eq!(split("file:/srv/a b"), None);
         assert_eq!(split("file:/srv/a"), None);
+    }
+
+    #[test]
+    fn a_publish_overtaken_by_a_removal_is_dropped_and_removal_reaches_every_variant() {
+        use common::protocol::BodyLen;
+        use common::stats::StatsRegion;
+        use std::sync::Arc;
+        use std::time::{Duration, SystemTime};
+        let tag = format!("t{}-published", std::process::id());
+        let flags = [("cached.capacity", "4m"), ("cached.max_object_size", "64k")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = CachedConfig::load(None, &flags).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let counters = stats.slot(0);
+        let p = Published::open(&Names::for_instance(&tag), &cfg, counters).unwrap();
+        let req = |user: &str| RequestHead {
+            method: "GET".into(),
+            target: "/x".into(),
+            version: 11,
+            client: "127.0.0.1".into(),
+            body: BodyLen::None,
+            headers: vec![("X-User".into(), user.as_bytes().to_vec())],
+        };
+        let obj = |vary: bool| Stored {
+            status: 200,
+            headers: if vary {
+                vec![("Vary".into(), b"X-User".to_vec())]
+            } else {
+                vec![]
+            },
+            body: Arc::new(b"body".to_vec()),
+            validity: Validity::Http {
+                lifetime: Duration::from_secs(60),
+                must_revalidate: false,
+                no_cache: false,
+                stale_while_revalidate: Duration::ZERO,
+                stale_if_error: Duration::ZERO,
+            },
+            response_time: SystemTime::now(),
+            initial_age: Duration::ZERO,
+        };
+        let primary = "s http://a.test/x";
+        let live = || p.live_objects();
+        // Stored, then a PURGE, then the copy: the copy must not be published.
+        let ticket = p.ticket();
+        assert!(!p.remove(primary));
+        p.publish(ticket, &cfg, primary, &req("a"), &obj(false), counters);
+        assert_eq!(live(), 0);
+        p.publish(p.ticket(), &cfg, primary, &req("a"), &obj(false), counters);
+        assert_eq!(live(), 1);
+        // Two variants behind one stub (which replaced the object): one removal hides all.
+        p.publish(p.ticket(), &cfg, primary, &req("a"), &obj(true), counters);
+        p.publish(p.ticket(), &cfg, primary, &req("b"), &obj(true), counters);
+        assert_eq!(live(), 3, "the stub and two variants");
+        assert!(p.remove(primary));
+        let key = hit::key("a.test", "/x");
+        assert!(matches!(p.reader.lookup(key.as_bytes()), Lookup::Miss));
+        assert_eq!(counters.arena_refused.load(Ordering::Relaxed), 0);
     }
 
     #[test]
