@@ -233,20 +233,20 @@ impl ArenaConfig {
 
     /// Checks the geometry (never trust one read from the mapping without this).
     pub fn check(&self) -> Result<(), &'static str> {
-        if self.max_record < 2 * OBJ || !self.max_record.is_multiple_of(ALIGN) {
+        if self.max_record < 2 * OBJ || self.max_record % ALIGN != 0 {
             return Err("max_record must be a multiple of 64 and at least 128");
         }
         if !(1..=MAX_RINGS).contains(&self.rings) {
             return Err("rings must be 1 to 16");
         }
         let unit = ALIGN * u64::from(self.rings);
-        if !self.capacity.is_multiple_of(unit) || self.ring_capacity() / 4 < self.max_record {
+        if self.capacity % unit != 0 || self.ring_capacity() / 4 < self.max_record {
             return Err("capacity must be a multiple of 64 × rings, each ring ≥ 4 × max_record");
         }
         if self.capacity / ALIGN > u64::from(u32::MAX) {
             return Err("capacity above 256 GiB");
         }
-        if self.index_entries == 0 || !self.index_entries.is_multiple_of(WAYS as u32) {
+        if self.index_entries == 0 || self.index_entries % (WAYS as u32) != 0 {
             return Err("index entries must be a positive multiple of 8");
         }
         if !(1..=MAX_PIN_ROWS).contains(&self.pin_rows)
@@ -480,7 +480,7 @@ impl Map {
     }
 
     fn obj(&self, phys: u64) -> &ObjectHeader {
-        assert!(phys + OBJ <= self.cfg.capacity && phys.is_multiple_of(ALIGN));
+        assert!(phys + OBJ <= self.cfg.capacity && phys % ALIGN == 0);
         self.region.get(self.layout.space_offset + phys as usize)
     }
 
@@ -501,7 +501,7 @@ impl Map {
 
     /// Reads the header at `phys`, refusing any length that leaves the record or the space.
     fn record(&self, phys: u64) -> Option<Rec> {
-        if !phys.is_multiple_of(ALIGN) || phys + OBJ > self.cfg.capacity {
+        if phys % ALIGN != 0 || phys + OBJ > self.cfg.capacity {
             return None;
         }
         let o = self.obj(phys);
@@ -520,7 +520,7 @@ impl Map {
         let content = OBJ
             .checked_add(u64::from(r.key_len) + u64::from(r.meta_len))
             .and_then(|n| n.checked_add(r.body_len))?;
-        let fits = r.size.is_multiple_of(ALIGN)
+        let fits = r.size % ALIGN == 0
             && r.size >= OBJ
             && r.size <= self.cfg.capacity - phys
             && (r.state == PAD || content <= r.size);
@@ -1702,10 +1702,8 @@ impl ArenaOwner {
         max_gen: &mut u64,
     ) {
         let (head, tail) = (self.head(g), self.tail(g));
-        let sane = head.is_multiple_of(ALIGN)
-            && tail.is_multiple_of(ALIGN)
-            && head <= tail
-            && tail - head <= self.rc();
+        let sane =
+            head % ALIGN == 0 && tail % ALIGN == 0 && head <= tail && tail - head <= self.rc();
         let mut at = head;
         if !sane {
             // Positions we cannot trust: the ring restarts empty (bytes written into it later
