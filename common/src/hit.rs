@@ -74,18 +74,28 @@ pub fn variant_key(key: &str, stub: u64, vary: &[String], req: &[(String, Vec<u8
     format!("{key}\n{stub}\n{}", policy::vary_key(vary, req))
 }
 
-/// Whether a worker may answer this request from the arena: a GET or HEAD without
-/// conditionals, `Range` or credentials (those go to `cached`, which has the full rules). A
-/// body does not select a stored answer: the worker reads it and throws it away.
+/// Whether a worker may answer this request from the arena: a GET or HEAD without `Range`
+/// or credentials (those go to `cached`, which has the full rules; a precondition that
+/// fails does too, see [`Object::answer`]). A body does not select a stored answer: the
+/// worker reads it and throws it away.
 pub fn answerable(method: &str, headers: &[(String, Vec<u8>)]) -> bool {
     const BYPASS: &[&str] = &["authorization", "range", "if-range"];
     (method == "GET" || method == "HEAD")
-        && !headers.iter().any(|(k, _)| {
-            BYPASS
-                .iter()
-                .chain(crate::http::CONDITIONAL)
-                .any(|b| k.eq_ignore_ascii_case(b))
-        })
+        && !headers
+            .iter()
+            .any(|(k, _)| BYPASS.iter().any(|b| k.eq_ignore_ascii_case(b)))
+}
+
+/// The answer a fresh stored object gives a request, as `cached` writes it for a hit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// Its fields, `Age` included (framing and ours are the head writer's).
+    pub fields: Headers,
+    /// Whether the stored body goes with it (a `304` has none).
+    pub body: bool,
+    /// The `ttl=` its `Cache-Status` shows.
+    pub ttl: Option<u64>,
 }
 
 /// What `cached` grants a reusable answer of `lifetime` at `age`: its remaining freshness,
@@ -120,16 +130,41 @@ impl Object {
         (self.show_ttl && !left.is_zero()).then_some(left.as_secs())
     }
 
-    /// The fields of a hit at `age`, as `cached` writes them: the stored ones, `Age`, and
-    /// for a `200` `Accept-Ranges: bytes` (ranges of stored objects are answered here).
-    pub fn fields(&self, age: Duration) -> Headers {
-        let mut h = self.headers.clone();
-        h.push(("Age".into(), age.as_secs().to_string().into_bytes()));
-        if self.status == 200 {
-            h.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-ranges"));
-            h.push(("Accept-Ranges".into(), b"bytes".to_vec()));
+    /// The answer to a request with fields `req` at `age`, as `cached` writes a hit
+    /// (`answer::stored`): the client's conditionals (RFC 9110 §13.2.2) give a `304` without
+    /// the `Content-*` fields; otherwise the whole answer, with `Age`, and for a `200`
+    /// `Accept-Ranges: bytes` (ranges of stored objects are answered by `cached`); a request
+    /// with conditionals shows no `ttl=`. `None`: a precondition failed (`412`, `cached`'s).
+    pub fn answer(&self, age: Duration, req: &[(String, Vec<u8>)]) -> Option<Answer> {
+        if policy::precondition_failed(req, &self.headers) {
+            return None;
         }
-        h
+        let mut fields = self.headers.clone();
+        fields.push(("Age".into(), age.as_secs().to_string().into_bytes()));
+        if policy::not_modified(req, &self.headers) {
+            fields.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
+            return Some(Answer {
+                status: 304,
+                fields,
+                body: false,
+                ttl: None,
+            });
+        }
+        if self.status == 200 {
+            fields.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-ranges"));
+            fields.push(("Accept-Ranges".into(), b"bytes".to_vec()));
+        }
+        let conditional = req.iter().any(|(k, _)| {
+            crate::http::CONDITIONAL
+                .iter()
+                .any(|c| k.eq_ignore_ascii_case(c))
+        });
+        Some(Answer {
+            status: self.status,
+            fields,
+            body: !crate::http::bodiless(self.status),
+            ttl: self.shown_ttl(age).filter(|_| !conditional),
+        })
     }
 }
 
@@ -328,9 +363,33 @@ mod tests {
         assert!(!o.fresh(at(10), &strict));
         assert_eq!(o.shown_ttl(Duration::from_secs(15)), Some(45));
         assert_eq!(o.shown_ttl(Duration::from_secs(60)), None);
-        let f = o.fields(Duration::from_secs(7));
-        assert_eq!(f[2], ("Age".to_string(), b"7".to_vec()));
-        assert_eq!(f[3], ("Accept-Ranges".to_string(), b"bytes".to_vec()));
+        let a = o.answer(Duration::from_secs(7), &[]).unwrap();
+        assert_eq!((a.status, a.body, a.ttl), (200, true, Some(53)));
+        assert_eq!(a.fields[2], ("Age".to_string(), b"7".to_vec()));
+        assert_eq!(
+            a.fields[3],
+            ("Accept-Ranges".to_string(), b"bytes".to_vec())
+        );
+        let field = |k: &str, v: &str| vec![(k.to_string(), v.as_bytes().to_vec())];
+        // The client has it: 304, no Content-* fields, no body, no ttl.
+        let nm = o
+            .answer(Duration::ZERO, &field("If-None-Match", "\"1\""))
+            .unwrap();
+        assert_eq!((nm.status, nm.body, nm.ttl), (304, false, None));
+        assert!(nm.fields.iter().all(|(k, _)| k != "Content-Type"));
+        assert!(nm.fields.iter().any(|(k, _)| k == "ETag"));
+        // Another tag: the whole answer, but no ttl (as cached grants none then).
+        let other = o
+            .answer(Duration::ZERO, &field("If-None-Match", "\"2\""))
+            .unwrap();
+        assert_eq!((other.status, other.ttl), (200, None));
+        // A failed precondition is cached's to answer (412).
+        assert!(o
+            .answer(Duration::ZERO, &field("If-Match", "\"2\""))
+            .is_none());
+        assert!(o
+            .answer(Duration::ZERO, &field("If-Match", "\"1\""))
+            .is_some());
         let long = Object {
             lifetime: Duration::from_secs(86_400),
             ..object()
@@ -349,13 +408,12 @@ mod tests {
         assert_ne!(k(1, &gz), k(2, &gz), "a new stub hides older variants");
         assert!(answerable("GET", &gz));
         assert!(answerable("HEAD", &[]));
+        assert!(answerable(
+            "GET",
+            &[("If-None-Match".into(), b"x".to_vec())]
+        ));
         assert!(!answerable("POST", &[]));
-        for h in [
-            "Range",
-            "If-None-Match",
-            "Authorization",
-            "if-modified-since",
-        ] {
+        for h in ["Range", "If-Range", "Authorization"] {
             assert!(!answerable("GET", &[(h.to_string(), b"x".to_vec())]), "{h}");
         }
     }

@@ -2,13 +2,13 @@
 //! fresh hit is looked up and pinned here, decided by the same rules `cached` applies
 //! (`common::hit`, `common::cache_policy`), and answered by `respond::arena_hit` straight
 //! from shared memory, with no message to `cached`, which may even be down. Anything else
-//! (not stored, stale, conditionals, ranges, credentials, no pin slot, no arena) goes to
-//! `cached` as before. The arena is opened on first use and again when its owner stopped
+//! (not stored, stale, a failed precondition, ranges, credentials, no pin slot, no arena)
+//! goes to `cached` as before. The arena is opened on first use and again when its owner stopped
 //! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
 
 use common::arena::{Arena, ArenaReader, Lookup, Pinned};
 use common::cache_policy::RequestRules;
-use common::hit::{self, Meta, Object};
+use common::hit::{self, Meta};
 use common::request::Request;
 use common::stats::Counters;
 use common::Names;
@@ -26,10 +26,12 @@ pub struct ArenaView {
     next_try: AtomicU64,
 }
 
-/// A fresh hit: the pinned record (its body stays intact while this lives) and its answer.
+/// A fresh hit: the pinned record (its body stays intact while this lives), the answer it
+/// gives the request, and the site that stored it (for the access log).
 pub struct Hit {
     pub pinned: Pinned,
-    pub object: Object,
+    pub answer: hit::Answer,
+    pub site: String,
 }
 
 impl ArenaView {
@@ -89,7 +91,7 @@ impl ArenaView {
 }
 
 /// The object a request selects (through the `Vary` stub of its URL, if there is one), if
-/// it is fresh for the request.
+/// it is fresh for the request, and what it answers.
 fn find(r: &ArenaReader, counters: &Counters, req: &Request) -> Option<Hit> {
     let key = hit::key(&req.host, &req.target);
     let (pinned, object) = match decoded(r, counters, &key)? {
@@ -115,9 +117,15 @@ fn find(r: &ArenaReader, counters: &Counters, req: &Request) -> Option<Hit> {
             }
         }
     };
-    object
-        .fresh(SystemTime::now(), &RequestRules::of(&req.headers))
-        .then_some(Hit { pinned, object })
+    let now = SystemTime::now();
+    if !object.fresh(now, &RequestRules::of(&req.headers)) {
+        return None;
+    }
+    Some(Hit {
+        answer: object.answer(object.age(now), &req.headers)?,
+        pinned,
+        site: object.site,
+    })
 }
 
 /// The object under `key`, pinned, with its metadata decoded (a corrupt one is counted).
@@ -139,6 +147,7 @@ fn decoded(r: &ArenaReader, counters: &Counters, key: &str) -> Option<(Pinned, M
 mod tests {
     use super::*;
     use common::arena::{ArenaConfig, ArenaOwner};
+    use common::hit::Object;
     use common::request::{parse_head, Limits, Parsed};
     use common::stats::StatsRegion;
     use std::time::Duration;
@@ -202,7 +211,7 @@ mod tests {
             b"plain",
         );
         let h = hit("/o HTTP/1.1|Host: a.test").expect("a fresh object");
-        assert_eq!((body(&h), h.object.site.as_str()), (b"plain".to_vec(), "s"));
+        assert_eq!((body(&h), h.site.as_str()), (b"plain".to_vec(), "s"));
         assert!(
             hit("/o HTTP/1.1|Host: b.test").is_none(),
             "another host's key"
@@ -228,7 +237,13 @@ mod tests {
             hit("/stale HTTP/1.1|Host: a.test").is_none(),
             "stale: cached's"
         );
-        assert!(hit("/o HTTP/1.1|Host: a.test|If-None-Match: \"x\"").is_none());
+        let h = hit("/o HTTP/1.1|Host: a.test|If-None-Match: *").expect("answered here");
+        assert_eq!((h.answer.status, h.answer.body), (304, false));
+        assert!(
+            hit("/o HTTP/1.1|Host: a.test|If-Match: \"x\"").is_none(),
+            "412: cached's"
+        );
+        assert!(hit("/o HTTP/1.1|Host: a.test|Range: bytes=0-1").is_none());
 
         let key = hit::key("a.test", "/v");
         let vary = vec!["x-user".to_string()];

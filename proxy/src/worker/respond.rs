@@ -161,30 +161,33 @@ const COPY_BODY: u64 = 64 << 10;
 /// writes it for a hit, the body from shared memory; returns whether the connection may
 /// continue. The pin is held for the send only.
 pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
-    let Hit { pinned, object } = hit;
+    let Hit {
+        pinned,
+        answer,
+        site,
+    } = hit;
     let outcome = CacheOutcome::Hit;
-    let age = object.age(SystemTime::now());
-    // A 204 or 304 stored has no body and announces none; the length of a HEAD's answer is
-    // one of its fields (before our `Date`): as cached frames them.
-    let framed = !http::bodiless(object.status);
+    // A 204 or 304 has no body and announces none; the length of a HEAD's answer is one of
+    // its fields (before our `Date`): as cached frames them.
+    let framed = answer.body;
     let len = if framed { pinned.body_len() } else { 0 };
     let head_only = req.method == "HEAD";
-    let mut fields = object.fields(age);
+    let mut fields = answer.fields;
     if framed && head_only {
         fields.push(("Content-Length".into(), len.to_string().into_bytes()));
     }
-    let mut h = Head::new(object.status, 256);
+    let mut h = Head::new(answer.status, 256);
     let upstream = h.fields(&fields);
     if framed && !head_only {
         h.field("Content-Length", len);
     }
     h.via();
-    let status = outcome.cache_status(&req.method, 0, object.shown_ttl(age)) + "; detail=arena";
+    let status = outcome.cache_status(&req.method, 0, answer.ttl) + "; detail=arena";
     h.cache(outcome, &status, &upstream);
     h.connection(req.version, req.keep_alive);
     let mut out = h.end();
-    conn.answered(io.counters, object.status, outcome, out.len());
-    conn.reply.site = (!object.site.is_empty()).then(|| Arc::from(object.site.as_str()));
+    conn.answered(io.counters, answer.status, outcome, out.len());
+    conn.reply.site = (!site.is_empty()).then(|| Arc::from(site.as_str()));
     let body = if head_only { 0 } else { len };
     if body >= LARGE_ANSWER as u64 {
         conn.raise_send_buffer();
