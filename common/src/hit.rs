@@ -2,7 +2,8 @@
 //! (`cached`) and its readers (the proxy workers), so both apply the same rules: the arena
 //! keys, the versioned metadata stored beside each body ([`Meta`]: the stored answer's
 //! status, fields and freshness data, or for a URL whose answers vary a stub naming the
-//! request fields they vary on), and which requests a worker may answer from it.
+//! request fields they vary on), which requests a worker may answer from it, and the
+//! answer it gives ([`Object::answer`], as `cached` writes a hit).
 //!
 //! Keys. An object lives under [`key`] (`http://HOST TARGET`, the normalised host the proxy
 //! forwards); a URL whose answer carries `Vary` has a stub there, and each variant lives
