@@ -333,7 +333,7 @@ pub fn stream_heads(data: &[u8]) {
             status: 100 + u16::from(data[1]) * 3,
             body,
             outcome: CacheOutcome::ALL[usize::from(data[2]) % CacheOutcome::ALL.len()],
-            l1_ttl_ms: u32::from(data[3]) << 8,
+            ttl_ms: u32::from(data[3]) << 8,
             upstream_status: u16::from(data[4]),
             site: u16::from(data[5]) << 8 | u16::from(data[3]),
             headers,

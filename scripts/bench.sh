@@ -21,7 +21,6 @@
 #   SHM_CHUNK_SLOTS [2]  SHM_CACHED_THREADS [256]  SHM_CAPACITY [268435456]
 #   SHM_HEURISTIC_TTL_MS [600000] (the peers' 10-minute default for objects without Cache-Control)
 #   SHM_MAX_OBJECT [134217728] (64 MiB objects are stored, as Varnish stores them)
-#   SHM_L1_CAPACITY [16777216] per worker  SHM_L1_MAX_OBJECT [1048576] (the shipped defaults)
 #   SHM_PORT [a free one]  SHM_INSTANCE [bench-PID]  NO_BUILD=1 (use the existing binaries)
 #   PEERS_SH [<repo>/../shared/bench/peers.sh]  KEEP_LOGS=1 (leave the daemons' logs in /tmp)
 # HERD concurrent requests each hold a proxy thread, a segment and a cached thread while the
@@ -66,8 +65,6 @@ SHM_HEURISTIC_TTL_MS=${SHM_HEURISTIC_TTL_MS:-600000}
 SHM_CACHED_THREADS=${SHM_CACHED_THREADS:-256}
 SHM_CAPACITY=${SHM_CAPACITY:-268435456}
 SHM_MAX_OBJECT=${SHM_MAX_OBJECT:-134217728}
-SHM_L1_CAPACITY=${SHM_L1_CAPACITY:-16777216}
-SHM_L1_MAX_OBJECT=${SHM_L1_MAX_OBJECT:-1048576}
 INSTANCE=${SHM_INSTANCE:-bench-$$}
 ORIGIN=http://127.0.0.1:19000
 
@@ -175,8 +172,6 @@ cat > "$T/shmproxy.toml" <<EOF
 instance = "$INSTANCE"
 [proxy]
 chunk_slots = $SHM_CHUNK_SLOTS
-l1_capacity = $SHM_L1_CAPACITY
-l1_max_object_size = $SHM_L1_MAX_OBJECT
 [cached]
 heuristic_ttl_ms = $SHM_HEURISTIC_TTL_MS
 EOF
@@ -305,7 +300,7 @@ ratio_rows() {
     echo
     echo "## shmproxy vs the best peer"
     echo
-    echo "- shmproxy: $SHM_WORKERS workers x $SHM_THREADS threads, $SHM_SEGMENTS x $SHM_SEGMENT_SIZE B segments, $SHM_CHUNK_SLOTS chunk slots, cached $SHM_CACHED_THREADS threads, capacity $SHM_CAPACITY B, max object $SHM_MAX_OBJECT B, L1 $SHM_L1_CAPACITY B per worker (objects up to $SHM_L1_MAX_OBJECT B); commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain -uno 2>/dev/null)" ] && echo ' (+ uncommitted changes)')"
+    echo "- shmproxy: $SHM_WORKERS workers x $SHM_THREADS threads, $SHM_SEGMENTS x $SHM_SEGMENT_SIZE B segments, $SHM_CHUNK_SLOTS chunk slots, cached $SHM_CACHED_THREADS threads, capacity $SHM_CAPACITY B, max object $SHM_MAX_OBJECT B, hits from the shared arena of the same capacity; commit $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && [ -n "$(git status --porcelain -uno 2>/dev/null)" ] && echo ' (+ uncommitted changes)')"
     echo "- ratio = ours / best peer for throughput rows, best peer / ours for latency and wall-time rows (so >= 1 means shmproxy wins)"
     echo
     ratio_rows "$T/peers.md"

@@ -6,15 +6,16 @@
 #
 # Load: ApacheBench (`ab`, package apache2-utils), one `ab -k` per object so the mix covers a
 # small object, one a little over a chunk slot, and one over a whole segment (several chunks).
-# The worker L1 cache is off by default (SOAK_L1=0), so every request crosses the shared-memory
-# pipeline: segment lease, doorbell, cached's L2, chunked handoff. `ab` checks each response's
+# The objects are files of a document root, which the arena does not hold (cached checks them
+# against the disk), so every request crosses the shared-memory pipeline: segment lease,
+# doorbell, cached's cache, chunked handoff. `ab` checks each response's
 # length against the first one (a short or wrong-sized body is a "Failed request").
 #
 # RSS and fds are sampled after a warm-up (so allocator arenas and caches are populated) and
 # at the end; samples every SAMPLE_SECS go to $OUT/samples.csv.
 #
 # Usage: scripts/soak.sh [REQUESTS] [CLIENTS]
-# Env:   NO_BUILD=1 (use existing target/release binaries)  SOAK_L1=0|1  WORKERS [2]
+# Env:   NO_BUILD=1 (use existing target/release binaries)  WORKERS [2]
 #        THREADS [64]  SEGMENTS [128]  SEGMENT_SIZE [262144]  CACHED_THREADS [128]
 #        WARMUP [20000]  SAMPLE_SECS [10]  OUT [/tmp/soak-PID]
 #        RSS_SLACK_KB [16384] growth of any process's RSS above which the run fails
@@ -30,7 +31,6 @@ THREADS=${THREADS:-64}
 SEGMENTS=${SEGMENTS:-128}
 SEGMENT_SIZE=${SEGMENT_SIZE:-262144}
 CACHED_THREADS=${CACHED_THREADS:-128}
-SOAK_L1=${SOAK_L1:-0}
 WARMUP=${WARMUP:-20000}
 SAMPLE_SECS=${SAMPLE_SECS:-10}
 RSS_SLACK_KB=${RSS_SLACK_KB:-16384}
@@ -52,10 +52,8 @@ for o in "${OBJECTS[@]}"; do
     head -c "${o#*:}" /dev/urandom >"$OUT/www/${o%%:*}"
 done
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-L1_CAP=$([ "$SOAK_L1" = 1 ] && echo 16777216 || echo 0)
 cat >"$OUT/soak.toml" <<EOF
 [proxy]
-l1_capacity = $L1_CAP
 EOF
 
 CACHED_PID=""
@@ -111,7 +109,7 @@ p, q = s["pool"], s["proxy"]
 print(f"pool free {p['free']}/{p['segments']} in_use {p['in_use']} quarantined {p['quarantined']}; "
       f"requests {q['requests']} 2xx {q['responses_2xx']} 4xx {q['responses_4xx']} 5xx {q['responses_5xx']} "
       f"worker_restarts {q['worker_restarts']} transfers_aborted {q['transfers_aborted']} "
-      f"pool_acquire_timeouts {q['pool_acquire_timeouts']} l1_hits {q['l1_hits']}")
+      f"pool_acquire_timeouts {q['pool_acquire_timeouts']} arena_hits {q['arena_hits']}")
 EOF
 }
 
@@ -128,7 +126,7 @@ run_ab() { # requests clients -> one ab per object, summary lines in $OUT/ab-*.t
     return $rc
 }
 
-echo "soak.sh: instance $NAME on 127.0.0.1:$PORT, $WORKERS workers × $THREADS threads, pool $SEGMENTS × $SEGMENT_SIZE, L1 $([ "$SOAK_L1" = 1 ] && echo on || echo off); output in $OUT"
+echo "soak.sh: instance $NAME on 127.0.0.1:$PORT, $WORKERS workers × $THREADS threads, pool $SEGMENTS × $SEGMENT_SIZE; output in $OUT"
 sample >"$OUT/launch.txt"
 run_ab "$WARMUP" "$CLIENTS" warmup || true
 sample >"$OUT/start.txt"

@@ -1,6 +1,6 @@
 //! Answers from a stored object, written into the segment: `Age`, the client's
 //! conditionals (`304`/`412`), `Range` (`206`/`416`) over stored bodies and pieces, HEAD,
-//! and the L1 lifetime a worker is granted. Whether the stored object may serve at all was
+//! and the remaining freshness a reusable hit shows. Whether the stored object may serve at all was
 //! decided by `phase`; this module only writes the answer, and fetches nothing.
 
 use crate::ctx::Ctx;
@@ -14,9 +14,6 @@ use common::pool::Lease;
 use common::protocol::RequestHead;
 use std::io;
 use std::time::{Duration, SystemTime};
-
-/// Longest L1 lifetime a worker is granted.
-const L1_MAX_TTL: Duration = Duration::from_secs(3600);
 
 /// What the worker is told of an answer for `site`.
 pub fn meta(site: u16, outcome: CacheOutcome, upstream_status: u16) -> respond::Meta {
@@ -37,7 +34,7 @@ pub fn downstream(ctx: &Ctx, mut headers: Headers) -> Headers {
 }
 
 /// Answers a request from a stored object: `Age`, client conditionals (304/412), `Range`
-/// (206/416), HEAD; grants the worker an L1 lifetime when the answer may be reused as is.
+/// (206/416), HEAD; shows the remaining freshness when the answer may be reused as is.
 pub fn stored(
     ctx: &Ctx,
     lease: &mut Lease,
@@ -48,22 +45,23 @@ pub fn stored(
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();
     let mut headers = downstream(ctx, obj.headers.clone());
-    let l1_ttl = match &obj.validity {
+    let ttl = match &obj.validity {
         Validity::Http {
             lifetime, no_cache, ..
         } => {
             let age = obj.age(now);
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
             headers.push(("Age".into(), age.as_secs().to_string().into_bytes()));
-            // An answer that carries a Set-Cookie is never kept in a worker's L1 unless the
-            // operator chose to share cookies (`set_cookie = "store"`).
+            // An answer that carries a Set-Cookie is not announced as reusable unless the
+            // operator chose to share cookies (`set_cookie = "store"`); `published` grants
+            // the same to the arena's hits.
             let shareable = !no_cache
                 && obj.status == 200
                 && common::http::header(&obj.headers, "vary").is_none()
                 && (ctx.cfg.set_cookie == common::config::SetCookie::Store
                     || common::http::header(&obj.headers, "set-cookie").is_none());
             if shareable {
-                lifetime.saturating_sub(age)
+                common::hit::remaining(*lifetime, age)
             } else {
                 Duration::ZERO
             }
@@ -80,10 +78,10 @@ pub fn stored(
     let conditional = common::http::CONDITIONAL
         .iter()
         .any(|h| req.header(h).is_some());
-    let l1_ms = if conditional || meta.outcome == CacheOutcome::Stale {
+    let ttl_ms = if conditional || meta.outcome == CacheOutcome::Stale {
         0
     } else {
-        l1_ttl.min(L1_MAX_TTL).as_millis() as u32
+        ttl.as_millis() as u32
     };
     if obj.status == 200 {
         // We answer ranges of stored objects ourselves, whatever the origin said.
@@ -118,10 +116,7 @@ pub fn stored(
     respond::full_meta(
         lease,
         obj.status,
-        respond::Meta {
-            l1_ttl_ms: l1_ms,
-            ..meta
-        },
+        respond::Meta { ttl_ms, ..meta },
         headers,
         &obj.body,
         head_only,

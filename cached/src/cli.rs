@@ -21,7 +21,7 @@ Options (each is also a key in the config file; flags win):
   --tls-ca-file FILE      PEM file of extra CA certificates for https:// servers
                           (added to the system's trust store)
   --threads N             worker threads (one transfer each)         [256]
-  --capacity SIZE         LRU capacity                               [256MiB]
+  --capacity SIZE         cache capacity (the LRU and the arena)     [256MiB]
   --max-object-size SIZE  larger objects stream through unstored     [8MiB]
   --set-cookie POLICY     storable answers with Set-Cookie: pass | store | strip [pass]
   --check                 load and validate the configuration (file and flags, the

@@ -4,6 +4,7 @@
 //! the request path below the receiver take it by reference. It calls nothing above it.
 
 use crate::cache::Cache;
+use crate::published::Published;
 use crate::refresh::Refreshes;
 use crate::stored::Stored;
 use crate::upstream::Upstreams;
@@ -33,6 +34,8 @@ pub struct Ctx {
     pub refreshes: Refreshes,
     /// Mapped pools, newest first.
     pools: Mutex<Vec<Arc<Pool>>>,
+    /// The shared arena the workers serve fresh hits from (`None`: every hit comes here).
+    pub arena: Option<Published>,
 }
 
 impl Ctx {
@@ -51,8 +54,16 @@ impl Ctx {
             upstreams,
             refreshes: Refreshes::default(),
             pools: Mutex::new(Vec::new()),
+            arena: None,
             cfg,
         }
+    }
+
+    /// The same, publishing what it stores in the instance's arena (adopted if one is left).
+    pub fn with_arena(mut self) -> Ctx {
+        self.arena = Published::open(&self.names, &self.cfg, self.counters());
+        self.publish_store_gauges();
+        self
     }
 }
 
@@ -68,16 +79,23 @@ impl Ctx {
 
     /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
     pub fn store(&self, primary: &str, req: &RequestHead, obj: Arc<Stored>) {
-        let evicted = self.cache.insert(primary, &req.headers, obj);
+        // Stored here first: requests that come while the arena copy is made are hits here.
+        let ticket = self.arena.as_ref().map(Published::ticket);
+        let evicted = self.cache.insert(primary, &req.headers, Arc::clone(&obj));
         Counters::add(&self.counters().evictions, evicted);
+        if let (Some(a), Some(ticket)) = (&self.arena, ticket) {
+            a.publish(ticket, &self.cfg, primary, req, &obj, self.counters());
+        }
         self.publish_store_gauges();
     }
 
-    /// Drops every variant stored under `primary`; `true` if anything was there.
+    /// Drops every variant stored under `primary`, here and in the arena (every worker
+    /// misses it from now on); `true` if anything was there.
     pub fn remove(&self, primary: &str) -> bool {
+        let published = self.arena.as_ref().is_some_and(|a| a.remove(primary));
         let removed = self.cache.remove_all(primary);
         self.publish_store_gauges();
-        removed
+        removed || published
     }
 
     pub fn publish_store_gauges(&self) {
@@ -85,12 +103,8 @@ impl Ctx {
         // cached has a single stats slot, so its gauges are plain stores.
         self.counters().stored_objects.store(n, Ordering::Relaxed);
         self.counters().stored_bytes.store(bytes, Ordering::Relaxed);
-    }
-
-    /// A stored object was purged or invalidated: every worker drops its L1.
-    pub fn invalidated(&self) {
-        for p in self.pools.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            p.bump_invalidations();
+        if let Some(a) = &self.arena {
+            a.publish_gauges(self.counters());
         }
     }
 

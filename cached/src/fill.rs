@@ -70,10 +70,10 @@ pub fn fetch(
 }
 
 /// After a successful unsafe method: drop the target and its Location/Content-Location
-/// (same site only: a URL on one of its servers, on the client's host, or a path), in L2
-/// and, through the pool's counter, in every L1.
+/// (same site only: a URL on one of its servers, on the client's host, or a path), here
+/// and in the arena.
 fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, site: &SiteUp) {
-    ctx.cache.remove_all(&cache_key(&site.site, req));
+    ctx.remove(&cache_key(&site.site, req));
     let host = req.header("host").unwrap_or_default();
     let client = String::from_utf8_lossy(host);
     let mut bases: Vec<String> = vec![format!("http://{client}"), format!("https://{client}")];
@@ -94,12 +94,10 @@ fn invalidate(ctx: &Ctx, req: &RequestHead, headers: &http::HeaderMap, site: &Si
                 .find_map(|b| v.strip_prefix(b.as_str()))
                 .unwrap_or(v);
             if target.starts_with('/') {
-                ctx.cache.remove_all(&host_key(&site.site, host, target));
+                ctx.remove(&host_key(&site.site, host, target));
             }
         }
     }
-    ctx.invalidated();
-    ctx.publish_store_gauges();
 }
 
 pub fn relay(
@@ -123,7 +121,7 @@ pub fn relay(
     let response_time = SystemTime::now();
     let declared = declared_length(&parts.headers);
     let head_only = req.method == "HEAD";
-    let no_body = head_only || status == 204 || status == 304 || (100..200).contains(&status);
+    let no_body = head_only || common::http::bodiless(status);
     let headers = end_to_end(&parts.headers, head_only);
     if head_only && status == 200 && outcome != CacheOutcome::Pass {
         store::freshen_from_head(ctx, req, &headers, (request_time, response_time));
@@ -169,14 +167,14 @@ pub fn relay(
         l.head(status, answer::downstream(ctx, shared.clone()), framing);
     }
     let initial_age = policy::initial_age(&headers, request_time, response_time);
-    let l1_ttl = match &storable {
+    let ttl = match &storable {
         // Our answer keeps fields the shared copy lacks (a Set-Cookie, qualified fields):
-        // a worker's L1 must not give it to others.
+        // it is not announced as reusable by others.
         Some(s) if !s.strip.is_empty() || shared.len() != headers.len() => Duration::ZERO,
         Some(s)
             if !s.no_cache && status == 200 && common::http::header(&headers, "vary").is_none() =>
         {
-            s.lifetime.saturating_sub(initial_age)
+            common::hit::remaining(s.lifetime, initial_age)
         }
         _ => Duration::ZERO,
     };
@@ -188,7 +186,7 @@ pub fn relay(
     // Our own client may go away; as long as others follow the fill we keep fetching.
     let meta = respond::Meta {
         outcome,
-        l1_ttl_ms: l1_ttl.as_millis().min(3_600_000) as u32,
+        ttl_ms: ttl.as_millis() as u32,
         upstream_status: status,
         site,
     };

@@ -13,6 +13,7 @@ mod ctx;
 mod error;
 mod fill;
 mod phase;
+mod published;
 mod receiver;
 mod refresh;
 mod respond;

@@ -75,7 +75,7 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
         .as_ref()
         .map(|u| upstream::health::start(u, &shutdown))
         .unwrap_or_default();
-    let ctx = Arc::new(Ctx::new(cfg, names, stats, root, upstreams));
+    let ctx = Arc::new(Ctx::new(cfg, names, stats, root, upstreams).with_arena());
     let refreshers = start_refreshers(&ctx, &shutdown)?;
     let queue = Arc::new(queue);
     // Two threads wait on the queue and hand each doorbell to an idle worker thread: a

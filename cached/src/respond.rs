@@ -15,8 +15,8 @@ use common::http::Headers;
 #[derive(Clone, Copy, Debug)]
 pub struct Meta {
     pub outcome: CacheOutcome,
-    /// How long the worker may keep the answer in its L1 (0: not at all).
-    pub l1_ttl_ms: u32,
+    /// The remaining freshness its `Cache-Status` shows (0: none; see `ResponseHead`).
+    pub ttl_ms: u32,
     /// The origin's status when it took part in the answer (0: it did not).
     pub upstream_status: u16,
     /// Row of the site that answered in the stats region's site table ([`NO_SITE`]: none);
@@ -28,7 +28,7 @@ impl Meta {
     pub fn of(outcome: CacheOutcome) -> Meta {
         Meta {
             outcome,
-            l1_ttl_ms: 0,
+            ttl_ms: 0,
             upstream_status: 0,
             site: NO_SITE,
         }
@@ -46,7 +46,7 @@ pub fn head(
         status,
         body,
         outcome: meta.outcome,
-        l1_ttl_ms: meta.l1_ttl_ms,
+        ttl_ms: meta.ttl_ms,
         upstream_status: meta.upstream_status,
         site: meta.site,
         headers,
@@ -75,7 +75,7 @@ pub fn full_meta(
     body: &[u8],
     head_only: bool,
 ) -> io::Result<()> {
-    let no_body = status == 304 || status == 204 || (100..200).contains(&status);
+    let no_body = common::http::bodiless(status);
     let framing = if head_only {
         if !no_body {
             headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));

@@ -42,7 +42,7 @@ pub fn serve(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     }
 }
 
-/// `PURGE`: drops every stored variant of the request target, here and in every L1, and with
+/// `PURGE`: drops every stored variant of the request target, here and in the arena, and with
 /// `cached.purge_forward` at the origin too (200 when either had it).
 pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
@@ -54,7 +54,6 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     // The origin first: a miss here between the two would refill from its old copy.
     let upstream_had = ctx.cfg.purge_forward && forward_purge(ctx, &req);
     let removed = key.is_some_and(|k| ctx.remove(&k)) | upstream_had;
-    ctx.invalidated();
     if removed {
         respond::full(
             lease,

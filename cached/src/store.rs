@@ -173,7 +173,7 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
 
 /// A `200` to a `HEAD` we sent (RFC 9111 §4.3.5): the stored `GET` answer the request
 /// would have been served updates its fields from it when the validators match (as a 304
-/// would), and is dropped (here and in every L1) when they differ.
+/// would), and is dropped (here and in the arena) when they differ.
 pub fn freshen_from_head(
     ctx: &Ctx,
     req: &RequestHead,
@@ -190,7 +190,6 @@ pub fn freshen_from_head(
         store_refreshed(ctx, &primary, req, &obj, merged, head, times);
     } else {
         ctx.remove(&primary);
-        ctx.invalidated();
     }
 }
 

@@ -170,7 +170,7 @@ fn cached_side(names: &Names, object: usize, parent: Pid) -> i32 {
             status: 200,
             body: BodyLen::Exact(payload.len() as u64),
             outcome: common::http::CacheOutcome::Hit,
-            l1_ttl_ms: 0,
+            ttl_ms: 0,
             upstream_status: 0,
             site: common::stats::NO_SITE,
             headers: vec![("Content-Type".into(), b"application/octet-stream".to_vec())],

@@ -112,11 +112,6 @@ const ABANDONED: u32 = 4;
 const PAD: u32 = 5;
 const ACCESSED: u32 = 1;
 
-/// The arena's name for an instance (`/<instance>.arena`).
-pub fn arena_name(names: &Names) -> String {
-    format!("/{}.arena", names.instance)
-}
-
 fn pack(offset: u64, generation: u64) -> u64 {
     ((generation & 0xffff_ffff) << 32) | (offset / ALIGN)
 }
@@ -251,7 +246,7 @@ impl ArenaConfig {
         if self.capacity / ALIGN > u64::from(u32::MAX) {
             return Err("capacity above 256 GiB");
         }
-        if self.index_entries == 0 || self.index_entries % WAYS as u32 != 0 {
+        if self.index_entries == 0 || self.index_entries % (WAYS as u32) != 0 {
             return Err("index entries must be a positive multiple of 8");
         }
         if !(1..=MAX_PIN_ROWS).contains(&self.pin_rows)
@@ -687,7 +682,7 @@ pub struct Arena {
 impl Arena {
     /// Opens the published arena of `names` (a worker, or the master).
     pub fn open(names: &Names) -> Result<Arena, ShmError> {
-        let region = ShmRegion::open(&arena_name(names), ARENA_MAGIC, ARENA_VERSION)?;
+        let region = ShmRegion::open(&names.arena, ARENA_MAGIC, ARENA_VERSION)?;
         Ok(Arena {
             map: Arc::new(Map::from_region(region)?),
         })
@@ -1135,7 +1130,7 @@ pub struct ArenaOwner {
 impl ArenaOwner {
     /// Adopts the arena a previous owner left (validating it), or creates a new one.
     pub fn open_or_adopt(names: &Names, cfg: ArenaConfig) -> Result<(ArenaOwner, Start), ShmError> {
-        let name = arena_name(names);
+        let name = names.arena.clone();
         if let Err(why) = cfg.check() {
             return Err(ShmError::Invalid {
                 name,

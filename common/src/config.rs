@@ -106,10 +106,6 @@ pub struct ProxyConfig {
     pub max_body_bytes: u64,
     /// Most open client connections per worker.
     pub max_connections: usize,
-    /// Bytes of each worker's L1 cache of hot small objects (0 disables it).
-    pub l1_capacity: u64,
-    /// Largest object a worker keeps in its L1.
-    pub l1_max_object_size: u64,
     /// Access log file; `None` (key absent or "") writes none. Relative paths start at the
     /// working directory.
     pub access_log: Option<PathBuf>,
@@ -820,8 +816,6 @@ impl ProxyConfig {
             max_headers: d.int("proxy.max_headers")? as usize,
             max_body_bytes: d.int("proxy.max_body_bytes")?,
             max_connections: d.int("proxy.max_connections")? as usize,
-            l1_capacity: d.int("proxy.l1_capacity")?,
-            l1_max_object_size: d.int("proxy.l1_max_object_size")?,
             access_log: d
                 .opt_str("proxy.access_log")?
                 .filter(|s| !s.is_empty())
@@ -1380,6 +1374,8 @@ mod tests {
             ("[proxy]\nsegmnts = 8\n", "FILE:2:1: proxy.segmnts: unknown key (did you mean segments?)"),
             ("instanse = \"a\"\n", "FILE:1:1: instanse: unknown key (did you mean instance?)"),
             ("[proxi]\n", "FILE:1:2: proxi: unknown key (did you mean proxy?)"),
+            ("[proxy]\nl1_capacity = 0\n", "FILE:2:1: proxy.l1_capacity: retired: hits are served from the shared arena sized by cached.capacity"),
+            ("[proxy]\nl1_max_object_size = 1\n", "FILE:2:1: proxy.l1_max_object_size: retired: the shared arena stores objects up to cached.max_object_size"),
             ("[proxy]\ncapacity = 1\n", "FILE:2:1: proxy.capacity: unknown key (cached.capacity is a key of [cached])"),
             ("[proxy]\nfrobnicate = 1\n", "FILE:2:1: proxy.frobnicate: unknown key"),
             ("proxy = 3\n", "FILE:1:9: proxy: expected a table, got 3"),

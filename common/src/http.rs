@@ -21,6 +21,12 @@ pub const HOP_BY_HOP: &[&str] = &[
 /// Request fields that make a GET conditional or partial: answers to such requests depend
 /// on more than the stored object (a worker's L1 leaves them to cached, which never grants
 /// them an L1 lifetime).
+/// Whether an answer of `status` never has a body (RFC 9110 §6.4.1: 1xx, 204, 304), so it
+/// carries no `Content-Length` either.
+pub fn bodiless(status: u16) -> bool {
+    status == 204 || status == 304 || (100..200).contains(&status)
+}
+
 pub const CONDITIONAL: &[&str] = &[
     "range",
     "if-match",

@@ -1,6 +1,6 @@
 //! Code shared by the `proxy` and `cached` daemons: configuration, IPC names, the wire
 //! protocol, the shared-memory segment pool with its chunked semaphore handoff, the doorbell
-//! message queue, the cache arena, fd passing, the stats regions, the client request parser,
+//! message queue, the cache arena and what a hit served from it needs (`hit`), fd passing, the stats regions, the client request parser,
 //! HTTP helpers and the HTTP caching rules (`cache_policy`), a cost-bounded LRU, process
 //! helpers, signal dispositions, thread supervision, the logger and systemd readiness
 //! notifications.
@@ -15,6 +15,7 @@ pub mod arena;
 pub mod cache_policy;
 pub mod config;
 pub mod fdpass;
+pub mod hit;
 pub mod http;
 pub mod logger;
 pub mod lru;

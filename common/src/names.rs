@@ -14,6 +14,8 @@ pub struct Names {
     pub stats_proxy: String,
     /// Counters of `cached`.
     pub stats_cached: String,
+    /// The cache arena, created by `cached`, read by the proxy workers.
+    pub arena: String,
 }
 
 impl Names {
@@ -24,6 +26,7 @@ impl Names {
             pool: format!("/{instance}.pool"),
             stats_proxy: format!("/{instance}.stats.proxy"),
             stats_cached: format!("/{instance}.stats.cached"),
+            arena: format!("/{instance}.arena"),
         }
     }
 }
@@ -47,6 +50,7 @@ mod tests {
         assert_eq!(n.pool, "/t1.pool");
         assert_eq!(n.stats_proxy, "/t1.stats.proxy");
         assert_eq!(n.stats_cached, "/t1.stats.cached");
+        assert_eq!(n.arena, "/t1.arena");
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 pub const POOL_MAGIC: u32 = u32::from_le_bytes(*b"SHPL");
-pub const POOL_VERSION: u32 = 3;
+pub const POOL_VERSION: u32 = 4;
 pub const MAX_SLOTS: usize = 8;
 pub const MIN_SEGMENT_SIZE: usize = 1024;
 pub const MAX_SEGMENT_SIZE: usize = 64 << 20;
@@ -82,9 +82,6 @@ struct PoolHeader {
     data_offset: AtomicU64,
     next_hint: AtomicU32,
     _pad: AtomicU32,
-    /// Bumped by `cached` whenever a stored object is purged or invalidated; workers drop
-    /// their L1 when it moves.
-    invalidations: AtomicU64,
     /// Counts free segments.
     free: SharedSem,
 }
@@ -335,17 +332,6 @@ impl Pool {
     /// The master that created the pool.
     pub fn owner(&self) -> ProcId {
         self.region.header().owner()
-    }
-
-    /// `cached`: a stored object was purged or invalidated.
-    pub fn bump_invalidations(&self) {
-        // ORDERING: Release: the removal from L2 happens before a worker sees the new value.
-        self.header().invalidations.fetch_add(1, Ordering::Release);
-    }
-
-    pub fn invalidations(&self) -> u64 {
-        // ORDERING: Acquire pairs with the Release in `bump_invalidations`.
-        self.header().invalidations.load(Ordering::Acquire)
     }
 
     /// Hands the name to a successor master (our mapping stays valid for our workers).
@@ -911,9 +897,8 @@ mod tests {
         assert_eq!(offset_of!(PoolHeader, segment_size), 48);
         assert_eq!(offset_of!(PoolHeader, data_offset), 56);
         assert_eq!(offset_of!(PoolHeader, next_hint), 64);
-        assert_eq!(offset_of!(PoolHeader, invalidations), 72);
-        assert_eq!(offset_of!(PoolHeader, free), 80);
-        assert_eq!(size_of::<PoolHeader>(), 112);
+        assert_eq!(offset_of!(PoolHeader, free), 72);
+        assert_eq!(size_of::<PoolHeader>(), 104);
         assert_eq!(offset_of!(SegmentHeader, state), 0);
         assert_eq!(offset_of!(SegmentHeader, request_id), 8);
         assert_eq!(offset_of!(SegmentHeader, cached_pid), 16);

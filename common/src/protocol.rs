@@ -144,10 +144,10 @@ pub struct ResponseHead {
     pub body: BodyLen,
     /// How cached produced the answer: the value of `X-Cache`.
     pub outcome: CacheOutcome,
-    /// How long a worker may answer this from its L1 (0: never). Set only for complete,
-    /// shareable, fresh answers without `Vary`; the worker also drops its L1 whenever the
-    /// pool's invalidation counter moves.
-    pub l1_ttl_ms: u32,
+    /// The remaining freshness of a hit everyone may reuse as it is, which its
+    /// `Cache-Status` shows as `ttl=` (0: none shown). Set only for complete, shareable,
+    /// fresh answers without `Vary`.
+    pub ttl_ms: u32,
     /// The origin's status when the origin took part in this answer (0: it did not).
     pub upstream_status: u16,
     /// Row of the site that answered in cached's table of sites (`stats::NO_SITE`: none, as
@@ -156,22 +156,24 @@ pub struct ResponseHead {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
-struct Enc(Vec<u8>);
+/// The little-endian, length-prefixed encoding of the wire messages (also of the arena's
+/// metadata, `hit`).
+pub(crate) struct Enc(pub(crate) Vec<u8>);
 
 impl Enc {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v)
     }
-    fn u16(&mut self, v: u16) {
+    pub(crate) fn u16(&mut self, v: u16) {
         self.0.extend_from_slice(&v.to_le_bytes())
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes())
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes())
     }
-    fn bytes(&mut self, v: &[u8]) {
+    pub(crate) fn bytes(&mut self, v: &[u8]) {
         self.u32(v.len() as u32);
         self.0.extend_from_slice(v)
     }
@@ -191,7 +193,7 @@ impl Enc {
             }
         }
     }
-    fn headers(&mut self, h: &[(String, Vec<u8>)]) {
+    pub(crate) fn headers(&mut self, h: &[(String, Vec<u8>)]) {
         self.u32(h.len() as u32);
         for (k, v) in h {
             self.bytes(k.as_bytes());
@@ -207,10 +209,10 @@ impl Enc {
     }
 }
 
-struct Dec<'a>(&'a [u8]);
+pub(crate) struct Dec<'a>(pub(crate) &'a [u8]);
 
 impl<'a> Dec<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
             return Err(DecodeError::Truncated);
         }
@@ -218,23 +220,23 @@ impl<'a> Dec<'a> {
         self.0 = b;
         Ok(a)
     }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.take(1)?[0])
     }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.take(2)?.try_into().unwrap()))
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
     }
-    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u32()? as usize;
         self.take(n)
     }
-    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         String::from_utf8(self.bytes()?.to_vec()).map_err(|_| DecodeError::BadField(what))
     }
     fn body(&mut self) -> Result<BodyLen, DecodeError> {
@@ -252,7 +254,7 @@ impl<'a> Dec<'a> {
         let v = self.u8()?;
         CacheOutcome::from_wire(v).ok_or(DecodeError::BadOutcome(v))
     }
-    fn headers(&mut self) -> Result<Vec<(String, Vec<u8>)>, DecodeError> {
+    pub(crate) fn headers(&mut self) -> Result<Vec<(String, Vec<u8>)>, DecodeError> {
         let n = self.u32()? as usize;
         // Each header needs at least 8 bytes: bound the allocation by what is there.
         if n > self.0.len() / 8 {
@@ -265,7 +267,7 @@ impl<'a> Dec<'a> {
         }
         Ok(h)
     }
-    fn end(&self) -> Result<(), DecodeError> {
+    pub(crate) fn end(&self) -> Result<(), DecodeError> {
         if self.0.is_empty() {
             Ok(())
         } else {
@@ -354,7 +356,7 @@ impl ResponseHead {
         e.u16(self.status);
         e.body(self.body);
         e.u8(self.outcome.wire());
-        e.u32(self.l1_ttl_ms);
+        e.u32(self.ttl_ms);
         e.u16(self.upstream_status);
         e.u16(self.site);
         e.headers(&self.headers);
@@ -371,7 +373,7 @@ impl ResponseHead {
             status,
             body: d.body()?,
             outcome: d.outcome()?,
-            l1_ttl_ms: d.u32()?,
+            ttl_ms: d.u32()?,
             upstream_status: d.u16()?,
             site: d.u16()?,
             headers: d.headers()?,
@@ -463,13 +465,13 @@ mod tests {
             status: 200,
             body: BodyLen::Unknown,
             outcome: CacheOutcome::Miss,
-            l1_ttl_ms: 5,
+            ttl_ms: 5,
             upstream_status: 304,
             site: 0x0102,
             headers: vec![("ETag".into(), b"\"x\"".to_vec())],
         };
         let b = resp.encode();
-        // Pinned: length, status, framing (9), outcome, l1_ttl_ms, upstream_status, site.
+        // Pinned: length, status, framing (9), outcome, ttl_ms, upstream_status, site.
         assert_eq!(&b[4..6], &200u16.to_le_bytes());
         assert_eq!(&b[16..20], &5u32.to_le_bytes());
         assert_eq!(&b[20..22], &304u16.to_le_bytes());
@@ -488,7 +490,7 @@ mod tests {
             status: 200,
             body: BodyLen::None,
             outcome: CacheOutcome::Hit,
-            l1_ttl_ms: 0,
+            ttl_ms: 0,
             upstream_status: 0,
             site: 0,
             headers: Vec::new(),

@@ -447,6 +447,19 @@ impl Master {
             .store(self.waiting.len() as u64, Ordering::Relaxed);
     }
 
+    /// Releases the arena pins of the reaped worker `pid` (one killed while it sent hits
+    /// holds some), so `cached` may reuse their space. Mapping the arena opens a shared
+    /// memory object and starts no thread: safe in the single-threaded master.
+    fn release_pins(&self, pid: Pid) {
+        if let Ok(arena) = common::arena::Arena::open(&self.shared.names) {
+            let released = arena.release_worker(pid.as_raw() as u32);
+            Counters::add(
+                &self.shared.stats.slot(0).arena_pins_released,
+                u64::from(released),
+            );
+        }
+    }
+
     /// Reaps dead workers: reclaims their segments and schedules a replacement (backoff
     /// doubles while workers die within a second of starting, up to 5 s). Retired workers
     /// that finished draining are reaped here too.
@@ -462,6 +475,7 @@ impl Master {
                 &self.shared.stats.slot(0).segments_reclaimed,
                 u64::from(reclaimed),
             );
+            self.release_pins(pid);
             if let Some(k) = self.retiring.iter().position(|p| *p == pid) {
                 self.retiring.swap_remove(k);
                 log::debug!("retired worker pid {pid} finished draining");
@@ -606,6 +620,7 @@ impl Master {
             let _ = kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
             self.shared.pool.reclaim_worker(pid.as_raw() as u32);
+            self.release_pins(pid);
         }
     }
 }

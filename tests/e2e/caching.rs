@@ -1,6 +1,6 @@
 //! HTTP caching (issue 3): storage rules, freshness, validation, Vary, Range, invalidation,
-//! purge, request collapsing with stream-through, pass-through of large objects, the
-//! per-worker L1, disk revalidation and `X-Cache`. Each test scripts the in-process origin
+//! purge, request collapsing with stream-through, pass-through of large objects, hits from
+//! the shared arena, disk revalidation and `X-Cache`. Each test scripts the in-process origin
 //! and counts the requests it receives.
 
 use crate::origin::{Framing, Origin, Route};
@@ -619,7 +619,7 @@ fn peak_rss_kib(pid: i32) -> u64 {
 }
 
 #[test]
-fn hot_objects_come_from_the_workers_l1_within_their_lifetime() {
+fn hot_objects_come_from_the_arena_within_their_lifetime() {
     with_deadline(LIMIT, || {
         let origin = Origin::start();
         let inst = Instance::builder().origin(&origin.url()).workers(1).start();
@@ -629,17 +629,28 @@ fn hot_objects_come_from_the_workers_l1_within_their_lifetime() {
         );
         let mut c = inst.conn();
         assert_eq!(x_cache(&c.get("/hot")), "MISS");
-        let before = counter(&inst, "proxy", "l1_hits");
+        // cached publishes it in the arena right after it answered.
+        shmproxy_tests::harness::poll_until(Duration::from_secs(5), "/hot in the arena", || {
+            let r = c.get("/hot");
+            r.header("cache-status")
+                .is_some_and(|s| s.ends_with("; detail=arena"))
+                .then_some(())
+        });
+        let before = counter(&inst, "proxy", "arena_hits");
         for _ in 0..20 {
             let r = c.get("/hot");
             assert_eq!(
                 (r.body.as_slice(), x_cache(&r).as_str()),
                 (&b"hot"[..], "HIT")
             );
+            assert!(r
+                .header("cache-status")
+                .unwrap()
+                .ends_with("; detail=arena"));
         }
         assert!(
-            counter(&inst, "proxy", "l1_hits") >= before + 20,
-            "answered by the L1"
+            counter(&inst, "proxy", "arena_hits") >= before + 20,
+            "answered from the arena"
         );
         assert_eq!(
             counter(&inst, "cached", "l2_hits"),
@@ -650,7 +661,7 @@ fn hot_objects_come_from_the_workers_l1_within_their_lifetime() {
         thread::sleep(Duration::from_millis(2200));
         c.get("/hot");
         assert_eq!(origin.count("/hot"), 2);
-        // Purges reach the L1.
+        // Purges reach the arena.
         let p = client::fetch(inst.addr(), "PURGE", "/hot", &[], b"");
         assert_eq!(p.status, 200);
         c.get("/hot");

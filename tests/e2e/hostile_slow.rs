@@ -181,21 +181,21 @@ fn slow_peers_vs_hits(sc: Scale) {
             "/big",
             Route::ok(pattern(BIG, 7)).header(max_age.0, max_age.1),
         );
-        // One object the workers keep in their L1, one that always goes through a segment.
+        // One object the workers answer from the arena, one whose requests always go through a
+        // segment to cached (they carry a condition only cached evaluates).
         origin.route(
-            "/hit-l1",
+            "/hit-arena",
             Route::ok(pattern(1024, 1)).header(max_age.0, max_age.1),
         );
         origin.route(
-            "/hit-l2",
+            "/hit-cached",
             Route::ok(pattern(8192, 2)).header(max_age.0, max_age.1),
         );
         let dir = tempfile::tempdir().unwrap();
         let cfg = config_file(
             dir.path(),
             &format!(
-                "[proxy]\nmin_send_rate = 100000\nmin_recv_rate = 1000\nmin_rate_grace_ms = 2000\n\
-                 l1_max_object_size = 4096\n{}",
+                "[proxy]\nmin_send_rate = 100000\nmin_recv_rate = 1000\nmin_rate_grace_ms = 2000\n{}",
                 sc.wait_threads
                     .map_or(String::new(), |n| format!("client_wait_threads = {n}\n"))
             ),
@@ -212,12 +212,12 @@ fn slow_peers_vs_hits(sc: Scale) {
             .proxy_arg(cfg.to_str().unwrap())
             .start();
         let addr = inst.addr();
-        // Fill the L2 with all three, and the L1 of both workers.
+        // Store all three.
         let r = client::get(addr, "/big");
         assert_eq!((r.status, r.body.len()), (200, BIG), "{}", r.describe());
         for _ in 0..8 {
-            assert_eq!(client::get(addr, "/hit-l1").status, 200);
-            assert_eq!(client::get(addr, "/hit-l2").status, 200);
+            assert_eq!(client::get(addr, "/hit-arena").status, 200);
+            assert_eq!(client::get(addr, "/hit-cached").status, 200);
         }
         let ended = |inst: &Instance| {
             proxy_counter(inst, "slow_client_closed") + proxy_counter(inst, "slow_client_refused")
@@ -246,14 +246,20 @@ fn slow_peers_vs_hits(sc: Scale) {
         let t0 = Instant::now();
         let mut i = 0;
         while t0.elapsed() < Duration::from_millis(2000) {
-            let target = if i % 2 == 0 { "/hit-l1" } else { "/hit-l2" };
+            let (target, extra) = if i % 2 == 0 {
+                ("/hit-arena", "")
+            } else {
+                ("/hit-cached", "If-None-Match: \"other\"\r\n")
+            };
             i += 1;
             let t = Instant::now();
             let mut c = Conn::connect(addr);
             c.set_read_timeout(Duration::from_secs(3));
             c.send(
-                format!("GET {target} HTTP/1.1\r\nHost: e2e.test\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+                format!(
+                    "GET {target} HTTP/1.1\r\nHost: e2e.test\r\n{extra}Connection: close\r\n\r\n"
+                )
+                .as_bytes(),
             );
             let r = c.read_response(Expect::Body);
             let took = t.elapsed();
@@ -325,7 +331,7 @@ fn slow_peers_vs_hits(sc: Scale) {
             );
             thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(client::get(addr, "/hit-l2").status, 200);
+        assert_eq!(client::get(addr, "/hit-cached").status, 200);
     });
 }
 

@@ -145,13 +145,13 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
             "/hot",
             Route::ok(b"hot\n".to_vec()).header("Cache-Control", "max-age=60"),
         );
-        // Small enough for the worker's L1 (1 MiB by default).
+        // Stored, so the worker answers it from the arena.
         origin.route(
             "/mid",
             Route::ok(pattern(1 << 20, 8)).header("Cache-Control", "max-age=60"),
         );
         // One worker, one poller, and just enough threads for the blocked requests (one
-        // more stalled client, on L1 hits) plus two.
+        // more stalled client, on arena hits) plus two.
         let inst = Instance::builder()
             .origin(&origin.url())
             .workers(1)
@@ -177,22 +177,22 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
                 s
             })
             .collect();
-        // And one that pipelines L1 hits of 1 MiB and never reads: its thread writes whole
+        // And one that pipelines arena hits of 1 MiB and never reads: its thread writes whole
         // answers until the socket is full, then must hand its turn on before it waits.
-        let l1_hits = || inst.stats()["proxy"]["l1_hits"].as_u64().unwrap();
-        let hits_before = l1_hits();
-        let mut stalled_l1 = TcpStream::connect(addr).unwrap();
+        let arena_hits = || inst.stats()["proxy"]["arena_hits"].as_u64().unwrap();
+        let hits_before = arena_hits();
+        let mut stalled_hits = TcpStream::connect(addr).unwrap();
         let pipelined: Vec<u8> = (0..32)
             .flat_map(|_| request_bytes("GET", "/mid", &[], b""))
             .collect();
-        stalled_l1.write_all(&pipelined).unwrap();
+        stalled_hits.write_all(&pipelined).unwrap();
         poll_until(Duration::from_secs(5), "the first pipelined hits", || {
-            (l1_hits() - hits_before >= 2).then_some(())
+            (arena_hits() - hits_before >= 2).then_some(())
         });
         // The subject: given time, a thread that does not wait on the full socket would answer
         // all 32.
         thread::sleep(Duration::from_millis(300));
-        let answered = l1_hits() - hits_before;
+        let answered = arena_hits() - hits_before;
         assert!(
             (2..32).contains(&answered),
             "{answered} of the 32 pipelined 1 MiB hits were answered to a client that reads \
@@ -226,7 +226,7 @@ fn requests_waiting_on_the_origin_or_on_clients_do_not_hold_up_others() {
             assert_eq!(h.join().unwrap(), 200, "slow request");
         }
         drop(stalled);
-        drop(stalled_l1);
+        drop(stalled_hits);
     });
 }
 

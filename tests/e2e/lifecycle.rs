@@ -26,7 +26,7 @@ fn site(tag: &str) -> tempfile::TempDir {
     root
 }
 
-/// A path no test has requested yet: neither L1 nor L2 can hold an answer for it.
+/// A path no test has requested yet: nothing can hold an answer for it.
 fn unique(prefix: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     format!("/{prefix}-{}.txt", N.fetch_add(1, Ordering::Relaxed))

@@ -11,6 +11,7 @@ mod origin;
 mod tls;
 
 mod accesslog;
+mod arena;
 mod badinput;
 mod bodies;
 mod caching;

@@ -25,7 +25,7 @@ fn expected(daemon: &str, sig: i32) -> Option<&'static str> {
     }
 }
 
-/// A request that needs both daemons: a file neither has served yet (no L1 or L2 hit).
+/// A request that needs both daemons: a file neither has served yet (no hit anywhere).
 #[track_caller]
 fn assert_serving(inst: &Instance, round: usize, what: &str) {
     let body = format!("round {round}");

@@ -598,10 +598,11 @@ impl Chaos<'_> {
 // Monitor and progress
 // ---------------------------------------------------------------------------------------------
 
-/// Lists `/dev/shm` every [`SHM_POLL`] (only the instance's three objects may exist) and
+/// Lists `/dev/shm` every [`SHM_POLL`] (only the instance's four objects may exist) and
 /// refreshes the progress line, until `stop`.
 fn monitor(instance: &str, kills: u64, tally: &Tally, stop: &AtomicBool, start: Instant) {
-    let allowed = [".pool", ".stats.proxy", ".stats.cached"].map(|s| format!("{instance}{s}"));
+    let allowed =
+        [".arena", ".pool", ".stats.proxy", ".stats.cached"].map(|s| format!("{instance}{s}"));
     let every = Duration::from_millis(250);
     let mut progress = Progress::new(Some(kills), "kills");
     let mut next = Instant::now() + every;
@@ -841,7 +842,7 @@ fn settle_and_stop(
             _ => {}
         }
         let names = harness::shm_objects(instance);
-        let expected: Vec<String> = [".pool", ".stats.cached", ".stats.proxy"]
+        let expected: Vec<String> = [".arena", ".pool", ".stats.cached", ".stats.proxy"]
             .iter()
             .map(|s| format!("{instance}{s}"))
             .collect();

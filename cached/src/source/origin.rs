@@ -32,10 +32,11 @@ pub fn cache_key(site: &Site, req: &RequestHead) -> String {
 }
 
 pub fn host_key(site: &Site, host: &[u8], target: &str) -> String {
+    // Past the site's name, the arena's key of the same answer (`published` splits it).
     format!(
-        "{} http://{}{target}",
+        "{} {}",
         site.name,
-        String::from_utf8_lossy(host)
+        common::hit::key(&String::from_utf8_lossy(host), target)
     )
 }
 

@@ -91,6 +91,19 @@ const fn ms(lo: u64, hi: u64) -> Ty {
     Ty::Ms { lo, hi }
 }
 
+/// Keys that existed once, with what replaced them: a file that still sets one is refused
+/// with this message (`FILE:LINE:COL: KEY: MESSAGE`), not as an unknown key.
+pub const RETIRED: &[(&str, &str)] = &[
+    (
+        "proxy.l1_capacity",
+        "retired: hits are served from the shared arena sized by cached.capacity",
+    ),
+    (
+        "proxy.l1_max_object_size",
+        "retired: the shared arena stores objects up to cached.max_object_size",
+    ),
+];
+
 /// Every key both daemons know, with its default.
 pub const KEYS: &[Key] = &[
     key("instance", Ty::Str, Some("\"shmproxy\"")),
@@ -132,8 +145,6 @@ pub const KEYS: &[Key] = &[
     key("proxy.max_headers", int(8, 1000), Some("100")),
     key("proxy.max_body_bytes", size(0, MAX), Some("1073741824")),
     key("proxy.max_connections", int(1, 1 << 20), Some("10000")),
-    key("proxy.l1_capacity", size(0, MAX), Some("16777216")),
-    key("proxy.l1_max_object_size", size(0, MAX), Some("1048576")),
     key("proxy.access_log", Ty::Str, None),
     key("proxy.access_log_format", Ty::Str, Some("\"combined\"")),
     key("proxy.access_log_max_bytes", size(0, MAX), Some("0")),
@@ -659,6 +670,13 @@ impl Doc {
         for (k, item) in t.iter() {
             let full = join(prefix, k);
             let key_at = t.key(k).and_then(|k| k.span()).map_or(0, |s| s.start);
+            if let Some((_, why)) = RETIRED.iter().find(|(k, _)| *k == full) {
+                return Err(ConfigError(format!(
+                    "{}{}: {full}: {why}",
+                    self.name,
+                    self.line_col(key_at)
+                )));
+            }
             let Some(def) = lookup(&full) else {
                 return Err(ConfigError(format!(
                     "{}{}: {full}: unknown key{}",

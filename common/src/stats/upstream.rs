@@ -161,8 +161,8 @@ macro_rules! row_fields {
 }
 
 row_fields! {
-    /// One site: its name and what cached answered for it. L1 hits of the proxy's workers
-    /// are not here (they never reach cached): they are the proxy's `l1_hits`.
+    /// One site: its name and what cached answered for it. Arena hits of the proxy's workers
+    /// are not here (they never reach cached): they are the proxy's `arena_hits`.
     SiteRow, SITE_FIELDS,
     {
         /// Sequence word of `name` (module table).

@@ -1,14 +1,13 @@
 //! The exchange with `cached` for one request: lease a segment, ring the doorbell, write
 //! the request head and body into the segment, then stream the answer to the client chunk
-//! by chunk (and keep a copy for the L1 when cached allows it). Every failure is a
-//! [`FetchError`] for `route` to answer: before the first response byte a clear status
-//! (503 cached absent or pool exhausted, 504 cached too slow, 502 bad answer); after it the
-//! connection closes, so a client never mistakes a short body for a whole one.
+//! by chunk. Every failure is a [`FetchError`] for `route` to answer: before the first
+//! response byte a clear status (503 cached absent or pool exhausted, 504 cached too slow,
+//! 502 bad answer); after it the connection closes, so a client never mistakes a short body
+//! for a whole one.
 
 use super::conn::{BodyError, Conn, Io, Scratch};
 use super::ctx::Ctx;
 use super::error::FetchError;
-use super::l1;
 use super::link::Peer;
 use super::respond;
 use common::pool::{AcquireError, Lease};
@@ -54,7 +53,6 @@ pub fn exchange(
         ));
     }
     let peer = cx.cached.current().ok_or(FetchError::CachedAbsent)?;
-    let epoch = pool.invalidations();
     let request_id = cx.next_request_id.fetch_add(1, Ordering::Relaxed);
     let waited = Instant::now();
     let acquired = pool.acquire(cfg.pool_wait, request_id);
@@ -83,9 +81,9 @@ pub fn exchange(
         cx.cached.forget();
         return Err(FetchError::RingFailed(e));
     }
-    let mut t = Transfer { lease, peer, epoch };
+    let mut t = Transfer { lease, peer };
     let done = send_request(io, conn, req, &head, &mut t.lease, scratch)
-        .and_then(|()| relay_answer(cx, io, conn, req, &mut t, scratch));
+        .and_then(|()| relay_answer(io, conn, req, &mut t, scratch));
     if done.is_err() {
         Counters::inc(&cx.counters().transfers_aborted);
     }
@@ -120,14 +118,10 @@ struct Transfer<'p> {
     lease: Lease<'p>,
     /// The cached that was rung (its stats region names the answer's site).
     peer: Peer,
-    /// The pool's invalidation count before the request went out: an L1 copy is kept only
-    /// if nothing was invalidated since.
-    epoch: u64,
 }
 
 /// cached's answer to the client: its head, then the body chunk by chunk.
 fn relay_answer(
-    cx: &Ctx,
     io: &Io,
     conn: &mut Conn,
     req: &Request,
@@ -148,35 +142,20 @@ fn relay_answer(
     conn.reply.upstream_status = answer.upstream_status;
     // The region of the cached that answered names its site (for the access log).
     conn.reply.site = t.peer.stats.site_name(answer.site).map(Arc::from);
-    // The site's row counts what cached answered for it (L1 hits count in `l1_hits`).
+    // The site's row counts what cached answered for it (arena hits count in `arena_hits`).
     t.peer
         .stats
         .site_answered(answer.site, outcome, answer.status);
-    let mut l1_body = match answer.body {
-        BodyLen::Exact(n)
-            if answer.l1_ttl_ms > 0
-                && answer.status == 200
-                && req.method == "GET"
-                && cx.l1.accepts(n as usize)
-                && l1::eligible(&req.method, &req.headers) =>
-        {
-            Some(Vec::with_capacity(n as usize))
-        }
-        _ => None,
-    };
     let body = Body {
         len: answer.body,
         head_request,
         chunked,
     };
-    stream_body(io, conn, &mut t.lease, body, out, scratch, l1_body.as_mut())?;
+    stream_body(io, conn, &mut t.lease, body, out, scratch)?;
     if !t.lease.peer_finished() {
         return Ok(false);
     }
     t.lease.complete();
-    if let Some(body) = l1_body {
-        remember(cx, t.epoch, req, &answer, body, conn.reply.site.clone());
-    }
     Ok(keep)
 }
 
@@ -228,11 +207,10 @@ fn stream_body(
     body: Body,
     mut out: Vec<u8>,
     scratch: &mut Scratch,
-    mut collect: Option<&mut Vec<u8>>,
 ) -> Result<(), FetchError> {
     let mut total = 0u64;
     // Once the head is out, a plain body goes from the segment to the socket directly.
-    let direct = !body.chunked && collect.is_none() && !body.head_request;
+    let direct = !body.chunked && !body.head_request;
     loop {
         if direct && out.is_empty() {
             match lease.send_to(conn.stream.as_fd()) {
@@ -256,9 +234,6 @@ fn stream_body(
             break;
         }
         total += n as u64;
-        if let Some(c) = collect.as_mut() {
-            c.extend_from_slice(&scratch.io[..n]);
-        }
         if body.head_request {
             return Err(FetchError::BadAnswer("body in an answer to HEAD".into()));
         }
@@ -287,27 +262,4 @@ fn stream_body(
         conn.send(io, &out)?;
     }
     Ok(())
-}
-
-/// Keeps a complete answer in the worker's L1 for the lifetime cached granted.
-fn remember(
-    cx: &Ctx,
-    epoch: u64,
-    req: &Request,
-    answer: &ResponseHead,
-    body: Vec<u8>,
-    site: Option<Arc<str>>,
-) {
-    let (fixed, age) = respond::stored_fields(answer);
-    let ttl = Duration::from_millis(u64::from(answer.l1_ttl_ms));
-    cx.l1.insert(
-        epoch,
-        l1::key(&req.host, &req.target),
-        answer.status,
-        fixed,
-        body,
-        age,
-        ttl,
-        site,
-    );
 }

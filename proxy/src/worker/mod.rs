@@ -8,18 +8,18 @@
 //! idle timeouts and leads the drain when the worker is retired or stopped.
 //!
 //! One request's path goes down, never back up: this scheduler hands a ready connection
-//! to `route` (routing of each request), which uses `status` (own endpoints), the L1,
-//! `fetch` (the exchange with cached) and `respond` (the one writer of answer heads), all
+//! to `route` (routing of each request), which uses `status` (own endpoints), `arena` (fresh
+//! hits from the shared arena), `fetch` (the exchange with cached) and `respond` (the one writer of answer heads), all
 //! over `conn` (socket I/O and budgets). What they need of the worker is `ctx::Ctx`; a
 //! thread about to block tells the scheduler through the `conn::Blocking` hook it gets
 //! here, so nothing below calls up into this module.
 
 mod accesslog;
+mod arena;
 mod conn;
 mod ctx;
 mod error;
 mod fetch;
-pub mod l1;
 mod link;
 mod respond;
 mod route;

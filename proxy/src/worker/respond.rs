@@ -1,19 +1,21 @@
 //! The one writer of response heads: the status line, `Date`, `Connection`, `Age` and the
 //! fields that name this node (`Via`, `X-Served-By`, `X-Cache`, `Cache-Status`:
-//! [`Head::tier`]), for every kind of answer a worker gives (one from cached, an L1 hit, the
-//! proxy's own endpoints, its simple error answers). Each answer's head is recorded on the
-//! connection ([`Conn::answered`]) where it is made. Called by `route` and
+//! [`Head::tier`]), for every kind of answer a worker gives (one from cached, a fresh hit from
+//! the arena, the proxy's own endpoints, its simple error answers). Each answer's head is
+//! recorded on the connection ([`Conn::answered`]) where it is made. Called by `route` and
 //! `fetch`; it only writes through `conn`.
 
+use super::arena::Hit;
 use super::conn::{ClientError, Conn, Io};
-use super::l1;
 use common::http::{self, CacheOutcome};
 use common::node;
 use common::protocol::{BodyLen, ResponseHead};
 use common::request::Request;
 use common::stats::Counters;
 use std::fmt::Display;
-use std::io::Write as _;
+use std::io::{self, Write as _};
+use std::os::fd::AsFd;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 /// The interim answer to `Expect: 100-continue`, before the client sends its body.
@@ -81,6 +83,28 @@ impl Head {
             (_, false) => self.field("Connection", "close"),
             _ => {}
         }
+    }
+
+    /// A stored or relayed answer's fields (our `Date` if it has none); returns its
+    /// `Cache-Status` entries (of caches nearer the origin) for [`Head::cache`].
+    fn fields(&mut self, headers: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut has_date = false;
+        let mut upstream_status = Vec::new();
+        for (k, v) in headers {
+            if k.eq_ignore_ascii_case("cache-status") {
+                if !upstream_status.is_empty() {
+                    upstream_status.extend_from_slice(b", ");
+                }
+                upstream_status.extend_from_slice(v);
+                continue;
+            }
+            has_date |= k.eq_ignore_ascii_case("date");
+            self.raw(k, v);
+        }
+        if !has_date {
+            self.date_now();
+        }
+        upstream_status
     }
 
     fn end(mut self) -> Vec<u8> {
@@ -156,30 +180,72 @@ pub fn internal(
     conn.send(io, &out).is_ok() && keep
 }
 
-/// Answers a fresh hit from the worker's L1 (no segment, no cached); returns whether the
-/// connection may continue.
-pub fn hit(io: &Io, conn: &mut Conn, req: &Request, e: &l1::Entry) -> bool {
+/// Bodies up to this size go out with their head in one write (copied from the arena);
+/// larger ones are sent from the arena directly after it.
+const COPY_BODY: u64 = 64 << 10;
+
+/// Answers a fresh hit from the shared arena (no segment, no cached): the head as cached
+/// writes it for a hit, the body from shared memory; returns whether the connection may
+/// continue. The pin is held for the send only.
+pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
+    let Hit {
+        pinned,
+        answer,
+        site,
+    } = hit;
     let outcome = CacheOutcome::Hit;
-    let mut h = Head::new(e.status, e.fixed_headers.len());
-    h.0.extend_from_slice(&e.fixed_headers);
-    h.field("Age", e.age());
-    h.field("Content-Length", e.body.len());
-    h.tier(&io.cfg.node, outcome, b"", |cache| {
-        outcome.cache_status(cache, &req.method, 0, Some(e.ttl_secs())) + "; detail=l1"
+    // A 204 or 304 has no body and announces none; the length of a HEAD's answer is one of
+    // its fields (before our `Date`): as cached frames them.
+    let framed = answer.body;
+    let len = if framed { pinned.body_len() } else { 0 };
+    let head_only = req.method == "HEAD";
+    let mut fields = answer.fields;
+    if framed && head_only {
+        fields.push(("Content-Length".into(), len.to_string().into_bytes()));
+    }
+    let mut h = Head::new(answer.status, 256);
+    let upstream = h.fields(&fields);
+    if framed && !head_only {
+        h.field("Content-Length", len);
+    }
+    h.tier(&io.cfg.node, outcome, &upstream, |cache| {
+        outcome.cache_status(cache, &req.method, 0, answer.ttl) + "; detail=arena"
     });
     h.connection(req.version, req.keep_alive);
-    let out = h.end();
-    conn.answered(io.counters, e.status, outcome, out.len());
-    conn.reply.site = e.site.clone();
-    let body = if req.method == "HEAD" {
-        &[][..]
-    } else {
-        &e.body[..]
-    };
-    if body.len() >= LARGE_ANSWER {
+    let mut out = h.end();
+    conn.answered(io.counters, answer.status, outcome, out.len());
+    conn.reply.site = (!site.is_empty()).then(|| Arc::from(site.as_str()));
+    let body = if head_only { 0 } else { len };
+    if body >= LARGE_ANSWER as u64 {
         conn.raise_send_buffer();
     }
-    conn.send2(io, &out, body, !req.keep_alive).is_ok() && req.keep_alive
+    if body <= COPY_BODY {
+        let head = out.len();
+        out.resize(head + body as usize, 0);
+        pinned.read_body(0, &mut out[head..]);
+        return conn.send2(io, &out, &[], !req.keep_alive).is_ok() && req.keep_alive;
+    }
+    if conn.send(io, &out).is_err() {
+        return false;
+    }
+    let mut sent = 0;
+    while sent < body {
+        match pinned.send_body(conn.stream.as_fd(), sent) {
+            Ok(0) => return false,
+            Ok(n) => {
+                sent += n as u64;
+                conn.account(io.counters, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if conn.wait_writable(io).is_err() {
+                    return false;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    req.keep_alive
 }
 
 /// The head of an answer from cached, recorded as answered: its fields (our `Date` if it
@@ -195,30 +261,15 @@ pub fn from_cached(
     chunked: bool,
 ) -> Vec<u8> {
     let mut h = Head::new(answer.status, 256);
-    let mut has_date = false;
-    let mut upstream_status = Vec::new();
-    for (k, v) in &answer.headers {
-        if k.eq_ignore_ascii_case("cache-status") {
-            if !upstream_status.is_empty() {
-                upstream_status.extend_from_slice(b", ");
-            }
-            upstream_status.extend_from_slice(v);
-            continue;
-        }
-        has_date |= k.eq_ignore_ascii_case("date");
-        h.raw(k, v);
-    }
-    if !has_date {
-        h.date_now();
-    }
+    let upstream_status = h.fields(&answer.headers);
     match answer.body {
         BodyLen::Exact(n) => h.field("Content-Length", n),
         BodyLen::Unknown if chunked => h.field("Transfer-Encoding", "chunked"),
         _ => {}
     }
-    // A hit's remaining freshness is what the worker may keep it for (when it may).
-    let ttl = (outcome == CacheOutcome::Hit && answer.l1_ttl_ms > 0)
-        .then_some(u64::from(answer.l1_ttl_ms) / 1000);
+    // A reusable hit shows its remaining freshness.
+    let ttl = (outcome == CacheOutcome::Hit && answer.ttl_ms > 0)
+        .then_some(u64::from(answer.ttl_ms) / 1000);
     h.tier(&io.cfg.node, outcome, &upstream_status, |cache| {
         outcome.cache_status(cache, &req.method, answer.upstream_status, ttl)
     });
@@ -226,29 +277,6 @@ pub fn from_cached(
     let out = h.end();
     conn.answered(io.counters, answer.status, outcome, out.len());
     out
-}
-
-/// The fields of an answer as the L1 keeps them (everything but `Age`, which it returns,
-/// with our `Date` if it has none).
-pub fn stored_fields(answer: &ResponseHead) -> (Vec<u8>, u64) {
-    let mut h = Head(Vec::with_capacity(256));
-    let mut age = 0;
-    let mut has_date = false;
-    for (k, v) in &answer.headers {
-        if k.eq_ignore_ascii_case("age") {
-            age = std::str::from_utf8(v)
-                .ok()
-                .and_then(|a| a.trim().parse().ok())
-                .unwrap_or(0);
-            continue;
-        }
-        has_date |= k.eq_ignore_ascii_case("date");
-        h.raw(k, v);
-    }
-    if !has_date {
-        h.date_now();
-    }
-    (h.0, age)
 }
 
 /// Sends the `100 Continue` a client waits for before it sends its body.

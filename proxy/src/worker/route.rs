@@ -1,7 +1,7 @@
 //! Routing of the requests of one ready connection, each top to bottom: take the next head
 //! (`conn`), refuse one that came round a loop of caches (its `Via` names this node), then
-//! the proxy's own endpoints under `/__shmproxy/` (`status`), a fresh hit
-//! (the L1, through `Ctx::fresh_hit`), PURGE's permission, and everything else through
+//! the proxy's own endpoints under `/__shmproxy/` (`status`), a fresh hit (from the shared
+//! arena, `arena`), PURGE's permission, and everything else through
 //! cached (`fetch`); answers are written by `respond`, failures answered here from
 //! [`FetchError::count`], and every request ends in the access log. Called by the worker's
 //! exec threads; it never touches the scheduler except through the `conn::Blocking` hook.
@@ -67,8 +67,8 @@ fn handle(cx: &Ctx, io: &Io, conn: &mut Conn, req: &Request, scratch: &mut Scrat
     if req.target.starts_with("/__shmproxy/") && (req.method == "GET" || req.method == "HEAD") {
         return discard_body(io, conn, req, scratch) && status::serve(cx, io, conn, req);
     }
-    if let Some(hit) = cx.fresh_hit(req) {
-        return discard_body(io, conn, req, scratch) && respond::hit(io, conn, req, &hit);
+    if let Some(hit) = cx.arena.fresh_hit(cx.counters(), req) {
+        return discard_body(io, conn, req, scratch) && respond::arena_hit(io, conn, req, hit);
     }
     // Everything below may block (on cached or on the client): let other threads serve the
     // connections this one took events for.
@@ -123,7 +123,7 @@ fn fail(io: &Io, conn: &mut Conn, e: &FetchError) -> bool {
     }
 }
 
-/// Before an answer the proxy makes itself (a hit, its own endpoints): reads the request's
+/// Before an answer the proxy makes itself (an arena hit, its own endpoints): reads the request's
 /// body and throws it away, so the connection can serve the next request. Bounded by
 /// `max_body_bytes` and by `send_timeout` for the whole body; a body that fails either, or
 /// is malformed, gets its status and the connection closes (`false`). A client that waits

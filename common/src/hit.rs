@@ -1,0 +1,421 @@
+//! What a fresh hit served from the cache arena (`arena`) needs, shared by its writer
+//! (`cached`) and its readers (the proxy workers), so both apply the same rules: the arena
+//! keys, the versioned metadata stored beside each body ([`Meta`]: the stored answer's
+//! status, fields and freshness data, or for a URL whose answers vary a stub naming the
+//! request fields they vary on), which requests a worker may answer from it, and the
+//! answer it gives ([`Object::answer`], as `cached` writes a hit).
+//!
+//! Keys. An object lives under [`key`] (`http://HOST TARGET`, the normalised host the proxy
+//! forwards); a URL whose answer carries `Vary` has a stub there, and each variant lives
+//! under [`variant_key`], which names the stub's generation: a new stub (other `Vary`
+//! fields, or a PURGE that removed the old one) makes every older variant unreachable at
+//! once, without the writer having to know them.
+//!
+//! Decoding never trusts the bytes: a truncated, overlong or malformed record is an error
+//! (the reader counts it and treats it as a miss).
+
+use crate::cache_policy::{self as policy, RequestRules, Use};
+use crate::http::Headers;
+use crate::protocol::{Dec, DecodeError, Enc};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// First byte of every metadata record.
+const MAGIC: u8 = b'H';
+/// Metadata layout version; any change to [`Meta::encode`] bumps it.
+pub const META_VERSION: u8 = 1;
+const OBJECT: u8 = 1;
+const VARY: u8 = 2;
+const MUST_REVALIDATE: u8 = 1;
+const NO_CACHE: u8 = 2;
+const SHOW_TTL: u8 = 4;
+/// Longest remaining freshness an answer announces in its `Cache-Status` (`ttl=`).
+pub const MAX_SHOWN_TTL: Duration = Duration::from_secs(3600);
+
+/// A stored answer as a worker serves it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Object {
+    pub status: u16,
+    /// The fields sent downstream, without `Age` and framing.
+    pub headers: Headers,
+    /// When the answer was received (RFC 9111 `response_time`).
+    pub response_time: SystemTime,
+    /// Its corrected initial age (RFC 9111 §4.2.3).
+    pub initial_age: Duration,
+    pub lifetime: Duration,
+    pub must_revalidate: bool,
+    pub no_cache: bool,
+    /// Whether its `Cache-Status` shows the remaining freshness (`ttl=`), as `cached` says
+    /// for answers that everyone may reuse as they are.
+    pub show_ttl: bool,
+    /// Name of the site that answered (for the access log).
+    pub site: String,
+}
+
+/// What the arena stores beside a body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Meta {
+    Object(Object),
+    /// The answers of this URL vary on these request fields (lowercase): look up the
+    /// variant's key ([`variant_key`]).
+    Vary(Vec<String>),
+}
+
+/// The arena key of the answer for `target` on `host` (the normalised host).
+pub fn key(host: &str, target: &str) -> String {
+    let mut k = String::with_capacity(7 + host.len() + target.len());
+    k.push_str("http://");
+    k.push_str(host);
+    k.push_str(target);
+    k
+}
+
+/// The key of the variant a request with fields `req` selects, under the stub of generation
+/// `stub` that names the fields `vary`.
+pub fn variant_key(key: &str, stub: u64, vary: &[String], req: &[(String, Vec<u8>)]) -> String {
+    format!("{key}\n{stub}\n{}", policy::vary_key(vary, req))
+}
+
+/// Whether a worker may answer this request from the arena: a GET or HEAD without `Range`
+/// or credentials (those go to `cached`, which has the full rules; a precondition that
+/// fails does too, see [`Object::answer`]). A body does not select a stored answer: the
+/// worker reads it and throws it away.
+pub fn answerable(method: &str, headers: &[(String, Vec<u8>)]) -> bool {
+    const BYPASS: &[&str] = &["authorization", "range", "if-range"];
+    (method == "GET" || method == "HEAD")
+        && !headers
+            .iter()
+            .any(|(k, _)| BYPASS.iter().any(|b| k.eq_ignore_ascii_case(b)))
+}
+
+/// The answer a fresh stored object gives a request, as `cached` writes it for a hit.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Answer {
+    pub status: u16,
+    /// Its fields, `Age` included (framing and ours are the head writer's).
+    pub fields: Headers,
+    /// Whether the stored body goes with it (a `304` has none).
+    pub body: bool,
+    /// The `ttl=` its `Cache-Status` shows.
+    pub ttl: Option<u64>,
+}
+
+/// What `cached` grants a reusable answer of `lifetime` at `age`: its remaining freshness,
+/// at most [`MAX_SHOWN_TTL`] (shown as `ttl=` in `Cache-Status`).
+pub fn remaining(lifetime: Duration, age: Duration) -> Duration {
+    lifetime.saturating_sub(age).min(MAX_SHOWN_TTL)
+}
+
+impl Object {
+    /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
+    pub fn age(&self, now: SystemTime) -> Duration {
+        self.initial_age.saturating_add(
+            now.duration_since(self.response_time)
+                .unwrap_or(Duration::ZERO),
+        )
+    }
+
+    /// Whether it may answer a request with `rules` at `now` without the origin.
+    pub fn fresh(&self, now: SystemTime, rules: &RequestRules) -> bool {
+        policy::usable(
+            self.age(now),
+            self.lifetime,
+            self.must_revalidate,
+            self.no_cache,
+            rules,
+        ) == Use::Fresh
+    }
+
+    /// The `ttl=` its `Cache-Status` shows at `age`, as for a hit `cached` answers.
+    pub fn shown_ttl(&self, age: Duration) -> Option<u64> {
+        let left = remaining(self.lifetime, age);
+        (self.show_ttl && !left.is_zero()).then_some(left.as_secs())
+    }
+
+    /// The answer to a request with fields `req` at `age`, as `cached` writes a hit
+    /// (`answer::stored`): the client's conditionals (RFC 9110 §13.2.2) give a `304` without
+    /// the `Content-*` fields; otherwise the whole answer, with `Age`, and for a `200`
+    /// `Accept-Ranges: bytes` (ranges of stored objects are answered by `cached`); a request
+    /// with conditionals shows no `ttl=`. `None`: a precondition failed (`412`, `cached`'s).
+    pub fn answer(&self, age: Duration, req: &[(String, Vec<u8>)]) -> Option<Answer> {
+        if policy::precondition_failed(req, &self.headers) {
+            return None;
+        }
+        let mut fields = self.headers.clone();
+        fields.push(("Age".into(), age.as_secs().to_string().into_bytes()));
+        if policy::not_modified(req, &self.headers) {
+            fields.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
+            return Some(Answer {
+                status: 304,
+                fields,
+                body: false,
+                ttl: None,
+            });
+        }
+        if self.status == 200 {
+            fields.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-ranges"));
+            fields.push(("Accept-Ranges".into(), b"bytes".to_vec()));
+        }
+        let conditional = req.iter().any(|(k, _)| {
+            crate::http::CONDITIONAL
+                .iter()
+                .any(|c| k.eq_ignore_ascii_case(c))
+        });
+        Some(Answer {
+            status: self.status,
+            fields,
+            body: !crate::http::bodiless(self.status),
+            ttl: self.shown_ttl(age).filter(|_| !conditional),
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+impl Meta {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut e = Enc(vec![MAGIC, META_VERSION]);
+        match self {
+            Meta::Vary(names) => {
+                e.u8(VARY);
+                e.u32(names.len() as u32);
+                for n in names {
+                    e.bytes(n.as_bytes());
+                }
+            }
+            Meta::Object(o) => {
+                e.u8(OBJECT);
+                e.u16(o.status);
+                let flags = (if o.must_revalidate {
+                    MUST_REVALIDATE
+                } else {
+                    0
+                }) | (if o.no_cache { NO_CACHE } else { 0 })
+                    | (if o.show_ttl { SHOW_TTL } else { 0 });
+                e.u8(flags);
+                let since = o
+                    .response_time
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                e.u64(millis(since));
+                e.u64(millis(o.initial_age));
+                e.u64(millis(o.lifetime));
+                e.bytes(o.site.as_bytes());
+                e.headers(&o.headers);
+            }
+        }
+        e.0
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Meta, DecodeError> {
+        let mut d = Dec(b);
+        let magic = d.u8()?;
+        if magic != MAGIC {
+            return Err(DecodeError::BadMagic(magic.into()));
+        }
+        let version = d.u8()?;
+        if version != META_VERSION {
+            return Err(DecodeError::BadVersion {
+                found: version.into(),
+                expected: META_VERSION.into(),
+            });
+        }
+        let meta = match d.u8()? {
+            VARY => {
+                let n = d.u32()? as usize;
+                // Each name needs at least 5 bytes: bound the allocation by what is there.
+                if n == 0 || n > d.0.len() / 5 {
+                    return Err(DecodeError::BadField("Vary field count"));
+                }
+                let names = (0..n)
+                    .map(|_| d.string("Vary field name").and_then(token))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Meta::Vary(names)
+            }
+            OBJECT => {
+                let status = d.u16()?;
+                if !(100..=999).contains(&status) {
+                    return Err(DecodeError::BadField("status"));
+                }
+                let flags = d.u8()?;
+                if flags & !(MUST_REVALIDATE | NO_CACHE | SHOW_TTL) != 0 {
+                    return Err(DecodeError::BadField("flags"));
+                }
+                let response_time = UNIX_EPOCH
+                    .checked_add(Duration::from_millis(d.u64()?))
+                    .ok_or(DecodeError::BadField("response time"))?;
+                let initial_age = Duration::from_millis(d.u64()?);
+                let lifetime = Duration::from_millis(d.u64()?);
+                let site = d.string("site")?;
+                let headers = d.headers()?;
+                for (k, v) in &headers {
+                    token(k.clone())?;
+                    // A line break would split the head the worker writes.
+                    if v.iter().any(|&c| c == b'\r' || c == b'\n' || c == 0) {
+                        return Err(DecodeError::BadField("field value"));
+                    }
+                }
+                Meta::Object(Object {
+                    status,
+                    headers,
+                    response_time,
+                    initial_age,
+                    lifetime,
+                    must_revalidate: flags & MUST_REVALIDATE != 0,
+                    no_cache: flags & NO_CACHE != 0,
+                    show_ttl: flags & SHOW_TTL != 0,
+                    site,
+                })
+            }
+            k => return Err(DecodeError::BadKind(k.into())),
+        };
+        d.end()?;
+        Ok(meta)
+    }
+}
+
+/// `name` if it is a field name (a non-empty token).
+fn token(name: String) -> Result<String, DecodeError> {
+    if name.is_empty() || !name.bytes().all(crate::request::is_tchar) {
+        return Err(DecodeError::BadField("field name"));
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object() -> Object {
+        Object {
+            status: 200,
+            headers: vec![
+                ("Content-Type".into(), b"text/plain".to_vec()),
+                ("ETag".into(), b"\"1\"".to_vec()),
+            ],
+            response_time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            initial_age: Duration::from_secs(5),
+            lifetime: Duration::from_secs(60),
+            must_revalidate: true,
+            no_cache: false,
+            show_ttl: true,
+            site: "shop".into(),
+        }
+    }
+
+    #[test]
+    fn metadata_round_trips() {
+        for m in [
+            Meta::Object(object()),
+            Meta::Vary(vec!["accept-encoding".into(), "x-user".into()]),
+        ] {
+            assert_eq!(Meta::decode(&m.encode()), Ok(m));
+        }
+    }
+
+    #[test]
+    fn corrupt_metadata_is_refused_never_misread() {
+        let good = Meta::Object(object()).encode();
+        for n in 0..good.len() {
+            assert!(Meta::decode(&good[..n]).is_err(), "truncated at {n}");
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(Meta::decode(&long).is_err(), "trailing bytes");
+        let mut version = good.clone();
+        version[1] = META_VERSION + 1;
+        assert_eq!(
+            Meta::decode(&version),
+            Err(DecodeError::BadVersion {
+                found: (META_VERSION + 1).into(),
+                expected: META_VERSION.into()
+            })
+        );
+        let mut kind = good.clone();
+        kind[2] = 9;
+        assert!(Meta::decode(&kind).is_err());
+        // A field value with a line break would split the head the worker writes.
+        let mut o = object();
+        o.headers
+            .push(("X-Evil".into(), b"a\r\nSet-Cookie: x".to_vec()));
+        assert!(Meta::decode(&Meta::Object(o).encode()).is_err());
+        let mut o = object();
+        o.headers.push(("Bad Name".into(), b"v".to_vec()));
+        assert!(Meta::decode(&Meta::Object(o).encode()).is_err());
+        assert!(Meta::decode(&Meta::Vary(vec![]).encode()).is_err());
+        // Every single-byte change either decodes to something or is refused: no panic.
+        for i in 0..good.len() {
+            let mut b = good.clone();
+            b[i] ^= 0xff;
+            let _ = Meta::decode(&b);
+        }
+    }
+
+    #[test]
+    fn freshness_ttl_and_fields_follow_cacheds_rules() {
+        let o = object();
+        let rules = RequestRules::of(&[]);
+        let at = |s| o.response_time + Duration::from_secs(s);
+        assert_eq!(o.age(at(10)), Duration::from_secs(15));
+        assert!(o.fresh(at(10), &rules));
+        assert!(!o.fresh(at(55), &rules), "age 60 of 60: stale");
+        let strict = RequestRules::of(&[("Cache-Control".into(), b"max-age=3".to_vec())]);
+        assert!(!o.fresh(at(10), &strict));
+        assert_eq!(o.shown_ttl(Duration::from_secs(15)), Some(45));
+        assert_eq!(o.shown_ttl(Duration::from_secs(60)), None);
+        let a = o.answer(Duration::from_secs(7), &[]).unwrap();
+        assert_eq!((a.status, a.body, a.ttl), (200, true, Some(53)));
+        assert_eq!(a.fields[2], ("Age".to_string(), b"7".to_vec()));
+        assert_eq!(
+            a.fields[3],
+            ("Accept-Ranges".to_string(), b"bytes".to_vec())
+        );
+        let field = |k: &str, v: &str| vec![(k.to_string(), v.as_bytes().to_vec())];
+        // The client has it: 304, no Content-* fields, no body, no ttl.
+        let nm = o
+            .answer(Duration::ZERO, &field("If-None-Match", "\"1\""))
+            .unwrap();
+        assert_eq!((nm.status, nm.body, nm.ttl), (304, false, None));
+        assert!(nm.fields.iter().all(|(k, _)| k != "Content-Type"));
+        assert!(nm.fields.iter().any(|(k, _)| k == "ETag"));
+        // Another tag: the whole answer, but no ttl (as cached grants none then).
+        let other = o
+            .answer(Duration::ZERO, &field("If-None-Match", "\"2\""))
+            .unwrap();
+        assert_eq!((other.status, other.ttl), (200, None));
+        // A failed precondition is cached's to answer (412).
+        assert!(o
+            .answer(Duration::ZERO, &field("If-Match", "\"2\""))
+            .is_none());
+        assert!(o
+            .answer(Duration::ZERO, &field("If-Match", "\"1\""))
+            .is_some());
+        let long = Object {
+            lifetime: Duration::from_secs(86_400),
+            ..object()
+        };
+        assert_eq!(long.shown_ttl(Duration::ZERO), Some(3600));
+    }
+
+    #[test]
+    fn keys_and_answerable_requests() {
+        assert_eq!(key("a.test", "/x?y"), "http://a.test/x?y");
+        let vary = vec!["accept-encoding".to_string()];
+        let gz = [("Accept-Encoding".to_string(), b"gzip".to_vec())];
+        let br = [("Accept-Encoding".to_string(), b"br".to_vec())];
+        let k = |stub, req: &[(String, Vec<u8>)]| variant_key("k", stub, &vary, req);
+        assert_ne!(k(1, &gz), k(1, &br));
+        assert_ne!(k(1, &gz), k(2, &gz), "a new stub hides older variants");
+        assert!(answerable("GET", &gz));
+        assert!(answerable("HEAD", &[]));
+        assert!(answerable(
+            "GET",
+            &[("If-None-Match".into(), b"x".to_vec())]
+        ));
+        assert!(!answerable("POST", &[]));
+        for h in ["Range", "If-Range", "Authorization"] {
+            assert!(!answerable("GET", &[(h.to_string(), b"x".to_vec())]), "{h}");
+        }
+    }
+}

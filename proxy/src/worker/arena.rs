@@ -1,0 +1,290 @@
+//! The worker's view of the shared cache arena (`common::arena`, written by `cached`): a
+//! fresh hit is looked up and pinned here, decided by the same rules `cached` applies
+//! (`common::hit`, `common::cache_policy`), and answered by `respond::arena_hit` straight
+//! from shared memory, with no message to `cached`, which may even be down. Anything else
+//! (not stored, stale, a failed precondition, ranges, credentials, no pin slot, no arena)
+//! goes to `cached` as before. The arena is opened on first use and again when its owner stopped
+//! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
+
+use common::arena::{Arena, ArenaReader, Lookup, Pinned};
+use common::cache_policy::RequestRules;
+use common::hit::{self, Meta};
+use common::request::Request;
+use common::stats::Counters;
+use common::Names;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+/// How often a worker without an arena looks for one.
+const RETRY_MS: u64 = 200;
+
+pub struct ArenaView {
+    names: Names,
+    reader: RwLock<Option<Arc<ArenaReader>>>,
+    /// Monotonic ms before which no open is tried again.
+    next_try: AtomicU64,
+}
+
+/// A fresh hit: the pinned record (its body stays intact while this lives), the answer it
+/// gives the request, and the site that stored it (for the access log).
+pub struct Hit {
+    pub pinned: Pinned,
+    pub answer: hit::Answer,
+    pub site: String,
+}
+
+impl ArenaView {
+    pub fn new(names: &Names) -> ArenaView {
+        ArenaView {
+            names: names.clone(),
+            reader: RwLock::new(None),
+            next_try: AtomicU64::new(0),
+        }
+    }
+
+    /// The reader of the current arena, opened (again) if there is none or it closed.
+    fn reader(&self) -> Option<Arc<ArenaReader>> {
+        if let Some(r) = &*self.reader.read().unwrap_or_else(|e| e.into_inner()) {
+            if !r.is_closed() {
+                return Some(Arc::clone(r));
+            }
+        }
+        let now = common::process::monotonic_ms();
+        let next = self.next_try.load(Ordering::Relaxed);
+        if now < next
+            || self
+                .next_try
+                .compare_exchange(next, now + RETRY_MS, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return None;
+        }
+        let mut slot = self.reader.write().unwrap_or_else(|e| e.into_inner());
+        let opened = Arena::open(&self.names).map_err(|e| e.to_string());
+        *slot = match opened.and_then(|a| a.attach().map_err(|e| e.to_string())) {
+            Ok(r) if !r.is_closed() => Some(Arc::new(r)),
+            Ok(_) => None,
+            Err(e) => {
+                log::debug!("no cache arena yet: {e}");
+                None
+            }
+        };
+        slot.clone()
+    }
+
+    /// The fresh stored answer for `req`, pinned, or `None` (counted as an arena hit or
+    /// miss for the requests an arena may answer at all).
+    pub fn fresh_hit(&self, counters: &Counters, req: &Request) -> Option<Hit> {
+        if !hit::answerable(&req.method, &req.headers) {
+            return None;
+        }
+        let found = self.reader().and_then(|r| find(&r, counters, req));
+        let counter = if found.is_some() {
+            &counters.arena_hits
+        } else {
+            &counters.arena_misses
+        };
+        Counters::inc(counter);
+        found
+    }
+}
+
+/// The object a request selects (through the `Vary` stub of its URL, if there is one), if
+/// it is fresh for the request, and what it answers.
+fn find(r: &ArenaReader, counters: &Counters, req: &Request) -> Option<Hit> {
+    let key = hit::key(&req.host, &req.target);
+    let (pinned, object) = match decoded(r, counters, &key)? {
+        (p, Meta::Object(o)) => (p, o),
+        (stub, Meta::Vary(names)) => {
+            // cached keys variants by the fields as forwarded to it, which may lack the
+            // client's `X-Forwarded-*` (see `fetch`): such a variant is cached's to pick.
+            if names
+                .iter()
+                .any(|n| common::request::FORWARDING.contains(&n.as_str()))
+            {
+                return None;
+            }
+            let variant = hit::variant_key(&key, stub.generation(), &names, &req.headers);
+            drop(stub);
+            match decoded(r, counters, &variant)? {
+                (p, Meta::Object(o)) => (p, o),
+                (_, Meta::Vary(_)) => {
+                    // A stub under a variant's key: never written so.
+                    Counters::inc(&counters.arena_bad_meta);
+                    return None;
+                }
+            }
+        }
+    };
+    let now = SystemTime::now();
+    if !object.fresh(now, &RequestRules::of(&req.headers)) {
+        return None;
+    }
+    Some(Hit {
+        answer: object.answer(object.age(now), &req.headers)?,
+        pinned,
+        site: object.site,
+    })
+}
+
+/// The object under `key`, pinned, with its metadata decoded (a corrupt one is counted).
+fn decoded(r: &ArenaReader, counters: &Counters, key: &str) -> Option<(Pinned, Meta)> {
+    let Lookup::Hit(p) = r.lookup(key.as_bytes()) else {
+        return None;
+    };
+    match Meta::decode(&p.meta()) {
+        Ok(m) => Some((p, m)),
+        Err(e) => {
+            log::warn!("arena object {key:?}: {e}");
+            Counters::inc(&counters.arena_bad_meta);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::arena::{ArenaConfig, ArenaOwner};
+    use common::hit::Object;
+    use common::request::{parse_head, Limits, Parsed};
+    use common::stats::StatsRegion;
+    use std::time::Duration;
+
+    fn request(lines: &str) -> Request {
+        let limits = Limits {
+            max_header_bytes: 16384,
+            max_headers: 100,
+        };
+        let head = format!("GET {lines}\r\n\r\n").replace('|', "\r\n");
+        match parse_head(&limits, head.as_bytes()) {
+            Parsed::Complete(r, _) => r,
+            _ => panic!("not a request: {head:?}"),
+        }
+    }
+
+    fn object(body: &str, age: u64) -> Vec<u8> {
+        Meta::Object(Object {
+            status: 200,
+            headers: vec![("X-Body".into(), body.as_bytes().to_vec())],
+            response_time: SystemTime::now() - Duration::from_secs(age),
+            initial_age: Duration::ZERO,
+            lifetime: Duration::from_secs(60),
+            must_revalidate: false,
+            no_cache: false,
+            show_ttl: true,
+            site: "s".into(),
+        })
+        .encode()
+    }
+
+    fn publish(owner: &mut ArenaOwner, key: &str, meta: &[u8], body: &[u8]) -> u64 {
+        let mut res = owner
+            .reserve(key.as_bytes(), meta, body.len() as u64)
+            .unwrap();
+        res.write(body);
+        owner.publish(res).unwrap()
+    }
+
+    fn body(h: &Hit) -> Vec<u8> {
+        let mut b = vec![0; h.pinned.body_len() as usize];
+        h.pinned.read_body(0, &mut b);
+        b
+    }
+
+    #[test]
+    fn hits_follow_vary_stubs_and_freshness_and_corrupt_metadata_is_a_counted_miss() {
+        let tag = format!("t{}-warena", std::process::id());
+        let names = Names::for_instance(&tag);
+        let cfg = ArenaConfig::for_capacity(1 << 20, 64 << 10, 4, 16);
+        let (mut owner, _) = ArenaOwner::open_or_adopt(&names, cfg).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let counters = stats.slot(0);
+        let view = ArenaView::new(&names);
+        let hit = |target: &str| view.fresh_hit(counters, &request(target));
+
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/o"),
+            &object("o", 0),
+            b"plain",
+        );
+        let h = hit("/o HTTP/1.1|Host: a.test").expect("a fresh object");
+        assert_eq!((body(&h), h.site.as_str()), (b"plain".to_vec(), "s"));
+        assert!(
+            hit("/o HTTP/1.1|Host: b.test").is_none(),
+            "another host's key"
+        );
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/aged"),
+            &object("a", 5),
+            b"aged",
+        );
+        assert!(hit("/aged HTTP/1.1|Host: a.test").is_some());
+        assert!(
+            hit("/aged HTTP/1.1|Host: a.test|Cache-Control: max-age=3").is_none(),
+            "older than the request accepts"
+        );
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/stale"),
+            &object("s", 61),
+            b"old",
+        );
+        assert!(
+            hit("/stale HTTP/1.1|Host: a.test").is_none(),
+            "stale: cached's"
+        );
+        let h = hit("/o HTTP/1.1|Host: a.test|If-None-Match: *").expect("answered here");
+        assert_eq!((h.answer.status, h.answer.body), (304, false));
+        assert!(
+            hit("/o HTTP/1.1|Host: a.test|If-Match: \"x\"").is_none(),
+            "412: cached's"
+        );
+        assert!(hit("/o HTTP/1.1|Host: a.test|Range: bytes=0-1").is_none());
+
+        let key = hit::key("a.test", "/v");
+        let vary = vec!["x-user".to_string()];
+        let stub = publish(&mut owner, &key, &Meta::Vary(vary.clone()).encode(), b"");
+        let alice = [("X-User".to_string(), b"alice".to_vec())];
+        let variant = hit::variant_key(&key, stub, &vary, &alice);
+        publish(&mut owner, &variant, &object("alice", 0), b"for alice");
+        let h = hit("/v HTTP/1.1|Host: a.test|X-User: alice").expect("alice's variant");
+        assert_eq!(body(&h), b"for alice");
+        drop(h);
+        assert!(hit("/v HTTP/1.1|Host: a.test|X-User: bob").is_none());
+        assert!(hit("/v HTTP/1.1|Host: a.test").is_none());
+        // A new stub (other fields, or after a PURGE) hides the old variants at once.
+        publish(&mut owner, &key, &Meta::Vary(vary.clone()).encode(), b"");
+        assert!(hit("/v HTTP/1.1|Host: a.test|X-User: alice").is_none());
+        // Variants by a forwarding field are cached's to pick.
+        let key = hit::key("a.test", "/xff");
+        let xff = vec!["x-forwarded-for".to_string()];
+        let stub = publish(&mut owner, &key, &Meta::Vary(xff.clone()).encode(), b"");
+        let fields = [("X-Forwarded-For".to_string(), b"1.2.3.4".to_vec())];
+        let variant = hit::variant_key(&key, stub, &xff, &fields);
+        publish(&mut owner, &variant, &object("x", 0), b"x");
+        assert!(hit("/xff HTTP/1.1|Host: a.test|X-Forwarded-For: 1.2.3.4").is_none());
+
+        let bad = counters.arena_bad_meta.load(Ordering::Relaxed);
+        publish(
+            &mut owner,
+            &hit::key("a.test", "/bad"),
+            b"not metadata",
+            b"x",
+        );
+        assert!(hit("/bad HTTP/1.1|Host: a.test").is_none());
+        assert_eq!(counters.arena_bad_meta.load(Ordering::Relaxed), bad + 1);
+        assert!(counters.arena_hits.load(Ordering::Relaxed) >= 2);
+
+        // Removed (PURGE): no worker finds it any more.
+        assert!(owner.remove(hit::key("a.test", "/o").as_bytes()));
+        assert!(hit("/o HTTP/1.1|Host: a.test").is_none());
+        // The owner stopped: the view lets go of the closed arena.
+        drop(owner);
+        assert!(hit("/aged HTTP/1.1|Host: a.test").is_none());
+        assert!(view.reader().is_none());
+    }
+}

@@ -1,0 +1,374 @@
+//! Hits from the shared cache arena (issue 11): a worker answers a fresh hit from the arena
+//! `cached` publishes in, without a message to `cached` — so fresh hits outlive a `kill -9`
+//! of `cached`, and a restarted `cached` adopts what the arena holds; a worker killed while it
+//! sends a hit has its pins released by the master, so its space is reused; `Vary` variants
+//! are told apart; a PURGE is seen by every worker at once.
+
+use crate::origin::{Origin, Route};
+use shmproxy_tests::client::{self, request_bytes, Response};
+use shmproxy_tests::harness::{pattern, poll_until, sha256_hex, with_deadline, Instance};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::thread;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(120);
+
+fn counter(inst: &Instance, section: &str, name: &str) -> u64 {
+    inst.stats()[section][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("stats: {section}.{name} missing"))
+}
+
+fn get_as(inst: &Instance, target: &str, headers: &[(&str, &str)]) -> Response {
+    client::fetch(inst.addr(), "GET", target, headers, b"")
+}
+
+/// Waits until the answer to `target` with `headers` is published: `cached` copies it into
+/// the arena after it answered and stored it (requests meanwhile are hits in `cached`).
+fn until_published_as(inst: &Instance, target: &str, headers: &[(&str, &str)]) {
+    poll_until(Duration::from_secs(10), "the object in the arena", || {
+        let r = get_as(inst, target, headers);
+        r.header("cache-status")
+            .is_some_and(|s| s.contains("detail=arena"))
+            .then_some(())
+    });
+}
+
+fn until_published(inst: &Instance, target: &str) {
+    until_published_as(inst, target, &[]);
+}
+
+/// A hit the worker answered from the arena itself.
+#[track_caller]
+fn assert_arena_hit(r: &Response, body: &[u8]) {
+    assert_eq!(
+        (r.status, r.header("x-cache")),
+        (200, Some("HIT")),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        r.header("cache-status")
+            .is_some_and(|s| s.starts_with("shmproxy; hit") && s.contains("detail=arena")),
+        "not answered from the arena: {}",
+        r.describe()
+    );
+    assert!(r.body == body, "wrong body: {}", r.describe());
+}
+
+#[test]
+fn fresh_hits_outlive_a_killed_cached_and_its_successor_adopts_them() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        origin.route(
+            "/kept",
+            Route::ok("kept\n").header("Cache-Control", "max-age=600"),
+        );
+        let mut inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        assert_eq!(inst.get("/kept").header("x-cache"), Some("MISS"));
+        until_published(&inst, "/kept");
+
+        inst.kill_cached();
+        // Fresh connections: both workers answer, neither asks cached.
+        for _ in 0..10 {
+            assert_arena_hit(&inst.get("/kept"), b"kept\n");
+        }
+        // What is not stored still needs cached.
+        let r = inst.get("/never-stored");
+        assert_eq!(r.status, 503, "{}", r.describe());
+
+        inst.start_cached();
+        assert_eq!(counter(&inst, "cached", "arena_adoptions"), 1);
+        for _ in 0..4 {
+            assert_arena_hit(&inst.get("/kept"), b"kept\n");
+        }
+        assert_eq!(
+            origin.count("/kept"),
+            1,
+            "stored before the kill: no new fetch"
+        );
+        // The successor knows the adopted object: a PURGE removes it from the arena.
+        let p = client::fetch(inst.addr(), "PURGE", "/kept", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        assert_eq!(inst.get("/kept").header("x-cache"), Some("MISS"));
+        assert_eq!(origin.count("/kept"), 2);
+    });
+}
+
+#[test]
+fn a_worker_killed_while_sending_a_hit_has_its_pins_released_and_the_space_reused() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let max_age = ("Cache-Control", "max-age=600");
+        // Larger than the socket buffers of both ends: the send stalls with the object pinned.
+        let big = pattern(15 << 20, 3);
+        origin.route("/big", Route::ok(big.clone()).header(max_age.0, max_age.1));
+        let fill = pattern(12 << 20, 4);
+        for i in 0..4 {
+            origin.route(
+                &format!("/fill-{i}"),
+                Route::ok(fill.clone()).header(max_age.0, max_age.1),
+            );
+        }
+        // One ring of 64 MiB: the first object stored is at its head, and every later one
+        // needs its space once it is gone.
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .workers(1)
+            .cached_arg("--capacity")
+            .cached_arg(&(64u64 << 20).to_string())
+            .cached_arg("--max-object-size")
+            .cached_arg(&(16u64 << 20).to_string())
+            .start();
+        assert_eq!(inst.get("/big").status, 200);
+        until_published(&inst, "/big");
+        assert_arena_hit(&inst.get("/big"), &big);
+
+        for round in 0..3 {
+            let released = counter(&inst, "proxy", "arena_pins_released");
+            let mut s = TcpStream::connect(inst.addr()).unwrap();
+            s.write_all(&request_bytes("GET", "/big", &[], b""))
+                .unwrap();
+            let mut head = [0u8; 4096];
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            assert!(s.read(&mut head).unwrap() > 0, "round {round}: no answer");
+            // The reader stops reading: the worker's send fills the buffers and waits.
+            thread::sleep(Duration::from_millis(500));
+            let worker = inst.workers()[0];
+            assert!(shmproxy_tests::harness::send_signal(worker, libc::SIGKILL));
+            poll_until(
+                Duration::from_secs(10),
+                "the master releasing the dead worker's pin",
+                || {
+                    // While the replacement starts, the stats may not answer.
+                    let now = inst.try_stats().ok()?["proxy"]["arena_pins_released"].as_u64()?;
+                    (now > released).then_some(())
+                },
+            );
+            drop(s);
+            poll_until(Duration::from_secs(10), "a replacement worker", || {
+                (inst.workers().len() == 1 && !inst.workers().contains(&worker)).then_some(())
+            });
+            let r = inst.get("/big");
+            assert_eq!(sha256_hex(&r.body), sha256_hex(&big), "round {round}");
+        }
+
+        // Its space is not leaked: once purged, the objects that follow reclaim it.
+        let p = client::fetch(inst.addr(), "PURGE", "/big", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        for i in 0..4 {
+            let path = format!("/fill-{i}");
+            assert_eq!(inst.get(&path).status, 200);
+            until_published(&inst, &path);
+            assert_arena_hit(&inst.get(&path), &fill);
+        }
+        assert_eq!(
+            counter(&inst, "cached", "arena_refused"),
+            0,
+            "a publish found the arena's space held"
+        );
+        assert!(counter(&inst, "cached", "arena_evictions") >= 1);
+    });
+}
+
+#[test]
+fn vary_variants_come_from_the_arena_each_to_its_own_requests() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let route = |user: &str| {
+            Route::ok(format!("for {user}"))
+                .header("Cache-Control", "max-age=600")
+                .header("Vary", "X-User")
+        };
+        let inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        origin.route("/me", route("alice"));
+        assert_eq!(
+            get_as(&inst, "/me", &[("X-User", "alice")]).body,
+            b"for alice"
+        );
+        origin.route("/me", route("bob"));
+        assert_eq!(get_as(&inst, "/me", &[("X-User", "bob")]).body, b"for bob");
+        until_published_as(&inst, "/me", &[("X-User", "alice")]);
+        until_published_as(&inst, "/me", &[("X-User", "bob")]);
+        for _ in 0..6 {
+            assert_arena_hit(&get_as(&inst, "/me", &[("X-User", "alice")]), b"for alice");
+            assert_arena_hit(&get_as(&inst, "/me", &[("X-User", "bob")]), b"for bob");
+        }
+        assert_eq!(origin.count("/me"), 2);
+        // The origin's next answer goes to `headers`' request, fetched (a MISS), never
+        // someone else's stored variant.
+        let fetched = |user: &str, headers: &[(&str, &str)]| {
+            origin.route("/me", route(user));
+            let r = get_as(&inst, "/me", headers);
+            assert_eq!(
+                (r.body.as_slice(), r.header("x-cache")),
+                (format!("for {user}").as_bytes(), Some("MISS")),
+                "{}",
+                r.describe()
+            );
+        };
+        // Another user, and none at all, are other variants.
+        fetched("carol", &[("X-User", "carol")]);
+        fetched("nobody", &[]);
+        assert_eq!(origin.count("/me"), 4);
+        // A PURGE of the URL reaches every variant.
+        let p = client::fetch(inst.addr(), "PURGE", "/me", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        fetched("alice again", &[("X-User", "alice")]);
+        fetched("bob again", &[("X-User", "bob")]);
+    });
+}
+
+#[test]
+fn a_purge_is_seen_by_every_worker_at_once() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let route = |v: &str| Route::ok(v.to_string()).header("Cache-Control", "max-age=600");
+        origin.route("/p", route("v1"));
+        let inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        assert_eq!(inst.get("/p").body, b"v1");
+        until_published(&inst, "/p");
+        // Fresh connections reach both workers.
+        for _ in 0..6 {
+            assert_arena_hit(&inst.get("/p"), b"v1");
+        }
+        origin.route("/p", route("v2"));
+        let p = client::fetch(inst.addr(), "PURGE", "/p", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        // No worker answers the purged object again, not even once.
+        let r = inst.get("/p");
+        assert_eq!(
+            (r.body.as_slice(), r.header("x-cache")),
+            (&b"v2"[..], Some("MISS"))
+        );
+        until_published(&inst, "/p");
+        for _ in 0..6 {
+            assert_arena_hit(&inst.get("/p"), b"v2");
+        }
+        assert_eq!(origin.count("/p"), 2);
+    });
+}
+
+/// The fields of an answer in order, with the values that change from one answer to the next
+/// (`Date`, `Age`) blanked and `Cache-Status` without what tells the two paths apart.
+fn comparable(r: &Response) -> Vec<(String, String)> {
+    r.headers
+        .iter()
+        .map(|(k, v)| {
+            let v = match k.to_ascii_lowercase().as_str() {
+                "date" | "age" => String::new(),
+                "cache-status" => without_ttl(&v.replace("; detail=arena", "")),
+                _ => v.clone(),
+            };
+            (k.to_ascii_lowercase(), v)
+        })
+        .collect()
+}
+
+/// `v` with its `; ttl=N` parameters as `; ttl` (the seconds left may differ by one).
+fn without_ttl(v: &str) -> String {
+    let mut out = v.to_string();
+    let mut from = 0;
+    while let Some(at) = out[from..].find("; ttl=").map(|i| from + i) {
+        let end = out[at + 6..]
+            .find(|c: char| !c.is_ascii_digit())
+            .map_or(out.len(), |n| at + 6 + n);
+        out.replace_range(at..end, "; ttl");
+        from = at + 5;
+    }
+    out
+}
+
+#[test]
+fn an_arena_hit_has_the_head_cached_writes_for_the_same_hit() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        origin.route(
+            "/h",
+            Route::ok("same head")
+                .header("Cache-Control", "max-age=600")
+                .header("ETag", "\"v1\"")
+                .header("X-Custom", "kept")
+                .header("Cache-Status", "origin-cache; hit"),
+        );
+        let inst = Instance::builder().origin(&origin.url()).start();
+        assert_eq!(inst.get("/h").status, 200);
+        until_published(&inst, "/h");
+        let conditions: [&[(&str, &str)]; 4] = [
+            &[],
+            &[("If-None-Match", "\"v1\"")],
+            &[("If-None-Match", "\"other\"")],
+            &[("If-Modified-Since", "Fri, 01 Jan 2100 00:00:00 GMT")],
+        ];
+        for (method, cond) in ["GET", "HEAD"]
+            .into_iter()
+            .flat_map(|m| conditions.iter().map(move |c| (m, *c)))
+        {
+            let arena = client::fetch(inst.addr(), method, "/h", cond, b"");
+            // Credentials: cached answers the same hit itself.
+            let mut with_credentials = cond.to_vec();
+            with_credentials.push(("Authorization", "Basic eDp5"));
+            let from_cached = client::fetch(inst.addr(), method, "/h", &with_credentials, b"");
+            assert!(
+                arena
+                    .header("cache-status")
+                    .is_some_and(|s| s.contains("detail=arena")),
+                "{}",
+                arena.describe()
+            );
+            assert!(
+                from_cached
+                    .header("cache-status")
+                    .is_some_and(|s| !s.contains("detail=arena")),
+                "{}",
+                from_cached.describe()
+            );
+            assert_eq!(
+                comparable(&arena),
+                comparable(&from_cached),
+                "{method} {cond:?}: arena\n{}\ncached\n{}",
+                arena.describe(),
+                from_cached.describe()
+            );
+            assert_eq!(arena.body, from_cached.body);
+        }
+        assert_eq!(origin.count("/h"), 1);
+    });
+}
+
+#[test]
+fn a_refetched_answer_replaces_the_arena_copy_even_when_it_cannot_be_published() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let route = |body: Vec<u8>| Route::ok(body).header("Cache-Control", "max-age=600");
+        origin.route("/r", route(b"v1".to_vec()));
+        // Records of at most a quarter of the capacity: 256 KiB.
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .cached_arg("--capacity")
+            .cached_arg(&(1u64 << 20).to_string())
+            .start();
+        assert_eq!(inst.get("/r").body, b"v1");
+        until_published(&inst, "/r");
+        assert_arena_hit(&inst.get("/r"), b"v1");
+        let no_cache = [("Cache-Control", "no-cache")];
+        // A client's no-cache makes cached fetch and store the answer again.
+        origin.route("/r", route(b"v2".to_vec()));
+        assert_eq!(get_as(&inst, "/r", &no_cache).body, b"v2");
+        until_published(&inst, "/r");
+        assert_arena_hit(&inst.get("/r"), b"v2");
+        // Stored by cached, too large for the arena: the arena's copy must not stand in.
+        let large = pattern(600 << 10, 5);
+        origin.route("/r", route(large.clone()));
+        assert!(get_as(&inst, "/r", &no_cache).body == large);
+        // cached drops the arena's copy right after it stored the new answer.
+        let r = poll_until(Duration::from_secs(5), "the older copy gone", || {
+            let r = inst.get("/r");
+            (r.body == large).then_some(r)
+        });
+        assert_eq!(r.header("x-cache"), Some("HIT"), "{}", r.describe());
+        assert_eq!(origin.count("/r"), 3);
+        assert!(counter(&inst, "cached", "arena_refused") >= 1);
+    });
+}
