@@ -50,7 +50,9 @@ fn assert_arena_hit(r: &Response, body: &[u8]) {
     );
     assert!(
         r.header("cache-status")
-            .is_some_and(|s| s.starts_with("shmproxy; hit") && s.contains("detail=arena")),
+            .is_some_and(|s| s.starts_with("shmproxy-")
+                && s.contains("; hit")
+                && s.contains("detail=arena")),
         "not answered from the arena: {}",
         r.describe()
     );
