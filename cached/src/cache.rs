@@ -409,28 +409,14 @@ impl Drop for FillLead<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stored::Validity;
     use common::protocol::BodyLen;
-    use std::time::SystemTime;
 
     fn obj(headers: &[(&str, &str)], body: &[u8]) -> Arc<Stored> {
-        Arc::new(Stored {
-            status: 200,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-            body: Arc::new(body.to_vec()),
-            validity: Validity::Http {
-                lifetime: Duration::from_secs(60),
-                must_revalidate: false,
-                no_cache: false,
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-            },
-            response_time: SystemTime::now(),
-            initial_age: Duration::ZERO,
-        })
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        Arc::new(crate::stored::fresh_for_test(headers, body))
     }
 
     fn req(v: &[(&str, &str)]) -> Headers {

@@ -249,8 +249,6 @@ mod tests {
     fn a_publish_overtaken_by_a_removal_is_dropped_and_removal_reaches_every_variant() {
         use common::protocol::BodyLen;
         use common::stats::StatsRegion;
-        use std::sync::Arc;
-        use std::time::{Duration, SystemTime};
         let tag = format!("t{}-published", std::process::id());
         let flags = [("cached.capacity", "4m"), ("cached.max_object_size", "64k")]
             .map(|(k, v)| (k.to_string(), v.to_string()));
@@ -266,23 +264,13 @@ mod tests {
             body: BodyLen::None,
             headers: vec![("X-User".into(), user.as_bytes().to_vec())],
         };
-        let obj = |vary: bool| Stored {
-            status: 200,
-            headers: if vary {
+        let obj = |vary: bool| {
+            let headers = if vary {
                 vec![("Vary".into(), b"X-User".to_vec())]
             } else {
                 vec![]
-            },
-            body: Arc::new(b"body".to_vec()),
-            validity: Validity::Http {
-                lifetime: Duration::from_secs(60),
-                must_revalidate: false,
-                no_cache: false,
-                stale_while_revalidate: Duration::ZERO,
-                stale_if_error: Duration::ZERO,
-            },
-            response_time: SystemTime::now(),
-            initial_age: Duration::ZERO,
+            };
+            crate::stored::fresh_for_test(headers, b"body")
         };
         let primary = "s http://a.test/x";
         let live = || p.live_objects();

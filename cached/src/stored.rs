@@ -117,6 +117,26 @@ impl Stored {
     }
 }
 
+/// A fresh origin answer of status 200 with `headers` and `body`, stored now for a minute:
+/// what the unit tests of the cache and of the arena copy store.
+#[cfg(test)]
+pub fn fresh_for_test(headers: Vec<(String, Vec<u8>)>, body: &[u8]) -> Stored {
+    Stored {
+        status: 200,
+        headers,
+        body: Arc::new(body.to_vec()),
+        validity: Validity::Http {
+            lifetime: Duration::from_secs(60),
+            must_revalidate: false,
+            no_cache: false,
+            stale_while_revalidate: Duration::ZERO,
+            stale_if_error: Duration::ZERO,
+        },
+        response_time: SystemTime::now(),
+        initial_age: Duration::ZERO,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
