@@ -8,6 +8,7 @@ use crate::phase::Piece;
 use crate::respond;
 use crate::stored::{Stored, Validity};
 use common::cache_policy::{self as policy, RangeAnswer};
+use common::hit::Reuse;
 use common::http::CacheOutcome;
 use common::http::Headers;
 use common::pool::Lease;
@@ -44,14 +45,12 @@ pub fn stored(
 ) -> io::Result<()> {
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();
-    let mut headers = downstream(ctx, obj.headers.clone());
-    let ttl = match &obj.validity {
+    let headers = downstream(ctx, obj.headers.clone());
+    let (age, ttl) = match &obj.validity {
         Validity::Http {
             lifetime, no_cache, ..
         } => {
             let age = obj.age(now);
-            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
-            headers.push(("Age".into(), age.as_secs().to_string().into_bytes()));
             // An answer that carries a Set-Cookie is not announced as reusable unless the
             // operator chose to share cookies (`set_cookie = "store"`); `published` grants
             // the same to the arena's hits.
@@ -60,33 +59,35 @@ pub fn stored(
                 && common::http::header(&obj.headers, "vary").is_none()
                 && (ctx.cfg.set_cookie == common::config::SetCookie::Store
                     || common::http::header(&obj.headers, "set-cookie").is_none());
-            if shareable {
+            let ttl = if shareable {
                 common::hit::remaining(*lifetime, age)
             } else {
                 Duration::ZERO
-            }
+            };
+            (Some(age), ttl)
         }
-        Validity::File { .. } => ctx.cfg.revalidate,
+        Validity::File { .. } => (None, ctx.cfg.revalidate),
     };
-    if policy::precondition_failed(&req.headers, &obj.headers) {
-        return respond::error(lease, 412, "precondition failed", head_only);
-    }
-    if policy::not_modified(&req.headers, &obj.headers) {
-        headers.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
-        return respond::full_meta(lease, 304, meta, headers, b"", head_only);
-    }
-    let conditional = common::http::CONDITIONAL
-        .iter()
-        .any(|h| req.header(h).is_some());
+    let (mut headers, conditional) =
+        match common::hit::reuse(obj.status, &obj.headers, headers, age, &req.headers) {
+            Reuse::PreconditionFailed => {
+                return respond::error(lease, 412, "precondition failed", head_only)
+            }
+            Reuse::NotModified(headers) => {
+                return respond::full_meta(lease, 304, meta, headers, b"", head_only)
+            }
+            Reuse::Whole {
+                fields,
+                conditional,
+            } => (fields, conditional),
+        };
     let ttl_ms = if conditional || meta.outcome == CacheOutcome::Stale {
         0
     } else {
         ttl.as_millis() as u32
     };
     if obj.status == 200 {
-        // We answer ranges of stored objects ourselves, whatever the origin said.
-        headers.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-ranges"));
-        headers.push(("Accept-Ranges".into(), b"bytes".to_vec()));
+        // `reuse` announced `Accept-Ranges: bytes`: ranges of stored objects are ours.
         let len = obj.body.len() as u64;
         match policy::range(&req.headers, &obj.headers, len) {
             RangeAnswer::Full => {}

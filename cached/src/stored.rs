@@ -110,10 +110,7 @@ impl Stored {
 
     /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.initial_age.saturating_add(
-            now.duration_since(self.response_time)
-                .unwrap_or(Duration::ZERO),
-        )
+        common::hit::current_age(self.initial_age, self.response_time, now)
     }
 }
 

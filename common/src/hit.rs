@@ -105,13 +105,66 @@ pub fn remaining(lifetime: Duration, age: Duration) -> Duration {
     lifetime.saturating_sub(age).min(MAX_SHOWN_TTL)
 }
 
+/// Current age of a stored answer (RFC 9111 §4.2.3: corrected initial age plus resident
+/// time since `response_time`), for cached's stored answers and the arena's alike.
+pub fn current_age(initial_age: Duration, response_time: SystemTime, now: SystemTime) -> Duration {
+    initial_age.saturating_add(now.duration_since(response_time).unwrap_or(Duration::ZERO))
+}
+
+/// How a stored answer meets a request, as every hit is answered (by `cached` and by a
+/// worker from the arena).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reuse {
+    /// A precondition failed: `412`.
+    PreconditionFailed,
+    /// The client's conditionals (RFC 9110 §13.2.2) match: `304` with these fields (no
+    /// `Content-*`).
+    NotModified(Headers),
+    /// The whole answer with these fields (`Accept-Ranges: bytes` for a `200`: ranges of
+    /// stored objects are ours to answer); `conditional` when the request carried
+    /// conditionals (its answer shows no `ttl=`).
+    Whole { fields: Headers, conditional: bool },
+}
+
+/// The answer a stored `status` with validators in `stored` and outgoing `fields` gives a
+/// request with fields `req`; `age`, when given, replaces any `Age` among the fields.
+pub fn reuse(
+    status: u16,
+    stored: &[(String, Vec<u8>)],
+    mut fields: Headers,
+    age: Option<Duration>,
+    req: &[(String, Vec<u8>)],
+) -> Reuse {
+    if let Some(age) = age {
+        fields.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+        fields.push(("Age".into(), age.as_secs().to_string().into_bytes()));
+    }
+    if policy::precondition_failed(req, stored) {
+        return Reuse::PreconditionFailed;
+    }
+    if policy::not_modified(req, stored) {
+        fields.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
+        return Reuse::NotModified(fields);
+    }
+    if status == 200 {
+        fields.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-ranges"));
+        fields.push(("Accept-Ranges".into(), b"bytes".to_vec()));
+    }
+    let conditional = req.iter().any(|(k, _)| {
+        crate::http::CONDITIONAL
+            .iter()
+            .any(|c| k.eq_ignore_ascii_case(c))
+    });
+    Reuse::Whole {
+        fields,
+        conditional,
+    }
+}
+
 impl Object {
     /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
     pub fn age(&self, now: SystemTime) -> Duration {
-        self.initial_age.saturating_add(
-            now.duration_since(self.response_time)
-                .unwrap_or(Duration::ZERO),
-        )
+        current_age(self.initial_age, self.response_time, now)
     }
 
     /// Whether it may answer a request with `rules` at `now` without the origin.
@@ -137,35 +190,30 @@ impl Object {
     /// `Accept-Ranges: bytes` (ranges of stored objects are answered by `cached`); a request
     /// with conditionals shows no `ttl=`. `None`: a precondition failed (`412`, `cached`'s).
     pub fn answer(&self, age: Duration, req: &[(String, Vec<u8>)]) -> Option<Answer> {
-        if policy::precondition_failed(req, &self.headers) {
-            return None;
-        }
-        let mut fields = self.headers.clone();
-        fields.push(("Age".into(), age.as_secs().to_string().into_bytes()));
-        if policy::not_modified(req, &self.headers) {
-            fields.retain(|(k, _)| !k.to_ascii_lowercase().starts_with("content-"));
-            return Some(Answer {
+        match reuse(
+            self.status,
+            &self.headers,
+            self.headers.clone(),
+            Some(age),
+            req,
+        ) {
+            Reuse::PreconditionFailed => None,
+            Reuse::NotModified(fields) => Some(Answer {
                 status: 304,
                 fields,
                 body: false,
                 ttl: None,
-            });
+            }),
+            Reuse::Whole {
+                fields,
+                conditional,
+            } => Some(Answer {
+                status: self.status,
+                fields,
+                body: !crate::http::bodiless(self.status),
+                ttl: self.shown_ttl(age).filter(|_| !conditional),
+            }),
         }
-        if self.status == 200 {
-            fields.retain(|(k, _)| !k.eq_ignore_ascii_case("accept-ranges"));
-            fields.push(("Accept-Ranges".into(), b"bytes".to_vec()));
-        }
-        let conditional = req.iter().any(|(k, _)| {
-            crate::http::CONDITIONAL
-                .iter()
-                .any(|c| k.eq_ignore_ascii_case(c))
-        });
-        Some(Answer {
-            status: self.status,
-            fields,
-            body: !crate::http::bodiless(self.status),
-            ttl: self.shown_ttl(age).filter(|_| !conditional),
-        })
     }
 }
 
