@@ -28,8 +28,8 @@ pub fn meta(site: u16, outcome: CacheOutcome, upstream_status: u16) -> respond::
 /// The fields of an answer as sent downstream: without the targeted fields (RFC 9213)
 /// when the operator asks (`cached.strip_targeted`).
 pub fn downstream(ctx: &Ctx, mut headers: Headers) -> Headers {
-    if ctx.cfg.strip_targeted {
-        policy::strip_fields(&mut headers, &ctx.cfg.targeted_cache_control);
+    if ctx.cfg().strip_targeted {
+        policy::strip_fields(&mut headers, &ctx.cfg().targeted_cache_control);
     }
     headers
 }
@@ -57,7 +57,7 @@ pub fn stored(
             let shareable = !no_cache
                 && obj.status == 200
                 && common::http::header(&obj.headers, "vary").is_none()
-                && (ctx.cfg.set_cookie == common::config::SetCookie::Store
+                && (ctx.cfg().set_cookie == common::config::SetCookie::Store
                     || common::http::header(&obj.headers, "set-cookie").is_none());
             let ttl = if shareable {
                 common::hit::remaining(*lifetime, age)
@@ -66,7 +66,7 @@ pub fn stored(
             };
             (Some(age), ttl)
         }
-        Validity::File { .. } => (None, ctx.cfg.revalidate),
+        Validity::File { .. } => (None, ctx.cfg().revalidate),
     };
     let (mut headers, conditional) =
         match common::hit::reuse(obj.status, &obj.headers, headers, age, &req.headers) {

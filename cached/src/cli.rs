@@ -35,7 +35,9 @@ Sizes take k, m, g units (powers of 1024: 64KiB, 256m); durations take ms, s, m,
 An error names the file, line and column (or the flag), the key and what was expected.
 
 Signals: SIGTERM/SIGINT/SIGQUIT stop gracefully; SIGHUP re-reads the configuration and
-logs each key that changed (they take effect at the next start); SIGUSR1 is logged (cached
+applies cached.set_cookie, grace_ms, keep_ms, heuristic_ttl_ms, revalidate_ms,
+targeted_cache_control and purge_forward at once; every other key that changed is logged
+as needing a restart (the cache stays warm); SIGUSR1 is logged (cached
 writes no log file); SIGUSR2, SIGALRM and the other signals that would kill by default are
 logged and ignored.
 ";

@@ -8,21 +8,22 @@ use crate::published::Published;
 use crate::refresh::Refreshes;
 use crate::stored::Stored;
 use crate::upstream::Upstreams;
-use common::config::CachedConfig;
+use common::config::{CachedConfig, Reload};
 use common::pool::Pool;
 use common::protocol::{Doorbell, RequestHead};
 use common::stats::{Counters, StatsRegion};
 use common::Names;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Pools kept mapped (the current one and those of masters still draining).
 const KEEP_POOLS: usize = 4;
 
 /// Everything the threads of cached share.
 pub struct Ctx {
-    pub cfg: CachedConfig,
+    /// The running configuration; a SIGHUP replaces it (`reload`), so each use takes it anew.
+    cfg: RwLock<Arc<CachedConfig>>,
     pub names: Names,
     pub stats: Arc<StatsRegion>,
     pub cache: Cache,
@@ -55,26 +56,40 @@ impl Ctx {
             refreshes: Refreshes::default(),
             pools: Mutex::new(Vec::new()),
             arena: None,
-            cfg,
+            cfg: RwLock::new(Arc::new(cfg)),
         }
     }
 
     /// The same, publishing what it stores in the instance's arena (adopted if one is left).
     pub fn with_arena(mut self) -> Ctx {
-        self.arena = Published::open(&self.names, &self.cfg, self.counters());
+        self.arena = Published::open(&self.names, &self.cfg(), self.counters());
         self.publish_store_gauges();
         self
     }
 }
 
 impl Ctx {
+    /// The running configuration.
+    pub fn cfg(&self) -> Arc<CachedConfig> {
+        Arc::clone(&self.cfg.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs with `new` from now on, as far as it may change while running (see
+    /// `CachedConfig::reloaded`); says what changed.
+    pub fn reload(&self, new: &CachedConfig) -> Reload {
+        let mut cfg = self.cfg.write().unwrap_or_else(|e| e.into_inner());
+        let r = cfg.reloaded(new);
+        *cfg = Arc::new(r.config.clone());
+        r
+    }
+
     pub fn counters(&self) -> &Counters {
         self.stats.slot(0)
     }
 
     /// The largest body that may be stored.
     pub fn store_limit(&self) -> u64 {
-        self.cfg.max_object_size.min(self.cfg.capacity)
+        self.cfg().max_object_size.min(self.cfg().capacity)
     }
 
     /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
@@ -84,7 +99,7 @@ impl Ctx {
         let evicted = self.cache.insert(primary, &req.headers, Arc::clone(&obj));
         Counters::add(&self.counters().evictions, evicted);
         if let (Some(a), Some(ticket)) = (&self.arena, ticket) {
-            a.publish(ticket, &self.cfg, primary, req, &obj, self.counters());
+            a.publish(ticket, &self.cfg(), primary, req, &obj, self.counters());
         }
         self.publish_store_gauges();
     }

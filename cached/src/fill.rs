@@ -239,7 +239,7 @@ pub fn relay(
             if own.is_err() {
                 // Our client is gone: go on only for followers, at the pace of the fastest.
                 let followers = match &lead {
-                    Some(l) => l.pace(window, ctx.cfg.read_timeout),
+                    Some(l) => l.pace(window, ctx.cfg().read_timeout),
                     None => 0,
                 };
                 if followers == 0 {
@@ -271,7 +271,7 @@ pub fn relay(
             response_time,
             initial_age,
         };
-        let site = &ctx.cfg.sites[origin::site_of(ctx, req).expect("a routed request")];
+        let site = &ctx.cfg().sites[origin::site_of(ctx, req).expect("a routed request")];
         if status == 206 {
             store::piece(ctx, &cache_key(site, req), req, obj);
         } else {
@@ -297,7 +297,7 @@ pub fn follow(
     fill: Follower,
     site: u16,
 ) -> io::Result<Followed> {
-    let wait = ctx.cfg.read_timeout;
+    let wait = ctx.cfg().read_timeout;
     let (status, headers, framing) = match fill.next(true, 0, 0, wait) {
         Progress::Head(s, h, b) => (s, h, b),
         Progress::Pass => return Ok(Followed::Pass),

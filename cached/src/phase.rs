@@ -117,8 +117,8 @@ fn decide_origin<'c>(
     // Past its stale windows and `keep`, a stored answer is as good as gone.
     let stored = ctx.cache.get(&key).and_then(|obj| {
         let s = obj.staleness(now)?;
-        let keep = (ctx.cfg.keep)
-            .max(ctx.cfg.grace)
+        let keep = (ctx.cfg().keep)
+            .max(ctx.cfg().grace)
             .max(s.stale_while_revalidate)
             .max(s.stale_if_error);
         (s.stale_by <= keep).then_some((obj, s))
@@ -143,7 +143,7 @@ fn decide_origin<'c>(
             }
             Use::Revalidate => CachePhase::Revalidate {
                 obj,
-                stale_if_error: staleness.on_error(ctx.cfg.grace),
+                stale_if_error: staleness.on_error(ctx.cfg().grace),
             },
         };
     }

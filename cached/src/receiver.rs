@@ -7,8 +7,8 @@
 //! validates it, joins the named segment and serves the request in it from start to end
 //! (`serve`); `cd-refreshN` run the queued background refreshes (`revalidate`); one
 //! `cd-health` per origin server checks it (`upstream::health`); `cd-signal` answers the
-//! other signals: SIGHUP re-reads the configuration and logs what changed (every key needs
-//! a restart), SIGUSR1 is logged (no log file to reopen), the rest are logged and ignored.
+//! other signals: SIGHUP re-reads the configuration, applies the keys that may change while running
+//! and logs the others as needing a restart, SIGUSR1 is logged (no log file to reopen), the rest are logged and ignored.
 
 use crate::cli::Source;
 use crate::ctx::Ctx;
@@ -80,11 +80,11 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
     let queue = Arc::new(queue);
     // Two threads wait on the queue and hand each doorbell to an idle worker thread: a
     // doorbell wakes one worker, not every thread of the pool polling the queue.
-    let (tx, rx) = crossbeam_channel::bounded::<Doorbell>(ctx.cfg.threads as usize);
+    let (tx, rx) = crossbeam_channel::bounded::<Doorbell>(ctx.cfg().threads as usize);
     // Supervised: a panic while serving one doorbell costs that request only (its lease is
     // dropped on the way out, which aborts the transfer and releases or quarantines the
     // segment); a panic anywhere else in a thread's loop starts the loop again.
-    let workers: Vec<_> = (0..ctx.cfg.threads)
+    let workers: Vec<_> = (0..ctx.cfg().threads)
         .map(|i| {
             let rx = rx.clone();
             spawn(&ctx, format!("cd-work{i}"), move |ctx| {
@@ -111,7 +111,7 @@ pub fn run(cfg: CachedConfig, source: Source) -> anyhow::Result<()> {
             .name("cd-signal".into())
             .spawn(move || answer_signals(&ctx, &signals, &source))?
     };
-    common::service::ready(&format!("instance {}", ctx.cfg.instance));
+    common::service::ready(&format!("instance {}", ctx.cfg().instance));
     supervised_receive(&ctx, &queue, &shutdown, &tx, "cd-recv0");
     common::service::stopping();
     let _ = second.join();
@@ -170,8 +170,8 @@ fn answer_signals(ctx: &Ctx, signals: &Signals, source: &Source) {
     while !signals.stop_requested() {
         if signals.take_reload() {
             common::service::reloading();
-            reload(&ctx.cfg, source);
-            common::service::ready(&format!("instance {}", ctx.cfg.instance));
+            reload(ctx, source);
+            common::service::ready(&format!("instance {}", ctx.cfg().instance));
         }
         if signals.take_reopen() {
             log::info!("SIGUSR1: cached writes no log file (it logs to stderr): nothing to reopen");
@@ -182,11 +182,11 @@ fn answer_signals(ctx: &Ctx, signals: &Signals, source: &Source) {
 }
 
 /// SIGHUP: re-reads the configuration. A bad one is logged and the running one kept; a good
-/// one is compared key by key and each change is logged: the cache, the queue, the threads
-/// and the upstream connections are built from the configuration at start, so every key
-/// takes effect at the next start. Files under the document root need no reload: they are
-/// revalidated as they change.
-fn reload(running: &CachedConfig, source: &Source) {
+/// one is applied as far as it can be while running (`CachedConfig::reloaded`: the keys that
+/// decide how answers are stored and served) and each other changed key is logged as needing
+/// a restart. The cache stays warm either way. Files under the document root need no reload:
+/// they are revalidated as they change.
+fn reload(ctx: &Ctx, source: &Source) {
     let new = match source.load() {
         Ok(c) => c,
         Err(e) => {
@@ -194,49 +194,23 @@ fn reload(running: &CachedConfig, source: &Source) {
             return;
         }
     };
-    let changed = changed_keys(running, &new);
-    if changed.is_empty() {
+    let r = ctx.reload(&new);
+    if r.applied.is_empty() && r.need_restart.is_empty() {
         log::info!("SIGHUP: configuration re-read: unchanged");
         return;
     }
-    for key in &changed {
+    for key in &r.need_restart {
         log::warn!("SIGHUP: {key} changed; restart cached to apply it");
     }
-    log::info!(
-        "SIGHUP: configuration re-read; running on with the old values of: {}",
-        changed.join(", ")
-    );
-}
-
-/// The keys whose values differ between two configurations.
-fn changed_keys(old: &CachedConfig, new: &CachedConfig) -> Vec<&'static str> {
-    let mut v = Vec::new();
-    macro_rules! compare {
-        ($($field:ident => $key:literal),* $(,)?) => {
-            $(if format!("{:?}", old.$field) != format!("{:?}", new.$field) {
-                v.push($key);
-            })*
-        };
+    if !r.applied.is_empty() {
+        log::info!("SIGHUP: applied {}", r.applied.join(", "));
     }
-    compare!(
-        instance => "instance",
-        root => "cached.root",
-        sites => "the sites ([[site]], cached.origin)",
-        tls_ca_file => "cached.tls_ca_file",
-        threads => "cached.threads",
-        capacity => "cached.capacity",
-        max_object_size => "cached.max_object_size",
-        connect_timeout => "cached.connect_timeout_ms",
-        read_timeout => "cached.read_timeout_ms",
-        upstream_pool => "cached.upstream_pool",
-        upstream_idle => "cached.upstream_idle_ms",
-        queue_capacity => "cached.queue_capacity",
-        revalidate => "cached.revalidate_ms",
-        max_waiters => "cached.max_waiters",
-        heuristic_floor => "cached.heuristic_ttl_ms",
-        set_cookie => "cached.set_cookie",
-    );
-    v
+    if !r.need_restart.is_empty() {
+        log::info!(
+            "SIGHUP: configuration re-read; running on with the old values of: {}",
+            r.need_restart.join(", ")
+        );
+    }
 }
 
 fn supervised_receive(
@@ -317,7 +291,7 @@ fn handle(ctx: &Ctx, bell: Doorbell) {
             return;
         }
     };
-    lease.set_timeout(ctx.cfg.read_timeout.max(Duration::from_secs(5)));
+    lease.set_timeout(ctx.cfg().read_timeout.max(Duration::from_secs(5)));
     let result = match bell.kind {
         Kind::Request => serve::serve(ctx, &mut lease),
         Kind::Purge => serve::purge(ctx, &mut lease),
@@ -328,37 +302,5 @@ fn handle(ctx: &Ctx, bell: Doorbell) {
             Counters::inc(&ctx.counters().transfers_aborted);
             log::debug!("transfer in segment {} aborted: {e}", bell.index);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn load(flags: &[(&str, &str)]) -> CachedConfig {
-        let flags: Vec<(String, String)> = flags
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        CachedConfig::load(None, &flags).unwrap()
-    }
-
-    #[test]
-    fn a_reload_names_each_changed_key() {
-        let old = load(&[]);
-        assert!(changed_keys(&old, &load(&[])).is_empty());
-        let new = load(&[
-            ("cached.capacity", "1024"),
-            ("cached.set_cookie", "strip"),
-            ("cached.origin", "http://127.0.0.1:9"),
-        ]);
-        assert_eq!(
-            changed_keys(&old, &new),
-            [
-                "the sites ([[site]], cached.origin)",
-                "cached.capacity",
-                "cached.set_cookie"
-            ]
-        );
     }
 }

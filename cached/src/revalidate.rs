@@ -76,11 +76,11 @@ pub fn foreground(
         ..clone_meta(obj)
     };
     if common::http::header(&fresh, "set-cookie").is_some()
-        && ctx.cfg.set_cookie != SetCookie::Store
+        && ctx.cfg().set_cookie != SetCookie::Store
     {
         // The 304's cookie is this client's: it gets the refreshed answer with it once;
         // "strip" refreshes the stored answer without it, "pass" leaves it as it was.
-        if ctx.cfg.set_cookie == SetCookie::Pass {
+        if ctx.cfg().set_cookie == SetCookie::Pass {
             Counters::inc(&ctx.counters().set_cookie_passed);
         } else {
             Counters::inc(&ctx.counters().set_cookie_stripped);
@@ -183,7 +183,7 @@ pub fn in_background(ctx: &Ctx, job: &Refresh) {
     if status == 304 && !extra.is_empty() {
         let mut fresh = end_to_end(answer.response.headers(), true);
         if common::http::header(&fresh, "set-cookie").is_some()
-            && ctx.cfg.set_cookie != SetCookie::Store
+            && ctx.cfg().set_cookie != SetCookie::Store
         {
             // Nobody receives this 304: its cookie is nobody's to keep.
             fresh.retain(|(k, _)| !k.eq_ignore_ascii_case("set-cookie"));

@@ -48,11 +48,11 @@ pub fn purge(ctx: &Ctx, lease: &mut Lease) -> io::Result<()> {
     let req = request_head(ctx, lease)?;
     respond::drain(lease)?;
     let key = match &ctx.upstreams {
-        Some(_) => origin::site_of(ctx, &req).map(|i| origin::cache_key(&ctx.cfg.sites[i], &req)),
+        Some(_) => origin::site_of(ctx, &req).map(|i| origin::cache_key(&ctx.cfg().sites[i], &req)),
         None => disk::cache_key(ctx, &req.target),
     };
     // The origin first: a miss here between the two would refill from its old copy.
-    let upstream_had = ctx.cfg.purge_forward && forward_purge(ctx, &req);
+    let upstream_had = ctx.cfg().purge_forward && forward_purge(ctx, &req);
     let removed = key.is_some_and(|k| ctx.remove(&k)) | upstream_had;
     if removed {
         respond::full(

@@ -33,8 +33,8 @@ pub fn storable(
         status,
         headers,
         response_time,
-        ctx.cfg.heuristic_floor,
-        &ctx.cfg.targeted_cache_control,
+        ctx.cfg().heuristic_floor,
+        &ctx.cfg().targeted_cache_control,
     )
 }
 
@@ -46,7 +46,7 @@ pub fn shared_copy(ctx: &Ctx, headers: &Headers, s: &policy::Storable) -> Option
     let mut shared = headers.clone();
     policy::strip_fields(&mut shared, &s.strip);
     if common::http::header(&shared, "set-cookie").is_some() {
-        match ctx.cfg.set_cookie {
+        match ctx.cfg().set_cookie {
             SetCookie::Store => {}
             SetCookie::Pass => {
                 Counters::inc(&ctx.counters().set_cookie_passed);
@@ -180,7 +180,7 @@ pub fn freshen_from_head(
     head: &Headers,
     times: (SystemTime, SystemTime),
 ) {
-    let site = &ctx.cfg.sites[site_of(ctx, req).expect("a routed request")];
+    let site = &ctx.cfg().sites[site_of(ctx, req).expect("a routed request")];
     let primary = cache_key(site, req);
     let Some(obj) = ctx.cache.get(&ctx.cache.full_key(&primary, &req.headers)) else {
         return;

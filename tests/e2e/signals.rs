@@ -209,3 +209,77 @@ fn issue_14_cached_sighup_survives_a_broken_file_and_names_changed_keys() {
         assert_serving(&inst, 3, "SIGHUP with a changed key");
     });
 }
+
+/// SIGHUP applies to a running cached the keys that decide how answers are stored and served
+/// (here `cached.set_cookie`: "pass" → "strip"), names those that need a restart (here
+/// `cached.capacity`), and keeps the cache warm: an object stored before stays a hit.
+#[test]
+fn issue_14_cached_sighup_applies_live_keys_and_keeps_the_cache_warm() {
+    use crate::origin::{Origin, Route};
+    with_deadline(LIMIT, || {
+        let origin = Origin::start();
+        origin.route(
+            "/sc",
+            Route::ok("session\n")
+                .header("Cache-Control", "max-age=60")
+                .header("Set-Cookie", "sid=1"),
+        );
+        origin.route(
+            "/warm",
+            Route::ok("warm\n").header("Cache-Control", "max-age=60"),
+        );
+        let conf = tempfile::tempdir().unwrap();
+        let file = conf.path().join("cached.toml");
+        std::fs::write(&file, "[cached]\nset_cookie = \"pass\"\n").unwrap();
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .cached_arg("--config")
+            .cached_arg(file.to_str().unwrap())
+            .start();
+        let get = |target: &str| {
+            let r = inst.get(target);
+            assert_eq!(r.status, 200, "{target}: {}", r.describe());
+            r
+        };
+        for _ in 0..2 {
+            assert_eq!(get("/sc").header("set-cookie"), Some("sid=1"));
+        }
+        assert_eq!(origin.count("/sc"), 2, "pass: every request fetches");
+        get("/warm");
+        get("/warm");
+        assert_eq!(origin.count("/warm"), 1);
+
+        std::fs::write(
+            &file,
+            "[cached]\nset_cookie = \"strip\"\ncapacity = \"128MiB\"\n",
+        )
+        .unwrap();
+        inst.signal_cached(libc::SIGHUP);
+        poll_until(
+            Duration::from_secs(10),
+            "cached to apply the reload",
+            || {
+                let log = inst.last_log("cached");
+                (log.contains("SIGHUP: applied cached.set_cookie")
+                    && log.contains("SIGHUP: cached.capacity changed; restart cached to apply it"))
+                .then_some(())
+            },
+        );
+        let first = get("/sc");
+        assert_eq!(
+            first.header("set-cookie"),
+            Some("sid=1"),
+            "its own answer keeps it"
+        );
+        let again = get("/sc");
+        assert_eq!(
+            (again.header("set-cookie"), again.text()),
+            (None, "session\n".to_string()),
+            "strip: stored and shared without the cookie\n{}",
+            inst.logs()
+        );
+        assert_eq!(origin.count("/sc"), 3, "the fourth request was a hit");
+        assert_eq!(get("/warm").text(), "warm\n");
+        assert_eq!(origin.count("/warm"), 1, "the cache stayed warm");
+    });
+}

@@ -20,8 +20,9 @@ use ureq::http;
 /// The site a request belongs to (by its `Host`), as an index into the sites; `None`:
 /// no site serves that host.
 pub fn site_of(ctx: &Ctx, req: &RequestHead) -> Option<usize> {
-    let site = ctx.cfg.site_for(req.header("host").unwrap_or_default())?;
-    ctx.cfg.sites.iter().position(|s| std::ptr::eq(s, site))
+    let cfg = ctx.cfg();
+    let site = cfg.site_for(req.header("host").unwrap_or_default())?;
+    cfg.sites.iter().position(|s| std::ptr::eq(s, site))
 }
 
 /// The primary cache key of a request in origin mode: its site, the normalised host the
