@@ -54,6 +54,19 @@ pub fn head(
     lease.write_all(&h.encode())
 }
 
+/// An interim answer (`1xx`) ahead of the final one: a head of its own, with no body,
+/// posted at once so the worker sends it on while the origin is still working.
+pub fn interim(lease: &mut Lease, status: u16, headers: &Headers) -> io::Result<()> {
+    head(
+        lease,
+        status,
+        BodyLen::None,
+        Meta::of(CacheOutcome::Miss),
+        headers.clone(),
+    )?;
+    lease.flush()
+}
+
 /// A complete answer with an in-memory body (`head_only`: HEAD, the length is announced
 /// in a `Content-Length` header instead).
 pub fn full(

@@ -11,11 +11,10 @@
 
 mod error;
 pub mod keys;
-mod reload;
+pub mod reload;
 
 pub use error::ConfigError;
 use keys::Doc;
-pub use reload::Reload;
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;

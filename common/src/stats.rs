@@ -218,6 +218,8 @@ macro_rules! stats_fields {
 with_cache_outcomes!(stats_fields! {
 {
     Counter requests @proxy: "Requests received from clients (complete request heads)",
+    Counter interim_forwarded @proxy: "Interim answers (1xx from the origin, e.g. 103 Early Hints) sent on to HTTP/1.1 clients ahead of the final answer",
+    Counter interim_dropped @proxy: "Interim answers not sent on because the client speaks HTTP/1.0 (RFC 9110 §15.2)",
     Counter requests_get @proxy [requests_by_method method = "GET"]: "Requests answered, by method",
     Counter requests_head @proxy [requests_by_method method = "HEAD"]: "Requests answered, by method",
     Counter requests_post @proxy [requests_by_method method = "POST"]: "Requests answered, by method",
@@ -308,6 +310,8 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Counter upstream_errors @cached: "Origin requests that failed (refused, reset, bad answer)",
     Counter upstream_timeouts @cached: "Origin requests that timed out",
     Counter upstream_bad_framing @cached: "Origin answers refused with 502: framing that cannot be reproduced exactly (Transfer-Encoding with Content-Length, a coding other than chunked, a bad or repeated Content-Length, an unsolicited 101)",
+    Counter upstream_interim @cached: "Interim answers (1xx other than 100 Continue, e.g. 103 Early Hints) received from origins",
+    Counter upstream_interim_dropped @cached: "Interim answers not forwarded: no client waited for them (a background refresh, a request with a body)",
     Counter set_cookie_passed @cached: "Cacheable answers with Set-Cookie passed to their own client only, not stored (set_cookie = \"pass\")",
     Counter set_cookie_stripped @cached: "Answers stored without their Set-Cookie field (set_cookie = \"strip\")",
     Counter upstream_latency_us @cached: "Sum of origin response-head latencies",

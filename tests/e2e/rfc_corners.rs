@@ -1,5 +1,6 @@
 //! Issue 12, the corners of RFC 9110/9111 and RFC 9213 that cross the daemons: what is
-//! stored (any final status with explicit freshness, a bodyless 204, never a 1xx), dates in
+//! stored (any final status with explicit freshness, a bodyless 204, never a 1xx), 1xx
+//! forwarded to HTTP/1.1 clients as they come, dates in
 //! every form, `If-Modified-Since` against `Date`, a `HEAD` 200 updating the stored `GET`,
 //! qualified `no-cache`/`private`, and `CDN-Cache-Control` with its config keys. The pure
 //! rules have unit tests in `common/src/cache_policy.rs` and `common/src/http.rs`.
@@ -320,8 +321,8 @@ fn issue_12_targeted_fields_follow_the_config_and_are_stripped_on_request() {
     });
 }
 
-/// ureq consumes interim answers itself (see the README), so they cannot be forwarded; a
-/// `103` must at least never be stored or mistaken for the answer.
+/// A `103` is never stored or mistaken for the answer, and an interim answer with no final
+/// one after it is a 502 (forwarding itself: the next test).
 #[test]
 fn issue_12_a_103_before_the_answer_is_never_stored_and_the_answer_arrives() {
     with_deadline(LIMIT, || {
@@ -442,5 +443,131 @@ fn issue_12_partial_answers_are_stored_and_combined() {
         get(&inst, "/s", &[("Range", "bytes=5-9")]);
         let full = get(&inst, "/s", &[]);
         assert_ne!(x_cache(&full), "HIT", "{}", full.describe());
+    });
+}
+
+/// An origin that answers `/hints` with `102` and `103` at once and its final answer
+/// `delay` later; the time the final answer was sent is recorded.
+fn hints_origin(delay: Duration) -> (SocketAddr, Arc<std::sync::Mutex<Vec<std::time::Instant>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let finals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sent = finals.clone();
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let sent = sent.clone();
+            thread::spawn(move || loop {
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut buf = Vec::new();
+                let mut b = [0u8; 4096];
+                while client::find(&buf, b"\r\n\r\n").is_none() {
+                    match conn.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(k) => buf.extend_from_slice(&b[..k]),
+                    }
+                }
+                if !String::from_utf8_lossy(&buf).starts_with("GET /hints ") {
+                    let _ = conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+                    continue;
+                }
+                let _ = conn.write_all(
+                    b"HTTP/1.1 102 Processing\r\n\r\n\
+                      HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\
+                      Connection: X-Hop\r\nX-Hop: 1\r\n\r\n",
+                );
+                thread::sleep(delay);
+                sent.lock().unwrap().push(std::time::Instant::now());
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nhello",
+                );
+            });
+        }
+    });
+    (addr, finals)
+}
+
+/// What a client reads for one request: every byte until the connection closes, and when
+/// the first interim head was complete.
+fn read_all(addr: SocketAddr, request: &str) -> (String, Option<std::time::Instant>) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let mut first_interim = None;
+    let mut b = [0u8; 4096];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&b[..k]),
+        }
+        if first_interim.is_none()
+            && got.starts_with(b"HTTP/1.1 1")
+            && client::find(&got, b"\r\n\r\n").is_some()
+        {
+            first_interim = Some(std::time::Instant::now());
+        }
+    }
+    (String::from_utf8_lossy(&got).into_owned(), first_interim)
+}
+
+/// RFC 9110 §15.2: a proxy forwards 1xx answers. The origin's `102` and `103` reach an
+/// HTTP/1.1 client as they come, before the origin sends its final answer, without their
+/// hop-by-hop fields and with our `Via`; an HTTP/1.0 client gets none (counted); the final
+/// answer is stored without them, and its hits carry none.
+#[test]
+fn issue_12_interim_answers_reach_http11_clients_before_the_final_answer() {
+    with_deadline(LIMIT, || {
+        let (addr, finals) = hints_origin(Duration::from_millis(800));
+        let inst = Instance::builder()
+            .origin(&format!("http://{addr}"))
+            .start();
+        let (got, interim_at) = read_all(
+            inst.addr(),
+            "GET /hints HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        );
+        let heads: Vec<&str> = got.split("\r\n\r\n").collect();
+        assert!(heads.len() >= 4, "{got}");
+        assert!(heads[0].starts_with("HTTP/1.1 102 Processing\r\n"), "{got}");
+        assert!(
+            heads[1].starts_with("HTTP/1.1 103 Early Hints\r\n"),
+            "{got}"
+        );
+        assert!(
+            heads[1].contains("\r\nLink: </s.css>; rel=preload"),
+            "{got}"
+        );
+        assert!(heads[1].contains("\r\nVia: 1.1 "), "{got}");
+        assert!(
+            !heads[1].to_ascii_lowercase().contains("x-hop"),
+            "hop-by-hop: {got}"
+        );
+        assert!(heads[2].starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+        assert!(
+            !heads[2].contains("Link:"),
+            "the final answer is the origin's own: {got}"
+        );
+        assert_eq!(heads[3], "hello", "{got}");
+        let final_sent = finals.lock().unwrap()[0];
+        assert!(
+            interim_at.expect("an interim head") < final_sent,
+            "the 103 came before the origin sent its final answer"
+        );
+
+        let (old, _) = read_all(inst.addr(), "GET /hints HTTP/1.0\r\nHost: b.test\r\n\r\n");
+        assert!(
+            old.starts_with("HTTP/1.1 200 OK\r\n"),
+            "no 1xx to HTTP/1.0: {old}"
+        );
+        let (hit, _) = read_all(
+            inst.addr(),
+            "GET /hints HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        );
+        assert!(hit.starts_with("HTTP/1.1 200 OK\r\n"), "{hit}");
+        assert!(hit.contains("X-Cache: HIT"), "{hit}");
+        let stats = inst.stats();
+        assert_eq!(stats["proxy"]["interim_forwarded"].as_u64(), Some(2));
+        assert_eq!(stats["proxy"]["interim_dropped"].as_u64(), Some(2));
+        assert_eq!(stats["cached"]["upstream_interim"].as_u64(), Some(4));
     });
 }

@@ -7,6 +7,7 @@
 
 use crate::ctx::Ctx;
 use crate::error::SourceError;
+use crate::respond;
 use crate::stored::Stored;
 use crate::upstream::{Answer, Outgoing, SendBody, SiteUp};
 use common::config::Site;
@@ -102,9 +103,17 @@ pub fn send<'u>(
         client_host,
         key: &primary,
     };
-    let answer = match req.body {
-        BodyLen::None => site.send(&out, None),
-        declared => {
+    let answer = match (req.body, lease) {
+        // Interim answers go to the client's segment as they come (`upstream::interim`);
+        // while a request body is read from the segment, they are dropped.
+        (BodyLen::None, Some(lease)) => {
+            let mut forward = |status: u16, fields: &Headers| {
+                let _ = respond::interim(lease, status, fields);
+            };
+            common::lent::lend(&mut forward, || site.send(&out, None))
+        }
+        (BodyLen::None, None) => site.send(&out, None),
+        (declared, lease) => {
             let left = match declared {
                 BodyLen::Exact(n) => Some(n),
                 _ => None,

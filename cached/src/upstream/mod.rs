@@ -15,6 +15,7 @@
 
 mod balance;
 pub mod health;
+mod interim;
 mod tls;
 
 use crate::error::SourceError;
@@ -81,7 +82,7 @@ impl Upstreams {
             }
             let mut servers = Vec::with_capacity(site.origins.len());
             for o in &site.origins {
-                let server = Server::new(cfg, site, o, trust.as_ref(), row);
+                let server = Server::new(cfg, site, o, trust.as_ref(), row, stats);
                 if let Some(r) = stats.server(row) {
                     r.publish(index, &server.url);
                 }
@@ -157,6 +158,8 @@ struct AgentSpec {
     tls: Option<ureq::tls::TlsConfig>,
     /// The real host to connect to when `base` names another (tls_server_name).
     pinned: Option<http::Uri>,
+    /// cached's stats region (interim answers are counted where they are read).
+    stats: Arc<StatsRegion>,
 }
 
 impl AgentSpec {
@@ -168,6 +171,7 @@ impl AgentSpec {
             pool: 0,
             tls: self.tls.clone(),
             pinned: self.pinned.clone(),
+            stats: Arc::clone(&self.stats),
         }
         .build(None)
     }
@@ -201,7 +205,10 @@ impl AgentSpec {
             ().chain(TcpConnector::default())
                 .chain(Mark(Stage::Connected))
                 .chain(RustlsConnector::default())
-                .chain(Mark(Stage::Ready));
+                .chain(Mark(Stage::Ready))
+                .chain(interim::Interim {
+                    stats: Arc::clone(&self.stats),
+                });
         match &self.pinned {
             Some(real) => ureq::Agent::with_parts(config, connector, Pinned(real.clone())),
             None => ureq::Agent::with_parts(config, connector, DefaultResolver::default()),
@@ -268,6 +275,7 @@ impl Server {
         o: &Origin,
         trust: Option<&tls::Trust>,
         row: usize,
+        stats: &Arc<StatsRegion>,
     ) -> Server {
         let tls = match o.scheme {
             Scheme::Https => trust.map(|t| t.config(site.tls_verify)),
@@ -288,6 +296,7 @@ impl Server {
             pool: cfg.upstream_pool,
             tls,
             pinned,
+            stats: Arc::clone(stats),
         };
         let idle = cfg.upstream_idle;
         Server {

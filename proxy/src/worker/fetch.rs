@@ -128,8 +128,16 @@ fn relay_answer(
     t: &mut Transfer,
     scratch: &mut Scratch,
 ) -> Result<bool, FetchError> {
-    let raw = read_head(&mut t.lease).map_err(FetchError::from_lease)?;
-    let answer = ResponseHead::decode(&raw).map_err(|e| FetchError::BadAnswer(e.to_string()))?;
+    // Interim answers (`1xx`) the origin sent come first, each a head of its own.
+    let answer = loop {
+        let raw = read_head(&mut t.lease).map_err(FetchError::from_lease)?;
+        let answer =
+            ResponseHead::decode(&raw).map_err(|e| FetchError::BadAnswer(e.to_string()))?;
+        if !(100..200).contains(&answer.status) {
+            break answer;
+        }
+        respond::interim(io, conn, req, &answer)?;
+    };
     let head_request = req.method == "HEAD";
     let mut keep = req.keep_alive;
     let chunked = answer.body == BodyLen::Unknown && !head_request;

@@ -279,6 +279,28 @@ pub fn from_cached(
     out
 }
 
+/// An interim answer (`1xx`) that cached relayed from the origin ahead of the final one: its
+/// fields and our `Via`, sent at once to an HTTP/1.1 client; an HTTP/1.0 client never gets
+/// one (RFC 9110 §15.2), it is counted as dropped. It is not the answer: nothing is recorded.
+pub fn interim(
+    io: &Io,
+    conn: &mut Conn,
+    req: &Request,
+    answer: &ResponseHead,
+) -> Result<(), ClientError> {
+    if req.version != 11 {
+        Counters::inc(&io.counters.interim_dropped);
+        return Ok(());
+    }
+    let mut h = Head::new(answer.status, 64 * answer.headers.len());
+    for (k, v) in &answer.headers {
+        h.raw(k, v);
+    }
+    h.field("Via", node::via(11, &io.cfg.node));
+    Counters::inc(&io.counters.interim_forwarded);
+    conn.write_all_timeout(io, &h.end(), io.cfg.send_timeout)
+}
+
 /// Sends the `100 Continue` a client waits for before it sends its body.
 pub fn send_continue(io: &Io, conn: &mut Conn) -> Result<(), ClientError> {
     conn.write_all_timeout(io, CONTINUE, io.cfg.send_timeout)
