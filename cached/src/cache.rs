@@ -1,6 +1,6 @@
 //! The L2 cache as HTTP sees it: a byte-bounded LRU (`common::lru`) of stored answers, plus
-//! `Vary` bookkeeping (several variants of one URL side by side, all dropped together by
-//! PURGE or invalidation), plus the table of fills in progress that collapses concurrent
+//! `Vary` bookkeeping (several variants of one URL side by side, each with up to
+//! [`MAX_PIECES`] stored `206` pieces, all dropped together by PURGE or invalidation), plus the table of fills in progress that collapses concurrent
 //! misses of one key into one upstream fetch.
 //!
 //! A fill streams: its leader appends body bytes as they come from the origin, and every
@@ -30,9 +30,18 @@ struct Inner {
     variants: HashMap<String, HashSet<String>>,
 }
 
-/// The key of the stored piece (a `206`, RFC 9111 §3.4) of the variant stored at `full_key`.
-pub fn partial_key(full_key: &str) -> String {
-    format!("{full_key}\npartial")
+/// Most pieces (`206`, RFC 9111 §3.4) kept for one variant: past this, the smallest goes.
+pub const MAX_PIECES: usize = 8;
+
+/// What the keys of the stored pieces of the variant stored at `full_key` begin with; each
+/// piece's key ends with its first byte (pieces never overlap: touching ones are combined).
+fn piece_prefix(full_key: &str) -> String {
+    format!("{full_key}\npartial\n")
+}
+
+/// The primary key a full key (primary, or primary and `Vary` secondary key) belongs to.
+fn primary_of(full_key: &str) -> &str {
+    full_key.split('\n').next().unwrap_or(full_key)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -77,8 +86,9 @@ impl Cache {
             format!("{primary}\n{}", policy::vary_key(&names, req))
         };
         if obj.status == 206 {
-            // A piece of the variant lives beside it (see `partial_key`).
-            key = partial_key(&key);
+            // A piece of the variant lives beside it (see `piece_prefix`).
+            let first = policy::content_range(&obj.headers).map_or(0, |(f, _, _)| f);
+            key = format!("{}{first}", piece_prefix(&key));
         }
         inner.vary.insert(primary.to_string(), names);
         inner
@@ -94,6 +104,34 @@ impl Cache {
             set.retain(|k| lru.contains(k));
         }
         evicted
+    }
+
+    /// The stored pieces of the variant at `full_key`, with their keys.
+    pub fn pieces(&self, full_key: &str) -> Vec<(String, Arc<Stored>)> {
+        let prefix = piece_prefix(full_key);
+        let mut inner = lock(&self.inner);
+        let keys: Vec<String> = inner
+            .variants
+            .get(primary_of(full_key))
+            .map(|set| {
+                set.iter()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        keys.into_iter()
+            .filter_map(|k| inner.lru.get(&k).cloned().map(|o| (k, o)))
+            .collect()
+    }
+
+    /// Drops one stored piece (by the key [`Cache::pieces`] gave).
+    pub fn remove_piece(&self, key: &str) {
+        let mut inner = lock(&self.inner);
+        inner.lru.remove(key);
+        if let Some(set) = inner.variants.get_mut(primary_of(key)) {
+            set.remove(key);
+        }
     }
 
     /// Drops every variant stored under `primary`, pieces included; `true` if anything was there.

@@ -10,7 +10,7 @@
 //! and the refresh queue (a stale-while-revalidate answer queues its refresh), and marks
 //! the entries it looked at as recently used; nothing else.
 
-use crate::cache::{partial_key, FillLead, FillRole, Follower};
+use crate::cache::{FillLead, FillRole, Follower};
 use crate::ctx::Ctx;
 use crate::refresh::Refresh;
 use crate::stored::{Stored, Validity};
@@ -195,7 +195,8 @@ fn refresh_in_background(
     })
 }
 
-/// A fresh stored piece (RFC 9111 §3.4) that holds the whole range asked for, unless a
+/// A fresh stored piece (RFC 9111 §3.4) that holds the whole range asked for (of those the
+/// variant keeps), unless a
 /// conditional asks for more than a piece can answer.
 fn stored_piece(
     ctx: &Ctx,
@@ -213,21 +214,22 @@ fn stored_piece(
     if req.header("range").is_none() || conditional.iter().any(|h| req.header(h).is_some()) {
         return None;
     }
-    let obj = ctx.cache.get(&partial_key(key))?;
-    if obj.usable(now, rules) != Some(Use::Fresh) {
-        return None;
-    }
-    let (first, last, len) = policy::content_range(&obj.headers)?;
-    match policy::range(&req.headers, &obj.headers, len) {
-        RangeAnswer::Partial(from, to) if from >= first && to <= last => Some(Piece {
-            obj,
-            from,
-            to,
-            len,
-            offset: from - first,
-        }),
-        _ => None,
-    }
+    ctx.cache.pieces(key).into_iter().find_map(|(_, obj)| {
+        if obj.usable(now, rules) != Some(Use::Fresh) {
+            return None;
+        }
+        let (first, last, len) = policy::content_range(&obj.headers)?;
+        match policy::range(&req.headers, &obj.headers, len) {
+            RangeAnswer::Partial(from, to) if from >= first && to <= last => Some(Piece {
+                obj,
+                from,
+                to,
+                len,
+                offset: from - first,
+            }),
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -139,18 +139,29 @@ pub fn store_refreshed(
     Some(refreshed)
 }
 
-/// Stores a `206` piece, combined with the stored piece of the same representation when
-/// they touch or overlap (RFC 9111 §3.4); once the pieces hold the whole body, the result
-/// is stored as the complete `200` (later full and range requests are hits).
+/// Stores a `206` piece (RFC 9111 §3.4), combined with every stored piece of the same
+/// representation it touches or overlaps (and, grown, with those it then touches); pieces of
+/// another representation go, and past `MAX_PIECES` the smallest. Once the pieces hold the
+/// whole body, the result is stored as the complete `200` (later full and range requests
+/// are hits).
 pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
-    let key = crate::cache::partial_key(&ctx.cache.full_key(primary, &req.headers));
-    if let Some(old) = ctx.cache.get(&key) {
-        let combined = policy::combine((&old.headers, &old.body), (&obj.headers, &obj.body));
-        let limit = ctx.store_limit();
-        if let (Some((first, body)), Some((_, _, len))) = (
-            combined.filter(|(_, b)| b.len() as u64 <= limit),
-            policy::content_range(&obj.headers),
-        ) {
+    let Some((_, _, len)) = policy::content_range(&obj.headers) else {
+        return;
+    };
+    let limit = ctx.store_limit();
+    let mut others = ctx.cache.pieces(&ctx.cache.full_key(primary, &req.headers));
+    loop {
+        let before = others.len();
+        others.retain(|(key, old)| {
+            if !policy::same_representation(&old.headers, &obj.headers) {
+                ctx.cache.remove_piece(key);
+                return false;
+            }
+            let combined = policy::combine((&old.headers, &old.body), (&obj.headers, &obj.body))
+                .filter(|(_, b)| b.len() as u64 <= limit);
+            let Some((first, body)) = combined else {
+                return true;
+            };
             let last = first + body.len() as u64 - 1;
             obj.headers
                 .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
@@ -159,6 +170,16 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
                 format!("bytes {first}-{last}/{len}").into_bytes(),
             ));
             obj.body = Arc::new(body);
+            ctx.cache.remove_piece(key);
+            false
+        });
+        if others.len() == before {
+            break;
+        }
+    }
+    if others.len() >= crate::cache::MAX_PIECES {
+        if let Some((key, _)) = others.iter().min_by_key(|(_, o)| o.body.len()) {
+            ctx.cache.remove_piece(key);
         }
     }
     if let Some((0, last, len)) = policy::content_range(&obj.headers) {

@@ -869,6 +869,14 @@ fn combinable(resp: &[(String, Vec<u8>)]) -> bool {
     content_range(resp).is_some() && header_str(resp, "etag").is_some_and(|e| e.starts_with('"'))
 }
 
+/// Are two `206` pieces of one representation (RFC 9111 §3.4): the same complete length and
+/// equal strong `ETag`s? Pieces of another one are obsolete once a new piece arrives.
+pub fn same_representation(a: &[(String, Vec<u8>)], b: &[(String, Vec<u8>)]) -> bool {
+    let lens = content_range(a).zip(content_range(b));
+    let tags = header_str(a, "etag").zip(header_str(b, "etag"));
+    matches!((lens, tags), (Some((x, y)), Some((e1, e2))) if x.2 == y.2 && strong_eq(&e1, &e2))
+}
+
 /// Combines two stored pieces of one representation (RFC 9111 §3.4): both `206` with a
 /// complete length, equal strong `ETag`s, and ranges that overlap or touch. The result is
 /// `(first, bytes)` of the union, the newer piece winning where they overlap; `None` when
@@ -877,11 +885,10 @@ pub fn combine(
     old: (&[(String, Vec<u8>)], &[u8]),
     new: (&[(String, Vec<u8>)], &[u8]),
 ) -> Option<(u64, Vec<u8>)> {
-    let (a, b, len) = content_range(old.0)?;
-    let (c, d, len2) = content_range(new.0)?;
-    let (e1, e2) = (header_str(old.0, "etag")?, header_str(new.0, "etag")?);
+    let (a, b, _) = content_range(old.0)?;
+    let (c, d, _) = content_range(new.0)?;
     let lengths_fit = old.1.len() as u64 == b - a + 1 && new.1.len() as u64 == d - c + 1;
-    if len != len2 || !strong_eq(&e1, &e2) || !lengths_fit {
+    if !same_representation(old.0, new.0) || !lengths_fit {
         return None;
     }
     if c > b.saturating_add(1) || a > d.saturating_add(1) {
@@ -1463,6 +1470,19 @@ mod tests {
         assert_eq!(
             combine((&b, b"56789"), (&c, b"3456")),
             Some((3, b"3456789".to_vec()))
+        );
+        assert!(same_representation(&a, &c));
+        assert!(
+            !same_representation(&a, &piece("bytes 0-4/11", "\"p\"")),
+            "length"
+        );
+        assert!(
+            !same_representation(&a, &piece("bytes 0-4/10", "\"q\"")),
+            "tag"
+        );
+        assert!(
+            !same_representation(&a, &piece("bytes 0-4/10", "W/\"p\"")),
+            "weak"
         );
         let gap = piece("bytes 7-9/10", "\"p\"");
         assert_eq!(combine((&a, b"01234"), (&gap, b"789")), None, "a gap");

@@ -446,6 +446,64 @@ fn issue_12_partial_answers_are_stored_and_combined() {
     });
 }
 
+/// RFC 9111 §3.4 with pieces that do not touch when they come: each is kept (a range inside
+/// either is a hit), and the piece that fills the gap combines all three into the complete
+/// answer; a piece of a new representation makes the old pieces go.
+#[test]
+fn issue_12_disjoint_pieces_are_kept_side_by_side_and_combine_when_the_gap_fills() {
+    with_deadline(LIMIT, || {
+        let origin = Origin::start();
+        let inst = instance(&origin);
+        let piece = |range: &str, body: &str, tag: &str| {
+            Route::ok(body.to_string())
+                .status(206)
+                .header("Content-Range", range)
+                .header("ETag", tag)
+                .header("Cache-Control", "max-age=60")
+        };
+        let fetch = |path: &str, range: &str| {
+            let r = get(&inst, path, &[("Range", range)]);
+            assert_eq!(r.status, 206, "{path} {range}: {}", r.describe());
+            r
+        };
+        origin.route("/d", piece("bytes 0-2/10", "012", "\"v1\""));
+        fetch("/d", "bytes=0-2");
+        origin.route("/d", piece("bytes 6-9/10", "6789", "\"v1\""));
+        fetch("/d", "bytes=6-9");
+        assert_eq!(origin.count("/d"), 2);
+        for (range, body) in [("bytes=0-1", "01"), ("bytes=7-9", "789")] {
+            let r = fetch("/d", range);
+            assert_eq!((x_cache(&r), r.text().as_str()), ("HIT", body), "{range}");
+        }
+        assert_eq!(origin.count("/d"), 2, "both pieces were kept");
+        origin.route("/d", piece("bytes 3-5/10", "345", "\"v1\""));
+        fetch("/d", "bytes=3-5");
+        let full = get(&inst, "/d", &[]);
+        assert_eq!(
+            (full.status, x_cache(&full), full.text().as_str()),
+            (200, "HIT", "0123456789"),
+            "{}",
+            full.describe()
+        );
+        assert_eq!(origin.count("/d"), 3);
+
+        // A new representation: its piece replaces the old ones.
+        origin.route("/e", piece("bytes 0-2/10", "abc", "\"v1\""));
+        fetch("/e", "bytes=0-2");
+        origin.route("/e", piece("bytes 5-6/10", "XY", "\"v2\""));
+        fetch("/e", "bytes=5-6");
+        let old = get(&inst, "/e", &[("Range", "bytes=0-2")]);
+        assert_ne!(
+            x_cache(&old),
+            "HIT",
+            "the v1 piece went: {}",
+            old.describe()
+        );
+        let r = fetch("/e", "bytes=5-6");
+        assert_eq!((x_cache(&r), r.text().as_str()), ("HIT", "XY"));
+    });
+}
+
 /// An origin that answers `/hints` with `102` and `103` at once and its final answer
 /// `delay` later; the time the final answer was sent is recorded.
 fn hints_origin(delay: Duration) -> (SocketAddr, Arc<std::sync::Mutex<Vec<std::time::Instant>>>) {
