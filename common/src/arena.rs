@@ -2962,6 +2962,228 @@ mod tests {
         assert!(explore(false, true).1);
     }
 
+    // ---- model check of streaming (committed length, abandonment) ---------------------
+
+    /// One streaming reader and the writer of one exposed record of `LEN` body bytes, each
+    /// step one shared-memory access under sequential consistency. The writer writes a byte,
+    /// then commits it; after any byte it may abandon the fill instead (unlink, state, wait
+    /// for no pin, reuse the space for another generation). The reader pins the loc it found,
+    /// re-validates it, then reads the state, the committed length, and bytes below it.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+    struct S {
+        entry: u8,
+        hdr_gen: u8,
+        state: u8,
+        committed: u8,
+        mem: [u8; LEN],
+        pin: u8,
+        snap: u8,
+        w: u8,
+        k: u8,
+        r: u8,
+        l: u8,
+        c: u8,
+        j: u8,
+    }
+
+    const LEN: usize = 3;
+    const S_STREAMING: u8 = 1;
+    const S_LIVE: u8 = 2;
+    const S_ABANDONED: u8 = 3;
+
+    /// How a broken side may differ from the protocol.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Flaw {
+        None,
+        /// The writer commits a byte before writing it.
+        CommitFirst,
+        /// The reader reads past the committed length.
+        ReadPast,
+        /// The writer reuses an abandoned record without waiting for pins.
+        NoPinWait,
+    }
+
+    /// The writer's possible next steps.
+    fn stream_writer(m: &S, flaw: Flaw) -> Vec<S> {
+        let mut n = *m;
+        let commit_first = flaw == Flaw::CommitFirst;
+        match m.w {
+            // Write byte k (or commit it first, if flawed).
+            0 => {
+                if commit_first {
+                    n.committed = m.k + 1;
+                } else {
+                    n.mem[m.k as usize] = 1;
+                }
+                n.w = 1;
+            }
+            1 => {
+                if commit_first {
+                    n.mem[m.k as usize] = 1;
+                } else {
+                    n.committed = m.k + 1;
+                }
+                n.k += 1;
+                n.w = if n.k as usize == LEN { 2 } else { 0 };
+                if n.w == 0 {
+                    // ... or abandon the fill here instead of going on.
+                    let mut a = n;
+                    a.w = 10;
+                    return vec![n, a];
+                }
+            }
+            2 => {
+                n.state = S_LIVE;
+                n.w = DONE;
+            }
+            10 => {
+                n.entry = 0;
+                n.w = 11;
+            }
+            11 => {
+                n.state = S_ABANDONED;
+                n.w = 12;
+            }
+            12 => {
+                n.snap = m.pin;
+                n.w = 13;
+            }
+            13 => n.w = if m.snap != 0 && flaw != Flaw::NoPinWait { 12 } else { 14 },
+            _ => {
+                // Reuse: another generation's header and bytes.
+                n.hdr_gen = 2;
+                n.state = S_STREAMING;
+                n.committed = 0;
+                n.mem = [2; LEN];
+                n.w = DONE;
+            }
+        }
+        vec![n]
+    }
+
+    /// The reader's next step; false if it read a byte that is not the fill's own.
+    fn stream_reader(m: &mut S, flaw: Flaw) -> bool {
+        match m.r {
+            0 => {
+                m.l = m.entry;
+                m.r = if m.l == 0 { DONE } else { 1 };
+            }
+            1 => {
+                m.pin = m.l;
+                m.r = 2;
+            }
+            2 => {
+                if m.entry != m.l {
+                    m.pin = 0;
+                    m.r = DONE;
+                } else {
+                    m.r = 3;
+                }
+            }
+            3 => {
+                // Validate: the header is the generation pinned.
+                if m.hdr_gen != m.l {
+                    m.pin = 0;
+                    m.r = DONE;
+                } else {
+                    m.r = 4;
+                }
+            }
+            4 => {
+                if m.state == S_ABANDONED {
+                    m.pin = 0;
+                    m.r = DONE;
+                } else {
+                    m.r = 5;
+                }
+            }
+            5 => {
+                m.c = if flaw == Flaw::ReadPast {
+                    LEN as u8
+                } else {
+                    m.committed
+                };
+                m.r = 6;
+            }
+            _ => {
+                if m.j < m.c {
+                    if m.mem[m.j as usize] != 1 {
+                        return false;
+                    }
+                    m.j += 1;
+                    if m.j as usize == LEN {
+                        m.pin = 0;
+                        m.r = DONE;
+                        return true;
+                    }
+                }
+                m.r = 4;
+            }
+        }
+        true
+    }
+
+    /// Explores every interleaving; returns (states seen, whether a bad read is reachable).
+    fn explore_stream(flaw: Flaw) -> (usize, bool) {
+        let start = S {
+            entry: 1,
+            hdr_gen: 1,
+            state: S_STREAMING,
+            committed: 0,
+            mem: [0; LEN],
+            pin: 0,
+            snap: 0,
+            w: 0,
+            k: 0,
+            r: 0,
+            l: 0,
+            c: 0,
+            j: 0,
+        };
+        let mut seen = std::collections::HashSet::from([start]);
+        let mut todo = vec![start];
+        let mut bad = false;
+        while let Some(m) = todo.pop() {
+            let mut next = Vec::new();
+            if m.r != DONE {
+                let mut n = m;
+                if stream_reader(&mut n, flaw) {
+                    next.push(n);
+                } else {
+                    bad = true;
+                }
+            }
+            if m.w != DONE {
+                next.extend(stream_writer(&m, flaw));
+            }
+            if next.is_empty() && !bad {
+                // Both ended, no pin is left, and a reader that read all read a whole fill.
+                assert_eq!((m.r, m.w, m.pin), (DONE, DONE, 0), "{m:?}");
+                assert!(m.j as usize != LEN || m.state == S_LIVE, "{m:?}");
+            }
+            for n in next {
+                if seen.insert(n) {
+                    todo.push(n);
+                }
+            }
+        }
+        (seen.len(), bad)
+    }
+
+    #[test]
+    fn streaming_is_safe_in_every_interleaving() {
+        let (states, bad) = explore_stream(Flaw::None);
+        assert!(!bad, "a streaming reader read past the committed length or a reused byte");
+        assert!(states > 100, "explored only {states} states");
+    }
+
+    #[test]
+    fn streaming_check_catches_each_broken_step() {
+        for flaw in [Flaw::CommitFirst, Flaw::ReadPast, Flaw::NoPinWait] {
+            assert!(explore_stream(flaw).1);
+        }
+    }
+
     // ---- other processes ---------------------------------------------------------------
 
     const CHILD_ENV: &str = "SHMPROXY_ARENA_CHILD";
