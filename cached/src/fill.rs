@@ -5,6 +5,7 @@
 //! was decided by `phase`; the request itself is sent by `source::origin`.
 
 use crate::answer;
+use crate::published;
 use crate::cache::{FillLead, Follower, Progress};
 use crate::ctx::Ctx;
 use crate::error::SourceError;
@@ -158,15 +159,37 @@ pub fn relay(
         }
         None => headers.clone(),
     };
+    let initial_age = policy::initial_age(&headers, request_time, response_time);
+    // A shared fill of a declared length is exposed in the arena as it arrives: workers
+    // stream it from there, and its waiters send them there instead of holding a segment.
+    let mut streaming = match (&storable, &lead, framing, &ctx.arena) {
+        (Some(s), Some(_), BodyLen::Exact(n), Some(arena)) => {
+            let mut stored_headers = shared.clone();
+            stored_headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+            let head = published::Head {
+                status,
+                headers: &stored_headers,
+                validity: &Validity::http(s),
+                response_time,
+                initial_age,
+            };
+            let site = &ctx.cfg.sites[origin::site_of(ctx, req).expect("a routed request")];
+            arena.begin(&ctx.cfg, &cache_key(site, req), &head, n)
+        }
+        _ => None,
+    };
     if storable.is_none() {
         // Not shareable: followers fetch on their own, and we buffer nothing for them.
         if let Some(mut l) = lead.take() {
             l.pass();
         }
     } else if let Some(l) = &lead {
+        if let Some(s) = &streaming {
+            Counters::inc(&ctx.counters().fills_streamed);
+            l.streams_in_arena(s.follow());
+        }
         l.head(status, answer::downstream(ctx, shared.clone()), framing);
     }
-    let initial_age = policy::initial_age(&headers, request_time, response_time);
     let ttl = match &storable {
         // Our answer keeps fields the shared copy lacks (a Set-Cookie, qualified fields):
         // it is not announced as reusable by others.
@@ -217,6 +240,13 @@ pub fn relay(
             };
             let chunk = &buf[..n];
             total += n as u64;
+            if declared.is_some_and(|d| total > d) {
+                // More than announced: the record cannot hold it (the fill fails below).
+                streaming = None;
+            }
+            if let Some(s) = streaming.as_mut() {
+                s.write(chunk);
+            }
             if keep.is_some() && total > limit {
                 // Too large to store: it streams on through a bounded window.
                 keep = None;
@@ -237,12 +267,13 @@ pub fn relay(
                     .and_then(|()| if last { Ok(()) } else { lease.flush() });
             }
             if own.is_err() {
-                // Our client is gone: go on only for followers, at the pace of the fastest.
+                // Our client is gone: go on only for followers, at the pace of the fastest
+                // (those streaming from the arena are not counted: a streamed fill goes on).
                 let followers = match &lead {
                     Some(l) => l.pace(window, ctx.cfg.read_timeout),
                     None => 0,
                 };
-                if followers == 0 {
+                if followers == 0 && streaming.is_none() {
                     return own;
                 }
             }
@@ -275,9 +306,11 @@ pub fn relay(
         if status == 206 {
             store::piece(ctx, &cache_key(site, req), req, obj);
         } else {
-            ctx.store(&cache_key(site, req), req, Arc::new(obj));
+            ctx.store_streamed(&cache_key(site, req), req, Arc::new(obj), streaming.take());
         }
     }
+    // A streamed fill not stored after all is abandoned here (its readers stop).
+    drop(streaming);
     own?;
     lease.finish()
 }
@@ -323,6 +356,19 @@ pub fn follow(
         site,
         ..respond::Meta::of(CacheOutcome::Collapsed)
     };
+    // The fill is in the arena: the worker streams it from there (deciding the answer for
+    // the request itself, as for a hit), and the segment is free at once. Conditional
+    // requests stay here, where the answer to every precondition is known.
+    let conditional = common::http::CONDITIONAL
+        .iter()
+        .any(|c| req.header(c).is_some());
+    if let Some(follow) = fill.arena() {
+        if !conditional && common::hit::answerable(&req.method, &req.headers) {
+            Counters::inc(&ctx.counters().arena_follows);
+            respond::follow_arena(lease, meta, follow)?;
+            return Ok(Followed::Served);
+        }
+    }
     respond::head(lease, status, framing, meta, headers)?;
     let mut offset = 0u64;
     loop {

@@ -6,11 +6,11 @@
 //! `cached` is down. Called by `Ctx::store` and `Ctx::remove`; nothing else writes the arena.
 
 use crate::stored::{Stored, Validity};
-use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Start};
+use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Reservation, Start};
 use common::config::{CachedConfig, SetCookie};
 use common::hit::{self, Meta, Object};
 use common::http::header;
-use common::protocol::RequestHead;
+use common::protocol::{FollowArena, RequestHead};
 use common::stats::Counters;
 use common::Names;
 use std::sync::atomic::Ordering;
@@ -114,40 +114,16 @@ impl Published {
         let Some((site, key)) = split(primary) else {
             return;
         };
-        let Validity::Http {
-            lifetime,
-            must_revalidate,
-            no_cache,
-            ..
-        } = obj.validity
-        else {
-            return;
-        };
-        if obj.status == 206 {
-            return;
-        }
-        let mut headers = obj.headers.clone();
-        if cfg.strip_targeted {
-            common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
-        }
-        let vary = common::cache_policy::all_tokens(&obj.headers, "vary");
-        // As `answer::stored` grants: only answers everyone may reuse as they are.
-        let show_ttl = !no_cache
-            && obj.status == 200
-            && vary.is_empty()
-            && (cfg.set_cookie == SetCookie::Store || header(&obj.headers, "set-cookie").is_none());
-        let meta = Meta::Object(Object {
+        let head = Head {
             status: obj.status,
-            headers,
+            headers: &obj.headers,
+            validity: &obj.validity,
             response_time: obj.response_time,
             initial_age: obj.initial_age,
-            lifetime,
-            must_revalidate,
-            no_cache,
-            show_ttl,
-            site: site.to_string(),
-        })
-        .encode();
+        };
+        let Some((meta, vary)) = head.meta(cfg, site) else {
+            return;
+        };
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
             return;
@@ -186,6 +162,40 @@ impl Published {
         if let Err(e) = guard.0.publish(res) {
             log::warn!("arena publish failed: {e}");
             guard.0.remove(full_key.as_bytes());
+        }
+    }
+
+    /// Starts publishing a fill's answer while it arrives: reserves its record (a body of
+    /// `body_len`, the declared length) and exposes it, so workers find it at once and stream
+    /// it as [`Streaming::write`] commits its bytes (the fill's collapsed waiters are told to
+    /// follow it). `None` — the answer is published the ordinary way once stored, if at all —
+    /// for what the arena does not keep (files, pieces, answers with `Vary`, larger than a
+    /// record) or when its space is held.
+    pub fn begin(&self, cfg: &CachedConfig, primary: &str, head: &Head<'_>, body_len: u64) -> Option<Streaming> {
+        let (site, key) = split(primary)?;
+        let (meta, vary) = head.meta(cfg, site)?;
+        if !vary.is_empty() {
+            return None;
+        }
+        let mut guard = lock(&self.owner);
+        let mut res = guard.0.reserve(key.as_bytes(), &meta, body_len).ok()?;
+        guard.0.expose(&mut res);
+        Some(Streaming {
+            res,
+            key: key.to_string(),
+        })
+    }
+
+    /// Ends a streamed fill that was stored: its record becomes an ordinary object in place.
+    /// Not if it was removed or replaced meanwhile (a PURGE during the fill), nor if its
+    /// body is incomplete (it is abandoned: readers stop). `true` if published.
+    pub fn finish(&self, s: Streaming) -> bool {
+        match lock(&self.owner).0.publish(s.res) {
+            Ok(_) => true,
+            Err(e) => {
+                log::debug!("streamed fill of {} not published: {e}", s.key);
+                false
+            }
         }
     }
 
@@ -228,6 +238,80 @@ impl Published {
         counters
             .arena_evictions
             .store(u.evictions + u.bucket_evictions, Ordering::Relaxed);
+    }
+}
+
+/// What the arena's metadata of an answer is made of (a stored answer's, or a fill's head).
+pub struct Head<'a> {
+    pub status: u16,
+    pub headers: &'a [(String, Vec<u8>)],
+    pub validity: &'a Validity,
+    pub response_time: std::time::SystemTime,
+    pub initial_age: std::time::Duration,
+}
+
+impl Head<'_> {
+    /// The encoded metadata for site `site`, and the fields the answer varies on; `None` for
+    /// what the arena does not keep (pieces, answers without HTTP freshness).
+    fn meta(&self, cfg: &CachedConfig, site: &str) -> Option<(Vec<u8>, Vec<String>)> {
+        let Validity::Http {
+            lifetime,
+            must_revalidate,
+            no_cache,
+            ..
+        } = *self.validity
+        else {
+            return None;
+        };
+        if self.status == 206 {
+            return None;
+        }
+        let mut headers = self.headers.to_vec();
+        if cfg.strip_targeted {
+            common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
+        }
+        let vary = common::cache_policy::all_tokens(self.headers, "vary");
+        // As `answer::stored` grants: only answers everyone may reuse as they are.
+        let show_ttl = !no_cache
+            && self.status == 200
+            && vary.is_empty()
+            && (cfg.set_cookie == SetCookie::Store || header(self.headers, "set-cookie").is_none());
+        let meta = Meta::Object(Object {
+            status: self.status,
+            headers,
+            response_time: self.response_time,
+            initial_age: self.initial_age,
+            lifetime,
+            must_revalidate,
+            no_cache,
+            show_ttl,
+            site: site.to_string(),
+        })
+        .encode();
+        Some((meta, vary))
+    }
+}
+
+/// A fill being published as it arrives ([`Published::begin`]); dropping it unfinished
+/// abandons its record (the workers streaming it stop, short of the declared length).
+pub struct Streaming {
+    res: Reservation,
+    key: String,
+}
+
+impl Streaming {
+    /// What a collapsed waiter is told to follow.
+    pub fn follow(&self) -> FollowArena {
+        FollowArena {
+            key: self.key.clone(),
+            generation: self.res.generation(),
+        }
+    }
+
+    /// Commits body bytes as they arrive (those past the declared length are not kept: the
+    /// fill fails then anyway).
+    pub fn write(&mut self, chunk: &[u8]) {
+        self.res.write(chunk);
     }
 }
 

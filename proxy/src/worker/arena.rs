@@ -5,10 +5,16 @@
 //! (not stored, stale, a failed precondition, ranges, credentials, no pin slot, no arena)
 //! goes to `cached` as before. The arena is opened on first use and again when its owner stopped
 //! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
+//!
+//! A record still being filled (`cached` exposes a fill of a declared length as it arrives) is
+//! found the same way and answered by streaming its body as it is committed
+//! (`respond::arena_hit`); a collapsed waiter that `cached` sends here ([`ArenaView::follow`],
+//! the wire answer `ResponseHead::follow`) is answered alike, its segment already free.
 
-use common::arena::{Arena, ArenaReader, Lookup, Pinned};
+use common::arena::{Arena, ArenaReader, Fill, Lookup, Pinned};
 use common::cache_policy::RequestRules;
-use common::hit::{self, Meta};
+use common::hit::{self, Meta, Object};
+use common::protocol::FollowArena;
 use common::request::Request;
 use common::stats::Counters;
 use common::Names;
@@ -80,10 +86,28 @@ impl ArenaView {
             return None;
         }
         let found = self.reader().and_then(|r| find(&r, counters, req));
-        let counter = if found.is_some() {
-            &counters.arena_hits
-        } else {
-            &counters.arena_misses
+        let counter = match &found {
+            Some(h) if h.pinned.fill() != Fill::Complete => &counters.arena_streams,
+            Some(_) => &counters.arena_hits,
+            None => &counters.arena_misses,
+        };
+        Counters::inc(counter);
+        found
+    }
+
+    /// The record `cached` told a collapsed waiter to follow (or a newer object of its key),
+    /// pinned, with the answer it gives `req`; `None` if it is gone (its fill failed, it was
+    /// replaced by an older-looking copy, removed) or does not answer `req` here.
+    pub fn follow(&self, counters: &Counters, req: &Request, f: &FollowArena) -> Option<Hit> {
+        let r = self.reader()?;
+        let found = match decoded(&r, counters, &f.key)? {
+            (p, Meta::Object(o)) if p.generation() >= f.generation => answer(p, o, req),
+            _ => None,
+        };
+        let counter = match &found {
+            Some(h) if h.pinned.fill() != Fill::Complete => &counters.arena_streams,
+            Some(_) => &counters.arena_hits,
+            None => &counters.arena_follow_misses,
         };
         Counters::inc(counter);
         found
@@ -117,6 +141,11 @@ fn find(r: &ArenaReader, counters: &Counters, req: &Request) -> Option<Hit> {
             }
         }
     };
+    answer(pinned, object, req)
+}
+
+/// The answer the pinned `object` gives `req`, if it is fresh for it.
+fn answer(pinned: Pinned, object: Object, req: &Request) -> Option<Hit> {
     let now = SystemTime::now();
     if !object.fresh(now, &RequestRules::of(&req.headers)) {
         return None;
@@ -147,7 +176,6 @@ fn decoded(r: &ArenaReader, counters: &Counters, key: &str) -> Option<(Pinned, M
 mod tests {
     use super::*;
     use common::arena::{ArenaConfig, ArenaOwner};
-    use common::hit::Object;
     use common::request::{parse_head, Limits, Parsed};
     use common::stats::StatsRegion;
     use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The exchange with `cached` for one request: lease a segment, ring the doorbell, write
 //! the request head and body into the segment, then stream the answer to the client chunk
-//! by chunk. Every failure is a [`FetchError`] for `route` to answer: before the first
+//! by chunk — or, when `cached` says the answer is a fill it streams into the shared arena
+//! (a collapsed waiter's: `ResponseHead::follow`), free the segment at once and stream the
+//! record from the arena (`respond::arena_hit`). Every failure is a [`FetchError`] for
+//! `route` to answer: before the first
 //! response byte a clear status (503 cached absent or pool exhausted, 504 cached too slow,
 //! 502 bad answer); after it the connection closes, so a client never mistakes a short body
 //! for a whole one.
@@ -11,7 +14,9 @@ use super::error::FetchError;
 use super::link::Peer;
 use super::respond;
 use common::pool::{AcquireError, Lease};
-use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
+use common::protocol::{
+    read_head, BodyLen, Doorbell, FollowArena, Kind, RequestHead, ResponseHead,
+};
 use common::request::{ClientBody, RejectReason, Request};
 use common::stats::Counters;
 use std::io::{self, Read, Write};
@@ -23,6 +28,14 @@ use std::time::{Duration, Instant};
 /// How long a doorbell may wait for room in the queue.
 const RING_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How cached answered.
+enum Answered {
+    /// Relayed to the client: whether the connection may continue.
+    Relayed(bool),
+    /// Follow this arena record (the segment is already free).
+    Follow(FollowArena),
+}
+
 /// Runs one request through cached; `Ok`: whether the connection may continue.
 pub fn exchange(
     cx: &Ctx,
@@ -32,6 +45,39 @@ pub fn exchange(
     kind: Kind,
     scratch: &mut Scratch,
 ) -> Result<bool, FetchError> {
+    let f = match exchange_once(cx, io, conn, req, kind, scratch)? {
+        Answered::Relayed(keep) => return Ok(keep),
+        Answered::Follow(f) => f,
+    };
+    if let Some(hit) = cx.arena.follow(cx.counters(), req, &f) {
+        return Ok(respond::arena_hit(io, conn, req, hit));
+    }
+    // The record went between cached's answer and our lookup (its fill failed, it was
+    // replaced or removed): ask once more (only bodiless requests join fills), and do not
+    // follow a second pointer that leads nowhere.
+    if req.body != ClientBody::None {
+        return Err(FetchError::BadAnswer("the arena record to follow is gone".into()));
+    }
+    match exchange_once(cx, io, conn, req, kind, scratch)? {
+        Answered::Relayed(keep) => Ok(keep),
+        Answered::Follow(f) => match cx.arena.follow(cx.counters(), req, &f) {
+            Some(hit) => Ok(respond::arena_hit(io, conn, req, hit)),
+            None => Err(FetchError::BadAnswer(
+                "the arena record to follow is gone".into(),
+            )),
+        },
+    }
+}
+
+/// One leased exchange with cached.
+fn exchange_once(
+    cx: &Ctx,
+    io: &Io,
+    conn: &mut Conn,
+    req: &Request,
+    kind: Kind,
+    scratch: &mut Scratch,
+) -> Result<Answered, FetchError> {
     let cfg = &cx.shared.cfg;
     let pool = &cx.shared.pool;
     let head = RequestHead {
@@ -127,9 +173,19 @@ fn relay_answer(
     req: &Request,
     t: &mut Transfer,
     scratch: &mut Scratch,
-) -> Result<bool, FetchError> {
+) -> Result<Answered, FetchError> {
     let raw = read_head(&mut t.lease).map_err(FetchError::from_lease)?;
     let answer = ResponseHead::decode(&raw).map_err(|e| FetchError::BadAnswer(e.to_string()))?;
+    if let Some(f) = answer.follow {
+        // Nothing follows the head: the segment is done with.
+        if t.lease.read(&mut scratch.io).map_err(FetchError::from_lease)? != 0 {
+            return Err(FetchError::BadAnswer("a body after an arena pointer".into()));
+        }
+        if t.lease.peer_finished() {
+            t.lease.complete();
+        }
+        return Ok(Answered::Follow(f));
+    }
     let head_request = req.method == "HEAD";
     let mut keep = req.keep_alive;
     let chunked = answer.body == BodyLen::Unknown && !head_request;
@@ -153,10 +209,10 @@ fn relay_answer(
     };
     stream_body(io, conn, &mut t.lease, body, out, scratch)?;
     if !t.lease.peer_finished() {
-        return Ok(false);
+        return Ok(Answered::Relayed(false));
     }
     t.lease.complete();
-    Ok(keep)
+    Ok(Answered::Relayed(keep))
 }
 
 /// The request's fields as cached gets them: a client's `X-Forwarded-*`/`Forwarded` are
