@@ -5,10 +5,10 @@
 //! was decided by `phase`; the request itself is sent by `source::origin`.
 
 use crate::answer;
-use crate::published;
 use crate::cache::{FillLead, Follower, Progress};
 use crate::ctx::Ctx;
 use crate::error::SourceError;
+use crate::published;
 use crate::respond;
 use crate::source::origin::{self, cache_key, declared_length, end_to_end, host_key};
 use crate::store;

@@ -171,7 +171,13 @@ impl Published {
     /// follow it). `None` — the answer is published the ordinary way once stored, if at all —
     /// for what the arena does not keep (files, pieces, answers with `Vary`, larger than a
     /// record) or when its space is held.
-    pub fn begin(&self, cfg: &CachedConfig, primary: &str, head: &Head<'_>, body_len: u64) -> Option<Streaming> {
+    pub fn begin(
+        &self,
+        cfg: &CachedConfig,
+        primary: &str,
+        head: &Head<'_>,
+        body_len: u64,
+    ) -> Option<Streaming> {
         let (site, key) = split(primary)?;
         let (meta, vary) = head.meta(cfg, site)?;
         if !vary.is_empty() {

@@ -2370,7 +2370,11 @@ mod tests {
         put(&mut o, &k, 1, 3000).unwrap();
         let mut res = o.reserve(&k, &meta(2, 3000), 3000).unwrap();
         o.expose(&mut res);
-        assert_eq!(o.usage().live_objects, 0, "the exposed fill replaced the old object");
+        assert_eq!(
+            o.usage().live_objects,
+            0,
+            "the exposed fill replaced the old object"
+        );
         write_all(&mut res, &body(&k, 2, 3000)[..100], 100);
         let p = pin(&reader, &k);
         assert_eq!(p.fill(), Fill::Partial(100));
@@ -3048,7 +3052,13 @@ mod tests {
                 n.snap = m.pin;
                 n.w = 13;
             }
-            13 => n.w = if m.snap != 0 && flaw != Flaw::NoPinWait { 12 } else { 14 },
+            13 => {
+                n.w = if m.snap != 0 && flaw != Flaw::NoPinWait {
+                    12
+                } else {
+                    14
+                }
+            }
             _ => {
                 // Reuse: another generation's header and bytes.
                 n.hdr_gen = 2;
@@ -3173,7 +3183,10 @@ mod tests {
     #[test]
     fn streaming_is_safe_in_every_interleaving() {
         let (states, bad) = explore_stream(Flaw::None);
-        assert!(!bad, "a streaming reader read past the committed length or a reused byte");
+        assert!(
+            !bad,
+            "a streaming reader read past the committed length or a reused byte"
+        );
         assert!(states > 100, "explored only {states} states");
     }
 

@@ -115,6 +115,14 @@ fn issue_11_a_hundred_collapsed_waiters_stream_one_fill_through_eight_segments()
             late, 0,
             "clients whose first body byte came after the origin finished"
         );
+        eprintln!(
+            "arena_streams {} arena_hits {} arena_follows {} collapsed {} follow_misses {}",
+            counter(&inst, "proxy", "arena_streams"),
+            counter(&inst, "proxy", "arena_hits"),
+            counter(&inst, "cached", "arena_follows"),
+            counter(&inst, "cached", "collapsed"),
+            counter(&inst, "proxy", "arena_follow_misses"),
+        );
         assert!(
             counter(&inst, "proxy", "arena_streams") > 0,
             "some answers streamed from the arena"
@@ -182,12 +190,16 @@ fn issue_11_an_origin_failing_mid_body_cuts_every_streaming_reader_short_and_lea
         );
         let r = inst.get("/cut4m");
         assert_eq!(r.body, b"whole", "nothing was stored from the failed fill");
-        poll_until(Duration::from_secs(10), "the new answer in the arena", || {
-            let r = inst.get("/cut4m");
-            r.header("cache-status")
-                .is_some_and(|s| s.contains("detail=arena"))
-                .then_some(())
-        });
+        poll_until(
+            Duration::from_secs(10),
+            "the new answer in the arena",
+            || {
+                let r = inst.get("/cut4m");
+                r.header("cache-status")
+                    .is_some_and(|s| s.contains("detail=arena"))
+                    .then_some(())
+            },
+        );
         assert_eq!(counter(&inst, "cached", "arena_objects"), 1);
         inst.assert_pool_idle();
     });

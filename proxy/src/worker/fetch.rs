@@ -56,7 +56,9 @@ pub fn exchange(
     // replaced or removed): ask once more (only bodiless requests join fills), and do not
     // follow a second pointer that leads nowhere.
     if req.body != ClientBody::None {
-        return Err(FetchError::BadAnswer("the arena record to follow is gone".into()));
+        return Err(FetchError::BadAnswer(
+            "the arena record to follow is gone".into(),
+        ));
     }
     match exchange_once(cx, io, conn, req, kind, scratch)? {
         Answered::Relayed(keep) => Ok(keep),
@@ -178,8 +180,14 @@ fn relay_answer(
     let answer = ResponseHead::decode(&raw).map_err(|e| FetchError::BadAnswer(e.to_string()))?;
     if let Some(f) = answer.follow {
         // Nothing follows the head: the segment is done with.
-        if t.lease.read(&mut scratch.io).map_err(FetchError::from_lease)? != 0 {
-            return Err(FetchError::BadAnswer("a body after an arena pointer".into()));
+        if t.lease
+            .read(&mut scratch.io)
+            .map_err(FetchError::from_lease)?
+            != 0
+        {
+            return Err(FetchError::BadAnswer(
+                "a body after an arena pointer".into(),
+            ));
         }
         if t.lease.peer_finished() {
             t.lease.complete();

@@ -6,8 +6,8 @@
 //! `fetch`; it only writes through `conn`.
 
 use super::arena::Hit;
-use common::arena::{Fill, Pinned};
 use super::conn::{ClientError, Conn, Io};
+use common::arena::{Fill, Pinned};
 use common::http::{self, CacheOutcome};
 use common::node;
 use common::protocol::{BodyLen, ResponseHead};
