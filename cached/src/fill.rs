@@ -1,8 +1,11 @@
 //! Carrying out a fetch from the origin: relaying its answer into the segment as it
 //! arrives, leading a fill (sharing the answer with the requests that follow it, and
 //! storing it when the rules allow), following another request's fill, and passing a
-//! request through (with the invalidation a successful unsafe method causes). What to do
-//! was decided by `phase`; the request itself is sent by `source::origin`.
+//! request through (with the invalidation a successful unsafe method causes). A fill that
+//! will be stored and shared, of a declared length, is also written into the shared arena
+//! as it arrives (`published::Streaming`), and its followers tell their workers to stream it
+//! from there instead of copying it into their segments. What to do was decided by `phase`;
+//! the request itself is sent by `source::origin`.
 
 use crate::answer;
 use crate::cache::{FillLead, Follower, Progress};

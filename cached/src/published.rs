@@ -3,7 +3,11 @@
 //! serve it as a fresh hit itself (`common::hit`); PURGE and invalidation remove it there,
 //! which every worker sees at once. The arena outlives this process: a restarted `cached`
 //! adopts it (what it held stays served), and workers keep serving fresh hits from it while
-//! `cached` is down. Called by `Ctx::store` and `Ctx::remove`; nothing else writes the arena.
+//! `cached` is down. A fill of a declared length may be published while it arrives
+//! ([`Published::begin`], then [`Streaming::write`] per piece and [`Published::finish`] once
+//! stored): its record is exposed as it is written, workers stream it, and the fill's collapsed
+//! waiters are sent there. Called by `Ctx::store`, `Ctx::remove` and `fill::relay`; nothing
+//! else writes the arena.
 
 use crate::stored::{Stored, Validity};
 use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Reservation, Start};

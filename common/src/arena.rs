@@ -18,11 +18,13 @@
 //! `u64::MAX` marks a pin slot claimed by a thread that has not pinned yet; generations whose
 //! low 32 bits are 0 or `u32::MAX` are skipped, so no object has either loc.
 //!
-//! The object header holds the full 64-bit generation, the record state (`WRITING`, `LIVE`,
-//! `RETIRED`, `ABANDONED`, `PAD`), the reader-set `ACCESSED` bit, the lengths, the key hash, a
-//! checksum of the body and a checksum over every other field plus the key and metadata bytes.
-//! Records are immutable once `LIVE`, except `state` and `flags`, which the checksum excludes.
-//! Metadata is opaque here: the caller stores the response head and its freshness data.
+//! The object header holds the full 64-bit generation, the record state (`WRITING`,
+//! `STREAMING`, `LIVE`, `RETIRED`, `ABANDONED`, `PAD`), the reader-set `ACCESSED` bit, the
+//! lengths, the key hash, a checksum of the body (while `STREAMING`: the committed length) and
+//! a checksum over every other field plus the key and metadata bytes. Records are immutable
+//! once `LIVE`, except `state` and `flags`, which the checksum excludes (as it excludes the
+//! body checksum word). Metadata is opaque here: the caller stores the response head and its
+//! freshness data.
 //!
 //! ## Why rings with second chance, and a set-associative index
 //! In each ring the writer appends records at `tail` and reclaims at `head` (FIFO); successive
@@ -64,6 +66,33 @@
 //! has passed (or, after an adoption dropped a corrupt tail, where step 5 checked), so a pinned
 //! record stays intact. `tests::pin_protocol_*` check every interleaving of a model of these
 //! steps, and that swapping the reader's 3 and 4, or the writer's 3 and 4, is caught.
+//!
+//! ## Streaming fills
+//! A reservation may be linked in the index before its body is complete
+//! ([`ArenaOwner::expose`]), for an answer of a declared length, so workers stream a fill
+//! while it arrives instead of each waiting on `cached` with a segment. Its state is then
+//! `STREAMING`, and its `body_sum` word holds the *committed length*:
+//!
+//! | who | step |
+//! |---|---|
+//! | writer, per write | copy the bytes past the committed length, then `body_sum = written` (Release) |
+//! | writer, publish | state `LIVE` in place (Release; `RETIRED` if it was unlinked meanwhile), then `body_sum = checksum` (Release) |
+//! | writer, failure | drop the reservation: CAS its index entry to 0 (SeqCst), then state `ABANDONED` (Release) |
+//! | reader | pin and validate as above (`STREAMING` or `LIVE`); then [`Pinned::fill`]: state (Acquire); if `STREAMING`, `c = body_sum` (Acquire) and the state again: still `STREAMING` means `c` is a length; read only bytes below it |
+//!
+//! Why a reader never reads an unwritten or reused byte: bytes below a committed length were
+//! copied before the Release store that published it; a pinned record is never reclaimed
+//! (reclamation of an abandoned record runs after an Acquire fence on its state, so the unlink
+//! precedes the pin snapshot exactly as for `RETIRED`); the writer only appends past the
+//! committed length. A checksum in `body_sum` is never taken for a length: it is stored after
+//! the state left `STREAMING` (Release), so a reader that read it (Acquire) sees that state
+//! on its second read, and a pinned record's state never returns to `STREAMING`. An unlinked
+//! streaming record (a PURGE, a newer object of its key, its bucket's eviction) stays its
+//! reservation's: the owner's `retire` leaves records that are not `LIVE` alone, and its
+//! readers finish. A reclaim at a ring's head waits for a `STREAMING` record as for a
+//! `WRITING` one; an adoption abandons both. `tests::streaming_*` check every interleaving of
+//! a model of these steps, and that committing before writing, reading past the committed
+//! length, or reusing an abandoned record without the pin wait is caught.
 //!
 //! Pins are recorded per worker process: a row is claimed by `{pid, start time}`; the master calls
 //! [`Arena::release_worker`] when it reaps a worker, and a row whose owner is dead is also taken

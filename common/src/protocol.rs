@@ -2,7 +2,8 @@
 //! endian) and validated completely before use:
 //! - [`Doorbell`]: the small fixed mq message "segment N (generation G) has work for you";
 //! - [`RequestHead`]: first bytes of the request stream the worker writes into the segment;
-//! - [`ResponseHead`]: first bytes of the response stream `cached` writes back.
+//! - [`ResponseHead`]: first bytes of the response stream `cached` writes back (or, for a
+//!   collapsed waiter whose fill is streamed into the arena, only a [`FollowArena`] pointer).
 //!
 //! Heads are length-prefixed (`u32`), so a reader knows how many bytes to collect across
 //! chunks before decoding; the body follows immediately.
