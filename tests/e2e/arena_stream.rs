@@ -183,6 +183,10 @@ fn issue_11_an_origin_failing_mid_body_cuts_every_streaming_reader_short_and_lea
         }
         assert_eq!(origin.count("/cut4m"), 1, "the waiters collapsed");
         assert!(counter(&inst, "cached", "fills_streamed") >= 1);
+        assert!(
+            counter(&inst, "proxy", "arena_stream_aborts") >= 1,
+            "streaming readers were cut short"
+        );
         // Nothing of the failed fill is stored or published, and its space is reused.
         origin.route(
             "/cut4m",

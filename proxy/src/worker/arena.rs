@@ -97,11 +97,20 @@ impl ArenaView {
 
     /// The record `cached` told a collapsed waiter to follow (or a newer object of its key),
     /// pinned, with the answer it gives `req`; `None` if it is gone (its fill failed, it was
-    /// replaced by an older-looking copy, removed) or does not answer `req` here.
+    /// removed or replaced by something else). No freshness check: it is the answer of the
+    /// fill the request joined in `cached`, as a waiter there would get it (`cached` sends no
+    /// conditional request here, so the answer is the whole object).
     pub fn follow(&self, counters: &Counters, req: &Request, f: &FollowArena) -> Option<Hit> {
         let r = self.reader()?;
-        let found = match decoded(&r, counters, &f.key)? {
-            (p, Meta::Object(o)) if p.generation() >= f.generation => answer(p, o, req),
+        let found = match decoded(&r, counters, &f.key) {
+            Some((p, Meta::Object(o))) if p.generation() >= f.generation => {
+                let age = o.age(SystemTime::now());
+                o.answer(age, &req.headers).map(|answer| Hit {
+                    answer,
+                    pinned: p,
+                    site: o.site,
+                })
+            }
             _ => None,
         };
         let counter = match &found {
@@ -219,6 +228,66 @@ mod tests {
         let mut b = vec![0; h.pinned.body_len() as usize];
         h.pinned.read_body(0, &mut b);
         b
+    }
+
+    #[test]
+    fn records_being_filled_are_found_and_followed_and_counted_as_streams() {
+        let tag = format!("t{}-wstream", std::process::id());
+        let names = Names::for_instance(&tag);
+        let cfg = ArenaConfig::for_capacity(1 << 20, 64 << 10, 4, 16);
+        let (mut owner, _) = ArenaOwner::open_or_adopt(&names, cfg).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let counters = stats.slot(0);
+        let view = ArenaView::new(&names);
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let key = hit::key("a.test", "/f");
+        let mut res = owner.reserve(key.as_bytes(), &object("f", 0), 10).unwrap();
+        owner.expose(&mut res);
+        res.write(b"hello");
+        let req = request("/f HTTP/1.1|Host: a.test");
+        let h = view
+            .fresh_hit(counters, &req)
+            .expect("a record being filled");
+        assert_eq!(h.pinned.fill(), Fill::Partial(5));
+        assert_eq!(body(&h)[..5], *b"hello");
+        assert_eq!(
+            (get(&counters.arena_streams), get(&counters.arena_hits)),
+            (1, 0)
+        );
+        drop(h);
+        // What cached names for a collapsed waiter; a newer generation than the record's is not it.
+        let f = FollowArena {
+            key: key.clone(),
+            generation: res.generation(),
+        };
+        assert!(view.follow(counters, &req, &f).is_some());
+        let later = FollowArena {
+            generation: res.generation() + 1,
+            ..f.clone()
+        };
+        assert!(view.follow(counters, &req, &later).is_none());
+        assert_eq!(get(&counters.arena_follow_misses), 1);
+        res.write(b"world");
+        owner.publish(res).unwrap();
+        let h = view.follow(counters, &req, &f).expect("published in place");
+        assert_eq!(
+            (h.pinned.fill(), body(&h)),
+            (Fill::Complete, b"helloworld".to_vec())
+        );
+        assert_eq!(get(&counters.arena_hits), 1);
+        drop(h);
+        // An abandoned fill is gone for lookups and followers alike.
+        let key = hit::key("a.test", "/g");
+        let mut res = owner.reserve(key.as_bytes(), &object("g", 0), 10).unwrap();
+        owner.expose(&mut res);
+        let f = FollowArena {
+            key,
+            generation: res.generation(),
+        };
+        drop(res);
+        let req = request("/g HTTP/1.1|Host: a.test");
+        assert!(view.fresh_hit(counters, &req).is_none());
+        assert!(view.follow(counters, &req, &f).is_none());
     }
 
     #[test]
