@@ -386,6 +386,62 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_fill_is_readable_while_it_arrives_and_published_in_place_unless_purged() {
+        use common::arena::Fill;
+        use common::stats::StatsRegion;
+        let tag = format!("t{}-pubstream", std::process::id());
+        let flags = [("cached.capacity", "4m"), ("cached.max_object_size", "64k")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = CachedConfig::load(None, &flags).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let counters = stats.slot(0);
+        let p = Published::open(&Names::for_instance(&tag), &cfg, counters).unwrap();
+        let obj = crate::stored::fresh_for_test(vec![], b"");
+        fn head<'a>(obj: &'a Stored, headers: &'a [(String, Vec<u8>)]) -> Head<'a> {
+            Head {
+                status: 200,
+                headers,
+                validity: &obj.validity,
+                response_time: obj.response_time,
+                initial_age: obj.initial_age,
+            }
+        }
+        let vary = vec![("Vary".to_string(), b"X-User".to_vec())];
+        let primary = "s http://a.test/s";
+        let key = hit::key("a.test", "/s");
+        let mut s = p
+            .begin(&cfg, primary, &head(&obj, &[]), 8)
+            .expect("streamed");
+        assert_eq!(s.follow().key, key);
+        s.write(b"half");
+        let Lookup::Hit(pin) = p.reader.lookup(key.as_bytes()) else {
+            panic!("exposed at once")
+        };
+        assert_eq!(pin.fill(), Fill::Partial(4));
+        assert_eq!(pin.generation(), s.follow().generation);
+        s.write(b"done");
+        assert!(p.finish(s));
+        assert_eq!(pin.fill(), Fill::Complete);
+        assert_eq!(p.live_objects(), 1);
+        drop(pin);
+        // A PURGE during the fill: nothing is published.
+        let mut s = p.begin(&cfg, primary, &head(&obj, &[]), 4).unwrap();
+        assert!(p.remove(primary));
+        s.write(b"late");
+        assert!(!p.finish(s));
+        assert_eq!(p.live_objects(), 0);
+        assert!(matches!(p.reader.lookup(key.as_bytes()), Lookup::Miss));
+        // Files, and answers with Vary (their variants need a stub), are not streamed.
+        assert!(p.begin(&cfg, "file:/srv/x", &head(&obj, &[]), 4).is_none());
+        assert!(p.begin(&cfg, primary, &head(&obj, &vary), 4).is_none());
+        // An abandoned fill (dropped unfinished) leaves nothing behind.
+        let s = p.begin(&cfg, primary, &head(&obj, &[]), 4).unwrap();
+        drop(s);
+        assert!(matches!(p.reader.lookup(key.as_bytes()), Lookup::Miss));
+        assert_eq!(p.live_objects(), 0);
+    }
+
+    #[test]
     fn the_geometry_follows_capacity_and_object_size() {
         let cfg = CachedConfig::load(None, &[]).unwrap();
         let g = geometry(&cfg).expect("the defaults have an arena");
