@@ -20,7 +20,7 @@ use crate::upstream::{Answer, SiteUp};
 use common::cache_policy as policy;
 use common::http::CacheOutcome;
 use common::pool::Lease;
-use common::protocol::{BodyLen, RequestHead};
+use common::protocol::{BodyLen, FollowArena, RequestHead};
 use common::stats::Counters;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -29,6 +29,8 @@ use ureq::http;
 
 /// Largest piece a collapsed waiter copies at once.
 const FOLLOW_CHUNK: usize = 256 << 10;
+/// How often a waiter for a fill's head checks whether the pool runs short.
+const HEAD_SLICE: Duration = Duration::from_millis(10);
 
 /// A request that is neither looked up nor stored: sent with its body, if any (a GET or
 /// HEAD with a body passes too, and its body is forwarded instead of drained: a drained
@@ -318,6 +320,13 @@ pub fn relay(
     lease.finish()
 }
 
+/// Do the pool's free segments run short (a quarter or less left)? Then waiters for a slow
+/// head give theirs back instead of holding it until the head comes.
+fn pool_short(lease: &Lease) -> bool {
+    let pool = lease.pool();
+    pool.free_count() <= (pool.segments() / 4) as i32
+}
+
 pub enum Followed {
     Served,
     /// The leader's answer may not be shared: fetch alone.
@@ -332,16 +341,52 @@ pub fn follow(
     req: &RequestHead,
     fill: Follower,
     site: u16,
+    primary: &str,
 ) -> io::Result<Followed> {
     let wait = ctx.cfg.read_timeout;
-    let (status, headers, framing) = match fill.next(true, 0, 0, wait) {
-        Progress::Head(s, h, b) => (s, h, b),
-        Progress::Pass => return Ok(Followed::Pass),
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the fill we followed failed",
-            ))
+    // The fill may be streamed in the arena: the worker may be sent there (see below).
+    let conditional = common::http::CONDITIONAL
+        .iter()
+        .any(|c| req.header(c).is_some());
+    let pointer = (!conditional && common::hit::answerable(&req.method, &req.headers))
+        .then(|| ctx.arena.as_ref().and(published::arena_key(primary)))
+        .flatten();
+    let deadline = std::time::Instant::now() + wait;
+    let (status, headers, framing) = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let slice = if pointer.is_some() {
+            left.min(HEAD_SLICE)
+        } else {
+            left
+        };
+        match fill.next(true, 0, 0, slice) {
+            Progress::Head(s, h, b) => break (s, h, b),
+            Progress::Pass => return Ok(Followed::Pass),
+            // Waited `slice` for the head (with `want_head`, only a timeout fails).
+            Progress::Failed if !left.is_zero() => {
+                if let Some(key) = pointer.filter(|_| pool_short(lease)) {
+                    // Segments run short while the origin's head is slow: ours goes back
+                    // to the pool, and the worker looks for the fill's record in the arena
+                    // (generation 0: not there yet) and asks again after a while.
+                    Counters::inc(&ctx.counters().arena_early_follows);
+                    let meta = respond::Meta {
+                        site,
+                        ..respond::Meta::of(CacheOutcome::Collapsed)
+                    };
+                    let follow = FollowArena {
+                        key: key.to_string(),
+                        generation: 0,
+                    };
+                    respond::follow_arena(lease, meta, follow)?;
+                    return Ok(Followed::Served);
+                }
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the fill we followed failed",
+                ))
+            }
         }
     };
     // The answer varies on request fields: it is ours only if ours select the same
@@ -359,18 +404,13 @@ pub fn follow(
         site,
         ..respond::Meta::of(CacheOutcome::Collapsed)
     };
-    // The fill is in the arena: the worker streams it from there (deciding the answer for
-    // the request itself, as for a hit), and the segment is free at once. Conditional
-    // requests stay here, where the answer to every precondition is known.
-    let conditional = common::http::CONDITIONAL
-        .iter()
-        .any(|c| req.header(c).is_some());
-    if let Some(follow) = fill.arena() {
-        if !conditional && common::hit::answerable(&req.method, &req.headers) {
-            Counters::inc(&ctx.counters().arena_follows);
-            respond::follow_arena(lease, meta, follow)?;
-            return Ok(Followed::Served);
-        }
+    // The fill is in the arena: the worker streams it from there (the answer of the fill,
+    // as here), and the segment is free at once. Conditional requests stay here, where the
+    // answer to every precondition is known.
+    if let Some(follow) = fill.arena().filter(|_| pointer.is_some()) {
+        Counters::inc(&ctx.counters().arena_follows);
+        respond::follow_arena(lease, meta, follow)?;
+        return Ok(Followed::Served);
     }
     respond::head(lease, status, framing, meta, headers)?;
     let mut offset = 0u64;

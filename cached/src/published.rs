@@ -47,6 +47,11 @@ fn lock(m: &Mutex<(ArenaOwner, u64)>) -> MutexGuard<'_, (ArenaOwner, u64)> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The arena key of `primary` (see [`split`]).
+pub fn arena_key(primary: &str) -> Option<&str> {
+    split(primary).map(|(_, key)| key)
+}
+
 /// The arena key of a primary cache key of origin mode (`SITE http://HOST TARGET`) and the
 /// site's name; `None` for other keys (files are checked against the disk on every hit,
 /// which only `cached` can do).

@@ -296,6 +296,7 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Counter background_refresh_failures @cached: "Background refreshes that failed (the stale answer stays until its windows end)",
     Counter collapsed @cached: "Requests that followed another request's fill instead of fetching",
     Counter fills_streamed @cached: "Fills exposed in the shared arena while they arrived (storable, declared length that fits a record): workers stream them from there",
+    Counter arena_early_follows @cached: "Waiters for a fill's head that gave their segment back because the pool ran short (a quarter or less free): their worker looks for the fill in the arena and asks again",
     Counter arena_follows @cached: "Collapsed waiters answered with the arena record of their fill (their segment freed at once) instead of a copy of its bytes",
     Counter passes @cached: "Requests passed to the source without caching",
     Counter evictions @cached: "Objects evicted from the LRU",

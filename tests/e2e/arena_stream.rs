@@ -59,7 +59,20 @@ fn herd_client(
 
 #[test]
 fn issue_11_a_hundred_collapsed_waiters_stream_one_fill_through_eight_segments() {
-    with_deadline(T, || {
+    herd(Duration::from_millis(300), "/herd4m");
+}
+
+/// The origin's head comes later than a segment may be waited for (`proxy.pool_wait_ms`,
+/// 1 s): waiters give their segments back before the head and find the fill in the arena.
+#[test]
+fn issue_11_a_hundred_waiters_of_a_slow_head_through_eight_segments() {
+    herd(Duration::from_millis(1500), "/slowhead4m");
+}
+
+/// 100 clients at once for one cold 4 MiB object through a pool of 8 segments; the origin's
+/// head comes after `head`, then the body over ~1.9 s.
+fn herd(head: Duration, target: &'static str) {
+    with_deadline(T, move || {
         let origin = Origin::start();
         let inst = Instance::builder()
             .origin(&origin.url())
@@ -67,15 +80,15 @@ fn issue_11_a_hundred_collapsed_waiters_stream_one_fill_through_eight_segments()
             .threads(128)
             .segments(8)
             .start();
-        // The head after 300 ms, then 4 MiB in 20 pieces 100 ms apart: the origin is still
-        // sending ~1.9 s after the head.
+        // 4 MiB in 20 pieces 100 ms apart after the head: the origin is still sending ~1.9 s
+        // after it.
         let body = pattern(4 << 20, 11);
         let pieces = 20;
         origin.route(
-            "/herd4m",
+            target,
             Route::ok(body.clone())
                 .header("Cache-Control", "max-age=60")
-                .delay(Duration::from_millis(300))
+                .delay(head)
                 .trickle(body.len() / pieces, Duration::from_millis(100)),
         );
         let clients = 100;
@@ -84,12 +97,12 @@ fn issue_11_a_hundred_collapsed_waiters_stream_one_fill_through_eight_segments()
         let handles: Vec<_> = (0..clients)
             .map(|_| {
                 let (addr, barrier) = (inst.addr(), barrier.clone());
-                thread::spawn(move || herd_client(addr, "/herd4m", barrier))
+                thread::spawn(move || herd_client(addr, target, barrier))
             })
             .collect();
         let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        let origin_finished = start + Duration::from_millis(300 + (pieces as u64 - 1) * 100);
-        assert_eq!(origin.count("/herd4m"), 1, "one origin fetch");
+        let origin_finished = start + head + Duration::from_millis((pieces as u64 - 1) * 100);
+        assert_eq!(origin.count(target), 1, "one origin fetch");
         let want = sha256_hex(&body);
         let mut statuses = std::collections::BTreeMap::new();
         let mut late = 0;
@@ -116,12 +129,15 @@ fn issue_11_a_hundred_collapsed_waiters_stream_one_fill_through_eight_segments()
             "clients whose first body byte came after the origin finished"
         );
         eprintln!(
-            "arena_streams {} arena_hits {} arena_follows {} collapsed {} follow_misses {}",
+            "head after {head:?}: arena_streams {} arena_hits {} arena_follows {} \
+             arena_early_follows {} collapsed {} follow_misses {} pool_acquires {}",
             counter(&inst, "proxy", "arena_streams"),
             counter(&inst, "proxy", "arena_hits"),
             counter(&inst, "cached", "arena_follows"),
+            counter(&inst, "cached", "arena_early_follows"),
             counter(&inst, "cached", "collapsed"),
             counter(&inst, "proxy", "arena_follow_misses"),
+            counter(&inst, "proxy", "pool_acquires"),
         );
         assert!(
             counter(&inst, "proxy", "arena_streams") > 0,
@@ -129,9 +145,9 @@ fn issue_11_a_hundred_collapsed_waiters_stream_one_fill_through_eight_segments()
         );
         assert_eq!(counter(&inst, "cached", "fills_streamed"), 1);
         // The record is now an ordinary object: a hit from the arena, no new fetch.
-        let r = inst.get("/herd4m");
+        let r = inst.get(target);
         assert!(r.body == body && r.header("x-cache") == Some("HIT"));
-        assert_eq!(origin.count("/herd4m"), 1);
+        assert_eq!(origin.count(target), 1);
         inst.assert_pool_idle();
     });
 }

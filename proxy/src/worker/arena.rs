@@ -20,7 +20,11 @@ use common::stats::Counters;
 use common::Names;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Shortest and longest nap of a worker waiting for a fill's record to appear.
+const NAP_MIN: Duration = Duration::from_micros(500);
+const NAP_MAX: Duration = Duration::from_millis(5);
 
 /// How often a worker without an arena looks for one.
 const RETRY_MS: u64 = 200;
@@ -101,8 +105,42 @@ impl ArenaView {
     /// fill the request joined in `cached`, as a waiter there would get it (`cached` sends no
     /// conditional request here, so the answer is the whole object).
     pub fn follow(&self, counters: &Counters, req: &Request, f: &FollowArena) -> Option<Hit> {
+        let found = self.followed(counters, req, f);
+        Self::count(counters, found.as_ref());
+        found
+    }
+
+    /// Waits (naps of at most [`NAP_MAX`], until `until`) for the record of a fill `cached` said
+    /// has none yet to appear under `key`, and follows it (counted as [`ArenaView::follow`]).
+    pub fn await_record(
+        &self,
+        counters: &Counters,
+        req: &Request,
+        key: &str,
+        until: Instant,
+    ) -> Option<Hit> {
+        let f = FollowArena {
+            key: key.to_string(),
+            generation: 1,
+        };
+        let mut nap = NAP_MIN;
+        loop {
+            if let Some(h) = self.followed(counters, req, &f) {
+                Self::count(counters, Some(&h));
+                return Some(h);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if key.is_empty() || left.is_zero() {
+                return None;
+            }
+            std::thread::sleep(nap.min(left));
+            nap = (nap * 2).min(NAP_MAX);
+        }
+    }
+
+    fn followed(&self, counters: &Counters, req: &Request, f: &FollowArena) -> Option<Hit> {
         let r = self.reader()?;
-        let found = match decoded(&r, counters, &f.key) {
+        match decoded(&r, counters, &f.key) {
             Some((p, Meta::Object(o))) if p.generation() >= f.generation => {
                 let age = o.age(SystemTime::now());
                 o.answer(age, &req.headers).map(|answer| Hit {
@@ -112,14 +150,17 @@ impl ArenaView {
                 })
             }
             _ => None,
-        };
-        let counter = match &found {
+        }
+    }
+
+    /// Counts a followed record: a stream, a hit (complete by now), or a miss.
+    fn count(counters: &Counters, found: Option<&Hit>) {
+        let counter = match found {
             Some(h) if h.pinned.fill() != Fill::Complete => &counters.arena_streams,
             Some(_) => &counters.arena_hits,
             None => &counters.arena_follow_misses,
         };
         Counters::inc(counter);
-        found
     }
 }
 

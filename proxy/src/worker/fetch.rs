@@ -45,39 +45,76 @@ pub fn exchange(
     kind: Kind,
     scratch: &mut Scratch,
 ) -> Result<bool, FetchError> {
-    let f = match exchange_once(cx, io, conn, req, kind, scratch)? {
-        Answered::Relayed(keep) => return Ok(keep),
-        Answered::Follow(f) => f,
-    };
-    if let Some(hit) = cx.arena.follow(cx.counters(), req, &f) {
-        return Ok(respond::arena_hit(io, conn, req, hit));
-    }
-    // The record went between cached's answer and our lookup (its fill failed, it was
-    // replaced or removed): ask once more (only bodiless requests join fills), and do not
-    // follow a second pointer that leads nowhere.
-    if req.body != ClientBody::None {
-        return Err(FetchError::BadAnswer(
-            "the arena record to follow is gone".into(),
-        ));
-    }
-    match exchange_once(cx, io, conn, req, kind, scratch)? {
-        Answered::Relayed(keep) => Ok(keep),
-        Answered::Follow(f) => match cx.arena.follow(cx.counters(), req, &f) {
-            Some(hit) => Ok(respond::arena_hit(io, conn, req, hit)),
-            None => Err(FetchError::BadAnswer(
-                "the arena record to follow is gone".into(),
-            )),
-        },
+    let cfg = &cx.shared.cfg;
+    let deadline = Instant::now() + cfg.cached_timeout;
+    let mut pool_wait = cfg.pool_wait;
+    // After a pointer to a fill not in the arena yet: its key, and how long we look there
+    // before asking cached again (doubling up to `RECHECK_MAX`); while we wait for it, a pool
+    // timeout is only a reason to look again.
+    let mut waiting: Option<String> = None;
+    let mut look = RECHECK_MIN / 2;
+    let mut gone = 0;
+    loop {
+        let f = match exchange_once(cx, io, conn, req, kind, pool_wait, scratch) {
+            Ok(Answered::Relayed(keep)) => return Ok(keep),
+            Ok(Answered::Follow(f)) => Some(f),
+            Err(FetchError::PoolTimeout) if waiting.is_some() && Instant::now() < deadline => None,
+            Err(e) => return Err(e),
+        };
+        // Only bodiless requests join fills: asking again never needs the body twice.
+        if req.body != ClientBody::None {
+            return Err(FetchError::BadAnswer(
+                "an arena pointer for a request with a body".into(),
+            ));
+        }
+        let key = match f {
+            Some(f) if f.generation != 0 => {
+                if let Some(hit) = cx.arena.follow(cx.counters(), req, &f) {
+                    return Ok(respond::arena_hit(io, conn, req, hit));
+                }
+                // The record went between cached's answer and our lookup (its fill failed,
+                // it was replaced or removed): ask once more, and do not follow a second
+                // pointer that leads nowhere.
+                gone += 1;
+                if gone == 2 {
+                    return Err(FetchError::BadAnswer(
+                        "the arena record to follow is gone".into(),
+                    ));
+                }
+                continue;
+            }
+            Some(f) => f.key,
+            None => waiting.take().unwrap_or_default(),
+        };
+        // The fill has no record yet (its head is slow and segments run short): look for it
+        // in the arena a while, then ask cached again (it may have failed, or not be
+        // streamed), with a pool wait no longer than the look.
+        look = (look * 2).min(RECHECK_MAX);
+        pool_wait = cfg.pool_wait.min(look);
+        let look_until = deadline.min(Instant::now() + look);
+        if let Some(hit) = cx.arena.await_record(cx.counters(), req, &key, look_until) {
+            return Ok(respond::arena_hit(io, conn, req, hit));
+        }
+        if Instant::now() >= deadline {
+            return Err(FetchError::CachedTimeout);
+        }
+        waiting = Some(key);
     }
 }
 
-/// One leased exchange with cached.
+/// Shortest and longest look in the arena for a fill's record before asking cached again.
+const RECHECK_MIN: Duration = Duration::from_millis(50);
+const RECHECK_MAX: Duration = Duration::from_millis(500);
+
+/// One leased exchange with cached (a segment within `pool_wait`).
+#[allow(clippy::too_many_arguments)]
 fn exchange_once(
     cx: &Ctx,
     io: &Io,
     conn: &mut Conn,
     req: &Request,
     kind: Kind,
+    pool_wait: Duration,
     scratch: &mut Scratch,
 ) -> Result<Answered, FetchError> {
     let cfg = &cx.shared.cfg;
@@ -103,7 +140,7 @@ fn exchange_once(
     let peer = cx.cached.current().ok_or(FetchError::CachedAbsent)?;
     let request_id = cx.next_request_id.fetch_add(1, Ordering::Relaxed);
     let waited = Instant::now();
-    let acquired = pool.acquire(cfg.pool_wait, request_id);
+    let acquired = pool.acquire(pool_wait, request_id);
     Counters::add(
         &cx.counters().pool_acquire_wait_us,
         waited.elapsed().as_micros() as u64,
