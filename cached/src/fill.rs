@@ -4,7 +4,10 @@
 //! request through (with the invalidation a successful unsafe method causes). A fill that
 //! will be stored and shared, of a declared length, is also written into the shared arena
 //! as it arrives (`published::Streaming`), and its followers tell their workers to stream it
-//! from there instead of copying it into their segments. What to do was decided by `phase`;
+//! from there instead of copying it into their segments; a follower waiting for a slow head
+//! while the pool runs short gives its segment back at once with a pointer to a record not
+//! there yet (generation 0: the worker looks in the arena, then asks again). What to do was
+//! decided by `phase`;
 //! the request itself is sent by `source::origin`.
 
 use crate::answer;

@@ -166,7 +166,9 @@ pub struct ResponseHead {
 pub struct FollowArena {
     /// The record's arena key (`common::hit::key`).
     pub key: String,
-    /// Its generation when `cached` answered (a newer one of the key is as good).
+    /// Its generation when `cached` answered (a newer one of the key is as good). 0 (no
+    /// record has it): the fill has no record yet (its head has not come, and segments run
+    /// short): look for the key in the arena a while, then ask `cached` again.
     pub generation: u64,
 }
 

@@ -2,7 +2,9 @@
 //! the request head and body into the segment, then stream the answer to the client chunk
 //! by chunk — or, when `cached` says the answer is a fill it streams into the shared arena
 //! (a collapsed waiter's: `ResponseHead::follow`), free the segment at once and stream the
-//! record from the arena (`respond::arena_hit`). Every failure is a [`FetchError`] for
+//! record from the arena (`respond::arena_hit`); a pointer to a fill with no record yet
+//! (generation 0) means: look for it in the arena a while, then ask again, all within
+//! `cached_timeout`. Every failure is a [`FetchError`] for
 //! `route` to answer: before the first
 //! response byte a clear status (503 cached absent or pool exhausted, 504 cached too slow,
 //! 502 bad answer); after it the connection closes, so a client never mistakes a short body
