@@ -112,6 +112,8 @@ impl ArenaView {
 
     /// Waits (naps of at most [`NAP_MAX`], until `until`) for the record of a fill `cached` said
     /// has none yet to appear under `key`, and follows it (counted as [`ArenaView::follow`]).
+    /// Unlike a pointer to a record, this one names none: what is found must be fresh for the
+    /// request (an older copy of the key that is not is never taken for the fill's).
     pub fn await_record(
         &self,
         counters: &Counters,
@@ -119,13 +121,15 @@ impl ArenaView {
         key: &str,
         until: Instant,
     ) -> Option<Hit> {
-        let f = FollowArena {
-            key: key.to_string(),
-            generation: 1,
-        };
         let mut nap = NAP_MIN;
         loop {
-            if let Some(h) = self.followed(counters, req, &f) {
+            let found = self
+                .reader()
+                .and_then(|r| match decoded(&r, counters, key)? {
+                    (p, Meta::Object(o)) => answer(p, o, req),
+                    _ => None,
+                });
+            if let Some(h) = found {
                 Self::count(counters, Some(&h));
                 return Some(h);
             }
@@ -329,6 +333,19 @@ mod tests {
         let req = request("/g HTTP/1.1|Host: a.test");
         assert!(view.fresh_hit(counters, &req).is_none());
         assert!(view.follow(counters, &req, &f).is_none());
+        // Waiting for a fill that has no record yet: a stale older copy is not taken for it,
+        // the fill's record is, once it is exposed.
+        let key = hit::key("a.test", "/h");
+        publish(&mut owner, &key, &object("old", 61), b"old");
+        let req = request("/h HTTP/1.1|Host: a.test");
+        let soon = || Instant::now() + Duration::from_millis(20);
+        assert!(view.await_record(counters, &req, &key, soon()).is_none());
+        let mut res = owner.reserve(key.as_bytes(), &object("h", 0), 3).unwrap();
+        owner.expose(&mut res);
+        let h = view
+            .await_record(counters, &req, &key, soon())
+            .expect("the fill's record");
+        assert_eq!(h.pinned.generation(), res.generation());
     }
 
     #[test]
