@@ -1220,10 +1220,6 @@ impl Reservation {
         self.rec.generation
     }
 
-    pub fn is_exposed(&self) -> bool {
-        self.exposed
-    }
-
     /// Body bytes still expected.
     pub fn remaining(&self) -> u64 {
         self.rec.body_len - self.written
