@@ -336,6 +336,7 @@ pub fn stream_heads(data: &[u8]) {
             ttl_ms: u32::from(data[3]) << 8,
             upstream_status: u16::from(data[4]),
             site: u16::from(data[5]) << 8 | u16::from(data[3]),
+            follow: None,
             headers,
         };
         assert_eq!(ResponseHead::decode(&s.encode()), Ok(s));

@@ -6,7 +6,10 @@
 //! A fill streams: its leader appends body bytes as they come from the origin, and every
 //! waiter copies them on to its own segment as they arrive, so all clients get bytes while
 //! the origin is still sending. The waiting list is bounded in length (`max_waiters`) and
-//! in time (a waiter gives up after the upstream read timeout without progress).
+//! in time (a waiter gives up after the upstream read timeout without progress). A fill
+//! whose record is exposed in the shared arena while it arrives names it
+//! ([`FillLead::streams_in_arena`]): its waiters then send their worker there instead of
+//! copying bytes, and free their segment at once.
 
 use crate::stored::Stored;
 use common::cache_policy as policy;
@@ -217,6 +220,8 @@ pub struct FillState {
     pub unstored: bool,
     /// Followers still following.
     pub waiters: usize,
+    /// The arena record the fill is written into as it arrives (workers stream it there).
+    pub arena: Option<common::protocol::FollowArena>,
     /// Follower id → the next body offset it asked for.
     positions: HashMap<u64, u64>,
     next_id: u64,
@@ -286,6 +291,11 @@ impl Follower {
     /// The request headers of the fill's leader.
     pub fn leader_req(&self) -> &Headers {
         &self.fill.leader_req
+    }
+
+    /// The arena record the fill is streamed into, if it is (known with the head).
+    pub fn arena(&self) -> Option<common::protocol::FollowArena> {
+        lock(&self.fill.state).arena.clone()
     }
 
     /// Waits (bounded by `timeout` without progress) for the head, or body bytes past
@@ -368,6 +378,12 @@ impl FillLead<'_> {
         {
             fills.remove(&self.key);
         }
+    }
+
+    /// The fill is written into the arena record `follow` as it arrives (called before
+    /// [`FillLead::head`]): waiters send their workers there.
+    pub fn streams_in_arena(&self, follow: common::protocol::FollowArena) {
+        self.update(|st| st.arena = Some(follow));
     }
 
     /// The answer may be shared: waiters get its head now.

@@ -4,7 +4,7 @@
 //! the request path below the receiver take it by reference. It calls nothing above it.
 
 use crate::cache::Cache;
-use crate::published::Published;
+use crate::published::{Published, Streaming};
 use crate::refresh::Refreshes;
 use crate::stored::Stored;
 use crate::upstream::Upstreams;
@@ -95,12 +95,30 @@ impl Ctx {
 
     /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.
     pub fn store(&self, primary: &str, req: &RequestHead, obj: Arc<Stored>) {
+        self.store_streamed(primary, req, obj, None);
+    }
+
+    /// The same for a fill that was `streamed` into the arena as it arrived: its record is
+    /// published in place instead of a copy.
+    pub fn store_streamed(
+        &self,
+        primary: &str,
+        req: &RequestHead,
+        obj: Arc<Stored>,
+        streamed: Option<Streaming>,
+    ) {
         // Stored here first: requests that come while the arena copy is made are hits here.
         let ticket = self.arena.as_ref().map(Published::ticket);
         let evicted = self.cache.insert(primary, &req.headers, Arc::clone(&obj));
         Counters::add(&self.counters().evictions, evicted);
-        if let (Some(a), Some(ticket)) = (&self.arena, ticket) {
-            a.publish(ticket, &self.cfg(), primary, req, &obj, self.counters());
+        match (&self.arena, ticket, streamed) {
+            (Some(a), _, Some(s)) => {
+                a.finish(s);
+            }
+            (Some(a), Some(ticket), None) => {
+                a.publish(ticket, &self.cfg(), primary, req, &obj, self.counters())
+            }
+            _ => {}
         }
         self.publish_store_gauges();
     }

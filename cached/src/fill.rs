@@ -1,13 +1,20 @@
 //! Carrying out a fetch from the origin: relaying its answer into the segment as it
 //! arrives, leading a fill (sharing the answer with the requests that follow it, and
 //! storing it when the rules allow), following another request's fill, and passing a
-//! request through (with the invalidation a successful unsafe method causes). What to do
-//! was decided by `phase`; the request itself is sent by `source::origin`.
+//! request through (with the invalidation a successful unsafe method causes). A fill that
+//! will be stored and shared, of a declared length, is also written into the shared arena
+//! as it arrives (`published::Streaming`), and its followers tell their workers to stream it
+//! from there instead of copying it into their segments; a follower waiting for a slow head
+//! while the pool runs short gives its segment back at once with a pointer to a record not
+//! there yet (generation 0: the worker looks in the arena, then asks again). What to do was
+//! decided by `phase`;
+//! the request itself is sent by `source::origin`.
 
 use crate::answer;
 use crate::cache::{FillLead, Follower, Progress};
 use crate::ctx::Ctx;
 use crate::error::SourceError;
+use crate::published;
 use crate::respond;
 use crate::source::origin::{self, cache_key, declared_length, end_to_end, host_key};
 use crate::store;
@@ -16,7 +23,7 @@ use crate::upstream::{Answer, SiteUp};
 use common::cache_policy as policy;
 use common::http::CacheOutcome;
 use common::pool::Lease;
-use common::protocol::{BodyLen, RequestHead};
+use common::protocol::{BodyLen, FollowArena, RequestHead};
 use common::stats::Counters;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -25,6 +32,8 @@ use ureq::http;
 
 /// Largest piece a collapsed waiter copies at once.
 const FOLLOW_CHUNK: usize = 256 << 10;
+/// How often a waiter for a fill's head checks whether the pool runs short.
+const HEAD_SLICE: Duration = Duration::from_millis(10);
 
 /// A request that is neither looked up nor stored: sent with its body, if any (a GET or
 /// HEAD with a body passes too, and its body is forwarded instead of drained: a drained
@@ -158,15 +167,37 @@ pub fn relay(
         }
         None => headers.clone(),
     };
+    let initial_age = policy::initial_age(&headers, request_time, response_time);
+    // A shared fill of a declared length is exposed in the arena as it arrives: workers
+    // stream it from there, and its waiters send them there instead of holding a segment.
+    let mut streaming = match (&storable, &lead, framing, &ctx.arena) {
+        (Some(s), Some(_), BodyLen::Exact(n), Some(arena)) => {
+            let mut stored_headers = shared.clone();
+            stored_headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
+            let head = published::Head {
+                status,
+                headers: &stored_headers,
+                validity: &Validity::http(s),
+                response_time,
+                initial_age,
+            };
+            let site = &ctx.cfg().sites[origin::site_of(ctx, req).expect("a routed request")];
+            arena.begin(&ctx.cfg(), &cache_key(site, req), &head, n)
+        }
+        _ => None,
+    };
     if storable.is_none() {
         // Not shareable: followers fetch on their own, and we buffer nothing for them.
         if let Some(mut l) = lead.take() {
             l.pass();
         }
     } else if let Some(l) = &lead {
+        if let Some(s) = &streaming {
+            Counters::inc(&ctx.counters().fills_streamed);
+            l.streams_in_arena(s.follow());
+        }
         l.head(status, answer::downstream(ctx, shared.clone()), framing);
     }
-    let initial_age = policy::initial_age(&headers, request_time, response_time);
     let ttl = match &storable {
         // Our answer keeps fields the shared copy lacks (a Set-Cookie, qualified fields):
         // it is not announced as reusable by others.
@@ -217,6 +248,13 @@ pub fn relay(
             };
             let chunk = &buf[..n];
             total += n as u64;
+            if declared.is_some_and(|d| total > d) {
+                // More than announced: the record cannot hold it (the fill fails below).
+                streaming = None;
+            }
+            if let Some(s) = streaming.as_mut() {
+                s.write(chunk);
+            }
             if keep.is_some() && total > limit {
                 // Too large to store: it streams on through a bounded window.
                 keep = None;
@@ -237,12 +275,13 @@ pub fn relay(
                     .and_then(|()| if last { Ok(()) } else { lease.flush() });
             }
             if own.is_err() {
-                // Our client is gone: go on only for followers, at the pace of the fastest.
+                // Our client is gone: go on only for followers, at the pace of the fastest
+                // (those streaming from the arena are not counted: a streamed fill goes on).
                 let followers = match &lead {
                     Some(l) => l.pace(window, ctx.cfg().read_timeout),
                     None => 0,
                 };
-                if followers == 0 {
+                if followers == 0 && streaming.is_none() {
                     return own;
                 }
             }
@@ -275,11 +314,20 @@ pub fn relay(
         if status == 206 {
             store::piece(ctx, &cache_key(site, req), req, obj);
         } else {
-            ctx.store(&cache_key(site, req), req, Arc::new(obj));
+            ctx.store_streamed(&cache_key(site, req), req, Arc::new(obj), streaming.take());
         }
     }
+    // A streamed fill not stored after all is abandoned here (its readers stop).
+    drop(streaming);
     own?;
     lease.finish()
+}
+
+/// Do the pool's free segments run short (a quarter or less left)? Then waiters for a slow
+/// head give theirs back instead of holding it until the head comes.
+fn pool_short(lease: &Lease) -> bool {
+    let pool = lease.pool();
+    pool.free_count() <= (pool.segments() / 4) as i32
 }
 
 pub enum Followed {
@@ -296,16 +344,52 @@ pub fn follow(
     req: &RequestHead,
     fill: Follower,
     site: u16,
+    primary: &str,
 ) -> io::Result<Followed> {
     let wait = ctx.cfg().read_timeout;
-    let (status, headers, framing) = match fill.next(true, 0, 0, wait) {
-        Progress::Head(s, h, b) => (s, h, b),
-        Progress::Pass => return Ok(Followed::Pass),
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "the fill we followed failed",
-            ))
+    // The fill may be streamed in the arena: the worker may be sent there (see below).
+    let conditional = common::http::CONDITIONAL
+        .iter()
+        .any(|c| req.header(c).is_some());
+    let pointer = (!conditional && common::hit::answerable(&req.method, &req.headers))
+        .then(|| ctx.arena.as_ref().and(published::arena_key(primary)))
+        .flatten();
+    let deadline = std::time::Instant::now() + wait;
+    let (status, headers, framing) = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let slice = if pointer.is_some() {
+            left.min(HEAD_SLICE)
+        } else {
+            left
+        };
+        match fill.next(true, 0, 0, slice) {
+            Progress::Head(s, h, b) => break (s, h, b),
+            Progress::Pass => return Ok(Followed::Pass),
+            // Waited `slice` for the head (with `want_head`, only a timeout fails).
+            Progress::Failed if !left.is_zero() => {
+                if let Some(key) = pointer.filter(|_| pool_short(lease)) {
+                    // Segments run short while the origin's head is slow: ours goes back
+                    // to the pool, and the worker looks for the fill's record in the arena
+                    // (generation 0: not there yet) and asks again after a while.
+                    Counters::inc(&ctx.counters().arena_early_follows);
+                    let meta = respond::Meta {
+                        site,
+                        ..respond::Meta::of(CacheOutcome::Collapsed)
+                    };
+                    let follow = FollowArena {
+                        key: key.to_string(),
+                        generation: 0,
+                    };
+                    respond::follow_arena(lease, meta, follow)?;
+                    return Ok(Followed::Served);
+                }
+            }
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "the fill we followed failed",
+                ))
+            }
         }
     };
     // The answer varies on request fields: it is ours only if ours select the same
@@ -323,6 +407,14 @@ pub fn follow(
         site,
         ..respond::Meta::of(CacheOutcome::Collapsed)
     };
+    // The fill is in the arena: the worker streams it from there (the answer of the fill,
+    // as here), and the segment is free at once. Conditional requests stay here, where the
+    // answer to every precondition is known.
+    if let Some(follow) = fill.arena().filter(|_| pointer.is_some()) {
+        Counters::inc(&ctx.counters().arena_follows);
+        respond::follow_arena(lease, meta, follow)?;
+        return Ok(Followed::Served);
+    }
     respond::head(lease, status, framing, meta, headers)?;
     let mut offset = 0u64;
     loop {

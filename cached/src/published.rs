@@ -3,14 +3,18 @@
 //! serve it as a fresh hit itself (`common::hit`); PURGE and invalidation remove it there,
 //! which every worker sees at once. The arena outlives this process: a restarted `cached`
 //! adopts it (what it held stays served), and workers keep serving fresh hits from it while
-//! `cached` is down. Called by `Ctx::store` and `Ctx::remove`; nothing else writes the arena.
+//! `cached` is down. A fill of a declared length may be published while it arrives
+//! ([`Published::begin`], then [`Streaming::write`] per piece and [`Published::finish`] once
+//! stored): its record is exposed as it is written, workers stream it, and the fill's collapsed
+//! waiters are sent there. Called by `Ctx::store`, `Ctx::remove` and `fill::relay`; nothing
+//! else writes the arena.
 
 use crate::stored::{Stored, Validity};
-use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Start};
+use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Reservation, Start};
 use common::config::{CachedConfig, SetCookie};
 use common::hit::{self, Meta, Object};
 use common::http::header;
-use common::protocol::RequestHead;
+use common::protocol::{FollowArena, RequestHead};
 use common::stats::Counters;
 use common::Names;
 use std::sync::atomic::Ordering;
@@ -41,6 +45,11 @@ pub fn geometry(cfg: &CachedConfig) -> Option<ArenaConfig> {
 
 fn lock(m: &Mutex<(ArenaOwner, u64)>) -> MutexGuard<'_, (ArenaOwner, u64)> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The arena key of `primary` (see [`split`]).
+pub fn arena_key(primary: &str) -> Option<&str> {
+    split(primary).map(|(_, key)| key)
 }
 
 /// The arena key of a primary cache key of origin mode (`SITE http://HOST TARGET`) and the
@@ -114,40 +123,16 @@ impl Published {
         let Some((site, key)) = split(primary) else {
             return;
         };
-        let Validity::Http {
-            lifetime,
-            must_revalidate,
-            no_cache,
-            ..
-        } = obj.validity
-        else {
-            return;
-        };
-        if obj.status == 206 {
-            return;
-        }
-        let mut headers = obj.headers.clone();
-        if cfg.strip_targeted {
-            common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
-        }
-        let vary = common::cache_policy::all_tokens(&obj.headers, "vary");
-        // As `answer::stored` grants: only answers everyone may reuse as they are.
-        let show_ttl = !no_cache
-            && obj.status == 200
-            && vary.is_empty()
-            && (cfg.set_cookie == SetCookie::Store || header(&obj.headers, "set-cookie").is_none());
-        let meta = Meta::Object(Object {
+        let head = Head {
             status: obj.status,
-            headers,
+            headers: &obj.headers,
+            validity: &obj.validity,
             response_time: obj.response_time,
             initial_age: obj.initial_age,
-            lifetime,
-            must_revalidate,
-            no_cache,
-            show_ttl,
-            site: site.to_string(),
-        })
-        .encode();
+        };
+        let Some((meta, vary)) = head.meta(cfg, site) else {
+            return;
+        };
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
             return;
@@ -186,6 +171,46 @@ impl Published {
         if let Err(e) = guard.0.publish(res) {
             log::warn!("arena publish failed: {e}");
             guard.0.remove(full_key.as_bytes());
+        }
+    }
+
+    /// Starts publishing a fill's answer while it arrives: reserves its record (a body of
+    /// `body_len`, the declared length) and exposes it, so workers find it at once and stream
+    /// it as [`Streaming::write`] commits its bytes (the fill's collapsed waiters are told to
+    /// follow it). `None` — the answer is published the ordinary way once stored, if at all —
+    /// for what the arena does not keep (files, pieces, answers with `Vary`, larger than a
+    /// record) or when its space is held.
+    pub fn begin(
+        &self,
+        cfg: &CachedConfig,
+        primary: &str,
+        head: &Head<'_>,
+        body_len: u64,
+    ) -> Option<Streaming> {
+        let (site, key) = split(primary)?;
+        let (meta, vary) = head.meta(cfg, site)?;
+        if !vary.is_empty() {
+            return None;
+        }
+        let mut guard = lock(&self.owner);
+        let mut res = guard.0.reserve(key.as_bytes(), &meta, body_len).ok()?;
+        guard.0.expose(&mut res);
+        Some(Streaming {
+            res,
+            key: key.to_string(),
+        })
+    }
+
+    /// Ends a streamed fill that was stored: its record becomes an ordinary object in place.
+    /// Not if it was removed or replaced meanwhile (a PURGE during the fill), nor if its
+    /// body is incomplete (it is abandoned: readers stop). `true` if published.
+    pub fn finish(&self, s: Streaming) -> bool {
+        match lock(&self.owner).0.publish(s.res) {
+            Ok(_) => true,
+            Err(e) => {
+                log::debug!("streamed fill of {} not published: {e}", s.key);
+                false
+            }
         }
     }
 
@@ -228,6 +253,80 @@ impl Published {
         counters
             .arena_evictions
             .store(u.evictions + u.bucket_evictions, Ordering::Relaxed);
+    }
+}
+
+/// What the arena's metadata of an answer is made of (a stored answer's, or a fill's head).
+pub struct Head<'a> {
+    pub status: u16,
+    pub headers: &'a [(String, Vec<u8>)],
+    pub validity: &'a Validity,
+    pub response_time: std::time::SystemTime,
+    pub initial_age: std::time::Duration,
+}
+
+impl Head<'_> {
+    /// The encoded metadata for site `site`, and the fields the answer varies on; `None` for
+    /// what the arena does not keep (pieces, answers without HTTP freshness).
+    fn meta(&self, cfg: &CachedConfig, site: &str) -> Option<(Vec<u8>, Vec<String>)> {
+        let Validity::Http {
+            lifetime,
+            must_revalidate,
+            no_cache,
+            ..
+        } = *self.validity
+        else {
+            return None;
+        };
+        if self.status == 206 {
+            return None;
+        }
+        let mut headers = self.headers.to_vec();
+        if cfg.strip_targeted {
+            common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
+        }
+        let vary = common::cache_policy::all_tokens(self.headers, "vary");
+        // As `answer::stored` grants: only answers everyone may reuse as they are.
+        let show_ttl = !no_cache
+            && self.status == 200
+            && vary.is_empty()
+            && (cfg.set_cookie == SetCookie::Store || header(self.headers, "set-cookie").is_none());
+        let meta = Meta::Object(Object {
+            status: self.status,
+            headers,
+            response_time: self.response_time,
+            initial_age: self.initial_age,
+            lifetime,
+            must_revalidate,
+            no_cache,
+            show_ttl,
+            site: site.to_string(),
+        })
+        .encode();
+        Some((meta, vary))
+    }
+}
+
+/// A fill being published as it arrives ([`Published::begin`]); dropping it unfinished
+/// abandons its record (the workers streaming it stop, short of the declared length).
+pub struct Streaming {
+    res: Reservation,
+    key: String,
+}
+
+impl Streaming {
+    /// What a collapsed waiter is told to follow.
+    pub fn follow(&self) -> FollowArena {
+        FollowArena {
+            key: self.key.clone(),
+            generation: self.res.generation(),
+        }
+    }
+
+    /// Commits body bytes as they arrive (those past the declared length are not kept: the
+    /// fill fails then anyway).
+    pub fn write(&mut self, chunk: &[u8]) {
+        self.res.write(chunk);
     }
 }
 
@@ -289,6 +388,62 @@ mod tests {
         let key = hit::key("a.test", "/x");
         assert!(matches!(p.reader.lookup(key.as_bytes()), Lookup::Miss));
         assert_eq!(counters.arena_refused.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_streamed_fill_is_readable_while_it_arrives_and_published_in_place_unless_purged() {
+        use common::arena::Fill;
+        use common::stats::StatsRegion;
+        let tag = format!("t{}-pubstream", std::process::id());
+        let flags = [("cached.capacity", "4m"), ("cached.max_object_size", "64k")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = CachedConfig::load(None, &flags).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let counters = stats.slot(0);
+        let p = Published::open(&Names::for_instance(&tag), &cfg, counters).unwrap();
+        let obj = crate::stored::fresh_for_test(vec![], b"");
+        fn head<'a>(obj: &'a Stored, headers: &'a [(String, Vec<u8>)]) -> Head<'a> {
+            Head {
+                status: 200,
+                headers,
+                validity: &obj.validity,
+                response_time: obj.response_time,
+                initial_age: obj.initial_age,
+            }
+        }
+        let vary = vec![("Vary".to_string(), b"X-User".to_vec())];
+        let primary = "s http://a.test/s";
+        let key = hit::key("a.test", "/s");
+        let mut s = p
+            .begin(&cfg, primary, &head(&obj, &[]), 8)
+            .expect("streamed");
+        assert_eq!(s.follow().key, key);
+        s.write(b"half");
+        let Lookup::Hit(pin) = p.reader.lookup(key.as_bytes()) else {
+            panic!("exposed at once")
+        };
+        assert_eq!(pin.fill(), Fill::Partial(4));
+        assert_eq!(pin.generation(), s.follow().generation);
+        s.write(b"done");
+        assert!(p.finish(s));
+        assert_eq!(pin.fill(), Fill::Complete);
+        assert_eq!(p.live_objects(), 1);
+        drop(pin);
+        // A PURGE during the fill: nothing is published.
+        let mut s = p.begin(&cfg, primary, &head(&obj, &[]), 4).unwrap();
+        assert!(p.remove(primary));
+        s.write(b"late");
+        assert!(!p.finish(s));
+        assert_eq!(p.live_objects(), 0);
+        assert!(matches!(p.reader.lookup(key.as_bytes()), Lookup::Miss));
+        // Files, and answers with Vary (their variants need a stub), are not streamed.
+        assert!(p.begin(&cfg, "file:/srv/x", &head(&obj, &[]), 4).is_none());
+        assert!(p.begin(&cfg, primary, &head(&obj, &vary), 4).is_none());
+        // An abandoned fill (dropped unfinished) leaves nothing behind.
+        let s = p.begin(&cfg, primary, &head(&obj, &[]), 4).unwrap();
+        drop(s);
+        assert!(matches!(p.reader.lookup(key.as_bytes()), Lookup::Miss));
+        assert_eq!(p.live_objects(), 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::error::SourceError;
 use common::http::CacheOutcome;
 use common::pool::Lease;
-use common::protocol::{BodyLen, ResponseHead};
+use common::protocol::{BodyLen, FollowArena, ResponseHead};
 use common::stats::Counters;
 pub use common::stats::NO_SITE;
 use std::io::{self, Read, Write};
@@ -49,6 +49,7 @@ pub fn head(
         ttl_ms: meta.ttl_ms,
         upstream_status: meta.upstream_status,
         site: meta.site,
+        follow: None,
         headers,
     };
     lease.write_all(&h.encode())
@@ -65,6 +66,23 @@ pub fn interim(lease: &mut Lease, status: u16, headers: &Headers) -> io::Result<
         headers.clone(),
     )?;
     lease.flush()
+}
+
+/// Tells a collapsed waiter's worker to stream the fill from its arena record instead (no
+/// body follows; the worker frees the segment at once).
+pub fn follow_arena(lease: &mut Lease, meta: Meta, follow: FollowArena) -> io::Result<()> {
+    let h = ResponseHead {
+        status: 200,
+        body: BodyLen::None,
+        outcome: meta.outcome,
+        ttl_ms: 0,
+        upstream_status: meta.upstream_status,
+        site: meta.site,
+        follow: Some(follow),
+        headers: Vec::new(),
+    };
+    lease.write_all(&h.encode())?;
+    lease.finish()
 }
 
 /// A complete answer with an in-memory body (`head_only`: HEAD, the length is announced

@@ -168,7 +168,7 @@ fn from_origin(ctx: &Ctx, ups: &Upstreams, lease: &mut Lease, req: &RequestHead)
         CachePhase::Follow(follower) => {
             Counters::inc(&c.l2_misses);
             // `follow` takes the follower and leaves the fill before a Pass fetches alone.
-            match fill::follow(ctx, lease, req, follower, site.index)? {
+            match fill::follow(ctx, lease, req, follower, site.index, &primary)? {
                 Followed::Served => Ok(()),
                 Followed::Pass => fill::fetch(ctx, lease, req, site, None),
             }

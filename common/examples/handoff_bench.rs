@@ -173,6 +173,7 @@ fn cached_side(names: &Names, object: usize, parent: Pid) -> i32 {
             ttl_ms: 0,
             upstream_status: 0,
             site: common::stats::NO_SITE,
+            follow: None,
             headers: vec![("Content-Type".into(), b"application/octet-stream".to_vec())],
         }
         .encode();

@@ -18,11 +18,13 @@
 //! `u64::MAX` marks a pin slot claimed by a thread that has not pinned yet; generations whose
 //! low 32 bits are 0 or `u32::MAX` are skipped, so no object has either loc.
 //!
-//! The object header holds the full 64-bit generation, the record state (`WRITING`, `LIVE`,
-//! `RETIRED`, `ABANDONED`, `PAD`), the reader-set `ACCESSED` bit, the lengths, the key hash, a
-//! checksum of the body and a checksum over every other field plus the key and metadata bytes.
-//! Records are immutable once `LIVE`, except `state` and `flags`, which the checksum excludes.
-//! Metadata is opaque here: the caller stores the response head and its freshness data.
+//! The object header holds the full 64-bit generation, the record state (`WRITING`,
+//! `STREAMING`, `LIVE`, `RETIRED`, `ABANDONED`, `PAD`), the reader-set `ACCESSED` bit, the
+//! lengths, the key hash, a checksum of the body (while `STREAMING`: the committed length) and
+//! a checksum over every other field plus the key and metadata bytes. Records are immutable
+//! once `LIVE`, except `state` and `flags`, which the checksum excludes (as it excludes the
+//! body checksum word). Metadata is opaque here: the caller stores the response head and its
+//! freshness data.
 //!
 //! ## Why rings with second chance, and a set-associative index
 //! In each ring the writer appends records at `tail` and reclaims at `head` (FIFO); successive
@@ -65,6 +67,33 @@
 //! record stays intact. `tests::pin_protocol_*` check every interleaving of a model of these
 //! steps, and that swapping the reader's 3 and 4, or the writer's 3 and 4, is caught.
 //!
+//! ## Streaming fills
+//! A reservation may be linked in the index before its body is complete
+//! ([`ArenaOwner::expose`]), for an answer of a declared length, so workers stream a fill
+//! while it arrives instead of each waiting on `cached` with a segment. Its state is then
+//! `STREAMING`, and its `body_sum` word holds the *committed length*:
+//!
+//! | who | step |
+//! |---|---|
+//! | writer, per write | copy the bytes past the committed length, then `body_sum = written` (Release) |
+//! | writer, publish | state `LIVE` in place (Release; `RETIRED` if it was unlinked meanwhile), then `body_sum = checksum` (Release) |
+//! | writer, failure | drop the reservation: CAS its index entry to 0 (SeqCst), then state `ABANDONED` (Release) |
+//! | reader | pin and validate as above (`STREAMING` or `LIVE`); then [`Pinned::fill`]: state (Acquire); if `STREAMING`, `c = body_sum` (Acquire) and the state again: still `STREAMING` means `c` is a length; read only bytes below it |
+//!
+//! Why a reader never reads an unwritten or reused byte: bytes below a committed length were
+//! copied before the Release store that published it; a pinned record is never reclaimed
+//! (reclamation of an abandoned record runs after an Acquire fence on its state, so the unlink
+//! precedes the pin snapshot exactly as for `RETIRED`); the writer only appends past the
+//! committed length. A checksum in `body_sum` is never taken for a length: it is stored after
+//! the state left `STREAMING` (Release), so a reader that read it (Acquire) sees that state
+//! on its second read, and a pinned record's state never returns to `STREAMING`. An unlinked
+//! streaming record (a PURGE, a newer object of its key, its bucket's eviction) stays its
+//! reservation's: the owner's `retire` leaves records that are not `LIVE` alone, and its
+//! readers finish. A reclaim at a ring's head waits for a `STREAMING` record as for a
+//! `WRITING` one; an adoption abandons both. `tests::streaming_*` check every interleaving of
+//! a model of these steps, and that committing before writing, reading past the committed
+//! length, or reusing an abandoned record without the pin wait is caught.
+//!
 //! Pins are recorded per worker process: a row is claimed by `{pid, start time}`; the master calls
 //! [`Arena::release_worker`] when it reaps a worker, and a row whose owner is dead is also taken
 //! over by the next reader that attaches, so a crashed worker never leaks space.
@@ -87,7 +116,7 @@ use std::sync::Arc;
 
 pub const ARENA_MAGIC: u32 = u32::from_le_bytes(*b"SHAR");
 /// Layout version; any change to the structs or constants below bumps it.
-pub const ARENA_VERSION: u32 = 1;
+pub const ARENA_VERSION: u32 = 2;
 /// Most pin slots a row may have (threads of one worker that pin at once).
 pub const MAX_PIN_SLOTS: u32 = 1024;
 /// Most pin rows (worker processes).
@@ -110,6 +139,7 @@ const LIVE: u32 = 2;
 const RETIRED: u32 = 3;
 const ABANDONED: u32 = 4;
 const PAD: u32 = 5;
+const STREAMING: u32 = 6;
 const ACCESSED: u32 = 1;
 
 fn pack(offset: u64, generation: u64) -> u64 {
@@ -561,6 +591,25 @@ impl Map {
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
     }
 
+    /// Clears the index entry naming `loc` (of key hash `hash`), if one still does. A
+    /// compare-and-swap, so a reservation abandoned on a fill's thread may unlink itself
+    /// while the owner, under its lock, links other objects (an entry the owner changed no
+    /// longer names `loc`).
+    fn unlink_loc(&self, hash: u64, loc: u64) {
+        let base = self.bucket(hash);
+        for i in base..base + WAYS {
+            // ORDERING: SeqCst: an unlink (module doc, writer step 3).
+            if self
+                .entry(i)
+                .loc
+                .compare_exchange(loc, 0, Ordering::SeqCst, Ordering::Relaxed)
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+
     fn key_eq(&self, r: &Rec, key: &[u8]) -> bool {
         if r.key_len as usize != key.len() {
             return false;
@@ -908,12 +957,22 @@ impl ArenaReader {
     fn validate(&self, l: u64, hash: u64, key: &[u8]) -> Option<Rec> {
         let map = &self.row.map;
         let r = map.record(loc_offset(l))?;
-        (r.state == LIVE
+        (matches!(r.state, LIVE | STREAMING)
             && r.generation as u32 == loc_gen(l)
             && r.key_hash == hash
             && map.key_eq(&r, key))
         .then_some(r)
     }
+}
+
+/// How much of a pinned object's body is there ([`Pinned::fill`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    Complete,
+    /// Still being filled: this many bytes are committed.
+    Partial(u64),
+    /// The fill failed: the body will never be complete.
+    Abandoned,
 }
 
 /// A pinned object: its metadata and body stay intact until this drops. The bytes are reached
@@ -934,8 +993,54 @@ impl Pinned {
         self.rec.meta_len as usize
     }
 
+    /// The body's whole length (of a streaming object too: only those are exposed).
     pub fn body_len(&self) -> u64 {
         self.rec.body_len
+    }
+
+    /// How much of the body may be read: all of it, or (an object still being filled) the
+    /// length committed so far, or nothing more (its fill was abandoned: stop, and never
+    /// present what was read as the whole body).
+    pub fn fill(&self) -> Fill {
+        if self.rec.state == LIVE {
+            return Fill::Complete;
+        }
+        let o = self.row.map.obj(self.rec.phys);
+        loop {
+            // ORDERING: Acquire pairs with the writer's Release stores of the state (publish,
+            // abandon): once it is not STREAMING every body byte written is visible.
+            match o.state.load(Ordering::Acquire) {
+                STREAMING => {
+                    // ORDERING: Acquire pairs with `Reservation::write`'s Release store: the
+                    // body bytes below the length read are visible.
+                    let c = o.body_sum.load(Ordering::Acquire);
+                    // While STREAMING, `body_sum` holds the committed length; publish stores
+                    // the state first (Release), then the checksum there, so a value read
+                    // before a state still STREAMING (Acquire) is a length. (The state of a
+                    // pinned record never becomes STREAMING again.)
+                    // ORDERING: Acquire (see above).
+                    if o.state.load(Ordering::Acquire) == STREAMING {
+                        return if c >= self.rec.body_len {
+                            Fill::Complete
+                        } else {
+                            Fill::Partial(c)
+                        };
+                    }
+                }
+                ABANDONED => return Fill::Abandoned,
+                // LIVE, or RETIRED after it was complete (a pinned record is never reused).
+                _ => return Fill::Complete,
+            }
+        }
+    }
+
+    /// Body bytes that may be read now (see [`Pinned::fill`]; 0 once abandoned).
+    fn readable(&self) -> u64 {
+        match self.fill() {
+            Fill::Complete => self.rec.body_len,
+            Fill::Partial(c) => c,
+            Fill::Abandoned => 0,
+        }
     }
 
     /// A copy of the metadata (the stored head and freshness data: small).
@@ -949,27 +1054,31 @@ impl Pinned {
         v
     }
 
-    /// Copies body bytes from `offset` into `buf`; returns how many (0 at the end).
+    /// Copies body bytes from `offset` into `buf`; returns how many (0 at the end, or of a
+    /// streaming object at what is committed so far: ask [`Pinned::fill`]).
     pub fn read_body(&self, offset: u64, buf: &mut [u8]) -> usize {
-        let n = (buf.len() as u64).min(self.rec.body_len.saturating_sub(offset));
+        let n = (buf.len() as u64).min(self.readable().saturating_sub(offset));
         let src = self.row.map.ptr(self.rec.body_at() + offset, n);
-        // SAFETY: `src..src+n` lies inside this record's body (n is clamped to the body, `ptr`
-        // checks the space's bounds); the record is pinned and was validated as linked after the
-        // pin, so the owner writes none of its bytes until the pin is cleared; `buf` is ours.
+        // SAFETY: `src..src+n` lies inside this record's body, below its committed length (n
+        // is clamped to it, `ptr` checks the space's bounds); the record is pinned and was
+        // validated as linked after the pin, so the owner writes none of those bytes (it only
+        // appends past the committed length) until the pin is cleared; `buf` is ours.
         unsafe { std::ptr::copy_nonoverlapping(src, buf.as_mut_ptr(), n as usize) };
         n as usize
     }
 
     /// Sends body bytes from `offset` straight from shared memory to a non-blocking socket:
-    /// what the socket took, `Ok(0)` at the end, `WouldBlock` when it is full.
+    /// what the socket took, `Ok(0)` at the end (of a streaming object: of what is committed
+    /// so far, see [`Pinned::fill`]), `WouldBlock` when it is full.
     pub fn send_body(&self, sock: BorrowedFd<'_>, offset: u64) -> io::Result<usize> {
-        let n = self.rec.body_len.saturating_sub(offset);
+        let n = self.readable().saturating_sub(offset);
         if n == 0 {
             return Ok(0);
         }
         let src = self.row.map.ptr(self.rec.body_at() + offset, n);
-        // SAFETY: `src..src+n` lies inside this pinned record's body (as in `read_body`), which
-        // nobody writes while we hold the pin; the kernel only reads it; `sock` is a live fd.
+        // SAFETY: `src..src+n` lies inside this pinned record's body below its committed
+        // length (as in `read_body`), which nobody writes while we hold the pin; the kernel
+        // only reads it; `sock` is a live fd.
         let sent = unsafe {
             libc::send(
                 sock.as_raw_fd(),
@@ -984,15 +1093,14 @@ impl Pinned {
         Ok(sent as usize)
     }
 
-    /// The body as a raw pointer and length, valid while this `Pinned` lives (for `writev`).
-    /// Never turn it into a `&[u8]`: the mapping is shared with other processes.
+    /// The readable body (see [`Pinned::fill`]) as a raw pointer and length, valid while this
+    /// `Pinned` lives (for `writev`). Never turn it into a `&[u8]`: the mapping is shared with
+    /// other processes.
     pub fn body_raw(&self) -> (*const u8, usize) {
+        let n = self.readable();
         (
-            self.row
-                .map
-                .ptr(self.rec.body_at(), self.rec.body_len)
-                .cast_const(),
-            self.rec.body_len as usize,
+            self.row.map.ptr(self.rec.body_at(), n).cast_const(),
+            n as usize,
         )
     }
 }
@@ -1034,6 +1142,9 @@ impl std::error::Error for ReserveError {}
 pub enum PublishError {
     /// Fewer body bytes were written than reserved; the space is freed.
     Incomplete { written: u64, expected: u64 },
+    /// An exposed reservation was unlinked while it was filled (a removal, a newer object of
+    /// its key, or its bucket's eviction): it is not published, and its space is freed.
+    Unlinked,
 }
 
 impl std::fmt::Display for PublishError {
@@ -1042,6 +1153,7 @@ impl std::fmt::Display for PublishError {
             PublishError::Incomplete { written, expected } => {
                 write!(f, "body incomplete: {written} of {expected} bytes")
             }
+            PublishError::Unlinked => write!(f, "removed from the index while it was filled"),
         }
     }
 }
@@ -1069,7 +1181,9 @@ pub struct Adoption {
 }
 
 /// Space reserved for one object; fill the body with [`Reservation::write`], then
-/// [`ArenaOwner::publish`]. Readers see nothing of it before. Dropping it unpublished frees it.
+/// [`ArenaOwner::publish`]. Readers see nothing of it before, unless it was exposed
+/// ([`ArenaOwner::expose`]): then they stream it as it is written. Dropping it unpublished
+/// frees it (an exposed one is abandoned: its readers stop, its index entry goes).
 pub struct Reservation {
     map: Arc<Map>,
     rec: Rec,
@@ -1077,17 +1191,33 @@ pub struct Reservation {
     written: u64,
     sum: Sum,
     done: bool,
+    /// Linked in the index as `STREAMING`: each write advances the committed length.
+    exposed: bool,
 }
 
 impl Reservation {
     /// Appends body bytes; returns how many fitted (fewer than `data.len()` only at the end).
+    /// For an exposed reservation the bytes are committed (readers may read them) on return.
     pub fn write(&mut self, data: &[u8]) -> usize {
         let n = data.len().min((self.rec.body_len - self.written) as usize);
         self.map
             .copy_in(self.rec.body_at() + self.written, &data[..n]);
         self.sum.update(&data[..n]);
         self.written += n as u64;
+        if self.exposed {
+            // ORDERING: Release: a streaming reader whose Acquire load sees this length sees
+            // every body byte below it (written by the copy above).
+            self.map
+                .obj(self.rec.phys)
+                .body_sum
+                .store(self.written, Ordering::Release);
+        }
         n
+    }
+
+    /// Full generation of the object being written (it keeps it once published).
+    pub fn generation(&self) -> u64 {
+        self.rec.generation
     }
 
     /// Body bytes still expected.
@@ -1098,11 +1228,20 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        if !self.done {
-            self.map
-                .obj(self.rec.phys)
-                .state
-                .store(ABANDONED, Ordering::Relaxed);
+        if self.done {
+            return;
+        }
+        let o = self.map.obj(self.rec.phys);
+        if self.exposed {
+            // Readers find it no more (step 3 of the pin protocol: an unlink, before the
+            // owner's snapshot that sees the ABANDONED state below), then they stop.
+            self.map.unlink_loc(self.rec.key_hash, self.rec.loc());
+            // ORDERING: Release: pairs with streaming readers' Acquire load of the state (they
+            // stop), and with the owner's Acquire fence in `reclaim_one`, which so sees the
+            // unlink before its pin snapshot and our last body write before any reuse.
+            o.state.store(ABANDONED, Ordering::Release);
+        } else {
+            o.state.store(ABANDONED, Ordering::Relaxed);
         }
     }
 }
@@ -1339,6 +1478,7 @@ impl ArenaOwner {
             written: 0,
             sum: Sum::new(self.map.seed),
             done: false,
+            exposed: false,
         })
     }
 
@@ -1429,9 +1569,13 @@ impl ArenaOwner {
                 }
                 Ok(())
             }
-            WRITING => Err(ReserveError::Busy),
+            WRITING | STREAMING => Err(ReserveError::Busy),
             _ => {
                 // Retired (unlinked before this snapshot), abandoned or padding.
+                // ORDERING: Acquire fence: a fill abandoned on another thread (Release store
+                // of ABANDONED after its unlink) has its unlink ordered before our snapshot and
+                // its last body write before our reuse.
+                std::sync::atomic::fence(Ordering::Acquire);
                 if any_in(&self.map.pinned_ranges(), r.phys, r.size) {
                     return Err(ReserveError::Busy);
                 }
@@ -1490,9 +1634,17 @@ impl ArenaOwner {
         self.retire(r);
     }
 
+    /// Retires the live record `r` just unlinked. A `STREAMING` one (replaced, removed or
+    /// evicted from its bucket while it is filled) is left to its [`Reservation`], which finds
+    /// it unlinked when it ends; one that is no longer `LIVE` was never counted.
     fn retire(&self, r: &Rec) {
         let h = self.h();
-        self.map.obj(r.phys).state.store(RETIRED, Ordering::Relaxed);
+        let o = self.map.obj(r.phys);
+        // Only we make a record LIVE or take it out of LIVE: this load is stable.
+        if o.state.load(Ordering::Relaxed) != LIVE {
+            return;
+        }
+        o.state.store(RETIRED, Ordering::Relaxed);
         let sub = |a: &AtomicU64, n: u64| {
             a.store(
                 a.load(Ordering::Relaxed).saturating_sub(n),
@@ -1536,15 +1688,59 @@ impl ArenaOwner {
             ..res.rec
         };
         let o = self.map.obj(r.phys);
-        o.body_sum.store(r.body_sum, Ordering::Relaxed);
-        o.state.store(LIVE, Ordering::Relaxed);
         res.done = true;
+        if res.exposed {
+            let linked = self.entry_of(&res.rec).is_some();
+            // ORDERING: Release, before the checksum replaces the committed length in
+            // `body_sum`: a streaming reader that reads the checksum there re-reads the state
+            // and sees this store (see `Pinned::fill`), and sees every body byte.
+            o.state
+                .store(if linked { LIVE } else { RETIRED }, Ordering::Release);
+            // ORDERING: Release: a reader whose Acquire load reads the checksum here sees the
+            // state stored above when it re-reads it.
+            o.body_sum.store(r.body_sum, Ordering::Release);
+            if !linked {
+                // Removed or replaced while it was filled: its readers finish, nobody else
+                // finds it, and its space is reclaimed once they let go.
+                return Err(PublishError::Unlinked);
+            }
+        } else {
+            o.body_sum.store(r.body_sum, Ordering::Relaxed);
+            o.state.store(LIVE, Ordering::Relaxed);
+        }
         let h = self.h();
         Self::bump(&h.live_objects, 1);
         Self::bump(&h.live_bytes, r.size);
         Self::bump(&h.insertions, 1);
-        self.link(&res.key, &r);
+        if !res.exposed {
+            self.link(&res.key, &r);
+        }
         Ok(r.generation)
+    }
+
+    /// Links a reservation in the index before its body is complete, as `STREAMING`: readers
+    /// find it from now on (it replaces the object stored before under the same key) and read
+    /// its body up to the length committed so far, which each [`Reservation::write`] advances;
+    /// [`ArenaOwner::publish`] makes it `LIVE` in place, dropping it abandons it. For answers
+    /// whose length is known (the reservation's), so a reader knows when it has all.
+    pub fn expose(&mut self, res: &mut Reservation) {
+        assert!(
+            Arc::ptr_eq(&res.map, &self.map),
+            "a reservation of another arena"
+        );
+        if res.exposed || res.done {
+            return;
+        }
+        let o = self.map.obj(res.rec.phys);
+        // Relaxed: the SeqCst store of the index entry in `link` publishes both.
+        o.body_sum.store(res.written, Ordering::Relaxed);
+        o.state.store(STREAMING, Ordering::Relaxed);
+        res.exposed = true;
+        let r = Rec {
+            state: STREAMING,
+            ..res.rec
+        };
+        self.link(&res.key, &r);
     }
 
     /// Puts `r` into its bucket: over the same key's entry, a free way, or the oldest object.
@@ -1622,6 +1818,7 @@ impl ArenaOwner {
     pub fn audit(&self) -> Result<Audit, String> {
         let mut a = Audit::default();
         let mut live = HashMap::new();
+        let mut streaming = std::collections::HashSet::new();
         for g in 0..self.rings() {
             let (mut at, tail) = (self.head(g), self.tail(g));
             while at < tail {
@@ -1640,6 +1837,10 @@ impl ArenaOwner {
                         live.insert(r.loc(), r);
                     }
                     WRITING => a.writing_bytes += r.size,
+                    STREAMING => {
+                        a.writing_bytes += r.size;
+                        streaming.insert(r.loc());
+                    }
                     RETIRED | ABANDONED | PAD => a.garbage_bytes += r.size,
                     s => return Err(format!("unknown state {s} at {at} of ring {g}")),
                 }
@@ -1653,7 +1854,7 @@ impl ArenaOwner {
         for i in 0..self.map.cfg.index_entries as usize {
             let e = self.map.entry(i);
             let l = e.loc.load(Ordering::Relaxed);
-            if l == 0 {
+            if l == 0 || streaming.contains(&l) {
                 continue;
             }
             let r = live
@@ -1764,12 +1965,15 @@ impl ArenaOwner {
                     rep.dropped += 1;
                     self.map.obj(r.phys).state.store(RETIRED, Ordering::Relaxed);
                 }
-                WRITING => {
+                WRITING | STREAMING => {
+                    // A streaming fill's index entry goes with the others that name no
+                    // live record (`after_repair`); its readers see it abandoned and stop.
                     rep.abandoned_fills += 1;
+                    // ORDERING: Release, as in `Reservation::drop` (readers' Acquire).
                     self.map
                         .obj(r.phys)
                         .state
-                        .store(ABANDONED, Ordering::Relaxed);
+                        .store(ABANDONED, Ordering::Release);
                 }
                 _ => {}
             }
@@ -2133,6 +2337,140 @@ mod tests {
             o.reserve(&key(3), b"", 16 << 10),
             Err(ReserveError::TooLarge { .. })
         ));
+    }
+
+    /// Writes `b` into `r` in pieces of `piece` bytes.
+    fn write_all(r: &mut Reservation, b: &[u8], piece: usize) {
+        for p in b.chunks(piece) {
+            assert_eq!(r.write(p), p.len());
+        }
+    }
+
+    /// The readable body of `p` now.
+    fn readable_now(p: &Pinned) -> Vec<u8> {
+        let mut got = vec![0u8; p.body_len() as usize + 8];
+        let n = p.read_body(0, &mut got);
+        got.truncate(n);
+        got
+    }
+
+    #[test]
+    fn an_exposed_fill_streams_up_to_its_committed_length_and_is_published_in_place() {
+        let n = names("stream");
+        let mut o = owner(&n, cfg(1 << 20));
+        let reader = o.arena().attach().unwrap();
+        let k = key(1);
+        let b = body(&k, 1, 5000);
+        let mut res = o.reserve(&k, &meta(1, 5000), 5000).unwrap();
+        o.expose(&mut res);
+        let p = pin(&reader, &k);
+        assert_eq!((p.fill(), p.body_len()), (Fill::Partial(0), 5000));
+        assert_eq!(p.read_body(0, &mut [0u8; 64]), 0, "nothing committed yet");
+        write_all(&mut res, &b[..1000], 300);
+        assert_eq!(p.fill(), Fill::Partial(1000));
+        assert!(readable_now(&p) == b[..1000], "exactly the committed bytes");
+        assert_eq!(p.read_body(1000, &mut [0u8; 64]), 0);
+        assert_eq!(p.body_raw().1, 1000);
+        // Streaming records are linked, not yet counted live.
+        let a = o.audit().unwrap();
+        assert_eq!((a.live_objects, a.writing_bytes > 0), (0, true));
+        write_all(&mut res, &b[1000..], 700);
+        assert_eq!(p.fill(), Fill::Complete, "all committed");
+        let generation = o.publish(res).unwrap();
+        assert_eq!(generation, p.generation(), "published in place");
+        assert_eq!(p.fill(), Fill::Complete);
+        assert_eq!(verify(&p, &k), 1);
+        drop(p);
+        assert_eq!(get(&reader, &k), Some(1));
+        assert_eq!(o.usage().live_objects, 1);
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn an_abandoned_fill_stops_its_readers_and_frees_its_space() {
+        let n = names("sabandon");
+        let mut o = owner(&n, cfg(256 << 10));
+        let reader = o.arena().attach().unwrap();
+        let k = key(1);
+        put(&mut o, &k, 1, 3000).unwrap();
+        let mut res = o.reserve(&k, &meta(2, 3000), 3000).unwrap();
+        o.expose(&mut res);
+        assert_eq!(
+            o.usage().live_objects,
+            0,
+            "the exposed fill replaced the old object"
+        );
+        write_all(&mut res, &body(&k, 2, 3000)[..100], 100);
+        let p = pin(&reader, &k);
+        assert_eq!(p.fill(), Fill::Partial(100));
+        drop(res);
+        assert_eq!(p.fill(), Fill::Abandoned);
+        assert_eq!(p.read_body(0, &mut [0u8; 64]), 0, "nothing more is read");
+        assert_eq!(get(&reader, &k), None, "unlinked");
+        o.audit().unwrap();
+        // The pinned record holds its ring; once let go, everything is reclaimed.
+        assert_eq!(o.evict_until(256 << 10), Err(ReserveError::Busy));
+        drop(p);
+        o.evict_until(256 << 10).unwrap();
+        assert_eq!(o.usage().used, 0);
+        o.audit().unwrap();
+    }
+
+    #[test]
+    fn a_fill_removed_or_replaced_while_streaming_is_not_published_and_its_readers_finish() {
+        let n = names("sremove");
+        let mut o = owner(&n, cfg(256 << 10));
+        let reader = o.arena().attach().unwrap();
+        let k = key(1);
+        let b = body(&k, 3, 4000);
+        let mut res = o.reserve(&k, &meta(3, 4000), 4000).unwrap();
+        o.expose(&mut res);
+        write_all(&mut res, &b[..2000], 1000);
+        let p = pin(&reader, &k);
+        assert!(o.remove(&k), "a PURGE finds the streaming object");
+        assert_eq!(get(&reader, &k), None);
+        o.audit().unwrap();
+        write_all(&mut res, &b[2000..], 1000);
+        assert_eq!(o.publish(res), Err(PublishError::Unlinked));
+        assert_eq!(verify(&p, &k), 3, "a reader that had it finishes");
+        assert_eq!(o.usage().live_objects, 0);
+        o.audit().unwrap();
+        drop(p);
+        // Replaced by a newer object of its key (or its bucket's eviction): the same.
+        let mut res = o.reserve(&k, &meta(4, 4000), 4000).unwrap();
+        o.expose(&mut res);
+        put(&mut o, &k, 9, 100).unwrap();
+        write_all(&mut res, &body(&k, 4, 4000), 4000);
+        assert_eq!(o.publish(res), Err(PublishError::Unlinked));
+        assert_eq!(get(&reader, &k), Some(9));
+        assert_eq!(o.usage().live_objects, 1);
+        o.audit().unwrap();
+        o.evict_until(256 << 10).unwrap();
+        assert_eq!(o.usage().used, 0);
+    }
+
+    #[test]
+    fn an_adopter_abandons_a_streaming_fill_and_its_readers_stop() {
+        let n = names("sadopt");
+        let c = cfg(256 << 10);
+        let mut o = owner(&n, c);
+        put(&mut o, &key(1), 1, 1000).unwrap();
+        let mut res = o.reserve(&key(2), &meta(1, 1000), 1000).unwrap();
+        o.expose(&mut res);
+        res.write(&[7; 10]);
+        let reader = o.arena().attach().unwrap();
+        let p = pin(&reader, &key(2));
+        std::mem::forget(res);
+        o.crash();
+        let (o, start) = ArenaOwner::open_or_adopt(&n, c).unwrap();
+        let Start::Adopted(a) = start else {
+            panic!("{start:?}")
+        };
+        assert_eq!((a.objects, a.abandoned_fills, a.dropped), (1, 1, 1));
+        assert_eq!(p.fill(), Fill::Abandoned);
+        assert_eq!(get(&reader, &key(2)), None);
+        assert_eq!(get(&reader, &key(1)), Some(1));
+        o.audit().unwrap();
     }
 
     #[test]
@@ -2651,6 +2989,237 @@ mod tests {
     #[test]
     fn pin_protocol_check_catches_a_writer_that_scans_before_unlinking() {
         assert!(explore(false, true).1);
+    }
+
+    // ---- model check of streaming (committed length, abandonment) ---------------------
+
+    /// One streaming reader and the writer of one exposed record of `LEN` body bytes, each
+    /// step one shared-memory access under sequential consistency. The writer writes a byte,
+    /// then commits it; after any byte it may abandon the fill instead (unlink, state, wait
+    /// for no pin, reuse the space for another generation). The reader pins the loc it found,
+    /// re-validates it, then reads the state, the committed length, and bytes below it.
+    #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+    struct S {
+        entry: u8,
+        hdr_gen: u8,
+        state: u8,
+        committed: u8,
+        mem: [u8; LEN],
+        pin: u8,
+        snap: u8,
+        w: u8,
+        k: u8,
+        r: u8,
+        l: u8,
+        c: u8,
+        j: u8,
+    }
+
+    const LEN: usize = 3;
+    const S_STREAMING: u8 = 1;
+    const S_LIVE: u8 = 2;
+    const S_ABANDONED: u8 = 3;
+
+    /// How a broken side may differ from the protocol.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Flaw {
+        None,
+        /// The writer commits a byte before writing it.
+        CommitFirst,
+        /// The reader reads past the committed length.
+        ReadPast,
+        /// The writer reuses an abandoned record without waiting for pins.
+        NoPinWait,
+    }
+
+    /// The writer's possible next steps.
+    fn stream_writer(m: &S, flaw: Flaw) -> Vec<S> {
+        let mut n = *m;
+        let commit_first = flaw == Flaw::CommitFirst;
+        match m.w {
+            // Write byte k (or commit it first, if flawed).
+            0 => {
+                if commit_first {
+                    n.committed = m.k + 1;
+                } else {
+                    n.mem[m.k as usize] = 1;
+                }
+                n.w = 1;
+            }
+            1 => {
+                if commit_first {
+                    n.mem[m.k as usize] = 1;
+                } else {
+                    n.committed = m.k + 1;
+                }
+                n.k += 1;
+                n.w = if n.k as usize == LEN { 2 } else { 0 };
+                if n.w == 0 {
+                    // ... or abandon the fill here instead of going on.
+                    let mut a = n;
+                    a.w = 10;
+                    return vec![n, a];
+                }
+            }
+            2 => {
+                n.state = S_LIVE;
+                n.w = DONE;
+            }
+            10 => {
+                n.entry = 0;
+                n.w = 11;
+            }
+            11 => {
+                n.state = S_ABANDONED;
+                n.w = 12;
+            }
+            12 => {
+                n.snap = m.pin;
+                n.w = 13;
+            }
+            13 => {
+                n.w = if m.snap != 0 && flaw != Flaw::NoPinWait {
+                    12
+                } else {
+                    14
+                }
+            }
+            _ => {
+                // Reuse: another generation's header and bytes.
+                n.hdr_gen = 2;
+                n.state = S_STREAMING;
+                n.committed = 0;
+                n.mem = [2; LEN];
+                n.w = DONE;
+            }
+        }
+        vec![n]
+    }
+
+    /// The reader's next step; false if it read a byte that is not the fill's own.
+    fn stream_reader(m: &mut S, flaw: Flaw) -> bool {
+        match m.r {
+            0 => {
+                m.l = m.entry;
+                m.r = if m.l == 0 { DONE } else { 1 };
+            }
+            1 => {
+                m.pin = m.l;
+                m.r = 2;
+            }
+            2 => {
+                if m.entry != m.l {
+                    m.pin = 0;
+                    m.r = DONE;
+                } else {
+                    m.r = 3;
+                }
+            }
+            3 => {
+                // Validate: the header is the generation pinned.
+                if m.hdr_gen != m.l {
+                    m.pin = 0;
+                    m.r = DONE;
+                } else {
+                    m.r = 4;
+                }
+            }
+            4 => {
+                if m.state == S_ABANDONED {
+                    m.pin = 0;
+                    m.r = DONE;
+                } else {
+                    m.r = 5;
+                }
+            }
+            5 => {
+                m.c = if flaw == Flaw::ReadPast {
+                    LEN as u8
+                } else {
+                    m.committed
+                };
+                m.r = 6;
+            }
+            _ => {
+                if m.j < m.c {
+                    if m.mem[m.j as usize] != 1 {
+                        return false;
+                    }
+                    m.j += 1;
+                    if m.j as usize == LEN {
+                        m.pin = 0;
+                        m.r = DONE;
+                        return true;
+                    }
+                }
+                m.r = 4;
+            }
+        }
+        true
+    }
+
+    /// Explores every interleaving; returns (states seen, whether a bad read is reachable).
+    fn explore_stream(flaw: Flaw) -> (usize, bool) {
+        let start = S {
+            entry: 1,
+            hdr_gen: 1,
+            state: S_STREAMING,
+            committed: 0,
+            mem: [0; LEN],
+            pin: 0,
+            snap: 0,
+            w: 0,
+            k: 0,
+            r: 0,
+            l: 0,
+            c: 0,
+            j: 0,
+        };
+        let mut seen = std::collections::HashSet::from([start]);
+        let mut todo = vec![start];
+        let mut bad = false;
+        while let Some(m) = todo.pop() {
+            let mut next = Vec::new();
+            if m.r != DONE {
+                let mut n = m;
+                if stream_reader(&mut n, flaw) {
+                    next.push(n);
+                } else {
+                    bad = true;
+                }
+            }
+            if m.w != DONE {
+                next.extend(stream_writer(&m, flaw));
+            }
+            if next.is_empty() && !bad {
+                // Both ended, no pin is left, and a reader that read all read a whole fill.
+                assert_eq!((m.r, m.w, m.pin), (DONE, DONE, 0), "{m:?}");
+                assert!(m.j as usize != LEN || m.state == S_LIVE, "{m:?}");
+            }
+            for n in next {
+                if seen.insert(n) {
+                    todo.push(n);
+                }
+            }
+        }
+        (seen.len(), bad)
+    }
+
+    #[test]
+    fn streaming_is_safe_in_every_interleaving() {
+        let (states, bad) = explore_stream(Flaw::None);
+        assert!(
+            !bad,
+            "a streaming reader read past the committed length or a reused byte"
+        );
+        assert!(states > 100, "explored only {states} states");
+    }
+
+    #[test]
+    fn streaming_check_catches_each_broken_step() {
+        for flaw in [Flaw::CommitFirst, Flaw::ReadPast, Flaw::NoPinWait] {
+            assert!(explore_stream(flaw).1);
+        }
     }
 
     // ---- other processes ---------------------------------------------------------------

@@ -591,6 +591,11 @@ impl<'p> Lease<'p> {
         }
     }
 
+    /// The pool the segment belongs to.
+    pub fn pool(&self) -> &'p Pool {
+        self.pool
+    }
+
     pub fn index(&self) -> u32 {
         self.index
     }

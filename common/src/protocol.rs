@@ -2,7 +2,8 @@
 //! endian) and validated completely before use:
 //! - [`Doorbell`]: the small fixed mq message "segment N (generation G) has work for you";
 //! - [`RequestHead`]: first bytes of the request stream the worker writes into the segment;
-//! - [`ResponseHead`]: first bytes of the response stream `cached` writes back.
+//! - [`ResponseHead`]: first bytes of the response stream `cached` writes back (or, for a
+//!   collapsed waiter whose fill is streamed into the arena, only a [`FollowArena`] pointer).
 //!
 //! Heads are length-prefixed (`u32`), so a reader knows how many bytes to collect across
 //! chunks before decoding; the body follows immediately.
@@ -11,7 +12,7 @@ use crate::http::CacheOutcome;
 use std::io::{self, Read};
 
 pub const MAGIC: u32 = u32::from_le_bytes(*b"SHPX");
-pub const VERSION: u16 = 4;
+pub const VERSION: u16 = 5;
 /// Size of an encoded doorbell; the queue's message size is [`MSG_SIZE`].
 pub const DOORBELL_LEN: usize = 32;
 pub const MSG_SIZE: usize = 64;
@@ -153,7 +154,22 @@ pub struct ResponseHead {
     /// Row of the site that answered in cached's table of sites (`stats::NO_SITE`: none, as
     /// in disk mode). Any value decodes; a reader looks it up and finds no row past the table.
     pub site: u16,
+    /// Set: no body follows in the segment; the answer is the object `cached` is filling in
+    /// the shared arena under this key (a collapsed waiter's), which the worker streams from
+    /// there, freeing the segment at once. `status`, `body` and `headers` are then unused.
+    pub follow: Option<FollowArena>,
     pub headers: Vec<(String, Vec<u8>)>,
+}
+
+/// An arena record a worker is told to follow ([`ResponseHead::follow`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FollowArena {
+    /// The record's arena key (`common::hit::key`).
+    pub key: String,
+    /// Its generation when `cached` answered (a newer one of the key is as good). 0 (no
+    /// record has it): the fill has no record yet (its head has not come, and segments run
+    /// short): look for the key in the arena a while, then ask `cached` again.
+    pub generation: u64,
 }
 
 /// The little-endian, length-prefixed encoding of the wire messages (also of the arena's
@@ -359,6 +375,14 @@ impl ResponseHead {
         e.u32(self.ttl_ms);
         e.u16(self.upstream_status);
         e.u16(self.site);
+        match &self.follow {
+            None => e.u8(0),
+            Some(f) => {
+                e.u8(1);
+                e.bytes(f.key.as_bytes());
+                e.u64(f.generation);
+            }
+        }
         e.headers(&self.headers);
         e.framed()
     }
@@ -376,6 +400,14 @@ impl ResponseHead {
             ttl_ms: d.u32()?,
             upstream_status: d.u16()?,
             site: d.u16()?,
+            follow: match d.u8()? {
+                0 => None,
+                1 => Some(FollowArena {
+                    key: d.string("follow key")?,
+                    generation: d.u64()?,
+                }),
+                _ => return Err(DecodeError::BadField("follow")),
+            },
             headers: d.headers()?,
         };
         d.end()?;
@@ -468,6 +500,7 @@ mod tests {
             ttl_ms: 5,
             upstream_status: 304,
             site: 0x0102,
+            follow: None,
             headers: vec![("ETag".into(), b"\"x\"".to_vec())],
         };
         let b = resp.encode();
@@ -476,10 +509,31 @@ mod tests {
         assert_eq!(&b[16..20], &5u32.to_le_bytes());
         assert_eq!(&b[20..22], &304u16.to_le_bytes());
         assert_eq!(&b[22..24], &[0x02, 0x01]);
-        assert_eq!(ResponseHead::decode(&b), Ok(resp));
+        assert_eq!(b[24], 0, "no arena record to follow");
+        assert_eq!(ResponseHead::decode(&b), Ok(resp.clone()));
         for n in 0..b.len() {
             assert!(ResponseHead::decode(&b[..n]).is_err());
         }
+        // A collapsed waiter told to follow an arena record.
+        let follow = ResponseHead {
+            follow: Some(FollowArena {
+                key: "a.test /x".into(),
+                generation: 0x0102_0304_0506,
+            }),
+            ..resp
+        };
+        let b = follow.encode();
+        assert_eq!(b[24], 1);
+        assert_eq!(ResponseHead::decode(&b), Ok(follow));
+        for n in 0..b.len() {
+            assert!(ResponseHead::decode(&b[..n]).is_err());
+        }
+        let mut bad = b.clone();
+        bad[24] = 2;
+        assert_eq!(
+            ResponseHead::decode(&bad),
+            Err(DecodeError::BadField("follow"))
+        );
     }
 
     /// Every byte value of the outcome field: the outcomes' own values decode to them, any
@@ -493,6 +547,7 @@ mod tests {
             ttl_ms: 0,
             upstream_status: 0,
             site: 0,
+            follow: None,
             headers: Vec::new(),
         };
         let mut seen = Vec::new();

@@ -12,6 +12,7 @@ mod tls;
 
 mod accesslog;
 mod arena;
+mod arena_stream;
 mod badinput;
 mod bodies;
 mod caching;

@@ -5,16 +5,26 @@
 //! (not stored, stale, a failed precondition, ranges, credentials, no pin slot, no arena)
 //! goes to `cached` as before. The arena is opened on first use and again when its owner stopped
 //! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
+//!
+//! A record still being filled (`cached` exposes a fill of a declared length as it arrives) is
+//! found the same way and answered by streaming its body as it is committed
+//! (`respond::arena_hit`); a collapsed waiter that `cached` sends here ([`ArenaView::follow`],
+//! the wire answer `ResponseHead::follow`) is answered alike, its segment already free.
 
-use common::arena::{Arena, ArenaReader, Lookup, Pinned};
+use common::arena::{Arena, ArenaReader, Fill, Lookup, Pinned};
 use common::cache_policy::RequestRules;
-use common::hit::{self, Meta};
+use common::hit::{self, Meta, Object};
+use common::protocol::FollowArena;
 use common::request::Request;
 use common::stats::Counters;
 use common::Names;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Shortest and longest nap of a worker waiting for a fill's record to appear.
+const NAP_MIN: Duration = Duration::from_micros(500);
+const NAP_MAX: Duration = Duration::from_millis(5);
 
 /// How often a worker without an arena looks for one.
 const RETRY_MS: u64 = 200;
@@ -80,13 +90,81 @@ impl ArenaView {
             return None;
         }
         let found = self.reader().and_then(|r| find(&r, counters, req));
-        let counter = if found.is_some() {
-            &counters.arena_hits
-        } else {
-            &counters.arena_misses
+        let counter = match &found {
+            Some(h) if h.pinned.fill() != Fill::Complete => &counters.arena_streams,
+            Some(_) => &counters.arena_hits,
+            None => &counters.arena_misses,
         };
         Counters::inc(counter);
         found
+    }
+
+    /// The record `cached` told a collapsed waiter to follow (or a newer object of its key),
+    /// pinned, with the answer it gives `req`; `None` if it is gone (its fill failed, it was
+    /// removed or replaced by something else). No freshness check: it is the answer of the
+    /// fill the request joined in `cached`, as a waiter there would get it (`cached` sends no
+    /// conditional request here, so the answer is the whole object).
+    pub fn follow(&self, counters: &Counters, req: &Request, f: &FollowArena) -> Option<Hit> {
+        let found = self.followed(counters, req, f);
+        Self::count(counters, found.as_ref());
+        found
+    }
+
+    /// Waits (naps of at most [`NAP_MAX`], until `until`) for the record of a fill `cached` said
+    /// has none yet to appear under `key`, and follows it (counted as [`ArenaView::follow`]).
+    /// Unlike a pointer to a record, this one names none: what is found must be fresh for the
+    /// request (an older copy of the key that is not is never taken for the fill's).
+    pub fn await_record(
+        &self,
+        counters: &Counters,
+        req: &Request,
+        key: &str,
+        until: Instant,
+    ) -> Option<Hit> {
+        let mut nap = NAP_MIN;
+        loop {
+            let found = self
+                .reader()
+                .and_then(|r| match decoded(&r, counters, key)? {
+                    (p, Meta::Object(o)) => answer(p, o, req),
+                    _ => None,
+                });
+            if let Some(h) = found {
+                Self::count(counters, Some(&h));
+                return Some(h);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if key.is_empty() || left.is_zero() {
+                return None;
+            }
+            std::thread::sleep(nap.min(left));
+            nap = (nap * 2).min(NAP_MAX);
+        }
+    }
+
+    fn followed(&self, counters: &Counters, req: &Request, f: &FollowArena) -> Option<Hit> {
+        let r = self.reader()?;
+        match decoded(&r, counters, &f.key) {
+            Some((p, Meta::Object(o))) if p.generation() >= f.generation => {
+                let age = o.age(SystemTime::now());
+                o.answer(age, &req.headers).map(|answer| Hit {
+                    answer,
+                    pinned: p,
+                    site: o.site,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts a followed record: a stream, a hit (complete by now), or a miss.
+    fn count(counters: &Counters, found: Option<&Hit>) {
+        let counter = match found {
+            Some(h) if h.pinned.fill() != Fill::Complete => &counters.arena_streams,
+            Some(_) => &counters.arena_hits,
+            None => &counters.arena_follow_misses,
+        };
+        Counters::inc(counter);
     }
 }
 
@@ -117,6 +195,11 @@ fn find(r: &ArenaReader, counters: &Counters, req: &Request) -> Option<Hit> {
             }
         }
     };
+    answer(pinned, object, req)
+}
+
+/// The answer the pinned `object` gives `req`, if it is fresh for it.
+fn answer(pinned: Pinned, object: Object, req: &Request) -> Option<Hit> {
     let now = SystemTime::now();
     if !object.fresh(now, &RequestRules::of(&req.headers)) {
         return None;
@@ -147,7 +230,6 @@ fn decoded(r: &ArenaReader, counters: &Counters, key: &str) -> Option<(Pinned, M
 mod tests {
     use super::*;
     use common::arena::{ArenaConfig, ArenaOwner};
-    use common::hit::Object;
     use common::request::{parse_head, Limits, Parsed};
     use common::stats::StatsRegion;
     use std::time::Duration;
@@ -191,6 +273,79 @@ mod tests {
         let mut b = vec![0; h.pinned.body_len() as usize];
         h.pinned.read_body(0, &mut b);
         b
+    }
+
+    #[test]
+    fn records_being_filled_are_found_and_followed_and_counted_as_streams() {
+        let tag = format!("t{}-wstream", std::process::id());
+        let names = Names::for_instance(&tag);
+        let cfg = ArenaConfig::for_capacity(1 << 20, 64 << 10, 4, 16);
+        let (mut owner, _) = ArenaOwner::open_or_adopt(&names, cfg).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let counters = stats.slot(0);
+        let view = ArenaView::new(&names);
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        let key = hit::key("a.test", "/f");
+        let mut res = owner.reserve(key.as_bytes(), &object("f", 0), 10).unwrap();
+        owner.expose(&mut res);
+        res.write(b"hello");
+        let req = request("/f HTTP/1.1|Host: a.test");
+        let h = view
+            .fresh_hit(counters, &req)
+            .expect("a record being filled");
+        assert_eq!(h.pinned.fill(), Fill::Partial(5));
+        assert_eq!(body(&h)[..5], *b"hello");
+        assert_eq!(
+            (get(&counters.arena_streams), get(&counters.arena_hits)),
+            (1, 0)
+        );
+        drop(h);
+        // What cached names for a collapsed waiter; a newer generation than the record's is not it.
+        let f = FollowArena {
+            key: key.clone(),
+            generation: res.generation(),
+        };
+        assert!(view.follow(counters, &req, &f).is_some());
+        let later = FollowArena {
+            generation: res.generation() + 1,
+            ..f.clone()
+        };
+        assert!(view.follow(counters, &req, &later).is_none());
+        assert_eq!(get(&counters.arena_follow_misses), 1);
+        res.write(b"world");
+        owner.publish(res).unwrap();
+        let h = view.follow(counters, &req, &f).expect("published in place");
+        assert_eq!(
+            (h.pinned.fill(), body(&h)),
+            (Fill::Complete, b"helloworld".to_vec())
+        );
+        assert_eq!(get(&counters.arena_hits), 1);
+        drop(h);
+        // An abandoned fill is gone for lookups and followers alike.
+        let key = hit::key("a.test", "/g");
+        let mut res = owner.reserve(key.as_bytes(), &object("g", 0), 10).unwrap();
+        owner.expose(&mut res);
+        let f = FollowArena {
+            key,
+            generation: res.generation(),
+        };
+        drop(res);
+        let req = request("/g HTTP/1.1|Host: a.test");
+        assert!(view.fresh_hit(counters, &req).is_none());
+        assert!(view.follow(counters, &req, &f).is_none());
+        // Waiting for a fill that has no record yet: a stale older copy is not taken for it,
+        // the fill's record is, once it is exposed.
+        let key = hit::key("a.test", "/h");
+        publish(&mut owner, &key, &object("old", 61), b"old");
+        let req = request("/h HTTP/1.1|Host: a.test");
+        let soon = || Instant::now() + Duration::from_millis(20);
+        assert!(view.await_record(counters, &req, &key, soon()).is_none());
+        let mut res = owner.reserve(key.as_bytes(), &object("h", 0), 3).unwrap();
+        owner.expose(&mut res);
+        let h = view
+            .await_record(counters, &req, &key, soon())
+            .expect("the fill's record");
+        assert_eq!(h.pinned.generation(), res.generation());
     }
 
     #[test]

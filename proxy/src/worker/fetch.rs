@@ -1,6 +1,11 @@
 //! The exchange with `cached` for one request: lease a segment, ring the doorbell, write
 //! the request head and body into the segment, then stream the answer to the client chunk
-//! by chunk. Every failure is a [`FetchError`] for `route` to answer: before the first
+//! by chunk — or, when `cached` says the answer is a fill it streams into the shared arena
+//! (a collapsed waiter's: `ResponseHead::follow`), free the segment at once and stream the
+//! record from the arena (`respond::arena_hit`); a pointer to a fill with no record yet
+//! (generation 0) means: look for it in the arena a while, then ask again, all within
+//! `cached_timeout`. Every failure is a [`FetchError`] for
+//! `route` to answer: before the first
 //! response byte a clear status (503 cached absent or pool exhausted, 504 cached too slow,
 //! 502 bad answer); after it the connection closes, so a client never mistakes a short body
 //! for a whole one.
@@ -11,7 +16,9 @@ use super::error::FetchError;
 use super::link::Peer;
 use super::respond;
 use common::pool::{AcquireError, Lease};
-use common::protocol::{read_head, BodyLen, Doorbell, Kind, RequestHead, ResponseHead};
+use common::protocol::{
+    read_head, BodyLen, Doorbell, FollowArena, Kind, RequestHead, ResponseHead,
+};
 use common::request::{ClientBody, RejectReason, Request};
 use common::stats::Counters;
 use std::io::{self, Read, Write};
@@ -23,6 +30,14 @@ use std::time::{Duration, Instant};
 /// How long a doorbell may wait for room in the queue.
 const RING_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How cached answered.
+enum Answered {
+    /// Relayed to the client: whether the connection may continue.
+    Relayed(bool),
+    /// Follow this arena record (the segment is already free).
+    Follow(FollowArena),
+}
+
 /// Runs one request through cached; `Ok`: whether the connection may continue.
 pub fn exchange(
     cx: &Ctx,
@@ -32,6 +47,78 @@ pub fn exchange(
     kind: Kind,
     scratch: &mut Scratch,
 ) -> Result<bool, FetchError> {
+    let cfg = &cx.shared.cfg;
+    let deadline = Instant::now() + cfg.cached_timeout;
+    let mut pool_wait = cfg.pool_wait;
+    // After a pointer to a fill not in the arena yet: its key, and how long we look there
+    // before asking cached again (doubling up to `RECHECK_MAX`); while we wait for it, a pool
+    // timeout is only a reason to look again.
+    let mut waiting: Option<String> = None;
+    let mut look = RECHECK_MIN / 2;
+    let mut gone = 0;
+    loop {
+        let f = match exchange_once(cx, io, conn, req, kind, pool_wait, scratch) {
+            Ok(Answered::Relayed(keep)) => return Ok(keep),
+            Ok(Answered::Follow(f)) => Some(f),
+            Err(FetchError::PoolTimeout) if waiting.is_some() && Instant::now() < deadline => None,
+            Err(e) => return Err(e),
+        };
+        // Only bodiless requests join fills: asking again never needs the body twice.
+        if req.body != ClientBody::None {
+            return Err(FetchError::BadAnswer(
+                "an arena pointer for a request with a body".into(),
+            ));
+        }
+        let key = match f {
+            Some(f) if f.generation != 0 => {
+                if let Some(hit) = cx.arena.follow(cx.counters(), req, &f) {
+                    return Ok(respond::arena_hit(io, conn, req, hit));
+                }
+                // The record went between cached's answer and our lookup (its fill failed,
+                // it was replaced or removed): ask once more, and do not follow a second
+                // pointer that leads nowhere.
+                gone += 1;
+                if gone == 2 {
+                    return Err(FetchError::BadAnswer(
+                        "the arena record to follow is gone".into(),
+                    ));
+                }
+                continue;
+            }
+            Some(f) => f.key,
+            None => waiting.take().unwrap_or_default(),
+        };
+        // The fill has no record yet (its head is slow and segments run short): look for it
+        // in the arena a while, then ask cached again (it may have failed, or not be
+        // streamed), with a pool wait no longer than the look.
+        look = (look * 2).min(RECHECK_MAX);
+        pool_wait = cfg.pool_wait.min(look);
+        let look_until = deadline.min(Instant::now() + look);
+        if let Some(hit) = cx.arena.await_record(cx.counters(), req, &key, look_until) {
+            return Ok(respond::arena_hit(io, conn, req, hit));
+        }
+        if Instant::now() >= deadline {
+            return Err(FetchError::CachedTimeout);
+        }
+        waiting = Some(key);
+    }
+}
+
+/// Shortest and longest look in the arena for a fill's record before asking cached again.
+const RECHECK_MIN: Duration = Duration::from_millis(50);
+const RECHECK_MAX: Duration = Duration::from_millis(500);
+
+/// One leased exchange with cached (a segment within `pool_wait`).
+#[allow(clippy::too_many_arguments)]
+fn exchange_once(
+    cx: &Ctx,
+    io: &Io,
+    conn: &mut Conn,
+    req: &Request,
+    kind: Kind,
+    pool_wait: Duration,
+    scratch: &mut Scratch,
+) -> Result<Answered, FetchError> {
     let cfg = &cx.shared.cfg;
     let pool = &cx.shared.pool;
     let head = RequestHead {
@@ -55,7 +142,7 @@ pub fn exchange(
     let peer = cx.cached.current().ok_or(FetchError::CachedAbsent)?;
     let request_id = cx.next_request_id.fetch_add(1, Ordering::Relaxed);
     let waited = Instant::now();
-    let acquired = pool.acquire(cfg.pool_wait, request_id);
+    let acquired = pool.acquire(pool_wait, request_id);
     Counters::add(
         &cx.counters().pool_acquire_wait_us,
         waited.elapsed().as_micros() as u64,
@@ -127,7 +214,7 @@ fn relay_answer(
     req: &Request,
     t: &mut Transfer,
     scratch: &mut Scratch,
-) -> Result<bool, FetchError> {
+) -> Result<Answered, FetchError> {
     // Interim answers (`1xx`) the origin sent come first, each a head of its own.
     let answer = loop {
         let raw = read_head(&mut t.lease).map_err(FetchError::from_lease)?;
@@ -138,6 +225,22 @@ fn relay_answer(
         }
         respond::interim(io, conn, req, &answer)?;
     };
+    if let Some(f) = answer.follow {
+        // Nothing follows the head: the segment is done with.
+        if t.lease
+            .read(&mut scratch.io)
+            .map_err(FetchError::from_lease)?
+            != 0
+        {
+            return Err(FetchError::BadAnswer(
+                "a body after an arena pointer".into(),
+            ));
+        }
+        if t.lease.peer_finished() {
+            t.lease.complete();
+        }
+        return Ok(Answered::Follow(f));
+    }
     let head_request = req.method == "HEAD";
     let mut keep = req.keep_alive;
     let chunked = answer.body == BodyLen::Unknown && !head_request;
@@ -161,10 +264,10 @@ fn relay_answer(
     };
     stream_body(io, conn, &mut t.lease, body, out, scratch)?;
     if !t.lease.peer_finished() {
-        return Ok(false);
+        return Ok(Answered::Relayed(false));
     }
     t.lease.complete();
-    Ok(keep)
+    Ok(Answered::Relayed(keep))
 }
 
 /// The request's fields as cached gets them: a client's `X-Forwarded-*`/`Forwarded` are

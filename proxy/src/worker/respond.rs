@@ -7,6 +7,7 @@
 
 use super::arena::Hit;
 use super::conn::{ClientError, Conn, Io};
+use common::arena::{Fill, Pinned};
 use common::http::{self, CacheOutcome};
 use common::node;
 use common::protocol::{BodyLen, ResponseHead};
@@ -16,7 +17,7 @@ use std::fmt::Display;
 use std::io::{self, Write as _};
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The interim answer to `Expect: 100-continue`, before the client sends its body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -186,14 +187,20 @@ const COPY_BODY: u64 = 64 << 10;
 
 /// Answers a fresh hit from the shared arena (no segment, no cached): the head as cached
 /// writes it for a hit, the body from shared memory; returns whether the connection may
-/// continue. The pin is held for the send only.
+/// continue. The pin is held for the send only. A record still being filled is answered as a
+/// collapsed request: its head at once, its body as it is committed ([`stream_body`]).
 pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
     let Hit {
         pinned,
         answer,
         site,
     } = hit;
-    let outcome = CacheOutcome::Hit;
+    let streaming = pinned.fill() != Fill::Complete;
+    let outcome = if streaming {
+        CacheOutcome::Collapsed
+    } else {
+        CacheOutcome::Hit
+    };
     // A 204 or 304 has no body and announces none; the length of a HEAD's answer is one of
     // its fields (before our `Date`): as cached frames them.
     let framed = answer.body;
@@ -208,8 +215,9 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
     if framed && !head_only {
         h.field("Content-Length", len);
     }
+    let ttl = if streaming { None } else { answer.ttl };
     h.tier(&io.cfg.node, outcome, &upstream, |cache| {
-        outcome.cache_status(cache, &req.method, 0, answer.ttl) + "; detail=arena"
+        outcome.cache_status(cache, &req.method, 0, ttl) + "; detail=arena"
     });
     h.connection(req.version, req.keep_alive);
     let mut out = h.end();
@@ -219,22 +227,56 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
     if body >= LARGE_ANSWER as u64 {
         conn.raise_send_buffer();
     }
-    if body <= COPY_BODY {
+    if !streaming && body <= COPY_BODY {
         let head = out.len();
         out.resize(head + body as usize, 0);
         pinned.read_body(0, &mut out[head..]);
         return conn.send2(io, &out, &[], !req.keep_alive).is_ok() && req.keep_alive;
     }
-    if conn.send(io, &out).is_err() {
-        return false;
+    if streaming {
+        // Waiting for the fill: let other threads serve the connections this one took.
+        io.blocking.will_block();
     }
+    conn.send(io, &out).is_ok() && stream_body(io, conn, &pinned, body) && req.keep_alive
+}
+
+/// Shortest and longest pause of a reader waiting for a fill to commit more bytes.
+const NAP_MIN: Duration = Duration::from_micros(200);
+const NAP_MAX: Duration = Duration::from_millis(5);
+
+/// Sends `body` bytes of `pinned` straight from the arena. Of a record still being filled it
+/// sends what is committed and waits for more (short naps, doubling up to [`NAP_MAX`]); it
+/// gives up, and the connection closes short of the announced length, when the fill is
+/// abandoned or commits nothing for `cached_timeout`.
+fn stream_body(io: &Io, conn: &mut Conn, pinned: &Pinned, body: u64) -> bool {
     let mut sent = 0;
+    let mut nap = NAP_MIN;
+    let mut stalled: Option<Instant> = None;
     while sent < body {
         match pinned.send_body(conn.stream.as_fd(), sent) {
-            Ok(0) => return false,
+            Ok(0) => {
+                match pinned.fill() {
+                    Fill::Complete => continue,
+                    Fill::Partial(c) if c > sent => continue,
+                    Fill::Partial(_) => {}
+                    Fill::Abandoned => {
+                        Counters::inc(&io.counters.arena_stream_aborts);
+                        return false;
+                    }
+                }
+                let since = *stalled.get_or_insert_with(Instant::now);
+                if since.elapsed() >= io.cfg.cached_timeout {
+                    Counters::inc(&io.counters.arena_stream_aborts);
+                    return false;
+                }
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(NAP_MAX);
+            }
             Ok(n) => {
                 sent += n as u64;
                 conn.account(io.counters, n);
+                stalled = None;
+                nap = NAP_MIN;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if conn.wait_writable(io).is_err() {
@@ -245,7 +287,7 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
             Err(_) => return false,
         }
     }
-    req.keep_alive
+    true
 }
 
 /// The head of an answer from cached, recorded as answered: its fields (our `Date` if it
