@@ -7,8 +7,8 @@ use crate::ctx::Ctx;
 use crate::phase::Piece;
 use crate::respond;
 use crate::stored::{Stored, Validity};
-use common::cache_policy::{self as policy, RangeAnswer};
-use common::hit::Reuse;
+use common::cache_policy as policy;
+use common::hit::{Ranged, Reuse};
 use common::http::CacheOutcome;
 use common::http::Headers;
 use common::pool::Lease;
@@ -68,7 +68,7 @@ pub fn stored(
         }
         Validity::File { .. } => (None, ctx.cfg().revalidate),
     };
-    let (mut headers, conditional) =
+    let (headers, conditional) =
         match common::hit::reuse(obj.status, &obj.headers, headers, age, &req.headers) {
             Reuse::PreconditionFailed => {
                 return respond::error(lease, 412, "precondition failed", head_only)
@@ -86,34 +86,23 @@ pub fn stored(
     } else {
         ttl.as_millis() as u32
     };
-    if obj.status == 200 {
-        // `reuse` announced `Accept-Ranges: bytes`: ranges of stored objects are ours.
-        let len = obj.body.len() as u64;
-        match policy::range(&req.headers, &obj.headers, len) {
-            RangeAnswer::Full => {}
-            RangeAnswer::Partial(first, last) => {
-                headers.push((
-                    "Content-Range".into(),
-                    format!("bytes {first}-{last}/{len}").into_bytes(),
-                ));
-                return respond::full_meta(
-                    lease,
-                    206,
-                    meta,
-                    headers,
-                    &obj.body[first as usize..=last as usize],
-                    head_only,
-                );
-            }
-            RangeAnswer::Unsatisfiable => {
-                let headers = vec![(
-                    "Content-Range".to_string(),
-                    format!("bytes */{len}").into_bytes(),
-                )];
-                return respond::full_meta(lease, 416, meta, headers, b"", head_only);
-            }
+    // `reuse` announced `Accept-Ranges: bytes` for a `200`: ranges of stored objects are
+    // ours, answered by the rule the workers apply to the arena's.
+    let len = obj.body.len() as u64;
+    let headers = match common::hit::ranged(obj.status, &obj.headers, headers, len, &req.headers) {
+        Ranged::Whole(fields) => fields,
+        Ranged::Part {
+            fields,
+            first,
+            last,
+        } => {
+            let body = &obj.body[first as usize..=last as usize];
+            return respond::full_meta(lease, 206, meta, fields, body, head_only);
         }
-    }
+        Ranged::Unsatisfiable(fields) => {
+            return respond::full_meta(lease, 416, meta, fields, b"", head_only)
+        }
+    };
     respond::full_meta(
         lease,
         obj.status,

@@ -1067,11 +1067,12 @@ impl Pinned {
         n as usize
     }
 
-    /// Sends body bytes from `offset` straight from shared memory to a non-blocking socket:
-    /// what the socket took, `Ok(0)` at the end (of a streaming object: of what is committed
-    /// so far, see [`Pinned::fill`]), `WouldBlock` when it is full.
-    pub fn send_body(&self, sock: BorrowedFd<'_>, offset: u64) -> io::Result<usize> {
-        let n = self.readable().saturating_sub(offset);
+    /// Sends body bytes from `offset` up to `end` (exclusive) straight from shared memory to
+    /// a non-blocking socket: what the socket took, `Ok(0)` at `end` or the body's end (of a
+    /// streaming object: of what is committed so far, see [`Pinned::fill`]), `WouldBlock`
+    /// when it is full.
+    pub fn send_body(&self, sock: BorrowedFd<'_>, offset: u64, end: u64) -> io::Result<usize> {
+        let n = self.readable().min(end).saturating_sub(offset);
         if n == 0 {
             return Ok(0);
         }
@@ -2299,13 +2300,19 @@ mod tests {
         use std::os::fd::AsFd;
         let mut got = Vec::new();
         while at < p.body_len() {
-            at += p.send_body(a.as_fd(), at).unwrap() as u64;
+            at += p.send_body(a.as_fd(), at, u64::MAX).unwrap() as u64;
             let mut buf = [0u8; 65536];
             let n = b.read(&mut buf).unwrap();
             got.extend_from_slice(&buf[..n]);
         }
-        assert_eq!(p.send_body(a.as_fd(), at).unwrap(), 0);
+        assert_eq!(p.send_body(a.as_fd(), at, u64::MAX).unwrap(), 0);
         assert!(got == body(&key(1), 9, 12_000));
+        // A range: nothing past `end` goes.
+        assert_eq!(p.send_body(a.as_fd(), 100, 150).unwrap(), 50);
+        let mut part = [0u8; 50];
+        b.read_exact(&mut part).unwrap();
+        assert!(part[..] == body(&key(1), 9, 12_000)[100..150]);
+        assert_eq!(p.send_body(a.as_fd(), 150, 150).unwrap(), 0);
         let (ptr, len) = p.body_raw();
         assert_eq!(len, 12_000);
         assert!(!ptr.is_null());

@@ -75,16 +75,16 @@ pub fn variant_key(key: &str, stub: u64, vary: &[String], req: &[(String, Vec<u8
     format!("{key}\n{stub}\n{}", policy::vary_key(vary, req))
 }
 
-/// Whether a worker may answer this request from the arena: a GET or HEAD without `Range`
-/// or credentials (those go to `cached`, which has the full rules; a precondition that
-/// fails does too, see [`Object::answer`]). A body does not select a stored answer: the
-/// worker reads it and throws it away.
+/// Whether a worker may answer this request from the arena: a GET or HEAD without
+/// credentials (those go to `cached`, which has the full rules; a precondition that fails
+/// does too, see [`Object::answer`]). A `Range` is answered as `cached` answers it
+/// ([`ranged`]). A body does not select a stored answer: the worker reads it and throws it
+/// away.
 pub fn answerable(method: &str, headers: &[(String, Vec<u8>)]) -> bool {
-    const BYPASS: &[&str] = &["authorization", "range", "if-range"];
     (method == "GET" || method == "HEAD")
         && !headers
             .iter()
-            .any(|(k, _)| BYPASS.iter().any(|b| k.eq_ignore_ascii_case(b)))
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
 }
 
 /// The answer a fresh stored object gives a request, as `cached` writes it for a hit.
@@ -93,8 +93,9 @@ pub struct Answer {
     pub status: u16,
     /// Its fields, `Age` included (framing and ours are the head writer's).
     pub fields: Headers,
-    /// Whether the stored body goes with it (a `304` has none).
-    pub body: bool,
+    /// The bytes of the stored body that go with it (all of them, a range's, or none for a
+    /// `416`); `None`: it has no body and announces no length (a `204`, a `304`).
+    pub body: Option<std::ops::Range<u64>>,
     /// The `ttl=` its `Cache-Status` shows.
     pub ttl: Option<u64>,
 }
@@ -161,6 +162,56 @@ pub fn reuse(
     }
 }
 
+/// What a whole answer (`fields`, as [`reuse`] gives them) of a stored `status` with fields
+/// `stored` and a body of `len` bytes gives a request with fields `req` that may ask for a
+/// `Range` (RFC 9110 §14, by `policy::range`: one range, `If-Range` by strong `ETag` or
+/// exact `Last-Modified`; a multi-range or an `If-Range` that does not match is answered
+/// whole). Only a `200` has ranges here.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ranged {
+    /// The whole answer, these fields.
+    Whole(Headers),
+    /// `206`: bytes `first..=last`, the fields with their `Content-Range`.
+    Part {
+        fields: Headers,
+        first: u64,
+        last: u64,
+    },
+    /// `416`: only a `Content-Range: bytes */LEN`.
+    Unsatisfiable(Headers),
+}
+
+/// See [`Ranged`]; `cached` and the workers answer every range of a stored object with it.
+pub fn ranged(
+    status: u16,
+    stored: &[(String, Vec<u8>)],
+    mut fields: Headers,
+    len: u64,
+    req: &[(String, Vec<u8>)],
+) -> Ranged {
+    if status != 200 {
+        return Ranged::Whole(fields);
+    }
+    match policy::range(req, stored, len) {
+        policy::RangeAnswer::Full => Ranged::Whole(fields),
+        policy::RangeAnswer::Partial(first, last) => {
+            fields.push((
+                "Content-Range".into(),
+                format!("bytes {first}-{last}/{len}").into_bytes(),
+            ));
+            Ranged::Part {
+                fields,
+                first,
+                last,
+            }
+        }
+        policy::RangeAnswer::Unsatisfiable => Ranged::Unsatisfiable(vec![(
+            "Content-Range".into(),
+            format!("bytes */{len}").into_bytes(),
+        )]),
+    }
+}
+
 impl Object {
     /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
     pub fn age(&self, now: SystemTime) -> Duration {
@@ -184,36 +235,58 @@ impl Object {
         (self.show_ttl && !left.is_zero()).then_some(left.as_secs())
     }
 
-    /// The answer to a request with fields `req` at `age`, as `cached` writes a hit
-    /// (`answer::stored`): the client's conditionals (RFC 9110 §13.2.2) give a `304` without
-    /// the `Content-*` fields; otherwise the whole answer, with `Age`, and for a `200`
-    /// `Accept-Ranges: bytes` (ranges of stored objects are answered by `cached`); a request
-    /// with conditionals shows no `ttl=`. `None`: a precondition failed (`412`, `cached`'s).
-    pub fn answer(&self, age: Duration, req: &[(String, Vec<u8>)]) -> Option<Answer> {
-        match reuse(
+    /// The answer to a request with fields `req` at `age` from a body of `len` bytes, as
+    /// `cached` writes a hit (`answer::stored`): the client's conditionals (RFC 9110
+    /// §13.2.2) give a `304` without the `Content-*` fields; otherwise the whole answer, with
+    /// `Age`, and for a `200` `Accept-Ranges: bytes`, or the range asked for ([`ranged`]: a
+    /// `206` or `416`, which show no `ttl=`); a request with conditionals shows no `ttl=`.
+    /// `None`: a precondition failed (`412`, `cached`'s).
+    pub fn answer(&self, age: Duration, len: u64, req: &[(String, Vec<u8>)]) -> Option<Answer> {
+        let (fields, conditional) = match reuse(
             self.status,
             &self.headers,
             self.headers.clone(),
             Some(age),
             req,
         ) {
-            Reuse::PreconditionFailed => None,
-            Reuse::NotModified(fields) => Some(Answer {
-                status: 304,
-                fields,
-                body: false,
-                ttl: None,
-            }),
+            Reuse::PreconditionFailed => return None,
+            Reuse::NotModified(fields) => {
+                return Some(Answer {
+                    status: 304,
+                    fields,
+                    body: None,
+                    ttl: None,
+                })
+            }
             Reuse::Whole {
                 fields,
                 conditional,
-            } => Some(Answer {
+            } => (fields, conditional),
+        };
+        Some(match ranged(self.status, &self.headers, fields, len, req) {
+            Ranged::Whole(fields) => Answer {
                 status: self.status,
                 fields,
-                body: !crate::http::bodiless(self.status),
+                body: (!crate::http::bodiless(self.status)).then_some(0..len),
                 ttl: self.shown_ttl(age).filter(|_| !conditional),
-            }),
-        }
+            },
+            Ranged::Part {
+                fields,
+                first,
+                last,
+            } => Answer {
+                status: 206,
+                fields,
+                body: Some(first..last + 1),
+                ttl: None,
+            },
+            Ranged::Unsatisfiable(fields) => Answer {
+                status: 416,
+                fields,
+                body: Some(0..0),
+                ttl: None,
+            },
+        })
     }
 }
 
@@ -412,8 +485,8 @@ mod tests {
         assert!(!o.fresh(at(10), &strict));
         assert_eq!(o.shown_ttl(Duration::from_secs(15)), Some(45));
         assert_eq!(o.shown_ttl(Duration::from_secs(60)), None);
-        let a = o.answer(Duration::from_secs(7), &[]).unwrap();
-        assert_eq!((a.status, a.body, a.ttl), (200, true, Some(53)));
+        let a = o.answer(Duration::from_secs(7), 10, &[]).unwrap();
+        assert_eq!((a.status, a.body, a.ttl), (200, Some(0..10), Some(53)));
         assert_eq!(a.fields[2], ("Age".to_string(), b"7".to_vec()));
         assert_eq!(
             a.fields[3],
@@ -422,23 +495,64 @@ mod tests {
         let field = |k: &str, v: &str| vec![(k.to_string(), v.as_bytes().to_vec())];
         // The client has it: 304, no Content-* fields, no body, no ttl.
         let nm = o
-            .answer(Duration::ZERO, &field("If-None-Match", "\"1\""))
+            .answer(Duration::ZERO, 10, &field("If-None-Match", "\"1\""))
             .unwrap();
-        assert_eq!((nm.status, nm.body, nm.ttl), (304, false, None));
+        assert_eq!((nm.status, nm.body, nm.ttl), (304, None, None));
         assert!(nm.fields.iter().all(|(k, _)| k != "Content-Type"));
         assert!(nm.fields.iter().any(|(k, _)| k == "ETag"));
         // Another tag: the whole answer, but no ttl (as cached grants none then).
         let other = o
-            .answer(Duration::ZERO, &field("If-None-Match", "\"2\""))
+            .answer(Duration::ZERO, 10, &field("If-None-Match", "\"2\""))
             .unwrap();
         assert_eq!((other.status, other.ttl), (200, None));
         // A failed precondition is cached's to answer (412).
         assert!(o
-            .answer(Duration::ZERO, &field("If-Match", "\"2\""))
+            .answer(Duration::ZERO, 10, &field("If-Match", "\"2\""))
             .is_none());
         assert!(o
-            .answer(Duration::ZERO, &field("If-Match", "\"1\""))
+            .answer(Duration::ZERO, 10, &field("If-Match", "\"1\""))
             .is_some());
+        // Ranges, as cached answers them: one range is a 206 of its bytes (no ttl), past the
+        // end a 416 with only `Content-Range`, several ranges or an `If-Range` that does not
+        // match the whole answer.
+        let range = |v: &str, extra: &[(&str, &str)]| {
+            let mut req = field("Range", v);
+            req.extend(
+                extra
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())),
+            );
+            o.answer(Duration::ZERO, 10, &req).unwrap()
+        };
+        let part = range("bytes=2-4", &[]);
+        assert_eq!((part.status, part.body, part.ttl), (206, Some(2..5), None));
+        assert!(part
+            .fields
+            .contains(&("Content-Range".to_string(), b"bytes 2-4/10".to_vec())));
+        assert_eq!(range("bytes=-3", &[]).body, Some(7..10));
+        assert_eq!(range("bytes=8-", &[]).body, Some(8..10));
+        let past = range("bytes=10-", &[]);
+        assert_eq!(
+            (past.status, past.body, past.fields),
+            (
+                416,
+                Some(0..0),
+                vec![("Content-Range".to_string(), b"bytes */10".to_vec())]
+            )
+        );
+        assert_eq!(range("bytes=0-1,3-4", &[]).status, 200);
+        assert_eq!(range("bytes=0-1", &[("If-Range", "\"1\"")]).status, 206);
+        assert_eq!(range("bytes=0-1", &[("If-Range", "\"2\"")]).status, 200);
+        assert_eq!(range("bytes=0-1", &[("If-Range", "W/\"1\"")]).status, 200);
+        // Only a 200 has ranges.
+        let created = Object {
+            status: 203,
+            ..object()
+        };
+        let whole = created
+            .answer(Duration::ZERO, 10, &field("Range", "bytes=0-1"))
+            .unwrap();
+        assert_eq!((whole.status, whole.body), (203, Some(0..10)));
         let long = Object {
             lifetime: Duration::from_secs(86_400),
             ..object()
@@ -462,8 +576,12 @@ mod tests {
             &[("If-None-Match".into(), b"x".to_vec())]
         ));
         assert!(!answerable("POST", &[]));
-        for h in ["Range", "If-Range", "Authorization"] {
-            assert!(!answerable("GET", &[(h.to_string(), b"x".to_vec())]), "{h}");
+        assert!(!answerable(
+            "GET",
+            &[("Authorization".into(), b"x".to_vec())]
+        ));
+        for h in ["Range", "If-Range"] {
+            assert!(answerable("GET", &[(h.to_string(), b"x".to_vec())]), "{h}");
         }
     }
 }

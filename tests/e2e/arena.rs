@@ -374,3 +374,114 @@ fn a_refetched_answer_replaces_the_arena_copy_even_when_it_cannot_be_published()
         assert!(counter(&inst, "cached", "arena_refused") >= 1);
     });
 }
+
+/// Range requests on a fresh arena object: the worker answers them itself (counted as arena
+/// hits, `detail=arena`) with the head and body bytes cached gives the same request — a
+/// `206` of one range (small ones copied, large ones sent from the arena), a `416` past the
+/// end, the whole answer for several ranges or an `If-Range` that does not match, GET and
+/// HEAD alike.
+#[test]
+fn ranges_of_an_arena_object_are_answered_there_as_cached_answers_them() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let body = pattern(150 << 10, 7);
+        let lm = "Wed, 21 Oct 2015 07:28:00 GMT";
+        origin.route(
+            "/rng",
+            Route::ok(body.clone())
+                .header("Cache-Control", "max-age=600")
+                .header("ETag", "\"r1\"")
+                .header("Last-Modified", lm),
+        );
+        let inst = Instance::builder().origin(&origin.url()).start();
+        assert_eq!(inst.get("/rng").status, 200);
+        until_published(&inst, "/rng");
+        let len = body.len();
+        let cases: Vec<(Vec<(&str, &str)>, u16, Option<std::ops::Range<usize>>)> = vec![
+            (vec![("Range", "bytes=0-9")], 206, Some(0..10)),
+            (vec![("Range", "bytes=100000-")], 206, Some(100_000..len)),
+            (
+                vec![("Range", "bytes=-70000")],
+                206,
+                Some(len - 70_000..len),
+            ),
+            (vec![("Range", "bytes=5-999999")], 206, Some(5..len)),
+            (vec![("Range", "bytes=200000-")], 416, None),
+            (vec![("Range", "bytes=0-1,5-6")], 200, Some(0..len)),
+            (
+                vec![("Range", "bytes=10-19"), ("If-Range", "\"r1\"")],
+                206,
+                Some(10..20),
+            ),
+            (
+                vec![("Range", "bytes=10-19"), ("If-Range", "\"r0\"")],
+                200,
+                Some(0..len),
+            ),
+            (
+                vec![("Range", "bytes=10-19"), ("If-Range", lm)],
+                206,
+                Some(10..20),
+            ),
+            (
+                vec![
+                    ("Range", "bytes=10-19"),
+                    ("If-Range", "Thu, 22 Oct 2015 07:28:00 GMT"),
+                ],
+                200,
+                Some(0..len),
+            ),
+            (
+                vec![("Range", "bytes=0-9"), ("If-None-Match", "\"r1\"")],
+                304,
+                None,
+            ),
+        ];
+        for method in ["GET", "HEAD"] {
+            for (fields, status, span) in &cases {
+                let hits = counter(&inst, "proxy", "arena_hits");
+                let arena = client::fetch(inst.addr(), method, "/rng", fields, b"");
+                assert_eq!(
+                    counter(&inst, "proxy", "arena_hits"),
+                    hits + 1,
+                    "{method} {fields:?}: not an arena hit: {}",
+                    arena.describe()
+                );
+                let mut with_credentials = fields.clone();
+                with_credentials.push(("Authorization", "Basic eDp5"));
+                let from_cached =
+                    client::fetch(inst.addr(), method, "/rng", &with_credentials, b"");
+                let what = format!(
+                    "{method} {fields:?}: arena\n{}\ncached\n{}",
+                    arena.describe(),
+                    from_cached.describe()
+                );
+                assert!(
+                    arena
+                        .header("cache-status")
+                        .is_some_and(|s| s.contains("detail=arena")),
+                    "{what}"
+                );
+                assert!(
+                    from_cached
+                        .header("cache-status")
+                        .is_some_and(|s| !s.contains("detail=arena")),
+                    "{what}"
+                );
+                assert_eq!(
+                    (arena.status, from_cached.status),
+                    (*status, *status),
+                    "{what}"
+                );
+                assert_eq!(comparable(&arena), comparable(&from_cached), "{what}");
+                let want = match (method, span) {
+                    ("GET", Some(s)) => &body[s.clone()],
+                    _ => &[][..],
+                };
+                assert!(arena.body == want, "{what}");
+                assert!(from_cached.body == want, "{what}");
+            }
+        }
+        assert_eq!(origin.count("/rng"), 1);
+    });
+}

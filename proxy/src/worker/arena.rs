@@ -2,7 +2,7 @@
 //! fresh hit is looked up and pinned here, decided by the same rules `cached` applies
 //! (`common::hit`, `common::cache_policy`), and answered by `respond::arena_hit` straight
 //! from shared memory, with no message to `cached`, which may even be down. Anything else
-//! (not stored, stale, a failed precondition, ranges, credentials, no pin slot, no arena)
+//! (not stored, stale, a failed precondition, credentials, no pin slot, no arena)
 //! goes to `cached` as before. The arena is opened on first use and again when its owner stopped
 //! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
 //!
@@ -147,7 +147,7 @@ impl ArenaView {
         match decoded(&r, counters, &f.key) {
             Some((p, Meta::Object(o))) if p.generation() >= f.generation => {
                 let age = o.age(SystemTime::now());
-                o.answer(age, &req.headers).map(|answer| Hit {
+                o.answer(age, p.body_len(), &req.headers).map(|answer| Hit {
                     answer,
                     pinned: p,
                     site: o.site,
@@ -205,7 +205,7 @@ fn answer(pinned: Pinned, object: Object, req: &Request) -> Option<Hit> {
         return None;
     }
     Some(Hit {
-        answer: object.answer(object.age(now), &req.headers)?,
+        answer: object.answer(object.age(now), pinned.body_len(), &req.headers)?,
         pinned,
         site: object.site,
     })
@@ -393,7 +393,7 @@ mod tests {
             "stale: cached's"
         );
         let h = hit("/o HTTP/1.1|Host: a.test|If-None-Match: *").expect("answered here");
-        assert_eq!((h.answer.status, h.answer.body), (304, false));
+        assert_eq!((h.answer.status, h.answer.body), (304, None));
         assert!(
             hit("/o HTTP/1.1|Host: a.test|If-Match: \"x\"").is_none(),
             "412: cached's"

@@ -202,9 +202,11 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
         CacheOutcome::Hit
     };
     // A 204 or 304 has no body and announces none; the length of a HEAD's answer is one of
-    // its fields (before our `Date`): as cached frames them.
-    let framed = answer.body;
-    let len = if framed { pinned.body_len() } else { 0 };
+    // its fields (before our `Date`): as cached frames them. A range's bytes are a span of
+    // the stored body.
+    let framed = answer.body.is_some();
+    let span = answer.body.clone().unwrap_or(0..0);
+    let len = span.end - span.start;
     let head_only = req.method == "HEAD";
     let mut fields = answer.fields;
     if framed && head_only {
@@ -223,14 +225,15 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
     let mut out = h.end();
     conn.answered(io.counters, answer.status, outcome, out.len());
     conn.reply.site = (!site.is_empty()).then(|| Arc::from(site.as_str()));
-    let body = if head_only { 0 } else { len };
-    if body >= LARGE_ANSWER as u64 {
+    let body = if head_only { 0..0 } else { span };
+    let body_len = body.end - body.start;
+    if body_len >= LARGE_ANSWER as u64 {
         conn.raise_send_buffer();
     }
-    if !streaming && body <= COPY_BODY {
+    if !streaming && body_len <= COPY_BODY {
         let head = out.len();
-        out.resize(head + body as usize, 0);
-        pinned.read_body(0, &mut out[head..]);
+        out.resize(head + body_len as usize, 0);
+        pinned.read_body(body.start, &mut out[head..]);
         return conn.send2(io, &out, &[], !req.keep_alive).is_ok() && req.keep_alive;
     }
     if streaming {
@@ -244,16 +247,16 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
 const NAP_MIN: Duration = Duration::from_micros(200);
 const NAP_MAX: Duration = Duration::from_millis(5);
 
-/// Sends `body` bytes of `pinned` straight from the arena. Of a record still being filled it
+/// Sends the bytes `body` of `pinned` straight from the arena. Of a record still being filled it
 /// sends what is committed and waits for more (short naps, doubling up to [`NAP_MAX`]); it
 /// gives up, and the connection closes short of the announced length, when the fill is
 /// abandoned or commits nothing for `cached_timeout`.
-fn stream_body(io: &Io, conn: &mut Conn, pinned: &Pinned, body: u64) -> bool {
-    let mut sent = 0;
+fn stream_body(io: &Io, conn: &mut Conn, pinned: &Pinned, body: std::ops::Range<u64>) -> bool {
+    let mut sent = body.start;
     let mut nap = NAP_MIN;
     let mut stalled: Option<Instant> = None;
-    while sent < body {
-        match pinned.send_body(conn.stream.as_fd(), sent) {
+    while sent < body.end {
+        match pinned.send_body(conn.stream.as_fd(), sent, body.end) {
             Ok(0) => {
                 match pinned.fill() {
                     Fill::Complete => continue,
