@@ -123,6 +123,29 @@ impl Ctx {
         self.publish_store_gauges();
     }
 
+    /// What to pass to [`Ctx::publish_file`], taken before the file's stored copy is looked
+    /// up or read: it tells whether anything was removed (a PURGE) since.
+    pub fn arena_ticket(&self) -> Option<u64> {
+        self.arena.as_ref().map(Published::ticket)
+    }
+
+    /// Publishes the file `obj` stored under `primary` (read from the canonical `path`) in
+    /// the arena for the request `req` that named it plainly (`disk::publishable`), unless a
+    /// removal came after `ticket` ([`Ctx::arena_ticket`]).
+    pub fn publish_file(
+        &self,
+        ticket: Option<u64>,
+        primary: &str,
+        path: &str,
+        req: &RequestHead,
+        obj: &Stored,
+    ) {
+        if let (Some(a), Some(t)) = (&self.arena, ticket) {
+            a.publish_file(t, &self.cfg(), primary, path, req, obj, self.counters());
+            self.publish_store_gauges();
+        }
+    }
+
     /// Drops every variant stored under `primary`, here and in the arena (every worker
     /// misses it from now on); `true` if anything was there.
     pub fn remove(&self, primary: &str) -> bool {

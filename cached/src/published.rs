@@ -6,8 +6,12 @@
 //! `cached` is down. A fill of a declared length may be published while it arrives
 //! ([`Published::begin`], then [`Streaming::write`] per piece and [`Published::finish`] once
 //! stored): its record is exposed as it is written, workers stream it, and the fill's collapsed
-//! waiters are sent there. Called by `Ctx::store`, `Ctx::remove` and `fill::relay`; nothing
-//! else writes the arena.
+//! waiters are sent there. Files of the document root are published apart
+//! (`published_file`, [`Published::publish_file`]). Called by `Ctx::store`, `Ctx::remove`,
+//! `Ctx::publish_file` and `fill::relay`; nothing else writes the arena.
+
+#[path = "published_file.rs"]
+mod file;
 
 use crate::stored::{Stored, Validity};
 use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Reservation, Start};
@@ -32,6 +36,8 @@ pub struct Published {
     owner: Mutex<(ArenaOwner, u64)>,
     /// Our own pin row, to read the `Vary` stubs.
     reader: ArenaReader,
+    /// The arena keys of the files published (`published_file`).
+    files: file::Files,
 }
 
 /// The arena geometry for `cfg`: capacity as configured, records up to `max_object_size`
@@ -53,8 +59,8 @@ pub fn arena_key(primary: &str) -> Option<&str> {
 }
 
 /// The arena key of a primary cache key of origin mode (`SITE http://HOST TARGET`) and the
-/// site's name; `None` for other keys (files are checked against the disk on every hit,
-/// which only `cached` can do).
+/// site's name; `None` for other keys (files are published apart, under the keys of the
+/// requests that named them: `published_file`).
 fn split(primary: &str) -> Option<(&str, &str)> {
     let (site, key) = primary.split_once(' ')?;
     key.starts_with("http://").then_some((site, key))
@@ -97,6 +103,7 @@ impl Published {
         Some(Published {
             owner: Mutex::new((owner, 0)),
             reader,
+            files: file::Files::default(),
         })
     }
 
@@ -230,11 +237,11 @@ impl Published {
     /// Removes what is published for `primary` (an object, or the `Vary` stub that leads to
     /// every variant); `true` if there was something.
     pub fn remove(&self, primary: &str) -> bool {
-        let Some((_, key)) = split(primary) else {
-            return false;
-        };
         let mut guard = lock(&self.owner);
         guard.1 += 1;
+        let Some((_, key)) = split(primary) else {
+            return self.remove_file(&mut guard.0, primary);
+        };
         guard.0.remove(key.as_bytes())
     }
 
@@ -301,6 +308,7 @@ impl Head<'_> {
             no_cache,
             show_ttl,
             site: site.to_string(),
+            file: None,
         })
         .encode();
         Some((meta, vary))

@@ -177,8 +177,9 @@ fn from_origin(ctx: &Ctx, ups: &Upstreams, lease: &mut Lease, req: &RequestHead)
 }
 
 /// Disk mode: GET and HEAD of files under the document root, kept in the cache up to
-/// `max_object_size` and checked against size, mtime and inode on each hit; larger files
-/// stream from disk.
+/// `max_object_size` and checked against size, mtime and inode on each hit (and published in
+/// the arena with that identity, which the workers check in turn: `published_file`); larger
+/// files stream from disk.
 fn from_disk(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> {
     respond::drain(lease)?;
     let head_only = req.method == "HEAD";
@@ -196,6 +197,8 @@ fn from_disk(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     let failed = |lease: &mut Lease, e: SourceError| {
         respond::failure(lease, ctx.counters(), respond::NO_SITE, &e, head_only)
     };
+    // Taken first: a PURGE from here on keeps this answer out of the arena.
+    let ticket = ctx.arena_ticket();
     let (path, meta) = match disk::resolve(ctx, &req.target) {
         Ok(Resolved::File(p, m)) => (p, m),
         Ok(Resolved::Redirect(location)) => {
@@ -225,9 +228,18 @@ fn from_disk(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
     };
     let phase = phase::decide(ctx, req, &key, &check, Mode::Client);
     let c = ctx.counters();
+    // The workers serve the file from the arena from now on, if the target names it plainly
+    // (a hit here: it is not in the arena, or not for this request's key).
+    let publish = |obj: &Stored| {
+        if let Some(p) = disk::publishable(ctx, &req.target, &path) {
+            ctx.publish_file(ticket, &key, p, req, obj);
+        }
+    };
     if let CachePhase::Hit(obj) = &phase {
         Counters::inc(&c.l2_hits);
-        return answer::stored(ctx, lease, req, obj, respond::Meta::of(CacheOutcome::Hit));
+        answer::stored(ctx, lease, req, obj, respond::Meta::of(CacheOutcome::Hit))?;
+        publish(obj);
+        return Ok(());
     }
     Counters::inc(&c.l2_misses);
     Counters::inc(&c.disk_reads);
@@ -249,7 +261,8 @@ fn from_disk(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
             initial_age: Duration::ZERO,
         });
         answer::stored(ctx, lease, req, &obj, respond::Meta::of(CacheOutcome::Miss))?;
-        ctx.store(&key, req, obj);
+        ctx.store(&key, req, Arc::clone(&obj));
+        publish(&obj);
         return Ok(());
     }
     // Too large to store (`Pass`): answered from the file itself.

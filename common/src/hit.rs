@@ -22,12 +22,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// First byte of every metadata record.
 const MAGIC: u8 = b'H';
 /// Metadata layout version; any change to [`Meta::encode`] bumps it.
-pub const META_VERSION: u8 = 1;
+pub const META_VERSION: u8 = 2;
 const OBJECT: u8 = 1;
 const VARY: u8 = 2;
 const MUST_REVALIDATE: u8 = 1;
 const NO_CACHE: u8 = 2;
 const SHOW_TTL: u8 = 4;
+const FILE: u8 = 8;
 /// Longest remaining freshness an answer announces in its `Cache-Status` (`ttl=`).
 pub const MAX_SHOWN_TTL: Duration = Duration::from_secs(3600);
 
@@ -49,6 +50,44 @@ pub struct Object {
     pub show_ttl: bool,
     /// Name of the site that answered (for the access log).
     pub site: String,
+    /// A file of the document root (disk mode): served only while the file on disk is still
+    /// the one read ([`FileId::matches`]); its freshness is that identity, it has no `Age`,
+    /// and its `Cache-Status` shows `lifetime` (`cached.revalidate_ms`) as `cached` does.
+    pub file: Option<FileId>,
+}
+
+/// The identity of a file of the document root as `cached` read it: its canonical path, and
+/// the size, mtime (ns) and inode `cached`'s stored copy is checked against on each hit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileId {
+    pub path: String,
+    pub len: u64,
+    pub mtime_ns: i128,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// The mtime in ns of `meta`, as `cached` records it.
+    pub fn mtime_ns(meta: &std::fs::Metadata) -> i128 {
+        use std::os::unix::fs::MetadataExt;
+        i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec())
+    }
+
+    /// Whether the file at the path is still the one read: its path is still canonical (no
+    /// symlink took the place of the file or of a directory above it) and a regular file of
+    /// the same size, mtime and inode. Any error (gone, not ours to read): no.
+    pub fn matches(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let path = std::path::Path::new(&self.path);
+        let (Ok(canon), Ok(meta)) = (std::fs::canonicalize(path), std::fs::metadata(path)) else {
+            return false;
+        };
+        canon == path
+            && meta.is_file()
+            && meta.len() == self.len
+            && Self::mtime_ns(&meta) == self.mtime_ns
+            && meta.ino() == self.ino
+    }
 }
 
 /// What the arena stores beside a body.
@@ -218,15 +257,17 @@ impl Object {
         current_age(self.initial_age, self.response_time, now)
     }
 
-    /// Whether it may answer a request with `rules` at `now` without the origin.
+    /// Whether it may answer a request with `rules` at `now` without the origin (a file:
+    /// always, as `cached` serves one while it is unchanged on disk, see [`FileId::matches`]).
     pub fn fresh(&self, now: SystemTime, rules: &RequestRules) -> bool {
-        policy::usable(
-            self.age(now),
-            self.lifetime,
-            self.must_revalidate,
-            self.no_cache,
-            rules,
-        ) == Use::Fresh
+        self.file.is_some()
+            || policy::usable(
+                self.age(now),
+                self.lifetime,
+                self.must_revalidate,
+                self.no_cache,
+                rules,
+            ) == Use::Fresh
     }
 
     /// The `ttl=` its `Cache-Status` shows at `age`, as for a hit `cached` answers.
@@ -242,33 +283,36 @@ impl Object {
     /// `206` or `416`, which show no `ttl=`); a request with conditionals shows no `ttl=`.
     /// `None`: a precondition failed (`412`, `cached`'s).
     pub fn answer(&self, age: Duration, len: u64, req: &[(String, Vec<u8>)]) -> Option<Answer> {
-        let (fields, conditional) = match reuse(
-            self.status,
-            &self.headers,
-            self.headers.clone(),
-            Some(age),
-            req,
-        ) {
-            Reuse::PreconditionFailed => return None,
-            Reuse::NotModified(fields) => {
-                return Some(Answer {
-                    status: 304,
+        // A file has no `Age` (`cached` checks it against the disk, not a clock).
+        let age = self.file.is_none().then_some(age);
+        let (fields, conditional) =
+            match reuse(self.status, &self.headers, self.headers.clone(), age, req) {
+                Reuse::PreconditionFailed => return None,
+                Reuse::NotModified(fields) => {
+                    return Some(Answer {
+                        status: 304,
+                        fields,
+                        body: None,
+                        ttl: None,
+                    })
+                }
+                Reuse::Whole {
                     fields,
-                    body: None,
-                    ttl: None,
-                })
-            }
-            Reuse::Whole {
-                fields,
-                conditional,
-            } => (fields, conditional),
-        };
+                    conditional,
+                } => (fields, conditional),
+            };
         Some(match ranged(self.status, &self.headers, fields, len, req) {
             Ranged::Whole(fields) => Answer {
                 status: self.status,
                 fields,
                 body: (!crate::http::bodiless(self.status)).then_some(0..len),
-                ttl: self.shown_ttl(age).filter(|_| !conditional),
+                ttl: match (&self.file, age) {
+                    // As `cached` shows a file's: `cached.revalidate_ms`, in seconds.
+                    (Some(_), _) => Some(self.lifetime.as_secs()),
+                    (None, Some(age)) => self.shown_ttl(age),
+                    (None, None) => None,
+                }
+                .filter(|_| !conditional),
             },
             Ranged::Part {
                 fields,
@@ -313,7 +357,8 @@ impl Meta {
                 } else {
                     0
                 }) | (if o.no_cache { NO_CACHE } else { 0 })
-                    | (if o.show_ttl { SHOW_TTL } else { 0 });
+                    | (if o.show_ttl { SHOW_TTL } else { 0 })
+                    | (if o.file.is_some() { FILE } else { 0 });
                 e.u8(flags);
                 let since = o
                     .response_time
@@ -324,6 +369,13 @@ impl Meta {
                 e.u64(millis(o.lifetime));
                 e.bytes(o.site.as_bytes());
                 e.headers(&o.headers);
+                if let Some(f) = &o.file {
+                    e.bytes(f.path.as_bytes());
+                    e.u64(f.len);
+                    e.u64((f.mtime_ns >> 64) as u64);
+                    e.u64(f.mtime_ns as u64);
+                    e.u64(f.ino);
+                }
             }
         }
         e.0
@@ -360,7 +412,7 @@ impl Meta {
                     return Err(DecodeError::BadField("status"));
                 }
                 let flags = d.u8()?;
-                if flags & !(MUST_REVALIDATE | NO_CACHE | SHOW_TTL) != 0 {
+                if flags & !(MUST_REVALIDATE | NO_CACHE | SHOW_TTL | FILE) != 0 {
                     return Err(DecodeError::BadField("flags"));
                 }
                 let response_time = UNIX_EPOCH
@@ -377,6 +429,23 @@ impl Meta {
                         return Err(DecodeError::BadField("field value"));
                     }
                 }
+                let file = if flags & FILE != 0 {
+                    let path = d.string("file path")?;
+                    if !path.starts_with('/') {
+                        return Err(DecodeError::BadField("file path"));
+                    }
+                    let len = d.u64()?;
+                    let hi = d.u64()?;
+                    let lo = d.u64()?;
+                    Some(FileId {
+                        path,
+                        len,
+                        mtime_ns: (i128::from(hi as i64) << 64) | i128::from(lo),
+                        ino: d.u64()?,
+                    })
+                } else {
+                    None
+                };
                 Meta::Object(Object {
                     status,
                     headers,
@@ -387,6 +456,7 @@ impl Meta {
                     no_cache: flags & NO_CACHE != 0,
                     show_ttl: flags & SHOW_TTL != 0,
                     site,
+                    file,
                 })
             }
             k => return Err(DecodeError::BadKind(k.into())),
@@ -422,6 +492,22 @@ mod tests {
             no_cache: false,
             show_ttl: true,
             site: "shop".into(),
+            file: None,
+        }
+    }
+
+    fn file() -> Object {
+        Object {
+            headers: vec![("ETag".into(), b"\"f\"".to_vec())],
+            lifetime: Duration::from_millis(2500),
+            site: String::new(),
+            file: Some(FileId {
+                path: "/srv/a.txt".into(),
+                len: 10,
+                mtime_ns: -1_500_000_000,
+                ino: 77,
+            }),
+            ..object()
         }
     }
 
@@ -429,6 +515,7 @@ mod tests {
     fn metadata_round_trips() {
         for m in [
             Meta::Object(object()),
+            Meta::Object(file()),
             Meta::Vary(vec!["accept-encoding".into(), "x-user".into()]),
         ] {
             assert_eq!(Meta::decode(&m.encode()), Ok(m));
@@ -558,6 +645,60 @@ mod tests {
             ..object()
         };
         assert_eq!(long.shown_ttl(Duration::ZERO), Some(3600));
+    }
+
+    #[test]
+    fn a_file_is_answered_as_cached_answers_one_and_only_while_unchanged_on_disk() {
+        let f = file();
+        let rules = RequestRules::of(&[("Cache-Control".into(), b"max-age=0".to_vec())]);
+        assert!(f.fresh(UNIX_EPOCH, &rules), "its freshness is its identity");
+        let a = f.answer(Duration::from_secs(99), 10, &[]).unwrap();
+        assert_eq!((a.status, a.body, a.ttl), (200, Some(0..10), Some(2)));
+        assert!(a.fields.iter().all(|(k, _)| k != "Age"), "{:?}", a.fields);
+        let cond = [("If-None-Match".to_string(), b"\"g\"".to_vec())];
+        assert_eq!(f.answer(Duration::ZERO, 10, &cond).unwrap().ttl, None);
+        let range = [("Range".to_string(), b"bytes=1-2".to_vec())];
+        let part = f.answer(Duration::ZERO, 10, &range).unwrap();
+        assert_eq!((part.status, part.body, part.ttl), (206, Some(1..3), None));
+
+        let dir = std::env::temp_dir().join(format!("hit-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = std::fs::canonicalize(&dir).unwrap();
+        let path = dir.join("a.txt");
+        std::fs::write(&path, b"0123456789").unwrap();
+        let id = |p: &std::path::Path| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p).unwrap();
+            FileId {
+                path: p.to_string_lossy().into_owned(),
+                len: m.len(),
+                mtime_ns: FileId::mtime_ns(&m),
+                ino: m.ino(),
+            }
+        };
+        let read = id(&path);
+        assert!(read.matches());
+        // Same size, another mtime.
+        let t = SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
+        assert!(!read.matches());
+        let read = id(&path);
+        std::fs::write(&path, b"longer than before").unwrap();
+        assert!(!read.matches(), "another size");
+        let read = id(&path);
+        // A symlink in its place, to the same file: not the path read.
+        let moved = dir.join("moved.txt");
+        std::fs::rename(&path, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &path).unwrap();
+        assert!(!read.matches(), "a symlink took the file's place");
+        std::fs::remove_file(&path).unwrap();
+        assert!(!read.matches(), "gone");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! `cached` publishes in, without a message to `cached` — so fresh hits outlive a `kill -9`
 //! of `cached`, and a restarted `cached` adopts what the arena holds; a worker killed while it
 //! sends a hit has its pins released by the master, so its space is reused; `Vary` variants
-//! are told apart; a PURGE is seen by every worker at once.
+//! are told apart; a PURGE is seen by every worker at once; ranges are answered there as
+//! cached answers them; files of the document root are served from it while unchanged on
+//! disk.
 
 use crate::origin::{Origin, Route};
 use shmproxy_tests::client::{self, request_bytes, Response};
-use shmproxy_tests::harness::{pattern, poll_until, sha256_hex, with_deadline, Instance};
+use shmproxy_tests::harness::{
+    pattern, poll_until, sha256_hex, with_deadline, write_file, Instance,
+};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::thread;
@@ -483,5 +487,149 @@ fn ranges_of_an_arena_object_are_answered_there_as_cached_answers_them() {
             }
         }
         assert_eq!(origin.count("/rng"), 1);
+    });
+}
+
+/// The same request answered from the arena and by cached (with credentials, which only
+/// cached answers): both as expected of each path, and alike.
+#[track_caller]
+fn assert_like_cached(inst: &Instance, method: &str, target: &str, fields: &[(&str, &str)]) {
+    let arena = client::fetch(inst.addr(), method, target, fields, b"");
+    let mut with_credentials = fields.to_vec();
+    with_credentials.push(("Authorization", "Basic eDp5"));
+    let from_cached = client::fetch(inst.addr(), method, target, &with_credentials, b"");
+    let what = format!(
+        "{method} {target} {fields:?}: arena\n{}\ncached\n{}",
+        arena.describe(),
+        from_cached.describe()
+    );
+    assert!(
+        arena
+            .header("cache-status")
+            .is_some_and(|s| s.contains("detail=arena")),
+        "{what}"
+    );
+    assert!(
+        from_cached
+            .header("cache-status")
+            .is_some_and(|s| !s.contains("detail=arena")),
+        "{what}"
+    );
+    assert_eq!(arena.status, from_cached.status, "{what}");
+    assert_eq!(comparable(&arena), comparable(&from_cached), "{what}");
+    assert!(arena.body == from_cached.body, "{what}");
+}
+
+/// Disk mode: a file cached served is published in the arena and served there (counted as
+/// arena hits, with cached's head, ranges too) while the file on disk is the one read; a
+/// rewrite of another size, or of the same size with another mtime, is never served stale,
+/// a PURGE removes it, and a deleted file is a 404.
+#[test]
+fn files_of_the_document_root_are_served_from_the_arena_only_while_unchanged() {
+    with_deadline(T, || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_file(dir.path(), "page.txt", b"version one");
+        let big = pattern(150 << 10, 3);
+        write_file(dir.path(), "d/big.bin", &big);
+        let inst = Instance::builder().root(dir.path()).start();
+        assert_eq!(inst.get("/page.txt").body, b"version one");
+        until_published(&inst, "/page.txt");
+        let hits = counter(&inst, "proxy", "arena_hits");
+        let r = inst.get("/page.txt");
+        assert_arena_hit(&r, b"version one");
+        assert_eq!(r.header("age"), None, "a file has no Age: {}", r.describe());
+        assert_eq!(counter(&inst, "proxy", "arena_hits"), hits + 1);
+        let etag = r.header("etag").expect("ETag").to_string();
+        for method in ["GET", "HEAD"] {
+            assert_like_cached(&inst, method, "/page.txt", &[]);
+            assert_like_cached(&inst, method, "/page.txt", &[("If-None-Match", &etag)]);
+            assert_like_cached(&inst, method, "/page.txt", &[("Range", "bytes=8-")]);
+            assert_like_cached(&inst, method, "/page.txt", &[("Range", "bytes=99-")]);
+        }
+        inst.get("/d/big.bin");
+        until_published(&inst, "/d/big.bin");
+        assert_arena_hit(&inst.get("/d/big.bin"), &big);
+        assert_like_cached(&inst, "GET", "/d/big.bin", &[("Range", "bytes=1000-")]);
+        // A PURGE of the file removes its arena copies too.
+        let p = client::fetch(inst.addr(), "PURGE", "/d/big.bin", &[], b"");
+        assert_eq!(p.status, 200, "{}", p.describe());
+        let r = inst.get("/d/big.bin");
+        assert!(
+            r.body == big
+                && r.header("cache-status")
+                    .is_some_and(|s| !s.contains("detail=arena")),
+            "{}",
+            r.describe()
+        );
+
+        // Another size: the next request has the new content.
+        let changes = counter(&inst, "proxy", "arena_file_changes");
+        std::fs::write(&path, b"version two, longer").unwrap();
+        assert_eq!(inst.get("/page.txt").body, b"version two, longer");
+        assert_eq!(counter(&inst, "proxy", "arena_file_changes"), changes + 1);
+        until_published(&inst, "/page.txt");
+        assert_arena_hit(&inst.get("/page.txt"), b"version two, longer");
+        // The same size and inode, another mtime.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, b"version 2o, LONGER").unwrap();
+        std::fs::write(&path, b"version 3o, longer!").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime + Duration::from_millis(1500))
+            .unwrap();
+        let r = inst.get("/page.txt");
+        assert_eq!(r.body, b"version 3o, longer!", "{}", r.describe());
+        until_published(&inst, "/page.txt");
+        assert_arena_hit(&inst.get("/page.txt"), b"version 3o, longer!");
+        // Gone: a 404, never the arena's copy.
+        std::fs::remove_file(&path).unwrap();
+        for _ in 0..3 {
+            let r = inst.get("/page.txt");
+            assert_eq!(r.status, 404, "{}", r.describe());
+        }
+        assert!(counter(&inst, "proxy", "arena_file_changes") >= changes + 3);
+    });
+}
+
+/// Disk mode: what a target names other than plainly — a directory's index file, its
+/// redirect, percent-encoding, dot or empty segments — is never published under that
+/// target's key: cached answers it every time (as it answers it).
+#[test]
+fn only_targets_that_name_a_file_plainly_are_served_from_the_arena() {
+    with_deadline(T, || {
+        let dir = tempfile::tempdir().unwrap();
+        write_file(dir.path(), "a b.txt", b"spaced");
+        write_file(dir.path(), "sub/index.html", b"<p>index</p>");
+        write_file(dir.path(), "sub/x.txt", b"x");
+        std::os::unix::fs::symlink(dir.path().join("sub/x.txt"), dir.path().join("link.txt"))
+            .unwrap();
+        let inst = Instance::builder().root(dir.path()).start();
+        let cases: [(&str, u16, &[u8]); 7] = [
+            ("/sub/", 200, b"<p>index</p>"),
+            ("/sub", 301, b"moved to the directory\n"),
+            ("/a%20b.txt", 200, b"spaced"),
+            ("/sub/./x.txt", 200, b"x"),
+            ("//sub/x.txt", 200, b"x"),
+            ("/sub/x.txt/", 200, b"x"),
+            ("/link.txt", 200, b"x"),
+        ];
+        for _ in 0..3 {
+            for (target, status, body) in cases {
+                let r = inst.get(target);
+                assert_eq!(r.status, status, "{target}: {}", r.describe());
+                assert!(r.body == body, "{target}: {}", r.describe());
+                assert!(
+                    r.header("cache-status")
+                        .is_some_and(|s| !s.contains("detail=arena")),
+                    "{target}: {}",
+                    r.describe()
+                );
+            }
+        }
+        // The plain name of the same file is.
+        inst.get("/sub/x.txt");
+        until_published(&inst, "/sub/x.txt");
     });
 }

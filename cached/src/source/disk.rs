@@ -83,6 +83,28 @@ pub fn cache_key(ctx: &Ctx, target: &str) -> Option<String> {
     }
 }
 
+/// The file's canonical `path` as the arena names it, if the request `target` that resolved
+/// to it may be answered from the arena for that key (`published_file`): only a target that
+/// names the file plainly — `/` and non-empty segments, none `.` or `..`, no percent-encoding
+/// or fragment, not a directory's (its index file) — of a path with no symlink under the
+/// root (the root joined with the segments is the canonical path). Anything else, however
+/// cached answers it, stays cached's to answer.
+pub fn publishable<'p>(ctx: &Ctx, target: &str, path: &'p Path) -> Option<&'p str> {
+    let part = target.split('?').next().unwrap_or("");
+    let plain = part.starts_with('/')
+        && !part.ends_with('/')
+        && !target.contains(['%', '#', '\\'])
+        && part[1..]
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..");
+    if !plain {
+        return None;
+    }
+    let mut joined = ctx.root.clone();
+    joined.extend(part[1..].split('/'));
+    (joined == path).then(|| path.to_str()).flatten()
+}
+
 /// The cache key of a file.
 pub fn key_of(path: &Path) -> String {
     format!("file:{}", path.to_string_lossy())

@@ -3,7 +3,9 @@
 //! (`common::hit`, `common::cache_policy`), and answered by `respond::arena_hit` straight
 //! from shared memory, with no message to `cached`, which may even be down. Anything else
 //! (not stored, stale, a failed precondition, credentials, no pin slot, no arena)
-//! goes to `cached` as before. The arena is opened on first use and again when its owner stopped
+//! goes to `cached` as before. A file of the document root (disk mode) is served only while
+//! a `stat` of its path finds the file `cached` read (`hit::FileId::matches`): changed or
+//! gone, it is a miss, and `cached` reads it again. The arena is opened on first use and again when its owner stopped
 //! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
 //!
 //! A record still being filled (`cached` exposes a fill of a declared length as it arrives) is
@@ -126,7 +128,7 @@ impl ArenaView {
             let found = self
                 .reader()
                 .and_then(|r| match decoded(&r, counters, key)? {
-                    (p, Meta::Object(o)) => answer(p, o, req),
+                    (p, Meta::Object(o)) => answer(counters, p, o, req),
                     _ => None,
                 });
             if let Some(h) = found {
@@ -145,7 +147,10 @@ impl ArenaView {
     fn followed(&self, counters: &Counters, req: &Request, f: &FollowArena) -> Option<Hit> {
         let r = self.reader()?;
         match decoded(&r, counters, &f.key) {
-            Some((p, Meta::Object(o))) if p.generation() >= f.generation => {
+            Some((p, Meta::Object(o)))
+                if p.generation() >= f.generation
+                    && o.file.as_ref().is_none_or(|f| f.matches()) =>
+            {
                 let age = o.age(SystemTime::now());
                 o.answer(age, p.body_len(), &req.headers).map(|answer| Hit {
                     answer,
@@ -195,13 +200,18 @@ fn find(r: &ArenaReader, counters: &Counters, req: &Request) -> Option<Hit> {
             }
         }
     };
-    answer(pinned, object, req)
+    answer(counters, pinned, object, req)
 }
 
-/// The answer the pinned `object` gives `req`, if it is fresh for it.
-fn answer(pinned: Pinned, object: Object, req: &Request) -> Option<Hit> {
+/// The answer the pinned `object` gives `req`, if it is fresh for it (a file: if the file on
+/// disk is still the one read, else it is counted and `cached` reads it again).
+fn answer(counters: &Counters, pinned: Pinned, object: Object, req: &Request) -> Option<Hit> {
     let now = SystemTime::now();
     if !object.fresh(now, &RequestRules::of(&req.headers)) {
+        return None;
+    }
+    if object.file.as_ref().is_some_and(|f| !f.matches()) {
+        Counters::inc(&counters.arena_file_changes);
         return None;
     }
     Some(Hit {
@@ -257,6 +267,7 @@ mod tests {
             no_cache: false,
             show_ttl: true,
             site: "s".into(),
+            file: None,
         })
         .encode()
     }
