@@ -6,10 +6,11 @@
 #
 # Load: ApacheBench (`ab`, package apache2-utils), one `ab -k` per object so the mix covers a
 # small object, one a little over a chunk slot, and one over a whole segment (several chunks).
-# The objects are files of a document root, which the arena does not hold (cached checks them
-# against the disk), so every request crosses the shared-memory pipeline: segment lease,
-# doorbell, cached's cache, chunked handoff. `ab` checks each response's
-# length against the first one (a short or wrong-sized body is a "Failed request").
+# The objects are files of a document root: the first request of each crosses the
+# shared-memory pipeline (segment lease, doorbell, cached's cache, chunked handoff), and cached
+# then publishes the file in the arena, so the later ones are arena hits (a worker stats the
+# file and sends it from shared memory; `arena_hits` in the report). `ab` checks each
+# response's length against the first one (a short or wrong-sized body is a "Failed request").
 #
 # RSS and fds are sampled after a warm-up (so allocator arenas and caches are populated) and
 # at the end; samples every SAMPLE_SECS go to $OUT/samples.csv.

@@ -114,8 +114,9 @@ impl Published {
     }
 
     /// Publishes the stored answer `obj` of `primary` for `req`, unless something was
-    /// removed since `ticket` (the answer may predate a PURGE): files, pieces (`206`) and
-    /// answers larger than a record are not (they stay served by `cached`). A refusal of
+    /// removed since `ticket` (the answer may predate a PURGE): pieces (`206`) and answers
+    /// larger than a record are not (they stay served by `cached`), files go through
+    /// [`Published::publish_file`]. A refusal of
     /// the arena (too large, or its space held by pins) is counted, and whatever the arena
     /// held under the key goes: it must not outlive the answer that replaced it here.
     pub fn publish(

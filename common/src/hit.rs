@@ -3,7 +3,9 @@
 //! keys, the versioned metadata stored beside each body ([`Meta`]: the stored answer's
 //! status, fields and freshness data, or for a URL whose answers vary a stub naming the
 //! request fields they vary on), which requests a worker may answer from it, and the
-//! answer it gives ([`Object::answer`], as `cached` writes a hit).
+//! answer it gives ([`Object::answer`], as `cached` writes a hit: conditionals by [`reuse`],
+//! ranges by [`ranged`], the rules `cached` applies to its own hits). A file of the document
+//! root carries its identity ([`FileId`]), which the worker checks against the disk.
 //!
 //! Keys. An object lives under [`key`] (`http://HOST TARGET`, the normalised host the proxy
 //! forwards); a URL whose answer carries `Vary` has a stub there, and each variant lives

@@ -401,7 +401,9 @@ fn ranges_of_an_arena_object_are_answered_there_as_cached_answers_them() {
         assert_eq!(inst.get("/rng").status, 200);
         until_published(&inst, "/rng");
         let len = body.len();
-        let cases: Vec<(Vec<(&str, &str)>, u16, Option<std::ops::Range<usize>>)> = vec![
+        // The request's fields, the status, and the bytes of the body a GET gets.
+        type Case<'a> = (Vec<(&'a str, &'a str)>, u16, Option<std::ops::Range<usize>>);
+        let cases: Vec<Case> = vec![
             (vec![("Range", "bytes=0-9")], 206, Some(0..10)),
             (vec![("Range", "bytes=100000-")], 206, Some(100_000..len)),
             (
