@@ -409,7 +409,41 @@ mod tests {
             hit("/o HTTP/1.1|Host: a.test|If-Match: \"x\"").is_none(),
             "412: cached's"
         );
-        assert!(hit("/o HTTP/1.1|Host: a.test|Range: bytes=0-1").is_none());
+        let h = hit("/o HTTP/1.1|Host: a.test|Range: bytes=1-2").expect("a range, here");
+        assert_eq!((h.answer.status, h.answer.body), (206, Some(1..3)));
+        assert!(hit("/o HTTP/1.1|Host: a.test|Authorization: Basic eDp5").is_none());
+
+        // A file: served while the file on disk is the one read, a counted miss after.
+        let dir = std::env::temp_dir().join(format!("{tag}-files"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = std::fs::canonicalize(&dir).unwrap().join("f.txt");
+        std::fs::write(&path, b"file").unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let file = Object {
+            file: Some(hit::FileId {
+                path: path.to_string_lossy().into_owned(),
+                len: m.len(),
+                mtime_ns: hit::FileId::mtime_ns(&m),
+                ino: std::os::unix::fs::MetadataExt::ino(&m),
+            }),
+            ..match Meta::decode(&object("f", 0)).unwrap() {
+                Meta::Object(o) => o,
+                Meta::Vary(_) => unreachable!(),
+            }
+        };
+        let meta = Meta::Object(file).encode();
+        publish(&mut owner, &hit::key("a.test", "/f.txt"), &meta, b"file");
+        let h = hit("/f.txt HTTP/1.1|Host: a.test").expect("the file, unchanged");
+        assert!(h.answer.fields.iter().all(|(k, _)| k != "Age"));
+        drop(h);
+        std::fs::write(&path, b"changed").unwrap();
+        let changes = counters.arena_file_changes.load(Ordering::Relaxed);
+        assert!(hit("/f.txt HTTP/1.1|Host: a.test").is_none());
+        assert_eq!(
+            counters.arena_file_changes.load(Ordering::Relaxed),
+            changes + 1
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
 
         let key = hit::key("a.test", "/v");
         let vary = vec!["x-user".to_string()];
