@@ -86,9 +86,13 @@ pub fn stored(
     } else {
         ttl.as_millis() as u32
     };
+    // `Ctx::stored` read a body the arena keeps back into this copy.
+    let Some(body) = obj.body.bytes() else {
+        return respond::error(lease, 503, "stored body unavailable", head_only);
+    };
     if obj.status == 200 {
         // `reuse` announced `Accept-Ranges: bytes`: ranges of stored objects are ours.
-        let len = obj.body.len() as u64;
+        let len = obj.body.len();
         match policy::range(&req.headers, &obj.headers, len) {
             RangeAnswer::Full => {}
             RangeAnswer::Partial(first, last) => {
@@ -101,7 +105,7 @@ pub fn stored(
                     206,
                     meta,
                     headers,
-                    &obj.body[first as usize..=last as usize],
+                    &body[first as usize..=last as usize],
                     head_only,
                 );
             }
@@ -119,7 +123,7 @@ pub fn stored(
         obj.status,
         respond::Meta { ttl_ms, ..meta },
         headers,
-        &obj.body,
+        body,
         head_only,
     )
 }
@@ -137,6 +141,10 @@ pub fn piece(ctx: &Ctx, lease: &mut Lease, p: &Piece) -> io::Result<()> {
         "Content-Range".into(),
         format!("bytes {}-{}/{}", p.from, p.to, p.len).into_bytes(),
     ));
-    let body = &obj.body[p.offset as usize..=(p.offset + p.to - p.from) as usize];
+    // Pieces are never published in the arena: their bytes are here.
+    let Some(body) = obj.body.bytes() else {
+        return respond::error(lease, 503, "stored body unavailable", false);
+    };
+    let body = &body[p.offset as usize..=(p.offset + p.to - p.from) as usize];
     respond::full(lease, 206, CacheOutcome::Hit, headers, body, false)
 }

@@ -1,12 +1,17 @@
 //! The cache as the workers see it: every complete stored origin answer is also published
 //! in the shared arena (`common::arena`, owned here), with the metadata a worker needs to
 //! serve it as a fresh hit itself (`common::hit`); PURGE and invalidation remove it there,
-//! which every worker sees at once. The arena outlives this process: a restarted `cached`
+//! which every worker sees at once. The arena is the only copy of a published body: `publish`
+//! returns where it put it ([`ArenaBody`]) and `Ctx::store` drops cached's own copy for it;
+//! [`Published::read`] copies a body back out through our pin (for what `cached` itself
+//! serves: stale and revalidated answers, ranges of them, refreshes), and tells a record the
+//! ring has evicted or a newer answer replaced (the stored head is then a miss). The arena
+//! outlives this process: a restarted `cached`
 //! adopts it (what it held stays served), and workers keep serving fresh hits from it while
 //! `cached` is down. Called by `Ctx::store` and `Ctx::remove`; nothing else writes the arena.
 
-use crate::stored::{Stored, Validity};
-use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Start};
+use crate::stored::{ArenaBody, Body, Stored, Validity};
+use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Pinned, Start};
 use common::config::{CachedConfig, SetCookie};
 use common::hit::{self, Meta, Object};
 use common::http::header;
@@ -102,6 +107,8 @@ impl Published {
     /// answers larger than a record are not (they stay served by `cached`). A refusal of
     /// the arena (too large, or its space held by pins) is counted, and whatever the arena
     /// held under the key goes: it must not outlive the answer that replaced it here.
+    /// Returns where the arena keeps the body now (`None`: not published; a body that was
+    /// itself in the arena and is gone is not either).
     pub fn publish(
         &self,
         ticket: u64,
@@ -110,10 +117,8 @@ impl Published {
         req: &RequestHead,
         obj: &Stored,
         counters: &Counters,
-    ) {
-        let Some((site, key)) = split(primary) else {
-            return;
-        };
+    ) -> Option<ArenaBody> {
+        let (site, key) = split(primary)?;
         let Validity::Http {
             lifetime,
             must_revalidate,
@@ -121,11 +126,20 @@ impl Published {
             ..
         } = obj.validity
         else {
-            return;
+            return None;
         };
         if obj.status == 206 {
-            return;
+            return None;
         }
+        // A refreshed head over a body the arena holds: the bytes come out of the old record.
+        let read;
+        let body = match &obj.body {
+            Body::Owned(b) => b.as_slice(),
+            Body::Arena(a) => {
+                read = self.read(a)?;
+                read.as_slice()
+            }
+        };
         let mut headers = obj.headers.clone();
         if cfg.strip_targeted {
             common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
@@ -150,7 +164,7 @@ impl Published {
         .encode();
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
-            return;
+            return None;
         }
         let owner = &mut guard.0;
         let full_key = if vary.is_empty() {
@@ -162,31 +176,67 @@ impl Published {
                     // No stub: the URL's variants (and any object under its key) go.
                     owner.remove(key.as_bytes());
                     Counters::inc(&counters.arena_refused);
-                    return;
+                    return None;
                 }
             }
         };
-        let mut res = match owner.reserve(full_key.as_bytes(), &meta, obj.body.len() as u64) {
+        let mut res = match owner.reserve(full_key.as_bytes(), &meta, body.len() as u64) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("not published in the arena: {e}");
                 owner.remove(full_key.as_bytes());
                 Counters::inc(&counters.arena_refused);
-                return;
+                return None;
             }
         };
         // The copy runs without the lock: other publishes and removals go on meanwhile.
         drop(guard);
-        res.write(&obj.body);
+        res.write(body);
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
             // Removed meanwhile: dropping the reservation frees it.
-            return;
+            return None;
         }
         if let Err(e) = guard.0.publish(res) {
             log::warn!("arena publish failed: {e}");
             guard.0.remove(full_key.as_bytes());
+            return None;
         }
+        // Still under the lock, so nothing replaced it yet: the record just published.
+        let (len, sum) = guard.0.body_of(full_key.as_bytes())?;
+        Some(ArenaBody {
+            key: full_key,
+            len,
+            sum,
+        })
+    }
+
+    /// Pins the record `at` names, if the arena still holds that body (not evicted, not
+    /// replaced by another answer), and hands it to `f`.
+    fn pinned<T>(&self, at: &ArenaBody, f: impl FnOnce(&Pinned) -> T) -> Option<T> {
+        match self.reader.lookup(at.key.as_bytes()) {
+            Lookup::Hit(p) if p.body_len() == at.len && p.body_sum() == at.sum => Some(f(&p)),
+            _ => None,
+        }
+    }
+
+    /// A copy of the body `at` names; `None` if the arena no longer holds it.
+    pub fn read(&self, at: &ArenaBody) -> Option<Vec<u8>> {
+        self.pinned(at, |p| {
+            let mut v = vec![0; p.body_len() as usize];
+            let n = p.read_body(0, &mut v);
+            v.truncate(n);
+            v
+        })
+    }
+
+    /// Which of `bodies` the arena still holds (nothing is copied or marked accessed).
+    pub fn holds(&self, bodies: &[&ArenaBody]) -> Vec<bool> {
+        let guard = lock(&self.owner);
+        bodies
+            .iter()
+            .map(|at| guard.0.body_of(at.key.as_bytes()) == Some((at.len, at.sum)))
+            .collect()
     }
 
     /// The generation of the `Vary` stub of `key` naming `vary`, published now if there is
@@ -211,6 +261,12 @@ impl Published {
         let mut guard = lock(&self.owner);
         guard.1 += 1;
         guard.0.remove(key.as_bytes())
+    }
+
+    /// Our own pin row, for tests that look at what the workers see.
+    #[cfg(test)]
+    pub fn reader_for_test(&self) -> &ArenaReader {
+        &self.reader
     }
 
     #[cfg(test)]

@@ -6,7 +6,7 @@
 
 use crate::ctx::Ctx;
 use crate::source::origin::{cache_key, declared_length, end_to_end, site_of};
-use crate::stored::{Stored, Validity};
+use crate::stored::{Body, Stored, Validity};
 use crate::upstream::Answer;
 use common::cache_policy as policy;
 use common::config::SetCookie;
@@ -97,7 +97,7 @@ pub fn read_storable(
     Some(Stored {
         status,
         headers,
-        body: Arc::new(bytes),
+        body: Body::owned(bytes),
         validity: Validity::http(&s),
         response_time,
         initial_age,
@@ -131,7 +131,7 @@ pub fn store_refreshed(
         status: obj.status,
         initial_age: policy::initial_age(fresh, request_time, response_time),
         headers,
-        body: Arc::clone(&obj.body),
+        body: obj.body.clone(),
         validity: Validity::http(&s),
         response_time,
     });
@@ -144,8 +144,11 @@ pub fn store_refreshed(
 /// is stored as the complete `200` (later full and range requests are hits).
 pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
     let key = crate::cache::partial_key(&ctx.cache.full_key(primary, &req.headers));
-    if let Some(old) = ctx.cache.get(&key) {
-        let combined = policy::combine((&old.headers, &old.body), (&obj.headers, &obj.body));
+    if let Some(old) = ctx.stored(&key) {
+        let combined = match (old.body.bytes(), obj.body.bytes()) {
+            (Some(a), Some(b)) => policy::combine((&old.headers, a), (&obj.headers, b)),
+            _ => None,
+        };
         let limit = ctx.store_limit();
         if let (Some((first, body)), Some((_, _, len))) = (
             combined.filter(|(_, b)| b.len() as u64 <= limit),
@@ -158,7 +161,7 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
                 "Content-Range".into(),
                 format!("bytes {first}-{last}/{len}").into_bytes(),
             ));
-            obj.body = Arc::new(body);
+            obj.body = Body::owned(body);
         }
     }
     if let Some((0, last, len)) = policy::content_range(&obj.headers) {
@@ -182,10 +185,10 @@ pub fn freshen_from_head(
 ) {
     let site = &ctx.cfg.sites[site_of(ctx, req).expect("a routed request")];
     let primary = cache_key(site, req);
-    let Some(obj) = ctx.cache.get(&ctx.cache.full_key(&primary, &req.headers)) else {
+    let Some(obj) = ctx.stored(&ctx.cache.full_key(&primary, &req.headers)) else {
         return;
     };
-    if policy::head_matches(&obj.headers, obj.body.len() as u64, head) {
+    if policy::head_matches(&obj.headers, obj.body.len(), head) {
         let merged = merged_304(&obj, head);
         store_refreshed(ctx, &primary, req, &obj, merged, head, times);
     } else {
@@ -197,7 +200,7 @@ pub fn clone_meta(obj: &Stored) -> Stored {
     Stored {
         status: obj.status,
         headers: Vec::new(),
-        body: Arc::default(),
+        body: Body::default(),
         validity: obj.validity.clone(),
         response_time: obj.response_time,
         initial_age: obj.initial_age,

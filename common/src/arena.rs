@@ -938,6 +938,12 @@ impl Pinned {
         self.rec.body_len
     }
 
+    /// The checksum of the body: kept by a second chance (which changes the generation), so
+    /// with the key and length it tells the same stored bytes apart from a replacement.
+    pub fn body_sum(&self) -> u64 {
+        self.rec.body_sum
+    }
+
     /// A copy of the metadata (the stored head and freshness data: small).
     pub fn meta(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.meta_len());
@@ -1545,6 +1551,16 @@ impl ArenaOwner {
         Self::bump(&h.insertions, 1);
         self.link(&res.key, &r);
         Ok(r.generation)
+    }
+
+    /// The body of the live object stored for `key`, as `(length, checksum)`, if any: what
+    /// the owner checks its own references against, without a pin (it alone writes) and
+    /// without marking the object accessed (which would give it a second chance).
+    pub fn body_of(&self, key: &[u8]) -> Option<(u64, u64)> {
+        let hash = self.map.key_hash(key);
+        self.find(key, hash)
+            .filter(|(_, r)| r.state == LIVE)
+            .map(|(_, r)| (r.body_len, r.body_sum))
     }
 
     /// Puts `r` into its bucket: over the same key's entry, a free way, or the oldest object.
