@@ -268,6 +268,7 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Counter reloads @proxy: "SIGHUP reloads: configuration re-read and workers replaced",
     Counter handovers @proxy: "Listening sockets handed to a new master (zero-downtime upgrade)",
     Counter segments_reclaimed @proxy: "Segments reclaimed from dead processes",
+    Counter segments_trimmed @proxy: "Times a segment free for 5 s gave its pages back to the system (MADV_REMOVE); the next lease faults them in again",
     Counter arena_pins_released @proxy: "Arena pins of dead workers released by the master when it reaped them",
     Counter messages_rejected: "Doorbells or segment heads that failed validation",
     Counter request_panics: "Requests whose handling panicked: that request alone failed (aborted or closed), its thread went on",

@@ -36,6 +36,9 @@ const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 /// Accepted connections the master holds while the workers' channels are full; beyond this
 /// it stops accepting and the kernel's listen backlog holds the rest.
 const WAITING_MAX: usize = 1024;
+/// A segment free this long gives its pages back (`Pool::trim_idle`): long enough that a
+/// busy pool never pays the page faults again, short enough that a burst's memory goes soon.
+const SEGMENT_IDLE: Duration = Duration::from_secs(5);
 /// Connections found queued at one wake-up that start accept coalescing.
 const COALESCE_ENTER: u64 = 8;
 
@@ -239,6 +242,8 @@ impl Master {
                     log::warn!("reclaimed {n} segments from a cached that died");
                     Counters::add(&self.shared.stats.slot(0).segments_reclaimed, u64::from(n));
                 }
+                let n = self.shared.pool.trim_idle(SEGMENT_IDLE);
+                Counters::add(&self.shared.stats.slot(0).segments_trimmed, u64::from(n));
                 if self.upgrade.is_none() {
                     self.bind_upgrade_socket();
                 }
