@@ -1236,9 +1236,9 @@ mod tests {
         );
         assert_eq!(pool.occupancy().free, 2);
         assert_eq!(pool.free_count(), 2);
-        // The held segment kept its bytes; a trimmed one reads zeros and works as before.
+        // The held segment kept its bytes; a trimmed one is leased and written as before.
         let at = pool.data_offset + held.index() as usize * size;
-        // SAFETY (test): we hold the segment; a byte of its first slot, read once.
+        // SAFETY: (test) we hold the segment; a byte of its first slot, read once.
         let b = unsafe { *pool.region.bytes_ptr(at, 1) };
         assert_eq!(b, 7);
         drop(held);

@@ -386,7 +386,7 @@ fn cached_keeps_no_copy_of_what_the_arena_holds_and_still_serves_ranges_304s_and
         let origin = Origin::start();
         const N: usize = 24;
         const SIZE: usize = 64 << 10;
-        let body = |i: usize| pattern(SIZE, i as u8);
+        let body = |i: usize| pattern(SIZE, i as u64);
         let route = |i: usize, cc: &str| {
             Route::ok(body(i))
                 .header("Cache-Control", cc)
