@@ -1,7 +1,8 @@
 //! Named POSIX shared-memory regions (`shm_open` + `memmap2::MmapRaw`).
 //!
 //! Owns: creating a region exclusively (`0600`), replacing a stale one left by a dead owner,
-//! opening a live one, unlinking on drop for the owner. Every region begins with a
+//! opening a live one, unlinking on drop for the owner, giving pages of an owned range back
+//! ([`ShmRegion::remove_pages`]). Every region begins with a
 //! [`RegionHeader`] that names its kind, layout version and owner (pid plus start time).
 //! Never hands out `&[u8]` over shared bytes: callers get raw pointers or `&T` of types made
 //! only of atomics and `UnsafeCell`s ([`ShmSafe`]).

@@ -2,7 +2,8 @@
 //! `--upgrade`), creates the segment pool and the proxy stats region, forks the workers
 //! (while single-threaded: signals arrive as flags, no helper threads), passes each accepted
 //! connection to the least-loaded worker, reaps and replaces dead workers (reclaiming their
-//! segments, with backoff), and reclaims segments held by a dead `cached`.
+//! segments, with backoff), reclaims segments held by a dead `cached`, and has segments that
+//! stayed free for `SEGMENT_IDLE` give their pages back (`Pool::trim_idle`).
 //!
 //! Signals (`common::signals`, installed before anything is bound or created, so a signal
 //! at any moment of the start leaves nothing behind): SIGTERM/SIGINT/SIGQUIT stop accepting,
