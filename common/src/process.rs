@@ -95,24 +95,6 @@ pub fn monotonic_ms() -> u64 {
     ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn own_identity_is_alive_and_a_wrong_start_time_is_not() {
-        let me = ProcId::current();
-        assert!(me.start > 0);
-        assert!(me.alive());
-        assert!(!ProcId {
-            pid: me.pid,
-            start: me.start + 1
-        }
-        .alive());
-        assert!(!ProcId { pid: 0, start: 0 }.alive());
-    }
-}
-
 /// Most bytes of one allocation served from the heap; larger ones are mapped on their own and
 /// unmapped when freed.
 const MMAP_THRESHOLD: i32 = 128 << 10;
@@ -134,5 +116,23 @@ pub fn return_large_frees() -> bool {
     {
         let _ = MMAP_THRESHOLD;
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_identity_is_alive_and_a_wrong_start_time_is_not() {
+        let me = ProcId::current();
+        assert!(me.start > 0);
+        assert!(me.alive());
+        assert!(!ProcId {
+            pid: me.pid,
+            start: me.start + 1
+        }
+        .alive());
+        assert!(!ProcId { pid: 0, start: 0 }.alive());
     }
 }
