@@ -5,10 +5,12 @@
 //! returns where it put it ([`ArenaBody`]) and `Ctx::store` drops cached's own copy for it;
 //! [`Published::read`] copies a body back out through our pin (for what `cached` itself
 //! serves: stale and revalidated answers, ranges of them, refreshes), and tells a record the
-//! ring has evicted or a newer answer replaced (the stored head is then a miss). The arena
-//! outlives this process: a restarted `cached`
-//! adopts it (what it held stays served), and workers keep serving fresh hits from it while
-//! `cached` is down. Called by `Ctx::store` and `Ctx::remove`; nothing else writes the arena.
+//! ring has evicted or a newer answer replaced (the stored head is then a miss). After
+//! `TRIM_IDLE` without a store, the pages of the arena's free space are given back
+//! ([`Published::trim_if_idle`], from cached's housekeeping). The arena outlives this
+//! process: a restarted `cached` adopts it (what it held stays served), and workers keep
+//! serving fresh hits from it while `cached` is down. Called by `Ctx::store` and
+//! `Ctx::remove`; nothing else writes the arena.
 
 use crate::stored::{ArenaBody, Body, Stored, Validity};
 use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Pinned, Start};
@@ -18,8 +20,9 @@ use common::http::header;
 use common::protocol::RequestHead;
 use common::stats::Counters;
 use common::Names;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Room in a record for the key and the metadata besides a body of `max_object_size`.
 const HEAD_ALLOWANCE: u64 = 64 << 10;
@@ -33,7 +36,14 @@ pub struct Published {
     owner: Mutex<(ArenaOwner, u64)>,
     /// Our own pin row, to read the `Vary` stubs.
     reader: ArenaReader,
+    /// When the last reservation was made (`process::monotonic_ms`), and whether the free
+    /// space was given back since.
+    last_reserve: AtomicU64,
+    trimmed: AtomicBool,
 }
+
+/// How long the arena goes without a store before its free space gives its pages back.
+pub const TRIM_IDLE: Duration = Duration::from_secs(5);
 
 /// The arena geometry for `cfg`: capacity as configured, records up to `max_object_size`
 /// plus head room (never more than a ring allows). `None`: too small for an arena.
@@ -93,6 +103,8 @@ impl Published {
         Some(Published {
             owner: Mutex::new((owner, 0)),
             reader,
+            last_reserve: AtomicU64::new(common::process::monotonic_ms()),
+            trimmed: AtomicBool::new(false),
         })
     }
 
@@ -180,6 +192,9 @@ impl Published {
                 }
             }
         };
+        self.last_reserve
+            .store(common::process::monotonic_ms(), Ordering::Relaxed);
+        self.trimmed.store(false, Ordering::Relaxed);
         let mut res = match owner.reserve(full_key.as_bytes(), &meta, body.len() as u64) {
             Ok(r) => r,
             Err(e) => {
@@ -250,6 +265,20 @@ impl Published {
         let meta = Meta::Vary(vary.to_vec()).encode();
         let res = owner.reserve(key.as_bytes(), &meta, 0).ok()?;
         owner.publish(res).ok()
+    }
+
+    /// Once the arena has gone `TRIM_IDLE` without a store, gives its free space's pages
+    /// back (`ArenaOwner::trim_free`; once per idle period), counted in `counters`.
+    pub fn trim_if_idle(&self, counters: &Counters) {
+        let idle = common::process::monotonic_ms()
+            .saturating_sub(self.last_reserve.load(Ordering::Relaxed));
+        if idle < TRIM_IDLE.as_millis() as u64 || self.trimmed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut guard = lock(&self.owner);
+        self.trimmed.store(true, Ordering::Relaxed);
+        let given = guard.0.trim_free();
+        Counters::add(&counters.arena_trimmed_bytes, given);
     }
 
     /// Removes what is published for `primary` (an object, or the `Vary` stub that leads to

@@ -1553,6 +1553,34 @@ impl ArenaOwner {
         Ok(r.generation)
     }
 
+    /// Gives back the pages of every ring's free space (from its tail round to its head, where
+    /// nothing is linked and only the next appends write), except what a pin names: called
+    /// after an idle period, so an arena that has wrapped keeps pages only for what it holds
+    /// (the space eviction freed stays resident otherwise). Safe for the reason reuse is
+    /// (module doc, writer step 5): giving pages back zeroes them, as writing would. The next
+    /// appends fault them in again. Returns the bytes given back.
+    pub fn trim_free(&mut self) -> u64 {
+        let pins = self.map.pinned_ranges();
+        let rc = self.rc();
+        let mut given = 0;
+        for g in 0..self.rings() {
+            let (tail, free) = (self.tail(g), self.free(g));
+            // In ring order from the tail: up to the ring's end, then from its start.
+            let first = free.min(rc - tail % rc);
+            for (start, len) in [(self.phys(g, tail), first), (g as u64 * rc, free - first)] {
+                if len == 0 || any_in(&pins, start, len) {
+                    continue;
+                }
+                let at = self.map.layout.space_offset + start as usize;
+                match self.map.region.remove_pages(at, len as usize) {
+                    Ok(n) => given += n as u64,
+                    Err(e) => log::debug!("arena: free space not given back: {e}"),
+                }
+            }
+        }
+        given
+    }
+
     /// The body of the live object stored for `key`, as `(length, checksum)`, if any: what
     /// the owner checks its own references against, without a pin (it alone writes) and
     /// without marking the object accessed (which would give it a second chance).
@@ -1993,6 +2021,57 @@ mod tests {
         assert_eq!(p.read_body(len, &mut [0u8; 8]), 0);
         assert!(got == body(k, version, len as usize), "body mismatch");
         version
+    }
+
+    /// Blocks (512 bytes) the arena's shared memory object holds in tmpfs.
+    fn blocks(n: &Names) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/dev/shm{}", n.arena))
+            .unwrap()
+            .blocks()
+    }
+
+    #[test]
+    fn trimming_gives_back_the_free_space_of_a_wrapped_arena_and_keeps_what_is_stored() {
+        let n = names("trim");
+        let mut o = owner(&n, cfg(1 << 20));
+        let reader = o.arena().attach().unwrap();
+        // Four times the capacity: every ring has wrapped, all of its space was written.
+        for i in 0..400 {
+            put(&mut o, &key(i), 1, 10_000).unwrap();
+        }
+        let u = o.usage();
+        assert!(u.evictions > 0);
+        let free = u.capacity - u.used;
+        let kept: Vec<u64> = (0..400).filter(|&i| stored(&o, &key(i))).collect();
+        // A pinned object stays pinned through the trim, whatever lies around it.
+        let pinned = pin(&reader, &key(*kept.last().unwrap()));
+        let before = blocks(&n);
+        let given = o.trim_free();
+        let after = blocks(&n);
+        assert!(
+            given >= free.saturating_sub(u64::from(o.map.cfg.rings) * 2 * 4096),
+            "{given} of {free} free bytes given back"
+        );
+        // What stays is the index, the pins and the space between heads and tails (plus
+        // the pages a ring's ends share with it).
+        let edges = u64::from(o.map.cfg.rings) * 2 * 4096;
+        let bound = o.map.layout.space_offset as u64 + u.used + edges;
+        assert!(
+            after < before && after * 512 <= bound,
+            "{before} -> {after} blocks for {given} bytes; at most {bound} bytes may stay"
+        );
+        verify(&pinned, &key(*kept.last().unwrap()));
+        drop(pinned);
+        for &i in &kept {
+            assert_eq!(get(&reader, &key(i)), Some(1), "object {i} after the trim");
+        }
+        // The space is written again as before.
+        for i in 400..500 {
+            put(&mut o, &key(i), 2, 10_000).unwrap();
+            assert_eq!(get(&reader, &key(i)), Some(2));
+        }
+        o.audit().unwrap();
     }
 
     #[test]

@@ -302,6 +302,7 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Gauge arena_bytes @cached: "Bytes of the objects published in the arena (records: body, key, metadata)",
     Counter arena_evictions @cached: "Objects the arena evicted to make room, since it was created (adoptions keep the count)",
     Counter arena_adoptions @cached: "Times cached started by adopting the arena a previous cached left",
+    Counter arena_trimmed_bytes @cached: "Bytes of the arena's free space (evicted, not yet written again) given back to the system after 5 s without a store",
     Counter arena_lost @cached: "Stored heads whose body the arena no longer held (its ring evicted it, or it was replaced): dropped as misses",
     Counter arena_refused @cached: "Stored answers not published in the arena (its space held by pins or fills, or too large for a record)",
     Counter disk_reads @cached: "Files read from the document root",
