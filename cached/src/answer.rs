@@ -1,7 +1,9 @@
 //! Answers from a stored object, written into the segment: `Age`, the client's
 //! conditionals (`304`/`412`), `Range` (`206`/`416`) over stored bodies and pieces, HEAD,
-//! and the remaining freshness a reusable hit shows. Whether the stored object may serve at all was
-//! decided by `phase`; this module only writes the answer, and fetches nothing.
+//! and the remaining freshness a reusable hit shows. Whether the stored object may serve at
+//! all was decided by `phase`; this module only writes the answer, and fetches nothing.
+//! Bodies are copied from wherever they are kept (`stored::Body::write_range`): only the
+//! bytes sent, straight from a pinned arena record into the segment.
 
 use crate::ctx::Ctx;
 use crate::phase::Piece;
@@ -86,10 +88,6 @@ pub fn stored(
     } else {
         ttl.as_millis() as u32
     };
-    // `Ctx::stored` read a body the arena keeps back into this copy.
-    let Some(body) = obj.body.bytes() else {
-        return respond::error(lease, 503, "stored body unavailable", head_only);
-    };
     if obj.status == 200 {
         // `reuse` announced `Accept-Ranges: bytes`: ranges of stored objects are ours.
         let len = obj.body.len();
@@ -100,14 +98,10 @@ pub fn stored(
                     "Content-Range".into(),
                     format!("bytes {first}-{last}/{len}").into_bytes(),
                 ));
-                return respond::full_meta(
-                    lease,
-                    206,
-                    meta,
-                    headers,
-                    &body[first as usize..=last as usize],
-                    head_only,
-                );
+                let n = last - first + 1;
+                return respond::full_with(lease, 206, meta, headers, n, head_only, |l| {
+                    obj.body.write_range(l, first, n)
+                });
             }
             RangeAnswer::Unsatisfiable => {
                 let headers = vec![(
@@ -118,13 +112,16 @@ pub fn stored(
             }
         }
     }
-    respond::full_meta(
+    // Copied from wherever the body is kept (a pinned arena record: `Ctx::stored`).
+    let len = obj.body.len();
+    respond::full_with(
         lease,
         obj.status,
         respond::Meta { ttl_ms, ..meta },
         headers,
-        body,
+        len,
         head_only,
+        |l| obj.body.write_range(l, 0, len),
     )
 }
 
@@ -141,10 +138,14 @@ pub fn piece(ctx: &Ctx, lease: &mut Lease, p: &Piece) -> io::Result<()> {
         "Content-Range".into(),
         format!("bytes {}-{}/{}", p.from, p.to, p.len).into_bytes(),
     ));
-    // Pieces are never published in the arena: their bytes are here.
-    let Some(body) = obj.body.bytes() else {
-        return respond::error(lease, 503, "stored body unavailable", false);
-    };
-    let body = &body[p.offset as usize..=(p.offset + p.to - p.from) as usize];
-    respond::full(lease, 206, CacheOutcome::Hit, headers, body, false)
+    let n = p.to - p.from + 1;
+    respond::full_with(
+        lease,
+        206,
+        respond::Meta::of(CacheOutcome::Hit),
+        headers,
+        n,
+        false,
+        |l| obj.body.write_range(l, p.offset, n),
+    )
 }

@@ -170,7 +170,7 @@ impl Cache {
             .iter()
             .filter_map(|(_, o)| match &o.body {
                 Body::Arena(a) => Some(a),
-                Body::Owned(_) => None,
+                Body::Owned(_) | Body::Pinned(..) => None,
             })
             .collect();
         let kept = held(&bodies);

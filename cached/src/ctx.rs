@@ -88,11 +88,17 @@ impl Ctx {
     pub fn store(&self, primary: &str, req: &RequestHead, obj: Arc<Stored>) {
         // Stored here first: requests that come while the arena copy is made are hits here.
         let ticket = self.arena.as_ref().map(Published::ticket);
-        let (evicted, key) = self.cache.insert(primary, &req.headers, Arc::clone(&obj));
+        // A pinned body (a refresh of what a request pinned) is kept as its reference: a pin
+        // lives only as long as the request; the publish below copies from the pin.
+        let kept = match &obj.body {
+            Body::Pinned(..) => Arc::new(obj.with_body(obj.body.unpinned())),
+            _ => Arc::clone(&obj),
+        };
+        let (evicted, key) = self.cache.insert(primary, &req.headers, Arc::clone(&kept));
         Counters::add(&self.counters().evictions, evicted);
         if let (Some(a), Some(ticket)) = (&self.arena, ticket) {
             if let Some(body) = a.publish(ticket, &self.cfg, primary, req, &obj, self.counters()) {
-                self.cache.to_arena(&key, &obj, body);
+                self.cache.to_arena(&key, &kept, body);
             }
             let lost = self.cache.sweep(SWEEP, |bodies| a.holds(bodies));
             Counters::add(&self.counters().arena_lost, lost);
@@ -100,18 +106,23 @@ impl Ctx {
         self.publish_store_gauges();
     }
 
-    /// The answer stored at `full_key`, its body read back from the arena if it is kept
-    /// there: what serving, revalidating, refreshing and combining work on. A body the arena
-    /// let go (evicted, or replaced) makes the entry a miss: it is dropped and counted.
+    /// The answer stored at `full_key`, its body pinned in the arena if it is kept there
+    /// (until the caller drops it): what serving, revalidating, refreshing and combining
+    /// work on. A body the arena let go (evicted, or replaced) makes the entry a miss: it is
+    /// dropped and counted (one the arena holds but we could not pin, every pin slot of
+    /// ours being taken, is only a miss this time).
     pub fn stored(&self, full_key: &str) -> Option<Arc<Stored>> {
         let obj = self.cache.get(full_key)?;
         let Body::Arena(at) = &obj.body else {
             return Some(obj);
         };
-        match self.arena.as_ref().and_then(|a| a.read(at)) {
-            Some(bytes) => Some(Arc::new(obj.with_body(Body::owned(bytes)))),
+        let a = self.arena.as_ref()?;
+        match a.pin(at) {
+            Some(p) => Some(Arc::new(
+                obj.with_body(Body::Pinned(Arc::new(p), at.clone())),
+            )),
             None => {
-                if self.cache.remove_if(full_key, &obj) {
+                if !a.holds(&[at])[0] && self.cache.remove_if(full_key, &obj) {
                     Counters::inc(&self.counters().arena_lost);
                     self.publish_store_gauges();
                 }
@@ -207,6 +218,17 @@ mod tests {
         }
     }
 
+    /// The bytes of `b` (from `from`, `len` of them) as an answer copies them out.
+    fn range(b: &Body, from: u64, len: u64) -> Vec<u8> {
+        let mut v = Vec::new();
+        b.write_range(&mut v, from, len).unwrap();
+        v
+    }
+
+    fn all(b: &Body) -> Vec<u8> {
+        range(b, 0, b.len())
+    }
+
     fn body(n: usize, seed: u8) -> Vec<u8> {
         (0..n).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect()
     }
@@ -241,13 +263,13 @@ mod tests {
         assert!(charged < 1000, "charged {charged}: the head only");
         assert_eq!(gauge(&ctx, |c| &c.stored_body_bytes), 0);
         assert!(gauge(&ctx, |c| &c.arena_bytes) > 40_000);
-        // What the request path gets: the whole body, so a range is cut from the real bytes.
+        // What the request path gets: the body pinned, whole or a range copied out of it.
         let served = ctx.stored("s http://a.test/x").unwrap();
-        assert_eq!(served.body.bytes().unwrap(), &bytes[..]);
-        assert_eq!(
-            &served.body.bytes().unwrap()[1000..=1999],
-            &bytes[1000..=1999]
-        );
+        assert!(matches!(served.body, Body::Pinned(..)));
+        assert!(all(&served.body) == bytes);
+        assert_eq!(range(&served.body, 1000, 1000), &bytes[1000..2000]);
+        assert!(served.body.write_range(&mut Vec::new(), 39_999, 2).is_err());
+        drop(served);
         // Pieces and answers the arena cannot take keep their bytes here.
         let mut piece = fresh_for_test(
             vec![("Content-Range".into(), b"bytes 0-9/100".to_vec())],
@@ -285,16 +307,14 @@ mod tests {
         // A refresh of the head alone (its body still in the arena, as `freshen_from_head`
         // could pass it): the bytes are copied from the old record into the new one.
         let kept = ctx.cache.get(primary).unwrap();
-        assert!(matches!(kept.body, Body::Arena(_)));
+        assert!(matches!(kept.body, Body::Arena(_)), "a pin is never kept");
+        drop(served);
         let mut again = kept.with_body(kept.body.clone());
         again.headers.push(("X-Again".into(), b"1".to_vec()));
         ctx.store(primary, &req, Arc::new(again));
         let head = arena_head(&ctx, &key).unwrap();
         assert!(common::http::header(&head, "x-again").is_some());
-        assert_eq!(
-            ctx.stored(primary).unwrap().body.bytes().unwrap(),
-            &bytes[..]
-        );
+        assert!(all(&ctx.stored(primary).unwrap().body) == bytes);
         assert_eq!(ctx.cache.usage().2, 0);
         // Two variants of one URL: each head reads its own body back.
         let vary = || vec![("Vary".into(), b"X-User".to_vec())];
@@ -305,7 +325,7 @@ mod tests {
         for (r, want) in [(&a, &b"for a"[..]), (&b, &b"for b"[..])] {
             let full = ctx.cache.full_key(primary, &r.headers);
             assert!(matches!(ctx.cache.get(&full).unwrap().body, Body::Arena(_)));
-            assert_eq!(ctx.stored(&full).unwrap().body.bytes().unwrap(), want);
+            assert_eq!(all(&ctx.stored(&full).unwrap().body), want);
         }
         assert_eq!(gauge(&ctx, |c| &c.arena_lost), 0);
     }
@@ -354,7 +374,7 @@ mod tests {
         let mut hits = 0;
         for i in 0..400u32 {
             if let Some(o) = ctx.stored(&format!("s http://a.test/o{i}")) {
-                assert_eq!(o.body.bytes().unwrap(), &body(8_000, i as u8)[..]);
+                assert!(all(&o.body) == body(8_000, i as u8));
                 hits += 1;
             }
         }

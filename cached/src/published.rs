@@ -21,8 +21,21 @@ use common::protocol::RequestHead;
 use common::stats::Counters;
 use common::Names;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+/// A reservation as an `io::Write` (what `Body::write_range` copies into).
+struct ReservationWriter<'a>(&'a mut arena::Reservation);
+
+impl std::io::Write for ReservationWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Room in a record for the key and the metadata besides a body of `max_object_size`.
 const HEAD_ALLOWANCE: u64 = 64 << 10;
@@ -143,15 +156,17 @@ impl Published {
         if obj.status == 206 {
             return None;
         }
-        // A refreshed head over a body the arena holds: the bytes come out of the old record.
-        let read;
-        let body = match &obj.body {
-            Body::Owned(b) => b.as_slice(),
+        // A refreshed head over a body the arena holds: the bytes come out of the old record,
+        // pinned (by the request that refreshed it, or here) until they are copied.
+        let pinned_here;
+        let from = match &obj.body {
             Body::Arena(a) => {
-                read = self.read(a)?;
-                read.as_slice()
+                pinned_here = Body::Pinned(Arc::new(self.pin(a)?), a.clone());
+                &pinned_here
             }
+            b => b,
         };
+        let body_len = from.len();
         let mut headers = obj.headers.clone();
         if cfg.strip_targeted {
             common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
@@ -195,7 +210,7 @@ impl Published {
         self.last_reserve
             .store(common::process::monotonic_ms(), Ordering::Relaxed);
         self.trimmed.store(false, Ordering::Relaxed);
-        let mut res = match owner.reserve(full_key.as_bytes(), &meta, body.len() as u64) {
+        let mut res = match owner.reserve(full_key.as_bytes(), &meta, body_len) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("not published in the arena: {e}");
@@ -206,7 +221,14 @@ impl Published {
         };
         // The copy runs without the lock: other publishes and removals go on meanwhile.
         drop(guard);
-        res.write(body);
+        match from.bytes() {
+            Some(bytes) => {
+                res.write(bytes);
+            }
+            None => from
+                .write_range(&mut ReservationWriter(&mut res), 0, body_len)
+                .ok()?,
+        }
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
             // Removed meanwhile: dropping the reservation frees it.
@@ -227,22 +249,12 @@ impl Published {
     }
 
     /// Pins the record `at` names, if the arena still holds that body (not evicted, not
-    /// replaced by another answer), and hands it to `f`.
-    fn pinned<T>(&self, at: &ArenaBody, f: impl FnOnce(&Pinned) -> T) -> Option<T> {
+    /// replaced by another answer): it stays intact until the pin drops.
+    pub fn pin(&self, at: &ArenaBody) -> Option<Pinned> {
         match self.reader.lookup(at.key.as_bytes()) {
-            Lookup::Hit(p) if p.body_len() == at.len && p.body_sum() == at.sum => Some(f(&p)),
+            Lookup::Hit(p) if p.body_len() == at.len && p.body_sum() == at.sum => Some(p),
             _ => None,
         }
-    }
-
-    /// A copy of the body `at` names; `None` if the arena no longer holds it.
-    pub fn read(&self, at: &ArenaBody) -> Option<Vec<u8>> {
-        self.pinned(at, |p| {
-            let mut v = vec![0; p.body_len() as usize];
-            let n = p.read_body(0, &mut v);
-            v.truncate(n);
-            v
-        })
     }
 
     /// Which of `bodies` the arena still holds (nothing is copied or marked accessed).

@@ -7,11 +7,17 @@
 //! One copy of every body: an answer published in the shared arena keeps only its head here
 //! and a [`Body::Arena`] reference to the record (`Ctx::store` switches it once `published`
 //! copied it in); files, `206` pieces and answers the arena refused keep a [`Body::Owned`].
-//! `Ctx::stored` reads an arena body back through a pin (`Published::read`) before anything
-//! serves, refreshes or combines it, so the code below the lookup sees owned bytes.
+//! `Ctx::stored` pins an arena body for the request that looked it up ([`Body::Pinned`]):
+//! the record stays intact until that request is done with it, and an answer copies out
+//! only the bytes it sends ([`Body::write_range`]), straight into the segment.
 
+use common::arena::Pinned;
 use common::cache_policy::{self as policy, RequestRules, Staleness, Storable, Use};
+use std::io::{self, Write};
 use std::sync::Arc;
+
+/// Bytes copied out of a pinned record per write.
+const COPY_PIECE: usize = 64 << 10;
 use std::time::{Duration, SystemTime};
 
 /// How a stored object is checked before it is served again.
@@ -40,6 +46,9 @@ pub enum Body {
     Owned(Arc<Vec<u8>>),
     /// Published in the arena, which alone holds the bytes.
     Arena(ArenaBody),
+    /// The same, pinned for one request (never stored in the cache: `Ctx::store` keeps the
+    /// reference instead).
+    Pinned(Arc<Pinned>, ArenaBody),
 }
 
 /// Where the arena keeps a body: the record's key (with its `Vary` variant), and the body's
@@ -61,7 +70,46 @@ impl Body {
     pub fn len(&self) -> u64 {
         match self {
             Body::Owned(b) => b.len() as u64,
-            Body::Arena(a) => a.len,
+            Body::Arena(a) | Body::Pinned(_, a) => a.len,
+        }
+    }
+
+    /// Writes `len` bytes from `from` to `out`, copied from wherever the body is kept (from a
+    /// pinned record in pieces, never as a slice of the shared mapping). An arena body that
+    /// is not pinned has no bytes here: `InvalidData`.
+    pub fn write_range(&self, out: &mut impl Write, from: u64, len: u64) -> io::Result<()> {
+        let end = from.saturating_add(len);
+        if end > self.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "past the body"));
+        }
+        match self {
+            Body::Owned(b) => out.write_all(&b[from as usize..end as usize]),
+            Body::Pinned(p, _) => {
+                let mut buf = vec![0; (len as usize).min(COPY_PIECE)];
+                let mut at = from;
+                while at < end {
+                    let want = ((end - at) as usize).min(buf.len());
+                    let n = p.read_body(at, &mut buf[..want]);
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "record short"));
+                    }
+                    out.write_all(&buf[..n])?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            Body::Arena(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an arena body that is not pinned",
+            )),
+        }
+    }
+
+    /// The reference to keep in the cache for this body (a pin is let go).
+    pub fn unpinned(&self) -> Body {
+        match self {
+            Body::Pinned(_, a) => Body::Arena(a.clone()),
+            b => b.clone(),
         }
     }
 
@@ -69,7 +117,7 @@ impl Body {
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Body::Owned(b) => Some(b.as_slice()),
-            Body::Arena(_) => None,
+            Body::Arena(_) | Body::Pinned(..) => None,
         }
     }
 
@@ -77,7 +125,7 @@ impl Body {
     pub fn owned_len(&self) -> u64 {
         match self {
             Body::Owned(b) => b.len() as u64,
-            Body::Arena(_) => 0,
+            Body::Arena(_) | Body::Pinned(..) => 0,
         }
     }
 }

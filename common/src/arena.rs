@@ -1003,6 +1003,15 @@ impl Pinned {
     }
 }
 
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinned")
+            .field("generation", &self.rec.generation)
+            .field("body_len", &self.rec.body_len)
+            .finish()
+    }
+}
+
 impl Drop for Pinned {
     fn drop(&mut self) {
         // ORDERING: Release: every read of the record happens before the owner's reuse, which
