@@ -5,7 +5,10 @@
 # the proxy on a free loopback port under a unique instance name, runs peers.sh with
 # OURS/OURS_PIDS pointing at it, prints peers.sh's table, then the ratio of shmproxy's
 # figure to the best peer's for every row the acceptance criteria name, and the RSS/PSS of
-# every shmproxy process after the run. Everything it started is stopped by pid at exit and
+# every shmproxy process after the run (right after it, and again after SHM_SETTLE seconds,
+# when idle segments have given their pages back), beside the bytes stored (the arena's plus
+# the bodies cached holds itself, from the stats) and the acceptance limit stored + 64 MiB.
+# Everything it started is stopped by pid at exit and
 # nothing of the instance is left in /dev/shm or the mqueue namespace.
 #
 # shmproxy starts first and answers 503 until peers.sh's origin exists: peers.sh only checks
@@ -22,6 +25,8 @@
 #   SHM_HEURISTIC_TTL_MS [600000] (the peers' 10-minute default for objects without Cache-Control)
 #   SHM_MAX_OBJECT [134217728] (64 MiB objects are stored, as Varnish stores them)
 #   SHM_PORT [a free one]  SHM_INSTANCE [bench-PID]  NO_BUILD=1 (use the existing binaries)
+#   SHM_SETTLE [7] seconds idle before the second memory reading (segments free for 5 s
+#   give their pages back)
 #   PEERS_SH [<repo>/../shared/bench/peers.sh]  KEEP_LOGS=1 (leave the daemons' logs in /tmp)
 # HERD concurrent requests each hold a proxy thread, a segment and a cached thread while the
 # origin sleeps, so SHM_WORKERS*SHM_THREADS, SHM_SEGMENTS and SHM_CACHED_THREADS stay >= HERD
@@ -228,14 +233,40 @@ mem_line() { # PID... -> "procs rss_kib pss_kib"
 PROCS=("$MASTER_PID")
 mapfile -t -O 1 PROCS < <(children_of "$MASTER_PID")
 PROCS+=("$CACHED_PID")
+mem_detail() {
+    local p out=""
+    for p in "${PROCS[@]}"; do
+        [ -r "/proc/$p/status" ] || continue
+        out+="$(awk '/^Name:/ { n = $2 } /^VmRSS:/ { r = $2 } END { printf "%s %.1f", n, r / 1024 }' "/proc/$p/status")"
+        out+="/$(awk '/^Pss:/ { printf "%.1f", $2 / 1024 }' "/proc/$p/smaps_rollup" 2>/dev/null) MiB; "
+    done
+    echo "$out"
+}
+stored_bytes() { # stats JSON -> "arena_bytes stored_body_bytes" (what the cache stores, once)
+    python3 -c '
+import json, sys
+try:
+    c = json.loads(sys.stdin.read())["cached"]
+    print(c.get("arena_bytes", 0), c.get("stored_body_bytes", 0))
+except Exception:
+    print("0 0")'
+}
 read -r MEM_N MEM_RSS MEM_PSS < <(mem_line "${PROCS[@]}")
-MEM_DETAIL=""
-for p in "${PROCS[@]}"; do
-    [ -r "/proc/$p/status" ] || continue
-    MEM_DETAIL+="$(awk '/^Name:/ { n = $2 } /^VmRSS:/ { r = $2 } END { printf "%s %.1f", n, r / 1024 }' "/proc/$p/status")"
-    MEM_DETAIL+="/$(awk '/^Pss:/ { printf "%.1f", $2 / 1024 }' "/proc/$p/smaps_rollup" 2>/dev/null) MiB; "
-done
+MEM_DETAIL=$(mem_detail)
 STATS=$(curl -s --max-time 2 "http://$ADDR/__shmproxy/stats" || true)
+read -r ARENA_B BODY_B < <(echo "$STATS" | stored_bytes)
+SHM_SETTLE=${SHM_SETTLE:-7}
+log "memory: waiting ${SHM_SETTLE}s idle for the second reading"
+sleep "$SHM_SETTLE"
+read -r _ _ MEM_PSS2 < <(mem_line "${PROCS[@]}")
+MEM_DETAIL2=$(mem_detail)
+read -r ARENA_B2 BODY_B2 < <(curl -s --max-time 2 "http://$ADDR/__shmproxy/stats" | stored_bytes)
+pss_line() { # WHEN PSS_KIB ARENA_BYTES BODY_BYTES -> the acceptance line (issue 11, 2)
+    awk -v w="$1" -v p="$2" -v a="$3" -v b="$4" 'BEGIN {
+        pss = p / 1024; st = (a + b) / 1048576; d = pss - st
+        printf "%s: sum PSS %.1f MiB, bytes stored %.1f MiB (arena %.1f + cached bodies %.1f), PSS - stored %.1f MiB; limit stored + 64 MiB: %s\n",
+            w, pss, st, a / 1048576, b / 1048576, d, (d <= 64 ? "ok" : "OVER") }'
+}
 
 # ---------------------------------------------------------------- ratios
 # Row value of column "ours" and of the best peer column, from peers.sh's markdown table.
@@ -310,6 +341,12 @@ ratio_rows() {
     echo "Memory after the run: $MEM_N processes, sum VmRSS $rss_mib MiB, sum PSS $(awk -v k="$MEM_PSS" 'BEGIN { printf "%.1f", k / 1024 }') MiB (shared segment pages count once per process in RSS, split in PSS); limit capacity + 32 = $((cap_mib + 32)) MiB: $(awk -v r="$rss_mib" -v l="$((cap_mib + 32))" 'BEGIN { print (r <= l ? "ok" : "OVER") }')"
     echo
     echo "Per process (VmRSS/PSS): $MEM_DETAIL"
+    echo
+    pss_line "Right after the run" "$MEM_PSS" "$ARENA_B" "$BODY_B"
+    echo
+    pss_line "After ${SHM_SETTLE} s idle" "$MEM_PSS2" "$ARENA_B2" "$BODY_B2"
+    echo
+    echo "Per process after ${SHM_SETTLE} s idle (VmRSS/PSS): $MEM_DETAIL2"
     if [ -n "$STATS" ]; then
         echo
         echo "shmproxy counters after the run (/__shmproxy/stats):"

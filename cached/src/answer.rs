@@ -1,7 +1,9 @@
 //! Answers from a stored object, written into the segment: `Age`, the client's
 //! conditionals (`304`/`412`), `Range` (`206`/`416`) over stored bodies and pieces, HEAD,
-//! and the remaining freshness a reusable hit shows. Whether the stored object may serve at all was
-//! decided by `phase`; this module only writes the answer, and fetches nothing.
+//! and the remaining freshness a reusable hit shows. Whether the stored object may serve at
+//! all was decided by `phase`; this module only writes the answer, and fetches nothing.
+//! Bodies are copied from wherever they are kept (`stored::Body::write_range`): only the
+//! bytes sent, straight from a pinned arena record into the segment.
 
 use crate::ctx::Ctx;
 use crate::phase::Piece;
@@ -88,7 +90,7 @@ pub fn stored(
     };
     // `reuse` announced `Accept-Ranges: bytes` for a `200`: ranges of stored objects are
     // ours, answered by the rule the workers apply to the arena's.
-    let len = obj.body.len() as u64;
+    let len = obj.body.len();
     let headers = match common::hit::ranged(obj.status, &obj.headers, headers, len, &req.headers) {
         Ranged::Whole(fields) => fields,
         Ranged::Part {
@@ -96,20 +98,24 @@ pub fn stored(
             first,
             last,
         } => {
-            let body = &obj.body[first as usize..=last as usize];
-            return respond::full_meta(lease, 206, meta, fields, body, head_only);
+            let n = last - first + 1;
+            return respond::full_with(lease, 206, meta, fields, n, head_only, |l| {
+                obj.body.write_range(l, first, n)
+            });
         }
         Ranged::Unsatisfiable(fields) => {
             return respond::full_meta(lease, 416, meta, fields, b"", head_only)
         }
     };
-    respond::full_meta(
+    // Copied from wherever the body is kept (a pinned arena record: `Ctx::stored`).
+    respond::full_with(
         lease,
         obj.status,
         respond::Meta { ttl_ms, ..meta },
         headers,
-        &obj.body,
+        len,
         head_only,
+        |l| obj.body.write_range(l, 0, len),
     )
 }
 
@@ -126,6 +132,14 @@ pub fn piece(ctx: &Ctx, lease: &mut Lease, p: &Piece) -> io::Result<()> {
         "Content-Range".into(),
         format!("bytes {}-{}/{}", p.from, p.to, p.len).into_bytes(),
     ));
-    let body = &obj.body[p.offset as usize..=(p.offset + p.to - p.from) as usize];
-    respond::full(lease, 206, CacheOutcome::Hit, headers, body, false)
+    let n = p.to - p.from + 1;
+    respond::full_with(
+        lease,
+        206,
+        respond::Meta::of(CacheOutcome::Hit),
+        headers,
+        n,
+        false,
+        |l| obj.body.write_range(l, p.offset, n),
+    )
 }

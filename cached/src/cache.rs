@@ -1,6 +1,9 @@
-//! The L2 cache as HTTP sees it: a byte-bounded LRU (`common::lru`) of stored answers, plus
+//! The L2 cache as HTTP sees it: a byte-bounded LRU (`common::lru`) of stored answers (a
+//! body published in the arena is not held here: the entry keeps its head and a reference,
+//! charged only for the head, and `sweep` drops heads whose record the arena let go), plus
 //! `Vary` bookkeeping (several variants of one URL side by side, each with up to
-//! [`MAX_PIECES`] stored `206` pieces, all dropped together by PURGE or invalidation), plus the table of fills in progress that collapses concurrent
+//! [`MAX_PIECES`] stored `206` pieces, all dropped together by PURGE or invalidation), plus
+//! the table of fills in progress that collapses concurrent
 //! misses of one key into one upstream fetch.
 //!
 //! A fill streams: its leader appends body bytes as they come from the origin, and every
@@ -11,7 +14,7 @@
 //! ([`FillLead::streams_in_arena`]): its waiters then send their worker there instead of
 //! copying bytes, and free their segment at once.
 
-use crate::stored::Stored;
+use crate::stored::{ArenaBody, Body, Stored};
 use common::cache_policy as policy;
 use common::http::Headers;
 use common::lru::Lru;
@@ -31,6 +34,31 @@ struct Inner {
     vary: HashMap<String, Vec<String>>,
     /// Primary key → every full key stored under it.
     variants: HashMap<String, HashSet<String>>,
+    /// Body bytes the entries hold themselves (`Body::Owned`).
+    owned: u64,
+}
+
+impl Inner {
+    /// Stores `obj` under `key` at its cost, keeping `owned` in step; returns evictions.
+    fn put(&mut self, key: String, obj: Arc<Stored>) -> u64 {
+        let cost = obj.cost(&key);
+        let add = obj.body.owned_len();
+        let mut gone = 0;
+        let evicted = self
+            .lru
+            .insert_with(key, obj, cost, |o| gone += o.body.owned_len());
+        self.owned -= gone;
+        if evicted.is_some() {
+            self.owned += add;
+        }
+        evicted.unwrap_or(0)
+    }
+
+    fn take(&mut self, key: &str) -> Option<Arc<Stored>> {
+        let o = self.lru.remove(key)?;
+        self.owned -= o.body.owned_len();
+        Some(o)
+    }
 }
 
 /// Most pieces (`206`, RFC 9111 §3.4) kept for one variant: past this, the smallest goes.
@@ -58,6 +86,7 @@ impl Cache {
                 lru: Lru::new(capacity),
                 vary: HashMap::new(),
                 variants: HashMap::new(),
+                owned: 0,
             }),
             fills: Mutex::new(HashMap::new()),
             max_waiters,
@@ -79,8 +108,14 @@ impl Cache {
         lock(&self.inner).lru.get(full_key).cloned()
     }
 
-    /// Stores an answer; its `Vary` decides the secondary key. Returns evictions.
-    pub fn insert(&self, primary: &str, req: &[(String, Vec<u8>)], obj: Arc<Stored>) -> u64 {
+    /// Stores an answer; its `Vary` decides the secondary key. Returns the evictions and the
+    /// key it was stored under.
+    pub fn insert(
+        &self,
+        primary: &str,
+        req: &[(String, Vec<u8>)],
+        obj: Arc<Stored>,
+    ) -> (u64, String) {
         let names: Vec<String> = policy::all_tokens(&obj.headers, "vary");
         let mut inner = lock(&self.inner);
         let mut key = if names.is_empty() {
@@ -99,14 +134,72 @@ impl Cache {
             .entry(primary.to_string())
             .or_default()
             .insert(key.clone());
-        let cost = obj.cost(&key);
-        let evicted = inner.lru.insert(key, obj, cost).unwrap_or(0);
+        let evicted = inner.put(key.clone(), obj);
         // Forget bookkeeping for keys the LRU evicted (bounded clean-up of this primary only).
         let Inner { lru, variants, .. } = &mut *inner;
         if let Some(set) = variants.get_mut(primary) {
             set.retain(|k| lru.contains(k));
         }
-        evicted
+        (evicted, key)
+    }
+
+    /// The arena now holds the body of `obj`, stored under `key`: the entry keeps only its
+    /// head and `body` (unless another answer replaced it meanwhile). `true` if switched.
+    pub fn to_arena(&self, key: &str, obj: &Arc<Stored>, body: ArenaBody) -> bool {
+        let mut inner = lock(&self.inner);
+        if !inner.lru.get(key).is_some_and(|o| Arc::ptr_eq(o, obj)) {
+            return false;
+        }
+        inner.put(key.to_string(), Arc::new(obj.with_body(Body::Arena(body))));
+        true
+    }
+
+    /// Drops the entry at `key` if it is still `obj` (an arena body found gone).
+    pub fn remove_if(&self, key: &str, obj: &Arc<Stored>) -> bool {
+        let mut inner = lock(&self.inner);
+        if !inner.lru.get(key).is_some_and(|o| Arc::ptr_eq(o, obj)) {
+            return false;
+        }
+        inner.take(key);
+        true
+    }
+
+    /// Looks at up to `n` of the least recently used entries whose body is in the arena and
+    /// drops those `held` says the arena let go, so heads of evicted records (which weigh
+    /// little here) do not pile up. The ones still held become the most recent, so the next
+    /// sweep looks at others: a few per store keep pace with the arena's evictions. `held`
+    /// runs without the cache's lock. Returns how many it dropped.
+    pub fn sweep(&self, n: usize, held: impl FnOnce(&[&ArenaBody]) -> Vec<bool>) -> u64 {
+        let looked: Vec<(String, Arc<Stored>)> = lock(&self.inner)
+            .lru
+            .oldest(4 * n)
+            .filter(|(_, o)| matches!(o.body, Body::Arena(_)))
+            .take(n)
+            .map(|(k, o)| (k.to_string(), Arc::clone(o)))
+            .collect();
+        if looked.is_empty() {
+            return 0;
+        }
+        let bodies: Vec<&ArenaBody> = looked
+            .iter()
+            .filter_map(|(_, o)| match &o.body {
+                Body::Arena(a) => Some(a),
+                Body::Owned(_) | Body::Pinned(..) => None,
+            })
+            .collect();
+        let kept = held(&bodies);
+        let mut inner = lock(&self.inner);
+        let mut dropped = 0;
+        for ((k, o), kept) in looked.iter().zip(kept) {
+            if !inner.lru.get(k).is_some_and(|now| Arc::ptr_eq(now, o)) {
+                continue;
+            }
+            if !kept {
+                inner.take(k);
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     /// The stored pieces of the variant at `full_key`, with their keys.
@@ -131,7 +224,7 @@ impl Cache {
     /// Drops one stored piece (by the key [`Cache::pieces`] gave).
     pub fn remove_piece(&self, key: &str) {
         let mut inner = lock(&self.inner);
-        inner.lru.remove(key);
+        inner.take(key);
         if let Some(set) = inner.variants.get_mut(primary_of(key)) {
             set.remove(key);
         }
@@ -144,15 +237,15 @@ impl Cache {
         inner.vary.remove(primary);
         let mut any = false;
         for k in keys {
-            any |= inner.lru.remove(&k).is_some();
+            any |= inner.take(&k).is_some();
         }
-        any | inner.lru.remove(primary).is_some()
+        any | inner.take(primary).is_some()
     }
 
-    /// (objects, bytes) stored.
-    pub fn usage(&self) -> (u64, u64) {
+    /// (objects, bytes charged, body bytes held here) stored.
+    pub fn usage(&self) -> (u64, u64, u64) {
         let inner = lock(&self.inner);
-        (inner.lru.len() as u64, inner.lru.used())
+        (inner.lru.len() as u64, inner.lru.used(), inner.owned)
     }
 
     /// Joins the fill in progress for `key`, or becomes its leader. `req` is the request's
@@ -487,11 +580,11 @@ mod tests {
         c.insert("/a", &en, obj(&[("vary", "Accept-Language")], b"hello"));
         c.insert("/a", &fr, obj(&[("vary", "Accept-Language")], b"bonjour"));
         assert_eq!(
-            c.get(&c.full_key("/a", &en)).unwrap().body.as_slice(),
+            c.get(&c.full_key("/a", &en)).unwrap().body.bytes().unwrap(),
             b"hello"
         );
         assert_eq!(
-            c.get(&c.full_key("/a", &fr)).unwrap().body.as_slice(),
+            c.get(&c.full_key("/a", &fr)).unwrap().body.bytes().unwrap(),
             b"bonjour"
         );
         assert!(c
@@ -507,7 +600,7 @@ mod tests {
         let c = Cache::new(1500, 10);
         c.insert("a", &[], obj(&[], &[0; 1000]));
         let held = c.get("a").unwrap();
-        assert_eq!(c.insert("b", &[], obj(&[], &[0; 1000])), 1);
+        assert_eq!(c.insert("b", &[], obj(&[], &[0; 1000])).0, 1);
         assert!(c.get("a").is_none());
         assert_eq!(held.body.len(), 1000);
         assert_eq!(c.usage().0, 1);

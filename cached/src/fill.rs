@@ -18,7 +18,7 @@ use crate::published;
 use crate::respond;
 use crate::source::origin::{self, cache_key, declared_length, end_to_end, host_key};
 use crate::store;
-use crate::stored::{Stored, Validity};
+use crate::stored::{Body, Stored, Validity};
 use crate::upstream::{Answer, SiteUp};
 use common::cache_policy as policy;
 use common::http::CacheOutcome;
@@ -305,7 +305,7 @@ pub fn relay(
         let obj = Stored {
             status,
             headers,
-            body: Arc::new(body),
+            body: Body::owned(body),
             validity: Validity::http(&s),
             response_time,
             initial_age,

@@ -28,6 +28,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     common::logger::init("cached");
+    // Bodies pass through cached's heap on every fill: their memory must not stay behind.
+    if !common::process::return_large_frees() {
+        log::debug!("the allocator keeps its own mmap threshold");
+    }
     let (cfg, source) = match cli::parse() {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return ExitCode::SUCCESS,

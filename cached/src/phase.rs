@@ -115,7 +115,7 @@ fn decide_origin<'c>(
     let key = ctx.cache.full_key(primary, &req.headers);
     let now = SystemTime::now();
     // Past its stale windows and `keep`, a stored answer is as good as gone.
-    let stored = ctx.cache.get(&key).and_then(|obj| {
+    let stored = ctx.stored(&key).and_then(|obj| {
         let s = obj.staleness(now)?;
         let keep = (ctx.cfg().keep)
             .max(ctx.cfg().grace)
@@ -276,7 +276,7 @@ mod tests {
         Arc::new(Stored {
             status: 200,
             headers: vec![("ETag".into(), b"\"1\"".to_vec())],
-            body: Arc::new(b"body".to_vec()),
+            body: crate::stored::Body::owned(b"body".to_vec()),
             validity: Validity::Http {
                 lifetime: Duration::from_secs(lifetime),
                 must_revalidate: false,

@@ -1,28 +1,50 @@
 //! The cache as the workers see it: every complete stored origin answer is also published
 //! in the shared arena (`common::arena`, owned here), with the metadata a worker needs to
 //! serve it as a fresh hit itself (`common::hit`); PURGE and invalidation remove it there,
-//! which every worker sees at once. The arena outlives this process: a restarted `cached`
-//! adopts it (what it held stays served), and workers keep serving fresh hits from it while
-//! `cached` is down. A fill of a declared length may be published while it arrives
-//! ([`Published::begin`], then [`Streaming::write`] per piece and [`Published::finish`] once
-//! stored): its record is exposed as it is written, workers stream it, and the fill's collapsed
-//! waiters are sent there. Files of the document root are published apart
-//! (`published_file`, [`Published::publish_file`]). Called by `Ctx::store`, `Ctx::remove`,
-//! `Ctx::publish_file` and `fill::relay`; nothing else writes the arena.
+//! which every worker sees at once. The arena is the only copy of a published body: `publish`
+//! returns where it put it ([`ArenaBody`]) and `Ctx::store` drops cached's own copy for it;
+//! [`Published::read`] copies a body back out through our pin (for what `cached` itself
+//! serves: stale and revalidated answers, ranges of them, refreshes), and tells a record the
+//! ring has evicted or a newer answer replaced (the stored head is then a miss). After
+//! `TRIM_IDLE` without a store, the pages of the arena's free space are given back
+//! ([`Published::trim_if_idle`], from cached's housekeeping). The arena outlives this
+//! process: a restarted `cached` adopts it (what it held stays served), and workers keep
+//! serving fresh hits from it while `cached` is down. A fill of a declared length may be
+//! published while it arrives ([`Published::begin`], then [`Streaming::write`] per piece and
+//! [`Published::finish`] once stored): its record is exposed as it is written, workers stream
+//! it, and the fill's collapsed waiters are sent there. Files of the document root are
+//! published apart (`published_file`, [`Published::publish_file`]). Called by `Ctx::store`,
+//! `Ctx::remove`, `Ctx::publish_file` and `fill::relay`; nothing else writes the arena.
 
 #[path = "published_file.rs"]
 mod file;
 
-use crate::stored::{Stored, Validity};
-use common::arena::{self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Reservation, Start};
+use crate::stored::{ArenaBody, Body, Stored, Validity};
+use common::arena::{
+    self, ArenaConfig, ArenaOwner, ArenaReader, Lookup, Pinned, Reservation, Start,
+};
 use common::config::{CachedConfig, SetCookie};
 use common::hit::{self, Meta, Object};
 use common::http::header;
 use common::protocol::{FollowArena, RequestHead};
 use common::stats::Counters;
 use common::Names;
-use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// A reservation as an `io::Write` (what `Body::write_range` copies into).
+struct ReservationWriter<'a>(&'a mut arena::Reservation);
+
+impl std::io::Write for ReservationWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Room in a record for the key and the metadata besides a body of `max_object_size`.
 const HEAD_ALLOWANCE: u64 = 64 << 10;
@@ -38,7 +60,14 @@ pub struct Published {
     reader: ArenaReader,
     /// The arena keys of the files published (`published_file`).
     files: file::Files,
+    /// When the last reservation was made (`process::monotonic_ms`), and whether the free
+    /// space was given back since.
+    last_reserve: AtomicU64,
+    trimmed: AtomicBool,
 }
+
+/// How long the arena goes without a store before its free space gives its pages back.
+pub const TRIM_IDLE: Duration = Duration::from_secs(5);
 
 /// The arena geometry for `cfg`: capacity as configured, records up to `max_object_size`
 /// plus head room (never more than a ring allows). `None`: too small for an arena.
@@ -104,6 +133,8 @@ impl Published {
             owner: Mutex::new((owner, 0)),
             reader,
             files: file::Files::default(),
+            last_reserve: AtomicU64::new(common::process::monotonic_ms()),
+            trimmed: AtomicBool::new(false),
         })
     }
 
@@ -119,6 +150,8 @@ impl Published {
     /// [`Published::publish_file`]. A refusal of
     /// the arena (too large, or its space held by pins) is counted, and whatever the arena
     /// held under the key goes: it must not outlive the answer that replaced it here.
+    /// Returns where the arena keeps the body now (`None`: not published; a body that was
+    /// itself in the arena and is gone is not either).
     pub fn publish(
         &self,
         ticket: u64,
@@ -127,10 +160,8 @@ impl Published {
         req: &RequestHead,
         obj: &Stored,
         counters: &Counters,
-    ) {
-        let Some((site, key)) = split(primary) else {
-            return;
-        };
+    ) -> Option<ArenaBody> {
+        let (site, key) = split(primary)?;
         let head = Head {
             status: obj.status,
             headers: &obj.headers,
@@ -138,12 +169,21 @@ impl Published {
             response_time: obj.response_time,
             initial_age: obj.initial_age,
         };
-        let Some((meta, vary)) = head.meta(cfg, site) else {
-            return;
+        let (meta, vary) = head.meta(cfg, site)?;
+        // A refreshed head over a body the arena holds: the bytes come out of the old record,
+        // pinned (by the request that refreshed it, or here) until they are copied.
+        let pinned_here;
+        let from = match &obj.body {
+            Body::Arena(a) => {
+                pinned_here = Body::Pinned(Arc::new(self.pin(a)?), a.clone());
+                &pinned_here
+            }
+            b => b,
         };
+        let body_len = from.len();
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
-            return;
+            return None;
         }
         let owner = &mut guard.0;
         let full_key = if vary.is_empty() {
@@ -155,31 +195,67 @@ impl Published {
                     // No stub: the URL's variants (and any object under its key) go.
                     owner.remove(key.as_bytes());
                     Counters::inc(&counters.arena_refused);
-                    return;
+                    return None;
                 }
             }
         };
-        let mut res = match owner.reserve(full_key.as_bytes(), &meta, obj.body.len() as u64) {
+        self.last_reserve
+            .store(common::process::monotonic_ms(), Ordering::Relaxed);
+        self.trimmed.store(false, Ordering::Relaxed);
+        let mut res = match owner.reserve(full_key.as_bytes(), &meta, body_len) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("not published in the arena: {e}");
                 owner.remove(full_key.as_bytes());
                 Counters::inc(&counters.arena_refused);
-                return;
+                return None;
             }
         };
         // The copy runs without the lock: other publishes and removals go on meanwhile.
         drop(guard);
-        res.write(&obj.body);
+        match from.bytes() {
+            Some(bytes) => {
+                res.write(bytes);
+            }
+            None => from
+                .write_range(&mut ReservationWriter(&mut res), 0, body_len)
+                .ok()?,
+        }
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
             // Removed meanwhile: dropping the reservation frees it.
-            return;
+            return None;
         }
         if let Err(e) = guard.0.publish(res) {
             log::warn!("arena publish failed: {e}");
             guard.0.remove(full_key.as_bytes());
+            return None;
         }
+        // Still under the lock, so nothing replaced it yet: the record just published.
+        let (len, sum) = guard.0.body_of(full_key.as_bytes())?;
+        Some(ArenaBody {
+            key: full_key,
+            len,
+            sum,
+        })
+    }
+
+    /// Pins the record `at` names, if the arena still holds that body (not evicted, not
+    /// replaced by another answer): it stays intact until the pin drops.
+    pub fn pin(&self, at: &ArenaBody) -> Option<Pinned> {
+        match self.reader.lookup(at.key.as_bytes()) {
+            Lookup::Hit(p) if p.body_len() == at.len && p.body_sum() == at.sum => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Which of `bodies` the arena still holds (nothing is copied or marked accessed).
+    pub fn holds(&self, bodies: &[&ArenaBody]) -> Vec<bool> {
+        let guard = lock(&self.owner);
+        bodies
+            .iter()
+            .map(|at| guard.0.body_of(at.key.as_bytes()) == Some((at.len, at.sum)))
+            .collect()
     }
 
     /// Starts publishing a fill's answer while it arrives: reserves its record (a body of
@@ -201,6 +277,9 @@ impl Published {
             return None;
         }
         let mut guard = lock(&self.owner);
+        self.last_reserve
+            .store(common::process::monotonic_ms(), Ordering::Relaxed);
+        self.trimmed.store(false, Ordering::Relaxed);
         let mut res = guard.0.reserve(key.as_bytes(), &meta, body_len).ok()?;
         guard.0.expose(&mut res);
         Some(Streaming {
@@ -209,17 +288,23 @@ impl Published {
         })
     }
 
-    /// Ends a streamed fill that was stored: its record becomes an ordinary object in place.
-    /// Not if it was removed or replaced meanwhile (a PURGE during the fill), nor if its
-    /// body is incomplete (it is abandoned: readers stop). `true` if published.
-    pub fn finish(&self, s: Streaming) -> bool {
-        match lock(&self.owner).0.publish(s.res) {
-            Ok(_) => true,
-            Err(e) => {
-                log::debug!("streamed fill of {} not published: {e}", s.key);
-                false
-            }
+    /// Ends a streamed fill that was stored: its record becomes an ordinary object in place,
+    /// and where the arena keeps its body is returned (as [`Published::publish`] does). Not
+    /// if it was removed or replaced meanwhile (a PURGE during the fill), nor if its body is
+    /// incomplete (it is abandoned: readers stop).
+    pub fn finish(&self, s: Streaming) -> Option<ArenaBody> {
+        let mut guard = lock(&self.owner);
+        if let Err(e) = guard.0.publish(s.res) {
+            log::debug!("streamed fill of {} not published: {e}", s.key);
+            return None;
         }
+        // Still under the lock, so nothing replaced it yet: the record just published.
+        let (len, sum) = guard.0.body_of(s.key.as_bytes())?;
+        Some(ArenaBody {
+            key: s.key,
+            len,
+            sum,
+        })
     }
 
     /// The generation of the `Vary` stub of `key` naming `vary`, published now if there is
@@ -235,6 +320,20 @@ impl Published {
         owner.publish(res).ok()
     }
 
+    /// Once the arena has gone `TRIM_IDLE` without a store, gives its free space's pages
+    /// back (`ArenaOwner::trim_free`; once per idle period), counted in `counters`.
+    pub fn trim_if_idle(&self, counters: &Counters) {
+        let idle = common::process::monotonic_ms()
+            .saturating_sub(self.last_reserve.load(Ordering::Relaxed));
+        if idle < TRIM_IDLE.as_millis() as u64 || self.trimmed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut guard = lock(&self.owner);
+        self.trimmed.store(true, Ordering::Relaxed);
+        let given = guard.0.trim_free();
+        Counters::add(&counters.arena_trimmed_bytes, given);
+    }
+
     /// Removes what is published for `primary` (an object, or the `Vary` stub that leads to
     /// every variant); `true` if there was something.
     pub fn remove(&self, primary: &str) -> bool {
@@ -244,6 +343,12 @@ impl Published {
             return self.remove_file(&mut guard.0, primary);
         };
         guard.0.remove(key.as_bytes())
+    }
+
+    /// Our own pin row, for tests that look at what the workers see.
+    #[cfg(test)]
+    pub fn reader_for_test(&self) -> &ArenaReader {
+        &self.reader
     }
 
     #[cfg(test)]
@@ -434,7 +539,7 @@ mod tests {
         assert_eq!(pin.fill(), Fill::Partial(4));
         assert_eq!(pin.generation(), s.follow().generation);
         s.write(b"done");
-        assert!(p.finish(s));
+        assert!(p.finish(s).is_some());
         assert_eq!(pin.fill(), Fill::Complete);
         assert_eq!(p.live_objects(), 1);
         drop(pin);
@@ -442,7 +547,7 @@ mod tests {
         let mut s = p.begin(&cfg, primary, &head(&obj, &[]), 4).unwrap();
         assert!(p.remove(primary));
         s.write(b"late");
-        assert!(!p.finish(s));
+        assert!(p.finish(s).is_none());
         assert_eq!(p.live_objects(), 0);
         assert!(matches!(p.reader.lookup(key.as_bytes()), Lookup::Miss));
         // Files, and answers with Vary (their variants need a stub), are not streamed.

@@ -55,9 +55,10 @@ impl Published {
         let Validity::File { len, mtime_ns, ino } = obj.validity else {
             return;
         };
-        if obj.status != 200 {
+        // Files keep their body here (never an arena reference).
+        let (200, Some(bytes)) = (obj.status, obj.body.bytes()) else {
             return;
-        }
+        };
         let host = String::from_utf8_lossy(req.header("host").unwrap_or_default());
         let key = hit::key(&host, &req.target);
         let mut headers = obj.headers.clone();
@@ -103,10 +104,7 @@ impl Published {
                 keys.push(key.clone());
             }
         }
-        let mut res = match guard
-            .0
-            .reserve(key.as_bytes(), &meta, obj.body.len() as u64)
-        {
+        let mut res = match guard.0.reserve(key.as_bytes(), &meta, bytes.len() as u64) {
             Ok(r) => r,
             Err(e) => {
                 log::debug!("file not published in the arena: {e}");
@@ -116,7 +114,7 @@ impl Published {
             }
         };
         drop(guard);
-        res.write(&obj.body);
+        res.write(bytes);
         let mut guard = lock(&self.owner);
         if guard.1 != ticket {
             return;

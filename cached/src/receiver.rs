@@ -177,6 +177,9 @@ fn answer_signals(ctx: &Ctx, signals: &Signals, source: &Source) {
             log::info!("SIGUSR1: cached writes no log file (it logs to stderr): nothing to reopen");
         }
         signals.log_ignored();
+        if let Some(a) = &ctx.arena {
+            a.trim_if_idle(ctx.counters());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

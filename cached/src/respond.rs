@@ -102,24 +102,41 @@ pub fn full_meta(
     lease: &mut Lease,
     status: u16,
     meta: Meta,
-    mut headers: Headers,
+    headers: Headers,
     body: &[u8],
     head_only: bool,
+) -> io::Result<()> {
+    let len = body.len() as u64;
+    full_with(lease, status, meta, headers, len, head_only, |l| {
+        l.write_all(body)
+    })
+}
+
+/// A complete answer of `len` body bytes that `body` writes (a stored body wherever it is
+/// kept: `stored::Body::write_range`).
+pub fn full_with(
+    lease: &mut Lease,
+    status: u16,
+    meta: Meta,
+    mut headers: Headers,
+    len: u64,
+    head_only: bool,
+    body: impl FnOnce(&mut Lease) -> io::Result<()>,
 ) -> io::Result<()> {
     let no_body = common::http::bodiless(status);
     let framing = if head_only {
         if !no_body {
-            headers.push(("Content-Length".into(), body.len().to_string().into_bytes()));
+            headers.push(("Content-Length".into(), len.to_string().into_bytes()));
         }
         BodyLen::None
     } else if no_body {
         BodyLen::None
     } else {
-        BodyLen::Exact(body.len() as u64)
+        BodyLen::Exact(len)
     };
     head(lease, status, framing, meta, headers)?;
     if framing != BodyLen::None {
-        lease.write_all(body)?;
+        body(lease)?;
     }
     lease.finish()
 }

@@ -70,7 +70,7 @@ pub fn foreground(
     let headers = merged_304(obj, &fresh);
     let once = |headers| Stored {
         headers,
-        body: Arc::clone(&obj.body),
+        body: obj.body.clone(),
         response_time,
         initial_age: Duration::ZERO,
         ..clone_meta(obj)

@@ -13,7 +13,7 @@ use crate::respond;
 use crate::revalidate;
 use crate::source::disk::{self, Resolved};
 use crate::source::origin;
-use crate::stored::Stored;
+use crate::stored::{Body, Stored};
 use crate::upstream::Upstreams;
 use common::cache_policy as policy;
 use common::http::CacheOutcome;
@@ -255,7 +255,7 @@ fn from_disk(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         let obj = Arc::new(Stored {
             status: 200,
             headers,
-            body: Arc::new(body),
+            body: Body::owned(body),
             validity,
             response_time: SystemTime::now(),
             initial_age: Duration::ZERO,

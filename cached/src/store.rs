@@ -6,7 +6,7 @@
 
 use crate::ctx::Ctx;
 use crate::source::origin::{cache_key, declared_length, end_to_end, site_of};
-use crate::stored::{Stored, Validity};
+use crate::stored::{Body, Stored, Validity};
 use crate::upstream::Answer;
 use common::cache_policy as policy;
 use common::config::SetCookie;
@@ -97,7 +97,7 @@ pub fn read_storable(
     Some(Stored {
         status,
         headers,
-        body: Arc::new(bytes),
+        body: Body::owned(bytes),
         validity: Validity::http(&s),
         response_time,
         initial_age,
@@ -131,7 +131,7 @@ pub fn store_refreshed(
         status: obj.status,
         initial_age: policy::initial_age(fresh, request_time, response_time),
         headers,
-        body: Arc::clone(&obj.body),
+        body: obj.body.clone(),
         validity: Validity::http(&s),
         response_time,
     });
@@ -157,8 +157,11 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
                 ctx.cache.remove_piece(key);
                 return false;
             }
-            let combined = policy::combine((&old.headers, &old.body), (&obj.headers, &obj.body))
-                .filter(|(_, b)| b.len() as u64 <= limit);
+            let combined = match (old.body.bytes(), obj.body.bytes()) {
+                (Some(a), Some(b)) => policy::combine((&old.headers, a), (&obj.headers, b)),
+                _ => None,
+            }
+            .filter(|(_, b)| b.len() as u64 <= limit);
             let Some((first, body)) = combined else {
                 return true;
             };
@@ -169,7 +172,7 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
                 "Content-Range".into(),
                 format!("bytes {first}-{last}/{len}").into_bytes(),
             ));
-            obj.body = Arc::new(body);
+            obj.body = Body::owned(body);
             ctx.cache.remove_piece(key);
             false
         });
@@ -203,10 +206,10 @@ pub fn freshen_from_head(
 ) {
     let site = &ctx.cfg().sites[site_of(ctx, req).expect("a routed request")];
     let primary = cache_key(site, req);
-    let Some(obj) = ctx.cache.get(&ctx.cache.full_key(&primary, &req.headers)) else {
+    let Some(obj) = ctx.stored(&ctx.cache.full_key(&primary, &req.headers)) else {
         return;
     };
-    if policy::head_matches(&obj.headers, obj.body.len() as u64, head) {
+    if policy::head_matches(&obj.headers, obj.body.len(), head) {
         let merged = merged_304(&obj, head);
         store_refreshed(ctx, &primary, req, &obj, merged, head, times);
     } else {
@@ -218,7 +221,7 @@ pub fn clone_meta(obj: &Stored) -> Stored {
     Stored {
         status: obj.status,
         headers: Vec::new(),
-        body: Arc::default(),
+        body: Body::default(),
         validity: obj.validity.clone(),
         response_time: obj.response_time,
         initial_age: obj.initial_age,

@@ -3,9 +3,21 @@
 //! mtime and inode. Pure data and arithmetic over it; the cache (`cache`) holds these in
 //! `Arc`s, so an answer evicted while a worker thread still streams it lives until that
 //! thread is done.
+//!
+//! One copy of every body: an answer published in the shared arena keeps only its head here
+//! and a [`Body::Arena`] reference to the record (`Ctx::store` switches it once `published`
+//! copied it in); files, `206` pieces and answers the arena refused keep a [`Body::Owned`].
+//! `Ctx::stored` pins an arena body for the request that looked it up ([`Body::Pinned`]):
+//! the record stays intact until that request is done with it, and an answer copies out
+//! only the bytes it sends ([`Body::write_range`]), straight into the segment.
 
+use common::arena::Pinned;
 use common::cache_policy::{self as policy, RequestRules, Staleness, Storable, Use};
+use std::io::{self, Write};
 use std::sync::Arc;
+
+/// Bytes copied out of a pinned record per write.
+const COPY_PIECE: usize = 64 << 10;
 use std::time::{Duration, SystemTime};
 
 /// How a stored object is checked before it is served again.
@@ -27,14 +39,110 @@ pub enum Validity {
     },
 }
 
+/// The body of a stored answer: its bytes, or where the arena keeps them.
+#[derive(Clone, Debug)]
+pub enum Body {
+    /// Shared, so a refresh after a 304 keeps the bytes without copying them.
+    Owned(Arc<Vec<u8>>),
+    /// Published in the arena, which alone holds the bytes.
+    Arena(ArenaBody),
+    /// The same, pinned for one request (never stored in the cache: `Ctx::store` keeps the
+    /// reference instead).
+    Pinned(Arc<Pinned>, ArenaBody),
+}
+
+/// Where the arena keeps a body: the record's key (with its `Vary` variant), and the body's
+/// length and checksum, which a second chance keeps (its generation changes) and a
+/// replacement under the same key almost surely does not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArenaBody {
+    pub key: String,
+    pub len: u64,
+    pub sum: u64,
+}
+
+impl Body {
+    pub fn owned(bytes: Vec<u8>) -> Body {
+        Body::Owned(Arc::new(bytes))
+    }
+
+    /// The body's length, wherever it is kept.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Owned(b) => b.len() as u64,
+            Body::Arena(a) | Body::Pinned(_, a) => a.len,
+        }
+    }
+
+    /// Writes `len` bytes from `from` to `out`, copied from wherever the body is kept (from a
+    /// pinned record in pieces, never as a slice of the shared mapping). An arena body that
+    /// is not pinned has no bytes here: `InvalidData`.
+    pub fn write_range(&self, out: &mut impl Write, from: u64, len: u64) -> io::Result<()> {
+        let end = from.saturating_add(len);
+        if end > self.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "past the body"));
+        }
+        match self {
+            Body::Owned(b) => out.write_all(&b[from as usize..end as usize]),
+            Body::Pinned(p, _) => {
+                let mut buf = vec![0; (len as usize).min(COPY_PIECE)];
+                let mut at = from;
+                while at < end {
+                    let want = ((end - at) as usize).min(buf.len());
+                    let n = p.read_body(at, &mut buf[..want]);
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "record short"));
+                    }
+                    out.write_all(&buf[..n])?;
+                    at += n as u64;
+                }
+                Ok(())
+            }
+            Body::Arena(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an arena body that is not pinned",
+            )),
+        }
+    }
+
+    /// The reference to keep in the cache for this body (a pin is let go).
+    pub fn unpinned(&self) -> Body {
+        match self {
+            Body::Pinned(_, a) => Body::Arena(a.clone()),
+            b => b.clone(),
+        }
+    }
+
+    /// The bytes, when this process holds them (`None`: read them from the arena first).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Body::Owned(b) => Some(b.as_slice()),
+            Body::Arena(_) | Body::Pinned(..) => None,
+        }
+    }
+
+    /// Bytes of this body held in cached's own memory.
+    pub fn owned_len(&self) -> u64 {
+        match self {
+            Body::Owned(b) => b.len() as u64,
+            Body::Arena(_) | Body::Pinned(..) => 0,
+        }
+    }
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::owned(Vec::new())
+    }
+}
+
 /// A complete stored answer.
 #[derive(Debug)]
 pub struct Stored {
     pub status: u16,
     /// End-to-end headers, without framing (`Content-Length`/`Transfer-Encoding`).
     pub headers: Vec<(String, Vec<u8>)>,
-    /// Shared, so a refresh after a 304 keeps the bytes without copying them.
-    pub body: Arc<Vec<u8>>,
+    pub body: Body,
     pub validity: Validity,
     /// When the answer was received (RFC 9111 `response_time`).
     pub response_time: SystemTime,
@@ -97,15 +205,28 @@ impl Stored {
         }
     }
 
-    /// What keeping this answer under `key` costs the cache's capacity: body, fields, key
-    /// and a fixed overhead for the entry's bookkeeping.
+    /// What keeping this answer under `key` costs the cache's capacity: the body bytes held
+    /// here (none for a body in the arena, which bounds its own bytes), fields, key and a
+    /// fixed overhead for the entry's bookkeeping.
     pub fn cost(&self, key: &str) -> u64 {
         let headers: usize = self
             .headers
             .iter()
             .map(|(k, v)| k.len() + v.len() + 16)
             .sum();
-        (self.body.len() + headers + key.len() + 128) as u64
+        self.body.owned_len() + (headers + key.len() + 128) as u64
+    }
+
+    /// The same answer with its body kept elsewhere (`body`).
+    pub fn with_body(&self, body: Body) -> Stored {
+        Stored {
+            status: self.status,
+            headers: self.headers.clone(),
+            body,
+            validity: self.validity.clone(),
+            response_time: self.response_time,
+            initial_age: self.initial_age,
+        }
     }
 
     /// Current age (RFC 9111 §4.2.3: corrected initial age plus resident time).
@@ -121,7 +242,7 @@ pub fn fresh_for_test(headers: Vec<(String, Vec<u8>)>, body: &[u8]) -> Stored {
     Stored {
         status: 200,
         headers,
-        body: Arc::new(body.to_vec()),
+        body: Body::owned(body.to_vec()),
         validity: Validity::Http {
             lifetime: Duration::from_secs(60),
             must_revalidate: false,
@@ -145,7 +266,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
                 .collect(),
-            body: Arc::new(vec![0; 1000]),
+            body: Body::owned(vec![0; 1000]),
             validity: Validity::Http {
                 lifetime: Duration::from_secs(lifetime),
                 must_revalidate: false,
@@ -177,6 +298,18 @@ mod tests {
         let bare = stored(1, 0, &[]).cost("k");
         assert_eq!(bare, 1000 + 1 + 128);
         assert_eq!(stored(1, 0, &[("ab", "cd")]).cost("k"), bare + 2 + 2 + 16);
+        let s = stored(1, 0, &[]);
+        let in_arena = s.with_body(Body::Arena(ArenaBody {
+            key: "k".into(),
+            len: 1000,
+            sum: 7,
+        }));
+        assert_eq!(
+            in_arena.cost("k"),
+            1 + 128,
+            "the arena holds the body, not we"
+        );
+        assert_eq!(in_arena.body.len(), 1000);
     }
 
     #[test]

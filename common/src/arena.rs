@@ -1043,6 +1043,12 @@ impl Pinned {
         }
     }
 
+    /// The checksum of the body: kept by a second chance (which changes the generation), so
+    /// with the key and length it tells the same stored bytes apart from a replacement.
+    pub fn body_sum(&self) -> u64 {
+        self.rec.body_sum
+    }
+
     /// A copy of the metadata (the stored head and freshness data: small).
     pub fn meta(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(self.meta_len());
@@ -1103,6 +1109,15 @@ impl Pinned {
             self.row.map.ptr(self.rec.body_at(), n).cast_const(),
             n as usize,
         )
+    }
+}
+
+impl std::fmt::Debug for Pinned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pinned")
+            .field("generation", &self.rec.generation)
+            .field("body_len", &self.rec.body_len)
+            .finish()
     }
 }
 
@@ -1744,6 +1759,44 @@ impl ArenaOwner {
         self.link(&res.key, &r);
     }
 
+    /// Gives back the pages of every ring's free space (from its tail round to its head, where
+    /// nothing is linked and only the next appends write), except what a pin names: called
+    /// after an idle period, so an arena that has wrapped keeps pages only for what it holds
+    /// (the space eviction freed stays resident otherwise). Safe for the reason reuse is
+    /// (module doc, writer step 5): giving pages back zeroes them, as writing would. The next
+    /// appends fault them in again. Returns the bytes given back.
+    pub fn trim_free(&mut self) -> u64 {
+        let pins = self.map.pinned_ranges();
+        let rc = self.rc();
+        let mut given = 0;
+        for g in 0..self.rings() {
+            let (tail, free) = (self.tail(g), self.free(g));
+            // In ring order from the tail: up to the ring's end, then from its start.
+            let first = free.min(rc - tail % rc);
+            for (start, len) in [(self.phys(g, tail), first), (g as u64 * rc, free - first)] {
+                if len == 0 || any_in(&pins, start, len) {
+                    continue;
+                }
+                let at = self.map.layout.space_offset + start as usize;
+                match self.map.region.remove_pages(at, len as usize) {
+                    Ok(n) => given += n as u64,
+                    Err(e) => log::debug!("arena: free space not given back: {e}"),
+                }
+            }
+        }
+        given
+    }
+
+    /// The body of the live object stored for `key`, as `(length, checksum)`, if any: what
+    /// the owner checks its own references against, without a pin (it alone writes) and
+    /// without marking the object accessed (which would give it a second chance).
+    pub fn body_of(&self, key: &[u8]) -> Option<(u64, u64)> {
+        let hash = self.map.key_hash(key);
+        self.find(key, hash)
+            .filter(|(_, r)| r.state == LIVE)
+            .map(|(_, r)| (r.body_len, r.body_sum))
+    }
+
     /// Puts `r` into its bucket: over the same key's entry, a free way, or the oldest object.
     fn link(&self, key: &[u8], r: &Rec) {
         if let Some((e, old)) = self.find(key, r.key_hash) {
@@ -2182,6 +2235,57 @@ mod tests {
         assert_eq!(p.read_body(len, &mut [0u8; 8]), 0);
         assert!(got == body(k, version, len as usize), "body mismatch");
         version
+    }
+
+    /// Blocks (512 bytes) the arena's shared memory object holds in tmpfs.
+    fn blocks(n: &Names) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/dev/shm{}", n.arena))
+            .unwrap()
+            .blocks()
+    }
+
+    #[test]
+    fn trimming_gives_back_the_free_space_of_a_wrapped_arena_and_keeps_what_is_stored() {
+        let n = names("trim");
+        let mut o = owner(&n, cfg(1 << 20));
+        let reader = o.arena().attach().unwrap();
+        // Four times the capacity: every ring has wrapped, all of its space was written.
+        for i in 0..400 {
+            put(&mut o, &key(i), 1, 10_000).unwrap();
+        }
+        let u = o.usage();
+        assert!(u.evictions > 0);
+        let free = u.capacity - u.used;
+        let kept: Vec<u64> = (0..400).filter(|&i| stored(&o, &key(i))).collect();
+        // A pinned object stays pinned through the trim, whatever lies around it.
+        let pinned = pin(&reader, &key(*kept.last().unwrap()));
+        let before = blocks(&n);
+        let given = o.trim_free();
+        let after = blocks(&n);
+        assert!(
+            given >= free.saturating_sub(u64::from(o.map.cfg.rings) * 2 * 4096),
+            "{given} of {free} free bytes given back"
+        );
+        // What stays is the index, the pins and the space between heads and tails (plus
+        // the pages a ring's ends share with it).
+        let edges = u64::from(o.map.cfg.rings) * 2 * 4096;
+        let bound = o.map.layout.space_offset as u64 + u.used + edges;
+        assert!(
+            after < before && after * 512 <= bound,
+            "{before} -> {after} blocks for {given} bytes; at most {bound} bytes may stay"
+        );
+        verify(&pinned, &key(*kept.last().unwrap()));
+        drop(pinned);
+        for &i in &kept {
+            assert_eq!(get(&reader, &key(i)), Some(1), "object {i} after the trim");
+        }
+        // The space is written again as before.
+        for i in 400..500 {
+            put(&mut o, &key(i), 2, 10_000).unwrap();
+            assert_eq!(get(&reader, &key(i)), Some(2));
+        }
+        o.audit().unwrap();
     }
 
     #[test]

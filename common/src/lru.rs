@@ -50,10 +50,24 @@ impl<V> Lru<V> {
     /// evicting the least recently used others to make room. Returns how many were evicted,
     /// or `None` (and changes nothing) when `cost` exceeds the whole capacity.
     pub fn insert(&mut self, key: String, value: V, cost: u64) -> Option<u64> {
+        self.insert_with(key, value, cost, |_| {})
+    }
+
+    /// [`Lru::insert`], handing every value it drops (the replaced one and the evicted ones)
+    /// to `dropped`, so the owner can keep its own accounts of them.
+    pub fn insert_with(
+        &mut self,
+        key: String,
+        value: V,
+        cost: u64,
+        mut dropped: impl FnMut(V),
+    ) -> Option<u64> {
         if cost > self.capacity {
             return None;
         }
-        self.remove(&key);
+        if let Some(old) = self.remove(&key) {
+            dropped(old);
+        }
         let mut evicted = 0;
         while self.used + cost > self.capacity {
             let Some((_, victim)) = self.order.pop_first() else {
@@ -62,6 +76,7 @@ impl<V> Lru<V> {
             if let Some(slot) = self.map.remove(&victim) {
                 self.used -= slot.cost;
                 evicted += 1;
+                dropped(slot.value);
             }
         }
         self.tick += 1;
@@ -78,6 +93,14 @@ impl<V> Lru<V> {
         self.order.remove(&slot.tick);
         self.used -= slot.cost;
         Some(slot.value)
+    }
+
+    /// Up to `n` entries, least recently used first (their recency is left as it is).
+    pub fn oldest(&self, n: usize) -> impl Iterator<Item = (&str, &V)> {
+        self.order
+            .values()
+            .take(n)
+            .filter_map(|k| self.map.get(k).map(|s| (k.as_str(), &s.value)))
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -146,5 +169,30 @@ mod tests {
         }
         assert_eq!(l.insert("big".into(), 99, 1000), Some(10));
         assert_eq!((l.len(), l.used()), (1, 1000));
+    }
+
+    #[test]
+    fn insert_with_hands_over_what_it_drops_and_oldest_lists_by_recency() {
+        let mut l = Lru::new(300);
+        for (k, v) in [("a", 1), ("b", 2), ("c", 3)] {
+            l.insert(k.into(), v, 100);
+        }
+        l.get("a");
+        let order: Vec<&str> = l.oldest(5).map(|(k, _)| k).collect();
+        assert_eq!(order, ["b", "c", "a"]);
+        let mut dropped = Vec::new();
+        assert_eq!(
+            l.insert_with("c".into(), 30, 100, |v| dropped.push(v)),
+            Some(0)
+        );
+        assert_eq!(
+            l.insert_with("d".into(), 4, 200, |v| dropped.push(v)),
+            Some(2)
+        );
+        assert_eq!(
+            dropped,
+            [3, 2, 1],
+            "the replaced value, then the evicted ones"
+        );
     }
 }

@@ -13,6 +13,12 @@
 //! sides are provably done; an aborted segment still held by one side is *quarantined* until
 //! that side lets go (or the master reclaims it from a dead process).
 //!
+//! ## Idle segments
+//! The master calls [`Pool::trim_idle`] in its housekeeping: a segment free for a while has
+//! its pages given back (`MADV_REMOVE`; the pool is a tmpfs object shared by every process,
+//! where `MADV_DONTNEED` frees nothing), so the pool costs memory only for the segments a
+//! burst is using. It leases the segment for that like an acquirer, so nobody touches it.
+//!
 //! ## Handoff protocol (K = `slots` chunk slots per segment, each `slot_size` bytes)
 //! | step | proxy worker                                   | cached                                   |
 //! |------|------------------------------------------------|------------------------------------------|
@@ -94,8 +100,10 @@ struct SegmentHeader {
     state: AtomicU64,
     request_id: AtomicU64,
     cached_pid: AtomicU32,
-    _pad: AtomicU32,
+    /// 1 once `trim_idle` gave the free segment's pages back (until it is leased again).
+    trimmed: AtomicU32,
     cached_start: AtomicU64,
+    /// When the segment was last leased or became free (`process::monotonic_ms`).
     acquired_ms: AtomicU64,
     free: SharedSem,
     to_cached: SharedSem,
@@ -378,6 +386,7 @@ impl Pool {
                     seg.request_id.store(request_id, Ordering::Relaxed);
                     seg.acquired_ms
                         .store(crate::process::monotonic_ms(), Ordering::Relaxed);
+                    seg.trimmed.store(0, Ordering::Relaxed);
                     return Ok(Lease::new(self, Side::Proxy, index, generation));
                 }
             }
@@ -479,6 +488,9 @@ impl Pool {
             {
                 Ok(_) => {
                     if new & HOLDERS == 0 {
+                        // Not ordered with the CAS: `trim_idle` only needs it roughly.
+                        seg.acquired_ms
+                            .store(crate::process::monotonic_ms(), Ordering::Relaxed);
                         self.header().free.post();
                     }
                     return true;
@@ -486,6 +498,54 @@ impl Pool {
                 Err(now) => s = now,
             }
         }
+    }
+
+    /// Master: gives back the pages of every segment that has been free for at least `idle`
+    /// (`ShmRegion::remove_pages`: the tmpfs pages of the shared mapping, in every process
+    /// at once), so a pool sized for a burst does not stay resident after it. Each segment is
+    /// leased for the purpose like an acquirer would (a unit of `free`, then the state CAS
+    /// with a new generation), so no worker or `cached` can touch it meanwhile, and released
+    /// at once. Skipped while no unit of `free` is spare. Returns the segments trimmed.
+    pub fn trim_idle(&self, idle: Duration) -> u32 {
+        let h = self.header();
+        let now = crate::process::monotonic_ms();
+        let idle_ms = idle.as_millis() as u64;
+        let pid = u64::from(std::process::id()) & 0xff_ffff;
+        let mut n = 0;
+        for index in 0..self.segments {
+            let seg = self.seg(index);
+            let s = seg.state.load(Ordering::Acquire);
+            if s & HOLDERS != 0
+                || seg.trimmed.load(Ordering::Relaxed) != 0
+                || now.saturating_sub(seg.acquired_ms.load(Ordering::Relaxed)) < idle_ms
+            {
+                continue;
+            }
+            if !h.free.try_wait() {
+                break;
+            }
+            let new = u64::from(gen_of(s).wrapping_add(1)) << 32 | pid << 8 | PROXY;
+            // ORDERING: AcqRel, as in `acquire`: the last holder's writes happen before the
+            // removal, and our claim is published before it.
+            if seg
+                .state
+                .compare_exchange(s, new, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                h.free.post();
+                continue;
+            }
+            let off = self.data_offset + index as usize * self.segment_size;
+            match self.region.remove_pages(off, self.segment_size) {
+                Ok(_) => {
+                    seg.trimmed.store(1, Ordering::Relaxed);
+                    n += 1;
+                }
+                Err(e) => log::debug!("segment {index}: pages not given back: {e}"),
+            }
+            self.let_go(index, |now| now == new, PROXY, false);
+        }
+        n
     }
 
     /// Master: releases every segment leased by the dead worker `pid`. Returns how many.
@@ -1137,5 +1197,59 @@ mod tests {
         assert_eq!(pool.reclaim_worker(std::process::id()), 2);
         assert_eq!(pool.occupancy().free, 3);
         assert_eq!(pool.free_count(), 3);
+    }
+
+    /// Blocks (512-byte units) the pool's shared memory object holds in tmpfs.
+    fn blocks(n: &Names) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/dev/shm{}", n.pool))
+            .unwrap()
+            .blocks()
+    }
+
+    #[test]
+    fn idle_free_segments_give_their_pages_back_and_held_ones_keep_them() {
+        let n = names("trim");
+        let size = 256 << 10;
+        let pool = Pool::create(&n, 3, size, 2).unwrap();
+        let slot = pool.slot_size();
+        let bytes = vec![7u8; slot];
+        // Every segment written once (its pages now in the object), one still held.
+        let leases: Vec<_> = (0..3)
+            .map(|i| {
+                let mut l = pool.acquire(Duration::from_secs(1), i).unwrap();
+                l.write_all(&bytes).unwrap();
+                l
+            })
+            .collect();
+        let before = blocks(&n);
+        assert!(before * 512 >= 3 * slot as u64, "{before} blocks");
+        let mut leases = leases.into_iter();
+        let held = leases.next().unwrap();
+        drop(leases); // aborted, hence free
+        assert_eq!(
+            pool.trim_idle(Duration::from_secs(60)),
+            0,
+            "not idle long enough"
+        );
+        assert_eq!(pool.trim_idle(Duration::ZERO), 2);
+        assert_eq!(pool.trim_idle(Duration::ZERO), 0, "trimmed once");
+        let after = blocks(&n);
+        assert!(
+            (before - after) * 512 >= 2 * slot as u64,
+            "{before} -> {after} blocks"
+        );
+        assert_eq!(pool.occupancy().free, 2);
+        assert_eq!(pool.free_count(), 2);
+        // The held segment kept its bytes; a trimmed one is leased and written as before.
+        let at = pool.data_offset + held.index() as usize * size;
+        // SAFETY: (test) we hold the segment; a byte of its first slot, read once.
+        let b = unsafe { *pool.region.bytes_ptr(at, 1) };
+        assert_eq!(b, 7);
+        drop(held);
+        let mut again = pool.acquire(Duration::from_secs(1), 9).unwrap();
+        again.write_all(&bytes).unwrap();
+        drop(again);
+        assert_eq!(pool.occupancy().free, 3);
     }
 }

@@ -1,5 +1,6 @@
 //! Process helpers: `fork`, parent-death signal, process identity (pid plus start time, so a
-//! reused pid is never mistaken for a live peer) and monotonic time in milliseconds.
+//! reused pid is never mistaken for a live peer), monotonic time in milliseconds, and the
+//! heap's retention of freed memory ([`return_large_frees`]).
 
 use nix::unistd::{ForkResult, Pid};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +93,30 @@ pub fn monotonic_ms() -> u64 {
     let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always available");
     ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
+}
+
+/// Most bytes of one allocation served from the heap; larger ones are mapped on their own and
+/// unmapped when freed.
+const MMAP_THRESHOLD: i32 = 128 << 10;
+
+/// Makes freed large buffers go back to the system at once: glibc raises its mmap threshold
+/// each time a mapped chunk is freed (up to 32 MiB), after which bodies of up to that size come
+/// from the per-thread heaps and stay resident when freed — measured in `cached` with 64 threads
+/// after storing 170 MiB: 43 MiB of anonymous memory for 2 MiB of live heads. A fixed threshold
+/// (which also turns off the raising) keeps the large buffers mapped on their own. Returns
+/// whether the setting took (other C libraries: `false`, nothing changed).
+pub fn return_large_frees() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt only changes the allocator's parameters; it is called at start-up,
+        // before any thread is spawned, and takes plain integers.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = MMAP_THRESHOLD;
+        false
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Named POSIX shared-memory regions (`shm_open` + `memmap2::MmapRaw`).
 //!
 //! Owns: creating a region exclusively (`0600`), replacing a stale one left by a dead owner,
-//! opening a live one, unlinking on drop for the owner. Every region begins with a
+//! opening a live one, unlinking on drop for the owner, giving pages of an owned range back
+//! ([`ShmRegion::remove_pages`]). Every region begins with a
 //! [`RegionHeader`] that names its kind, layout version and owner (pid plus start time).
 //! Never hands out `&[u8]` over shared bytes: callers get raw pointers or `&T` of types made
 //! only of atomics and `UnsafeCell`s ([`ShmSafe`]).
@@ -271,6 +272,34 @@ impl ShmRegion {
             .checked_add(len)
             .is_some_and(|end| end <= self.map.len()));
         self.map.as_mut_ptr().wrapping_add(offset)
+    }
+
+    /// Gives the pages behind `len` bytes at `offset` back to the system (the whole pages
+    /// inside the range; reading them later gives zeros): `MADV_REMOVE`, which frees the
+    /// shared memory object's pages themselves. `MADV_DONTNEED` would not: it only drops this
+    /// process's mapping of the pages, which the object keeps. The caller must own the bytes
+    /// (nobody may read or write them meanwhile). Returns the bytes given back.
+    pub fn remove_pages(&self, offset: usize, len: usize) -> std::io::Result<usize> {
+        assert!(offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.map.len()));
+        let page = 4096;
+        let base = self.map.as_mut_ptr() as usize;
+        let start = (base + offset).next_multiple_of(page);
+        let end = (base + offset + len) / page * page;
+        if end <= start {
+            return Ok(0);
+        }
+        // SAFETY: `start..end` is page-aligned and inside our mapping (checked above); no
+        // reference into it exists (the region hands out only atomics in headers and raw
+        // pointers for owned bytes), and the caller owns the bytes, so nobody observes the
+        // zeroing; the mapping itself stays valid.
+        let rc =
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_REMOVE) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(end - start)
     }
 
     /// Removes the name now (the mapping stays valid) and gives up ownership: a successor

@@ -2,7 +2,8 @@
 //! `--upgrade`), creates the segment pool and the proxy stats region, forks the workers
 //! (while single-threaded: signals arrive as flags, no helper threads), passes each accepted
 //! connection to the least-loaded worker, reaps and replaces dead workers (reclaiming their
-//! segments, with backoff), and reclaims segments held by a dead `cached`.
+//! segments, with backoff), reclaims segments held by a dead `cached`, and has segments that
+//! stayed free for `SEGMENT_IDLE` give their pages back (`Pool::trim_idle`).
 //!
 //! Signals (`common::signals`, installed before anything is bound or created, so a signal
 //! at any moment of the start leaves nothing behind): SIGTERM/SIGINT/SIGQUIT stop accepting,
@@ -36,6 +37,9 @@ const STOP_DEADLINE: Duration = Duration::from_millis(4500);
 /// Accepted connections the master holds while the workers' channels are full; beyond this
 /// it stops accepting and the kernel's listen backlog holds the rest.
 const WAITING_MAX: usize = 1024;
+/// A segment free this long gives its pages back (`Pool::trim_idle`): long enough that a
+/// busy pool never pays the page faults again, short enough that a burst's memory goes soon.
+const SEGMENT_IDLE: Duration = Duration::from_secs(5);
 /// Connections found queued at one wake-up that start accept coalescing.
 const COALESCE_ENTER: u64 = 8;
 
@@ -239,6 +243,8 @@ impl Master {
                     log::warn!("reclaimed {n} segments from a cached that died");
                     Counters::add(&self.shared.stats.slot(0).segments_reclaimed, u64::from(n));
                 }
+                let n = self.shared.pool.trim_idle(SEGMENT_IDLE);
+                Counters::add(&self.shared.stats.slot(0).segments_trimmed, u64::from(n));
                 if self.upgrade.is_none() {
                     self.bind_upgrade_socket();
                 }

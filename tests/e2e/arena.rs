@@ -635,3 +635,106 @@ fn only_targets_that_name_a_file_plainly_are_served_from_the_arena() {
         until_published(&inst, "/sub/x.txt");
     });
 }
+
+/// `cached` keeps one copy of a body: once the arena holds it, cached's entry keeps only the
+/// head (`stored_body_bytes` stays 0 while `arena_bytes` grows by every object), and what
+/// `cached` itself still serves from such an entry — a revalidated answer, a range of it, a
+/// `304` refresh that is published again, a stale answer when the origin fails — reads the
+/// body back from the arena.
+#[test]
+fn cached_keeps_no_copy_of_what_the_arena_holds_and_still_serves_ranges_304s_and_stale() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        const N: usize = 24;
+        const SIZE: usize = 64 << 10;
+        let body = |i: usize| pattern(SIZE, i as u64);
+        let route = |i: usize, cc: &str| {
+            Route::ok(body(i))
+                .header("Cache-Control", cc)
+                .header("ETag", &format!("\"m{i}\""))
+                .header("X-Gen", "1")
+        };
+        for i in 0..N {
+            let cc = if i == 0 {
+                "max-age=1, stale-if-error=60"
+            } else {
+                "max-age=600"
+            };
+            origin.route(&format!("/m{i}"), route(i, cc));
+        }
+        let inst = Instance::builder().origin(&origin.url()).start();
+        for i in 0..N {
+            let target = format!("/m{i}");
+            assert!(inst.get(&target).body == body(i));
+        }
+        for i in 1..N {
+            until_published(&inst, &format!("/m{i}"));
+        }
+        let arena_bytes = counter(&inst, "cached", "arena_bytes");
+        assert!(
+            arena_bytes >= (N * SIZE) as u64,
+            "arena holds {arena_bytes}"
+        );
+        assert_eq!(counter(&inst, "cached", "stored_body_bytes"), 0);
+        let charged = counter(&inst, "cached", "stored_bytes");
+        assert!(charged < (N * 2048) as u64, "cached is charged {charged} B");
+
+        // The client asks for revalidation: cached sends a conditional, the origin's 304
+        // refreshes the head, and the body comes out of the arena, whole or as a range.
+        let reval = [("Cache-Control", "max-age=0")];
+        let not_modified = |i: usize, gen: &str| {
+            Route::ok("")
+                .status(304)
+                .header("Cache-Control", "max-age=600")
+                .header("ETag", &format!("\"m{i}\""))
+                .header("X-Gen", gen)
+        };
+        origin.route("/m1", not_modified(1, "2"));
+        let r = get_as(&inst, "/m1", &reval);
+        assert_eq!(
+            (r.status, r.header("x-cache")),
+            (200, Some("REVALIDATED")),
+            "{}",
+            r.describe()
+        );
+        assert!(r.body == body(1), "the body read back from the arena");
+        assert_eq!(r.header("x-gen"), Some("2"));
+        // The refreshed head is what the workers now serve, over the same bytes.
+        let r = poll_until(
+            Duration::from_secs(10),
+            "the refreshed head in the arena",
+            || {
+                let r = inst.get("/m1");
+                (r.header("x-gen") == Some("2")).then_some(r)
+            },
+        );
+        assert_arena_hit(&r, &body(1));
+        origin.route("/m2", not_modified(2, "2"));
+        let mut ranged = reval.to_vec();
+        ranged.push(("Range", "bytes=1000-1999"));
+        let r = get_as(&inst, "/m2", &ranged);
+        assert_eq!(r.status, 206, "{}", r.describe());
+        assert_eq!(r.header("content-range"), Some("bytes 1000-1999/65536"));
+        assert!(r.body == body(2)[1000..2000]);
+        assert_eq!(
+            origin.requests_for("/m2")[1].header("if-none-match"),
+            Some("\"m2\"")
+        );
+
+        // Stale, and the origin fails: the stored answer is served from the arena's bytes.
+        thread::sleep(Duration::from_millis(1300));
+        origin.route("/m0", Route::ok("down").status(503));
+        let r = inst.get("/m0");
+        assert_eq!(
+            (r.status, r.header("x-cache")),
+            (200, Some("STALE")),
+            "{}",
+            r.describe()
+        );
+        assert!(r.body == body(0));
+
+        assert_eq!(counter(&inst, "cached", "stored_body_bytes"), 0);
+        assert_eq!(counter(&inst, "cached", "arena_lost"), 0);
+        assert_eq!(origin.count("/m3"), 1);
+    });
+}
