@@ -1,9 +1,11 @@
 //! The cache as the workers see it: every complete stored origin answer is also published
 //! in the shared arena (`common::arena`, owned here), with the metadata a worker needs to
 //! serve it as a fresh hit itself (`common::hit`); PURGE and invalidation remove it there,
-//! which every worker sees at once. The arena outlives this process: a restarted `cached`
-//! adopts it (what it held stays served), and workers keep serving fresh hits from it while
-//! `cached` is down. A fill of a declared length may be published while it arrives
+//! which every worker sees at once. The arena outlives this process, crashed or stopped
+//! gracefully while the proxy master runs (dropping the owner lets go of it; it is unlinked
+//! only when no master is alive, see `common::arena`, Lifetime): a restarted `cached` adopts it
+//! (what it held stays served), and workers keep serving fresh hits from it while `cached` is
+//! down. A fill of a declared length may be published while it arrives
 //! ([`Published::begin`], then [`Streaming::write`] per piece and [`Published::finish`] once
 //! stored): its record is exposed as it is written, workers stream it, and the fill's collapsed
 //! waiters are sent there. Called by `Ctx::store`, `Ctx::remove` and `fill::relay`; nothing

@@ -3,8 +3,9 @@
 //! (`common::hit`, `common::cache_policy`), and answered by `respond::arena_hit` straight
 //! from shared memory, with no message to `cached`, which may even be down. Anything else
 //! (not stored, stale, a failed precondition, ranges, credentials, no pin slot, no arena)
-//! goes to `cached` as before. The arena is opened on first use and again when its owner stopped
-//! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
+//! goes to `cached` as before. The arena is opened on first use and again when it was unlinked
+//! (it is then `closed`: the instance stops, or `cached` replaced it) or while there is none
+//! (at most every [`RETRY_MS`]); a `cached` that stops while the master runs keeps it open.
 //!
 //! A record still being filled (`cached` exposes a fill of a declared length as it arrives) is
 //! found the same way and answered by streaming its body as it is committed
