@@ -800,6 +800,34 @@ impl Arena {
         true
     }
 
+    /// Checks the arena from outside its owner (the stress tool), as [`ArenaOwner::audit`]
+    /// does: the rings walk whole, every record checksum holds, the index names exactly the
+    /// live records and the counters match. Read-only; exact only while the owner is idle
+    /// (a concurrent publish or reclaim may make it report a passing inconsistency).
+    pub fn audit(&self) -> Result<Audit, String> {
+        let view = ArenaOwner {
+            map: Arc::clone(&self.map),
+            unlink_on_drop: false,
+            pool: String::new(),
+            cursor: 0,
+        };
+        view.audit()
+    }
+
+    /// Pin slots in use (naming an object, or claimed), over every row: 0 once no reader
+    /// sends anything.
+    pub fn pins_held(&self) -> u64 {
+        let cfg = &self.map.cfg;
+        let mut n = 0;
+        for r in 0..cfg.pin_rows {
+            for s in 0..cfg.pin_slots {
+                // ORDERING: Relaxed: a count for a check run while readers are idle.
+                n += u64::from(self.map.slot(r, s).0.load(Ordering::Relaxed) != 0);
+            }
+        }
+        n
+    }
+
     /// Claims a pin row for this process, taking over one whose owner is dead if none is free.
     pub fn attach(&self) -> Result<ArenaReader, AttachError> {
         let map = &self.map;

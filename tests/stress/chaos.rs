@@ -170,6 +170,8 @@ pub struct ChaosOpts {
     pub victims: Vec<(Victim, u32)>,
     /// How long the pool may take to come back entirely free after the load.
     pub settle: Duration,
+    /// `--origin`: the files come from an origin server, so hits are served from the arena.
+    pub origin: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -653,6 +655,8 @@ struct After {
     final_pass: Option<usize>,
     pool: Option<PoolStats>,
     settled_in: Option<Duration>,
+    /// `--origin`: what the arena audit found, and the arena hits of the run.
+    arena: Option<String>,
     problems: Vec<String>,
 }
 
@@ -671,10 +675,15 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
     let instance = format!("chaos{}", std::process::id());
     let dir = work.logs.join(&instance);
     let started = Instant::now();
-    let daemons = match crate::instance_builder(opts, &work, shape, &instance, &dir)
-        .probe(probe)
-        .try_start()
-    {
+    let origin = match chaos.origin {
+        true => Some(crate::origin::FileOrigin::start(&work.root)?),
+        false => None,
+    };
+    let mut builder = crate::instance_builder(opts, &work, shape, &instance, &dir).probe(probe);
+    if let Some(o) = &origin {
+        builder = builder.origin(&o.url());
+    }
+    let daemons = match builder.try_start() {
         Ok(d) => d,
         Err(e) => {
             println!("chaos: FAILED to start the daemons: {e}");
@@ -841,6 +850,9 @@ fn settle_and_stop(
             )),
             _ => {}
         }
+        if chaos.origin {
+            check_arena(&daemons, instance, &mut after);
+        }
         let names = harness::shm_objects(instance);
         let expected: Vec<String> = [".arena", ".pool", ".stats.cached", ".stats.proxy"]
             .iter()
@@ -854,6 +866,55 @@ fn settle_and_stop(
     }
     after.problems.extend(daemons.stop());
     after
+}
+
+/// `--origin`: the arena, audited from outside once the load is over (rings, checksums, index
+/// and counters agree), holds no pin and no fill in progress, and hits were served from it.
+fn check_arena(daemons: &Instance, instance: &str, after: &mut After) {
+    let hits = daemons
+        .try_stats()
+        .ok()
+        .and_then(|s| s["proxy"]["arena_hits"].as_u64())
+        .unwrap_or(0);
+    if hits == 0 {
+        after
+            .problems
+            .push("no hit was served from the arena".into());
+    }
+    let arena = match common::arena::Arena::open(&common::Names::for_instance(instance)) {
+        Ok(a) => a,
+        Err(e) => {
+            after.problems.push(format!("arena: {e}"));
+            return;
+        }
+    };
+    // A publish of the final pass may still be under way: a few tries.
+    let mut audit = arena.audit();
+    for _ in 0..20 {
+        if audit.as_ref().is_ok_and(|a| a.writing_bytes == 0) && arena.pins_held() == 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        audit = arena.audit();
+    }
+    let pins = arena.pins_held();
+    match audit {
+        Ok(a) => {
+            after.arena = Some(format!(
+                "{} objects, {} live, {} garbage, {} being filled, {pins} pin slots in use;                  {hits} arena hits during the run",
+                a.live_objects,
+                human_size(a.live_bytes),
+                human_size(a.garbage_bytes),
+                human_size(a.writing_bytes)
+            ));
+            if a.writing_bytes != 0 || pins != 0 {
+                after.problems.push(format!(
+                    "the arena is not idle after the load: {a:?}, {pins} pin slots in use"
+                ));
+            }
+        }
+        Err(e) => after.problems.push(format!("arena audit: {e}")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -948,6 +1009,9 @@ impl Report<'_> {
                 d.as_secs_f64()
             ))
         );
+        if let Some(a) = &self.after.arena {
+            println!("  arena: {a}");
+        }
         println!(
             "  /dev/shm: {} checks during the run, {}",
             t.shm_checks.load(Relaxed),
