@@ -99,6 +99,75 @@ fn fresh_hits_outlive_a_killed_cached_and_its_successor_adopts_them() {
     });
 }
 
+/// Acceptance 3 under load: clients hammer fresh hits on keep-alive connections while
+/// `cached` is killed and restarted; none of them gets anything but the stored answer, misses
+/// get 503 meanwhile, and nothing is fetched again.
+#[test]
+fn fresh_hits_under_load_are_answered_while_cached_is_killed_and_restarted() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let paths: Vec<String> = (0..8).map(|i| format!("/load-{i}")).collect();
+        let bodies: Vec<Vec<u8>> = (0..8).map(|i| pattern(1000 + 3000 * i, i as u64)).collect();
+        for (p, b) in paths.iter().zip(&bodies) {
+            origin.route(
+                p,
+                Route::ok(b.clone()).header("Cache-Control", "max-age=600"),
+            );
+        }
+        let mut inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        for p in &paths {
+            assert_eq!(inst.get(p).status, 200);
+            until_published(&inst, p);
+        }
+        let addr = inst.addr();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let answered = std::sync::atomic::AtomicU64::new(0);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        thread::scope(|s| {
+            for t in 0..4 {
+                let (paths, bodies, stop, answered) = (&paths, &bodies, &stop, &answered);
+                s.spawn(move || {
+                    let mut c = client::Conn::connect(addr);
+                    let mut n = t;
+                    while !stop.load(relaxed) {
+                        let r = c.get(&paths[n % paths.len()]);
+                        assert_eq!(r.status, 200, "a fresh hit under load: {}", r.describe());
+                        assert!(r.body == bodies[n % paths.len()], "wrong body");
+                        answered.fetch_add(1, relaxed);
+                        n += 1;
+                    }
+                });
+            }
+            thread::sleep(Duration::from_millis(300));
+            inst.kill_cached();
+            let at_kill = answered.load(relaxed);
+            for i in 0..5 {
+                let r = inst.get(&format!("/miss-{i}"));
+                assert_eq!(
+                    r.status,
+                    503,
+                    "a miss while cached is down: {}",
+                    r.describe()
+                );
+            }
+            thread::sleep(Duration::from_millis(500));
+            let down = answered.load(relaxed) - at_kill;
+            inst.start_cached();
+            thread::sleep(Duration::from_millis(300));
+            stop.store(true, relaxed);
+            assert!(
+                down > 100,
+                "only {down} fresh hits answered while cached was down"
+            );
+        });
+        assert_eq!(counter(&inst, "cached", "arena_adoptions"), 1);
+        for p in &paths {
+            assert_eq!(origin.count(p), 1, "{p}: fetched again");
+        }
+        assert_eq!(inst.get("/load-0").header("x-cache"), Some("HIT"));
+    });
+}
+
 /// A graceful stop of `cached` while the master runs keeps the arena for its successor.
 #[test]
 fn fresh_hits_outlive_a_stopped_cached_and_its_successor_adopts_them() {
