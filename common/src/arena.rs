@@ -2173,7 +2173,12 @@ impl Drop for ArenaOwner {
         }
         fence(Ordering::SeqCst);
         if master_alive(&self.pool) {
-            return; // kept for our successor; the master unlinks it if none comes
+            // Kept for our successor; the master unlinks it if none comes.
+            log::info!(
+                "cache arena {} kept for the next cached (the proxy master runs)",
+                self.map.region.name()
+            );
+            return;
         }
         // ORDERING: SeqCst: step 3; an adopter that claimed it since wins and keeps it.
         if h.claim
