@@ -6,17 +6,20 @@
 #
 # Load: ApacheBench (`ab`, package apache2-utils), one `ab -k` per object so the mix covers a
 # small object, one a little over a chunk slot, and one over a whole segment (several chunks).
-# The objects are files of a document root: the first request of each crosses the
-# shared-memory pipeline (segment lease, doorbell, cached's cache, chunked handoff), and cached
-# then publishes the file in the arena, so the later ones are arena hits (a worker stats the
-# file and sends it from shared memory; `arena_hits` in the report). `ab` checks each
-# response's length against the first one (a short or wrong-sized body is a "Failed request").
+# MODE=files (the default): the objects are files of a document root: the first request of
+# each crosses the shared-memory pipeline (segment lease, doorbell, cached's cache, chunked
+# handoff), and cached then publishes the file in the arena, so the later ones are arena hits
+# (a worker stats the file and sends it from shared memory). MODE=origin: the same objects
+# come from an origin server (python3's http.server, `Cache-Control: max-age=86400`), so the
+# workers answer every hit from the arena without a stat. `arena_hits` is in the stats line.
+# `ab` checks each response's length against the first one (a short or wrong-sized body is a
+# "Failed request").
 #
 # RSS and fds are sampled after a warm-up (so allocator arenas and caches are populated) and
 # at the end; samples every SAMPLE_SECS go to $OUT/samples.csv.
 #
 # Usage: scripts/soak.sh [REQUESTS] [CLIENTS]
-# Env:   NO_BUILD=1 (use existing target/release binaries)  WORKERS [2]
+# Env:   MODE [files] or origin   NO_BUILD=1 (use existing target/release binaries)  WORKERS [2]
 #        THREADS [64]  SEGMENTS [128]  SEGMENT_SIZE [262144]  CACHED_THREADS [128]
 #        WARMUP [20000]  SAMPLE_SECS [10]  OUT [/tmp/soak-PID]
 #        RSS_SLACK_KB [16384] growth of any process's RSS above which the run fails
@@ -36,6 +39,8 @@ WARMUP=${WARMUP:-20000}
 SAMPLE_SECS=${SAMPLE_SECS:-10}
 RSS_SLACK_KB=${RSS_SLACK_KB:-16384}
 OUT=${OUT:-/tmp/soak-$$}
+MODE=${MODE:-files}
+case "$MODE" in files | origin) ;; *) echo "soak.sh: MODE is files or origin, not $MODE" >&2; exit 2 ;; esac
 NAME=soak-$$
 mkdir -p "$OUT/www"
 
@@ -59,8 +64,9 @@ EOF
 
 CACHED_PID=""
 PROXY_PID=""
+ORIGIN_PID=""
 cleanup() {
-    for p in $PROXY_PID $CACHED_PID; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in $PROXY_PID $CACHED_PID $ORIGIN_PID; do kill -TERM "$p" 2>/dev/null || true; done
     for p in $PROXY_PID $CACHED_PID; do
         for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
     done
@@ -70,7 +76,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$BIN/cached" --instance "$NAME" --root "$OUT/www" --threads "$CACHED_THREADS" 2>"$OUT/cached.log" &
+SOURCE=(--root "$OUT/www")
+if [ "$MODE" = origin ]; then
+    OPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    python3 - "$OPORT" "$OUT/www" 2>"$OUT/origin.log" <<'EOF' &
+import functools, http.server, sys
+class H(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def end_headers(self):
+        self.send_header("Cache-Control", "max-age=86400")
+        super().end_headers()
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])),
+                                functools.partial(H, directory=sys.argv[2])).serve_forever()
+EOF
+    ORIGIN_PID=$!
+    SOURCE=(--origin "http://127.0.0.1:$OPORT")
+fi
+"$BIN/cached" --instance "$NAME" "${SOURCE[@]}" --threads "$CACHED_THREADS" 2>"$OUT/cached.log" &
 CACHED_PID=$!
 "$BIN/proxy" --config "$OUT/soak.toml" --instance "$NAME" --listen "127.0.0.1:$PORT" \
     --workers "$WORKERS" --threads "$THREADS" --segments "$SEGMENTS" \
@@ -127,7 +151,7 @@ run_ab() { # requests clients -> one ab per object, summary lines in $OUT/ab-*.t
     return $rc
 }
 
-echo "soak.sh: instance $NAME on 127.0.0.1:$PORT, $WORKERS workers × $THREADS threads, pool $SEGMENTS × $SEGMENT_SIZE; output in $OUT"
+echo "soak.sh: $MODE mode, instance $NAME on 127.0.0.1:$PORT, $WORKERS workers × $THREADS threads, pool $SEGMENTS × $SEGMENT_SIZE; output in $OUT"
 sample >"$OUT/launch.txt"
 run_ab "$WARMUP" "$CLIENTS" warmup || true
 sample >"$OUT/start.txt"

@@ -9,11 +9,15 @@
 # --chaos instead kills (kill -9) a random proxy worker, cached or proxy master 120 times under
 # load from 16 clients, restoring each, with every completed response SHA-256 verified, then
 # checks that the pool is all free and /dev/shm held only the instance's objects (issue 4).
+# --chaos --origin serves the same files from an origin server instead of a document root, so
+# hits come from the shared arena; the arena is audited afterwards (issue 11).
+# --pin-kills N kills a worker holding arena pins N times, then audits the arena (issue 11).
 #
 # Usage: scripts/stress.sh [--short | --long] [--shapes 1x1K,64x1M] [--clients N]
 #                          [--requests N] [--duration SECS] ...   (see scripts/stress.sh --help)
-#        scripts/stress.sh --chaos [--short] [--kills N] [--kill-interval SECS]
+#        scripts/stress.sh --chaos [--short] [--origin] [--kills N] [--kill-interval SECS]
 #                          [--victims worker,cached,master] [--shapes 16x64K] ...
+#        scripts/stress.sh --pin-kills 100
 set -euo pipefail
 
 cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.."

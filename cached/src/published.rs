@@ -8,7 +8,9 @@
 //! ring has evicted or a newer answer replaced (the stored head is then a miss). After
 //! `TRIM_IDLE` without a store, the pages of the arena's free space are given back
 //! ([`Published::trim_if_idle`], from cached's housekeeping). The arena outlives this
-//! process: a restarted `cached` adopts it (what it held stays served), and workers keep
+//! process, crashed or stopped gracefully while the proxy master runs (dropping the owner
+//! lets go of it; it is unlinked only when no master is alive, see `common::arena`,
+//! Lifetime): a restarted `cached` adopts it (what it held stays served), and workers keep
 //! serving fresh hits from it while `cached` is down. A fill of a declared length may be
 //! published while it arrives ([`Published::begin`], then [`Streaming::write`] per piece and
 //! [`Published::finish`] once stored): its record is exposed as it is written, workers stream

@@ -99,11 +99,27 @@
 //! over by the next reader that attaches, so a crashed worker never leaks space.
 //!
 //! ## Lifetime
-//! The arena outlives a `cached` crash: workers keep serving from it, and the next `cached` calls
-//! [`ArenaOwner::open_or_adopt`], which validates the geometry checksum, every record's checksum
-//! and the index against the records, drops what fails (counted) and keeps the rest. A graceful
-//! stop (dropping the owner) sets `closed` and unlinks the name; readers that see `closed`
-//! reopen. Two `cached` adopting at once are told apart by a compare-and-swap on the owner pid.
+//! The arena belongs to the instance, not to one `cached`: it outlives a `cached` crash and a
+//! graceful stop of `cached` while the proxy master lives, workers keep serving fresh hits from
+//! it meanwhile, and the next `cached` calls [`ArenaOwner::open_or_adopt`], which validates the
+//! geometry checksum, every record's checksum and the index against the records, drops what
+//! fails (counted) and keeps the rest. Two `cached` adopting at once are told apart by a
+//! compare-and-swap on the owner word (`claim`, pid and start time).
+//!
+//! When the instance stops as a whole, the last one out unlinks the name, in either order:
+//!
+//! | who | step 1 (announce) | step 2 (look at the other) | step 3 |
+//! |---|---|---|---|
+//! | `cached`, graceful stop (dropping the owner) | `claim = 0` (SeqCst CAS from its own word), fence | is the pool `/<instance>.pool` there with a live master? | no: CAS `claim` 0 → own word again and, if that wins, `closed = 1` and unlink |
+//! | proxy master, at its exit ([`Arena::unlink_unowned`]) | unlink the pool name, fence | is `claim` a live process? | no: CAS `claim` to the master's word and, if that wins, `closed = 1` and unlink |
+//!
+//! Why nothing is left behind: both steps 1 precede both steps 2 in one total order (SeqCst
+//! fences around the `claim` accesses; the kernel's name table orders the pool's unlink and
+//! open), so at least one side sees the other gone. Why nothing live is unlinked: step 3 is a
+//! CAS from the value step 2 judged dead, so an adopter that claimed the arena meanwhile wins
+//! and keeps it (the loser of such a race is the stopping side; an adopter that loses to a
+//! stopping master starts without an arena). A master that handed its names over to a new
+//! master (an upgrade) leaves the arena to that one. Readers that see `closed` reopen.
 
 use crate::names::Names;
 use crate::process::ProcId;
@@ -111,7 +127,7 @@ use crate::shm::{RegionHeader, ShmError, ShmRegion, ShmSafe};
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub const ARENA_MAGIC: u32 = u32::from_le_bytes(*b"SHAR");
@@ -331,7 +347,8 @@ struct ArenaHeader {
     index_entries: AtomicU32,
     pin_rows: AtomicU32,
     pin_slots: AtomicU32,
-    /// 1 once the owner stopped gracefully and unlinked the name: readers reopen.
+    /// 1 once the name is unlinked (the instance stopped, or an adopter replaced the arena
+    /// with a new geometry): readers reopen.
     closed: AtomicU32,
     rings: AtomicU32,
     _pad: AtomicU32,
@@ -754,6 +771,61 @@ impl Arena {
         (0..self.map.cfg.pin_rows)
             .filter_map(|r| release_dead_row(&self.map, r, Some(pid)))
             .sum()
+    }
+
+    /// The proxy master at its exit, after it unlinked its pool name: unlinks the arena of
+    /// `names` unless a live `cached` owns it (that one unlinks it at its own stop, finding
+    /// no master). `true` if it unlinked it. See the module doc, Lifetime.
+    pub fn unlink_unowned(names: &Names) -> bool {
+        // ORDERING: orders our unlink of the pool name (step 1) before the look at `claim`.
+        fence(Ordering::SeqCst);
+        let Ok(region) = ShmRegion::open(&names.arena, ARENA_MAGIC, ARENA_VERSION) else {
+            return false;
+        };
+        let h: &ArenaHeader = region.get(0);
+        // ORDERING: SeqCst: step 2, in the total order with the owner's release of `claim`.
+        let prev = h.claim.load(Ordering::SeqCst);
+        if claim_alive(prev) {
+            return false;
+        }
+        // ORDERING: SeqCst: step 3; an adopter that claimed it since wins and keeps it.
+        let me = claim_word(ProcId::current());
+        if h.claim
+            .compare_exchange(prev, me, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return false;
+        }
+        close_and_unlink(&region);
+        true
+    }
+
+    /// Checks the arena from outside its owner (the stress tool), as [`ArenaOwner::audit`]
+    /// does: the rings walk whole, every record checksum holds, the index names exactly the
+    /// live records and the counters match. Read-only; exact only while the owner is idle
+    /// (a concurrent publish or reclaim may make it report a passing inconsistency).
+    pub fn audit(&self) -> Result<Audit, String> {
+        let view = ArenaOwner {
+            map: Arc::clone(&self.map),
+            unlink_on_drop: false,
+            pool: String::new(),
+            cursor: 0,
+        };
+        view.audit()
+    }
+
+    /// Pin slots in use (naming an object, or claimed), over every row: 0 once no reader
+    /// sends anything.
+    pub fn pins_held(&self) -> u64 {
+        let cfg = &self.map.cfg;
+        let mut n = 0;
+        for r in 0..cfg.pin_rows {
+            for s in 0..cfg.pin_slots {
+                // ORDERING: Relaxed: a count for a check run while readers are idle.
+                n += u64::from(self.map.slot(r, s).0.load(Ordering::Relaxed) != 0);
+            }
+        }
+        n
     }
 
     /// Claims a pin row for this process, taking over one whose owner is dead if none is free.
@@ -1277,7 +1349,10 @@ pub struct Audit {
 /// (its cache lock); body fills run outside it, through their [`Reservation`].
 pub struct ArenaOwner {
     map: Arc<Map>,
+    /// Let go of the arena on drop (see the module doc, Lifetime); `false` for a crash.
     unlink_on_drop: bool,
+    /// The instance's segment pool: while its master lives, a graceful stop keeps the arena.
+    pool: String,
     /// The ring the next reservation tries first (they take turns).
     cursor: usize,
 }
@@ -1310,6 +1385,7 @@ impl ArenaOwner {
                             let mut owner = ArenaOwner {
                                 map: Arc::new(map),
                                 unlink_on_drop: true,
+                                pool: names.pool.clone(),
                                 cursor: 0,
                             };
                             let report = owner.repair();
@@ -1327,13 +1403,13 @@ impl ArenaOwner {
             Err(ShmError::Invalid { why, .. }) => why,
             Err(e) => return Err(e),
         };
-        Ok((Self::create(&name, cfg)?, Start::Cold(reason)))
+        Ok((Self::create(names, cfg)?, Start::Cold(reason)))
     }
 
-    fn create(name: &str, cfg: ArenaConfig) -> Result<ArenaOwner, ShmError> {
+    fn create(names: &Names, cfg: ArenaConfig) -> Result<ArenaOwner, ShmError> {
         let layout = cfg.layout();
-        let mut region = ShmRegion::create(name, layout.len, ARENA_MAGIC, ARENA_VERSION)?;
-        // We unlink ourselves, on a graceful stop only (see `Drop`).
+        let mut region = ShmRegion::create(&names.arena, layout.len, ARENA_MAGIC, ARENA_VERSION)?;
+        // Unlinked by the last one out (see `Drop` and `Arena::unlink_unowned`).
         region.disown();
         let me = ProcId::current();
         let seed = (me.start << 24) ^ u64::from(me.pid) ^ crate::process::monotonic_ms() << 40;
@@ -1353,6 +1429,7 @@ impl ArenaOwner {
         Ok(ArenaOwner {
             map: Arc::new(map),
             unlink_on_drop: true,
+            pool: names.pool.clone(),
             cursor: 0,
         })
     }
@@ -2132,13 +2209,52 @@ fn claim(map: &Map, prev: u64) -> Result<(), u32> {
 }
 
 impl Drop for ArenaOwner {
+    /// A graceful stop: lets go of the arena, and unlinks it only if no master is alive to
+    /// keep the instance (module doc, Lifetime).
     fn drop(&mut self) {
-        if self.unlink_on_drop {
-            // ORDERING: Release pairs with readers' Acquire in `is_closed`.
-            self.h().closed.store(1, Ordering::Release);
-            let _ = nix::sys::mman::shm_unlink(self.map.region.name());
+        if !self.unlink_on_drop {
+            return;
+        }
+        let h = self.h();
+        let me = claim_word(ProcId::current());
+        // ORDERING: SeqCst, then the fence: step 1 (the release of the arena) precedes our
+        // look at the pool in the total order the master's steps are in too.
+        if h.claim
+            .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return; // no longer ours
+        }
+        fence(Ordering::SeqCst);
+        if master_alive(&self.pool) {
+            // Kept for our successor; the master unlinks it if none comes.
+            log::info!(
+                "cache arena {} kept for the next cached (the proxy master runs)",
+                self.map.region.name()
+            );
+            return;
+        }
+        // ORDERING: SeqCst: step 3; an adopter that claimed it since wins and keeps it.
+        if h.claim
+            .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            close_and_unlink(&self.map.region);
         }
     }
+}
+
+/// Is the segment pool `pool` published by a live proxy master?
+fn master_alive(pool: &str) -> bool {
+    ShmRegion::open(pool, crate::pool::POOL_MAGIC, crate::pool::POOL_VERSION)
+        .is_ok_and(|r| r.header().owner().alive())
+}
+
+fn close_and_unlink(region: &ShmRegion) {
+    let h: &ArenaHeader = region.get(0);
+    // ORDERING: Release pairs with readers' Acquire in `is_closed`.
+    h.closed.store(1, Ordering::Release);
+    let _ = nix::sys::mman::shm_unlink(region.name());
 }
 
 #[cfg(test)]
@@ -2390,6 +2506,45 @@ mod tests {
         drop(o);
         assert!(arena.is_closed());
         assert!(matches!(Arena::open(&n), Err(ShmError::Missing(_))));
+    }
+
+    /// While a master's pool is published, a graceful stop keeps the arena (readers go on,
+    /// the successor adopts it); the master's exit then unlinks it; without a master the stop
+    /// unlinks it itself.
+    #[test]
+    fn a_graceful_stop_keeps_the_arena_while_the_master_lives_and_the_last_one_out_unlinks_it() {
+        let n = names("keep");
+        let mut pool = crate::pool::Pool::create(&n, 1, 4096, 4).unwrap();
+        let mut o = owner(&n, cfg(1 << 20));
+        put(&mut o, b"k", 1, 3000).unwrap();
+        let reader = o.arena().attach().unwrap();
+        drop(o);
+        assert!(!reader.is_closed(), "kept: readers go on");
+        assert_eq!(get(&reader, b"k"), Some(1));
+        // A live owner keeps it from the master.
+        let (o, start) = ArenaOwner::open_or_adopt(&n, cfg(1 << 20)).unwrap();
+        assert!(
+            matches!(start, Start::Adopted(ref a) if a.objects == 1),
+            "{start:?}"
+        );
+        pool.unlink_name();
+        assert!(!Arena::unlink_unowned(&n));
+        assert!(!reader.is_closed());
+        // With no master, the owner's stop unlinks it.
+        drop(o);
+        assert!(reader.is_closed());
+        assert!(matches!(Arena::open(&n), Err(ShmError::Missing(_))));
+
+        // Kept by a stop, then unlinked by the master's exit.
+        let pool = crate::pool::Pool::create(&n, 1, 4096, 4).unwrap();
+        let o = owner(&n, cfg(1 << 20));
+        drop(o);
+        let arena = Arena::open(&n).unwrap();
+        drop(pool);
+        assert!(Arena::unlink_unowned(&n));
+        assert!(arena.is_closed());
+        assert!(matches!(Arena::open(&n), Err(ShmError::Missing(_))));
+        assert!(!Arena::unlink_unowned(&n), "nothing left to unlink");
     }
 
     #[test]

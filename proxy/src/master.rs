@@ -7,7 +7,8 @@
 //!
 //! Signals (`common::signals`, installed before anything is bound or created, so a signal
 //! at any moment of the start leaves nothing behind): SIGTERM/SIGINT/SIGQUIT stop accepting,
-//! let the workers drain, unlink the IPC objects and exit; SIGHUP re-reads the configuration
+//! let the workers drain, unlink the IPC objects (and the cache arena, unless a live `cached`
+//! owns it: it then unlinks it itself) and exit; SIGHUP re-reads the configuration
 //! and replaces every worker (the old ones drain) without closing the listener; SIGUSR1 asks
 //! the workers to reopen their access logs; the other signals that would kill are logged and
 //! ignored. Under systemd the master reports READY, RELOADING and STOPPING (`common::service`).
@@ -166,6 +167,13 @@ pub fn run(cfg: ProxyConfig, source: Source) -> anyhow::Result<()> {
     if handed_over {
         log::info!("stopped; the new master serves on");
     } else {
+        // The last one out unlinks the cache arena: first our pool name goes (a stopping
+        // `cached` that looks finds no master), then the arena unless a live `cached` owns
+        // it (`common::arena`, Lifetime).
+        m.shared.pool.unlink_name();
+        if common::arena::Arena::unlink_unowned(&m.shared.names) {
+            log::info!("unlinked the cache arena (no cached owns it)");
+        }
         log::info!("stopped");
     }
     Ok(())

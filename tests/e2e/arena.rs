@@ -1,6 +1,7 @@
 //! Hits from the shared cache arena (issue 11): a worker answers a fresh hit from the arena
 //! `cached` publishes in, without a message to `cached` — so fresh hits outlive a `kill -9`
-//! of `cached`, and a restarted `cached` adopts what the arena holds; a worker killed while it
+//! or a SIGTERM of `cached`, and a restarted `cached` adopts what the arena holds (the arena
+//! goes with the last daemon out, in either order); a worker killed while it
 //! sends a hit has its pins released by the master, so its space is reused; `Vary` variants
 //! are told apart; a PURGE is seen by every worker at once; ranges are answered there as
 //! cached answers them; files of the document root are served from it while unchanged on
@@ -99,6 +100,187 @@ fn fresh_hits_outlive_a_killed_cached_and_its_successor_adopts_them() {
         assert_eq!(p.status, 200, "{}", p.describe());
         assert_eq!(inst.get("/kept").header("x-cache"), Some("MISS"));
         assert_eq!(origin.count("/kept"), 2);
+    });
+}
+
+/// Acceptance 3 under load: clients hammer fresh hits on keep-alive connections while
+/// `cached` is killed and restarted; none of them gets anything but the stored answer, misses
+/// get 503 meanwhile, and nothing is fetched again.
+#[test]
+fn fresh_hits_under_load_are_answered_while_cached_is_killed_and_restarted() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        let paths: Vec<String> = (0..8).map(|i| format!("/load-{i}")).collect();
+        let bodies: Vec<Vec<u8>> = (0..8).map(|i| pattern(1000 + 3000 * i, i as u64)).collect();
+        for (p, b) in paths.iter().zip(&bodies) {
+            origin.route(
+                p,
+                Route::ok(b.clone()).header("Cache-Control", "max-age=600"),
+            );
+        }
+        let mut inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        for p in &paths {
+            assert_eq!(inst.get(p).status, 200);
+            until_published(&inst, p);
+        }
+        let addr = inst.addr();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let answered = std::sync::atomic::AtomicU64::new(0);
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        thread::scope(|s| {
+            for t in 0..4 {
+                let (paths, bodies, stop, answered) = (&paths, &bodies, &stop, &answered);
+                s.spawn(move || {
+                    let mut c = client::Conn::connect(addr);
+                    let mut n = t;
+                    while !stop.load(relaxed) {
+                        let r = c.get(&paths[n % paths.len()]);
+                        assert_eq!(r.status, 200, "a fresh hit under load: {}", r.describe());
+                        assert!(r.body == bodies[n % paths.len()], "wrong body");
+                        answered.fetch_add(1, relaxed);
+                        n += 1;
+                    }
+                });
+            }
+            thread::sleep(Duration::from_millis(300));
+            inst.kill_cached();
+            let at_kill = answered.load(relaxed);
+            for i in 0..5 {
+                let r = inst.get(&format!("/miss-{i}"));
+                assert_eq!(
+                    r.status,
+                    503,
+                    "a miss while cached is down: {}",
+                    r.describe()
+                );
+            }
+            thread::sleep(Duration::from_millis(500));
+            let down = answered.load(relaxed) - at_kill;
+            inst.start_cached();
+            thread::sleep(Duration::from_millis(300));
+            stop.store(true, relaxed);
+            assert!(
+                down > 100,
+                "only {down} fresh hits answered while cached was down"
+            );
+        });
+        assert_eq!(counter(&inst, "cached", "arena_adoptions"), 1);
+        for p in &paths {
+            assert_eq!(origin.count(p), 1, "{p}: fetched again");
+        }
+        assert_eq!(inst.get("/load-0").header("x-cache"), Some("HIT"));
+    });
+}
+
+/// A graceful stop of `cached` while the master runs keeps the arena for its successor.
+#[test]
+fn fresh_hits_outlive_a_stopped_cached_and_its_successor_adopts_them() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        for p in ["/a", "/b"] {
+            origin.route(
+                p,
+                Route::ok("kept\n").header("Cache-Control", "max-age=600"),
+            );
+        }
+        let mut inst = Instance::builder().origin(&origin.url()).workers(2).start();
+        for p in ["/a", "/b"] {
+            assert_eq!(inst.get(p).header("x-cache"), Some("MISS"));
+            until_published(&inst, p);
+        }
+
+        inst.stop_cached();
+        assert!(
+            inst.shm_objects().iter().any(|n| n.ends_with(".arena")),
+            "the arena went with cached: {:?}",
+            inst.shm_objects()
+        );
+        for _ in 0..10 {
+            for p in ["/a", "/b"] {
+                assert_arena_hit(&inst.get(p), b"kept\n");
+            }
+        }
+        let r = inst.get("/never-stored");
+        assert_eq!(r.status, 503, "{}", r.describe());
+
+        inst.start_cached();
+        assert_eq!(counter(&inst, "cached", "arena_adoptions"), 1);
+        for p in ["/a", "/b"] {
+            assert_arena_hit(&inst.get(p), b"kept\n");
+            assert_eq!(
+                origin.count(p),
+                1,
+                "{p} stored before the stop: no new fetch"
+            );
+        }
+    });
+}
+
+/// Whatever order the instance stops in, the arena goes with the last one out.
+#[test]
+fn the_arena_goes_with_the_last_daemon_out_in_either_order() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        origin.route(
+            "/o",
+            Route::ok("o\n").header("Cache-Control", "max-age=600"),
+        );
+        let arena = |inst: &Instance| inst.shm_objects().iter().any(|n| n.ends_with(".arena"));
+        let stored = |inst: &mut Instance| {
+            inst.get("/o");
+            until_published(inst, "/o");
+        };
+
+        // cached, then the master.
+        let mut inst = Instance::builder().origin(&origin.url()).start();
+        stored(&mut inst);
+        inst.stop_cached();
+        assert!(arena(&inst), "kept while the master runs");
+        inst.stop_proxy();
+        assert_eq!(
+            inst.shm_objects(),
+            Vec::<String>::new(),
+            "cached, then master"
+        );
+
+        // The master, then cached.
+        let mut inst = Instance::builder().origin(&origin.url()).start();
+        stored(&mut inst);
+        inst.stop_proxy();
+        assert!(arena(&inst), "owned by the running cached");
+        inst.stop_cached();
+        assert_eq!(
+            inst.shm_objects(),
+            Vec::<String>::new(),
+            "master, then cached"
+        );
+
+        // cached crashed, then the master.
+        let mut inst = Instance::builder().origin(&origin.url()).start();
+        stored(&mut inst);
+        inst.kill_cached();
+        inst.stop_proxy();
+        assert!(
+            !arena(&inst),
+            "cached killed, then master: {:?}",
+            inst.shm_objects()
+        );
+        // Its stats region and request queue stay (as after any kill -9 of cached).
+        shmproxy_tests::harness::remove_ipc(&inst.name);
+
+        // cached stopped, the master stopped, a lone cached that adopts and stops.
+        let mut inst = Instance::builder().origin(&origin.url()).start();
+        stored(&mut inst);
+        inst.stop_cached();
+        inst.start_cached();
+        inst.stop_proxy();
+        assert!(arena(&inst), "owned by the restarted cached");
+        inst.stop_cached();
+        assert_eq!(
+            inst.shm_objects(),
+            Vec::<String>::new(),
+            "restarted cached last"
+        );
     });
 }
 

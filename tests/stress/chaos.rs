@@ -14,9 +14,14 @@
 //!   are waited for, as they hold the listening port; then a new master is started with the
 //!   same instance name and port, which replaces the stale shared-memory objects.
 //!
+//! With `--origin` the same files come from an origin server (`origin.rs`, `max-age=3600`)
+//! instead of a document root, so `cached` stores them in the shared arena and the workers
+//! answer their hits from there (kills of `cached` then leave the arena for its successor to
+//! adopt); answers served from it are counted (`Cache-Status: …; detail=arena`).
+//!
 //! After each recovery the pair must serve a probe file again (200). A monitor thread lists
-//! `/dev/shm` every few milliseconds: only `<instance>.pool`, `<instance>.stats.proxy` and
-//! `<instance>.stats.cached` may ever exist there.
+//! `/dev/shm` every few milliseconds: only `<instance>.arena`, `<instance>.pool`,
+//! `<instance>.stats.proxy` and `<instance>.stats.cached` may ever exist there.
 //!
 //! Every response that claims to be complete — a 200 whose declared Content-Length (or chunked
 //! framing) was received in full, or a 404 — is checked: 200 only for existing files with the
@@ -27,7 +32,9 @@
 //! what a kill is allowed to cause. Other statuses are *unexpected* (a bug, not a kill).
 //!
 //! After the last kill: the load stops, every file is fetched once more (each must be right),
-//! the pool must settle to all segments free with none in use or quarantined, and after a
+//! the pool must settle to all segments free with none in use or quarantined, with `--origin`
+//! the arena must pass an audit from outside (rings, checksums, index and counters agree) with
+//! no pin slot in use and no fill in progress, and after a
 //! SIGTERM to both daemons (exit status 0 each, no surviving worker) nothing of the instance
 //! may remain in `/dev/shm` or the mqueue namespace. Any mismatch, unexpected status, crash,
 //! failed recovery or leak fails the run (exit 1).
@@ -170,6 +177,8 @@ pub struct ChaosOpts {
     pub victims: Vec<(Victim, u32)>,
     /// How long the pool may take to come back entirely free after the load.
     pub settle: Duration,
+    /// `--origin`: the files come from an origin server, so hits are served from the arena.
+    pub origin: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -216,6 +225,8 @@ struct Tally {
     other_abort: AtomicU64,
     kills: [AtomicU64; 3],
     shm_checks: AtomicU64,
+    /// Right answers served from the arena (`Cache-Status: …; detail=arena`).
+    arena_hits: AtomicU64,
     /// Distinct messages (mismatches first in importance, then the rest) and their counts.
     messages: Mutex<Vec<(String, u64)>>,
     /// `/dev/shm` names seen that are not the live instance's three objects.
@@ -324,23 +335,43 @@ fn client_loop(id: usize, load: &Load, tally: &Tally, stop: &AtomicBool) {
     while !stop.load(Relaxed) {
         let ticket = tally.requests.fetch_add(1, Relaxed);
         let doc = crate::load::pick(load.docs, ticket, total_weight, &mut rng);
-        if tally.count(fetch_once(&mut client, doc, load.not_found_sha)) {
+        if tally.count(fetch_once(
+            &mut client,
+            doc,
+            load.not_found_sha,
+            &tally.arena_hits,
+        )) {
             thread::sleep(ABORT_PAUSE);
         }
     }
 }
 
 /// One GET of `doc`, judged.
-fn fetch_once(client: &mut Client, doc: &Doc, not_found_sha: Option<[u8; 32]>) -> Verdict {
+/// One GET of `doc`, judged; a right answer a worker served from the arena (its
+/// `Cache-Status` says `detail=arena`) is counted in `arena_hits`.
+fn fetch_once(
+    client: &mut Client,
+    doc: &Doc,
+    not_found_sha: Option<[u8; 32]>,
+    arena_hits: &AtomicU64,
+) -> Verdict {
     let mut hasher = Sha256::new();
     match client.get(&doc.url, &mut |chunk| hasher.update(chunk)) {
-        Ok((head, len)) => judge(
-            doc,
-            head.status,
-            len,
-            hasher.finalize().into(),
-            not_found_sha,
-        ),
+        Ok((head, len)) => {
+            let v = judge(
+                doc,
+                head.status,
+                len,
+                hasher.finalize().into(),
+                not_found_sha,
+            );
+            let from_arena = shmproxy_tests::client::header(&head.headers, "cache-status")
+                .is_some_and(|c| c.contains("detail=arena"));
+            if from_arena && matches!(v, Verdict::Good(_)) {
+                arena_hits.fetch_add(1, Relaxed);
+            }
+            v
+        }
         Err(e) => {
             let what = format!("GET {}: {e}", doc.url);
             match e.kind() {
@@ -653,6 +684,8 @@ struct After {
     final_pass: Option<usize>,
     pool: Option<PoolStats>,
     settled_in: Option<Duration>,
+    /// `--origin`: what the arena audit found, and the arena hits of the run.
+    arena: Option<String>,
     problems: Vec<String>,
 }
 
@@ -671,10 +704,15 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
     let instance = format!("chaos{}", std::process::id());
     let dir = work.logs.join(&instance);
     let started = Instant::now();
-    let daemons = match crate::instance_builder(opts, &work, shape, &instance, &dir)
-        .probe(probe)
-        .try_start()
-    {
+    let origin = match chaos.origin {
+        true => Some(crate::origin::FileOrigin::start(&work.root)?),
+        false => None,
+    };
+    let mut builder = crate::instance_builder(opts, &work, shape, &instance, &dir).probe(probe);
+    if let Some(o) = &origin {
+        builder = builder.origin(&o.url());
+    }
+    let daemons = match builder.try_start() {
         Ok(d) => d,
         Err(e) => {
             println!("chaos: FAILED to start the daemons: {e}");
@@ -742,7 +780,15 @@ pub fn run(opts: &Opts, chaos: &ChaosOpts) -> Result<bool, String> {
         problems,
         ..
     } = killer;
-    let after = settle_and_stop(daemons, &docs, chaos, opts, &instance, not_found_sha);
+    let arena_hits = tally.arena_hits.load(Relaxed);
+    let after = settle_and_stop(
+        daemons,
+        &docs,
+        chaos,
+        opts,
+        (&instance, arena_hits),
+        not_found_sha,
+    );
     let report = Report {
         chaos,
         files: docs.len(),
@@ -795,7 +841,7 @@ fn settle_and_stop(
     docs: &[Doc],
     chaos: &ChaosOpts,
     opts: &Opts,
-    instance: &str,
+    (instance, arena_hits): (&str, u64),
     not_found_sha: Option<[u8; 32]>,
 ) -> After {
     let mut after = After::default();
@@ -809,7 +855,7 @@ fn settle_and_stop(
         let mut client = Client::new(daemons.addr(), opts.timeout);
         let mut good = 0;
         for doc in docs {
-            match fetch_once(&mut client, doc, not_found_sha) {
+            match fetch_once(&mut client, doc, not_found_sha, &AtomicU64::new(0)) {
                 Verdict::Good(_) => good += 1,
                 Verdict::Mismatch(m) => after.problems.push(format!("final pass: MISMATCH: {m}")),
                 Verdict::Unexpected(m) => after.problems.push(format!("final pass: {m}")),
@@ -841,6 +887,9 @@ fn settle_and_stop(
             )),
             _ => {}
         }
+        if chaos.origin {
+            check_arena(instance, arena_hits, &mut after);
+        }
         let names = harness::shm_objects(instance);
         let expected: Vec<String> = [".arena", ".pool", ".stats.cached", ".stats.proxy"]
             .iter()
@@ -854,6 +903,50 @@ fn settle_and_stop(
     }
     after.problems.extend(daemons.stop());
     after
+}
+
+/// `--origin`: the arena, audited from outside once the load is over (rings, checksums, index
+/// and counters agree), holds no pin and no fill in progress, and hits were served from it.
+fn check_arena(instance: &str, hits: u64, after: &mut After) {
+    if hits == 0 {
+        after
+            .problems
+            .push("no hit was served from the arena".into());
+    }
+    let arena = match common::arena::Arena::open(&common::Names::for_instance(instance)) {
+        Ok(a) => a,
+        Err(e) => {
+            after.problems.push(format!("arena: {e}"));
+            return;
+        }
+    };
+    // A publish of the final pass may still be under way: a few tries.
+    let mut audit = arena.audit();
+    for _ in 0..20 {
+        if audit.as_ref().is_ok_and(|a| a.writing_bytes == 0) && arena.pins_held() == 0 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+        audit = arena.audit();
+    }
+    let pins = arena.pins_held();
+    match audit {
+        Ok(a) => {
+            after.arena = Some(format!(
+                "{} objects, {} live, {} garbage, {} being filled, {pins} pin slots in use; {hits} verified answers of the run served from it",
+                a.live_objects,
+                human_size(a.live_bytes),
+                human_size(a.garbage_bytes),
+                human_size(a.writing_bytes)
+            ));
+            if a.writing_bytes != 0 || pins != 0 {
+                after.problems.push(format!(
+                    "the arena is not idle after the load: {a:?}, {pins} pin slots in use"
+                ));
+            }
+        }
+        Err(e) => after.problems.push(format!("arena audit: {e}")),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -948,6 +1041,9 @@ impl Report<'_> {
                 d.as_secs_f64()
             ))
         );
+        if let Some(a) = &self.after.arena {
+            println!("  arena: {a}");
+        }
         println!(
             "  /dev/shm: {} checks during the run, {}",
             t.shm_checks.load(Relaxed),

@@ -15,11 +15,18 @@
 //!
 //! `--chaos` (see `chaos.rs`) instead runs one pool shape under load while it repeatedly
 //! `kill -9`s a random proxy worker, `cached` or the proxy master and restores it, verifying
-//! every completed response by SHA-256, then the pool and `/dev/shm`.
+//! every completed response by SHA-256, then the pool and `/dev/shm`. With `--origin` the
+//! files come from an origin server (`origin.rs`), so `cached` stores them in the arena and the
+//! workers answer their hits from there; the arena is then audited too.
+//!
+//! `--pin-kills N` (see `pinkill.rs`) kills a worker holding arena pins N times, then checks
+//! the arena's accounting against the stored objects and that the freed space is reused.
 
 mod chaos;
 mod files;
 mod load;
+mod origin;
+mod pinkill;
 mod progress;
 
 use chaos::Victim;
@@ -54,6 +61,11 @@ Modes:
                           and restored, 120 times (with --short: 15 times, < 1 min in debug);
                           every completed response SHA-256 verified, then the pool must be all
                           free and /dev/shm must only ever hold the instance's objects
+  --chaos --origin        the same with the files served by an origin server (max-age=3600):
+                          hits come from the shared arena, which is audited afterwards
+  --pin-kills N           kill -9 a worker while it sends a pinned 15 MiB arena hit to a client
+                          that stopped reading, N times (about 1.3 s each), then check the
+                          arena holds exactly the stored objects, no pin, and reuses the space
 
 Options (override the mode's values):
   --segments LIST         segment counts of the sweep, e.g. 1,2,7,64
@@ -109,6 +121,8 @@ struct Opts {
     keep: bool,
     /// `--chaos`: kill -9 under load instead of the sweep.
     chaos: Option<chaos::ChaosOpts>,
+    /// `--pin-kills N`: kill workers holding pins instead of the sweep.
+    pin_kills: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -180,12 +194,15 @@ fn parse_args() -> Result<Option<Opts>, String> {
     let (mut clients, mut requests, mut duration) = (None, None, None);
     let (mut workers, mut timeout, mut seed) = (2, None, 1);
     let (mut bin_dir, mut keep, mut max_time) = (None, false, None);
+    let (mut origin, mut pin_kills) = (false, None);
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
         match arg {
             Long("short") => (mode, short) = (&SHORT, true),
             Long("long") => (mode, short) = (&LONG, false),
             Long("chaos") => chaos = true,
+            Long("origin") => origin = true,
+            Long("pin-kills") => pin_kills = Some(parse_count(&value(&mut parser)?)?),
             Long("kills") => kills = Some(parse_count(&value(&mut parser)?)?),
             Long("kill-interval") => kill_interval = Some(parse_secs(&value(&mut parser)?)?),
             Long("victims") => victims = Some(chaos::parse_victims(&value(&mut parser)?)?),
@@ -207,6 +224,12 @@ fn parse_args() -> Result<Option<Opts>, String> {
         }
     }
     let bin_dir = bin_dir.map_or_else(default_bin_dir, Ok)?;
+    if origin && !chaos {
+        return Err("--origin needs --chaos".into());
+    }
+    if pin_kills.is_some() && chaos {
+        return Err("--pin-kills is a mode of its own, not one of --chaos".into());
+    }
     if chaos {
         let m = if short { &chaos::SHORT } else { &chaos::LONG };
         if segments.is_some() || sizes.is_some() || requests.is_some() || duration.is_some() {
@@ -239,7 +262,9 @@ fn parse_args() -> Result<Option<Opts>, String> {
                 interval: kill_interval.unwrap_or(m.interval),
                 victims: victims.unwrap_or(default_victims),
                 settle: settle.unwrap_or(m.settle),
+                origin,
             }),
+            pin_kills: None,
         }));
     }
     if kills.is_some() || kill_interval.is_some() || victims.is_some() || settle.is_some() {
@@ -263,6 +288,7 @@ fn parse_args() -> Result<Option<Opts>, String> {
         bin_dir,
         keep,
         chaos: None,
+        pin_kills,
     }))
 }
 
@@ -394,6 +420,9 @@ impl ShapeReport {
 fn run(opts: &Opts) -> Result<bool, String> {
     if let Some(c) = &opts.chaos {
         return chaos::run(opts, c);
+    }
+    if let Some(n) = opts.pin_kills {
+        return pinkill::run(opts, n);
     }
     check_bins(&opts.bin_dir)?;
     let work = WorkDir::create()?;

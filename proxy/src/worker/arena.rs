@@ -5,8 +5,10 @@
 //! (not stored, stale, a failed precondition, credentials, no pin slot, no arena)
 //! goes to `cached` as before. A file of the document root (disk mode) is served only while
 //! a `stat` of its path finds the file `cached` read (`hit::FileId::matches`): changed or
-//! gone, it is a miss, and `cached` reads it again. The arena is opened on first use and again when its owner stopped
-//! (it is then `closed`) or while there is none (at most every [`RETRY_MS`]).
+//! gone, it is a miss, and `cached` reads it again. The arena is opened on first use and
+//! again when it was unlinked (it is then `closed`: the instance stops, or `cached` replaced
+//! it) or while there is none (at most every [`RETRY_MS`]); a `cached` that stops while the
+//! master runs keeps it open.
 //!
 //! A record still being filled (`cached` exposes a fill of a declared length as it arrives) is
 //! found the same way and answered by streaming its body as it is committed
