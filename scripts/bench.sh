@@ -238,7 +238,9 @@ mem_detail() {
     for p in "${PROCS[@]}"; do
         [ -r "/proc/$p/status" ] || continue
         out+="$(awk '/^Name:/ { n = $2 } /^VmRSS:/ { r = $2 } END { printf "%s %.1f", n, r / 1024 }' "/proc/$p/status")"
-        out+="/$(awk '/^Pss:/ { printf "%.1f", $2 / 1024 }' "/proc/$p/smaps_rollup" 2>/dev/null) MiB; "
+        out+="/$(awk '/^Pss:/ { t = $2 } /^Pss_Anon:/ { a = $2 } /^Pss_Shmem:/ { s = $2 }
+            END { printf "%.1f MiB (anon %.1f, shm %.1f)", t / 1024, a / 1024, s / 1024 }' \
+            "/proc/$p/smaps_rollup" 2>/dev/null); "
     done
     echo "$out"
 }
@@ -289,6 +291,10 @@ ratio_rows() {
             if (l == "64 KiB keep-alive: p50 / p99 ms") return "lo|1.0|64 KiB keep-alive p99 ms|"
             if (l == "1 MiB keep-alive: p50 / p99 ms") return "lo|1.0|1 MiB keep-alive p99 ms|"
             if (l == "1 KiB wrk Connection: close: p50 / p99 ms") return "lo|1.0|Connection: close p99 ms|"
+            if (l == "1 KiB Vary: Accept-Encoding keep-alive: req/s") return "hi|1.1|1 KiB Vary keep-alive req/s|"
+            if (l == "1 KiB Vary: Accept-Encoding keep-alive: p50 / p99 ms") return "lo|1.0|1 KiB Vary keep-alive p99 ms|"
+            if (l ~ /^working set [0-9]+ x [0-9]+ B, random keys: req\/s$/) return "hi|1.1|working set req/s|"
+            if (l == "working set: p50 / p99 ms") return "lo|1.0|working set p99 ms|"
             return ""
         }
         BEGIN { printf "| row | ours | best peer | ratio | target | ok |\n|---|---:|---:|---:|---:|---|\n" }
