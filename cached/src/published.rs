@@ -449,6 +449,19 @@ impl Streaming {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use common::stats::StatsRegion;
+
+    /// The arena of a 4 MiB cache for objects up to 64 KiB, of instance `t<pid>-<name>`, with
+    /// the stats region its counters live in.
+    fn small_arena(name: &str) -> (CachedConfig, StatsRegion, Published) {
+        let tag = format!("t{}-{name}", std::process::id());
+        let flags = [("cached.capacity", "4m"), ("cached.max_object_size", "64k")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let cfg = CachedConfig::load(None, &flags).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let p = Published::open(&Names::for_instance(&tag), &cfg, stats.slot(0)).unwrap();
+        (cfg, stats, p)
+    }
 
     #[test]
     fn primary_keys_split_into_site_and_arena_key() {
@@ -463,14 +476,8 @@ mod tests {
     #[test]
     fn a_publish_overtaken_by_a_removal_is_dropped_and_removal_reaches_every_variant() {
         use common::protocol::BodyLen;
-        use common::stats::StatsRegion;
-        let tag = format!("t{}-published", std::process::id());
-        let flags = [("cached.capacity", "4m"), ("cached.max_object_size", "64k")]
-            .map(|(k, v)| (k.to_string(), v.to_string()));
-        let cfg = CachedConfig::load(None, &flags).unwrap();
-        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let (cfg, stats, p) = small_arena("published");
         let counters = stats.slot(0);
-        let p = Published::open(&Names::for_instance(&tag), &cfg, counters).unwrap();
         let req = |user: &str| RequestHead {
             method: "GET".into(),
             target: "/x".into(),
@@ -509,14 +516,7 @@ mod tests {
     #[test]
     fn a_streamed_fill_is_readable_while_it_arrives_and_published_in_place_unless_purged() {
         use common::arena::Fill;
-        use common::stats::StatsRegion;
-        let tag = format!("t{}-pubstream", std::process::id());
-        let flags = [("cached.capacity", "4m"), ("cached.max_object_size", "64k")]
-            .map(|(k, v)| (k.to_string(), v.to_string()));
-        let cfg = CachedConfig::load(None, &flags).unwrap();
-        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
-        let counters = stats.slot(0);
-        let p = Published::open(&Names::for_instance(&tag), &cfg, counters).unwrap();
+        let (cfg, _stats, p) = small_arena("pubstream");
         let obj = crate::stored::fresh_for_test(vec![], b"");
         fn head<'a>(obj: &'a Stored, headers: &'a [(String, Vec<u8>)]) -> Head<'a> {
             Head {

@@ -246,6 +246,17 @@ mod tests {
     use common::stats::StatsRegion;
     use std::time::Duration;
 
+    /// A 1 MiB arena of instance `t<pid>-<name>` (its tag), the stats region a worker counts
+    /// in, and a worker's view of the arena.
+    fn small_arena(name: &str) -> (String, ArenaOwner, StatsRegion, ArenaView) {
+        let tag = format!("t{}-{name}", std::process::id());
+        let names = Names::for_instance(&tag);
+        let cfg = ArenaConfig::for_capacity(1 << 20, 64 << 10, 4, 16);
+        let (owner, _) = ArenaOwner::open_or_adopt(&names, cfg).unwrap();
+        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        (tag, owner, stats, ArenaView::new(&names))
+    }
+
     fn request(lines: &str) -> Request {
         let limits = Limits {
             max_header_bytes: 16384,
@@ -290,13 +301,8 @@ mod tests {
 
     #[test]
     fn records_being_filled_are_found_and_followed_and_counted_as_streams() {
-        let tag = format!("t{}-wstream", std::process::id());
-        let names = Names::for_instance(&tag);
-        let cfg = ArenaConfig::for_capacity(1 << 20, 64 << 10, 4, 16);
-        let (mut owner, _) = ArenaOwner::open_or_adopt(&names, cfg).unwrap();
-        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let (_, mut owner, stats, view) = small_arena("wstream");
         let counters = stats.slot(0);
-        let view = ArenaView::new(&names);
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let key = hit::key("a.test", "/f");
         let mut res = owner.reserve(key.as_bytes(), &object("f", 0), 10).unwrap();
@@ -363,13 +369,8 @@ mod tests {
 
     #[test]
     fn hits_follow_vary_stubs_and_freshness_and_corrupt_metadata_is_a_counted_miss() {
-        let tag = format!("t{}-warena", std::process::id());
-        let names = Names::for_instance(&tag);
-        let cfg = ArenaConfig::for_capacity(1 << 20, 64 << 10, 4, 16);
-        let (mut owner, _) = ArenaOwner::open_or_adopt(&names, cfg).unwrap();
-        let stats = StatsRegion::create(&format!("/{tag}.stats"), 1).unwrap();
+        let (tag, mut owner, stats, view) = small_arena("warena");
         let counters = stats.slot(0);
-        let view = ArenaView::new(&names);
         let hit = |target: &str| view.fresh_hit(counters, &request(target));
 
         publish(
