@@ -8,7 +8,6 @@
 use crate::origin::{Framing, Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{pattern, poll_until, sha256_hex, with_deadline, Instance};
-use std::io::Read;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -28,32 +27,7 @@ fn herd_client(
     target: &'static str,
     barrier: Arc<Barrier>,
 ) -> (Vec<u8>, Option<Instant>) {
-    let mut c = Conn::connect(addr);
-    c.set_read_timeout(Duration::from_secs(30));
-    barrier.wait();
-    c.send(&client::request_bytes(
-        "GET",
-        target,
-        &[("Connection", "close")],
-        b"",
-    ));
-    let mut stream = c.stream().try_clone().unwrap();
-    let mut got = c.buffered().to_vec();
-    let mut first_body_at = None;
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        if first_body_at.is_none() {
-            if let Some(i) = client::find(&got, b"\r\n\r\n") {
-                if got.len() > i + 4 {
-                    first_body_at = Some(Instant::now());
-                }
-            }
-        }
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-        }
-    }
+    let (got, first_body_at, _) = client::herd_get(addr, target, &barrier);
     (got, first_body_at)
 }
 

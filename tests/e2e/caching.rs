@@ -6,7 +6,6 @@
 use crate::origin::{Framing, Origin, Route};
 use shmproxy_tests::client::{self, Conn, Expect};
 use shmproxy_tests::harness::{pattern, sha256_hex, with_deadline, write_file, Instance};
-use std::io::Read;
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -461,32 +460,9 @@ fn concurrent_cold_requests_collapse_and_stream_before_the_origin_finishes() {
             .map(|_| {
                 let (addr, barrier) = (inst.addr(), barrier.clone());
                 thread::spawn(move || {
-                    let mut c = Conn::connect(addr);
-                    c.set_read_timeout(Duration::from_secs(30));
-                    barrier.wait();
-                    c.send(&client::request_bytes(
-                        "GET",
-                        "/herd",
-                        &[("Connection", "close")],
-                        b"",
-                    ));
-                    let mut stream = c.stream().try_clone().unwrap();
-                    let mut got = c.buffered().to_vec();
-                    let mut first_body_at = None;
-                    let mut buf = vec![0u8; 64 << 10];
-                    loop {
-                        if first_body_at.is_none() {
-                            if let Some(i) = client::find(&got, b"\r\n\r\n") {
-                                if got.len() > i + 4 {
-                                    first_body_at = Some(Instant::now());
-                                }
-                            }
-                        }
-                        match stream.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                            Err(e) => panic!("reading: {e}"),
-                        }
+                    let (got, first_body_at, err) = client::herd_get(addr, "/herd", &barrier);
+                    if let Some(e) = err {
+                        panic!("reading: {e}");
                     }
                     (got, first_body_at.expect("some body arrived"))
                 })

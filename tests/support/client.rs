@@ -654,3 +654,40 @@ pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     }
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// One client of a herd: connects, waits for `barrier`, sends a GET of `target` with
+/// `Connection: close` and reads to the end. Returns what it read, when the first body byte
+/// came, and the read error that ended it early, if any.
+pub fn herd_get(
+    addr: SocketAddr,
+    target: &str,
+    barrier: &std::sync::Barrier,
+) -> (Vec<u8>, Option<std::time::Instant>, Option<io::Error>) {
+    let mut c = Conn::connect(addr);
+    c.set_read_timeout(Duration::from_secs(30));
+    barrier.wait();
+    c.send(&request_bytes(
+        "GET",
+        target,
+        &[("Connection", "close")],
+        b"",
+    ));
+    let mut stream = c.stream().try_clone().unwrap();
+    let mut got = c.buffered().to_vec();
+    let mut first_body_at = None;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        if first_body_at.is_none() {
+            if let Some(i) = find(&got, b"\r\n\r\n") {
+                if got.len() > i + 4 {
+                    first_body_at = Some(std::time::Instant::now());
+                }
+            }
+        }
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, first_body_at, None),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return (got, first_body_at, Some(e)),
+        }
+    }
+}
