@@ -246,7 +246,6 @@ mod tests {
     use crate::stored::fresh_for_test;
     use common::arena::Lookup;
     use common::hit::Meta;
-    use common::protocol::BodyLen;
     use std::time::SystemTime;
 
     /// A context with an arena of its own (unlinked, like its stats region, when it drops).
@@ -263,17 +262,7 @@ mod tests {
     }
 
     fn get(target: &str, headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
-            method: "GET".into(),
-            target: target.into(),
-            version: 11,
-            client: "127.0.0.1".into(),
-            body: BodyLen::None,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        }
+        crate::stored::request_for_test("GET", target, headers)
     }
 
     /// The bytes of `b` (from `from`, `len` of them) as an answer copies them out.

@@ -257,17 +257,7 @@ mod tests {
     }
 
     fn head(method: &str, headers: &[(&str, &str)]) -> RequestHead {
-        RequestHead {
-            method: method.into(),
-            target: "/a".into(),
-            version: 11,
-            client: "127.0.0.1".into(),
-            body: BodyLen::None,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
-                .collect(),
-        }
+        crate::stored::request_for_test(method, "/a", headers)
     }
 
     /// An origin answer received `age` seconds ago, fresh for `lifetime`, allowing

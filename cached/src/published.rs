@@ -475,17 +475,9 @@ mod tests {
 
     #[test]
     fn a_publish_overtaken_by_a_removal_is_dropped_and_removal_reaches_every_variant() {
-        use common::protocol::BodyLen;
         let (cfg, stats, p) = small_arena("published");
         let counters = stats.slot(0);
-        let req = |user: &str| RequestHead {
-            method: "GET".into(),
-            target: "/x".into(),
-            version: 11,
-            client: "127.0.0.1".into(),
-            body: BodyLen::None,
-            headers: vec![("X-User".into(), user.as_bytes().to_vec())],
-        };
+        let req = |user: &str| crate::stored::request_for_test("GET", "/x", &[("X-User", user)]);
         let obj = |vary: bool| {
             let headers = if vary {
                 vec![("Vary".into(), b"X-User".to_vec())]

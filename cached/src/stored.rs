@@ -235,6 +235,26 @@ impl Stored {
     }
 }
 
+/// A bodiless HTTP/1.1 request from 127.0.0.1 with these fields: what the unit tests send.
+#[cfg(test)]
+pub fn request_for_test(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> common::protocol::RequestHead {
+    common::protocol::RequestHead {
+        method: method.into(),
+        target: target.into(),
+        version: 11,
+        client: "127.0.0.1".into(),
+        body: common::protocol::BodyLen::None,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+            .collect(),
+    }
+}
+
 /// A fresh origin answer of status 200 with `headers` and `body`, stored now for a minute:
 /// what the unit tests of the cache and of the arena copy store.
 #[cfg(test)]
