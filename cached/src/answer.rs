@@ -30,8 +30,9 @@ pub fn meta(site: u16, outcome: CacheOutcome, upstream_status: u16) -> respond::
 /// The fields of an answer as sent downstream: without the targeted fields (RFC 9213)
 /// when the operator asks (`cached.strip_targeted`).
 pub fn downstream(ctx: &Ctx, mut headers: Headers) -> Headers {
-    if ctx.cfg().strip_targeted {
-        policy::strip_fields(&mut headers, &ctx.cfg().targeted_cache_control);
+    let cfg = ctx.cfg();
+    if cfg.strip_targeted {
+        policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
     }
     headers
 }
@@ -47,6 +48,7 @@ pub fn stored(
 ) -> io::Result<()> {
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();
+    let cfg = ctx.cfg();
     let headers = downstream(ctx, obj.headers.clone());
     let (age, ttl) = match &obj.validity {
         Validity::Http {
@@ -59,7 +61,7 @@ pub fn stored(
             let shareable = !no_cache
                 && obj.status == 200
                 && common::http::header(&obj.headers, "vary").is_none()
-                && (ctx.cfg().set_cookie == common::config::SetCookie::Store
+                && (cfg.set_cookie == common::config::SetCookie::Store
                     || common::http::header(&obj.headers, "set-cookie").is_none());
             let ttl = if shareable {
                 common::hit::remaining(*lifetime, age)
@@ -68,7 +70,7 @@ pub fn stored(
             };
             (Some(age), ttl)
         }
-        Validity::File { .. } => (None, ctx.cfg().revalidate),
+        Validity::File { .. } => (None, cfg.revalidate),
     };
     let (headers, conditional) =
         match common::hit::reuse(obj.status, &obj.headers, headers, age, &req.headers) {

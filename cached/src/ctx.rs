@@ -96,7 +96,8 @@ impl Ctx {
 
     /// The largest body that may be stored.
     pub fn store_limit(&self) -> u64 {
-        self.cfg().max_object_size.min(self.cfg().capacity)
+        let cfg = self.cfg();
+        cfg.max_object_size.min(cfg.capacity)
     }
 
     /// Stores `obj` under `primary` (its `Vary` picks the variant), counting evictions.

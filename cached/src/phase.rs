@@ -117,8 +117,9 @@ fn decide_origin<'c>(
     // Past its stale windows and `keep`, a stored answer is as good as gone.
     let stored = ctx.stored(&key).and_then(|obj| {
         let s = obj.staleness(now)?;
-        let keep = (ctx.cfg().keep)
-            .max(ctx.cfg().grace)
+        let cfg = ctx.cfg();
+        let keep = (cfg.keep)
+            .max(cfg.grace)
             .max(s.stale_while_revalidate)
             .max(s.stale_if_error);
         (s.stale_by <= keep).then_some((obj, s))

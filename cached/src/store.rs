@@ -27,14 +27,15 @@ pub fn storable(
     headers: &Headers,
     response_time: SystemTime,
 ) -> Option<policy::Storable> {
+    let cfg = ctx.cfg();
     policy::storable(
         method,
         &req.headers,
         status,
         headers,
         response_time,
-        ctx.cfg().heuristic_floor,
-        &ctx.cfg().targeted_cache_control,
+        cfg.heuristic_floor,
+        &cfg.targeted_cache_control,
     )
 }
 
