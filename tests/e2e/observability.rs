@@ -593,20 +593,29 @@ fn observability_stats_command_reads_shared_memory() {
             assert_eq!(c.get("/small.txt").status, 200);
         }
         let proxy = harness::bin_path("proxy");
-        let http = inst.stats();
-        let out = Command::new(&proxy)
-            .args(["stats", "--instance", &inst.name, "--json"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let shm: Value = serde_json::from_slice(&out.stdout).expect("proxy stats --json is JSON");
-        // No request happened in between: the command itself sends none.
-        // The stats request counted itself in `requests` and `bytes_in` before answering, and
-        // by method once answered.
+        // A request is counted by method once answered, which can be after its client has
+        // read the answer: take the HTTP snapshot when every earlier request shows in it.
+        let (http, ..) = settled_stats(inst.addr());
+        let read_shm = || {
+            let out = Command::new(&proxy)
+                .args(["stats", "--instance", &inst.name, "--json"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<Value>(&out.stdout).expect("proxy stats --json is JSON")
+        };
+        // No request happened in between: the command itself sends none. The stats request
+        // counted itself in `requests` and `bytes_in` before answering, and by method once
+        // answered, so the shared-memory read waits for that one count and no more.
+        let want_get = u(&http, &["proxy", "requests_get"]) + 1;
+        let shm = harness::poll_until(Duration::from_secs(5), "the stats GET counted", || {
+            let shm = read_shm();
+            (u(&shm, &["proxy", "requests_get"]) >= want_get).then_some(shm)
+        });
         for (k, extra) in [
             ("requests", 0),
             ("bytes_in", 0),
