@@ -30,26 +30,35 @@ pub struct Cache {
 
 struct Inner {
     lru: Lru<Arc<Stored>>,
-    /// Primary key → the request headers its answers vary on (latest seen).
+    /// Primary key → the request headers its answers vary on (latest seen; none: no entry).
     vary: HashMap<String, Vec<String>>,
-    /// Primary key → every full key stored under it.
+    /// Primary key → every full key stored under it other than the primary key itself
+    /// (`Vary` variants and `206` pieces; none: no entry).
     variants: HashMap<String, HashSet<String>>,
     /// Body bytes the entries hold themselves (`Body::Owned`).
     owned: u64,
 }
 
 impl Inner {
-    /// Stores `obj` under `key` at its cost, keeping `owned` in step; returns evictions.
+    /// Stores `obj` under `key` at its cost, keeping `owned` and the bookkeeping of the
+    /// entries it evicts in step; returns evictions.
     fn put(&mut self, key: String, obj: Arc<Stored>) -> u64 {
         let cost = obj.cost(&key);
         let add = obj.body.owned_len();
         let mut gone = 0;
-        let evicted = self
-            .lru
-            .insert_with(key, obj, cost, |o| gone += o.body.owned_len());
+        let mut evicted_keys = Vec::new();
+        let evicted = self.lru.insert_with(key.clone(), obj, cost, |k, o| {
+            gone += o.body.owned_len();
+            if k != key {
+                evicted_keys.push(k.to_string());
+            }
+        });
         self.owned -= gone;
         if evicted.is_some() {
             self.owned += add;
+        }
+        for k in evicted_keys {
+            self.forget(&k);
         }
         evicted.unwrap_or(0)
     }
@@ -57,7 +66,23 @@ impl Inner {
     fn take(&mut self, key: &str) -> Option<Arc<Stored>> {
         let o = self.lru.remove(key)?;
         self.owned -= o.body.owned_len();
+        self.forget(key);
         Some(o)
+    }
+
+    /// Drops `key` from the bookkeeping of its primary key, and the primary's entries once
+    /// nothing is stored under it (so bookkeeping never outlives what it describes).
+    fn forget(&mut self, key: &str) {
+        let primary = primary_of(key);
+        if let Some(set) = self.variants.get_mut(primary) {
+            set.remove(key);
+            if set.is_empty() {
+                self.variants.remove(primary);
+            }
+        }
+        if !self.variants.contains_key(primary) && !self.lru.contains(primary) {
+            self.vary.remove(primary);
+        }
     }
 }
 
@@ -128,17 +153,24 @@ impl Cache {
             let first = policy::content_range(&obj.headers).map_or(0, |(f, _, _)| f);
             key = format!("{}{first}", piece_prefix(&key));
         }
-        inner.vary.insert(primary.to_string(), names);
-        inner
-            .variants
-            .entry(primary.to_string())
-            .or_default()
-            .insert(key.clone());
+        // Most answers have neither `Vary` nor pieces: they keep no bookkeeping beside their
+        // entry (its key is the primary key, which `remove_all` takes anyway).
+        if names.is_empty() {
+            inner.vary.remove(primary);
+        } else {
+            inner.vary.insert(primary.to_string(), names);
+        }
+        if key != primary {
+            inner
+                .variants
+                .entry(primary.to_string())
+                .or_default()
+                .insert(key.clone());
+        }
         let evicted = inner.put(key.clone(), obj);
-        // Forget bookkeeping for keys the LRU evicted (bounded clean-up of this primary only).
-        let Inner { lru, variants, .. } = &mut *inner;
-        if let Some(set) = variants.get_mut(primary) {
-            set.retain(|k| lru.contains(k));
+        if !inner.lru.contains(&key) {
+            // Refused (larger than the whole capacity): nothing to keep books of.
+            inner.forget(&key);
         }
         (evicted, key)
     }
@@ -223,11 +255,7 @@ impl Cache {
 
     /// Drops one stored piece (by the key [`Cache::pieces`] gave).
     pub fn remove_piece(&self, key: &str) {
-        let mut inner = lock(&self.inner);
-        inner.take(key);
-        if let Some(set) = inner.variants.get_mut(primary_of(key)) {
-            set.remove(key);
-        }
+        lock(&self.inner).take(key);
     }
 
     /// Drops every variant stored under `primary`, pieces included; `true` if anything was there.
@@ -570,6 +598,54 @@ mod tests {
         v.iter()
             .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
             .collect()
+    }
+
+    /// (primaries with `Vary` names, primaries with variants or pieces listed, keys listed).
+    fn bookkeeping(c: &Cache) -> (usize, usize, usize) {
+        let inner = lock(&c.inner);
+        let listed = inner.variants.values().map(HashSet::len).sum();
+        (inner.vary.len(), inner.variants.len(), listed)
+    }
+
+    #[test]
+    fn bookkeeping_is_kept_only_for_variants_and_pieces_and_never_outlives_them() {
+        // Room for a few small entries at a time.
+        let c = Cache::new(700, 10);
+        let none = req(&[]);
+        // Plain answers (most of a cache) keep nothing beside their entry.
+        for i in 0..50 {
+            c.insert(&format!("/plain/{i}"), &none, obj(&[], b"x"));
+        }
+        assert_eq!(bookkeeping(&c), (0, 0, 0));
+        // Varied answers are listed while stored, and forgotten once evicted.
+        for i in 0..50 {
+            let r = req(&[("accept-encoding", "gzip")]);
+            c.insert(
+                &format!("/v/{i}"),
+                &r,
+                obj(&[("vary", "Accept-Encoding")], b"x"),
+            );
+        }
+        let stored = c.usage().0 as usize;
+        let (vary, primaries, listed) = bookkeeping(&c);
+        assert!((1..10).contains(&stored), "{stored}");
+        assert_eq!((vary, primaries, listed), (stored, stored, stored));
+        // A piece is listed under its primary; dropping it forgets the primary.
+        let piece = obj(&[("content-range", "bytes 0-0/10")], b"x");
+        let piece = Arc::new(Stored {
+            status: 206,
+            ..Arc::try_unwrap(piece).unwrap()
+        });
+        let (_, k) = c.insert("/p", &none, piece);
+        assert_eq!(c.pieces("/p").len(), 1);
+        c.remove_piece(&k);
+        assert!(c.pieces("/p").is_empty());
+        assert!(!lock(&c.inner).variants.contains_key("/p"));
+        // PURGE of everything leaves no bookkeeping.
+        for i in 0..50 {
+            c.remove_all(&format!("/v/{i}"));
+        }
+        assert_eq!(bookkeeping(&c), (0, 0, 0));
     }
 
     #[test]

@@ -6,15 +6,17 @@
 //! each wrap one in their own mutex and decide what an entry costs and when it is stale.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 pub struct Lru<V> {
     capacity: u64,
     used: u64,
     /// Use counter: each lookup or insert takes the next tick, so `order` sorts by recency.
     tick: u64,
-    map: HashMap<String, Slot<V>>,
+    /// Each key is allocated once, shared by `map` and `order`.
+    map: HashMap<Arc<str>, Slot<V>>,
     /// Tick of last use → key, least recent first.
-    order: BTreeMap<u64, String>,
+    order: BTreeMap<u64, Arc<str>>,
 }
 
 struct Slot<V> {
@@ -50,23 +52,23 @@ impl<V> Lru<V> {
     /// evicting the least recently used others to make room. Returns how many were evicted,
     /// or `None` (and changes nothing) when `cost` exceeds the whole capacity.
     pub fn insert(&mut self, key: String, value: V, cost: u64) -> Option<u64> {
-        self.insert_with(key, value, cost, |_| {})
+        self.insert_with(key, value, cost, |_, _| {})
     }
 
     /// [`Lru::insert`], handing every value it drops (the replaced one and the evicted ones)
-    /// to `dropped`, so the owner can keep its own accounts of them.
+    /// to `dropped` with its key, so the owner can keep its own accounts of them.
     pub fn insert_with(
         &mut self,
         key: String,
         value: V,
         cost: u64,
-        mut dropped: impl FnMut(V),
+        mut dropped: impl FnMut(&str, V),
     ) -> Option<u64> {
         if cost > self.capacity {
             return None;
         }
         if let Some(old) = self.remove(&key) {
-            dropped(old);
+            dropped(&key, old);
         }
         let mut evicted = 0;
         while self.used + cost > self.capacity {
@@ -76,11 +78,12 @@ impl<V> Lru<V> {
             if let Some(slot) = self.map.remove(&victim) {
                 self.used -= slot.cost;
                 evicted += 1;
-                dropped(slot.value);
+                dropped(&victim, slot.value);
             }
         }
         self.tick += 1;
-        self.order.insert(self.tick, key.clone());
+        let key: Arc<str> = Arc::from(key);
+        self.order.insert(self.tick, Arc::clone(&key));
         let tick = self.tick;
         self.map.insert(key, Slot { value, cost, tick });
         self.used += cost;
@@ -100,7 +103,7 @@ impl<V> Lru<V> {
         self.order
             .values()
             .take(n)
-            .filter_map(|k| self.map.get(k).map(|s| (k.as_str(), &s.value)))
+            .filter_map(|k| self.map.get(k).map(|s| (&**k, &s.value)))
     }
 
     pub fn contains(&self, key: &str) -> bool {
@@ -182,16 +185,20 @@ mod tests {
         assert_eq!(order, ["b", "c", "a"]);
         let mut dropped = Vec::new();
         assert_eq!(
-            l.insert_with("c".into(), 30, 100, |v| dropped.push(v)),
+            l.insert_with("c".into(), 30, 100, |k, v| dropped.push((k.to_string(), v))),
             Some(0)
         );
         assert_eq!(
-            l.insert_with("d".into(), 4, 200, |v| dropped.push(v)),
+            l.insert_with("d".into(), 4, 200, |k, v| dropped.push((k.to_string(), v))),
             Some(2)
         );
         assert_eq!(
             dropped,
-            [3, 2, 1],
+            [
+                ("c".to_string(), 3),
+                ("b".to_string(), 2),
+                ("a".to_string(), 1)
+            ],
             "the replaced value, then the evicted ones"
         );
     }
