@@ -156,6 +156,9 @@ pub struct CachedConfig {
     pub read_timeout: Duration,
     /// Idle upstream connections kept (per server).
     pub upstream_pool: usize,
+    /// Largest request head the proxy forwards (`proxy.max_header_bytes`): what a request
+    /// head sent upstream must have room for.
+    pub max_header_bytes: usize,
     /// Longest an idle upstream connection is kept for reuse (shorter when the origin
     /// advertises a shorter `Keep-Alive: timeout`).
     pub upstream_idle: Duration,
@@ -885,6 +888,7 @@ impl CachedConfig {
             connect_timeout: d.ms("cached.connect_timeout_ms")?,
             read_timeout: d.ms("cached.read_timeout_ms")?,
             upstream_pool: d.int("cached.upstream_pool")? as usize,
+            max_header_bytes: d.int("proxy.max_header_bytes")? as usize,
             upstream_idle: d.ms("cached.upstream_idle_ms")?,
             queue_capacity: queue_capacity as usize,
             revalidate: d.ms("cached.revalidate_ms")?,

@@ -568,3 +568,33 @@ fn other_methods_reach_the_origin() {
         }
     });
 }
+
+/// A request head as large as `proxy.max_header_bytes` allows reaches the origin whole: a
+/// field line of 200 KiB (the limit raised to 256 KiB) is forwarded, not refused by a
+/// fixed-size buffer on the way to the origin.
+#[test]
+fn a_field_line_as_long_as_max_header_bytes_allows_reaches_the_origin() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        origin.route("/long", Route::ok("ok").header("Cache-Control", "no-store"));
+        // One file for both daemons, as an operator writes it.
+        let toml = "[proxy]\nmax_header_bytes = \"256KiB\"\n".to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("shmproxy.toml");
+        fs::write(&file, &toml).unwrap();
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .segment_size(1 << 20)
+            .config_toml(&toml)
+            .proxy_arg("--config")
+            .proxy_arg(file.to_str().unwrap())
+            .start();
+        let cookie = "c".repeat(200 << 10);
+        let mut c = inst.conn();
+        let r = c.request("GET", "/long", &[("Cookie", &cookie)], b"");
+        assert_eq!(r.status, 200, "{}", r.describe());
+        let seen = origin.requests_for("/long");
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].header("cookie").map(str::len), Some(cookie.len()));
+    });
+}

@@ -150,11 +150,26 @@ pub struct Server {
     row: usize,
 }
 
+/// Bytes of the buffer an upstream answer is read through, for each connection (pooled ones
+/// keep theirs): room for an answer's head up to ureq's limit on it (64 KiB), and the size of
+/// the pieces a fill copies on. ureq's own default, 128 KiB for reading and as much for
+/// sending, kept 16 MiB resident for a pool of 64 idle connections.
+const RECV_BUFFER: usize = 64 << 10;
+
+/// Bytes of the buffer a request head is sent through: the longest head the proxy forwards
+/// (so its longest field line fits, which ureq requires), and room for the fields cached
+/// adds (`Via`, `X-Forwarded-*`); at least 16 KiB, which also carries request bodies.
+fn send_buffer(max_header_bytes: usize) -> usize {
+    (max_header_bytes + (4 << 10)).max(16 << 10)
+}
+
 /// What an agent of this server is made from.
 struct AgentSpec {
     connect_timeout: Duration,
     read_timeout: Duration,
     pool: usize,
+    /// Bytes of the buffer a request head is written through: its longest line must fit.
+    send_buffer: usize,
     tls: Option<ureq::tls::TlsConfig>,
     /// The real host to connect to when `base` names another (tls_server_name).
     pinned: Option<http::Uri>,
@@ -169,6 +184,7 @@ impl AgentSpec {
             connect_timeout: timeout.min(self.connect_timeout),
             read_timeout: timeout,
             pool: 0,
+            send_buffer: self.send_buffer,
             tls: self.tls.clone(),
             pinned: self.pinned.clone(),
             stats: Arc::clone(&self.stats),
@@ -193,6 +209,8 @@ impl AgentSpec {
             .timeout_per_read(Some(self.read_timeout))
             .timeout_global(None)
             .timeout_recv_body(None)
+            .input_buffer_size(RECV_BUFFER)
+            .output_buffer_size(self.send_buffer)
             .max_idle_connections(pool)
             .max_idle_connections_per_host(pool)
             .max_idle_age(idle.unwrap_or(Duration::ZERO))
@@ -294,6 +312,7 @@ impl Server {
             connect_timeout: cfg.connect_timeout,
             read_timeout: cfg.read_timeout,
             pool: cfg.upstream_pool,
+            send_buffer: send_buffer(cfg.max_header_bytes),
             tls,
             pinned,
             stats: Arc::clone(stats),
