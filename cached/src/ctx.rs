@@ -358,7 +358,9 @@ mod tests {
         assert!(matches!(kept.body, Body::Arena(_)), "a pin is never kept");
         drop(served);
         let mut again = kept.with_body(kept.body.clone());
-        again.headers.push(("X-Again".into(), b"1".to_vec()));
+        again
+            .headers
+            .edit(|h| h.push(("X-Again".into(), b"1".to_vec())));
         ctx.store(primary, &req, Arc::new(again));
         let head = arena_head(&ctx, &key).unwrap();
         assert!(common::http::header(&head, "x-again").is_some());

@@ -304,7 +304,7 @@ pub fn relay(
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
         let obj = Stored {
             status,
-            headers,
+            headers: headers.into(),
             body: Body::owned(body),
             validity: Validity::http(&s),
             response_time,

@@ -219,8 +219,8 @@ fn stored_piece(
         if obj.usable(now, rules) != Some(Use::Fresh) {
             return None;
         }
-        let (first, last, len) = policy::content_range(&obj.headers)?;
-        match policy::range(&req.headers, &obj.headers, len) {
+        let (first, last, len) = policy::content_range(&obj.headers.to_vec())?;
+        match policy::range(&req.headers, &obj.headers.to_vec(), len) {
             RangeAnswer::Partial(from, to) if from >= first && to <= last => Some(Piece {
                 obj,
                 from,
@@ -266,7 +266,7 @@ mod tests {
     fn answer(age: u64, lifetime: u64, swr: u64) -> Arc<Stored> {
         Arc::new(Stored {
             status: 200,
-            headers: vec![("ETag".into(), b"\"1\"".to_vec())],
+            headers: vec![("ETag".to_string(), b"\"1\"".to_vec())].into(),
             body: crate::stored::Body::owned(b"body".to_vec()),
             validity: Validity::Http {
                 lifetime: Duration::from_secs(lifetime),

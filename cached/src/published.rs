@@ -164,9 +164,10 @@ impl Published {
         counters: &Counters,
     ) -> Option<ArenaBody> {
         let (site, key) = split(primary)?;
+        let headers = obj.headers.to_vec();
         let head = Head {
             status: obj.status,
-            headers: &obj.headers,
+            headers: &headers,
             validity: &obj.validity,
             response_time: obj.response_time,
             initial_age: obj.initial_age,

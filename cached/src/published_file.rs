@@ -61,7 +61,7 @@ impl Published {
         };
         let host = String::from_utf8_lossy(req.header("host").unwrap_or_default());
         let key = hit::key(&host, &req.target);
-        let mut headers = obj.headers.clone();
+        let mut headers = obj.headers.to_vec();
         if cfg.strip_targeted {
             common::cache_policy::strip_fields(&mut headers, &cfg.targeted_cache_control);
         }

@@ -16,7 +16,7 @@ use crate::stored::Stored;
 use crate::upstream::SiteUp;
 use common::cache_policy as policy;
 use common::config::SetCookie;
-use common::http::CacheOutcome;
+use common::http::{CacheOutcome, Headers};
 use common::pool::Lease;
 use common::protocol::RequestHead;
 use common::stats::Counters;
@@ -68,8 +68,8 @@ pub fn foreground(
     let mut fresh = end_to_end(answer.response.headers(), true);
     let times = (request_time, response_time);
     let headers = merged_304(obj, &fresh);
-    let once = |headers| Stored {
-        headers,
+    let once = |headers: Headers| Stored {
+        headers: headers.into(),
         body: obj.body.clone(),
         response_time,
         initial_age: Duration::ZERO,

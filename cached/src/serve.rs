@@ -254,7 +254,7 @@ fn from_disk(ctx: &Ctx, lease: &mut Lease, req: &RequestHead) -> io::Result<()> 
         };
         let obj = Arc::new(Stored {
             status: 200,
-            headers,
+            headers: headers.into(),
             body: Body::owned(body),
             validity,
             response_time: SystemTime::now(),

@@ -6,7 +6,7 @@
 
 use crate::ctx::Ctx;
 use crate::source::origin::{cache_key, declared_length, end_to_end, site_of};
-use crate::stored::{Body, Stored, Validity};
+use crate::stored::{Body, Fields, Stored, Validity};
 use crate::upstream::Answer;
 use common::cache_policy as policy;
 use common::config::SetCookie;
@@ -97,7 +97,7 @@ pub fn read_storable(
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
     Some(Stored {
         status,
-        headers,
+        headers: headers.into(),
         body: Body::owned(bytes),
         validity: Validity::http(&s),
         response_time,
@@ -107,7 +107,7 @@ pub fn read_storable(
 
 /// The stored answer's fields updated by a 304's (RFC 9111 §4.3.4), without `Age`.
 pub fn merged_304(obj: &Stored, fresh: &Headers) -> Headers {
-    let mut headers = obj.headers.clone();
+    let mut headers = obj.headers.to_vec();
     policy::update_from_304(&mut headers, fresh);
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case("age"));
     headers
@@ -131,7 +131,7 @@ pub fn store_refreshed(
     let refreshed = Arc::new(Stored {
         status: obj.status,
         initial_age: policy::initial_age(fresh, request_time, response_time),
-        headers,
+        headers: headers.into(),
         body: obj.body.clone(),
         validity: Validity::http(&s),
         response_time,
@@ -146,7 +146,7 @@ pub fn store_refreshed(
 /// whole body, the result is stored as the complete `200` (later full and range requests
 /// are hits).
 pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
-    let Some((_, _, len)) = policy::content_range(&obj.headers) else {
+    let Some((_, _, len)) = policy::content_range(&obj.headers.to_vec()) else {
         return;
     };
     let limit = ctx.store_limit();
@@ -154,12 +154,14 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
     loop {
         let before = others.len();
         others.retain(|(key, old)| {
-            if !policy::same_representation(&old.headers, &obj.headers) {
+            if !policy::same_representation(&old.headers.to_vec(), &obj.headers.to_vec()) {
                 ctx.cache.remove_piece(key);
                 return false;
             }
             let combined = match (old.body.bytes(), obj.body.bytes()) {
-                (Some(a), Some(b)) => policy::combine((&old.headers, a), (&obj.headers, b)),
+                (Some(a), Some(b)) => {
+                    policy::combine((&old.headers.to_vec(), a), (&obj.headers.to_vec(), b))
+                }
                 _ => None,
             }
             .filter(|(_, b)| b.len() as u64 <= limit);
@@ -167,12 +169,13 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
                 return true;
             };
             let last = first + body.len() as u64 - 1;
-            obj.headers
-                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
-            obj.headers.push((
-                "Content-Range".into(),
-                format!("bytes {first}-{last}/{len}").into_bytes(),
-            ));
+            obj.headers.edit(|h| {
+                h.retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+                h.push((
+                    "Content-Range".into(),
+                    format!("bytes {first}-{last}/{len}").into_bytes(),
+                ));
+            });
             obj.body = Body::owned(body);
             ctx.cache.remove_piece(key);
             false
@@ -186,11 +189,11 @@ pub fn piece(ctx: &Ctx, primary: &str, req: &RequestHead, mut obj: Stored) {
             ctx.cache.remove_piece(key);
         }
     }
-    if let Some((0, last, len)) = policy::content_range(&obj.headers) {
+    if let Some((0, last, len)) = policy::content_range(&obj.headers.to_vec()) {
         if last + 1 == len {
             obj.status = 200;
             obj.headers
-                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-range"));
+                .edit(|h| h.retain(|(k, _)| !k.eq_ignore_ascii_case("content-range")));
         }
     }
     ctx.store(primary, req, Arc::new(obj));
@@ -210,7 +213,7 @@ pub fn freshen_from_head(
     let Some(obj) = ctx.stored(&ctx.cache.full_key(&primary, &req.headers)) else {
         return;
     };
-    if policy::head_matches(&obj.headers, obj.body.len(), head) {
+    if policy::head_matches(&obj.headers.to_vec(), obj.body.len(), head) {
         let merged = merged_304(&obj, head);
         store_refreshed(ctx, &primary, req, &obj, merged, head, times);
     } else {
@@ -221,7 +224,7 @@ pub fn freshen_from_head(
 pub fn clone_meta(obj: &Stored) -> Stored {
     Stored {
         status: obj.status,
-        headers: Vec::new(),
+        headers: Fields::default(),
         body: Body::default(),
         validity: obj.validity.clone(),
         response_time: obj.response_time,
