@@ -49,7 +49,8 @@ pub fn stored(
     let head_only = req.method == "HEAD";
     let now = SystemTime::now();
     let cfg = ctx.cfg();
-    let headers = downstream(ctx, obj.headers.to_vec());
+    let stored = obj.headers.to_vec();
+    let headers = downstream(ctx, stored.clone());
     let (age, ttl) = match &obj.validity {
         Validity::Http {
             lifetime, no_cache, ..
@@ -60,9 +61,9 @@ pub fn stored(
             // the same to the arena's hits.
             let shareable = !no_cache
                 && obj.status == 200
-                && common::http::header(&obj.headers.to_vec(), "vary").is_none()
+                && common::http::header(&stored, "vary").is_none()
                 && (cfg.set_cookie == common::config::SetCookie::Store
-                    || common::http::header(&obj.headers.to_vec(), "set-cookie").is_none());
+                    || common::http::header(&stored, "set-cookie").is_none());
             let ttl = if shareable {
                 common::hit::remaining(*lifetime, age)
             } else {
@@ -72,24 +73,19 @@ pub fn stored(
         }
         Validity::File { .. } => (None, cfg.revalidate),
     };
-    let (headers, conditional) = match common::hit::reuse(
-        obj.status,
-        &obj.headers.to_vec(),
-        headers,
-        age,
-        &req.headers,
-    ) {
-        Reuse::PreconditionFailed => {
-            return respond::error(lease, 412, "precondition failed", head_only)
-        }
-        Reuse::NotModified(headers) => {
-            return respond::full_meta(lease, 304, meta, headers, b"", head_only)
-        }
-        Reuse::Whole {
-            fields,
-            conditional,
-        } => (fields, conditional),
-    };
+    let (headers, conditional) =
+        match common::hit::reuse(obj.status, &stored, headers, age, &req.headers) {
+            Reuse::PreconditionFailed => {
+                return respond::error(lease, 412, "precondition failed", head_only)
+            }
+            Reuse::NotModified(headers) => {
+                return respond::full_meta(lease, 304, meta, headers, b"", head_only)
+            }
+            Reuse::Whole {
+                fields,
+                conditional,
+            } => (fields, conditional),
+        };
     let ttl_ms = if conditional || meta.outcome == CacheOutcome::Stale {
         0
     } else {
@@ -98,13 +94,7 @@ pub fn stored(
     // `reuse` announced `Accept-Ranges: bytes` for a `200`: ranges of stored objects are
     // ours, answered by the rule the workers apply to the arena's.
     let len = obj.body.len();
-    let headers = match common::hit::ranged(
-        obj.status,
-        &obj.headers.to_vec(),
-        headers,
-        len,
-        &req.headers,
-    ) {
+    let headers = match common::hit::ranged(obj.status, &stored, headers, len, &req.headers) {
         Ranged::Whole(fields) => fields,
         Ranged::Part {
             fields,

@@ -141,7 +141,8 @@ impl Cache {
         req: &[(String, Vec<u8>)],
         obj: Arc<Stored>,
     ) -> (u64, String) {
-        let names: Vec<String> = policy::all_tokens(&obj.headers.to_vec(), "vary");
+        let fields = obj.headers.to_vec();
+        let names: Vec<String> = policy::all_tokens(&fields, "vary");
         let mut inner = lock(&self.inner);
         let mut key = if names.is_empty() {
             primary.to_string()
@@ -150,7 +151,7 @@ impl Cache {
         };
         if obj.status == 206 {
             // A piece of the variant lives beside it (see `piece_prefix`).
-            let first = policy::content_range(&obj.headers.to_vec()).map_or(0, |(f, _, _)| f);
+            let first = policy::content_range(&fields).map_or(0, |(f, _, _)| f);
             key = format!("{}{first}", piece_prefix(&key));
         }
         // Most answers have neither `Vary` nor pieces: they keep no bookkeeping beside their

@@ -219,8 +219,9 @@ fn stored_piece(
         if obj.usable(now, rules) != Some(Use::Fresh) {
             return None;
         }
-        let (first, last, len) = policy::content_range(&obj.headers.to_vec())?;
-        match policy::range(&req.headers, &obj.headers.to_vec(), len) {
+        let stored = obj.headers.to_vec();
+        let (first, last, len) = policy::content_range(&stored)?;
+        match policy::range(&req.headers, &stored, len) {
             RangeAnswer::Partial(from, to) if from >= first && to <= last => Some(Piece {
                 obj,
                 from,

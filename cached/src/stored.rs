@@ -161,6 +161,14 @@ impl Fields {
         })
     }
 
+    /// The first value of field `name` (names compare ASCII case-insensitively), as
+    /// [`common::http::header`] reads a header list.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
     /// The fields as a header list.
     pub fn to_vec(&self) -> Headers {
         self.iter()
@@ -364,6 +372,9 @@ mod tests {
         let f = Fields::from(h.clone());
         assert_eq!(f.to_vec(), h);
         assert_eq!(f.len(), 4);
+        assert_eq!(f.get("SET-COOKIE"), Some(&b"a=1"[..]));
+        assert_eq!(f.get("x-empty"), Some(&b""[..]));
+        assert_eq!(f.get("vary"), None);
         assert_eq!(f.payload_len(), 4 + 3 + 7 + 10 + 3 + 10 + 4);
         assert_eq!(Fields::from(Vec::new()).to_vec(), Headers::new());
         assert_eq!(Fields::default().len(), 0);

@@ -291,10 +291,10 @@ pub fn end_to_end(headers: &http::HeaderMap, head_only: bool) -> Headers {
 /// The conditional fields that ask whether `obj` changed (none without validators).
 pub fn validators(obj: &Stored) -> Vec<(&'static str, Vec<u8>)> {
     let mut v = Vec::new();
-    if let Some(etag) = common::http::header(&obj.headers.to_vec(), "etag") {
+    if let Some(etag) = obj.headers.get("etag") {
         v.push(("If-None-Match", etag.to_vec()));
     }
-    if let Some(lm) = common::http::header(&obj.headers.to_vec(), "last-modified") {
+    if let Some(lm) = obj.headers.get("last-modified") {
         v.push(("If-Modified-Since", lm.to_vec()));
     }
     v
