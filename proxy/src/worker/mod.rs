@@ -64,6 +64,10 @@ struct Worker<'a> {
     parked: Mutex<HashMap<u64, Conn>>,
     /// Connections taken out of `parked` and being served (changed under its lock).
     busy: AtomicUsize,
+    /// Connections open in this worker, parked or being served (changed under `parked`'s
+    /// lock when one is taken in): what `max_connections` bounds. A connection whose answer
+    /// is out but which its thread has not parked yet is in neither `parked` nor idle.
+    open: AtomicUsize,
     /// Set when the exec threads must leave.
     exit: AtomicBool,
 }
@@ -101,6 +105,7 @@ impl Worker<'_> {
     /// holds the only reference: the master closed its copy after passing it).
     fn close(&self, conn: Conn) {
         Counters::dec(&self.counters().connections_active);
+        self.open.fetch_sub(1, Ordering::Relaxed);
         drop(conn);
     }
 }
@@ -132,6 +137,7 @@ pub fn run(shared: &Shared, index: usize, chan: OwnedFd, master: Pid) -> i32 {
         next_token: AtomicU64::new(CHAN_TOKEN + 1),
         parked: Mutex::new(HashMap::new()),
         busy: AtomicUsize::new(0),
+        open: AtomicUsize::new(0),
         exit: AtomicBool::new(false),
     };
     if let Err(e) = w
@@ -469,12 +475,15 @@ fn adopt(w: &Worker, stream: std::net::TcpStream) -> Option<u64> {
     Counters::dec(&w.counters().fds_in_flight);
     Counters::inc(&w.counters().connections_active);
     let mut parked = w.parked.lock().unwrap_or_else(|e| e.into_inner());
-    if parked.len() >= w.cx.shared.cfg.max_connections {
+    // Every open connection counts, not only the parked ones: one being served is out of
+    // the map.
+    if w.open.load(Ordering::Relaxed) >= w.cx.shared.cfg.max_connections {
         drop(parked);
         Counters::dec(&w.counters().connections_active);
         Counters::inc(&w.counters().connections_refused);
         return None;
     }
+    w.open.fetch_add(1, Ordering::Relaxed);
     // The master accepted it non-blocking, with TCP_NODELAY from the listener.
     let token = w.next_token.fetch_add(1, Ordering::Relaxed);
     parked.insert(token, Conn::new(stream, token));
