@@ -1150,26 +1150,7 @@ impl Pinned {
     /// streaming object: of what is committed so far, see [`Pinned::fill`]), `WouldBlock`
     /// when it is full.
     pub fn send_body(&self, sock: BorrowedFd<'_>, offset: u64, end: u64) -> io::Result<usize> {
-        let n = self.readable().min(end).saturating_sub(offset);
-        if n == 0 {
-            return Ok(0);
-        }
-        let src = self.row.map.ptr(self.rec.body_at() + offset, n);
-        // SAFETY: `src..src+n` lies inside this pinned record's body below its committed
-        // length (as in `read_body`), which nobody writes while we hold the pin; the kernel
-        // only reads it; `sock` is a live fd.
-        let sent = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                src.cast(),
-                n as usize,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if sent < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(sent as usize)
+        self.send_head_and_body(sock, &[], offset, end)
     }
 
     /// Sends `head`, then body bytes from `offset` up to `end` as [`Pinned::send_body`] does,
@@ -1184,6 +1165,9 @@ impl Pinned {
         end: u64,
     ) -> io::Result<usize> {
         let n = self.readable().min(end).saturating_sub(offset);
+        if head.is_empty() && n == 0 {
+            return Ok(0);
+        }
         let src = self.row.map.ptr(self.rec.body_at() + offset, n);
         let iov = [
             libc::iovec {
@@ -1195,9 +1179,9 @@ impl Pinned {
                 iov_len: n as usize,
             },
         ];
-        // SAFETY: as in `send_body`: the body range lies inside this pinned record below its
-        // committed length, which nobody writes while we hold the pin, and the kernel only
-        // reads it; `head` is a live slice; the msghdr points at `iov`, which outlives the
+        // SAFETY: `src..src+n` lies inside this pinned record's body below its committed
+        // length (as in `read_body`), which nobody writes while we hold the pin, and the
+        // kernel only reads it; `head` is a live slice; the msghdr points at `iov`, which outlives the
         // call; `sock` is a live fd.
         let sent = unsafe {
             let mut msg: libc::msghdr = std::mem::zeroed();
