@@ -1234,6 +1234,12 @@ impl Pinned {
         }
     }
 
+    /// Will sending body bytes `offset..end` hand some of its pages to the socket by reference?
+    pub fn splices(&self, offset: u64, end: u64) -> bool {
+        let n = self.readable().min(end).saturating_sub(offset);
+        self.splice_split(offset, n).1 > 0
+    }
+
     /// Of `n` body bytes from `offset`: how many to copy before the whole pages that may leave
     /// by reference, and how many bytes those pages hold (0: copy all `n`). Only a complete
     /// body of at least [`SPLICE_MIN`] bytes has pages to splice, and only pages that hold

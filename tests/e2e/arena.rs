@@ -920,3 +920,64 @@ fn cached_keeps_no_copy_of_what_the_arena_holds_and_still_serves_ranges_304s_and
         assert_eq!(origin.count("/m3"), 1);
     });
 }
+
+/// Large hits leave by page reference (`sendfile` from the arena's file, `arena_spliced`): a
+/// client that has not read its answer yet still gets the bytes it asked for after the
+/// object was evicted and its space written over by others, lap after lap; ranges of such an
+/// object that start and end inside pages come exact.
+#[test]
+fn large_hits_sent_by_reference_keep_their_bytes_while_their_space_is_reused() {
+    with_deadline(T, || {
+        let origin = Origin::start();
+        // Over the 256 KiB from which pages go by reference, and small enough to sit whole in
+        // the sockets' buffers while nobody reads (CI's default buffer limits included).
+        let len = 300_001;
+        for i in 0..32u64 {
+            origin.route(
+                &format!("/big{i}"),
+                Route::ok(pattern(len, i)).header("Cache-Control", "max-age=600"),
+            );
+        }
+        // One ring of 4 MiB: 32 such objects wrap it twice.
+        let inst = Instance::builder()
+            .origin(&origin.url())
+            .cached_arg("--capacity")
+            .cached_arg(&(4u64 << 20).to_string())
+            .start();
+        assert_eq!(inst.get("/big0").status, 200);
+        until_published(&inst, "/big0");
+        let spliced = counter(&inst, "proxy", "arena_spliced");
+        // Asked for, not read.
+        let mut held = client::Conn::connect(inst.addr());
+        held.send(&request_bytes("GET", "/big0", &[], b""));
+        poll_until(Duration::from_secs(10), "the held answer sent", || {
+            (counter(&inst, "proxy", "arena_spliced") > spliced).then_some(())
+        });
+        let evicted = counter(&inst, "cached", "arena_evictions");
+        for i in 1..32u64 {
+            let target = format!("/big{i}");
+            assert!(inst.get(&target).body == pattern(len, i));
+            until_published(&inst, &target);
+        }
+        assert!(
+            counter(&inst, "cached", "arena_evictions") >= evicted + 16,
+            "the arena wrapped"
+        );
+        held.set_read_timeout(Duration::from_secs(10));
+        let r = held.read_response(client::Expect::Body).unwrap();
+        assert_arena_hit(&r, &pattern(len, 0));
+        // Ranges that start and end inside pages, of an object sent by reference.
+        let body = pattern(len, 31);
+        for (from, to) in [
+            (4095usize, 290_000usize),
+            (1, len - 2),
+            (8192, 8192 + 4096 * 40),
+        ] {
+            let range = format!("bytes={from}-{to}");
+            let r = get_as(&inst, "/big31", &[("Range", range.as_str())]);
+            assert_eq!(r.status, 206, "{}", r.describe());
+            assert!(r.body[..] == body[from..=to], "{range}: {}", r.describe());
+        }
+        assert!(counter(&inst, "proxy", "arena_spliced") >= spliced + 4);
+    });
+}
