@@ -1204,8 +1204,13 @@ impl Pinned {
             return Ok(0);
         }
         let (copied, pages) = self.splice_split(offset, n);
-        let sent = self.send_copy(sock, head, offset, copied, pages > 0)?;
-        if pages == 0 || sent < head.len() + copied as usize {
+        let before = head.len() + copied as usize;
+        let sent = if before > 0 {
+            self.send_copy(sock, head, offset, copied, pages > 0)?
+        } else {
+            0
+        };
+        if pages == 0 || sent < before {
             return Ok(sent);
         }
         // Before any page leaves: the owner reads this (after our pin is gone) when it
@@ -1227,9 +1232,9 @@ impl Pinned {
             pages as usize,
         ) {
             Ok(k) => Ok(sent + k),
-            // What went before the pages was sent: report that.
-            Err(nix::Error::EAGAIN | nix::Error::EINTR) => Ok(sent),
+            // Nothing went: `WouldBlock` (never `Ok(0)`, which means "at the end").
             Err(e) if sent == 0 => Err(e.into()),
+            // What went before the pages was sent: report that; the next call tells the rest.
             Err(_) => Ok(sent),
         }
     }
@@ -2400,7 +2405,7 @@ fn close_and_unlink(region: &ShmRegion) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{BufRead, Read};
+    use std::io::{BufRead, Read, Write};
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
@@ -2738,6 +2743,9 @@ mod tests {
         let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
         a.set_nonblocking(true).unwrap();
+        use nix::sys::socket::{setsockopt, sockopt};
+        setsockopt(&a, sockopt::SndBuf, &(64 << 10)).unwrap();
+        setsockopt(&b, sockopt::RcvBuf, &(64 << 10)).unwrap();
         (a, b)
     }
 
@@ -2757,13 +2765,30 @@ mod tests {
             .send_head_and_body(a.as_fd(), b"HEAD\r\n", 0, u64::MAX)
             .unwrap()
             - 6;
+        // Until the socket is full (small buffers): a full socket is `WouldBlock`, never
+        // `Ok(0)`, which would mean the body's end.
+        let mut full = false;
         while sent < len {
             match p.send_body(a.as_fd(), sent as u64, u64::MAX) {
+                Ok(0) => panic!("Ok(0) at {sent} of {len}"),
                 Ok(k) => sent += k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    full = true;
+                    break;
+                }
                 Err(e) => panic!("{e}"),
             }
         }
+        assert!(full && sent < len, "sent {sent} of {len}");
+        // Pages alone to a full socket: `WouldBlock` too.
+        let (full_sock, _peer) = tcp_pair();
+        while (&full_sock).write(&[0u8; 4096]).is_ok() {}
+        let body_at = p.row.map.file_offset(p.rec.body_at());
+        let aligned = body_at.next_multiple_of(PAGE as u64) - body_at + PAGE as u64;
+        let e = p
+            .send_body(full_sock.as_fd(), aligned, u64::MAX)
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         let flags = o.map.obj(p.rec.phys).flags.load(Ordering::Relaxed);
         assert!(flags & SPLICED != 0, "the body's pages went by reference");
         assert!(sent > PAGE * 2, "sent {sent}");
