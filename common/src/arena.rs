@@ -176,8 +176,8 @@ const ACCESSED: u32 = 1;
 /// the owner gives them back before it reuses the space.
 const SPLICED: u32 = 2;
 /// Complete bodies at least this long leave by `sendfile` of their whole pages
-/// ([`Pinned::send_head_and_body`]); below it a copy costs less than the page references.
-pub const SPLICE_MIN: u64 = 256 << 10;
+/// ([`Pinned::send_head_and_body`]); below it the pages are few and a copy is as cheap.
+pub const SPLICE_MIN: u64 = 32 << 10;
 
 fn pack(offset: u64, generation: u64) -> u64 {
     ((generation & 0xffff_ffff) << 32) | (offset / ALIGN)
@@ -2809,15 +2809,15 @@ mod tests {
             bad, 0,
             "bytes changed in the socket after the space was reused"
         );
-        // Small bodies and short pieces are copied: no flag, same bytes.
-        put(&mut o, &key(100), 1, 100_000).unwrap();
+        // Small bodies are copied: no flag, same bytes.
+        put(&mut o, &key(100), 1, 20_000).unwrap();
         let p = pin(&reader, &key(100));
         assert_eq!(p.send_body(a.as_fd(), 0, 5000).unwrap(), 5000);
         let flags = o.map.obj(p.rec.phys).flags.load(Ordering::Relaxed);
         assert_eq!(flags & SPLICED, 0);
         let mut part = vec![0u8; 5000];
         b.read_exact(&mut part).unwrap();
-        assert!(part[..] == body(&key(100), 1, 100_000)[..5000]);
+        assert!(part[..] == body(&key(100), 1, 20_000)[..5000]);
     }
 
     #[test]

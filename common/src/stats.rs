@@ -285,7 +285,7 @@ outcomes @proxy [responses_by_outcome outcome]: "Requests answered, by cache out
     Counter arena_stream_aborts @proxy: "Streamed answers cut short: the fill was abandoned (origin failure) or made no progress within proxy.cached_timeout_ms",
     Counter arena_follow_misses @proxy: "Arena records cached named for a collapsed waiter that the worker no longer found (asked cached again)",
     Counter arena_bad_meta @proxy: "Arena objects whose metadata failed to decode (answered through cached instead)",
-    Counter arena_spliced @proxy: "Arena hits whose body's whole pages left by reference (sendfile from the arena's file) instead of being copied: complete bodies of 256 KiB or more",
+    Counter arena_spliced @proxy: "Arena hits whose body's whole pages left by reference (sendfile from the arena's file) instead of being copied: complete bodies of 32 KiB or more",
     Counter arena_file_changes @proxy: "Arena copies of document-root files not served because the file on disk is no longer the one read (size, mtime, inode or path changed, or gone): answered through cached, which reads it again",
     Counter request_bodies_discarded @proxy: "Request bodies read and thrown away before an answer that did not need them (arena hit, /__shmproxy/), so the next request is parsed where it starts",
     Counter forwarding_headers_dropped @proxy: "Client-supplied X-Forwarded-*/Forwarded fields dropped (the peer is not in trusted_proxies)",

@@ -929,7 +929,7 @@ fn cached_keeps_no_copy_of_what_the_arena_holds_and_still_serves_ranges_304s_and
 fn large_hits_sent_by_reference_keep_their_bytes_while_their_space_is_reused() {
     with_deadline(T, || {
         let origin = Origin::start();
-        // Over the 256 KiB from which pages go by reference, and small enough to sit whole in
+        // Over the 32 KiB from which pages go by reference, and small enough to sit whole in
         // the sockets' buffers while nobody reads (CI's default buffer limits included).
         let len = 300_001;
         for i in 0..32u64 {
