@@ -179,6 +179,16 @@ const SPLICED: u32 = 2;
 /// ([`Pinned::send_head_and_body`]); below it the pages are few and a copy is as cheap.
 pub const SPLICE_MIN: u64 = 32 << 10;
 
+/// Is the kernel's page size `size`? Pages go by reference only then: the owner's give-back
+/// (`MADV_REMOVE`) works in whole pages of that size, and on a kernel with larger pages it
+/// would fail and hold the ring (bodies are then copied, as below [`SPLICE_MIN`]).
+fn pages_are(size: usize) -> bool {
+    static PAGE_SIZE: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    // SAFETY: sysconf reads a constant of the system; it takes no pointers.
+    let got = *PAGE_SIZE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as i64);
+    got == size as i64
+}
+
 fn pack(offset: u64, generation: u64) -> u64 {
     ((generation & 0xffff_ffff) << 32) | (offset / ALIGN)
 }
@@ -1250,7 +1260,10 @@ impl Pinned {
     /// body of at least [`SPLICE_MIN`] bytes has pages to splice, and only pages that hold
     /// nothing but its body bytes: the owner can give those back alone.
     fn splice_split(&self, offset: u64, n: u64) -> (u64, u64) {
-        if self.rec.body_len < SPLICE_MIN || !matches!(self.fill(), Fill::Complete) {
+        if self.rec.body_len < SPLICE_MIN
+            || !pages_are(PAGE)
+            || !matches!(self.fill(), Fill::Complete)
+        {
             return (n, 0);
         }
         let page = PAGE as u64;
