@@ -736,7 +736,19 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
             .proxy_arg("--config")
             .proxy_arg(cfg.to_str().unwrap())
             .start();
-        // The harness's readiness probes are closed by now; two connections fill the worker.
+        // The harness's readiness probes count until the worker has closed them, which can
+        // be after their client read the answer: wait (asking shared memory, which takes no
+        // connection) until none is open.
+        let proxy = shmproxy_tests::harness::bin_path("proxy");
+        shmproxy_tests::harness::poll_until(Duration::from_secs(5), "probes closed", || {
+            let out = std::process::Command::new(&proxy)
+                .args(["stats", "--instance", &inst.name, "--json"])
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["proxy"]["connections_active"].as_u64() == Some(0)).then_some(())
+        });
+        // Two connections fill the worker.
         let mut a = Conn::connect(inst.addr());
         let mut b = Conn::connect(inst.addr());
         assert_eq!(a.get("/hello.txt").status, 200);
