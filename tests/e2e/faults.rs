@@ -739,13 +739,8 @@ fn connections_beyond_max_connections_are_refused_and_counted() {
         // The harness's readiness probes count until the worker has closed them, which can
         // be after their client read the answer: wait (asking shared memory, which takes no
         // connection) until none is open.
-        let proxy = shmproxy_tests::harness::bin_path("proxy");
         shmproxy_tests::harness::poll_until(Duration::from_secs(5), "probes closed", || {
-            let out = std::process::Command::new(&proxy)
-                .args(["stats", "--instance", &inst.name, "--json"])
-                .output()
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            let v = inst.shm_stats().ok()?;
             (v["proxy"]["connections_active"].as_u64() == Some(0)).then_some(())
         });
         // Two connections fill the worker.

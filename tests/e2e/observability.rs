@@ -596,18 +596,7 @@ fn observability_stats_command_reads_shared_memory() {
         // A request is counted by method once answered, which can be after its client has
         // read the answer: take the HTTP snapshot when every earlier request shows in it.
         let (http, ..) = settled_stats(inst.addr());
-        let read_shm = || {
-            let out = Command::new(&proxy)
-                .args(["stats", "--instance", &inst.name, "--json"])
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice::<Value>(&out.stdout).expect("proxy stats --json is JSON")
-        };
+        let read_shm = || inst.shm_stats().unwrap_or_else(|e| panic!("{e}"));
         // No request happened in between: the command itself sends none. The stats request
         // counted itself in `requests` and `bytes_in` before answering, and by method once
         // answered, so the shared-memory read waits for that one count and no more.

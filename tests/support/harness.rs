@@ -1264,6 +1264,19 @@ impl Instance {
         self.try_stats().unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The counters as `proxy stats --json` reads them from shared memory (no connection to
+    /// the proxy, so no request or open connection of its own shows in them), or why not.
+    pub fn shm_stats(&self) -> Result<serde_json::Value, String> {
+        let out = Command::new(bin_path("proxy"))
+            .args(["stats", "--instance", &self.name, "--json"])
+            .output()
+            .map_err(|e| format!("proxy stats: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("proxy stats --json: {e}"))
+    }
+
     /// `/__shmproxy/stats` as JSON, or why not.
     pub fn try_stats(&self) -> Result<serde_json::Value, String> {
         let r = client::raw(
