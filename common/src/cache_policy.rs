@@ -734,37 +734,41 @@ fn strong_eq(a: &str, b: &str) -> bool {
 
 /// RFC 9110 §13.2.2 for GET/HEAD on a stored response: `true` if the answer is `304`.
 pub fn not_modified(req: &[(String, Vec<u8>)], resp: &[(String, Vec<u8>)]) -> bool {
-    let etag = header_str(resp, "etag");
     if header(req, "if-none-match").is_some() {
+        let etag = header_str(resp, "etag");
         let list = etag_list(req, "if-none-match");
         return list
             .iter()
             .any(|t| t == "*" || etag.as_deref().is_some_and(|e| weak_eq(t, e)));
     }
-    let ims = header_str(req, "if-modified-since").and_then(|d| parse_http_date(&d));
+    // The stored dates are parsed only for a request that has a date to compare them with
+    // (every hit passes here, and most carry no conditional).
+    let Some(ims) = header_str(req, "if-modified-since").and_then(|d| parse_http_date(&d)) else {
+        return false;
+    };
     // Without Last-Modified, the stored answer's Date is its modification time at the
     // latest (RFC 9110 §13.1.3, RFC 9111 §4.3.2).
-    let lm = header_str(resp, "last-modified")
+    header_str(resp, "last-modified")
         .or_else(|| header_str(resp, "date"))
-        .and_then(|d| parse_http_date(&d));
-    match (ims, lm) {
-        (Some(ims), Some(lm)) => lm <= ims,
-        _ => false,
-    }
+        .and_then(|d| parse_http_date(&d))
+        .is_some_and(|lm| lm <= ims)
 }
 
 /// `If-Match`/`If-Unmodified-Since` failing on a stored response: `true` means 412.
 pub fn precondition_failed(req: &[(String, Vec<u8>)], resp: &[(String, Vec<u8>)]) -> bool {
-    let etag = header_str(resp, "etag");
     if header(req, "if-match").is_some() {
+        let etag = header_str(resp, "etag");
         let list = etag_list(req, "if-match");
         return !list
             .iter()
             .any(|t| t == "*" || etag.as_deref().is_some_and(|e| strong_eq(t, e)));
     }
-    let ius = header_str(req, "if-unmodified-since").and_then(|d| parse_http_date(&d));
-    let lm = header_str(resp, "last-modified").and_then(|d| parse_http_date(&d));
-    matches!((ius, lm), (Some(ius), Some(lm)) if lm > ius)
+    let Some(ius) = header_str(req, "if-unmodified-since").and_then(|d| parse_http_date(&d)) else {
+        return false;
+    };
+    header_str(resp, "last-modified")
+        .and_then(|d| parse_http_date(&d))
+        .is_some_and(|lm| lm > ius)
 }
 
 /// The outcome of a `Range` header against a stored body of `len` bytes.
