@@ -65,6 +65,11 @@ pub struct Conn {
     /// The current request has a body nobody has read yet: left on the socket it would be
     /// parsed as the next request (CL.0 smuggling), so it is discarded or the connection closed.
     pub body_unread: bool,
+    /// The last read took all the socket had (it returned less than it asked for): the
+    /// next head waits for readiness instead of a read that would find nothing. Parking
+    /// is always right (the epoll set is level-triggered: bytes that came since are
+    /// reported at once); this only saves a keep-alive request's second `recv`.
+    drained: bool,
 }
 
 /// A wait on a client counts as slow (needs one of the worker's `client_wait_threads`
@@ -257,6 +262,7 @@ impl Conn {
             recv_budget: Budget::default(),
             send_budget: Budget::default(),
             body_unread: false,
+            drained: false,
         }
     }
 
@@ -293,9 +299,15 @@ impl Conn {
                     }
                 }
             }
-            match self.stream.read(read) {
+            let got = if std::mem::take(&mut self.drained) {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                self.stream.read(read)
+            };
+            match got {
                 Ok(0) => return Head::Close,
                 Ok(n) => {
+                    self.drained = n < read.len();
                     Counters::add(&counters.bytes_in, n as u64);
                     if self.head_started.is_none() {
                         self.head_started = Some(Instant::now());
@@ -650,5 +662,85 @@ impl Conn {
                 return Err(ClientError::BadChunk("line too long"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use common::stats::StatsRegion;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    const LIMITS: Limits = Limits {
+        max_header_bytes: 16 << 10,
+        max_headers: 100,
+    };
+
+    /// A connected pair: the client's end and the server's, non-blocking, as a worker has it.
+    fn pair() -> (TcpStream, Conn) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        (client, Conn::new(server, 1))
+    }
+
+    /// Waits (bounded) until `conn`'s socket has bytes to read.
+    fn readable(conn: &Conn) {
+        let mut fds = [PollFd::new(conn.stream.as_fd(), PollFlags::POLLIN)];
+        assert_eq!(poll(&mut fds, PollTimeout::from(5000u16)).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_connection_whose_last_read_drained_the_socket_parks_without_reading_again() {
+        // The region is unlinked when it is dropped (its creator owns the name).
+        let stats =
+            StatsRegion::create(&format!("/t{}-drained.stats", std::process::id()), 1).unwrap();
+        let counters = stats.slot(0);
+        let mut read = vec![0u8; 16 << 10];
+        let (mut client, mut conn) = pair();
+        client
+            .write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        readable(&conn);
+        let Head::Request(a) = conn.next_head(counters, &LIMITS, &mut read) else {
+            panic!("no first request");
+        };
+        assert_eq!(a.target, "/a");
+        // The read took all there was: the next head parks at once, even with bytes that
+        // came since (the epoll set reports those when the connection is parked).
+        client
+            .write_all(b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        readable(&conn);
+        assert!(matches!(
+            conn.next_head(counters, &LIMITS, &mut read),
+            Head::Park
+        ));
+        // Woken again, it reads them.
+        let Head::Request(b) = conn.next_head(counters, &LIMITS, &mut read) else {
+            panic!("the second request was lost");
+        };
+        assert_eq!(b.target, "/b");
+        // Pipelined requests that came in one read are all served before it parks.
+        client
+            .write_all(b"GET /c HTTP/1.1\r\nHost: x\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert!(matches!(
+            conn.next_head(counters, &LIMITS, &mut read),
+            Head::Park
+        ));
+        readable(&conn);
+        for want in ["/c", "/d"] {
+            let Head::Request(r) = conn.next_head(counters, &LIMITS, &mut read) else {
+                panic!("pipelined request {want} lost");
+            };
+            assert_eq!(r.target, want);
+        }
+        assert!(matches!(
+            conn.next_head(counters, &LIMITS, &mut read),
+            Head::Park
+        ));
     }
 }
