@@ -53,14 +53,21 @@ const IDLE: Duration = Duration::from_millis(100);
 static LOG: OnceLock<Option<AccessLog>> = OnceLock::new();
 
 /// Records one answered request: counters by method and outcome, then the log line.
-/// `shared` and `index` name the worker (its config, its stats slot).
-pub fn record(shared: &Shared, index: usize, outcome: CacheOutcome, entry: &Entry) {
+/// `shared` and `index` name the worker (its config, its stats slot); `entry` makes the line.
+pub fn record<'a>(
+    shared: &Shared,
+    index: usize,
+    method: &str,
+    outcome: CacheOutcome,
+    entry: impl FnOnce() -> Entry<'a>,
+) {
     let c = shared.stats.slot(index);
-    c.method(entry.method);
+    c.method(method);
     c.outcome(outcome);
     let log = LOG.get_or_init(|| AccessLog::start(shared, index));
+    // Made only for a log that writes it: the client's address costs a `getpeername`.
     if let Some(log) = log {
-        log.push(format_line(&log.format, entry).as_bytes());
+        log.push(format_line(&log.format, &entry()).as_bytes());
     }
 }
 

@@ -165,23 +165,24 @@ fn discard_body(io: &Io, conn: &mut Conn, req: &Request, scratch: &mut Scratch) 
 /// The access log's record of the request and its answer.
 fn log(cx: &Ctx, conn: &Conn, req: &Request, took: Duration) {
     let r = &conn.reply;
-    let entry = accesslog::Entry {
-        peer: conn.peer(),
-        method: &req.method,
-        target: &req.target,
-        version: req.version,
-        host: &req.host,
-        status: r.status,
-        body_bytes: r.body_bytes(),
-        bytes: r.bytes,
-        referer: header(&req.headers, "referer"),
-        user_agent: header(&req.headers, "user-agent"),
-        cache: r.outcome.as_str(),
-        upstream_status: r.upstream_status,
-        took,
-        site: r.site.as_deref(),
-        node: &cx.shared.cfg.node,
-        now: SystemTime::now(),
-    };
-    accesslog::record(cx.shared, cx.index, r.outcome, &entry);
+    accesslog::record(cx.shared, cx.index, &req.method, r.outcome, || {
+        accesslog::Entry {
+            peer: conn.peer(),
+            method: &req.method,
+            target: &req.target,
+            version: req.version,
+            host: &req.host,
+            status: r.status,
+            body_bytes: r.body_bytes(),
+            bytes: r.bytes,
+            referer: header(&req.headers, "referer"),
+            user_agent: header(&req.headers, "user-agent"),
+            cache: r.outcome.as_str(),
+            upstream_status: r.upstream_status,
+            took,
+            site: r.site.as_deref(),
+            node: &cx.shared.cfg.node,
+            now: SystemTime::now(),
+        }
+    });
 }
