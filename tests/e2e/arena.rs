@@ -292,8 +292,9 @@ fn a_worker_killed_while_sending_a_hit_has_its_pins_released_and_the_space_reuse
         // Larger than the socket buffers of both ends: the send stalls with the object pinned.
         let big = pattern(15 << 20, 3);
         origin.route("/big", Route::ok(big.clone()).header(max_age.0, max_age.1));
+        // Six of them outgrow the ring even with the purged object's space reclaimed.
         let fill = pattern(12 << 20, 4);
-        for i in 0..4 {
+        for i in 0..6 {
             origin.route(
                 &format!("/fill-{i}"),
                 Route::ok(fill.clone()).header(max_age.0, max_age.1),
@@ -345,7 +346,7 @@ fn a_worker_killed_while_sending_a_hit_has_its_pins_released_and_the_space_reuse
         // Its space is not leaked: once purged, the objects that follow reclaim it.
         let p = client::fetch(inst.addr(), "PURGE", "/big", &[], b"");
         assert_eq!(p.status, 200, "{}", p.describe());
-        for i in 0..4 {
+        for i in 0..6 {
             let path = format!("/fill-{i}");
             assert_eq!(inst.get(&path).status, 200);
             until_published(&inst, &path);

@@ -12,8 +12,8 @@
 //! Afterwards: the big object is served whole, and the arena, checked from outside
 //! ([`Arena::audit`]: rings, checksums, index and counters agree), holds exactly the twelve
 //! stored objects, with no pin slot in use and no fill in progress. Then the freed space is
-//! shown reusable: the big object is purged and four 12 MiB objects are stored, which need its
-//! space (the ring has 64 MiB); each must be published (`arena_refused` stays 0) and answered
+//! shown reusable: the big object is purged and six 12 MiB objects are stored, which need its
+//! space and more (the ring has 64 MiB); each must be published (`arena_refused` stays 0) and answered
 //! from the arena.
 
 use crate::origin::FileOrigin;
@@ -45,7 +45,7 @@ pub fn run(opts: &Opts, kills: u64) -> Result<bool, String> {
         write(&format!("s-{i}.bin"), 4096, 10 + i as u64)?;
     }
     write("probe.bin", 4096, 9)?;
-    for i in 0..4 {
+    for i in 0..6 {
         write(&format!("fill-{i}.bin"), 12 * MIB, 20 + i as u64)?;
     }
     let origin = FileOrigin::start(&work.root)?;
@@ -230,13 +230,13 @@ fn rounds(
             "the arena's accounting does not match the stored objects: {audit:?}, {pins} pins"
         ));
     }
-    // The space is reusable: with the big object gone, four 12 MiB objects need it.
+    // The space is reusable: with the big object gone, six 12 MiB objects need it (and evict).
     let p = client::fetch(inst.addr(), "PURGE", "/big.bin", &[], b"");
     if p.status != 200 {
         return Err(format!("PURGE: {}", p.describe()));
     }
     let hits = wait_stat(inst, "proxy", "arena_hits", |_| true)?;
-    for i in 0..4 {
+    for i in 0..6 {
         let path = format!("/fill-{i}.bin");
         get(inst, &path)?;
         wait_stat(inst, "cached", "arena_objects", |_| true)?;
@@ -260,7 +260,7 @@ fn rounds(
         .audit()
         .map_err(|e| format!("arena audit after reuse: {e}"))?;
     lines.push(format!(
-        "after PURGE of the big object: 4 × 12 MiB published and served from the arena ({} arena hits), {refused} refused, {evictions} evicted; arena {} objects, {} bytes, {} pin slots in use",
+        "after PURGE of the big object: 6 × 12 MiB published and served from the arena ({} arena hits), {refused} refused, {evictions} evicted; arena {} objects, {} bytes, {} pin slots in use",
         stat(inst, "proxy", "arena_hits").unwrap_or(0) - hits,
         audit.live_objects,
         audit.live_bytes,
