@@ -1195,7 +1195,7 @@ impl Pinned {
     /// streaming object: of what is committed so far, see [`Pinned::fill`]), `WouldBlock`
     /// when it is full.
     pub fn send_body(&self, sock: BorrowedFd<'_>, offset: u64, end: u64) -> io::Result<usize> {
-        self.send_head_and_body(sock, &[], offset, end)
+        self.send_head_and_body(sock, &[], offset, end, false)
     }
 
     /// Sends `head`, then body bytes from `offset` up to `end` as [`Pinned::send_body`] does:
@@ -1210,13 +1210,15 @@ impl Pinned {
     /// of the worker's CPU time). The record is marked `SPLICED` first, so the owner gives
     /// those pages back before it reuses the space (module doc, "Spliced pages"): a page a
     /// socket still holds keeps the bytes it had. The last partial page is copied by the next
-    /// call. Anything else goes in one `sendmsg` of head and body.
+    /// call. Anything else goes in one `sendmsg` of head and body. `closing`: the connection
+    /// closes after these bytes, so they may wait for the FIN and leave with it (`MSG_MORE`).
     pub fn send_head_and_body(
         &self,
         sock: BorrowedFd<'_>,
         head: &[u8],
         offset: u64,
         end: u64,
+        closing: bool,
     ) -> io::Result<usize> {
         let n = self.readable().min(end).saturating_sub(offset);
         if head.is_empty() && n == 0 {
@@ -1225,7 +1227,7 @@ impl Pinned {
         let (copied, pages) = self.splice_split(offset, n);
         let before = head.len() + copied as usize;
         let sent = if before > 0 {
-            self.send_copy(sock, head, offset, copied, pages > 0)?
+            self.send_copy(sock, head, offset, copied, pages > 0 || closing)?
         } else {
             0
         };
@@ -2743,7 +2745,7 @@ mod tests {
         assert_eq!(p.send_body(a.as_fd(), 150, 150).unwrap(), 0);
         // A head and a range in one call.
         assert_eq!(
-            p.send_head_and_body(a.as_fd(), b"HEAD\r\n", 200, 260)
+            p.send_head_and_body(a.as_fd(), b"HEAD\r\n", 200, 260, false)
                 .unwrap(),
             66
         );
@@ -2752,7 +2754,7 @@ mod tests {
         assert_eq!(&both[..6], b"HEAD\r\n");
         assert!(both[6..] == body(&key(1), 9, 12_000)[200..260]);
         assert_eq!(
-            p.send_head_and_body(a.as_fd(), b"", 12_000, u64::MAX)
+            p.send_head_and_body(a.as_fd(), b"", 12_000, u64::MAX, false)
                 .unwrap(),
             0
         );
@@ -2786,7 +2788,7 @@ mod tests {
         // Sent, never read yet: what the socket took sits in its queues, by reference.
         let p = pin(&reader, &key(1));
         let mut sent = p
-            .send_head_and_body(a.as_fd(), b"HEAD\r\n", 0, u64::MAX)
+            .send_head_and_body(a.as_fd(), b"HEAD\r\n", 0, u64::MAX, false)
             .unwrap()
             - 6;
         // Until the socket is full (small buffers): a full socket is `WouldBlock`, never

@@ -15,10 +15,9 @@ use common::http::CacheOutcome;
 use common::request::{parse_head, ClientBody, Limits, Parsed, RejectReason, Request};
 use common::stats::Counters;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{sendmsg, MsgFlags};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -472,53 +471,6 @@ impl Conn {
                 &BIG_SNDBUF,
             );
         }
-    }
-
-    /// Writes `head` then `body` with as few system calls as the socket allows (one
-    /// `sendmsg` of both), counting them; bounded like [`Conn::write_all_timeout`]. `last`:
-    /// the connection closes after this answer. Only if the socket is full does the thread
-    /// pass on its turn (the [`Blocking`] hook, in [`Conn::wait`]): an answer that fits the
-    /// send buffer goes out without waking another thread.
-    pub fn send2(
-        &mut self,
-        io: &Io,
-        head: &[u8],
-        body: &[u8],
-        last: bool,
-    ) -> Result<(), ClientError> {
-        let timeout = io.cfg.send_timeout;
-        let total = head.len() + body.len();
-        let mut done = 0;
-        // The end of an answer followed by a close: the bytes wait for the FIN and leave with
-        // it in one segment (one segment fewer per Connection: close request).
-        let flags = if last {
-            MsgFlags::from_bits_retain(nix::libc::MSG_MORE) | MsgFlags::MSG_NOSIGNAL
-        } else {
-            MsgFlags::MSG_NOSIGNAL
-        };
-        while done < total {
-            let parts = [
-                io::IoSlice::new(&head[done.min(head.len())..]),
-                io::IoSlice::new(&body[done.saturating_sub(head.len())..]),
-            ];
-            let written = sendmsg::<()>(self.stream.as_raw_fd(), &parts, &[], flags, None)
-                .map_err(io::Error::from);
-            match written {
-                Ok(0) => return Err(ClientError::Closed),
-                Ok(n) => {
-                    done += n;
-                    self.send_budget.bytes += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.wait(io, PollFlags::POLLOUT, timeout)?
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        self.reply.bytes += total as u64;
-        Counters::add(&io.counters.bytes_out, total as u64);
-        Ok(())
     }
 
     /// Reads some bytes (buffered ones first), waiting at most `timeout`. `Ok(0)` = EOF.
